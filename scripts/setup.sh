@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh machine (and CI): system packages, the CPU torch wheel, this package.
+# Re-running it is cheap: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages: ffmpeg (audio formats soundfile cannot read). Other features add theirs here.
+APT_PACKAGES=(ffmpeg)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+# A bare `torch` requirement would pull a multi-GB CUDA build; keep an existing torch (GPU users), else the CPU wheel.
+$PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
+$PY -m pip install -q -e ".[dev]" 2>&1 | grep -v "Running pip as the 'root' user" || true

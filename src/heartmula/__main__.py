@@ -1,0 +1,3 @@
+from heartmula.cli import main
+
+raise SystemExit(main())

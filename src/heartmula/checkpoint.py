@@ -1,0 +1,166 @@
+"""Checkpoint folders: safetensors (single or sharded), strict key/shape validation, dtype policy.
+
+Never unpickles anything and never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise HeartMuLaError(f"unknown dtype {name!r}; choose one of float32, bfloat16, float16") from None
+
+
+def safetensors_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Map every tensor name to the file that holds it (single file, or shards listed in the index)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HeartMuLaError(f"checkpoint folder {folder} does not exist")
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise HeartMuLaError(f"{index} is not a valid safetensors index ({exc})") from None
+        files = {name: folder / shard for name, shard in weight_map.items()}
+        missing = sorted({str(p) for p in files.values() if not p.is_file()})
+        if missing:
+            raise HeartMuLaError(f"{index} lists shard {missing[0]} which is missing; re-download the folder")
+        return files
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return {name: single for name in f.keys()}
+    raise HeartMuLaError(f"no {SINGLE_FILE} or {INDEX_FILE} in {folder}")
+
+
+def tensor_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name, path in safetensors_files(folder).items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        with safe_open(str(path), framework="pt") as f:
+            for name in names:
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+def validate_shapes(
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[int, ...]],
+    folder: str | os.PathLike,
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Raise naming the first missing, unexpected or mis-shaped tensor (sorted order, so messages are stable)."""
+
+    def ignored(name: str) -> bool:
+        return any(name.endswith(suffix) for suffix in ignore)
+
+    for name in sorted(expected):
+        if name not in found:
+            raise HeartMuLaError(f"tensor {name!r} is missing from the checkpoint in {folder}")
+        if tuple(found[name]) != tuple(expected[name]):
+            raise HeartMuLaError(
+                f"tensor {name!r} in {folder} has shape {list(found[name])}, the config expects "
+                f"{list(expected[name])}; the config.json does not match the weights"
+            )
+    for name in sorted(found):
+        if name not in expected and not ignored(name):
+            raise HeartMuLaError(f"unexpected tensor {name!r} in {folder}; is this the right model folder?")
+
+
+def load_state_dict(
+    folder: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    names: set[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read tensors (all, or `names`) converting floating tensors to `dtype` one at a time to bound memory."""
+    by_file: dict[Path, list[str]] = {}
+    for name, path in safetensors_files(folder).items():
+        if names is None or name in names:
+            by_file.setdefault(path, []).append(name)
+    state: dict[str, torch.Tensor] = {}
+    for path, tensor_names in by_file.items():
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            for name in tensor_names:
+                tensor = f.get_tensor(name)
+                if dtype is not None and tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                state[name] = tensor
+    return state
+
+
+def save_state_dict(
+    state: Mapping[str, torch.Tensor], folder: str | os.PathLike, max_shard_bytes: int | None = None
+) -> None:
+    """Write `model.safetensors`, or shards + index when `max_shard_bytes` is given (the Hugging Face layout)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous().cpu() for name, t in state.items()}
+    if max_shard_bytes is None:
+        with atomic_output(folder / SINGLE_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        shard_name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        with atomic_output(folder / shard_name) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
+        weight_map.update({name: shard_name for name in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    write_json(folder / INDEX_FILE, index)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HeartMuLaError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise HeartMuLaError(f"{path} is not valid JSON ({exc})") from None
+
+
+def write_json(path: str | os.PathLike, data: Mapping) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,47 @@
+"""`heartmula <verb>`: a thin layer; every verb is a call into the package.
+
+Each verb lives in its own module with `register(subparsers)`; handlers import heavy libraries lazily so that
+`--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from heartmula import __version__
+from heartmula.errors import HeartMuLaError
+
+VERB_MODULES = (
+    "heartmula.cli.generate",
+    "heartmula.cli.model",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="heartmula",
+        description="Music foundation models: songs from lyrics and tags, codec, transcription, search, streaming.",
+    )
+    parser.add_argument("--version", action="version", version=f"heartmula {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+    for module in VERB_MODULES:
+        importlib.import_module(module).register(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except HeartMuLaError as exc:
+        print(f"heartmula: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("heartmula: interrupted", file=sys.stderr)
+        return 130

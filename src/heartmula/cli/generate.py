@@ -1,0 +1,79 @@
+"""`heartmula generate`: lyrics + tags -> codes (and audio once a codec is available)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser(
+        "generate",
+        help="make a song from lyrics and style tags",
+        description="Generate a song with a HeartMuLa model. Lyrics may contain [verse]/[chorus]/... section "
+        "headers; empty lyrics make an instrumental. --tags and --lyrics take the text itself or a file path.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", help="checkpoint root (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) "
+                   "or a model folder; default: the embedded default model")
+    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
+    p.add_argument("--tags", default="", help="comma-separated style tags, e.g. 'pop,piano,happy'; weighted "
+                   "prompt mix: 'jazz:0.7,electronic:0.3' or 'jazz,piano:0.7|electronic:0.3'")
+    p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
+    p.add_argument("--duration", type=float, default=30.0, help="maximum song length in seconds")
+    p.add_argument("--topk", type=int, default=50, help="sample among the k most likely codes (1 = greedy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance; 1 = off, 2.5-3 = "
+                   "stronger tag control")
+    p.add_argument("--seed", type=int, help="random seed for a reproducible song")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    p.add_argument("--int8", action="store_true", help="int8 weight-only linear layers (CPU speed-up)")
+    p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
+                   "(undecodable codes may be sampled, frame 0 is never checked for EOS)")
+    p.add_argument("--codes-out", type=Path, help="write the codes as an int .npy of shape [8, T]")
+    p.add_argument("--out", type=Path, default=Path("song.wav"), help="audio file to write (.wav/.flac/.mp3)")
+    p.add_argument("--no-decode", action="store_true", help="stop after the language model (needs --codes-out)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from heartmula.errors import HeartMuLaError
+    from heartmula.files import atomic_output
+    from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
+    from heartmula.lm.pretrained import load_generator
+    from heartmula.text import read_text_argument
+
+    if args.no_decode and args.codes_out is None:
+        raise HeartMuLaError("--no-decode needs --codes-out FILE.npy, or nothing would be written")
+    if args.model is None:
+        raise HeartMuLaError("no embedded default model is installed yet: pass --model ROOT_OR_DIR "
+                             "(`heartmula model init DIR` writes a random-weight model for trying the pipeline)")
+    tags = read_text_argument(args.tags, "tags")
+    lyrics = read_text_argument(args.lyrics, "lyrics")
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale).validate()
+    max_new_frames = frames_for_duration(args.duration)
+    generator = load_generator(args.model, args.version, args.dtype, args.device)
+    if args.int8:
+        from heartmula.nn.quant import quantize_int8
+
+        quantize_int8(generator.model)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    song = SongRequest(lyrics=lyrics, tags=tags, seed=args.seed)
+    codes = generator.generate([song], sampling, max_new_frames, compat=args.compat, progress=not args.quiet)[0]
+    codes_np = codes.numpy().astype(np.int64)
+    seconds = codes_np.shape[1] / 12.5
+    if args.codes_out is not None:
+        with atomic_output(args.codes_out) as tmp:
+            np.save(tmp, codes_np)
+        print(f"wrote {args.codes_out}: {codes_np.shape[0]} codebooks x {codes_np.shape[1]} frames ({seconds:.2f} s)",
+              file=sys.stderr)
+    if args.no_decode:
+        return 0
+    raise HeartMuLaError("no HeartCodec decoder is available yet: add --no-decode (the codes are in --codes-out)")

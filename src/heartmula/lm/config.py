@@ -1,0 +1,109 @@
+"""HeartMuLa configuration: the official config.json fields, flavor names, and the size extension."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from heartmula.checkpoint import read_json, write_json
+from heartmula.errors import HeartMuLaError
+from heartmula.nn.transformer import TransformerConfig
+
+
+def _llama(layers, heads, kv_heads, dim, ffn, max_seq_len) -> TransformerConfig:
+    return TransformerConfig(
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
+        max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5,
+    )
+
+
+# The official flavor names and the numbers they stand for.
+FLAVORS: dict[str, TransformerConfig] = {
+    "llama-3B": _llama(28, 24, 8, 3072, 8192, 8192),
+    "llama-300M": _llama(3, 8, 4, 3072, 8192, 2048),
+    "llama-400M": _llama(4, 8, 4, 3072, 8192, 2048),
+    "llama-7B": _llama(32, 32, 8, 4096, 14336, 8192),
+}
+
+_TRANSFORMER_FIELDS = (
+    "num_layers", "num_heads", "num_kv_heads", "embed_dim", "intermediate_dim", "max_seq_len", "rope_base",
+    "scale_factor", "norm_eps",
+)
+
+
+def _transformer_config(flavor: str, explicit: dict | None) -> TransformerConfig:
+    if explicit:
+        unknown = set(explicit) - set(_TRANSFORMER_FIELDS) - {"head_dim"}
+        if unknown:
+            raise HeartMuLaError(f"unknown transformer config fields {sorted(unknown)}")
+        missing = [k for k in _TRANSFORMER_FIELDS[:6] if k not in explicit]
+        if missing:
+            raise HeartMuLaError(f"transformer config lacks {missing}")
+        return TransformerConfig(**explicit)
+    if flavor not in FLAVORS:
+        raise HeartMuLaError(f"unknown model flavor {flavor!r}; known: {', '.join(FLAVORS)}")
+    return FLAVORS[flavor]
+
+
+@dataclass
+class HeartMuLaConfig:
+    backbone_flavor: str = "llama-3B"
+    decoder_flavor: str = "llama-300M"
+    text_vocab_size: int = 128256
+    audio_vocab_size: int = 8197
+    audio_num_codebooks: int = 8
+    muq_dim: int = 512
+    # Project extension (not upstream): explicit sizes that override the flavor numbers.
+    backbone_config: dict | None = None
+    decoder_config: dict | None = None
+    extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, written back unchanged
+
+    @property
+    def backbone(self) -> TransformerConfig:
+        return _transformer_config(self.backbone_flavor, self.backbone_config)
+
+    @property
+    def decoder(self) -> TransformerConfig:
+        return _transformer_config(self.decoder_flavor, self.decoder_config)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HeartMuLaConfig:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        config.extra = {k: v for k, v in data.items() if k not in known}
+        model_type = config.extra.get("model_type", "heartmula")
+        if model_type != "heartmula":
+            raise HeartMuLaError(f"config model_type is {model_type!r}, not 'heartmula'")
+        config.backbone, config.decoder  # noqa: B018 - validate the sizes now, not at first use
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> HeartMuLaConfig:
+        return cls.from_dict(read_json(path))
+
+    def to_dict(self) -> dict:
+        data = {"model_type": "heartmula", **self.extra}
+        data.update({k: v for k, v in asdict(self).items() if k != "extra" and v is not None})
+        return data
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(Path(path), self.to_dict())
+
+
+@dataclass
+class GenerationConfig:
+    """gen_config.json of the official release."""
+
+    text_bos_id: int = 128000
+    text_eos_id: int = 128001
+    audio_eos_id: int = 8193
+    empty_id: int = 0
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> GenerationConfig:
+        data = read_json(path)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, asdict(self))

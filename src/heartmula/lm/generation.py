@@ -1,0 +1,395 @@
+"""Frame-by-frame song generation with classifier-free guidance, prompt mixing, seeds and batching.
+
+Semantics follow the upstream release (prompt layout, CFG pair, top-k + temperature + Gumbel-style sampling,
+frame 0 from the prefill, stop on EOS). By default these upstream bugs are fixed; `compat=True` brings them back
+for A/B parity checks:
+- codes the codec cannot decode are never sampled (upstream can emit 8192, and 8194-8196 in frame 0);
+- only EOS on codebook 0 ends a song, and frame 0 is never an EOS (upstream never checks frame 0);
+- a prompt that would overflow the context raises before any work; empty lyrics make an instrumental song.
+
+Batch layout: every song contributes one conditional row per tag prompt, plus one unconditional row when guided.
+Rows of different lengths are left-padded; RoPE positions start at 0 for every row, so padding changes nothing.
+Guidance for song s: uncond + cfg * sum_k w_k (cond_k - uncond), which is upstream's formula for one prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from heartmula.errors import HeartMuLaError
+from heartmula.lm.config import GenerationConfig
+from heartmula.lm.model import HeartMuLa
+from heartmula.nn.sampling import sample_top_k
+from heartmula.text import TagPrompt, TextTokenizer, parse_tag_prompts, validate_weights
+
+FRAME_RATE = 12.5  # frames per second; one frame is 80 ms
+
+
+def frames_for_duration(seconds: float) -> int:
+    """Frames generated after the prefill frame for an upstream `max_audio_length_ms` of `seconds`."""
+    if not seconds > 0:
+        raise HeartMuLaError(f"duration must be > 0 seconds, got {seconds}")
+    return int(seconds * 1000) // 80
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 50
+    cfg_scale: float = 1.5
+
+    def validate(self) -> SamplingParams:
+        if not (0 <= self.temperature < float("inf")):
+            raise HeartMuLaError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise HeartMuLaError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if not (0 <= self.cfg_scale < float("inf")):
+            raise HeartMuLaError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        return self
+
+
+@dataclass
+class SongRequest:
+    """One song: lyrics (empty = instrumental), tags (a string or weighted prompts), optional reference."""
+
+    lyrics: str = ""
+    tags: str | Sequence[TagPrompt | tuple[str, float]] = ""
+    reference_embedding: torch.Tensor | None = None  # [muq_dim], e.g. a CLAP audio embedding; zeros upstream
+    seed: int | None = None
+
+    def tag_prompts(self) -> list[TagPrompt]:
+        if isinstance(self.tags, str):
+            return parse_tag_prompts(self.tags)
+        prompts = [p if isinstance(p, TagPrompt) else TagPrompt(*p) for p in self.tags]
+        validate_weights([p.weight for p in prompts])
+        return prompts
+
+
+@dataclass
+class FrameStep:
+    """One generated frame for every song of the batch."""
+
+    index: int
+    codes: torch.Tensor  # [songs, K] long
+    valid: torch.Tensor  # [songs] bool: False once a song has ended (its codes are then meaningless)
+
+
+@dataclass
+class _Row:
+    song: int
+    tokens: torch.Tensor  # [P, K+1]
+    mask: torch.Tensor  # [P, K+1]
+    reference_slot: int
+    unconditional: bool
+    weight: float = 0.0
+
+
+class HeartMuLaGenerator:
+    """Turns song requests into codec frames with a HeartMuLa model."""
+
+    def __init__(self, model: HeartMuLa, tokenizer: TextTokenizer, gen_config: GenerationConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.gen_config = gen_config
+
+    @property
+    def codebook_size(self) -> int:
+        """Codes the codec can decode are 0..codebook_size-1; the special ids (EOS, ...) start right after."""
+        return self.gen_config.audio_eos_id - 1
+
+    def build_prompt(self, tags: str, lyrics: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Rows [tags..., reference slot, lyrics...] -> (tokens [P, K+1], mask [P, K+1], reference slot index)."""
+        tag_ids = self.tokenizer.encode_tags(tags)
+        lyric_ids = self.tokenizer.encode_lyrics(lyrics)
+        length = len(tag_ids) + 1 + len(lyric_ids)
+        tokens = torch.zeros(length, self.model.num_codebooks + 1, dtype=torch.long)
+        tokens[: len(tag_ids), -1] = torch.tensor(tag_ids)
+        tokens[len(tag_ids) + 1 :, -1] = torch.tensor(lyric_ids)
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        mask[:, -1] = True
+        return tokens, mask, len(tag_ids)
+
+    def start(
+        self,
+        songs: Sequence[SongRequest],
+        sampling: SamplingParams | None = None,
+        max_new_frames: int = 0,
+        compat: bool = False,
+        guided: bool | None = None,
+    ) -> GenerationSession:
+        """Prefill the prompts and return a session that yields frames; see `GenerationSession`."""
+        return GenerationSession(self, list(songs), sampling or SamplingParams(), max_new_frames, compat, guided)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        songs: Sequence[SongRequest],
+        sampling: SamplingParams | None = None,
+        max_new_frames: int = 0,
+        compat: bool = False,
+        sync_every: int = 16,
+        progress: bool = False,
+    ) -> list[torch.Tensor]:
+        """Codes [K, T] (long, CPU) for each song. T <= 1 + max_new_frames (frame 0 comes from the prefill)."""
+        session = self.start(songs, sampling, max_new_frames, compat)
+        frames = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=max_new_frames + 1, unit="frame", desc="generating")
+        for step in session.iter_frames(sync_every=sync_every):
+            frames.append(step.codes)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        codes = torch.stack(frames, dim=-1).cpu()  # [songs, K, T]
+        lengths = session.lengths.cpu().tolist()
+        return [codes[i, :, :length] for i, length in enumerate(lengths)]
+
+
+@dataclass
+class GenerationSession:
+    """Explicit generation state: KV caches, last frame, per-song lengths and live controls.
+
+    Controls (`sampling`, `set_prompt_weights`) may change between frames and apply from the next frame on.
+    """
+
+    generator: HeartMuLaGenerator
+    songs: list[SongRequest]
+    sampling: SamplingParams
+    max_new_frames: int
+    compat: bool = False
+    guided: bool | None = None
+    rows: list[_Row] = field(init=False)
+    frame_index: int = field(init=False, default=0)
+
+    def __post_init__(self):
+        if not self.songs:
+            raise HeartMuLaError("no songs requested")
+        if self.max_new_frames < 0:
+            raise HeartMuLaError("max_new_frames must be >= 0")
+        self.sampling.validate()
+        model = self.generator.model
+        self.device, self.dtype = model.device, model.dtype
+        prompts = [song.tag_prompts() for song in self.songs]
+        if self.guided is None:
+            self.guided = self.sampling.cfg_scale != 1.0
+        self.rows = self._layout_rows(prompts)
+        self._check_context()
+        self.generators = [
+            None if song.seed is None else torch.Generator(device=self.device).manual_seed(song.seed)
+            for song in self.songs
+        ]
+        n, b = len(self.songs), len(self.rows)
+        self.row_song = torch.tensor([r.song for r in self.rows], device=self.device)
+        self.weights = torch.zeros(n, b, dtype=torch.float32, device=self.device)
+        for i, row in enumerate(self.rows):
+            self.weights[row.song, i] = row.weight
+        if self.guided:
+            uncond_of_song = {r.song: i for i, r in enumerate(self.rows) if r.unconditional}
+            self.uncond_rows = torch.tensor([uncond_of_song[s] for s in range(n)], device=self.device)
+            self.uncond_of_row = self.uncond_rows[self.row_song]
+        self.lengths = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.ended = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.unconditional_rows = (
+            torch.tensor([r.unconditional for r in self.rows], device=self.device) if self.guided else None
+        )
+        self._decoder_positions = torch.arange(model.num_codebooks, device=self.device)
+        self._invalid_masks = self._build_invalid_masks()
+        self._last_codes: torch.Tensor | None = None
+
+    # --- set-up -----------------------------------------------------------------------------------------------
+    def _layout_rows(self, prompts: list[list[TagPrompt]]) -> list[_Row]:
+        rows = []
+        build = self.generator.build_prompt
+        for s, song in enumerate(self.songs):
+            weights = validate_weights([p.weight for p in prompts[s]])
+            for prompt, weight in zip(prompts[s], weights):
+                tokens, mask, slot = build(prompt.tags, song.lyrics)
+                rows.append(_Row(s, tokens, mask, slot, False, weight))
+        if self.guided:
+            # The null row only needs the prompt's length: every text column embeds as the null text.
+            for s, song in enumerate(self.songs):
+                tokens, mask, slot = build(prompts[s][0].tags, song.lyrics)
+                rows.append(_Row(s, tokens, mask, slot, True))
+        return rows
+
+    def _check_context(self) -> None:
+        max_seq_len = self.generator.model.config.backbone.max_seq_len
+        longest = max(len(r.tokens) for r in self.rows)
+        if longest + self.max_new_frames > max_seq_len:
+            room = max(0, max_seq_len - longest)
+            raise HeartMuLaError(
+                f"prompt ({longest} tokens) + {self.max_new_frames} frames exceeds the model's context of "
+                f"{max_seq_len} positions; ask for at most {room / FRAME_RATE:.1f} s or shorten the lyrics/tags"
+            )
+
+    def _build_invalid_masks(self) -> list[torch.Tensor] | None:
+        """Per codebook, True where a code must never be sampled (None in compat mode)."""
+        if self.compat:
+            return None
+        vocab = self.generator.model.config.audio_vocab_size
+        size, eos = self.generator.codebook_size, self.generator.gen_config.audio_eos_id
+        masks = []
+        for codebook in range(self.generator.model.num_codebooks):
+            invalid = torch.ones(vocab, dtype=torch.bool, device=self.device)
+            invalid[:size] = False
+            if codebook == 0:
+                invalid[eos] = False
+            masks.append(invalid)
+        self._first_frame_c0_mask = masks[0].clone()
+        self._first_frame_c0_mask[eos] = True  # a song has at least one frame
+        return masks
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def set_prompt_weights(self, song: int, weights: Sequence[float]) -> None:
+        """New weights for the song's tag prompts (normalised to sum 1); they apply from the next frame."""
+        if not 0 <= song < len(self.songs):
+            raise HeartMuLaError(f"song index {song} out of range")
+        rows = [i for i, r in enumerate(self.rows) if r.song == song and not r.unconditional]
+        if len(weights) != len(rows):
+            raise HeartMuLaError(f"song {song} has {len(rows)} tag prompts, got {len(weights)} weights")
+        normalised = validate_weights([float(w) for w in weights])
+        for i, w in zip(rows, normalised):
+            self.weights[song, i] = w
+
+    def update_sampling(self, **changes) -> None:
+        """Change temperature / top_k / cfg_scale from the next frame on; invalid values leave all unchanged."""
+        candidate = SamplingParams(**{**self.sampling.__dict__, **changes}).validate()
+        if candidate.cfg_scale != 1.0 and not self.guided:
+            raise HeartMuLaError("this session has no unconditional row; start it with guided=True to change CFG")
+        self.sampling = candidate
+
+    def _guide(self, logits: torch.Tensor) -> torch.Tensor:
+        """Row logits [rows, V] -> guided logits [songs, V]."""
+        logits = logits.float()
+        if not self.guided:
+            return self.weights @ logits
+        delta = self.weights @ (logits - logits[self.uncond_of_row])
+        return logits[self.uncond_rows] + delta * self.sampling.cfg_scale
+
+    def _sample(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
+        guided = self._guide(logits)
+        if self._invalid_masks is not None:
+            invalid = self._invalid_masks[codebook]
+            if codebook == 0 and self.frame_index == 0:
+                invalid = self._first_frame_c0_mask
+            guided = guided.masked_fill(invalid, float("-inf"))
+        s = self.sampling
+        return sample_top_k(guided, s.top_k, s.temperature, self.generators)
+
+    def _frame_from_hidden(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """Backbone's last hidden state [rows, D] -> codes [songs, K] via codebook 0 and the local decoder."""
+        model = self.generator.model
+        codes = [self._sample(model.codebook0_head(last_hidden), 0)]
+        # The local decoder starts afresh every frame: [backbone state, codebook 0] at positions 0 and 1, then one
+        # codebook per position.
+        decoder_in = torch.stack([last_hidden, model.embed_audio(0, codes[0][self.row_song])], dim=1)
+        start = 0
+        for codebook in range(1, model.num_codebooks):
+            positions = self._decoder_positions[start : start + decoder_in.shape[1]]
+            hidden = model.decoder(model.projection(decoder_in), positions, start=start)
+            codes.append(self._sample(model.codebook_logits(codebook, hidden[:, -1]), codebook))
+            start += decoder_in.shape[1]
+            decoder_in = model.embed_audio(codebook, codes[-1][self.row_song])[:, None]
+        return torch.stack(codes, dim=1)
+
+    def _prefill(self) -> torch.Tensor:
+        model = self.generator.model
+        longest = max(len(r.tokens) for r in self.rows)
+        b, k1 = len(self.rows), model.num_codebooks + 1
+        tokens = torch.zeros(b, longest, k1, dtype=torch.long)
+        mask = torch.zeros(b, longest, k1, dtype=torch.bool)
+        positions = torch.zeros(b, longest, dtype=torch.long)
+        self.pads = [longest - len(r.tokens) for r in self.rows]
+        for i, (row, pad) in enumerate(zip(self.rows, self.pads)):
+            tokens[i, pad:] = row.tokens
+            mask[i, pad:] = row.mask
+            positions[i, pad:] = torch.arange(len(row.tokens))
+        tokens, mask, positions = tokens.to(self.device), mask.to(self.device), positions.to(self.device)
+        unconditional = self.unconditional_rows
+        hidden = model.embed_rows(tokens, mask, unconditional)
+
+        # The reference-audio slot: muq_linear(embedding) for conditional rows, the null text for the others.
+        references = torch.stack([
+            torch.zeros(model.config.muq_dim) if self.songs[r.song].reference_embedding is None
+            else torch.as_tensor(self.songs[r.song].reference_embedding, dtype=torch.float32).reshape(-1)
+            for r in self.rows
+        ]).to(self.device, self.dtype)
+        slot_values = model.muq_linear(references)
+        if unconditional is not None:
+            slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
+        slots = torch.tensor([pad + r.reference_slot for r, pad in zip(self.rows, self.pads)], device=self.device)
+        hidden[torch.arange(b, device=self.device), slots] = slot_values.to(hidden.dtype)
+
+        capacity = longest + self.max_new_frames
+        model.backbone.setup_cache(b, capacity, self.dtype, self.device)
+        model.decoder.setup_cache(b, model.num_codebooks, self.dtype, self.device)
+        self.key_mask = None
+        if any(self.pads):
+            slot_index = torch.arange(capacity, device=self.device)
+            self.key_mask = slot_index[None, :] >= torch.tensor(self.pads, device=self.device)[:, None]
+        self.next_slot = longest
+        self.next_positions = positions[:, -1:] + 1
+        out = model.backbone(hidden, positions, start=0, key_mask=self.key_mask)
+        return out[:, -1]
+
+    def _step(self) -> torch.Tensor:
+        """Feed the last frame back and return the backbone's new last hidden state."""
+        model = self.generator.model
+        b, k = len(self.rows), model.num_codebooks
+        tokens = torch.full((b, 1, k + 1), self.generator.gen_config.empty_id, dtype=torch.long, device=self.device)
+        tokens[:, 0, :k] = self._last_codes[self.row_song]
+        mask = torch.ones_like(tokens, dtype=torch.bool)
+        mask[..., -1] = False
+        hidden = model.embed_rows(tokens, mask, self.unconditional_rows)
+        key_mask = None if self.key_mask is None else self.key_mask[:, : self.next_slot + 1]
+        out = model.backbone(hidden, self.next_positions, start=self.next_slot, key_mask=key_mask)
+        self.next_slot += 1
+        self.next_positions = self.next_positions + 1
+        return out[:, -1]
+
+    def _is_end(self, codes: torch.Tensor) -> torch.Tensor:
+        eos = self.generator.gen_config.audio_eos_id
+        if self.compat:
+            if self.frame_index == 0:  # upstream keeps frame 0 whatever it holds
+                return torch.zeros(len(self.songs), dtype=torch.bool, device=self.device)
+            return (codes >= eos).any(dim=1)
+        return codes[:, 0] == eos
+
+    @torch.inference_mode()
+    def next_frame(self) -> FrameStep:
+        """Generate one frame for every song (frame 0 comes from the prompt prefill)."""
+        if self.frame_index > self.max_new_frames:
+            raise HeartMuLaError("this session has produced all the frames it was set up for")
+        hidden = self._prefill() if self.frame_index == 0 else self._step()
+        codes = self._frame_from_hidden(hidden)
+        ended_now = self._is_end(codes)
+        valid = ~(self.ended | ended_now)
+        self.ended |= ended_now
+        self.lengths += valid
+        self._last_codes = codes
+        step = FrameStep(self.frame_index, codes, valid)
+        self.frame_index += 1
+        return step
+
+    def iter_frames(self, sync_every: int = 1) -> Iterator[FrameStep]:
+        """Yield frames until every song has ended or the frame budget is spent.
+
+        The end check reads the device only every `sync_every` frames, so the loop never waits on the device per
+        frame; frames past a song's end are marked invalid.
+        """
+        while self.frame_index <= self.max_new_frames:
+            yield self.next_frame()
+            if self.frame_index % max(1, sync_every) == 0 and bool(self.ended.all()):
+                return
+
+    def close(self) -> None:
+        """Free the KV caches."""
+        self.generator.model.backbone.drop_cache()
+        self.generator.model.decoder.drop_cache()

@@ -1,0 +1,121 @@
+"""The HeartMuLa network with the official tensor names and shapes (a Sesame-CSM style global/local model).
+
+A prompt row holds K audio codebook columns and one text column (last). Its embedding is the masked sum of the
+K+1 column embeddings; codebook k reads row `k * audio_vocab_size + code` of `audio_embeddings`. The backbone
+predicts codebook 0 from the last row; the local decoder then predicts codebooks 1..K-1 of the same frame.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from heartmula.checkpoint import load_state_dict, save_state_dict, tensor_shapes, validate_shapes
+from heartmula.errors import HeartMuLaError
+from heartmula.lm.config import HeartMuLaConfig
+from heartmula.nn.transformer import Transformer
+
+CONFIG_FILE = "config.json"
+
+
+class HeartMuLa(nn.Module):
+    def __init__(self, config: HeartMuLaConfig):
+        super().__init__()
+        self.config = config
+        backbone, decoder = config.backbone, config.decoder
+        dim, decoder_dim = backbone.embed_dim, decoder.embed_dim
+        vocab, codebooks = config.audio_vocab_size, config.audio_num_codebooks
+        self.backbone = Transformer(backbone)
+        self.decoder = Transformer(decoder)
+        self.text_embeddings = nn.Embedding(config.text_vocab_size, dim)
+        self.audio_embeddings = nn.Embedding(vocab * codebooks, dim)
+        self.unconditional_text_embedding = nn.Embedding(1, dim)  # the CFG "null" text
+        self.projection = nn.Linear(dim, decoder_dim, bias=False)
+        self.codebook0_head = nn.Linear(dim, vocab, bias=False)
+        self.audio_head = nn.Parameter(torch.empty(codebooks - 1, decoder_dim, vocab))
+        self.muq_linear = nn.Linear(config.muq_dim, dim)
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.audio_num_codebooks
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_embeddings.weight.device
+
+    # --- embeddings -------------------------------------------------------------------------------------------
+    def unconditional_embedding(self) -> torch.Tensor:
+        return self.unconditional_text_embedding.weight[0]
+
+    def embed_audio(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
+        return self.audio_embeddings(codes + codebook * self.config.audio_vocab_size)
+
+    def embed_rows(self, tokens: torch.Tensor, mask: torch.Tensor, unconditional: torch.Tensor | None) -> torch.Tensor:
+        """tokens, mask [b, s, K+1] -> [b, s, dim]: masked sum of the column embeddings.
+
+        `unconditional` [b] bool marks CFG rows whose text column embeds as the null text everywhere.
+        """
+        b, s, _ = tokens.shape
+        text = self.text_embeddings(tokens[:, :, -1])
+        if unconditional is not None:
+            text = torch.where(unconditional.view(b, 1, 1), self.unconditional_embedding(), text)
+        offsets = self.config.audio_vocab_size * torch.arange(self.num_codebooks, device=tokens.device)
+        audio = self.audio_embeddings((tokens[:, :, :-1] + offsets).reshape(-1)).reshape(b, s, self.num_codebooks, -1)
+        columns = torch.cat([audio, text.unsqueeze(-2)], dim=-2)
+        return (columns * mask.unsqueeze(-1)).sum(dim=2, dtype=columns.dtype)
+
+    def codebook_logits(self, codebook: int, decoder_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
+        return torch.mm(decoder_hidden, self.audio_head[codebook - 1])
+
+    # --- weights ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> HeartMuLa:
+        """Fresh random weights (training from scratch, test checkpoints)."""
+        generator = torch.Generator().manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith(".scale"):
+                param.fill_(1.0)
+            elif name == "muq_linear.bias":
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+        return self
+
+    @classmethod
+    def expected_shapes(cls, config: HeartMuLaConfig) -> dict[str, tuple[int, ...]]:
+        with torch.device("meta"):
+            model = cls(config)
+        return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> HeartMuLa:
+        folder = Path(folder)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise HeartMuLaError(f"{folder} is not a HeartMuLa model folder: {CONFIG_FILE} is missing")
+        config = HeartMuLaConfig.from_file(config_path)
+        validate_shapes(cls.expected_shapes(config), tensor_shapes(folder), folder)
+        with torch.device("meta"):
+            model = cls(config)
+        state = load_state_dict(folder, dtype=dtype, device=device)
+        model.load_state_dict(state, assign=True, strict=True)
+        return model.eval()
+
+    def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_state_dict(self.state_dict(), folder, max_shard_bytes=max_shard_bytes)
+        self.config.save(folder / CONFIG_FILE)

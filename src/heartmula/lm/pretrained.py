@@ -1,0 +1,126 @@
+"""Finding and loading HeartMuLa checkpoints: the official root layout or a bare model folder.
+
+Official root:  ROOT/HeartMuLa-oss-<version>/ (config.json + safetensors), ROOT/tokenizer.json, ROOT/gen_config.json
+Bare folder:    DIR/config.json + safetensors; tokenizer.json and gen_config.json in DIR or its parent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from heartmula.checkpoint import parse_dtype
+from heartmula.errors import HeartMuLaError
+from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.generation import HeartMuLaGenerator
+from heartmula.lm.model import CONFIG_FILE, HeartMuLa
+from heartmula.text import TextTokenizer, byte_level_tokenizer
+
+DEFAULT_VERSION = "3B"
+TOKENIZER_FILE = "tokenizer.json"
+GEN_CONFIG_FILE = "gen_config.json"
+
+
+@dataclass(frozen=True)
+class LMFiles:
+    model_dir: Path
+    tokenizer: Path
+    gen_config: Path | None  # None: the official defaults
+
+
+def locate_lm(path: str | os.PathLike, version: str = DEFAULT_VERSION) -> LMFiles:
+    path = Path(path)
+    if not path.is_dir():
+        raise HeartMuLaError(f"model path {path} is not a folder")
+    official = path / f"HeartMuLa-oss-{version}"
+    if official.is_dir():
+        model_dir, search = official, [path]
+    elif (path / CONFIG_FILE).is_file():
+        model_dir, search = path, [path, path.parent]
+    else:
+        found = sorted(p.name for p in path.glob("HeartMuLa-oss-*") if p.is_dir())
+        versions = ", ".join(n.removeprefix("HeartMuLa-oss-") for n in found)
+        hint = f"; this root holds versions {versions}" if found else ""
+        raise HeartMuLaError(
+            f"{path} holds neither HeartMuLa-oss-{version}/ nor a {CONFIG_FILE}: pass the checkpoint root "
+            f"(with HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) or a model folder{hint}"
+        )
+    tokenizer = next((d / TOKENIZER_FILE for d in search if (d / TOKENIZER_FILE).is_file()), None)
+    if tokenizer is None:
+        raise HeartMuLaError(f"no {TOKENIZER_FILE} next to {model_dir} (looked in {', '.join(map(str, search))})")
+    gen_config = next((d / GEN_CONFIG_FILE for d in search if (d / GEN_CONFIG_FILE).is_file()), None)
+    return LMFiles(model_dir, tokenizer, gen_config)
+
+
+def load_generator(
+    path: str | os.PathLike,
+    version: str = DEFAULT_VERSION,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> HeartMuLaGenerator:
+    files = locate_lm(path, version)
+    gen_config = GenerationConfig.from_file(files.gen_config) if files.gen_config else GenerationConfig()
+    tokenizer = TextTokenizer.from_file(files.tokenizer, gen_config.text_bos_id, gen_config.text_eos_id)
+    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
+    if tokenizer.vocab_size > model.config.text_vocab_size:
+        raise HeartMuLaError(
+            f"tokenizer {files.tokenizer} has {tokenizer.vocab_size} tokens but the model only "
+            f"{model.config.text_vocab_size} text embeddings: wrong tokenizer for this model"
+        )
+    return HeartMuLaGenerator(model, tokenizer, gen_config)
+
+
+# --- fresh checkpoints ------------------------------------------------------------------------------------------
+def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
+    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
+                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
+
+
+# Random-weight presets in the official format: tests, benchmarks, and a starting point for training.
+PRESETS: dict[str, dict] = {
+    # A model a test builds in milliseconds: small codebooks (32 codes + specials).
+    "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 64),
+                 audio_vocab_size=37, audio_eos_id=33),
+    # The issue's benchmark geometry: backbone 8 x 512 (8 heads / 2 KV), FFN 1408; decoder 2 layers.
+    "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 2048),
+                      audio_vocab_size=8197, audio_eos_id=8193),
+}
+
+
+def write_random_root(
+    root: str | os.PathLike,
+    preset: str = "tiny",
+    seed: int = 0,
+    version: str = DEFAULT_VERSION,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write an official-layout root with random weights and a byte-level tokenizer; returns the model folder."""
+    if preset not in PRESETS:
+        raise HeartMuLaError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = byte_level_tokenizer()
+    gen_config = GenerationConfig(
+        text_bos_id=tokenizer.token_to_id("<|begin_of_text|>"),
+        text_eos_id=tokenizer.token_to_id("<|end_of_text|>"),
+        audio_eos_id=spec["audio_eos_id"],
+        empty_id=0,
+    )
+    config = HeartMuLaConfig(
+        backbone_flavor=f"{preset}-backbone",
+        decoder_flavor=f"{preset}-decoder",
+        text_vocab_size=tokenizer.get_vocab_size(),
+        audio_vocab_size=spec["audio_vocab_size"],
+        backbone_config=spec["backbone"],
+        decoder_config=spec["decoder"],
+    )
+    model = HeartMuLa(config).init_weights(seed)
+    model_dir = root / f"HeartMuLa-oss-{version}"
+    model.save_pretrained(model_dir, max_shard_bytes=max_shard_bytes)
+    tokenizer.save(str(root / TOKENIZER_FILE))
+    gen_config.save(root / GEN_CONFIG_FILE)
+    return model_dir

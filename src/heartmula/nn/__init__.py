@@ -1,0 +1,1 @@
+"""Shared building blocks: Llama-style transformer with a GQA-native static KV cache, RoPE, norms, sampling."""

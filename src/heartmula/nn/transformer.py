@@ -1,0 +1,169 @@
+"""A Llama-style transformer (no token embedding, no output head) with a GQA-native static KV cache.
+
+The cache keeps K/V per KV head ([batch, kv_heads, capacity, head_dim]), never expanded to all query heads, and
+attention reads only the filled part of it. A single-token step folds the query heads of each KV group into the
+sequence axis, so grouped-query attention needs no copy at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heartmula.nn.layers import RMSNorm, SwiGLU
+from heartmula.nn.rope import apply_rope, inverse_frequencies, rope_table
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    embed_dim: int
+    intermediate_dim: int
+    max_seq_len: int
+    rope_base: float = 500_000.0
+    scale_factor: float | None = 32.0  # Llama-3 RoPE scaling; None or 0 = plain RoPE
+    norm_eps: float = 1e-5
+    head_dim: int | None = None  # default embed_dim // num_heads
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim is None and self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Static per-layer K/V buffers; `filled` slots are valid."""
+
+    def __init__(self, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype, device):
+        shape = (batch, kv_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.dim_per_head
+        self.q_proj = nn.Linear(config.embed_dim, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.output_proj = nn.Linear(self.num_heads * self.head_dim, config.embed_dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        start: int | None,
+        key_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x [b, s, d]; rope rows [b or 1, s, hd/2, 2]; `start` = first cache slot to write (None: no cache).
+
+        key_mask [b, keys] (True = may attend) marks padding slots of left-padded batches; causality inside the
+        new block is added here.
+        """
+        b, s, _ = x.shape
+        q = apply_rope(self.q_proj(x).view(b, s, self.num_heads, self.head_dim), rope)
+        k = apply_rope(self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim), rope)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if start is not None:
+            end = start + s
+            self.cache.k[:b, :, start:end] = k
+            self.cache.v[:b, :, start:end] = v
+            k, v = self.cache.k[:b, :, :end], self.cache.v[:b, :, :end]
+        else:
+            start = 0
+        groups = self.num_heads // self.num_kv_heads
+        if s == 1:
+            # One new token sees every filled slot: fold the query heads of a group into the sequence axis.
+            q = q.view(b, self.num_kv_heads, groups, self.head_dim)
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.output_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
+        q = q.transpose(1, 2)
+        keys = k.shape[2]
+        query_slots = torch.arange(start, start + s, device=x.device)
+        causal = torch.arange(keys, device=x.device)[None, :] <= query_slots[:, None]
+        mask = causal[None, None] if key_mask is None else causal[None, None] & key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
+        return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.sa_norm = RMSNorm(config.embed_dim, config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.embed_dim, config.norm_eps)
+        self.mlp = SwiGLU(config.embed_dim, config.intermediate_dim)
+
+    def forward(self, x, rope, start, key_mask):
+        h = x + self.attn(self.sa_norm(x), rope, start, key_mask)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Transformer(nn.Module):
+    """Embeddings in, final-normed hidden states out."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.embed_dim, config.norm_eps)
+        self._rope: torch.Tensor | None = None  # built on first use on the right device; not in checkpoints
+
+    def rope_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE rows for positions [s] or [b, s] -> [1 or b, s, hd/2, 2]."""
+        if self._rope is None or self._rope.device != positions.device:
+            c = self.config
+            inv = inverse_frequencies(c.dim_per_head, c.rope_base, c.scale_factor).to(positions.device)
+            self._rope = rope_table(inv, c.max_seq_len)
+        rows = self._rope[positions]
+        return rows if positions.dim() == 2 else rows.unsqueeze(0)
+
+    def setup_cache(self, batch: int, capacity: int, dtype: torch.dtype, device) -> None:
+        c = self.config
+        for layer in self.layers:
+            layer.attn.cache = KVCache(batch, c.num_kv_heads, capacity, c.dim_per_head, dtype, device)
+
+    def drop_cache(self) -> None:
+        for layer in self.layers:
+            layer.attn.cache = None
+
+    @property
+    def cache_capacity(self) -> int:
+        cache = self.layers[0].attn.cache
+        return 0 if cache is None else cache.capacity
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        start: int | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x [b, s, d]; positions [s] or [b, s] (RoPE); `start`: cache slot of x[:, 0] (None = no cache, causal)."""
+        rope = self.rope_rows(positions)
+        for layer in self.layers:
+            x = layer(x, rope, start, key_mask)
+        return self.norm(x)
