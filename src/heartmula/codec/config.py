@@ -1,0 +1,176 @@
+"""HeartCodec configuration: the official config.json fields plus this project's extensions.
+
+Official fields keep their upstream names and defaults, so an official `HeartCodec-oss/config.json` loads as is.
+Extensions (all optional, absent from official files):
+- `decoder_type`: "flow_matching" (the official DiT + Euler solver) or "direct" (a small convolutional net that maps
+  the code embedding straight to the latent: no iterative solver, fast on CPU);
+- `direct_decoder`: sizes of that net; `code_encoder`: sizes of the trainable audio -> codes mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from heartmula.checkpoint import read_json, write_json
+from heartmula.errors import HeartMuLaError
+
+CODE_RATE_HZ = 12.5  # code frames per second
+LATENT_PER_CODE = 2  # the condition is upsampled x2: 25 latent frames per second
+DECODER_TYPES = ("flow_matching", "direct")
+
+
+@dataclass
+class ConvNetConfig:
+    """A stack of residual 1-D conv blocks (used by the direct decoder and the code encoder)."""
+
+    hidden_dim: int = 512
+    num_blocks: int = 6
+    kernel_size: int = 3
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> ConvNetConfig | None:
+        if data is None:
+            return None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise HeartMuLaError(f"unknown conv-net config fields {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class HeartCodecConfig:
+    # residual vector quantiser
+    dim: int = 512
+    codebook_size: int = 8192
+    decay: float = 0.9
+    commitment_weight: float = 1.0
+    threshold_ema_dead_code: int = 2
+    use_cosine_sim: bool = False
+    codebook_dim: int = 32
+    num_quantizers: int = 8
+    # flow-matching DiT
+    attention_head_dim: int = 64
+    in_channels: int = 1024
+    norm_type: str = "ada_norm_single"
+    num_attention_heads: int = 24
+    num_layers: int = 24
+    num_layers_2: int = 6
+    out_channels: int = 256
+    # scalar-quantised (SQ) waveform codec
+    num_bands: int = 1
+    sample_rate: int = 48000
+    causal: bool = True
+    num_samples: int = 2
+    downsample_factors: list[int] = field(default_factory=lambda: [3, 4, 4, 4, 5])
+    downsample_kernel_sizes: list[int] = field(default_factory=lambda: [6, 8, 8, 8, 10])
+    upsample_factors: list[int] = field(default_factory=lambda: [5, 4, 4, 4, 3])
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [10, 8, 8, 8, 6])
+    latent_hidden_dim: int = 128
+    default_kernel_size: int = 7
+    delay_kernel_size: int = 5
+    init_channel: int = 64
+    res_kernel_size: int = 7
+    # project extensions (absent from official files)
+    decoder_type: str = "flow_matching"
+    direct_decoder: ConvNetConfig | None = None
+    code_encoder: ConvNetConfig | None = None
+    extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, written back unchanged
+
+    def __post_init__(self):
+        if isinstance(self.direct_decoder, dict):
+            self.direct_decoder = ConvNetConfig.from_dict(self.direct_decoder)
+        if isinstance(self.code_encoder, dict):
+            self.code_encoder = ConvNetConfig.from_dict(self.code_encoder)
+
+    # --- derived sizes ----------------------------------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        """Width of one latent frame: the channels of all stereo halves side by side (2 x 128 officially)."""
+        return self.out_channels
+
+    @property
+    def audio_channels(self) -> int:
+        return self.out_channels // self.latent_hidden_dim
+
+    @property
+    def samples_per_latent(self) -> int:
+        hop = self.num_samples
+        for factor in self.upsample_factors:
+            hop *= factor
+        return hop
+
+    @property
+    def samples_per_code(self) -> int:
+        return self.samples_per_latent * LATENT_PER_CODE
+
+    def validate(self) -> HeartCodecConfig:
+        if self.decoder_type not in DECODER_TYPES:
+            raise HeartMuLaError(f"codec decoder_type {self.decoder_type!r} is not one of {DECODER_TYPES}")
+        if self.num_bands != 1:
+            raise HeartMuLaError("only num_bands = 1 codecs are supported (as in the official release)")
+        if self.out_channels % self.latent_hidden_dim:
+            raise HeartMuLaError(
+                f"out_channels {self.out_channels} must be a multiple of latent_hidden_dim {self.latent_hidden_dim}"
+            )
+        if self.decoder_type == "flow_matching":
+            if self.norm_type != "ada_norm_single":
+                raise HeartMuLaError(f"codec norm_type {self.norm_type!r} is not supported (ada_norm_single only)")
+            if self.in_channels != 2 * self.out_channels + self.dim:
+                raise HeartMuLaError(
+                    f"in_channels {self.in_channels} must equal 2 * out_channels + dim "
+                    f"({2 * self.out_channels + self.dim}): noisy latent, in-context latent and condition"
+                )
+        elif self.direct_decoder is None:
+            raise HeartMuLaError("decoder_type 'direct' needs a direct_decoder section in config.json")
+        if self.samples_per_latent * 25 != self.sample_rate:
+            raise HeartMuLaError(
+                f"the SQ decoder makes {self.samples_per_latent} samples per latent frame, which is not "
+                f"{self.sample_rate} Hz at 25 latent frames per second"
+            )
+        return self
+
+    # --- files ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict) -> HeartCodecConfig:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        config.extra = {k: v for k, v in data.items() if k not in known}
+        model_type = config.extra.get("model_type", "heartcodec")
+        if model_type != "heartcodec":
+            raise HeartMuLaError(f"config model_type is {model_type!r}, not 'heartcodec'")
+        return config.validate()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> HeartCodecConfig:
+        return cls.from_dict(read_json(path))
+
+    def to_dict(self) -> dict:
+        data = {"model_type": "heartcodec", **self.extra}
+        for key, value in asdict(self).items():
+            if key == "extra" or value is None:
+                continue
+            if key == "decoder_type" and value == "flow_matching":
+                continue  # keep official files byte-identical in spirit: no extension keys unless used
+            data[key] = value
+        return data
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(Path(path), self.to_dict())
+
+
+def tiny_config(decoder_type: str = "flow_matching", with_encoder: bool = False) -> HeartCodecConfig:
+    """A codec a test builds and runs in milliseconds: official structure and latent width (upstream hard-codes
+    256), tiny widths, and a 4.8 kHz SQ codec (192 samples per latent frame) so its waveform stage is cheap."""
+    config = HeartCodecConfig(
+        dim=32, codebook_size=64, codebook_dim=8, attention_head_dim=8, num_attention_heads=2, num_layers=2,
+        num_layers_2=1, in_channels=2 * 256 + 32, out_channels=256, latent_hidden_dim=128, init_channel=2,
+        sample_rate=4800, downsample_factors=[3, 2, 2, 2, 4], downsample_kernel_sizes=[6, 4, 4, 4, 8],
+        upsample_factors=[4, 2, 2, 2, 3], upsample_kernel_sizes=[8, 4, 4, 4, 6], decoder_type=decoder_type,
+    )
+    if decoder_type == "direct":
+        config.direct_decoder = ConvNetConfig(hidden_dim=32, num_blocks=2, kernel_size=3)
+    if with_encoder:
+        config.code_encoder = ConvNetConfig(hidden_dim=32, num_blocks=1, kernel_size=3)
+    return config.validate()

@@ -1,0 +1,70 @@
+"""Finding and loading codec folders; random-weight presets in the official layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from heartmula.checkpoint import parse_dtype
+from heartmula.codec.config import ConvNetConfig, HeartCodecConfig, tiny_config
+from heartmula.codec.model import CONFIG_FILE, HeartCodec
+from heartmula.errors import HeartMuLaError
+
+OFFICIAL_FOLDER = "HeartCodec-oss"
+
+
+def locate_codec(path: str | os.PathLike) -> Path:
+    """The codec folder for an official root (ROOT/HeartCodec-oss/) or a codec folder itself."""
+    path = Path(path)
+    if not path.is_dir():
+        raise HeartMuLaError(f"codec path {path} is not a folder")
+    if (path / CONFIG_FILE).is_file() and not (path / OFFICIAL_FOLDER).is_dir():
+        return path
+    candidates = [path / OFFICIAL_FOLDER, *sorted(path.glob(f"{OFFICIAL_FOLDER}*"), reverse=True)]
+    for folder in candidates:
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise HeartMuLaError(
+        f"{path} holds neither {OFFICIAL_FOLDER}/ nor a {CONFIG_FILE}: pass the checkpoint root or a codec folder"
+    )
+
+
+def load_codec(
+    path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"
+) -> HeartCodec:
+    return HeartCodec.from_pretrained(locate_codec(path), dtype=parse_dtype(dtype), device=device)
+
+
+def bench_config() -> HeartCodecConfig:
+    """The official geometry scaled down ~1/30 in compute so a 2-core CPU can benchmark the decode modes."""
+    return HeartCodecConfig(num_attention_heads=6, attention_head_dim=64, num_layers=6, num_layers_2=2,
+                            init_channel=16).validate()
+
+
+def small_direct_config() -> HeartCodecConfig:
+    """A small trainable codec with a direct decoder and an encoder (fast on CPU)."""
+    return HeartCodecConfig(
+        dim=256, codebook_size=1024, codebook_dim=32, latent_hidden_dim=32, out_channels=64, in_channels=384,
+        init_channel=8, decoder_type="direct", direct_decoder=ConvNetConfig(hidden_dim=256, num_blocks=8),
+        code_encoder=ConvNetConfig(hidden_dim=256, num_blocks=6),
+    ).validate()
+
+
+PRESETS = {
+    "tiny": tiny_config,
+    "tiny-direct": lambda: tiny_config("direct", with_encoder=True),
+    "bench": bench_config,
+    "official": lambda: HeartCodecConfig().validate(),
+    "small-direct": small_direct_config,
+}
+
+
+def write_random_codec(folder: str | os.PathLike, preset: str = "tiny", seed: int = 0,
+                       max_shard_bytes: int | None = None) -> Path:
+    if preset not in PRESETS:
+        raise HeartMuLaError(f"unknown codec preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    model = HeartCodec(PRESETS[preset]()).init_weights(seed)
+    model.save_pretrained(folder, max_shard_bytes=max_shard_bytes)
+    return Path(folder)
