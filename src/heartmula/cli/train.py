@@ -1,0 +1,62 @@
+"""`heartmula train <what>`: one sub-action per trainable model.
+
+To add a trainer (codec, lm, clap, ...), write `register_<what>(actions)` that adds a sub-parser with
+`set_defaults(handler=...)`, and add it to TRAIN_ACTIONS. Keep heavy imports inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register_transcriber(actions) -> None:
+    p = actions.add_parser(
+        "transcriber",
+        help="fine-tune the Whisper lyrics transcriber on (audio, lyrics) manifests",
+        description="Fine-tune a Whisper model on a JSONL manifest (one item per line with `audio`, `lyrics`, "
+        "`language`; relative audio paths are relative to the manifest). Starts from the embedded base (converted "
+        "to transformers on the fly) or a transformers Whisper folder; writes a transformers folder that "
+        "`heartmula transcribe --model OUT` runs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("manifest", type=Path, nargs="+", help="JSONL manifest(s)")
+    p.add_argument("--model", help="start from: embedded name (base, tiny.en), a CTranslate2 folder or a "
+                   "transformers Whisper folder (default: base)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned model")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only (less memory, faster)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="clips longer than this are cut (Whisper "
+                   "sees 30 s at most)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_transcriber)
+
+
+def run_transcriber(args: argparse.Namespace) -> int:
+    from heartmula.train.transcriber import TranscriberTrainConfig, train_transcriber
+
+    config = TranscriberTrainConfig(
+        model=args.model, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        warmup_steps=args.warmup_steps, freeze_encoder=args.freeze_encoder, max_seconds=args.max_seconds,
+        seed=args.seed, device=args.device,
+    )
+    report = train_transcriber(args.manifest, args.out, config, progress=not args.quiet)
+    print(f"trained {report.steps} steps on {report.items} items: loss {report.first_loss:.3f} -> "
+          f"{report.last_loss:.3f}; wrote {args.out}")
+    return 0
+
+
+TRAIN_ACTIONS = (register_transcriber,)
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("train", help="train or fine-tune a model", description="Train or fine-tune a model.")
+    actions = p.add_subparsers(dest="train_action", metavar="WHAT", title="what to train")
+    for register_action in TRAIN_ACTIONS:
+        register_action(actions)
+    p.set_defaults(handler=lambda args: p.print_help() or 2)
