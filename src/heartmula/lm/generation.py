@@ -336,7 +336,8 @@ class GenerationSession:
             self.key_mask = slot_index[None, :] >= torch.tensor(self.pads, device=self.device)[:, None]
         self.next_slot = longest
         self.next_positions = positions[:, -1:] + 1
-        out = model.backbone(hidden, positions, start=0, key_mask=self.key_mask)
+        key_mask = None if self.key_mask is None else self.key_mask[:, :longest]
+        out = model.backbone(hidden, positions, start=0, key_mask=key_mask)
         return out[:, -1]
 
     def _step(self) -> torch.Tensor:

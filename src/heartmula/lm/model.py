@@ -37,6 +37,7 @@ class HeartMuLa(nn.Module):
         self.codebook0_head = nn.Linear(dim, vocab, bias=False)
         self.audio_head = nn.Parameter(torch.empty(codebooks - 1, decoder_dim, vocab))
         self.muq_linear = nn.Linear(config.muq_dim, dim)
+        self.audio_head_int8: nn.ModuleList | None = None  # set by heartmula.nn.quant.quantize_int8
 
     @property
     def num_codebooks(self) -> int:
@@ -73,6 +74,8 @@ class HeartMuLa(nn.Module):
 
     def codebook_logits(self, codebook: int, decoder_hidden: torch.Tensor) -> torch.Tensor:
         """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
+        if self.audio_head_int8 is not None:
+            return self.audio_head_int8[codebook - 1](decoder_hidden)
         return torch.mm(decoder_hidden, self.audio_head[codebook - 1])
 
     # --- weights ----------------------------------------------------------------------------------------------
