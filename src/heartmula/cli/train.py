@@ -51,7 +51,40 @@ def run_transcriber(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_ACTIONS = (register_transcriber,)
+def register_codec(actions) -> None:
+    p = actions.add_parser(
+        "codec",
+        help="train a codec (SQ autoencoder + encoder + direct decoder) on recordings",
+        description="Train a HeartCodec end to end on audio files or folders so that `heartmula encode` -> "
+        "`heartmula decode` round-trips. Running again with the same --out resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("audio", type=Path, nargs="+", help="audio files or folders")
+    p.add_argument("--out", type=Path, required=True, help="codec folder (created, or resumed)")
+    p.add_argument("--preset", default="small-direct", help="codec size when starting fresh")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--segment-frames", type=int, default=4, help="code frames (80 ms each) per training segment")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-minutes", type=float, default=12.0, help="minutes of audio kept in memory")
+    p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_codec)
+
+
+def run_codec(args: argparse.Namespace) -> int:
+    from heartmula.train.codec import CodecTrainConfig, train_codec
+
+    config = CodecTrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
+                              segment_frames=args.segment_frames, learning_rate=args.lr,
+                              max_minutes=args.max_minutes, save_every=args.save_every, seed=args.seed)
+    report = train_codec(args.audio, args.out, config, progress=not args.quiet)
+    print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}); wrote {args.out}")
+    return 0
+
+
+TRAIN_ACTIONS = (register_transcriber, register_codec)
 
 
 def register(verbs) -> None:

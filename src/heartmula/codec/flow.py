@@ -63,7 +63,8 @@ class FlowMatching(nn.Module):
         x = noise.clone()
         for step in range(1, steps + 1):
             if prefix_length:
-                x[:, :prefix_length] = (1 - (1 - 1e-6) * t) * noise[:, :prefix_length] + t * in_context[:, :prefix_length]
+                held = (1 - (1 - 1e-6) * t) * noise[:, :prefix_length] + t * in_context[:, :prefix_length]
+                x[:, :prefix_length] = held
             if guidance_scale > 1.0:
                 model_input = torch.cat([
                     torch.cat([x, x], 0),

@@ -60,12 +60,14 @@ class HeartCodec(nn.Module):
         """codes [B, 8, T] -> condition [B, 2T, dim]."""
         return self.flow_matching.condition(codes.to(self.device))
 
-    def latent_to_audio(self, latent: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """latent [B, L, C*128] -> audio [B, C, L * 1920]. Each stereo half of a frame is one mono latent."""
+    def latent_to_audio(self, latent: torch.Tensor, cache: dict | None = None, snap: bool = True) -> torch.Tensor:
+        """latent [B, L, C*128] -> audio [B, C, L * 1920]. Each stereo half of a frame is one mono latent.
+
+        `snap=False` skips the SQ grid rounding (training rounds with a straight-through gradient itself)."""
         b, length, _ = latent.shape
         channels = self.config.audio_channels
         per_channel = latent.reshape(b, length, channels, -1).permute(0, 2, 3, 1).reshape(b * channels, -1, length)
-        audio = self.scalar_model.decode(per_channel, cache)
+        audio = self.scalar_model.decode(per_channel, cache, snap=snap)
         return audio.reshape(b, channels, -1)
 
     def flush_audio(self, cache: dict, batch: int = 1) -> torch.Tensor:

@@ -76,8 +76,14 @@ class ResidualVQ(nn.Module):
         return torch.stack(codes, dim=-1), total, residuals
 
     @torch.no_grad()
-    def ema_update(self, codes: torch.Tensor, residuals: list[torch.Tensor], generator=None) -> None:
-        """Move each codebook toward the mean of the residuals assigned to it; re-seed codes that went unused."""
+    def ema_update(self, codes: torch.Tensor, residuals: list[torch.Tensor], decay: float | None = None,
+                   dead_threshold: float | None = None, generator=None) -> None:
+        """Move each codebook toward the mean of the residuals assigned to it; re-seed codes that went unused.
+
+        `decay` / `dead_threshold` override the config's (0.9 / 2 suit large batches; small ones need a slower
+        average and a lower bar, or every code counts as dead at every step)."""
+        decay = self.decay if decay is None else decay
+        threshold = self.threshold_ema_dead_code if dead_threshold is None else dead_threshold
         for i, layer in enumerate(self.layers):
             book = layer._codebook
             flat = residuals[i].detach().reshape(-1, residuals[i].shape[-1]).float()
@@ -86,15 +92,16 @@ class ResidualVQ(nn.Module):
             onehot[torch.arange(flat.shape[0]), index] = 1.0
             counts = onehot.sum(0)
             sums = onehot.t() @ flat
-            book.cluster_size[0].mul_(self.decay).add_(counts, alpha=1 - self.decay)
-            book.embed_avg[0].mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            book.cluster_size[0].mul_(decay).add_(counts, alpha=1 - decay)
+            book.embed_avg[0].mul_(decay).add_(sums, alpha=1 - decay)
             # Laplace smoothing keeps rarely used codes from collapsing to zero.
             n = book.cluster_size.sum()
             smoothed = (book.cluster_size[0] + 1e-5) / (n + self.codebook_size * 1e-5) * n
             book.embed[0].copy_(book.embed_avg[0] / smoothed.unsqueeze(-1))
-            dead = book.cluster_size[0] < self.threshold_ema_dead_code
+            dead = book.cluster_size[0] < threshold
             if dead.any():
                 picks = torch.randint(0, flat.shape[0], (int(dead.sum()),), generator=generator)
-                book.embed[0][dead] = flat[picks]
-                book.embed_avg[0][dead] = flat[picks] * self.threshold_ema_dead_code
-                book.cluster_size[0][dead] = self.threshold_ema_dead_code
+                seeds = flat[picks] + 1e-3 * torch.randn(flat[picks].shape, generator=generator)
+                book.embed[0][dead] = seeds
+                book.embed_avg[0][dead] = seeds * max(threshold, 1e-3)
+                book.cluster_size[0][dead] = max(threshold, 1e-3)

@@ -231,7 +231,8 @@ def weight_normed_names(module: nn.Module) -> list[str]:
 
 
 def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace every official (original0 = g, original1 = v) pair by weight = g * v / ||v|| (norm over all but dim 0)."""
+    """Replace each official pair (original0 = g, original1 = v) by weight = g * v / ||v||, the norm over all
+    dimensions but the first."""
     folded = {}
     for name, tensor in state.items():
         if name.endswith(WEIGHT_V):

@@ -1,0 +1,215 @@
+"""Train a HeartCodec end to end on recordings: SQ autoencoder, code encoder (audio -> RVQ codes) and the direct
+decoder (codes -> latent), so that encode -> decode round-trips.
+
+Per step, on a batch of random stereo segments x:
+    z      = SQ encoder(x)                                       tanh latent, 25 Hz
+    x_sq   = SQ decoder(round9(z) with straight-through grads)   loss: multi-resolution STFT + L1 (autoencoder)
+    codes  = RVQ(code_encoder(z))                                 codebooks follow EMAs of their residuals
+    z_code = direct decoder(condition(codes))                     loss: MSE to z (detached) + commitment
+The official EMA buffers of the RVQ (embed_avg, cluster_size) are the codebook training state. Everything lives in
+one output folder (a loadable codec + `train_state.safetensors` + `train_state.json` + `train_log.jsonl`); running
+again with the same folder resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from heartmula.audio import load_audio
+from heartmula.codec.config import LATENT_PER_CODE
+from heartmula.codec.model import CONFIG_FILE, HeartCodec
+from heartmula.codec.pretrained import PRESETS
+from heartmula.codec.sq_codec import round_with_straight_through
+from heartmula.errors import HeartMuLaError
+from heartmula.eval.codec_metrics import multi_resolution_stft_distance
+from heartmula.files import atomic_output
+
+STATE_FILE = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+LOG_FILE = "train_log.jsonl"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac")
+
+
+@dataclass
+class CodecTrainConfig:
+    preset: str = "small-direct"
+    steps: int = 2000
+    batch_size: int = 6
+    segment_frames: int = 16  # code frames per training segment (16 = 1.28 s)
+    learning_rate: float = 5e-4
+    codebook_decay: float = 0.99
+    dead_code_every: int = 25  # steps between re-seeding unused codes
+    latent_weight: float = 10.0
+    commitment_weight: float = 0.25
+    max_minutes: float = 20.0  # audio kept in memory for training
+    save_every: int = 100
+    seed: int = 0
+    threads: int | None = None
+
+
+def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise HeartMuLaError(f"training audio {path} does not exist")
+    if not files:
+        raise HeartMuLaError("no audio files found for codec training")
+    return files
+
+
+def load_corpus(files: list[Path], sample_rate: int, channels: int, max_minutes: float) -> list[np.ndarray]:
+    budget = int(max_minutes * 60 * sample_rate)
+    clips = []
+    for file in files:
+        audio, _ = load_audio(file, sample_rate=sample_rate, channels=channels)
+        clips.append(audio[:, :budget])
+        budget -= clips[-1].shape[1]
+        if budget <= 0:
+            break
+    return clips
+
+
+def sample_batch(clips, batch: int, samples: int, rng: np.random.Generator) -> torch.Tensor:
+    weights = np.array([c.shape[1] for c in clips], dtype=np.float64)
+    out = []
+    for _ in range(batch):
+        clip = clips[rng.choice(len(clips), p=weights / weights.sum())]
+        start = rng.integers(0, max(1, clip.shape[1] - samples))
+        piece = clip[:, start: start + samples]
+        piece = np.pad(piece, ((0, 0), (0, samples - piece.shape[1])))
+        out.append(piece * rng.uniform(0.5, 1.2))  # loudness augmentation
+    return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainConfig):
+    latent = codec.audio_to_latent(audio)  # [B, L, D]
+    reconstruction = codec.latent_to_audio(round_with_straight_through(latent), snap=False)
+    stft = multi_resolution_stft_distance(reconstruction, audio)
+    wave = (reconstruction - audio).abs().mean()
+
+    target = latent.detach()
+    features = codec.code_encoder(target)
+    vq = codec.flow_matching.vq_embed
+    codes, quantized, residuals = vq.quantize(features)
+    projected = vq.project_in(features)
+    straight_through = projected + (quantized - projected).detach()
+    condition = codec.flow_matching.cond_feature_emb(vq.project_out(straight_through))
+    predicted = codec.direct_decoder(condition.repeat_interleave(LATENT_PER_CODE, dim=1))
+    latent_mse = F.mse_loss(predicted, target)
+    commitment = F.mse_loss(projected, quantized.detach())
+    total = stft + wave + config.latent_weight * latent_mse + config.commitment_weight * commitment
+    parts = {name: float(value.detach()) for name, value in
+             (("stft", stft), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment))}
+    return total, parts, codes, residuals
+
+
+def _save_state(out: Path, optimizer, step: int, codec: HeartCodec, config: CodecTrainConfig) -> None:
+    names = {id(p): n for n, p in codec.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{names[id(param)]}::{key}"] = value.detach().contiguous().cpu()
+    codec.save_pretrained(out)
+    with atomic_output(out / STATE_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_output(out / STATE_JSON) as tmp:
+        tmp.write_text(json.dumps({"step": step, "config": asdict(config)}, indent=2))
+
+
+def _load_state(out: Path, optimizer, codec: HeartCodec) -> int:
+    if not (out / STATE_FILE).is_file():
+        return 0
+    tensors = load_file(str(out / STATE_FILE))
+    params = dict(codec.named_parameters())
+    for key, value in tensors.items():
+        name, slot = key.split("::")
+        optimizer.state[params[name]][slot] = value
+    return int(json.loads((out / STATE_JSON).read_text())["step"])
+
+
+def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | None = None,
+                progress: bool = True) -> dict:
+    """Train (or resume) a codec in `out`; returns a summary. Audio: files or folders of recordings."""
+    config = config or CodecTrainConfig()
+    out = Path(out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if (out / CONFIG_FILE).is_file():
+        codec = HeartCodec.from_pretrained(out)
+    else:
+        if config.preset not in PRESETS:
+            raise HeartMuLaError(f"unknown codec preset {config.preset!r}")
+        codec = HeartCodec(PRESETS[config.preset]()).init_weights(config.seed)
+        for layer in codec.flow_matching.vq_embed.layers:
+            layer._codebook.cluster_size.zero_()  # every code "dead": the first step seeds them all from data
+    if codec.config.decoder_type != "direct" or not codec.can_encode:
+        raise HeartMuLaError("codec training needs a preset with a direct decoder and a code encoder")
+    codec.train()
+    params = [p for p in codec.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.8, 0.99), weight_decay=0.0)
+    start_step = _load_state(out, optimizer, codec)
+
+    files = audio_files(audio_paths)
+    clips = load_corpus(files, codec.sample_rate, codec.config.audio_channels, config.max_minutes)
+    rng = np.random.default_rng(config.seed + start_step)
+    generator = torch.Generator().manual_seed(config.seed + start_step)
+    samples = config.segment_frames * codec.config.samples_per_code
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=start_step, desc="train codec", unit="step")
+    out.mkdir(parents=True, exist_ok=True)
+    parts: dict = {}
+    first = None
+    for step in range(start_step, config.steps):
+        began = time.perf_counter()
+        audio = sample_batch(clips, config.batch_size, samples, rng)
+        lr = config.learning_rate * min(1.0, (step + 1) / 20)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts, codes, residuals = training_losses(codec, audio, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        reseed = step % config.dead_code_every == 0
+        codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
+                                                dead_threshold=0.02 if reseed else 0.0, generator=generator)
+        parts = {"step": step + 1, "loss": round(float(loss), 4), **{k: round(v, 5) for k, v in parts.items()},
+                 "seconds": round(time.perf_counter() - began, 2)}
+        first = first or parts
+        with open(out / LOG_FILE, "a", encoding="utf-8") as log:
+            log.write(json.dumps(parts) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=parts["loss"], stft=parts["stft"], lat=parts["latent_mse"])
+        if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+            codec.eval()
+            _save_state(out, optimizer, step + 1, codec, config)
+            codec.train()
+    if bar is not None:
+        bar.close()
+    if start_step >= config.steps:
+        codec.eval()
+        _save_state(out, optimizer, start_step, codec, config)
+    codec.eval()
+    return {"steps": config.steps, "resumed_from": start_step, "first": first, "last": parts,
+            "files": [str(f) for f in files]}
