@@ -95,7 +95,9 @@ class TransformersBackend:
     def __init__(self, location: ModelLocation, dtype: str = "float32", device: str = "cpu", threads: int = 0):
         import torch
         from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.set_verbosity_error()  # its deprecation chatter would bury the lyrics on stderr
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch

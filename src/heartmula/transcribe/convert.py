@@ -133,6 +133,8 @@ def _whisper_config(t: dict[str, np.ndarray], ct2_config: dict, tokenizer) -> di
         max_target_positions=int(t["decoder/position_encodings/encodings"].shape[0]),
         pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=token("<|startoftranscript|>"),
         tie_word_embeddings=True, scale_embedding=False,
+        # Suppression lists belong in the generation config; WhisperConfig's own defaults would override them.
+        suppress_tokens=None, begin_suppress_tokens=None,
     )
 
 
@@ -143,7 +145,9 @@ def _generation_config(whisper_config: dict, ct2_config: dict, tokenizer):
 
     token = tokenizer.convert_tokens_to_ids
     lang_ids = list(ct2_config.get("lang_ids", []))
-    multilingual = len(lang_ids) > 1
+    # As in Whisper itself: only the multilingual vocabulary has 51865+ entries (English-only models list
+    # language ids in their CTranslate2 config too, but cannot use them).
+    multilingual = whisper_config["vocab_size"] >= 51865
     return GenerationConfig(
         decoder_start_token_id=whisper_config["decoder_start_token_id"],
         bos_token_id=whisper_config["bos_token_id"], eos_token_id=whisper_config["eos_token_id"],

