@@ -1,0 +1,106 @@
+"""The data card: what a corpus holds (hours per language, split, tag, source), as Markdown with a plot."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from heartmula.data.manifest import SPLITS, parse_tags
+from heartmula.files import atomic_output
+
+
+def corpus_statistics(rows: list[dict]) -> dict:
+    hours = lambda seconds: round(seconds / 3600.0, 3)  # noqa: E731
+    by_language, by_split, by_tag, by_collection, by_style = (defaultdict(float) for _ in range(5))
+    language_split = defaultdict(float)
+    works_per_split = defaultdict(set)
+    for row in rows:
+        language = row["language"] or "instrumental"
+        by_language[language] += row["duration"]
+        by_split[row["split"]] += row["duration"]
+        language_split[(language, row["split"])] += row["duration"]
+        source = row["source"]
+        by_collection[source.get("collection") or source.get("corpus", "?")] += row["duration"]
+        works_per_split[row["split"]].add(source.get("work"))
+        by_style[row.get("style") or "?"] += row["duration"]
+        for tag in parse_tags(row["tags"]):
+            by_tag[tag] += row["duration"]
+    return {
+        "items": len(rows),
+        "hours": hours(sum(r["duration"] for r in rows)),
+        "vocal_items": sum(1 for r in rows if r["vocals"]),
+        "by_language": {k: hours(v) for k, v in sorted(by_language.items())},
+        "by_split": {k: hours(by_split.get(k, 0.0)) for k in SPLITS},
+        "by_language_split": {f"{k[0]}/{k[1]}": hours(v) for k, v in sorted(language_split.items())},
+        "by_collection": {k: hours(v) for k, v in sorted(by_collection.items())},
+        "by_style": {k: hours(v) for k, v in sorted(by_style.items())},
+        "by_tag": {k: hours(v) for k, v in sorted(by_tag.items(), key=lambda kv: -kv[1])},
+        "works_per_split": {k: len(works_per_split.get(k, ())) for k in SPLITS},
+        "licenses": Counter(r["license"] for r in rows).most_common(),
+    }
+
+
+def write_data_card(rows: list[dict], path: str | os.PathLike, title: str = "heartmula corpus",
+                    build: dict | None = None, extra_sections: str = "") -> Path:
+    """Write `path` (Markdown) and a PNG plot beside it (same stem)."""
+    path = Path(path)
+    stats = corpus_statistics(rows)
+    plot_path = path.with_suffix(".png")
+    _plot(stats, plot_path)
+    languages = sorted({k.split("/")[0] for k in stats["by_language_split"]})
+    lines = [
+        f"# Data card: {title}",
+        "",
+        f"{stats['items']} items, **{stats['hours']:.2f} hours** ({stats['vocal_items']} with a sung vocal stem).",
+        "Made by `heartmula data build` (or `import`); the audio is never committed: it is rebuilt from the seed.",
+        "",
+        f"![makeup]({plot_path.name})",
+        "",
+        "## Hours per language and split",
+        "",
+        "| language | " + " | ".join(SPLITS) + " | total |",
+        "|---|" + "---|" * (len(SPLITS) + 1),
+    ]
+    for language in languages:
+        cells = [stats["by_language_split"].get(f"{language}/{s}", 0.0) for s in SPLITS]
+        lines.append(f"| {language} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {sum(cells):.2f} |")
+    totals = [stats["by_split"][s] for s in SPLITS]
+    lines.append("| **all** | " + " | ".join(f"{c:.2f}" for c in totals) + f" | {stats['hours']:.2f} |")
+    lines += ["", "Source works per split (a work is in one split only): " +
+              ", ".join(f"{s} {stats['works_per_split'][s]}" for s in SPLITS), "",
+              "## Hours per source collection", "", "| collection | hours |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in stats["by_collection"].items()]
+    lines += ["", "## Hours per style", "", "| style | hours |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in stats["by_style"].items()]
+    lines += ["", "## Hours per tag (top 40)", "", "| tag | hours |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in list(stats["by_tag"].items())[:40]]
+    lines += ["", "## Licenses", ""]
+    lines += [f"- {count} items: {text}" for text, count in stats["licenses"]]
+    if build:
+        lines += ["", "## Build settings", "", "```"] + [f"{k}: {v}" for k, v in build.items()] + ["```"]
+    if extra_sections:
+        lines += ["", extra_sections.rstrip()]
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _plot(stats: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("hours per language", stats["by_language"]), ("hours per split", stats["by_split"]),
+              ("hours per style", stats["by_style"])]
+    for ax, (name, data) in zip(axes, panels):
+        ax.bar(list(data), list(data.values()), color="#4c72b0")
+        ax.set_title(name)
+        ax.tick_params(axis="x", rotation=45)
+        ax.set_ylabel("hours")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=72)
+    plt.close(fig)
