@@ -20,6 +20,7 @@ VERB_MODULES = (
     "heartmula.cli.transcribe",
     "heartmula.cli.eval",
     "heartmula.cli.train",
+    "heartmula.cli.data",
 )
 
 

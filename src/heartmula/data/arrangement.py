@@ -96,12 +96,14 @@ def choose_transposition(piece: Piece, gender: str | None, rng: np.random.Genera
 
 
 def arrange(piece: Piece, style: Style, gender: str | None, vocal: bool, rng: np.random.Generator,
-            target_seconds: float) -> Arrangement:
+            target_seconds: float, pass_range: tuple[int, int] = (2, 4)) -> Arrangement:
     tempo = float(rng.integers(style.tempo_range[0], style.tempo_range[1] + 1))
     spq = seconds_per_quarter(tempo)
     transpose = choose_transposition(piece, gender, rng)
     pass_seconds = piece.length * spq
-    passes = int(np.clip(round(target_seconds / pass_seconds), 2, 4))
+    # A long piece (some chorales run for minutes) is played once rather than making a ten-minute song.
+    fewest = 1 if pass_seconds > 0.75 * target_seconds else pass_range[0]
+    passes = int(np.clip(round(target_seconds / pass_seconds), fewest, min(pass_range[1], 4)))
     sections = ["verse", "chorus", "verse", "chorus"][:passes]
     lead_channel, harmony_channel, bass_channel, pad_channel = 0, 1, 2, 3
     programs = {lead_channel: style.lead_program, harmony_channel: style.harmony_program,

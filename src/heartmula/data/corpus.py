@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -41,12 +42,16 @@ class BuildConfig:
     instrumental_every: int = 6  # item slots 0-4 are sung (one per language), slot 5 is instrumental
     chorale_share: float = 0.4  # the rest are folk songs
     song_seconds: tuple[float, float] = (45.0, 100.0)
+    passes: tuple[int, int] = (2, 4)  # times the piece is played (verse, chorus, verse, chorus)
+    items: int | None = None  # build exactly this many items instead of `hours` (previews and tests)
     # Split by source work (hash of its id), so a work never appears in two splits whatever the seed.
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     progress: bool = True
 
     def validate(self) -> BuildConfig:
+        if self.items is not None and self.items < 1:
+            raise HeartMuLaError(f"--items must be >= 1, got {self.items}")
         if not self.hours > 0:
             raise HeartMuLaError(f"--hours must be > 0, got {self.hours}")
         if self.workers < 1:
@@ -215,7 +220,7 @@ def build_item(config: BuildConfig, index: int) -> dict:
     soundfonts = available_soundfonts()
     soundfont = soundfonts[0] if plan.soundfont_draw < 0.8 or len(soundfonts) == 1 else soundfonts[1]
     vocal = plan.language is not None
-    arrangement = arrange(piece, style, plan.gender, vocal, rng, plan.target_seconds)
+    arrangement = arrange(piece, style, plan.gender, vocal, rng, plan.target_seconds, config.passes)
     backing = render_arrangement(arrangement, soundfont, config.sample_rate)
     lyrics, timing, vocals = "", [], None
     if vocal:
@@ -262,10 +267,16 @@ def build_item(config: BuildConfig, index: int) -> dict:
     return row
 
 
-def _build_item_timed(config: BuildConfig, index: int) -> tuple[int, dict, float]:
-    start = time.perf_counter()
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (FluidSynth): what the build costs on free cores."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _build_item_timed(config: BuildConfig, index: int) -> tuple[int, dict, float, float]:
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     row = build_item(config, index)
-    return index, row, time.perf_counter() - start
+    return index, row, time.perf_counter() - start, _cpu_seconds() - cpu_start
 
 
 def _worker_init() -> None:
@@ -292,9 +303,11 @@ def build_corpus(config: BuildConfig) -> list[dict]:
     else:
         with atomic_output(settings_path) as tmp:
             tmp.write_text(json.dumps(settings, indent=1))
-    target = config.hours * 3600.0
+    target = config.hours * 3600.0 if config.items is None else float("inf")
     rows: dict[int, dict] = {}
     log_path = out / "build-log.jsonl"
+    if config.items is not None:
+        return _build_fixed_count(config, log_path)
     bar = tqdm(total=round(target), unit="s", desc="corpus (audio seconds)", disable=not config.progress)
     prefix_end, prefix_seconds, next_index = 0, 0.0, 0
     started = time.perf_counter()
@@ -322,10 +335,11 @@ def build_corpus(config: BuildConfig) -> list[dict]:
                 break
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                index, row, seconds = future.result()
+                index, row, seconds, cpu = future.result()
                 rows[index] = row
                 log.write(json.dumps({"index": index, "duration": row["duration"], "build_seconds": round(seconds, 3),
-                                      "time": round(time.perf_counter() - started, 3)}) + "\n")
+                                      "cpu_seconds": round(cpu, 3), "time": round(time.perf_counter() - started, 3),
+                                      "load": round(os.getloadavg()[0], 2)}) + "\n")
                 log.flush()
             advance_prefix()
             if prefix_seconds >= target:
@@ -334,10 +348,28 @@ def build_corpus(config: BuildConfig) -> list[dict]:
                 wait(running)
                 break
     bar.close()
-    manifest_rows = [rows[i] for i in range(prefix_end)]
-    write_manifest(out / MANIFEST_NAME, manifest_rows)
+    return _finish(config, [rows[i] for i in range(prefix_end)])
+
+
+def _build_fixed_count(config: BuildConfig, log_path: Path) -> list[dict]:
+    from tqdm import tqdm
+
+    rows: dict[int, dict] = {}
+    with ProcessPoolExecutor(max_workers=config.workers, initializer=_worker_init) as pool, \
+            log_path.open("a", encoding="utf-8") as log:
+        futures = [pool.submit(_build_item_timed, config, i) for i in range(config.items)]
+        for future in tqdm(futures, desc="corpus (items)", unit="item", disable=not config.progress):
+            index, row, seconds, cpu = future.result()
+            rows[index] = row
+            log.write(json.dumps({"index": index, "duration": row["duration"], "build_seconds": round(seconds, 3),
+                                  "cpu_seconds": round(cpu, 3)}) + "\n")
+    return _finish(config, [rows[i] for i in range(config.items)])
+
+
+def _finish(config: BuildConfig, manifest_rows: list[dict]) -> list[dict]:
     from heartmula.data.card import write_data_card
 
-    write_data_card(manifest_rows, out / "data-card.md", title=f"heartmula corpus (seed {config.seed})",
-                    build=asdict(config) | {"out_dir": str(out)})
+    write_manifest(config.out_dir / MANIFEST_NAME, manifest_rows)
+    write_data_card(manifest_rows, config.out_dir / "data-card.md", title=f"heartmula corpus (seed {config.seed})",
+                    build=asdict(config) | {"out_dir": str(config.out_dir)})
     return manifest_rows

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +26,12 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 # espeak-ng voice names of the five corpus languages.
 VOICE_OF_LANGUAGE = {"en": "en-us", "es": "es", "zh": "cmn", "ja": "ja", "ko": "ko"}
+# Our voice variant. espeak-ng's default voices add "flutter" (pitch jitter) whose phase runs on across calls in a
+# process, so a word would sound different depending on what was said before: builds would not be reproducible.
+VARIANT_NAME = "heartmula"
+VARIANT_TEXT = "language variant\nname heartmula\nflutter 0\n"
+SYSTEM_DATA_DIRS = ("/usr/lib/x86_64-linux-gnu/espeak-ng-data", "/usr/lib/aarch64-linux-gnu/espeak-ng-data",
+                    "/usr/share/espeak-ng-data")
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,47 @@ def find_espeak() -> EspeakLibrary:
     except ImportError:
         pass
     path = ctypes.util.find_library("espeak-ng")
-    if path is None:
+    data = next((d for d in SYSTEM_DATA_DIRS if Path(d, "phontab").is_file()), None)
+    if path is None or data is None:
         raise HeartMuLaError("espeak-ng is not installed: run `bash scripts/setup.sh` (it installs the espeakng-loader "
                              "wheel and Debian's espeak-ng)")
-    return EspeakLibrary(path, None, "system")
+    return EspeakLibrary(path, data, "system")
+
+
+def cache_dir() -> Path:
+    """$HEARTMULA_CACHE, else $XDG_CACHE_HOME/heartmula, else ~/.cache/heartmula."""
+    if os.environ.get("HEARTMULA_CACHE"):
+        return Path(os.environ["HEARTMULA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "heartmula"
+
+
+def data_dir_with_variant(data_path: str) -> Path:
+    """A copy of espeak-ng's data folder made of symlinks, plus our variant file (the installed data folder may
+    be read-only, and must not be changed)."""
+    source = Path(data_path)
+    tag = hashlib.sha1(f"{source.resolve()}|{VARIANT_TEXT}".encode()).hexdigest()[:10]
+    target = cache_dir() / f"espeak-ng-data-{tag}"
+    variant_file = target / "voices" / "!v" / VARIANT_NAME
+    if variant_file.is_file():
+        return target
+    staging = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    (staging / "voices" / "!v").mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name != "voices":
+            (staging / entry.name).symlink_to(entry.resolve())
+    for entry in (source / "voices").iterdir():
+        if entry.name != "!v":
+            (staging / "voices" / entry.name).symlink_to(entry.resolve())
+    for entry in (source / "voices" / "!v").iterdir():
+        (staging / "voices" / "!v" / entry.name).symlink_to(entry.resolve())
+    (staging / "voices" / "!v" / VARIANT_NAME).write_text(VARIANT_TEXT)
+    try:
+        os.rename(staging, target)  # atomic: parallel workers race here, one wins, all use the same folder
+    except OSError:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 class Espeak:
@@ -54,7 +100,7 @@ class Espeak:
         found = find_espeak()
         self.library = found
         self._lib = ctypes.CDLL(found.library_path)
-        data = found.data_path.encode() if found.data_path else None
+        data = str(data_dir_with_variant(found.data_path)).encode()
         self._lib.espeak_Initialize.restype = ctypes.c_int
         self.sample_rate = self._lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _ESPEAK_INITIALIZE_DONT_EXIT
@@ -64,6 +110,10 @@ class Espeak:
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)  # kept on self: ctypes must not garbage-collect it
         self._lib.espeak_SetSynthCallback(self._callback)
+        # espeak_ng_SetRandSeed exists from 1.52 on (the wheel); Debian's 1.51 lacks it.
+        self._seed = getattr(self._lib, "espeak_ng_SetRandSeed", None)
+        if self._seed is not None:
+            self._seed.argtypes = [ctypes.c_long]
         self._voice: str | None = None
 
     def _collect(self, wav, n_samples, _events) -> int:
@@ -72,6 +122,7 @@ class Espeak:
         return 0
 
     def set_voice(self, name: str) -> None:
+        name = f"{name}+{VARIANT_NAME}" if "+" not in name else name
         if name != self._voice:
             if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
                 raise HeartMuLaError(f"espeak-ng has no voice {name!r}")
@@ -85,6 +136,9 @@ class Espeak:
         self._lib.espeak_SetParameter(_PARAM_RANGE, 0, 0)
         self._lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
         self._chunks.clear()
+        # Breath noise uses espeak's random generator: reseed it so a text always sounds the same.
+        if self._seed is not None:
+            self._seed(1)
         encoded = text.encode("utf-8") + b"\0"
         self._lib.espeak_Synth(encoded, len(encoded), 0, 0, 0, _CHARS_UTF8, None, None)
         self._lib.espeak_Synchronize()

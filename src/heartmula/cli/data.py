@@ -1,0 +1,112 @@
+"""`heartmula data`: build a corpus from real scores, import your own songs, make a data card, measure the
+transcriber's error on a corpus' sung vocals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("data", help="build or import a training corpus (audio + lyrics + tags manifest)",
+                         description="Corpus tools. `build` renders real scores (music21 corpus) with General MIDI "
+                         "instruments and sung lyrics in en/zh/ja/ko/es; `import` turns a folder of your songs "
+                         "into the same manifest format.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions")
+
+    b = actions.add_parser("build", help="render a corpus (deterministic for a seed, resumable)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--out", type=Path, required=True, help="corpus folder (manifest.jsonl, audio/, vocals/)")
+    b.add_argument("--hours", type=float, default=1.0, help="hours of audio to build (at least)")
+    b.add_argument("--seed", type=int, default=0, help="the seed: the same seed rebuilds the same corpus")
+    b.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    b.add_argument("--sample-rate", type=int, default=48000, help="audio sample rate in Hz")
+    b.add_argument("--items", type=int, default=None, help="build exactly this many items instead of --hours "
+                   "(a quick preview)")
+    b.add_argument("--short", action="store_true", help="one pass through each piece instead of a verse/chorus "
+                   "song (a quick preview)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(handler=run_build)
+
+    i = actions.add_parser("import", help="import a folder of your songs (+ song.txt lyrics, song.tags tags)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    i.add_argument("folder", type=Path, help="folder searched recursively for audio files")
+    i.add_argument("--out", type=Path, help="corpus folder to write (default: ./<folder name>-corpus)")
+    i.add_argument("--sample-rate", type=int, default=48000, help="audio is resampled to this rate")
+    i.add_argument("--license", default=None, help="license of the songs, recorded in every row")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(handler=run_import)
+
+    c = actions.add_parser("card", help="write the data card (Markdown + PNG plot) of a manifest")
+    c.add_argument("manifest", type=Path, help="manifest.jsonl or its corpus folder")
+    c.add_argument("--out", type=Path, help="Markdown file to write (default: data-card.md beside the manifest)")
+    c.add_argument("--intelligibility", type=Path, help="JSON from `data ceiling` to include in the card")
+    c.set_defaults(handler=run_card)
+
+    e = actions.add_parser("ceiling", help="transcriber error per language on a corpus' sung vocal stems")
+    e.add_argument("manifest", type=Path, help="manifest.jsonl or its corpus folder")
+    e.add_argument("--per-language", type=int, default=6, help="songs transcribed per language")
+    e.add_argument("--model", default=None, help="transcriber model (default: the embedded default)")
+    e.add_argument("--out", type=Path, help="write the result as JSON here")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(handler=run_ceiling)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from heartmula.data.corpus import BuildConfig, build_corpus
+
+    short = {"passes": (1, 1), "song_seconds": (8.0, 12.0)} if args.short else {}
+    config = BuildConfig(args.out, hours=args.hours, seed=args.seed, workers=args.workers,
+                         sample_rate=args.sample_rate, items=args.items, progress=not args.quiet, **short)
+    rows = build_corpus(config)
+    hours = sum(r["duration"] for r in rows) / 3600
+    print(f"wrote {args.out / 'manifest.jsonl'}: {len(rows)} items, {hours:.2f} hours; card in "
+          f"{args.out / 'data-card.md'}", file=sys.stderr)
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from heartmula.data.importer import DEFAULT_LICENSE, ImportConfig, default_import_dir, import_folder
+
+    out = args.out or default_import_dir(args.folder)
+    config = ImportConfig(args.folder, out, sample_rate=args.sample_rate, license=args.license or DEFAULT_LICENSE,
+                          progress=not args.quiet)
+    report = import_folder(config)
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"wrote {out / 'manifest.jsonl'}: {len(report.rows)} songs imported, {len(report.skipped)} skipped",
+          file=sys.stderr)
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from heartmula.data.card import write_data_card
+    from heartmula.data.intelligibility import intelligibility_markdown
+    from heartmula.data.manifest import manifest_path, read_manifest
+
+    path = manifest_path(args.manifest)
+    rows = read_manifest(path, absolute_paths=False)
+    extra = ""
+    if args.intelligibility:
+        extra = intelligibility_markdown(json.loads(args.intelligibility.read_text(encoding="utf-8")))
+    out = args.out or path.parent / "data-card.md"
+    write_data_card(rows, out, title=path.parent.name, extra_sections=extra)
+    print(f"wrote {out} and {out.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+def run_ceiling(args: argparse.Namespace) -> int:
+    from heartmula.data.intelligibility import intelligibility_markdown, measure_intelligibility
+    from heartmula.data.manifest import read_manifest
+    from heartmula.files import atomic_output
+
+    rows = read_manifest(args.manifest)
+    result = measure_intelligibility(rows, args.per_language, args.model, progress=not args.quiet)
+    if args.out:
+        with atomic_output(args.out) as tmp:
+            tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(intelligibility_markdown(result))
+    return 0

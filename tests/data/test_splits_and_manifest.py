@@ -1,0 +1,75 @@
+"""Split hygiene, manifest reading, lyric sources."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from heartmula.data.corpus import BuildConfig, plan_item, split_of_work
+from heartmula.data.lyrics import LANGUAGES, LyricWriter, english_syllables, spanish_syllables, vocabulary
+from heartmula.data.manifest import read_manifest, write_manifest
+from heartmula.data.scores import catalogue
+from heartmula.errors import HeartMuLaError
+
+
+def test_no_work_in_two_splits_of_the_tiny_build(tiny_corpus):
+    splits = defaultdict(set)
+    for row in read_manifest(tiny_corpus):
+        splits[row["source"]["work"]].add(row["split"])
+        assert row["split"] == split_of_work(row["source"]["work"])
+    assert all(len(s) == 1 for s in splits.values())
+
+
+def test_split_fractions_over_the_whole_catalogue():
+    works = catalogue()
+    splits = [split_of_work(w.work_id) for w in works]
+    counts = {s: splits.count(s) / len(works) for s in ("train", "val", "test")}
+    assert 0.86 < counts["train"] < 0.94 and 0.03 < counts["val"] < 0.07 and 0.03 < counts["test"] < 0.07
+    # A work's split depends on the work alone, never on the seed or the item.
+    assert [split_of_work(w.work_id) for w in works[:50]] == splits[:50]
+
+
+def test_plan_covers_languages_and_instrumentals_evenly():
+    config = BuildConfig(out_dir=None, seed=3)
+    plans = [plan_item(config, i) for i in range(60)]
+    languages = [p.language for p in plans]
+    assert languages.count(None) == 10
+    assert all(languages.count(lang) == 10 for lang in LANGUAGES)
+    assert plan_item(config, 7) == plans[7]
+    assert plan_item(BuildConfig(out_dir=None, seed=4), 7) != plans[7]
+
+
+def test_read_manifest_reports_broken_lines(tmp_path):
+    path = write_manifest(tmp_path / "manifest.jsonl", [{"id": "a"}])
+    with pytest.raises(HeartMuLaError, match="lacks"):
+        read_manifest(path)
+    path.write_text('{"id": \n')
+    with pytest.raises(HeartMuLaError, match="not JSON"):
+        read_manifest(path)
+    with pytest.raises(HeartMuLaError, match="no manifest"):
+        read_manifest(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_lyric_lines_fill_exactly_the_syllable_slots(language):
+    words, weights = vocabulary(language)
+    assert len(words) > 2000 and abs(weights.sum() - 1) < 1e-9
+    writer = LyricWriter(language, np.random.default_rng(0))
+    for n in (1, 3, 7, 12):
+        line = writer.line(n)
+        assert sum(len(w.syllables) for w in line) == n
+
+
+def test_syllabification_rules():
+    assert english_syllables("love") == ("love",)
+    assert english_syllables("river") == ("ri", "ver")
+    assert english_syllables("people") == ("peo", "ple")
+    assert spanish_syllables("canción") == ("ca", "nción")
+    assert len(spanish_syllables("bonita")) == 3
+
+
+def test_profanity_never_reaches_lyrics():
+    english = {w.text for w in vocabulary("en")[0]}
+    assert "class" in english and not any(w.startswith("fuck") or w == "sex" for w in english)
