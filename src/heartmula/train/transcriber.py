@@ -104,7 +104,7 @@ def target_text(lyrics: str, language: str) -> str:
 
 def transformers_start_folder(model: str | None) -> Path:
     """A transformers Whisper folder to start from; CTranslate2 models are converted once into the cache."""
-    from heartmula.transcribe.convert import CONVERTED_MARKER, convert_ct2_to_transformers
+    from heartmula.transcribe.convert import convert_ct2_to_transformers, is_current_conversion
     from heartmula.transcribe.models import cache_dir, locate_model
 
     location = locate_model(model)
@@ -112,7 +112,7 @@ def transformers_start_folder(model: str | None) -> Path:
         return location.path
     name = location.name if location.name in ("base", "tiny.en") else Path(location.path).resolve().name
     target = cache_dir() / "whisper" / f"{name}-transformers"
-    if not (target / CONVERTED_MARKER).is_file():
+    if not is_current_conversion(target):
         convert_ct2_to_transformers(location.path, target)
     return target
 

@@ -26,6 +26,7 @@ from heartmula.files import atomic_output
 
 # CTranslate2 DataType enum values -> numpy dtypes (bfloat16 is read as raw uint16 and widened below).
 CONVERTED_MARKER = "converted-from-ctranslate2.json"
+CONVERTER_VERSION = 2  # bump when the output changes, so cached conversions are redone
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
 
 
@@ -148,21 +149,32 @@ def _generation_config(whisper_config: dict, ct2_config: dict, tokenizer):
     # As in Whisper itself: only the multilingual vocabulary has 51865+ entries (English-only models list
     # language ids in their CTranslate2 config too, but cannot use them).
     multilingual = whisper_config["vocab_size"] >= 51865
-    return GenerationConfig(
+    fields = dict(
         decoder_start_token_id=whisper_config["decoder_start_token_id"],
         bos_token_id=whisper_config["bos_token_id"], eos_token_id=whisper_config["eos_token_id"],
         pad_token_id=whisper_config["pad_token_id"], max_length=whisper_config["max_target_positions"],
         suppress_tokens=list(ct2_config.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
         is_multilingual=multilingual,
-        lang_to_id={tokenizer.convert_ids_to_tokens(i): i for i in lang_ids} if multilingual else {},
-        task_to_id={"transcribe": token("<|transcribe|>"), "translate": token("<|translate|>")} if multilingual
-        else {},
         no_timestamps_token_id=token("<|notimestamps|>"),
         prev_sot_token_id=token("<|startofprev|>"),
         max_initial_timestamp_index=50,
         alignment_heads=[list(h) for h in ct2_config.get("alignment_heads", [])],
     )
+    if multilingual:
+        # Only then: transformers treats the mere presence of lang_to_id as "detect a language", and would put
+        # a bogus language token into an English-only model's prompt.
+        fields["lang_to_id"] = {tokenizer.convert_ids_to_tokens(i): i for i in lang_ids}
+        fields["task_to_id"] = {"transcribe": token("<|transcribe|>"), "translate": token("<|translate|>")}
+    return GenerationConfig(**fields)
+
+
+def is_current_conversion(folder: Path) -> bool:
+    marker = Path(folder) / CONVERTED_MARKER
+    try:
+        return json.loads(marker.read_text()).get("converter_version") == CONVERTER_VERSION
+    except (OSError, ValueError):
+        return False
 
 
 def convert_ct2_to_transformers(ct2_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -196,5 +208,5 @@ def convert_ct2_to_transformers(ct2_dir: str | os.PathLike, out_dir: str | os.Pa
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         WhisperFeatureExtractor(feature_size=config_dict["num_mel_bins"]).save_pretrained(out_dir)
-        tmp_marker.write_text(json.dumps({"source": str(ct2_dir)}))
+        tmp_marker.write_text(json.dumps({"source": str(ct2_dir), "converter_version": CONVERTER_VERSION}))
     return out_dir
