@@ -30,6 +30,7 @@ def register(verbs) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
     p.add_argument("--int8", action="store_true", help="int8 weight-only linear layers (CPU speed-up)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model steps (GPU; slow to start)")
     p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
                    "(undecodable codes may be sampled, frame 0 is never checked for EOS)")
     p.add_argument("--codes-out", type=Path, help="write the codes as an int .npy of shape [8, T]")
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         from heartmula.nn.quant import quantize_int8
 
         quantize_int8(generator.model)
+    if args.compile:
+        generator.compile()
     if args.seed is not None:
         torch.manual_seed(args.seed)
     song = SongRequest(lyrics=lyrics, tags=tags, seed=args.seed)

@@ -112,6 +112,16 @@ class HeartMuLaGenerator:
         mask[:, -1] = True
         return tokens, mask, len(tag_ids)
 
+    def compile(self, backend: str = "inductor") -> None:
+        """Compile the backbone and local-decoder passes with torch.compile.
+
+        Shapes are dynamic because attention reads the filled part of the cache, which grows every frame. Worth it
+        on GPUs; on a CPU the first call compiles for minutes and the steady-state gain is small (decoding there
+        is bound by memory bandwidth), so it is off by default.
+        """
+        for transformer in (self.model.backbone, self.model.decoder):
+            transformer.forward = torch.compile(transformer.forward, dynamic=True, backend=backend)
+
     def start(
         self,
         songs: Sequence[SongRequest],

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from heartmula.cli import main
+from heartmula.lm.pretrained import write_random_root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli_root")
+    write_random_root(path, "tiny", seed=1)
+    return path
+
+
+def test_help_explains_every_verb():
+    result = subprocess.run([sys.executable, "-m", "heartmula", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "generate" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "heartmula", "generate", "--help"], capture_output=True, text=True)
+    for option in ("--model", "--version", "--tags", "--lyrics", "--duration", "--topk", "--temperature",
+                   "--cfg-scale", "--seed", "--dtype", "--device", "--codes-out", "--no-decode"):
+        assert option in result.stdout, option
+
+
+def test_generate_writes_codes_in_the_official_layout(root, tmp_path):
+    lyrics = tmp_path / "lyrics.txt"
+    lyrics.write_text("[verse]\nhello\n[chorus]\nworld\n", encoding="utf-8")
+    out = tmp_path / "codes.npy"
+    args = ["generate", "--model", str(root), "--tags", "pop,piano", "--lyrics", str(lyrics), "--duration", "2",
+            "--seed", "3", "--codes-out", str(out), "--no-decode", "--quiet"]
+    assert main(args) == 0
+    codes = np.load(out)
+    assert codes.dtype == np.int64 and codes.shape[0] == 8 and 1 <= codes.shape[1] <= 26
+    again = tmp_path / "again.npy"
+    assert main([*args[:-3], str(again), "--no-decode", "--quiet"]) == 0
+    assert np.array_equal(np.load(again), codes)  # --seed reproduces the song
+
+
+def test_instrumental_from_the_cli(root, tmp_path):
+    out = tmp_path / "inst.npy"
+    assert main(["generate", "--model", str(root), "--tags", "ambient", "--lyrics", "", "--duration", "1",
+                 "--codes-out", str(out), "--no-decode", "--quiet"]) == 0
+    assert np.load(out).shape[0] == 8
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--no-decode"], "needs --codes-out"),
+        (["--topk", "0", "--codes-out", "x.npy", "--no-decode"], "top_k"),
+        (["--duration", "-1", "--codes-out", "x.npy", "--no-decode"], "duration"),
+        (["--duration", "100000", "--codes-out", "x.npy", "--no-decode"], "context"),
+        (["--tags", "jazz:x", "--codes-out", "x.npy", "--no-decode"], "weight"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_writes_nothing(root, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--model", str(root), "--lyrics", "hi", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_model_folder(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path), "--codes-out", str(tmp_path / "c.npy"), "--no-decode"]) == 2
+    assert "HeartMuLa-oss-3B" in capsys.readouterr().err
+    assert not (tmp_path / "c.npy").exists()
