@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
 
 def _add_model(p) -> None:
     p.add_argument("--model", required=True, help="checkpoint root (with HeartCodec-oss/) or a codec folder")
@@ -102,6 +104,10 @@ def run_decode(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     audio, rate = codec.decode(codes, options)
     seconds = time.perf_counter() - began
+    if args.out.suffix.lower() == ".mp3" and rate not in MP3_RATES:
+        from heartmula.audio import resample
+
+        audio, rate = resample(audio, rate, 48000), 48000  # MP3 has a fixed set of sample rates
     save_audio(args.out, audio, rate)
     if not args.quiet:
         duration = audio.shape[-1] / rate

@@ -57,7 +57,9 @@ class Conv(nn.Conv1d):
         if tail is None:
             tail = x.new_zeros(x.shape[0], x.shape[1], pad)
         x = torch.cat([tail, x], dim=-1)
-        cache[self] = x[..., x.shape[-1] - self.context:]
+        cache[self] = x[..., max(0, x.shape[-1] - self.context):]
+        if x.shape[-1] <= self.context:  # not enough input yet for one output sample (look-ahead conv, tiny chunk)
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
 
 
@@ -75,6 +77,8 @@ class CausalConvTranspose(nn.ConvTranspose1d):
         if cache is None:
             return super().forward(x)[..., :-s]
         # Output sample m depends on input frames m // s and m // s - 1: keep the previous frame.
+        if x.shape[-1] == 0:
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
         previous = cache.get(self)
         if previous is None:
             previous = x.new_zeros(x.shape[0], x.shape[1], 1)

@@ -30,7 +30,8 @@ def _match(a, b) -> tuple[torch.Tensor, torch.Tensor]:
 def _magnitude(x: torch.Tensor, n_fft: int) -> torch.Tensor:
     window = torch.hann_window(n_fft, device=x.device)
     flat = x.reshape(-1, x.shape[-1])
-    spec = torch.stft(flat, n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
+    # Zero padding (not reflection) so that clips shorter than the FFT still work.
+    spec = torch.stft(flat, n_fft, hop_length=n_fft // 4, window=window, pad_mode="constant", return_complex=True)
     return spec.abs().clamp_min(1e-7)
 
 
