@@ -83,3 +83,14 @@ def test_manifest_errors_name_the_line(tmp_path):
     manifest.write_text('{"audio": "missing.wav", "lyrics": "x", "language": "en"}\n')
     with pytest.raises(HeartMuLaError, match="missing.wav"):
         read_manifest(manifest)
+
+
+def test_truncated_model_file_is_a_user_error(tmp_path):
+    from heartmula.transcribe.convert import read_ct2_model
+
+    source = locate_model("tiny.en").path / "model.bin"
+    broken = tmp_path / "model.bin"
+    with open(source, "rb") as f:
+        broken.write_bytes(f.read(5_000_000))
+    with pytest.raises(HeartMuLaError, match="truncated"):
+        read_ct2_model(broken)

@@ -111,3 +111,5 @@ def test_missing_file_and_unknown_model_are_user_errors(base_transcriber, tmp_pa
         base_transcriber.transcribe(tmp_path / "nope.wav")
     with pytest.raises(HeartMuLaError, match="neither an embedded model"):
         Transcriber(TranscribeConfig(model="whisper-huge"))
+    with pytest.raises(HeartMuLaError, match="not a language"):
+        Transcriber(TranscribeConfig(model="base", language="english"))

@@ -65,6 +65,9 @@ class CTranslate2Backend:
         self.multilingual = self.model.model.is_multilingual
         self.compute_type = compute_type
 
+    def supported_languages(self) -> list[str]:
+        return list(self.model.supported_languages)
+
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         language, probability, _ = self.model.detect_language(audio=audio)
         return language, float(probability)
@@ -124,6 +127,11 @@ class TransformersBackend:
         inputs = self.features(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
         dtype = next(self.model.parameters()).dtype
         return inputs.input_features.to(self.device, dtype), inputs.attention_mask.to(self.device)
+
+    def supported_languages(self) -> list[str]:
+        if not self.multilingual:
+            return ["en"]
+        return [token.strip("<|>") for token in self.model.generation_config.lang_to_id]
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         features, _ = self._inputs(audio)

@@ -57,7 +57,10 @@ def read_ct2_model(path: str | os.PathLike) -> dict[str, np.ndarray]:
             dims = [read("I") for _ in range(read("B"))]
             dtype_id = read("B")
             nbytes = read("I")
-            raw = np.frombuffer(f.read(nbytes), dtype=_CT2_DTYPES[dtype_id]).reshape(dims)
+            data = f.read(nbytes)
+            if len(data) != nbytes:
+                raise HeartMuLaError(f"{path} ends inside tensor {name}: the CTranslate2 model file is truncated")
+            raw = np.frombuffer(data, dtype=_CT2_DTYPES[dtype_id]).reshape(dims)
             if dtype_id == 5:  # bfloat16: the high half of a float32
                 raw = (raw.astype(np.uint32) << 16).view(np.float32)
             tensors[name] = raw.astype(np.float32) if raw.dtype in (np.float16, np.float32) else raw

@@ -22,7 +22,6 @@ from heartmula.transcribe.models import locate_model
 from heartmula.transcribe.result import Segment, Transcript, Word
 from heartmula.transcribe.vocals import isolate_vocals
 
-LANGUAGES = ("en", "zh", "ja", "ko", "es")  # HeartMuLa's five; any Whisper language code is accepted
 NO_SPACE_LANGUAGES = ("zh", "ja", "th", "lo", "my", "yue")
 
 
@@ -43,8 +42,6 @@ class TranscribeConfig:
     max_repeats: int = 4  # more identical consecutive lines or word n-grams than this are a decoding loop
 
     def validate(self) -> TranscribeConfig:
-        if self.language is not None and not self.language.isalpha():
-            raise HeartMuLaError(f"language {self.language!r} is not a Whisper language code (e.g. en, zh, ja)")
         if self.max_repeats < 1 or self.section_gap <= 0 or self.min_pause <= 0:
             raise HeartMuLaError("max_repeats must be >= 1, section_gap and min_pause > 0")
         self.decoding.validate()
@@ -157,9 +154,12 @@ class Transcriber:
         self.location = locate_model(self.config.model)
         self.backend = load_backend(self.location, self.config.backend, self.config.compute_type,
                                     self.config.device, self.config.threads)
-        if self.config.language and self.config.language != "en" and not self.backend.multilingual:
-            raise HeartMuLaError(f"{self.location.name} is an English-only model; use --model base for "
-                                 f"{self.config.language!r}")
+        language = self.config.language
+        if language and language != "en" and not self.backend.multilingual:
+            raise HeartMuLaError(f"{self.location.name} is an English-only model; use --model base for {language!r}")
+        if language and language not in self.backend.supported_languages():
+            raise HeartMuLaError(f"{language!r} is not a language this Whisper knows; use a code such as en, zh, "
+                                 "ja, ko, es")
 
     def prepare_audio(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """[channels, samples] at any rate -> 16 kHz mono float32, vocals isolated if configured."""
