@@ -111,3 +111,18 @@ def test_resume_rebuilds_only_what_is_missing(tiny_corpus, tmp_path):
     assert (copy / "manifest.jsonl").read_text() == original_manifest
     assert _md5(copy / victim["audio"]) == _md5(tiny_corpus / victim["audio"])
     assert kept.stat().st_mtime_ns == kept_mtime  # finished items are not rendered again
+
+
+def test_data_card_reports_makeup_and_speed(tiny_corpus, tmp_path):
+    from heartmula.cli import main
+
+    out = tmp_path / "card.md"
+    assert main(["data", "card", str(tiny_corpus), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = read_manifest(tiny_corpus)
+    total_hours = sum(r["duration"] for r in rows) / 3600
+    assert f"**{total_hours:.2f} hours**" in text
+    for language in LANGUAGES:
+        assert f"| {language} |" in text
+    assert "| instrumental |" in text and "## Build speed" in text and "x real time per CPU core" in text
+    assert out.with_suffix(".png").stat().st_size > 1000

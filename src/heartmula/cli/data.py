@@ -83,15 +83,18 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from heartmula.data.card import write_data_card
+    from heartmula.data.card import build_speed_markdown, write_data_card
     from heartmula.data.intelligibility import intelligibility_markdown
     from heartmula.data.manifest import manifest_path, read_manifest
 
     path = manifest_path(args.manifest)
     rows = read_manifest(path, absolute_paths=False)
     extra = ""
+    log = path.parent / "build-log.jsonl"
+    if log.is_file():
+        extra += build_speed_markdown(log, {r["index"] for r in rows if "index" in r}) + "\n"
     if args.intelligibility:
-        extra = intelligibility_markdown(json.loads(args.intelligibility.read_text(encoding="utf-8")))
+        extra += intelligibility_markdown(json.loads(args.intelligibility.read_text(encoding="utf-8")))
     out = args.out or path.parent / "data-card.md"
     write_data_card(rows, out, title=path.parent.name, extra_sections=extra)
     print(f"wrote {out} and {out.with_suffix('.png')}", file=sys.stderr)

@@ -86,6 +86,31 @@ def write_data_card(rows: list[dict], path: str | os.PathLike, title: str = "hea
     return path
 
 
+def build_speed_markdown(log_path: str | os.PathLike, item_ids: set[int] | None = None) -> str:
+    """Speed of a build from its build-log.jsonl: audio seconds per wall second and per CPU second."""
+    import json
+
+    entries = {}
+    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry.get("cpu_seconds") and (item_ids is None or entry["index"] in item_ids):
+            entries[entry["index"]] = entry  # a resumed item logs again with ~0 cost: keep the real one
+    if not entries:
+        return ""
+    audio = sum(e["duration"] for e in entries.values())
+    cpu = sum(e["cpu_seconds"] for e in entries.values())
+    worker_wall = sum(e["build_seconds"] for e in entries.values())
+    loads = [e["load"] for e in entries.values() if "load" in e]
+    lines = ["## Build speed", "",
+             f"- {len(entries)} items, {audio / 3600:.2f} h of audio; {cpu / 3600:.2f} CPU-hours (workers and "
+             f"FluidSynth): **{audio / cpu:.1f}x real time per CPU core**, i.e. {2 * audio / cpu:.1f}x on 2 free "
+             "cores.",
+             f"- Per worker, wall clock: {audio / worker_wall:.1f}x real time"
+             + (f" (machine load average {min(loads):.1f}-{max(loads):.1f} while building: shared cores)"
+                if loads else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
 def _plot(stats: dict, path: Path) -> None:
     import matplotlib
 
