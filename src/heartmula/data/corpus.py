@@ -91,11 +91,11 @@ def split_of_work(work_id: str, val_fraction: float = 0.05, test_fraction: float
     return "train"
 
 
-def _pick_piece(plan: ItemPlan, rng: np.random.Generator) -> Piece:
+def _pick_piece(plan: ItemPlan, chorale_share: float, rng: np.random.Generator) -> Piece:
     works = catalogue()
     chorales = [w for w in works if w.collection == "bach-chorales"]
     folk = [w for w in works if w.collection == "essen-folksongs"]
-    pool = chorales if plan.collection_draw < 0.4 else folk
+    pool = chorales if plan.collection_draw < chorale_share else folk
     for _ in range(20):  # a few works are unusable (too short, unparsable): draw again, deterministically
         work: WorkRef = pool[int(rng.integers(len(pool)))]
         try:
@@ -214,7 +214,7 @@ def build_item(config: BuildConfig, index: int) -> dict:
     if record_path.is_file():
         return json.loads(record_path.read_text(encoding="utf-8"))
     rng = np.random.default_rng([config.seed, index, 1])
-    piece = _pick_piece(plan, rng)
+    piece = _pick_piece(plan, config.chorale_share, rng)
     choices = CHORALE_STYLES if piece.parts else tuple(s.name for s in STYLES)
     style = STYLE_BY_NAME[choices[int(plan.style_draw * len(choices))]]
     soundfonts = available_soundfonts()

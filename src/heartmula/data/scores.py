@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from heartmula.errors import HeartMuLaError
 
@@ -51,7 +51,6 @@ class Piece:
     tonic: int  # pitch class 0-11
     mode: str  # "major" or "minor"
     beat_unit: float = 1.0  # 1.5 for compound metres (6/8, 9/8, 12/8)
-    extra: dict = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=1)
