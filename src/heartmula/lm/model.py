@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from heartmula.checkpoint import load_state_dict, save_state_dict, tensor_shapes, validate_shapes
@@ -76,7 +77,15 @@ class HeartMuLa(nn.Module):
         """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
         if self.audio_head_int8 is not None:
             return self.audio_head_int8[codebook - 1](decoder_hidden)
-        return torch.mm(decoder_hidden, self.audio_head[codebook - 1])
+        return F.linear(decoder_hidden, self.audio_head[codebook - 1].t())
+
+    def use_row_major_heads(self) -> None:
+        """Store audio_head as [.., vocab, dim] in memory (same values, same shape and name).
+
+        `h @ audio_head[i]` then runs as a plain linear layer, which reads the weights about twice as fast on a
+        CPU as a matmul against a [dim, vocab] matrix.
+        """
+        self.audio_head.data = self.audio_head.data.transpose(1, 2).contiguous().transpose(1, 2)
 
     # --- weights ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -115,6 +124,7 @@ class HeartMuLa(nn.Module):
             model = cls(config)
         state = load_state_dict(folder, dtype=dtype, device=device)
         model.load_state_dict(state, assign=True, strict=True)
+        model.use_row_major_heads()
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int | None = None) -> None:

@@ -1,14 +1,21 @@
-"""Int8 weight-only linear layers (per-output-channel scales) for memory-bound CPU decoding.
+"""Int8 linear layers (per-output-channel weight scales) for memory-bound CPU decoding.
 
-Decoding one frame reads every weight once or more, so on a CPU the time is roughly bytes read / memory
-bandwidth; int8 weights read a quarter of float32's bytes. Activations stay in floating point.
+Decoding one frame reads every weight once or more, so on a CPU the time is roughly bytes read / memory bandwidth;
+int8 weights read a quarter of float32's bytes. On x86 the layers run on FBGEMM's int8 kernels, which also
+quantise the activations on the fly (per call); elsewhere the weights are dequantised inside a float matmul.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _fbgemm_available() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
 
 
 class Int8Linear(nn.Module):
@@ -17,23 +24,32 @@ class Int8Linear(nn.Module):
         weight = weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
         quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-        self.register_buffer("weight", quantized)
         self.register_buffer("scales", scales)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self._packed = None
+        # With FBGEMM the packed copy is all the layer needs: keep no second int8 copy.
+        use_fbgemm = weight.device.type == "cpu" and _fbgemm_available()
+        self.register_buffer("weight", None if use_fbgemm else quantized)
+        if use_fbgemm:
+            with warnings.catch_warnings():  # quantized tensors are deprecated API, still the fast CPU path
+                warnings.simplefilter("ignore")
+                qweight = torch.quantize_per_channel(
+                    weight, scales.double(), torch.zeros_like(scales, dtype=torch.int64), 0, torch.qint8)
+                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(linear.weight, linear.bias).to(linear.weight.device)
+        return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.device.type == "cpu":
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales.to(flat.dtype))
+        if self._packed is not None and flat.device.type == "cpu":
+            out = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, False).to(x.dtype)
         else:
             out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales.to(flat.dtype)
-        if self.bias is not None:
-            out = out + self.bias
+            if self.bias is not None:
+                out = out + self.bias.to(flat.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
