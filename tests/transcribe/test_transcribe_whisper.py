@@ -24,12 +24,20 @@ def assert_times_consistent(transcript):
         last = segment.end
 
 
-def test_embedded_base_is_assembled_once_from_the_two_packages():
+def test_embedded_base_is_assembled_once_from_the_two_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEARTMULA_CACHE", str(tmp_path))
     folder = assembled_base_model()
+    assert folder.is_relative_to(tmp_path)
     model_bin = folder / "model.bin"
     assert model_bin.stat().st_size == 145_217_532  # part1 + part2 of the packages
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json",
+                                                        "vocabulary.txt"]  # no temporary files left
     mtime = model_bin.stat().st_mtime_ns
     assert assembled_base_model() == folder and model_bin.stat().st_mtime_ns == mtime  # not joined again
+    with open(model_bin, "r+b") as f:  # a half-written join (size differs) is redone
+        f.truncate(1000)
+    assembled_base_model()
+    assert model_bin.stat().st_size == 145_217_532
 
 
 def test_english_speech_detected_and_transcribed(base_transcriber, audio_dir):
