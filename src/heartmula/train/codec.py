@@ -36,6 +36,7 @@ from heartmula.files import atomic_output
 STATE_FILE = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 LOG_FILE = "train_log.jsonl"
+DATA_FILE = "training_data.json"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac")
 
 
@@ -50,6 +51,8 @@ class CodecTrainConfig:
     dead_code_every: int = 25  # steps between re-seeding unused codes
     latent_weight: float = 10.0
     commitment_weight: float = 0.25
+    spread_weight: float = 5.0  # keeps the latent spread over the SQ grid (see latent_spread_penalty)
+    latent_std: float = 0.35
     max_minutes: float = 20.0  # audio kept in memory for training
     save_every: int = 100
     seed: int = 0
@@ -94,6 +97,15 @@ def sample_batch(clips, batch: int, samples: int, rng: np.random.Generator) -> t
     return torch.from_numpy(np.stack(out).astype(np.float32))
 
 
+def latent_spread_penalty(latent: torch.Tensor, target_std: float) -> torch.Tensor:
+    """Penalise latent channels whose spread falls below `target_std`.
+
+    Early in training the decoder turns latent variation into noise, so the quickest way to lower the loss is to
+    shrink the latent; once it is inside +-1/18 the SQ grid rounds it all to zero and the codec carries nothing.
+    This hinge only acts below the target, so it does not fight the reconstruction losses afterwards."""
+    return F.relu(target_std - latent.std(dim=(0, 1))).mean()
+
+
 def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainConfig):
     latent = codec.audio_to_latent(audio)  # [B, L, D]
     reconstruction = codec.latent_to_audio(round_with_straight_through(latent), snap=False)
@@ -110,10 +122,28 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     predicted = codec.direct_decoder(condition.repeat_interleave(LATENT_PER_CODE, dim=1))
     latent_mse = F.mse_loss(predicted, target)
     commitment = F.mse_loss(projected, quantized.detach())
-    total = stft + wave + config.latent_weight * latent_mse + config.commitment_weight * commitment
+    spread = latent_spread_penalty(latent, config.latent_std)
+    total = (stft + wave + config.latent_weight * latent_mse + config.commitment_weight * commitment
+             + config.spread_weight * spread)
     parts = {name: float(value.detach()) for name, value in
-             (("stft", stft), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment))}
+             (("stft", stft), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment),
+              ("latent_std", latent.std(dim=(0, 1)).mean()))}
     return total, parts, codes, residuals
+
+
+@torch.no_grad()
+def spread_latent(codec: HeartCodec, audio: torch.Tensor, target_std: float = 0.45) -> None:
+    """Data-dependent init: scale the encoder's last conv so the latent spans the SQ grid (steps of 1/9).
+
+    A freshly initialised encoder outputs latents of std ~0.04, which the grid rounds to zero: the decoder would
+    see nothing and the straight-through gradient would take a long time to spread them out."""
+    encoder = codec.scalar_model.encoder
+    x = audio.reshape(-1, 1, audio.shape[-1])
+    for layer in encoder[:-1]:
+        x = layer(x)
+    scale = target_std / max(float(encoder[-1](x).std()), 1e-6)
+    encoder[-1].weight.mul_(scale)
+    encoder[-1].bias.mul_(scale)
 
 
 def _save_state(out: Path, optimizer, step: int, codec: HeartCodec, config: CodecTrainConfig) -> None:
@@ -170,6 +200,13 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     rng = np.random.default_rng(config.seed + start_step)
     generator = torch.Generator().manual_seed(config.seed + start_step)
     samples = config.segment_frames * codec.config.samples_per_code
+
+    if start_step == 0:
+        spread_latent(codec, sample_batch(clips, 8, samples, np.random.default_rng(config.seed + 1)))
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / DATA_FILE) as tmp:  # what the checkpoint was trained on (licenses travel with data)
+        tmp.write_text(json.dumps({"files": [str(f) for f in files], "max_minutes": config.max_minutes}, indent=2))
 
     bar = None
     if progress:
