@@ -57,7 +57,8 @@ class Conv(nn.Conv1d):
         if tail is None:
             tail = x.new_zeros(x.shape[0], x.shape[1], pad)
         x = torch.cat([tail, x], dim=-1)
-        cache[self] = x[..., max(0, x.shape[-1] - self.context):]
+        # clone: a view would keep this call's whole input alive until the next call
+        cache[self] = x[..., max(0, x.shape[-1] - self.context):].clone()
         if x.shape[-1] <= self.context:  # not enough input yet for one output sample (look-ahead conv, tiny chunk)
             return x.new_zeros(x.shape[0], self.out_channels, 0)
         return F.conv1d(x, self.weight, self.bias, dilation=self.dilation)
@@ -82,7 +83,7 @@ class CausalConvTranspose(nn.ConvTranspose1d):
         previous = cache.get(self)
         if previous is None:
             previous = x.new_zeros(x.shape[0], x.shape[1], 1)
-        cache[self] = x[..., -1:]
+        cache[self] = x[..., -1:].clone()
         y = super().forward(torch.cat([previous, x], dim=-1))
         return y[..., s: s * (x.shape[-1] + 1)]
 
