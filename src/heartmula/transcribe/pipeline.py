@@ -52,7 +52,7 @@ def vocal_regions(audio: np.ndarray, threshold: float, min_pause: float) -> list
     """Sample ranges where a voice is active (silero VAD), each at most one Whisper window long."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    options = VadOptions(threshold=threshold, min_silence_duration_ms=int(min_pause * 1000), speech_pad_ms=200,
+    options = VadOptions(threshold=threshold, min_silence_duration_ms=int(min_pause * 1000), speech_pad_ms=400,
                          min_speech_duration_ms=150, max_speech_duration_s=CHUNK_SECONDS - 1.0)
     return [(r["start"], r["end"]) for r in get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)]
 
