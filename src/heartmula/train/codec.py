@@ -51,6 +51,7 @@ class CodecTrainConfig:
     dead_code_every: int = 25  # steps between re-seeding unused codes
     latent_weight: float = 10.0
     commitment_weight: float = 0.25
+    token_audio_weight: float = 1.0  # audio loss through the codes: decoder and token path trained end to end
     spread_weight: float = 5.0  # keeps the latent spread over the SQ grid (see latent_spread_penalty)
     latent_std: float = 0.35
     max_minutes: float = 20.0  # audio kept in memory for training
@@ -125,9 +126,15 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     spread = latent_spread_penalty(latent, config.latent_std)
     total = (stft + wave + config.latent_weight * latent_mse + config.commitment_weight * commitment
              + config.spread_weight * spread)
+    token_stft = torch.zeros(())
+    if config.token_audio_weight:
+        # What `encode -> decode` will actually produce: the SQ decoder on the latent predicted from the codes.
+        through_codes = codec.latent_to_audio(round_with_straight_through(predicted), snap=False)
+        token_stft = multi_resolution_stft_distance(through_codes, audio)
+        total = total + config.token_audio_weight * (token_stft + (through_codes - audio).abs().mean())
     parts = {name: float(value.detach()) for name, value in
              (("stft", stft), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment),
-              ("latent_std", latent.std(dim=(0, 1)).mean()))}
+              ("latent_std", latent.std(dim=(0, 1)).mean()), ("token_stft", token_stft))}
     return total, parts, codes, residuals
 
 
