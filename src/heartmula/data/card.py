@@ -93,8 +93,12 @@ def build_speed_markdown(log_path: str | os.PathLike, item_ids: set[int] | None 
     entries = {}
     for line in Path(log_path).read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
-        if entry.get("cpu_seconds") and (item_ids is None or entry["index"] in item_ids):
-            entries[entry["index"]] = entry  # a resumed item logs again with ~0 cost: keep the real one
+        index = entry["index"]
+        if "cpu_seconds" not in entry or (item_ids is not None and index not in item_ids):
+            continue
+        # A resumed build logs finished items again at ~0 cost: keep each item's real (costliest) render.
+        if index not in entries or entry["cpu_seconds"] > entries[index]["cpu_seconds"]:
+            entries[index] = entry
     if not entries:
         return ""
     audio = sum(e["duration"] for e in entries.values())
