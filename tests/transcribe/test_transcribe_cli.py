@@ -59,3 +59,11 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
 def test_bad_options_are_rejected(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_cli_choices_match_the_package():
+    from heartmula.cli import transcribe as cli
+    from heartmula.transcribe import FORMATS
+    from heartmula.transcribe.vocals import METHODS
+
+    assert cli.FORMATS == FORMATS and cli.VOCAL_METHODS == METHODS

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+# Copies of heartmula.transcribe's lists: importing that package loads torch, and `--help` must stay instant.
+# tests/transcribe/test_transcribe_cli.py checks that they agree.
 FORMATS = ("txt", "lrc", "srt", "json")
 VOCAL_METHODS = ("off", "center", "hpss", "center+hpss")
 
