@@ -237,7 +237,7 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         reseed = step % config.dead_code_every == 0
         codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
                                                 dead_threshold=0.02 if reseed else 0.0, generator=generator)
-        parts = {"step": step + 1, "loss": round(float(loss), 4), **{k: round(v, 5) for k, v in parts.items()},
+        parts = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 5) for k, v in parts.items()},
                  "seconds": round(time.perf_counter() - began, 2)}
         first = first or parts
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
