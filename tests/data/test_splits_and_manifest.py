@@ -73,3 +73,19 @@ def test_syllabification_rules():
 def test_profanity_never_reaches_lyrics():
     english = {w.text for w in vocabulary("en")[0]}
     assert "class" in english and not any(w.startswith("fuck") or w == "sex" for w in english)
+
+
+def test_intelligibility_sample_takes_the_first_sung_items_per_language():
+    from heartmula.data.intelligibility import intelligibility_markdown, sample_vocal_rows
+
+    rows = [{"id": f"s-{i:03d}", "language": LANGUAGES[i % 5] if i % 6 else None, "vocals": "v.flac" if i % 6 else None,
+             "lyrics": "[verse]\nla" if i % 6 else ""} for i in range(40)]
+    sample = sample_vocal_rows(list(reversed(rows)), per_language=2)
+    assert len(sample) == 10 and all(r["vocals"] for r in sample)
+    for language in LANGUAGES:
+        ids = [r["id"] for r in sample if r["language"] == language]
+        expected = [r["id"] for r in rows if r["language"] == language][:2]
+        assert ids == expected
+    table = intelligibility_markdown({"en": {"items": 2, "seconds": 120.0, "wer": 0.5, "cer": 0.25,
+                                             "by_gender": {"male": {"cer": 0.2}}}})
+    assert "| en | 2 | 2.0 | 0.50 | 0.25 |  | 0.20 |" in table
