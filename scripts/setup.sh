@@ -20,6 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 # A bare `torch` requirement would pull a multi-GB CUDA build; keep an existing torch (GPU users), else the CPU wheel.
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
-$PY -m pip install -q -e ".[dev]" 2>&1 | grep -v "Running pip as the 'root' user" || true
+$PY -m pip install -q -e ".[dev]"
