@@ -47,10 +47,9 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def weight_bytes_per_frame(model, bytes_per_weight: float) -> float:
-    """Bytes of weights one frame reads (embedding lookups are a few rows: ignored)."""
+    """Bytes of weights one frame reads (embedding lookups are a few rows: ignored). Counts a float model."""
     def count(module):
-        return sum(p.numel() for p in module.parameters()) + sum(
-            b.numel() for n, b in module.named_buffers() if n.endswith("weight"))
+        return sum(p.numel() for p in module.parameters())
 
     codebooks = model.num_codebooks
     backbone = count(model.backbone)
@@ -120,13 +119,13 @@ def main() -> None:
                    ("heartmula int8", "float32", True)]
         for name, dtype, int8 in configs:
             generator = load_generator(root, dtype=dtype)
+            bytes_per_weight = 1.0 if int8 else torch.finfo(generator.model.dtype).bits / 8
+            per_frame = weight_bytes_per_frame(generator.model, bytes_per_weight)
             if int8:
                 quantize_int8(generator.model)
-            bytes_per_weight = 1.0 if int8 else torch.finfo(generator.model.dtype).bits / 8
             generator.generate([SongRequest(lyrics=LYRICS, tags=TAGS, seed=0)],
                                SamplingParams(cfg_scale=args.cfg_scale), 5)  # warm-up
             rate, produced = time_ours(generator, args.frames, args.cfg_scale, args.repeats)
-            per_frame = weight_bytes_per_frame(generator.model, bytes_per_weight)
             rows.append({"impl": name, "dtype": dtype, "frames_per_s": round(rate, 2), "frames": produced,
                          "rtf": round(12.5 / rate, 3), "weight_mb_per_frame": round(per_frame / 1e6, 1),
                          "roofline_frames_per_s": round(bandwidth / per_frame, 2),
