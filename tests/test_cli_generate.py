@@ -62,6 +62,30 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(root, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+def test_generate_decodes_with_the_codec_beside_the_model(root, tmp_path):
+    import soundfile as sf
+
+    from heartmula.codec.pretrained import write_random_codec
+
+    write_random_codec(root / "HeartCodec-oss", "tiny", seed=0)
+    out = tmp_path / "song.flac"
+    assert main(["generate", "--model", str(root), "--tags", "pop", "--lyrics", "la la", "--duration", "1",
+                 "--seed", "2", "--out", str(out), "--quiet"]) == 0
+    info = sf.info(str(out))
+    assert info.frames > 0 and info.channels in (1, 2)
+
+
+def test_missing_codec_fails_before_generating(root, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "lm"
+    shutil.copytree(root / "HeartMuLa-oss-3B", bare / "HeartMuLa-oss-3B")
+    shutil.copy(root / "tokenizer.json", bare)
+    assert main(["generate", "--model", str(bare), "--out", str(tmp_path / "x.wav"), "--quiet"]) == 2
+    assert "HeartCodec-oss" in capsys.readouterr().err
+    assert not (tmp_path / "x.wav").exists()
+
+
 def test_wrong_model_folder(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path), "--codes-out", str(tmp_path / "c.npy"), "--no-decode"]) == 2
     assert "HeartMuLa-oss-3B" in capsys.readouterr().err

@@ -35,6 +35,7 @@ def register(verbs) -> None:
                    "(undecodable codes may be sampled, frame 0 is never checked for EOS)")
     p.add_argument("--codes-out", type=Path, help="write the codes as an int .npy of shape [8, T]")
     p.add_argument("--out", type=Path, default=Path("song.wav"), help="audio file to write (.wav/.flac/.mp3)")
+    p.add_argument("--codec", help="HeartCodec root or folder for decoding; default: HeartCodec-oss/ beside the LM")
     p.add_argument("--no-decode", action="store_true", help="stop after the language model (needs --codes-out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from heartmula.audio import save_audio
+    from heartmula.codec.pretrained import OFFICIAL_FOLDER, load_codec, locate_codec
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
     from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
@@ -55,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         raise HeartMuLaError("no embedded default model is installed yet: pass --model ROOT_OR_DIR "
                              "(`heartmula model init DIR` writes a random-weight model for trying the pipeline)")
+    codec_path = None
+    if not args.no_decode:  # find the codec before the long LM run, not after it
+        beside = (Path(args.model), Path(args.model).parent)
+        codec_path = args.codec or next((p for p in beside if (p / OFFICIAL_FOLDER).is_dir()), None)
+        if codec_path is None:
+            raise HeartMuLaError(f"no {OFFICIAL_FOLDER}/ beside {args.model}: pass --codec PATH, or --no-decode "
+                                 "with --codes-out to keep only the codes")
+        locate_codec(codec_path)
     tags = read_text_argument(args.tags, "tags")
     lyrics = read_text_argument(args.lyrics, "lyrics")
     sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale).validate()
@@ -79,4 +90,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.no_decode:
         return 0
-    raise HeartMuLaError("no HeartCodec decoder is available yet: add --no-decode (the codes are in --codes-out)")
+    codec = load_codec(codec_path, args.dtype, args.device)
+    audio, rate = codec.decode(codes_np, seed=args.seed)
+    save_audio(args.out, audio, rate)
+    print(f"wrote {args.out}: {audio.shape[-1] / rate:.2f} s at {rate} Hz", file=sys.stderr)
+    return 0
