@@ -85,6 +85,20 @@ def test_manifest_errors_name_the_line(tmp_path):
         read_manifest(manifest)
 
 
+def test_manifest_skips_instrumental_rows(tmp_path):
+    from heartmula.train.transcriber import read_manifest
+
+    (tmp_path / "sung.wav").write_bytes(b"")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio": "inst.wav", "lyrics": "", "language": null}\n'
+                        '{"audio": "sung.wav", "lyrics": "la la", "language": "es"}\n')
+    items = read_manifest(manifest)
+    assert [(i.audio.name, i.language) for i in items] == [("sung.wav", "es")]
+    manifest.write_text('{"audio": "inst.wav", "lyrics": "", "language": null}\n')
+    with pytest.raises(HeartMuLaError, match="no items with lyrics"):
+        read_manifest(manifest)
+
+
 def test_truncated_model_file_is_a_user_error(tmp_path):
     from heartmula.transcribe.convert import read_ct2_model
 

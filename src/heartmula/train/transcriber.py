@@ -88,12 +88,14 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestItem]:
             audio, lyrics, language = record["audio"], record["lyrics"], record["language"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise HeartMuLaError(f"{path}:{number}: need a JSON object with audio, lyrics, language ({exc})") from None
+        if language is None or not str(lyrics).strip():
+            continue  # instrumental rows (the corpus marks them language null): nothing to transcribe
         audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
         if not audio_path.is_file():
             raise HeartMuLaError(f"{path}:{number}: audio file {audio_path} does not exist")
         items.append(ManifestItem(audio_path, str(lyrics), str(language)))
     if not items:
-        raise HeartMuLaError(f"manifest {path} has no items")
+        raise HeartMuLaError(f"manifest {path} has no items with lyrics")
     return items
 
 
