@@ -157,6 +157,7 @@ class HeartMuLaGenerator:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        session.close()
         codes = torch.stack(frames, dim=-1).cpu()  # [songs, K, T]
         lengths = session.lengths.cpu().tolist()
         return [codes[i, :, :length] for i, length in enumerate(lengths)]
