@@ -100,21 +100,28 @@ class Espeak:
         found = find_espeak()
         self.library = found
         self._lib = ctypes.CDLL(found.library_path)
-        data = str(data_dir_with_variant(found.data_path)).encode()
+        self._data = str(data_dir_with_variant(found.data_path)).encode()
         self._lib.espeak_Initialize.restype = ctypes.c_int
-        self.sample_rate = self._lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _ESPEAK_INITIALIZE_DONT_EXIT
-        )
-        if self.sample_rate <= 0:
-            raise HeartMuLaError(f"espeak-ng failed to start (library {found.library_path})")
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)  # kept on self: ctypes must not garbage-collect it
-        self._lib.espeak_SetSynthCallback(self._callback)
+        self.reset()
         # espeak_ng_SetRandSeed exists from 1.52 on (the wheel); Debian's 1.51 lacks it.
         self._seed = getattr(self._lib, "espeak_ng_SetRandSeed", None)
         if self._seed is not None:
             self._seed.argtypes = [ctypes.c_long]
         self._voice: str | None = None
+
+    def reset(self) -> None:
+        """Start espeak-ng afresh: it carries pitch state from one utterance to the next (measured: the same
+        word at the same settings sounds different after words at other pitches), so a song that must render
+        the same whatever came before it starts from here."""
+        self.sample_rate = self._lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data, _ESPEAK_INITIALIZE_DONT_EXIT
+        )
+        if self.sample_rate <= 0:
+            raise HeartMuLaError(f"espeak-ng failed to start (library {self.library.library_path})")
+        self._lib.espeak_SetSynthCallback(self._callback)
+        self._voice = None
 
     def _collect(self, wav, n_samples, _events) -> int:
         if n_samples > 0:

@@ -110,6 +110,7 @@ class Singer:
 
     def sing(self, units: list[SungUnit], language: str, duration: float) -> SungLine:
         """Render all units into one mono track of `duration` seconds; return it with per-syllable timing."""
+        self.espeak.reset()  # the same song renders the same whatever this process sang before
         fs = self.sample_rate
         track = np.zeros(int(np.ceil(duration * fs)) + fs, dtype=np.float32)
         timing = []
