@@ -151,6 +151,18 @@ def save_state_dict(
     write_json(folder / INDEX_FILE, index)
 
 
+def split_config(data: Mapping, fields, model_type: str) -> tuple[dict, dict]:
+    """config.json -> (the dataclass fields we know, every other key kept to be written back unchanged).
+
+    Refuses a config whose `model_type` names another model (a missing model_type is accepted)."""
+    found = data.get("model_type", model_type)
+    if found != model_type:
+        raise HeartMuLaError(f"config model_type is {found!r}, not {model_type!r}")
+    known = {k: v for k, v in data.items() if k in fields and k != "extra"}
+    extra = {k: v for k, v in data.items() if k not in known}
+    return known, extra
+
+
 def read_json(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

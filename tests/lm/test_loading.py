@@ -60,30 +60,32 @@ def _copy_root(src, dst):
     return dst / "HeartMuLa-oss-3B"
 
 
-def test_missing_tensor_is_named(tmp_path, tiny_root):
-    folder = _copy_root(tiny_root, tmp_path / "root")
-    state = load_file(folder / SINGLE_FILE)
+def _drop_backbone_w2(state):
     del state["backbone.layers.1.mlp.w2.weight"]
-    save_file(state, folder / SINGLE_FILE)
-    with pytest.raises(HeartMuLaError, match=r"'backbone\.layers\.1\.mlp\.w2\.weight' is missing.*root"):
-        load_generator(tmp_path / "root")
 
 
-def test_extra_tensor_is_named(tmp_path, tiny_root):
-    folder = _copy_root(tiny_root, tmp_path / "root")
-    state = load_file(folder / SINGLE_FILE)
+def _add_lm_head(state):
     state["lm_head.weight"] = torch.zeros(2, 2)
-    save_file(state, folder / SINGLE_FILE)
-    with pytest.raises(HeartMuLaError, match="unexpected tensor 'lm_head.weight'"):
-        load_generator(tmp_path / "root")
 
 
-def test_misshaped_tensor_is_named(tmp_path, tiny_root):
+def _misshape_projection(state):
+    state["projection.weight"] = torch.zeros(3, 3)
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (_drop_backbone_w2, r"'backbone\.layers\.1\.mlp\.w2\.weight' is missing.*root"),
+        (_add_lm_head, "unexpected tensor 'lm_head.weight'"),
+        (_misshape_projection, r"'projection\.weight'.*shape \[3, 3\]"),
+    ],
+)
+def test_bad_tensor_is_named(tmp_path, tiny_root, corrupt, message):
     folder = _copy_root(tiny_root, tmp_path / "root")
     state = load_file(folder / SINGLE_FILE)
-    state["projection.weight"] = torch.zeros(3, 3)
+    corrupt(state)
     save_file(state, folder / SINGLE_FILE)
-    with pytest.raises(HeartMuLaError, match=r"'projection\.weight'.*shape \[3, 3\]"):
+    with pytest.raises(HeartMuLaError, match=message):
         load_generator(tmp_path / "root")
 
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from heartmula.checkpoint import read_json, write_json
+from heartmula.checkpoint import read_json, split_config, write_json
 from heartmula.errors import HeartMuLaError
 
 CODE_RATE_HZ = 12.5  # code frames per second
@@ -134,13 +134,8 @@ class HeartCodecConfig:
     # --- files ------------------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict) -> HeartCodecConfig:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        config = cls(**{k: v for k, v in data.items() if k in known})
-        config.extra = {k: v for k, v in data.items() if k not in known}
-        model_type = config.extra.get("model_type", "heartcodec")
-        if model_type != "heartcodec":
-            raise HeartMuLaError(f"config model_type is {model_type!r}, not 'heartcodec'")
-        return config.validate()
+        known, extra = split_config(data, cls.__dataclass_fields__, "heartcodec")
+        return cls(**known, extra=extra).validate()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> HeartCodecConfig:

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from heartmula.checkpoint import read_json, write_json
+from heartmula.checkpoint import read_json, split_config, write_json
 from heartmula.errors import HeartMuLaError
 from heartmula.nn.transformer import TransformerConfig
 
@@ -69,12 +69,8 @@ class HeartMuLaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> HeartMuLaConfig:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        config = cls(**{k: v for k, v in data.items() if k in known})
-        config.extra = {k: v for k, v in data.items() if k not in known}
-        model_type = config.extra.get("model_type", "heartmula")
-        if model_type != "heartmula":
-            raise HeartMuLaError(f"config model_type is {model_type!r}, not 'heartmula'")
+        known, extra = split_config(data, cls.__dataclass_fields__, "heartmula")
+        config = cls(**known, extra=extra)
         config.backbone, config.decoder  # noqa: B018 - validate the sizes now, not at first use
         return config
 
