@@ -1,0 +1,135 @@
+"""HeartCLAP metrics: retrieval (R@k, mAP@10) with random baselines, tag ROC-AUC / PR-AUC, cross-lingual agreement.
+
+All functions take plain numpy arrays so that they score any embedding model, not just HeartCLAP.
+- Retrieval: `similarity[q, n]` (query q against candidate n) and `relevant[q, n]` (bool). R@k is the share of
+  queries with at least one relevant candidate in the top k; mAP@10 averages, per query, the precision at each rank
+  <= 10 that holds a relevant candidate, divided by min(10, number relevant).
+- Random baseline: the same metrics for a random ranking, exactly (R@k) or by 2000 seeded shuffles (mAP@10).
+- Tag AUCs: per tag with both positive and negative items, then the macro mean.
+- Cross-lingual agreement: for one description written in several languages, the mean share of the top-10 items
+  that two languages have in common (every pair of languages, every description).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+KS = (1, 5, 10)
+
+
+def top_k(similarity: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best candidates per row, best first."""
+    k = min(k, similarity.shape[1])
+    part = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(similarity, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _ranked_relevance(similarity: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    return np.take_along_axis(relevant, top_k(similarity, k), axis=1).astype(bool)
+
+
+def average_precision_at(hits: np.ndarray, n_relevant: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per query AP@k from ranked hits [Q, >=k] and the number of relevant candidates per query."""
+    hits = hits[:, :k].astype(np.float64)
+    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
+    denominator = np.minimum(n_relevant, k).astype(np.float64)
+    return np.where(denominator > 0, (precision * hits).sum(axis=1) / np.maximum(denominator, 1), 0.0)
+
+
+def retrieval_metrics(similarity: np.ndarray, relevant: np.ndarray, ks=KS) -> dict[str, float]:
+    similarity = np.asarray(similarity, dtype=np.float64)
+    relevant = np.asarray(relevant, dtype=bool)
+    hits = _ranked_relevance(similarity, relevant, max(max(ks), 10))
+    out = {f"R@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+    out["mAP@10"] = float(average_precision_at(hits, relevant.sum(axis=1), 10).mean())
+    return out
+
+
+def random_retrieval_baseline(relevant: np.ndarray, ks=KS, trials: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Expected metrics of a random ranking over the same candidates and relevance sets."""
+    relevant = np.asarray(relevant, dtype=bool)
+    n = relevant.shape[1]
+    r = relevant.sum(axis=1)
+    out = {}
+    for k in ks:
+        k_eff = min(k, n)
+        # P(no relevant item in k random picks) = C(n - r, k) / C(n, k)
+        miss = np.array([math.comb(n - int(x), k_eff) / math.comb(n, k_eff) for x in r])
+        out[f"R@{k}"] = float((1.0 - miss).mean())
+    rng = np.random.default_rng(seed)
+    aps = []
+    for _ in range(trials):
+        order = np.argsort(rng.random(relevant.shape), axis=1)[:, :10]
+        aps.append(average_precision_at(np.take_along_axis(relevant, order, axis=1), r, 10).mean())
+    out["mAP@10"] = float(np.mean(aps))
+    return out
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half), via the rank-sum statistic."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the precision-recall curve as average precision (the mean precision at each positive)."""
+    labels = np.asarray(labels, dtype=bool)
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    hits = labels[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def tag_metrics(scores: np.ndarray, labels: np.ndarray, tag_names: list[str]) -> dict:
+    """Macro ROC-AUC and PR-AUC over tags [items, tags] that have both positives and negatives, plus per tag."""
+    per_tag = {}
+    for j, name in enumerate(tag_names):
+        column = labels[:, j].astype(bool)
+        if column.all() or not column.any():
+            continue
+        per_tag[name] = {"roc_auc": roc_auc(scores[:, j], column), "pr_auc": average_precision(scores[:, j], column),
+                         "positives": int(column.sum()), "prevalence": float(column.mean())}
+    if not per_tag:
+        return {"roc_auc": float("nan"), "pr_auc": float("nan"), "pr_auc_random": float("nan"), "tags": 0,
+                "per_tag": {}}
+    return {"roc_auc": float(np.mean([v["roc_auc"] for v in per_tag.values()])),
+            "pr_auc": float(np.mean([v["pr_auc"] for v in per_tag.values()])),
+            "pr_auc_random": float(np.mean([v["prevalence"] for v in per_tag.values()])),
+            "tags": len(per_tag), "per_tag": per_tag}
+
+
+def top_k_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of items two top-k lists have in common."""
+    return len(set(a.tolist()) & set(b.tolist())) / max(len(a), 1)
+
+
+def cross_lingual_agreement(similarity_by_language: dict[str, np.ndarray], k: int = 10) -> dict:
+    """similarity_by_language[lang] is [descriptions, gallery]; row i is the same description in every language."""
+    languages = list(similarity_by_language)
+    tops = {lang: top_k(sim, k) for lang, sim in similarity_by_language.items()}
+    n = next(iter(tops.values())).shape[0]
+    pairs = {}
+    for i, a in enumerate(languages):
+        for b in languages[i + 1 :]:
+            pairs[f"{a}-{b}"] = float(np.mean([top_k_overlap(tops[a][q], tops[b][q]) for q in range(n)]))
+    return {"mean_top_k_overlap": float(np.mean(list(pairs.values()))) if pairs else float("nan"), "k": k,
+            "pairs": pairs, "descriptions": n}

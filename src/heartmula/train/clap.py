@@ -1,0 +1,279 @@
+"""Train HeartCLAP contrastively on corpus manifests (`heartmula data build` / `heartmula data import`).
+
+Per step, on a batch of distinct songs:
+    clip_i   = a random `clip_seconds` window of song i (log-mel + chroma from a feature cache, random gain)
+    prompt_i = a description of song i: a random subset of its tags (tag masking), in a random language and
+               sentence frame, sometimes with a lyrics line; or, rarely, a lyrics line alone
+    loss     = multi-positive InfoNCE, both directions: prompt i is a correct match for every clip whose tags
+               include all the tags the prompt states (a masked prompt "slow, piano" fits many songs), plus
+             + tag_weight * a sigmoid loss between each clip and single-tag prompts of the whole tag vocabulary
+               (what zero-shot tagging and tag adherence use).
+Only the audio tower and the text projection learn; the sentence encoder stays frozen.
+
+One output folder holds everything: the model (config.json + model.safetensors, loadable at any time), the
+optimiser state (`train_state.pt`, tensors only, read with weights_only=True), the log (`train_log.jsonl`, with
+held-out retrieval metrics every `eval_every` steps) and the feature cache (`features/`). Running the same command
+again resumes from the last save; the random stream of step n depends only on (seed, n).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from heartmula.clap.config import HeartCLAPConfig
+from heartmula.clap.model import HeartCLAP
+from heartmula.clap.prompts import LANGUAGES, normalise_tag, tags_prompt, training_prompt
+from heartmula.data.manifest import parse_tags, read_manifest
+from heartmula.errors import HeartMuLaError
+from heartmula.eval.clap_metrics import retrieval_metrics
+from heartmula.files import atomic_output
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+DATA_FILE = "training_data.json"
+FEATURE_DIR = "features"
+HELD_OUT_SPLITS = ("val", "test")
+
+
+@dataclass
+class ClapTrainConfig:
+    preset: str = "default"  # "default" or "tiny" (tests)
+    steps: int = 3000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    tag_weight: float = 0.5
+    keep_tags: float = 0.7  # probability that a tag stays in a training prompt
+    lyrics_rate: float = 0.1
+    gain_jitter: float = 1.0  # random offset of the log-mel (natural-log units, ~4.3 dB each)
+    eval_every: int = 100
+    save_every: int = 50
+    max_minutes: float | None = None  # stop (and save) after this much wall time; rerun to continue
+    seed: int = 0
+
+
+@dataclass
+class Item:
+    id: str
+    tags: frozenset[str]
+    tag_list: list[str]
+    lyrics: str
+    mel: np.ndarray  # [n_mels, T] float16
+    chroma: np.ndarray  # [12, T] float16
+
+
+def _cache_key(config: HeartCLAPConfig) -> str:
+    c = config
+    return (f"sr{c.sample_rate}-fft{c.n_fft}-hop{c.hop_length}-mel{c.n_mels}-{c.f_min:g}-{c.f_max:g}"
+            f"-chroma{c.chroma_n_fft}-{c.chroma_f_min:g}-{c.chroma_f_max:g}")
+
+
+def load_items(rows: list[dict], model: HeartCLAP, cache_dir: Path, progress: bool = True) -> tuple[list, list]:
+    """Feature-cached items for rows with tags; unreadable audio is skipped and reported."""
+    from tqdm import tqdm
+
+    from heartmula.audio import load_audio
+
+    cache = cache_dir / _cache_key(model.config)
+    cache.mkdir(parents=True, exist_ok=True)
+    items, skipped = [], []
+    for row in tqdm(rows, desc="features", disable=not progress):
+        tags = [normalise_tag(t) for t in parse_tags(row.get("tags") or "")]
+        if not tags:
+            skipped.append((row["id"], "no tags"))
+            continue
+        path = cache / f"{row['id']}.npz"
+        if not path.is_file():
+            try:
+                audio, rate = load_audio(row["audio"], sample_rate=model.config.sample_rate, channels=1)
+            except HeartMuLaError as exc:
+                skipped.append((row["id"], str(exc)))
+                continue
+            mel, chroma = model.features(audio, rate)
+            with atomic_output(path) as tmp:
+                np.savez(tmp, mel=mel.numpy().astype(np.float16), chroma=chroma.numpy().astype(np.float16))
+        with np.load(path, allow_pickle=False) as data:
+            items.append(Item(row["id"], frozenset(tags), tags, row.get("lyrics") or "", data["mel"],
+                              data["chroma"]))
+    return items, skipped
+
+
+def crop(item: Item, frames: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+    total = item.mel.shape[1]
+    if total <= frames:
+        pad = frames - total
+        return (np.pad(item.mel, ((0, 0), (0, pad)), constant_values=math.log(1e-6)),
+                np.pad(item.chroma, ((0, 0), (0, pad))))
+    start = rng.randrange(total - frames + 1)
+    return item.mel[:, start : start + frames], item.chroma[:, start : start + frames]
+
+
+def positives(prompt_tags: list[frozenset[str]], items: list[Item]) -> torch.Tensor:
+    """[prompts, clips] bool: prompt i fits clip j if j is its own song or j has every tag prompt i states."""
+    n = len(items)
+    pos = torch.eye(n, dtype=torch.bool)
+    for i, stated in enumerate(prompt_tags):
+        if stated:
+            for j, item in enumerate(items):
+                pos[i, j] |= stated <= item.tags
+    return pos
+
+
+def multi_positive_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a uniform target over the positives, rows and columns."""
+    target = pos.float()
+    rows = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    cols = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (rows + cols) / 2
+
+
+def embed_items(model: HeartCLAP, items: list[Item]) -> np.ndarray:
+    return np.stack([model.embed_features(torch.from_numpy(it.mel.astype(np.float32)),
+                                          torch.from_numpy(it.chroma.astype(np.float32))) for it in items])
+
+
+def held_out_metrics(model: HeartCLAP, items: list[Item]) -> dict:
+    """Tag-prompt retrieval on held-out songs: the full tag list as a query, in English and in every language."""
+    audio = embed_items(model, items)
+    relevant = np.array([[a.tags == b.tags for b in items] for a in items])
+    out = {}
+    mean_r10 = []
+    for lang in LANGUAGES:
+        text = model.embed_text([tags_prompt(it.tag_list, lang) for it in items])
+        t2a = retrieval_metrics(text @ audio.T, relevant)
+        mean_r10.append(t2a["R@10"])
+        if lang == "en":
+            out.update({f"t2a_{k}": v for k, v in t2a.items()})
+            out.update({f"a2t_{k}": v for k, v in retrieval_metrics(audio @ text.T, relevant.T).items()})
+    out["t2a_R@10_5lang"] = float(np.mean(mean_r10))
+    return out
+
+
+def _lr(step: int, config: ClapTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _save(model: HeartCLAP, optimizer, step: int, out: Path) -> None:
+    model.save_pretrained(out)
+    with atomic_output(out / STATE_FILE) as tmp:
+        torch.save({"step": torch.tensor(step), "optimizer": optimizer.state_dict()}, tmp)
+
+
+def _log(out: Path, record: dict) -> None:
+    with (out / LOG_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_clap(
+    manifests: list[str | os.PathLike], out: str | os.PathLike, config: ClapTrainConfig | None = None,
+    progress: bool = True, model_config: HeartCLAPConfig | None = None,
+) -> dict:
+    from tqdm import tqdm
+
+    config = config or ClapTrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row for m in manifests for row in read_manifest(m)]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    held_rows = [r for r in rows if r["split"] in HELD_OUT_SPLITS]
+    if not train_rows:
+        raise HeartMuLaError("the manifests have no rows with split 'train'; build a corpus with `heartmula data "
+                             "build` or import songs with `heartmula data import`")
+
+    resumed_from = 0
+    if (out / "config.json").is_file():
+        model = HeartCLAP.from_pretrained(out)
+    else:
+        if model_config is None:
+            model_config = HeartCLAPConfig.tiny() if config.preset == "tiny" else HeartCLAPConfig()
+        torch.manual_seed(config.seed)
+        model = HeartCLAP(model_config)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    if (out / STATE_FILE).is_file():
+        state = torch.load(out / STATE_FILE, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        resumed_from = int(state["step"])
+
+    cache_dir = Path(os.environ.get("HEARTMULA_CLAP_FEATURES", out / FEATURE_DIR))
+    train_items, skipped = load_items(train_rows, model, cache_dir, progress)
+    held_items, held_skipped = load_items(held_rows, model, cache_dir, progress)
+    skipped += held_skipped
+    if len(train_items) < 2:
+        raise HeartMuLaError(f"only {len(train_items)} usable training songs (tagged and readable); need >= 2")
+    vocabulary = sorted({t for it in train_items for t in it.tags})
+    (out / DATA_FILE).write_text(json.dumps({
+        "manifests": [str(m) for m in manifests], "train_items": len(train_items), "held_out_items": len(held_items),
+        "skipped": skipped, "tags": vocabulary, "train_config": asdict(config),
+        "licenses": sorted({r["license"] for r in rows}),
+        "train_hours": sum(r["duration"] for r in train_rows) / 3600,
+    }, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    frames = model.config.clip_frames
+    batch = min(config.batch_size, len(train_items))
+    started = time.time()
+    step = resumed_from
+    first_loss = last_loss = None
+    bar = tqdm(total=config.steps, initial=step, desc="train clap", disable=not progress)
+    while step < config.steps:
+        rng = random.Random(config.seed * 1_000_003 + step)
+        chosen = rng.sample(train_items, batch)
+        crops = [crop(it, frames, rng) for it in chosen]
+        mel = torch.from_numpy(np.stack([c[0] for c in crops]).astype(np.float32))
+        mel += torch.tensor([rng.uniform(-config.gain_jitter, config.gain_jitter) for _ in chosen])[:, None, None]
+        chroma = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.float32))
+        prompts = [training_prompt(it.tag_list, it.lyrics, rng, config.keep_tags, config.lyrics_rate)
+                   for it in chosen]
+        tag_language = rng.choice(LANGUAGES)
+        tag_prompts = [tags_prompt([t], tag_language, rng.randrange(4)) for t in vocabulary]
+
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, config)
+        audio = model.audio_embedding(mel, chroma)
+        text = model.text_embedding(model.encode_sentences([p for p, _ in prompts]))
+        scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
+        contrastive = multi_positive_nce(scale * text @ audio.T, positives([s for _, s in prompts], chosen))
+        tag_text = model.text_embedding(model.encode_sentences(tag_prompts))
+        labels = torch.tensor([[t in it.tags for t in vocabulary] for it in chosen], dtype=torch.float32)
+        tag_loss = F.binary_cross_entropy_with_logits(scale * audio @ tag_text.T + model.tag_bias, labels)
+        loss = contrastive + config.tag_weight * tag_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        step += 1
+        last_loss = loss.item()
+        first_loss = last_loss if first_loss is None else first_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.3f}")
+        record = {"step": step, "loss": last_loss, "contrastive": float(contrastive), "tag": float(tag_loss),
+                  "lr": _lr(step - 1, config), "scale": float(scale), "elapsed_s": round(time.time() - started, 1)}
+        if held_items and (step % config.eval_every == 0 or step == config.steps):
+            record.update(held_out_metrics(model, held_items))
+            model.train()
+        _log(out, record)
+        out_of_time = config.max_minutes is not None and time.time() - started > 60 * config.max_minutes
+        if step % config.save_every == 0 or step == config.steps or out_of_time:
+            _save(model, optimizer, step, out)
+        if out_of_time:
+            break
+    bar.close()
+    if step == resumed_from:  # nothing to do: still write a loadable model
+        model.save_pretrained(out)
+    return {"steps": step, "resumed_from": resumed_from, "first_loss": first_loss, "last_loss": last_loss,
+            "train_items": len(train_items), "held_out_items": len(held_items), "skipped": skipped}
