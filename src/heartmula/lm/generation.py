@@ -59,6 +59,7 @@ class SongRequest:
     tags: str | Sequence[TagPrompt | tuple[str, float]] = ""
     reference_embedding: torch.Tensor | None = None  # [muq_dim], e.g. a CLAP audio embedding; zeros upstream
     seed: int | None = None
+    audio_codes: torch.Tensor | None = None  # [K, T] codes of audio to continue from (an audio prompt), or None
 
     def tag_prompts(self) -> list[TagPrompt]:
         if isinstance(self.tags, str):
@@ -85,6 +86,7 @@ class _Row:
     reference_slot: int
     unconditional: bool
     weight: float = 0.0
+    tags: str = ""
 
 
 class HeartMuLaGenerator:
@@ -196,39 +198,74 @@ class GenerationSession:
             None if song.seed is None else torch.Generator(device=self.device).manual_seed(song.seed)
             for song in self.songs
         ]
+        n = len(self.songs)
+        self._index_rows()
+        self.lengths = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.ended = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self._decoder_positions = torch.arange(model.num_codebooks, device=self.device)
+        self._invalid_masks = self._build_invalid_masks()
+        self._last_codes: torch.Tensor | None = None
+        self._history: list[torch.Tensor] = []  # every frame so far (a prompt added mid-song is re-read over them)
+        self._caches: tuple[list, list] | None = None  # this session's KV caches (backbone, decoder layers)
+
+    def _index_rows(self) -> None:
+        """Index tensors derived from `self.rows` (rebuilt whenever a prompt row is added or removed)."""
         n, b = len(self.songs), len(self.rows)
         self.row_song = torch.tensor([r.song for r in self.rows], device=self.device)
         self.weights = torch.zeros(n, b, dtype=torch.float32, device=self.device)
         for i, row in enumerate(self.rows):
-            self.weights[row.song, i] = row.weight
+            if not row.unconditional:
+                self.weights[row.song, i] = row.weight
         if self.guided:
             uncond_of_song = {r.song: i for i, r in enumerate(self.rows) if r.unconditional}
             self.uncond_rows = torch.tensor([uncond_of_song[s] for s in range(n)], device=self.device)
             self.uncond_of_row = self.uncond_rows[self.row_song]
-        self.lengths = torch.zeros(n, dtype=torch.long, device=self.device)
-        self.ended = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.unconditional_rows = (
             torch.tensor([r.unconditional for r in self.rows], device=self.device) if self.guided else None
         )
-        self._decoder_positions = torch.arange(model.num_codebooks, device=self.device)
-        self._invalid_masks = self._build_invalid_masks()
-        self._last_codes: torch.Tensor | None = None
 
     # --- set-up -----------------------------------------------------------------------------------------------
     def _layout_rows(self, prompts: list[list[TagPrompt]]) -> list[_Row]:
         rows = []
-        build = self.generator.build_prompt
-        for s, song in enumerate(self.songs):
+        for s in range(len(self.songs)):
             weights = validate_weights([p.weight for p in prompts[s]])
             for prompt, weight in zip(prompts[s], weights):
-                tokens, mask, slot = build(prompt.tags, song.lyrics)
-                rows.append(_Row(s, tokens, mask, slot, False, weight))
+                rows.append(self._make_row(s, prompt.tags, weight, False))
         if self.guided:
             # The null row only needs the prompt's length: every text column embeds as the null text.
-            for s, song in enumerate(self.songs):
-                tokens, mask, slot = build(prompts[s][0].tags, song.lyrics)
-                rows.append(_Row(s, tokens, mask, slot, True))
+            for s in range(len(self.songs)):
+                rows.append(self._make_row(s, prompts[s][0].tags, 0.0, True))
         return rows
+
+    def _make_row(self, song: int, tags: str, weight: float, unconditional: bool) -> _Row:
+        """Prompt rows [tags, reference slot, lyrics] followed by the song's audio prompt, if any."""
+        tokens, mask, slot = self.generator.build_prompt(tags, self.songs[song].lyrics)
+        audio = self.songs[song].audio_codes
+        if audio is not None:
+            audio_tokens, audio_mask = self._frame_rows(self._check_audio_codes(audio))
+            tokens, mask = torch.cat([tokens, audio_tokens]), torch.cat([mask, audio_mask])
+        return _Row(song, tokens, mask, slot, unconditional, weight, tags)
+
+    def _check_audio_codes(self, codes) -> torch.Tensor:
+        codes = torch.as_tensor(codes)
+        k = self.generator.model.num_codebooks
+        if codes.dim() != 2 or codes.shape[0] != k or codes.shape[1] == 0 or codes.is_floating_point():
+            raise HeartMuLaError(f"an audio prompt must be integer codes of shape [{k}, frames], got "
+                                 f"{list(codes.shape)} {codes.dtype}")
+        size = self.generator.codebook_size
+        if int(codes.min()) < 0 or int(codes.max()) >= size:
+            raise HeartMuLaError(f"audio prompt codes must lie in [0, {size}): encode the audio with a codec whose "
+                                 "codebook matches this model")
+        return codes.long().cpu()
+
+    def _frame_rows(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes [K, T] -> (tokens, mask) [T, K+1] laid out exactly like the frames fed back while generating."""
+        k = self.generator.model.num_codebooks
+        tokens = torch.full((codes.shape[1], k + 1), self.generator.gen_config.empty_id, dtype=torch.long)
+        tokens[:, :k] = codes.t()
+        mask = torch.ones_like(tokens, dtype=torch.bool)
+        mask[:, -1] = False
+        return tokens, mask
 
     def _check_context(self) -> None:
         max_seq_len = self.generator.model.config.backbone.max_seq_len
@@ -268,6 +305,189 @@ class GenerationSession:
         normalised = validate_weights([float(w) for w in weights])
         for i, w in zip(rows, normalised):
             self.weights[song, i] = w
+            self.rows[i].weight = w
+
+    def prompt_tags(self, song: int = 0) -> list[tuple[str, float]]:
+        """The song's tag prompts and their current (normalised) weights, in row order."""
+        return [(r.tags, r.weight) for r in self.rows if r.song == song and not r.unconditional]
+
+    def add_prompt(self, song: int, tags: str, weights: Sequence[float]) -> None:
+        """Add a tag prompt to a song; `weights` covers all its prompts, the new one last. Applies from the next frame.
+
+        Mid-song, the new conditional row must see the same history as the others: its prompt and every frame fed
+        so far run through the backbone once (one row), and its K/V join the batch's caches, left-padded like the
+        rest (the caches grow to the left if the new prompt is longer than the longest row).
+        """
+        if not 0 <= song < len(self.songs):
+            raise HeartMuLaError(f"song index {song} out of range")
+        if not tags.strip():
+            raise HeartMuLaError("a tag prompt needs at least one tag")
+        current = len(self.prompt_tags(song))
+        if len(weights) != current + 1:
+            raise HeartMuLaError(f"song {song} will have {current + 1} tag prompts, got {len(weights)} weights")
+        normalised = validate_weights([float(w) for w in weights])
+        row = self._make_row(song, tags, 0.0, False)
+        longest = max(len(r.tokens) for r in self.rows)
+        max_seq_len = self.generator.model.config.backbone.max_seq_len
+        if len(row.tokens) + self.max_new_frames > max_seq_len:
+            raise HeartMuLaError(f"tag prompt {tags!r} makes the prompt too long for the model's context "
+                                 f"({len(row.tokens)} + {self.max_new_frames} frames > {max_seq_len})")
+        if self.frame_index > 0:
+            self._add_row_to_caches(row, longest)
+        self.rows.append(row)
+        self._index_rows()
+        self.set_prompt_weights(song, normalised)
+
+    def remove_prompt(self, song: int, index: int, weights: Sequence[float]) -> None:
+        """Drop the song's tag prompt number `index`; `weights` covers the remaining prompts. Applies from the next
+        frame (its row leaves the batch, so the remaining prompts cost what they would have cost alone)."""
+        rows = [i for i, r in enumerate(self.rows) if r.song == song and not r.unconditional]
+        if not 0 <= song < len(self.songs) or not 0 <= index < len(rows):
+            raise HeartMuLaError(f"song {song} has no tag prompt number {index}")
+        if len(rows) == 1:
+            raise HeartMuLaError("a song needs at least one tag prompt; add the new one before removing the last")
+        if len(weights) != len(rows) - 1:
+            raise HeartMuLaError(f"song {song} will have {len(rows) - 1} tag prompts, got {len(weights)} weights")
+        normalised = validate_weights([float(w) for w in weights])
+        drop = rows[index]
+        keep = [i for i in range(len(self.rows)) if i != drop]
+        if self.frame_index > 0:
+            self._activate()
+            index_tensor = torch.tensor(keep, device=self.device)
+            backbone = self.generator.model.backbone
+            for layer in backbone.layers:
+                cache = layer.attn.cache
+                cache.k, cache.v = cache.k[index_tensor], cache.v[index_tensor]
+            self.pads = [self.pads[i] for i in keep]
+            self.next_positions = self.next_positions[index_tensor]
+            self._rebuild_key_mask(backbone.cache_capacity)
+            self._resize_decoder_cache(len(keep))
+        self.rows = [self.rows[i] for i in keep]
+        self._index_rows()
+        self.set_prompt_weights(song, normalised)
+
+    def _rebuild_key_mask(self, capacity: int) -> None:
+        self.key_mask = None
+        if any(self.pads):
+            slot_index = torch.arange(capacity, device=self.device)
+            self.key_mask = slot_index[None, :] >= torch.tensor(self.pads, device=self.device)[:, None]
+
+    def _resize_decoder_cache(self, rows: int) -> None:
+        model = self.generator.model
+        model.decoder.setup_cache(rows, model.num_codebooks, self.dtype, self.device)
+        self._caches = self._model_caches()
+
+    @torch.inference_mode()
+    def _add_row_to_caches(self, row: _Row, longest: int) -> None:
+        model = self.generator.model
+        fed = self._history[: self.frame_index - 1]  # the last frame is fed by the next step
+        tokens, mask = row.tokens, row.mask
+        if fed:
+            codes = torch.stack([frame[row.song] for frame in fed], dim=1).cpu()
+            frame_tokens, frame_mask = self._frame_rows(codes)
+            tokens, mask = torch.cat([tokens, frame_tokens]), torch.cat([mask, frame_mask])
+        length = len(tokens)
+        shift = max(0, length - self.next_slot)  # slots to add on the left so the new row fits
+        pad = self.next_slot + shift - length
+        hidden = self._embed_prompts([row], tokens[None].to(self.device), mask[None].to(self.device), None, [0])
+        self._activate()
+        old = self._caches[0]
+        model.backbone.setup_cache(1, length, self.dtype, self.device)
+        model.backbone(hidden, torch.arange(length, device=self.device)[None], start=0)
+        fresh = self._model_caches()[0]
+        b, capacity = len(self.rows), old[0].capacity + shift
+        model.backbone.setup_cache(b + 1, capacity, self.dtype, self.device)
+        for layer, before, new_row in zip(model.backbone.layers, old, fresh):
+            for name in ("k", "v"):
+                target = getattr(layer.attn.cache, name)
+                target[:b, :, shift : shift + self.next_slot] = getattr(before, name)[:, :, : self.next_slot]
+                target[b, :, pad : pad + length] = getattr(new_row, name)[0]
+        self.pads = [p + shift for p in self.pads] + [pad]
+        self.next_slot += shift
+        self.next_positions = torch.cat([self.next_positions, torch.full((1, 1), length, device=self.device)])
+        self._rebuild_key_mask(capacity)
+        self._resize_decoder_cache(b + 1)
+
+    # --- explicit state (pause, save, resume) ----------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON-able metadata) that `GenerationSession.from_state` turns back into this session.
+
+        Holds the filled part of the backbone's KV caches, every song's random-generator state and all frames so
+        far, so a resumed session continues exactly as this one would have.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        rows = []
+        for i, r in enumerate(self.rows):
+            tensors[f"row.{i}.tokens"], tensors[f"row.{i}.mask"] = r.tokens, r.mask
+            rows.append(dict(song=r.song, reference_slot=r.reference_slot, unconditional=r.unconditional,
+                             weight=r.weight, tags=r.tags))
+        songs = []
+        for s, song in enumerate(self.songs):
+            if song.reference_embedding is not None:
+                tensors[f"song.{s}.reference"] = torch.as_tensor(song.reference_embedding, dtype=torch.float32)
+            if song.audio_codes is not None:
+                tensors[f"song.{s}.audio_codes"] = torch.as_tensor(song.audio_codes).long()
+            if self.generators[s] is not None:
+                tensors[f"song.{s}.rng"] = self.generators[s].get_state()
+            songs.append(dict(lyrics=song.lyrics, seed=song.seed))
+        tensors["lengths"], tensors["ended"] = self.lengths, self.ended
+        if self._history:
+            tensors["history"] = torch.stack(self._history)  # [frames, songs, K]
+        meta = dict(songs=songs, rows=rows, sampling=dict(self.sampling.__dict__), max_new_frames=self.max_new_frames,
+                    compat=self.compat, guided=self.guided, frame_index=self.frame_index)
+        if self.frame_index > 0:
+            self._activate()
+            for i, layer in enumerate(self.generator.model.backbone.layers):
+                tensors[f"kv.{i}.k"] = layer.attn.cache.k[:, :, : self.next_slot]
+                tensors[f"kv.{i}.v"] = layer.attn.cache.v[:, :, : self.next_slot]
+            tensors["next_positions"] = self.next_positions
+            meta.update(next_slot=self.next_slot, pads=self.pads, capacity=self.generator.model.backbone.cache_capacity)
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta
+
+    @classmethod
+    def from_state(cls, generator: HeartMuLaGenerator, tensors: dict[str, torch.Tensor], meta: dict):
+        """Rebuild a session saved with `state_dict` (on a generator with the same model)."""
+        songs = []
+        for s, info in enumerate(meta["songs"]):
+            tags = [(r["tags"], r["weight"]) for r in meta["rows"] if r["song"] == s and not r["unconditional"]]
+            songs.append(SongRequest(lyrics=info["lyrics"], tags=tags, seed=info["seed"],
+                                     reference_embedding=tensors.get(f"song.{s}.reference"),
+                                     audio_codes=tensors.get(f"song.{s}.audio_codes")))
+        session = cls(generator, songs, SamplingParams(**meta["sampling"]), meta["max_new_frames"], meta["compat"],
+                      meta["guided"])
+        session.rows = [_Row(r["song"], tensors[f"row.{i}.tokens"], tensors[f"row.{i}.mask"], r["reference_slot"],
+                             r["unconditional"], r["weight"], r["tags"]) for i, r in enumerate(meta["rows"])]
+        session._index_rows()
+        device = session.device
+        for s, g in enumerate(session.generators):
+            if g is not None:
+                g.set_state(tensors[f"song.{s}.rng"])
+        session.lengths, session.ended = tensors["lengths"].to(device), tensors["ended"].to(device)
+        session.frame_index = meta["frame_index"]
+        if "history" in tensors:
+            session._history = list(tensors["history"].to(device).unbind(0))
+            session._last_codes = session._history[-1]
+        if session.frame_index > 0:
+            model = generator.model
+            b = len(session.rows)
+            filled = meta["next_slot"]
+            if tensors["kv.0.k"].shape[0] != b or len(model.backbone.layers) * 2 != sum(
+                k.startswith("kv.") for k in tensors
+            ):
+                raise HeartMuLaError("this saved state belongs to a different model")
+            model.backbone.setup_cache(b, meta["capacity"], session.dtype, device)
+            for i, layer in enumerate(model.backbone.layers):
+                for name in ("k", "v"):
+                    saved = tensors[f"kv.{i}.{name}"]
+                    target = getattr(layer.attn.cache, name)
+                    if saved.shape[1:2] + saved.shape[3:] != target.shape[1:2] + target.shape[3:]:
+                        raise HeartMuLaError("this saved state belongs to a model with different attention sizes")
+                    target[:, :, :filled] = saved.to(device, session.dtype)
+            session._resize_decoder_cache(b)
+            session.next_slot, session.pads = filled, list(meta["pads"])
+            session.next_positions = tensors["next_positions"].to(device)
+            session._rebuild_key_mask(meta["capacity"])
+        return session
 
     def update_sampling(self, **changes) -> None:
         """Change temperature / top_k / cfg_scale from the next frame on; invalid values leave all unchanged."""
@@ -323,24 +543,12 @@ class GenerationSession:
             mask[i, pad:] = row.mask
             positions[i, pad:] = torch.arange(len(row.tokens))
         tokens, mask, positions = tokens.to(self.device), mask.to(self.device), positions.to(self.device)
-        unconditional = self.unconditional_rows
-        hidden = model.embed_rows(tokens, mask, unconditional)
-
-        # The reference-audio slot: muq_linear(embedding) for conditional rows, the null text for the others.
-        references = torch.stack([
-            torch.zeros(model.config.muq_dim) if self.songs[r.song].reference_embedding is None
-            else torch.as_tensor(self.songs[r.song].reference_embedding, dtype=torch.float32).reshape(-1)
-            for r in self.rows
-        ]).to(self.device, self.dtype)
-        slot_values = model.muq_linear(references)
-        if unconditional is not None:
-            slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
-        slots = torch.tensor([pad + r.reference_slot for r, pad in zip(self.rows, self.pads)], device=self.device)
-        hidden[torch.arange(b, device=self.device), slots] = slot_values.to(hidden.dtype)
+        hidden = self._embed_prompts(self.rows, tokens, mask, self.unconditional_rows, self.pads)
 
         capacity = longest + self.max_new_frames
         model.backbone.setup_cache(b, capacity, self.dtype, self.device)
         model.decoder.setup_cache(b, model.num_codebooks, self.dtype, self.device)
+        self._caches = self._model_caches()
         self.key_mask = None
         if any(self.pads):
             slot_index = torch.arange(capacity, device=self.device)
@@ -350,6 +558,37 @@ class GenerationSession:
         key_mask = None if self.key_mask is None else self.key_mask[:, :longest]
         out = model.backbone(hidden, positions, start=0, key_mask=key_mask)
         return out[:, -1]
+
+    def _embed_prompts(self, rows, tokens, mask, unconditional, pads) -> torch.Tensor:
+        """Embedded prompt rows [b, s, D], the reference-audio slot filled in."""
+        model = self.generator.model
+        hidden = model.embed_rows(tokens, mask, unconditional)
+        # The reference-audio slot: muq_linear(embedding) for conditional rows, the null text for the others.
+        references = torch.stack([
+            torch.zeros(model.config.muq_dim) if self.songs[r.song].reference_embedding is None
+            else torch.as_tensor(self.songs[r.song].reference_embedding, dtype=torch.float32).reshape(-1)
+            for r in rows
+        ]).to(self.device, self.dtype)
+        slot_values = model.muq_linear(references)
+        if unconditional is not None:
+            slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
+        slots = torch.tensor([pad + r.reference_slot for r, pad in zip(rows, pads)], device=self.device)
+        hidden[torch.arange(len(rows), device=self.device), slots] = slot_values.to(hidden.dtype)
+        return hidden
+
+    def _model_caches(self) -> tuple[list, list]:
+        model = self.generator.model
+        backbone = [layer.attn.cache for layer in model.backbone.layers]
+        return backbone, [layer.attn.cache for layer in model.decoder.layers]
+
+    def _activate(self) -> None:
+        """Install this session's KV caches in the model: several sessions may share one model, taking turns."""
+        model = self.generator.model
+        if self._caches is None:
+            raise HeartMuLaError("this session was closed")
+        for layers, caches in zip((model.backbone.layers, model.decoder.layers), self._caches):
+            for layer, cache in zip(layers, caches):
+                layer.attn.cache = cache
 
     def _step(self) -> torch.Tensor:
         """Feed the last frame back and return the backbone's new last hidden state."""
@@ -379,6 +618,8 @@ class GenerationSession:
         """Generate one frame for every song (frame 0 comes from the prompt prefill)."""
         if self.frame_index > self.max_new_frames:
             raise HeartMuLaError("this session has produced all the frames it was set up for")
+        if self.frame_index > 0:
+            self._activate()
         hidden = self._prefill() if self.frame_index == 0 else self._step()
         codes = self._frame_from_hidden(hidden)
         ended_now = self._is_end(codes)
@@ -386,6 +627,7 @@ class GenerationSession:
         self.ended |= ended_now
         self.lengths += valid
         self._last_codes = codes
+        self._history.append(codes)
         step = FrameStep(self.frame_index, codes, valid)
         self.frame_index += 1
         return step
@@ -402,6 +644,9 @@ class GenerationSession:
                 return
 
     def close(self) -> None:
-        """Free the KV caches."""
-        self.generator.model.backbone.drop_cache()
-        self.generator.model.decoder.drop_cache()
+        """Free the KV caches (the model's too, unless another session has installed its own since)."""
+        model = self.generator.model
+        if self._caches is None or model.backbone.layers[0].attn.cache is self._caches[0][0]:
+            model.backbone.drop_cache()
+            model.decoder.drop_cache()
+        self._caches = None
