@@ -21,6 +21,7 @@ VERB_MODULES = (
     "heartmula.cli.eval",
     "heartmula.cli.train",
     "heartmula.cli.data",
+    "heartmula.cli.serve",
     "heartmula.cli.clap",
 )
 

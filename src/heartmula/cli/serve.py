@@ -1,0 +1,79 @@
+"""`heartmula serve`: the HTTP/WebSocket API and the web page (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser(
+        "serve",
+        help="run the API server and the web page",
+        description="Serve the web page (compose, live player, library, transcription) and the REST/WebSocket "
+        "API on one port. Song jobs are kept in a SQLite queue under --data and survive restarts. The API spec "
+        "is at /openapi.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the server to the "
+                   "network (use --token then)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--data", default="heartmula-data", help="folder for the job database and the finished songs")
+    p.add_argument("--model", help="HeartMuLa checkpoint root (HeartMuLa-oss-<version>/, tokenizer.json, "
+                   "gen_config.json) or a model folder")
+    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
+    p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    p.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: the "
+                   "HEARTMULA_TOKEN environment variable; unset = no auth)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN (e.g. http://localhost:3000) to call the API; "
+                   "repeatable; default: CORS off")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (transcription)")
+    p.add_argument("--max-duration", type=float, default=300.0, help="longest song a job may ask for, seconds")
+    p.add_argument("--max-batch", type=int, default=4, help="most queued songs generated together in one LM "
+                   "batch (songs with equal sampling settings and similar durations)")
+    p.add_argument("--transcribe-model", help="Whisper for /api/transcribe: base, tiny.en or a folder; "
+                   "default: the embedded base")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's choice)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from heartmula.errors import HeartMuLaError
+    from heartmula.serve.app import TOKEN_ENV, ServeConfig, create_app
+
+    if args.model is None:
+        raise HeartMuLaError("no embedded default model is installed yet: pass --model ROOT_OR_DIR "
+                             "(`heartmula model init DIR` writes a random-weight model for trying the pipeline)")
+    if not 0 < args.port < 65536:
+        raise HeartMuLaError(f"--port must be 1-65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_duration <= 0 or args.max_batch < 1:
+        raise HeartMuLaError("--max-upload-mb and --max-duration must be > 0, --max-batch >= 1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = ServeConfig(
+        data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
+        device=args.device, token=args.token or os.environ.get(TOKEN_ENV) or None, cors_origins=args.cors_origin,
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
+        max_batch=args.max_batch, transcribe_model=args.transcribe_model,
+    )
+    config.check()
+    if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"heartmula serve: warning: listening on {args.host} without --token; anyone who can reach the "
+              "port can use the server", file=sys.stderr)
+    app = create_app(config)
+    recovery = app.state.recovery
+    if recovery["requeued"] or recovery["failed"]:
+        print(f"heartmula serve: after the last stop, re-queued {len(recovery['requeued'])} job(s), failed "
+              f"{len(recovery['failed'])}", file=sys.stderr)
+    print(f"heartmula serve: http://{args.host}:{args.port}/  (data in {args.data})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
