@@ -133,3 +133,87 @@ def cross_lingual_agreement(similarity_by_language: dict[str, np.ndarray], k: in
             pairs[f"{a}-{b}"] = float(np.mean([top_k_overlap(tops[a][q], tops[b][q]) for q in range(n)]))
     return {"mean_top_k_overlap": float(np.mean(list(pairs.values()))) if pairs else float("nan"), "k": k,
             "pairs": pairs, "descriptions": n}
+
+
+# -- the `heartmula eval clap` recipe --
+def _subset_queries(items, rng, size: int = 3):
+    """Per item, a seeded subset of its tags (masked prompts as users type them: 'slow, piano, sad')."""
+    return [sorted(rng.sample(it.tag_list, min(size, len(it.tag_list)))) for it in items]
+
+
+def evaluate_clap(model, rows: list[dict], held_out_splits=("val", "test"), cache_dir=None, gallery: str = "all",
+                  seed: int = 0, progress: bool = True) -> dict:
+    """Score a HeartCLAP model on the held-out rows of corpus manifests (see README, 'Music search (HeartCLAP)').
+
+    - retrieval on held-out songs: text->audio and audio->text R@1/5/10, mAP@10 for the full tag list as a prompt
+      (English, and text->audio in each language), and for 3-tag prompts (relevant: every held-out song with those
+      tags); each beside its random baseline;
+    - tags: zero-shot ROC-AUC / PR-AUC per tag on held-out songs (single-tag English prompts), macro mean;
+    - cross-lingual: the same description (full tag list and 3-tag subset of each held-out song) in en/zh/ja/ko/es
+      against `gallery` ("all": every song of the manifests; "held-out"), mean top-10 overlap over language pairs;
+    - tag adherence: `tag_similarity` of each held-out song with its own tags vs. tags of another held-out song.
+    """
+    import random
+    import tempfile
+    from pathlib import Path
+
+    from heartmula.clap.data import embed_items, load_items
+    from heartmula.clap.prompts import LANGUAGES, tags_prompt
+
+    held_rows = [r for r in rows if r["split"] in held_out_splits]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(cache_dir) if cache_dir else Path(tmp)
+        held, skipped = load_items(held_rows, model, cache, progress)
+        if len(held) < 2:
+            from heartmula.errors import HeartMuLaError
+
+            raise HeartMuLaError(f"only {len(held)} tagged held-out songs (splits {', '.join(held_out_splits)}); "
+                                 "evaluate on a manifest with val/test rows")
+        other = []
+        if gallery == "all":
+            other, more = load_items([r for r in rows if r["split"] not in held_out_splits], model, cache, progress)
+            skipped += more
+        audio = embed_items(model, held)
+        gallery_audio = np.concatenate([audio, embed_items(model, other)]) if other else audio
+
+    rng = random.Random(seed)
+    report: dict = {"held_out_songs": len(held), "gallery_songs": len(gallery_audio), "skipped": skipped}
+    same_tags = np.array([[a.tags == b.tags for b in held] for a in held])
+    full_en = model.embed_text([tags_prompt(it.tag_list, "en") for it in held])
+    report["full_tags_en"] = {
+        "text_to_audio": retrieval_metrics(full_en @ audio.T, same_tags),
+        "audio_to_text": retrieval_metrics(audio @ full_en.T, same_tags.T),
+        "random": random_retrieval_baseline(same_tags),
+    }
+    subsets = _subset_queries(held, rng)
+    subset_relevant = np.array([[set(q) <= b.tags for b in held] for q in subsets])
+    per_language, subset_per_language = {}, {}
+    cross_full, cross_subset = {}, {}
+    for lang in LANGUAGES:
+        full = model.embed_text([tags_prompt(it.tag_list, lang) for it in held])
+        sub = model.embed_text([tags_prompt(q, lang) for q in subsets])
+        per_language[lang] = retrieval_metrics(full @ audio.T, same_tags)
+        subset_per_language[lang] = retrieval_metrics(sub @ audio.T, subset_relevant)
+        cross_full[lang] = full @ gallery_audio.T
+        cross_subset[lang] = sub @ gallery_audio.T
+    report["full_tags_by_language"] = per_language
+    report["three_tags_by_language"] = subset_per_language
+    report["three_tags_random"] = random_retrieval_baseline(subset_relevant)
+    report["cross_lingual"] = {"full_tags": cross_lingual_agreement(cross_full),
+                               "three_tags": cross_lingual_agreement(cross_subset)}
+    report["cross_lingual"]["mean_top_10_overlap"] = float(np.mean(
+        [report["cross_lingual"][k]["mean_top_k_overlap"] for k in ("full_tags", "three_tags")]))
+
+    vocabulary = sorted({t for it in held for t in it.tags} | {t for it in other for t in it.tags})
+    tag_text = model.embed_text([tags_prompt([t], "en") for t in vocabulary])
+    labels = np.array([[t in it.tags for t in vocabulary] for it in held])
+    tags = tag_metrics(audio @ tag_text.T, labels, vocabulary)
+    report["tags"] = {k: v for k, v in tags.items() if k != "per_tag"}
+    report["tags_per_tag"] = tags["per_tag"]
+
+    own = np.sum(audio * full_en, axis=1)
+    shuffled = [(i + 1 + rng.randrange(len(held) - 1)) % len(held) for i in range(len(held))]
+    other_tags = np.array([audio[i] @ full_en[j] for i, j in enumerate(shuffled)])
+    report["tag_similarity"] = {"own_tags_mean": float(own.mean()), "other_song_tags_mean": float(other_tags.mean()),
+                                "own_above_other": float(np.mean(own > other_tags))}
+    return report

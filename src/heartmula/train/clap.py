@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from heartmula.clap.config import HeartCLAPConfig
+from heartmula.clap.data import Item, embed_items, load_items
 from heartmula.clap.model import HeartCLAP
-from heartmula.clap.prompts import LANGUAGES, normalise_tag, tags_prompt, training_prompt
-from heartmula.data.manifest import parse_tags, read_manifest
+from heartmula.clap.prompts import LANGUAGES, tags_prompt, training_prompt
+from heartmula.data.manifest import read_manifest
 from heartmula.errors import HeartMuLaError
 from heartmula.eval.clap_metrics import retrieval_metrics
 from heartmula.files import atomic_output
@@ -63,52 +64,6 @@ class ClapTrainConfig:
     seed: int = 0
 
 
-@dataclass
-class Item:
-    id: str
-    tags: frozenset[str]
-    tag_list: list[str]
-    lyrics: str
-    mel: np.ndarray  # [n_mels, T] float16
-    chroma: np.ndarray  # [12, T] float16
-
-
-def _cache_key(config: HeartCLAPConfig) -> str:
-    c = config
-    return (f"sr{c.sample_rate}-fft{c.n_fft}-hop{c.hop_length}-mel{c.n_mels}-{c.f_min:g}-{c.f_max:g}"
-            f"-chroma{c.chroma_n_fft}-{c.chroma_f_min:g}-{c.chroma_f_max:g}")
-
-
-def load_items(rows: list[dict], model: HeartCLAP, cache_dir: Path, progress: bool = True) -> tuple[list, list]:
-    """Feature-cached items for rows with tags; unreadable audio is skipped and reported."""
-    from tqdm import tqdm
-
-    from heartmula.audio import load_audio
-
-    cache = cache_dir / _cache_key(model.config)
-    cache.mkdir(parents=True, exist_ok=True)
-    items, skipped = [], []
-    for row in tqdm(rows, desc="features", disable=not progress):
-        tags = [normalise_tag(t) for t in parse_tags(row.get("tags") or "")]
-        if not tags:
-            skipped.append((row["id"], "no tags"))
-            continue
-        path = cache / f"{row['id']}.npz"
-        if not path.is_file():
-            try:
-                audio, rate = load_audio(row["audio"], sample_rate=model.config.sample_rate, channels=1)
-            except HeartMuLaError as exc:
-                skipped.append((row["id"], str(exc)))
-                continue
-            mel, chroma = model.features(audio, rate)
-            with atomic_output(path) as tmp:
-                np.savez(tmp, mel=mel.numpy().astype(np.float16), chroma=chroma.numpy().astype(np.float16))
-        with np.load(path, allow_pickle=False) as data:
-            items.append(Item(row["id"], frozenset(tags), tags, row.get("lyrics") or "", data["mel"],
-                              data["chroma"]))
-    return items, skipped
-
-
 def crop(item: Item, frames: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
     total = item.mel.shape[1]
     if total <= frames:
@@ -136,11 +91,6 @@ def multi_positive_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     rows = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
     cols = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
     return (rows + cols) / 2
-
-
-def embed_items(model: HeartCLAP, items: list[Item]) -> np.ndarray:
-    return np.stack([model.embed_features(torch.from_numpy(it.mel.astype(np.float32)),
-                                          torch.from_numpy(it.chroma.astype(np.float32))) for it in items])
 
 
 def held_out_metrics(model: HeartCLAP, items: list[Item]) -> dict:
