@@ -103,3 +103,51 @@ def save_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> 
     with atomic_output(path) as tmp:
         sf.write(str(tmp), np.clip(audio.T, -1.0, 1.0), sample_rate, format=fmt, subtype=subtype)
     return path
+
+
+class LiveWavWriter:
+    """A 16-bit WAV that is valid at every moment while audio is appended (live streaming output).
+
+    Unlike `save_audio` (temp name, then rename), the file is written in place: the point is that a player or a
+    second process can open it while it grows. After every `write` the RIFF and data sizes in the header are
+    patched (the stdlib `wave` writer does this) and the file is flushed, so a copy taken at any time, or the file
+    left by an interrupted run, is a readable WAV of the audio so far.
+    """
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int):
+        import wave
+
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".wav":
+            raise HeartMuLaError(f"live output must be a .wav file (it is readable while it grows), got {self.path}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._wav = wave.open(self._file, "wb")
+        self._wav.setnchannels(channels)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sample_rate)
+        self._wav.writeframes(b"")  # the header goes out now: an empty but valid WAV
+        self._file.flush()
+        self.channels, self.samples = channels, 0
+
+    def write(self, audio: np.ndarray) -> None:
+        """Append float audio [channels, samples]."""
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 2 or audio.shape[0] != self.channels:
+            raise HeartMuLaError(f"expected audio [{self.channels}, samples], got {list(audio.shape)}")
+        pcm = np.round(np.clip(audio.T, -1.0, 1.0) * 32767).astype("<i2")
+        self._wav.writeframes(pcm.tobytes())
+        self._file.flush()
+        self.samples += audio.shape[1]
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()
+            self._file.close()
+            self._wav = None
+
+    def __enter__(self) -> LiveWavWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
