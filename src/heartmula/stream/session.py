@@ -1,0 +1,403 @@
+"""StreamSession: a song generated and decoded chunk by chunk, steerable while it plays; its state can be saved."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heartmula.errors import HeartMuLaError
+from heartmula.lm.generation import FRAME_RATE, GenerationSession, SongRequest, frames_for_duration
+from heartmula.stream.controls import StreamControls, parse_prompts
+from heartmula.stream.decoding import DirectAudioStream, FlowAudioStream
+
+STATE_FORMAT = "heartmula.stream/1"
+PROMPT_CONTEXT_FRAMES = 32  # frames of an audio prompt the codec decoder sees (its context), not played back
+
+_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model) -> threading.Lock:
+    """One lock per model: sessions sharing a model take turns frame by frame (their KV caches are their own)."""
+    with _locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.Lock()
+        return lock
+
+
+@dataclass
+class AudioChunk:
+    """Audio of whole code frames [first_frame, first_frame + frames) of the song (80 ms each)."""
+
+    audio: np.ndarray  # float32 [channels, samples], samples = frames * samples_per_frame
+    sample_rate: int
+    first_frame: int
+    frames: int
+    controls_version: int  # the newest controls version any frame of this chunk was generated under
+    frame_versions: tuple[int, ...]  # the controls version of each frame
+    final: bool = False  # the last chunk of the song
+
+    @property
+    def start_seconds(self) -> float:
+        return self.first_frame / FRAME_RATE
+
+    @property
+    def seconds(self) -> float:
+        return self.audio.shape[-1] / self.sample_rate
+
+
+def _fingerprint(generator, codec) -> dict:
+    c = generator.model.config
+    return dict(lm=[c.backbone.num_layers, c.backbone.embed_dim, c.decoder.num_layers, c.audio_vocab_size],
+                codec=[codec.config.sample_rate, codec.config.codebook_size, codec.config.decoder_type])
+
+
+class StreamSession:
+    """Generate a song frame by frame and hand out audio chunks as soon as the codec can decode them.
+
+    Controls (`update`, `schedule`) apply from the next frame generated; see the package docstring for the
+    latency this implies. Thread-safe: one thread may iterate chunks while another calls `update`.
+    """
+
+    def __init__(
+        self,
+        generator,
+        codec,
+        lyrics: str = "",
+        controls: StreamControls | dict | None = None,
+        seed: int | None = None,
+        max_seconds: float = 60.0,
+        *,
+        chunk_frames: int | None = None,
+        lookahead_frames: int | None = None,
+        overlap_frames: int = 12,
+        codec_steps: int = 10,
+        codec_guidance: float = 1.25,
+        prompt_codes=None,
+        prompt_audio: tuple[np.ndarray, int] | None = None,
+        reference_embedding: torch.Tensor | None = None,
+    ):
+        if isinstance(controls, dict):
+            controls = StreamControls.from_dict(controls)
+        self.controls = controls or StreamControls()
+        self.generator, self.codec = generator, codec
+        self.lyrics, self.seed, self.max_seconds = lyrics, seed, float(max_seconds)
+        k = generator.model.num_codebooks
+        if codec.config.num_quantizers != k or codec.config.codebook_size < generator.codebook_size:
+            raise HeartMuLaError(
+                f"the codec ({codec.config.num_quantizers} codebooks of {codec.config.codebook_size}) cannot decode "
+                f"this language model's codes ({k} codebooks of {generator.codebook_size}): use a matching pair"
+            )
+        self.direct = codec.config.decoder_type == "direct"
+        self.chunk_frames = chunk_frames or (2 if self.direct else 12)
+        if self.chunk_frames < 1:
+            raise HeartMuLaError("chunk_frames must be at least 1")
+        if prompt_audio is not None:
+            if prompt_codes is not None:
+                raise HeartMuLaError("give an audio prompt as audio or as codes, not both")
+            audio, rate = prompt_audio
+            prompt_codes = codec.encode(audio, rate)  # raises a clear error if the codec has no encoder
+        if prompt_codes is not None:
+            prompt_codes = torch.as_tensor(np.asarray(prompt_codes)).long()
+        self.samples_per_frame = codec.config.samples_per_code
+        self.sample_rate, self.channels = codec.sample_rate, codec.config.audio_channels
+        song = SongRequest(lyrics=lyrics, tags=list(self.controls.prompts), seed=seed,
+                           reference_embedding=reference_embedding, audio_codes=prompt_codes)
+        # Always guided: CFG can then be changed live (one unconditional row, whatever the scale).
+        self.lm: GenerationSession = generator.start([song], self.controls.sampling(),
+                                                     frames_for_duration(self.max_seconds), guided=True)
+        if self.direct:
+            self.decoder = DirectAudioStream(codec, lookahead_frames)
+        else:
+            self.decoder = FlowAudioStream(codec, self.chunk_frames, overlap_frames, codec_steps, codec_guidance, seed)
+        self.controls_version = 0
+        self.frame_versions: list[int] = []
+        self.applied_at: dict[int, int] = {0: 0}  # controls version -> first frame generated under it
+        self.schedule_changes: list[tuple[int, dict]] = []
+        self._unpushed: list[torch.Tensor] = []
+        self._pending = np.zeros((self.channels, 0), dtype=np.float32)
+        self._skip = 0  # decoder output samples that belong to the audio prompt (context only, not played)
+        self.emitted_frames = 0
+        self.lm_done = False
+        self.finished = False
+        self.closed = False
+        self.degradations: list[str] = []
+        self._lock = threading.RLock()
+        if prompt_codes is not None:
+            context = prompt_codes[:, -PROMPT_CONTEXT_FRAMES:]
+            self._skip = context.shape[1] * self.samples_per_frame
+            self._take(self.decoder.push(context))
+
+    # --- information ----------------------------------------------------------------------------------------
+    @property
+    def frames_generated(self) -> int:
+        return len(self.frame_versions)
+
+    @property
+    def seconds_generated(self) -> float:
+        return self.frames_generated / FRAME_RATE
+
+    @property
+    def latency_frames(self) -> int:
+        """Promised bound, in frames: a control change applies to the next frame generated; that frame's audio
+        is out once `decoder latency + chunk_frames` more frames exist."""
+        return 1 + self.decoder.latency_frames + self.chunk_frames
+
+    def codes(self) -> np.ndarray:
+        """All code frames generated so far, int64 [K, frames]."""
+        frames = self.lm._history[: self.frames_generated]
+        if not frames:
+            return np.zeros((self.generator.model.num_codebooks, 0), dtype=np.int64)
+        return torch.stack([f[0] for f in frames], dim=1).cpu().numpy().astype(np.int64)
+
+    # --- controls -------------------------------------------------------------------------------------------
+    def update(self, **changes) -> int:
+        """Change controls (prompts, temperature, top_k, cfg_scale) from the next frame on; returns the new
+        controls version. Invalid values raise HeartMuLaError and leave the session unchanged and running."""
+        new = self.controls.replace(**changes)
+        self._check_prompts_fit(new)
+        with self._lock:
+            if self.closed:
+                raise HeartMuLaError("this stream session is closed")
+            with model_lock(self.generator.model):
+                self._apply(new)
+            return self.controls_version
+
+    def schedule(self, frame: int, **changes) -> None:
+        """Apply `changes` right before frame `frame` is generated (scripted, reproducible control changes)."""
+        if frame < self.frames_generated:
+            raise HeartMuLaError(f"frame {frame} has already been generated ({self.frames_generated} so far)")
+        self._check_prompts_fit(self.controls.replace(**changes))  # checked against today's controls
+        with self._lock:
+            self.schedule_changes.append((int(frame), dict(changes)))
+            self.schedule_changes.sort(key=lambda item: item[0])
+
+    def _check_prompts_fit(self, new: StreamControls) -> None:
+        current = {tags for tags, _ in self.controls.prompts}
+        model = self.generator.model
+        extra = 0 if self.lm.songs[0].audio_codes is None else self.lm.songs[0].audio_codes.shape[1]
+        for tags, _ in new.prompts:
+            if tags in current:
+                continue
+            if not tags:
+                raise HeartMuLaError("an empty tag prompt cannot be added to a running stream; give it some tags")
+            length = len(self.generator.build_prompt(tags, self.lyrics)[0]) + extra
+            if length + self.lm.max_new_frames > model.config.backbone.max_seq_len:
+                raise HeartMuLaError(f"tag prompt {tags!r} is too long for the model's context with these lyrics")
+
+    def _apply(self, new: StreamControls) -> None:
+        lm = self.lm
+        weights = new.normalised_weights()
+        old_tags = [tags for tags, _ in lm.prompt_tags(0)]
+        for tags in weights:
+            if tags not in old_tags:  # provisional weight 1: the final weights are set below, before any frame
+                lm.add_prompt(0, tags, [1.0] * (len(old_tags) + 1))
+                old_tags.append(tags)
+        for tags in list(old_tags):
+            if tags not in weights:
+                index = old_tags.index(tags)
+                old_tags.remove(tags)
+                lm.remove_prompt(0, index, [1.0] * len(old_tags))
+        lm.set_prompt_weights(0, [weights[tags] for tags in old_tags])
+        lm.update_sampling(temperature=new.temperature, top_k=new.top_k, cfg_scale=new.cfg_scale)
+        self.controls = new
+        self.controls_version += 1
+
+    # --- generation -----------------------------------------------------------------------------------------
+    def next_chunk(self) -> AudioChunk | None:
+        """The next chunk of audio, or None once the song has ended (EOS or max_seconds)."""
+        while True:
+            with self._lock:
+                if self.closed:
+                    raise HeartMuLaError("this stream session is closed")
+                if self.finished:
+                    return None
+                whole = self._pending.shape[1] // self.samples_per_frame
+                if self.lm_done:
+                    if whole == 0:
+                        self.finished = True
+                        return None
+                    return self._emit(whole, final=True)
+                if whole >= self.chunk_frames:
+                    return self._emit(whole)
+                self._generate_frame()
+            # the lock is free here: an update() from another thread lands before the next frame
+
+    def __iter__(self) -> Iterator[AudioChunk]:
+        while (chunk := self.next_chunk()) is not None:
+            yield chunk
+
+    def _generate_frame(self) -> None:
+        lm = self.lm
+        with model_lock(self.generator.model):
+            while self.schedule_changes and self.schedule_changes[0][0] <= self.frames_generated:
+                _, changes = self.schedule_changes.pop(0)
+                self._apply(self.controls.replace(**changes))
+            if lm.frame_index > lm.max_new_frames:
+                valid = False
+            else:
+                step = lm.next_frame()
+                valid = bool(step.valid[0])
+        if valid:
+            self.applied_at.setdefault(self.controls_version, self.frames_generated)
+            self.frame_versions.append(self.controls_version)
+            self._unpushed.append(step.codes[0].cpu())
+            if len(self._unpushed) >= (self.chunk_frames if self.direct else 1):
+                self._push()
+        else:
+            self._push()
+            self._take(self.decoder.flush())
+            self.lm_done = True
+
+    def _push(self) -> None:
+        if self._unpushed:
+            codes = torch.stack(self._unpushed, dim=1)
+            self._unpushed = []
+            self._take(self.decoder.push(codes))
+
+    def _take(self, audio: torch.Tensor) -> None:
+        audio = audio.numpy()
+        if self._skip:
+            dropped = min(self._skip, audio.shape[1])
+            audio, self._skip = audio[:, dropped:], self._skip - dropped
+        if audio.shape[1]:
+            self._pending = np.concatenate([self._pending, audio.astype(np.float32, copy=False)], axis=1)
+
+    def _emit(self, frames: int, final: bool = False) -> AudioChunk:
+        samples = frames * self.samples_per_frame
+        audio, self._pending = self._pending[:, :samples], self._pending[:, samples:]
+        first = self.emitted_frames
+        versions = tuple(self.frame_versions[first : first + frames])
+        self.emitted_frames += frames
+        final = final and self._pending.shape[1] < self.samples_per_frame
+        if final:
+            self.finished = True
+        return AudioChunk(np.ascontiguousarray(audio), self.sample_rate, first, frames, max(versions, default=0),
+                          versions, final)
+
+    def degrade(self) -> str | None:
+        """Make decoding cheaper (fewer solver steps, then no codec guidance); returns what changed, or None when
+        nothing is left to give (the direct decoder has no such knob)."""
+        with self._lock:
+            if self.direct:
+                return None
+            options = self.decoder.decoder.options
+            if options.steps > 2:
+                steps = max(2, options.steps // 2)
+                change = f"codec steps {options.steps} -> {steps}"
+                self.decoder.set_quality(steps=steps)
+            elif options.guidance_scale != 1.0:
+                change = f"codec guidance {options.guidance_scale} -> 1.0"
+                self.decoder.set_quality(guidance_scale=1.0)
+            else:
+                return None
+            self.degradations.append(change)
+            return change
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                with model_lock(self.generator.model):
+                    self.lm.close()
+                self.closed = True
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- state ----------------------------------------------------------------------------------------------
+    def save_state(self, path: str | os.PathLike | None = None) -> bytes:
+        """The whole session as safetensors bytes (tensors + JSON metadata, no pickle); also written to `path`."""
+        from safetensors.torch import save
+
+        with self._lock:
+            if self.closed:
+                raise HeartMuLaError("this stream session is closed")
+            with model_lock(self.generator.model):
+                lm_tensors, lm_meta = self.lm.state_dict()
+            audio_tensors, audio_meta = self.decoder.state()
+            tensors = {f"lm.{k}": v for k, v in lm_tensors.items()}
+            tensors.update({f"audio.{k}": v.detach().cpu().contiguous() for k, v in audio_tensors.items()})
+            tensors["pending"] = torch.from_numpy(np.ascontiguousarray(self._pending))
+            if self._unpushed:
+                tensors["unpushed"] = torch.stack(self._unpushed, dim=1)
+            meta = dict(
+                format=STATE_FORMAT, model=_fingerprint(self.generator, self.codec), lm=lm_meta, audio=audio_meta,
+                lyrics=self.lyrics, seed=self.seed, max_seconds=self.max_seconds, chunk_frames=self.chunk_frames,
+                controls=self.controls.to_dict(), controls_version=self.controls_version,
+                frame_versions=self.frame_versions, applied_at=list(self.applied_at.items()),
+                schedule=[[f, _jsonable(c)] for f, c in self.schedule_changes], skip=self._skip,
+                emitted_frames=self.emitted_frames, lm_done=self.lm_done, finished=self.finished,
+                degradations=self.degradations,
+            )
+        data = save(tensors, metadata={"heartmula.stream": json.dumps(meta)})
+        if path is not None:
+            from heartmula.files import atomic_output
+
+            with atomic_output(path) as tmp:
+                Path(tmp).write_bytes(data)
+        return data
+
+    @classmethod
+    def resume(cls, generator, codec, state: bytes | str | os.PathLike) -> StreamSession:
+        """A session restored from `save_state` output (bytes or a file); it continues exactly where it was."""
+        from safetensors.torch import load
+
+        if not isinstance(state, (bytes, bytearray)):
+            try:
+                state = Path(state).read_bytes()
+            except OSError as exc:
+                raise HeartMuLaError(f"cannot read the stream state {state}: {exc.strerror}") from None
+        meta = _read_metadata(bytes(state))
+        if meta.get("format") != STATE_FORMAT:
+            raise HeartMuLaError("this is not a saved heartmula stream state (or a newer format)")
+        if meta["model"] != _fingerprint(generator, codec):
+            raise HeartMuLaError("this stream state was saved with a different language model or codec: resume it "
+                                 "with the same --model and --codec")
+        tensors = load(bytes(state))
+        audio = meta["audio"]
+        session = cls(generator, codec, meta["lyrics"], StreamControls.from_dict(meta["controls"]), meta["seed"],
+                      meta["max_seconds"], chunk_frames=meta["chunk_frames"],
+                      lookahead_frames=audio.get("lookahead_frames"), overlap_frames=audio.get("overlap_frames", 12))
+        lm_tensors = {k[3:]: v for k, v in tensors.items() if k.startswith("lm.")}
+        session.lm = GenerationSession.from_state(generator, lm_tensors, meta["lm"])
+        session.decoder.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("audio.")}, audio)
+        session._pending = tensors["pending"].numpy().copy()
+        session._unpushed = list(tensors["unpushed"].unbind(1)) if "unpushed" in tensors else []
+        session.controls_version = meta["controls_version"]
+        session.frame_versions = list(meta["frame_versions"])
+        session.applied_at = {int(v): int(f) for v, f in meta["applied_at"]}
+        session.schedule_changes = [(int(f), _from_jsonable(c)) for f, c in meta["schedule"]]
+        session._skip, session.emitted_frames = meta["skip"], meta["emitted_frames"]
+        session.lm_done, session.finished = meta["lm_done"], meta["finished"]
+        session.degradations = list(meta["degradations"])
+        return session
+
+
+def _jsonable(changes: dict) -> dict:
+    return {k: [list(p) for p in v] if k == "prompts" else v for k, v in changes.items()}
+
+
+def _from_jsonable(changes: dict) -> dict:
+    return {k: parse_prompts(v) if k == "prompts" else v for k, v in changes.items()}
+
+
+def _read_metadata(data: bytes) -> dict:
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        return json.loads(header["__metadata__"]["heartmula.stream"])
+    except (struct.error, ValueError, KeyError, TypeError):
+        raise HeartMuLaError("this is not a saved heartmula stream state") from None
