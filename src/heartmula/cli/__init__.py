@@ -23,6 +23,7 @@ VERB_MODULES = (
     "heartmula.cli.data",
     "heartmula.cli.serve",
     "heartmula.cli.clap",
+    "heartmula.cli.stream",
 )
 
 

@@ -1,0 +1,169 @@
+"""`heartmula stream`: generate a song in real time, writing (and optionally playing) it while it is made."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser(
+        "stream",
+        help="generate a song in real time, steerable by a scripted control file",
+        description="Stream a song: frames are generated and decoded chunk by chunk, written to --out as they come "
+        "(the WAV is valid at every moment, so it can be opened while it grows) and played with --play. A control "
+        "file changes prompts and sampling at given times of the song, reproducibly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", help="LM checkpoint root or model folder (required until the embedded default lands)")
+    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
+    p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
+    p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
+    p.add_argument("--tags", default="", help="style tags, or a weighted mix such as 'jazz:0.7,electronic:0.3' "
+                   "(the controls file can change it later)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    p.add_argument("--topk", type=int, default=50, help="sample among the k most likely codes")
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance (1 = off)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed and control file give the same song")
+    p.add_argument("--duration", type=float, default=60.0, help="maximum song length in seconds")
+    p.add_argument("--controls", type=Path, help="scripted control changes: a .json list of {\"at\": seconds, "
+                   "controls...} or a text file of lines 'TIME key=value ...' (TIME as 12.5, 12.5s or f150; keys: "
+                   "prompts, temperature, top_k, cfg_scale); see heartmula.stream.controls")
+    p.add_argument("--prompt-audio", type=Path, help="continue from this audio (encoded by the codec, which needs "
+                   "an encoder); it is not played again")
+    p.add_argument("--chunk-frames", type=int, help="code frames (80 ms each) per audio chunk; default 2 with a "
+                   "direct-decoder codec, 12 with a flow-matching codec")
+    p.add_argument("--lookahead-frames", type=int, help="direct decoder: frames of right context to wait for "
+                   "(default: its full receptive field = exact; fewer = lower latency, approximate)")
+    p.add_argument("--out", type=Path, default=Path("live.wav"), help="WAV file written while the song streams")
+    p.add_argument("--play", action="store_true", help="play through the default sound device (needs the "
+                   "optional sounddevice package: pip install 'heartmula[play]')")
+    p.add_argument("--buffer", type=float, default=0.5, help="with --play: seconds of audio kept ready ahead of "
+                   "playback (grows after an underrun)")
+    p.add_argument("--save-state", type=Path, help="write the session state here at the end or on Ctrl-C")
+    p.add_argument("--resume", type=Path, help="continue a session saved with --save-state (same model and "
+                   "codec; the lyrics/tags/sampling options are then taken from the state)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps")
+    p.add_argument("--int8", action="store_true", help="int8 weight-only linear layers in the LM (CPU speed-up)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def _open_sound_device(rate: int, channels: int, pacer):
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:
+        from heartmula.errors import HeartMuLaError
+
+        raise HeartMuLaError(f"--play needs the sounddevice package and PortAudio ({exc}); install them with "
+                             "`pip install 'heartmula[play]'` and `apt-get install libportaudio2`, or drop --play "
+                             "and open the --out file") from None
+
+    def callback(out, frames, _time, _status):
+        out[:] = pacer.read(frames).T
+
+    try:
+        return sounddevice.OutputStream(samplerate=rate, channels=channels, dtype="float32", callback=callback)
+    except Exception as exc:  # PortAudioError and friends: no device
+        from heartmula.errors import HeartMuLaError
+
+        raise HeartMuLaError(f"--play: no usable sound device ({exc}); drop --play and open the --out file") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from heartmula.audio import LiveWavWriter, load_audio
+    from heartmula.codec.pretrained import OFFICIAL_FOLDER, load_codec, locate_codec
+    from heartmula.errors import HeartMuLaError
+    from heartmula.lm.pretrained import load_generator
+    from heartmula.stream import Pacer, StreamControls, StreamSession, read_control_script
+    from heartmula.text import read_text_argument
+
+    if args.model is None:
+        raise HeartMuLaError("no embedded default model is installed yet: pass --model ROOT_OR_DIR "
+                             "(`heartmula model init DIR` writes a random-weight model for trying the pipeline)")
+    if args.out.suffix.lower() != ".wav":
+        raise HeartMuLaError(f"--out must be a .wav file (it stays readable while it grows), got {args.out}")
+    beside = (Path(args.model), Path(args.model).parent)
+    codec_path = args.codec or next((p for p in beside if (p / OFFICIAL_FOLDER).is_dir()), None)
+    if codec_path is None:
+        raise HeartMuLaError(f"no {OFFICIAL_FOLDER}/ beside {args.model}: pass --codec PATH")
+    locate_codec(codec_path)
+    script = read_control_script(args.controls) if args.controls else []
+    generator = load_generator(args.model, args.version, args.dtype, args.device)
+    if args.int8:
+        from heartmula.nn.quant import quantize_int8
+
+        quantize_int8(generator.model)
+    codec = load_codec(codec_path, args.dtype, args.device)
+    started = time.perf_counter()
+    if args.resume:
+        session = StreamSession.resume(generator, codec, args.resume)
+    else:
+        controls = StreamControls(prompts=read_text_argument(args.tags, "tags"), temperature=args.temperature,
+                                  top_k=args.topk, cfg_scale=args.cfg_scale)
+        prompt_audio = load_audio(args.prompt_audio) if args.prompt_audio else None
+        session = StreamSession(generator, codec, lyrics=read_text_argument(args.lyrics, "lyrics"),
+                                controls=controls, seed=args.seed, max_seconds=args.duration,
+                                chunk_frames=args.chunk_frames, lookahead_frames=args.lookahead_frames,
+                                prompt_audio=prompt_audio)
+    for change in script:
+        if change.frame >= session.frames_generated:
+            session.schedule(change.frame, **change.changes)
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(session.max_seconds, 1), unit="s", desc="streaming", bar_format="{l_bar}{bar}| "
+                   "{n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+    first_audio = None
+    with LiveWavWriter(args.out, session.sample_rate, session.channels) as writer:
+
+        def write(chunk):
+            nonlocal first_audio
+            if first_audio is None:
+                first_audio = time.perf_counter() - started
+            writer.write(chunk.audio)
+            if bar is not None:
+                bar.update(chunk.seconds)
+
+        try:
+            if args.play:
+                pacer = Pacer(session, lookahead_seconds=args.buffer, on_chunk=write)
+                device = _open_sound_device(session.sample_rate, session.channels, pacer)
+                pacer.start()
+                pacer.wait_ready()
+                with device:
+                    while not pacer.done and pacer.stats.error is None:
+                        time.sleep(0.05)
+                    time.sleep(0.2)  # let the device play out its last block
+                stats = pacer.stop()
+                if stats.error:
+                    raise HeartMuLaError(f"the stream failed: {stats.error}")
+                print(f"playback: {stats.underruns} underruns ({stats.underrun_seconds:.2f} s of silence)"
+                      + (f"; degraded: {', '.join(stats.degradations)}" if stats.degradations else ""),
+                      file=sys.stderr)
+            else:
+                for chunk in session:
+                    write(chunk)
+        except KeyboardInterrupt:
+            if args.save_state:
+                session.save_state(args.save_state)
+                print(f"interrupted: state saved to {args.save_state}", file=sys.stderr)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = writer.samples / session.sample_rate
+    elapsed = time.perf_counter() - started
+    if args.save_state:
+        session.save_state(args.save_state)
+    session.close()
+    rtf = elapsed / seconds if seconds else float("nan")
+    first = f"{first_audio:.2f} s" if first_audio is not None else "none"
+    print(f"wrote {args.out}: {seconds:.2f} s at {session.sample_rate} Hz; first audio after {first}, RTF "
+          f"{rtf:.2f}, {session.controls_version} control changes applied", file=sys.stderr)
+    return 0
