@@ -32,6 +32,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -230,8 +231,8 @@ def _slug(text: str) -> str:
 
 def stream_available() -> bool:
     try:
-        import heartmula.stream  # noqa: F401
-    except ImportError:
+        from heartmula.stream import StreamControls, StreamSession  # noqa: F401
+    except ImportError:  # the streaming engine is optional: the page then plays finished songs only
         return False
     return True
 
@@ -268,6 +269,14 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # Only where and what: echoing the input back could repeat megabytes of lyrics, or hold a NaN that is
+        # not JSON at all (a 500 instead of the 422 the client deserves).
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, 422)
 
     @app.exception_handler(HeartMuLaError)
     async def user_error(request: Request, exc: HeartMuLaError):
@@ -423,7 +432,7 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     if stream_available():
         from heartmula.serve.live import add_stream_endpoint
 
-        add_stream_endpoint(app, store, worker, model_lock, config, token)
+        add_stream_endpoint(app, store, worker, config, token)
     return app
 
 

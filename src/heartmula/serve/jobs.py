@@ -136,7 +136,7 @@ class JobStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute(
-                    "SELECT * FROM jobs WHERE status = 'queued' ORDER BY created, id LIMIT 200"
+                    "SELECT * FROM jobs WHERE status = 'queued' AND kind = 'song' ORDER BY created, id LIMIT 200"
                 ).fetchall()
                 if not rows:
                     self._db.execute("COMMIT")
@@ -204,10 +204,16 @@ class JobStore:
         """After a start: re-queue (or fail) jobs a crash left running; sweep temp files and orphaned folders."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            running = self._db.execute("SELECT id, attempts FROM jobs WHERE status = 'running'").fetchall()
+            running = self._db.execute("SELECT id, kind, attempts FROM jobs WHERE status = 'running'").fetchall()
             requeued, failed = [], []
             for row in running:
-                if row["attempts"] >= MAX_ATTEMPTS:
+                if row["kind"] != "song":  # a live stream cannot be redone: its listener and controls are gone
+                    self._db.execute(
+                        "UPDATE jobs SET status = 'failed', message = ?, finished = ? WHERE id = ?",
+                        ("the server stopped while this live stream was being saved", time.time(), row["id"]),
+                    )
+                    failed.append(row["id"])
+                elif row["attempts"] >= MAX_ATTEMPTS:
                     reason = (f"the server stopped while generating this song {row['attempts']} times; giving up "
                               "(it may need more memory than the server has)")
                     self._db.execute("UPDATE jobs SET status = 'failed', message = ?, finished = ? WHERE id = ?",
@@ -324,6 +330,12 @@ class SongWorker:
 
         try:
             self.generator, self.codec = self.load_models()
+            try:  # the streaming engine's lock for this model, so live streams and jobs share the model
+                from heartmula.stream import model_lock
+
+                self.model_lock = model_lock(self.generator.model)
+            except ImportError:
+                pass
             self.state = "ready"
         except Exception as exc:  # a bad checkpoint: keep serving (list, download, transcribe), say why in health
             self.state, self.error = "error", f"{type(exc).__name__}: {exc}"
@@ -369,21 +381,28 @@ class SongWorker:
         alive = [True] * len(jobs)
         steps = []
         last_report = 0.0
-        with self.model_lock:
-            session = self.generator.start(songs, sampling, max_new_frames=max(frames) - 1)
-            try:
-                for step in session.iter_frames(sync_every=8):
-                    steps.append(step.codes)
-                    if time.time() - last_report > 0.25:
-                        last_report = time.time()
-                        for i, job in enumerate(jobs):
-                            if alive[i]:
-                                done = min(1.0, len(steps) / frames[i])
-                                alive[i] = self.store.set_progress(job.id, LM_SHARE * done, "generating")
-                        if not any(alive):
-                            return  # every song of the batch was deleted
-                lengths = session.lengths.cpu().tolist()
-            finally:
+        lock = self.model_lock
+        session = self.generator.start(songs, sampling, max_new_frames=max(frames) - 1)
+        try:
+            # Frame by frame under the model lock: live streams sharing the model take turns with this batch
+            # (every session has its own KV caches) instead of waiting for the whole batch.
+            while session.frame_index <= session.max_new_frames:
+                with lock:
+                    step = session.next_frame()
+                steps.append(step.codes)
+                if len(steps) % 8 == 0 and bool(session.ended.all()):
+                    break
+                if time.time() - last_report > 0.25:
+                    last_report = time.time()
+                    for i, job in enumerate(jobs):
+                        if alive[i]:
+                            done = min(1.0, len(steps) / frames[i])
+                            alive[i] = self.store.set_progress(job.id, LM_SHARE * done, "generating")
+                    if not any(alive):
+                        return  # every song of the batch was deleted
+            lengths = session.lengths.cpu().tolist()
+        finally:
+            with lock:
                 session.close()
         codes = torch.stack(steps, dim=-1).cpu()  # [songs, K, T]
         lm_seconds = time.time() - started

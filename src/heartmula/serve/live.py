@@ -1,0 +1,238 @@
+"""WS /api/stream: live generation over a WebSocket, steerable while it plays (heartmula.stream underneath).
+
+Protocol (JSON text messages; audio as binary messages):
+    client -> {"type": "start", "lyrics": "...", "prompts": [["jazz,piano", 0.7], ["electronic", 0.3]],
+               "temperature": 1.0, "top_k": 50, "cfg_scale": 1.5, "seed": 7, "max_seconds": 30, "title": "",
+               "save": true}
+    server -> {"type": "started", "sample_rate": 48000, "channels": 2, "latency_frames": 4}
+    server -> binary: float32 little-endian, channel after channel ([channels, samples] flattened), one chunk each
+    client -> {"type": "update", "prompts": [...], "temperature": 0.8, ...}   any subset of the controls
+    server -> {"type": "updated", "version": 3}  or  {"type": "error", "message": "..."} (the stream goes on)
+    client -> {"type": "stop"}
+    server -> {"type": "end", "song": "<id of the saved song, or null>", "seconds": 12.3}
+The server stays at most LEAD_SECONDS of audio ahead of real time, so a slider change is heard within about that
+long (plus the engine's own latency); the page schedules chunks back to back with the Web Audio API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+
+import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from heartmula.errors import HeartMuLaError
+from heartmula.serve.jobs import AUDIO_FILE, CODES_FILE, JobStore, SongWorker, write_codes
+
+LEAD_SECONDS = 2.0
+MAX_STREAMS = 2  # concurrent live streams; each takes a full share of the model
+MAX_MESSAGE_BYTES = 64 << 10
+Prompts = list[tuple[str, float]]
+
+
+class StreamStart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: str
+    lyrics: str = Field("", max_length=20_000)
+    prompts: Prompts = Field(default_factory=lambda: [("", 1.0)], min_length=1, max_length=8)
+    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
+    top_k: int = Field(50, ge=1, le=100_000)
+    cfg_scale: float = Field(1.5, ge=0, le=20, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    max_seconds: float = Field(30.0, gt=0, allow_inf_nan=False)
+    title: str = Field("", max_length=200)
+    save: bool = True
+
+
+class StreamUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: str
+    prompts: Prompts | None = Field(None, min_length=1, max_length=8)
+    temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=1, le=100_000)
+    cfg_scale: float | None = Field(None, ge=0, le=20, allow_inf_nan=False)
+
+
+def _problem(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def add_stream_endpoint(app: FastAPI, store: JobStore, worker: SongWorker, config, token: str | None) -> None:
+    active = {"streams": 0}
+
+    @app.websocket("/api/stream")
+    async def stream(ws: WebSocket):
+        if token is not None:
+            header = ws.headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ws.query_params.get("token", "")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                await ws.close(code=1008, reason="missing or wrong token")
+                return
+        await ws.accept()
+
+        async def error(message: str) -> None:
+            await ws.send_json({"type": "error", "message": message})
+
+        async def receive() -> dict | None:
+            """The next JSON object from the client; None after a message that was not one (reported)."""
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            text = message.get("text")
+            if text is None or len(text) > MAX_MESSAGE_BYTES:
+                await error(f"send JSON text messages of at most {MAX_MESSAGE_BYTES} bytes")
+                return None
+            try:
+                data = json.loads(text)
+            except ValueError:
+                await error("a message was not valid JSON")
+                return None
+            if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+                await error('every message is a JSON object with a "type"')
+                return None
+            return data
+
+        try:
+            if worker.state != "ready":
+                await error(f"the model is not ready ({worker.state}{': ' + worker.error if worker.error else ''})")
+                await ws.close()
+                return
+            start = None
+            while start is None:
+                data = await receive()
+                if data is None:
+                    continue
+                if data["type"] != "start":
+                    await error('send {"type": "start", ...} first')
+                    continue
+                try:
+                    start = StreamStart(**data)
+                except (ValidationError, TypeError) as exc:
+                    await error(_problem(exc) if isinstance(exc, ValidationError) else str(exc))
+                    continue
+                if start.max_seconds > config.max_stream_seconds:
+                    await error(f"max_seconds is over this server's limit of {config.max_stream_seconds} s")
+                    start = None
+            if active["streams"] >= MAX_STREAMS:
+                await error(f"{MAX_STREAMS} live streams are running; try again when one ends")
+                await ws.close()
+                return
+            active["streams"] += 1
+            try:
+                await _run(ws, start, store, worker, receive, error)
+            finally:
+                active["streams"] -= 1
+        except WebSocketDisconnect:
+            return
+
+
+async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongWorker, receive, error) -> None:
+    import secrets
+
+    from heartmula.stream import StreamControls, StreamSession
+
+    seed = start.seed if start.seed is not None else secrets.randbelow(2**31)
+    try:
+        controls = StreamControls(prompts=[tuple(p) for p in start.prompts], temperature=start.temperature,
+                                  top_k=start.top_k, cfg_scale=start.cfg_scale)
+        session = await run_in_threadpool(StreamSession, worker.generator, worker.codec, lyrics=start.lyrics,
+                                          controls=controls, seed=seed, max_seconds=start.max_seconds)
+    except HeartMuLaError as exc:
+        await error(str(exc))
+        await ws.close()
+        return
+    await ws.send_json({"type": "started", "sample_rate": session.sample_rate, "channels": session.channels,
+                        "latency_frames": session.latency_frames, "seed": seed})
+    stop = asyncio.Event()
+    pieces: list[np.ndarray] = []
+
+    async def produce() -> None:
+        began, sent = None, 0.0
+        while not stop.is_set():
+            chunk = await run_in_threadpool(session.next_chunk)
+            if chunk is None:
+                return
+            await ws.send_bytes(np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes())
+            pieces.append(chunk.audio)
+            began = began or time.monotonic()
+            sent += chunk.seconds
+            ahead = sent - (time.monotonic() - began)
+            if ahead > LEAD_SECONDS:  # stay close to real time so control changes are heard soon
+                try:
+                    await asyncio.wait_for(stop.wait(), ahead - LEAD_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def control() -> None:
+        while not stop.is_set():
+            data = await receive()
+            if data is None:
+                continue
+            if data["type"] == "stop":
+                stop.set()
+                return
+            if data["type"] != "update":
+                await error(f"unknown message type {data['type']!r}; use update or stop")
+                continue
+            try:
+                update = StreamUpdate(**data)
+            except ValidationError as exc:
+                await error(_problem(exc))
+                continue
+            changes = update.model_dump(exclude_none=True, exclude={"type"})
+            if "prompts" in changes:
+                changes["prompts"] = [tuple(p) for p in changes["prompts"]]
+            try:
+                version = await run_in_threadpool(session.update, **changes)
+            except HeartMuLaError as exc:
+                await error(str(exc))
+                continue
+            await ws.send_json({"type": "updated", "version": version})
+
+    producer, controller = asyncio.create_task(produce()), asyncio.create_task(control())
+    disconnected = False
+    try:
+        await asyncio.wait({producer, controller}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        if producer.done() and producer.exception() is not None:
+            raise producer.exception()
+        if controller.done() and isinstance(controller.exception(), WebSocketDisconnect):
+            disconnected = True
+        if not producer.done():
+            await producer
+    except WebSocketDisconnect:
+        disconnected = True
+    finally:
+        controller.cancel()
+        codes = await run_in_threadpool(session.codes)
+        await run_in_threadpool(session.close)
+    song_id = None
+    if start.save and pieces:
+        song_id = await run_in_threadpool(_save, store, start, seed, np.concatenate(pieces, axis=1),
+                                          session.sample_rate, codes)
+    if not disconnected:
+        seconds = sum(p.shape[1] for p in pieces) / session.sample_rate
+        await ws.send_json({"type": "end", "song": song_id, "seconds": round(seconds, 3)})
+        await ws.close()
+
+
+def _save(store: JobStore, start: StreamStart, seed: int, audio: np.ndarray, rate: int, codes: np.ndarray) -> str:
+    """Keep a finished live stream in the library, written like a job's results (files first, then `done`)."""
+    from heartmula.audio import save_audio
+
+    request = start.model_dump(exclude={"type", "save"}) | {"seed": seed, "duration": start.max_seconds}
+    title = start.title.strip() or "live: " + (", ".join(t for t, _ in start.prompts if t) or "untitled")[:50]
+    job = store.create("stream", request, title[:200], status="running")
+    folder = store.job_dir(job.id)
+    write_codes(folder / CODES_FILE, codes)
+    save_audio(folder / AUDIO_FILE, audio, rate)
+    store.finish(job.id, {"seconds": round(audio.shape[1] / rate, 3), "sample_rate": rate,
+                          "channels": int(audio.shape[0]), "frames": int(codes.shape[-1]), "batch_size": 1})
+    return job.id

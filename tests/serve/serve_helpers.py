@@ -1,0 +1,87 @@
+"""Helpers shared by the server tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+SONG = {"lyrics": "[verse]\nhello river\n\n[chorus]\nla la la", "tags": "pop,piano", "duration": 0.5, "seed": 3}
+
+
+def wait_for(client, job_id: str, timeout: float = 120.0, statuses=("done", "failed")) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/songs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach {statuses}: {job}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m heartmula serve` in a subprocess, for what only a real process shows: kill -9, a browser."""
+
+    def __init__(self, model_root: Path, data_dir: Path, log: Path, *extra: str):
+        self.model_root, self.data_dir, self.log, self.extra = model_root, data_dir, log, extra
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> ServerProcess:
+        command = [sys.executable, "-m", "heartmula", "serve", "--model", str(self.model_root), "--data",
+                   str(self.data_dir), "--port", str(self.port), "--threads", "1", "--log-level", "warning",
+                   *self.extra]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=2).json()["model"] == "ready":
+                    return self
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server did not get ready in {timeout} s:\n{self.log.read_text()}")
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+class Gate:
+    """A model loader that waits until the test opens it, so jobs can be queued before the worker starts."""
+
+    def __init__(self, root: Path):
+        self.root, self.event = root, threading.Event()
+
+    def __call__(self):
+        from heartmula.codec.pretrained import load_codec
+        from heartmula.lm.pretrained import load_generator
+
+        self.event.wait(60)
+        return load_generator(self.root), load_codec(self.root)
