@@ -144,9 +144,9 @@ class ClapIndex:
     # -- writes --
     def add(self, tracks: list[Track], vectors: np.ndarray) -> None:
         """Insert tracks, or update the vector and metadata of paths already indexed."""
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(tracks), -1)
         if len(tracks) == 0:
             return
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(tracks), -1)
         if vectors.shape[1] != self.dim:
             raise HeartMuLaError(f"vectors are {vectors.shape[1]}-d, the index holds {self.dim}-d")
         existing = {p: r for p, r in self.db.execute("SELECT path, row FROM tracks")} if tracks else {}

@@ -205,8 +205,9 @@ class HeartCLAP(nn.Module):
         if audio.ndim == 1:
             audio = audio[None]
         audio = resample(mix_channels(audio, 1), sample_rate, self.config.sample_rate)[0]
-        if audio.size < self.config.n_fft:
-            audio = np.pad(audio, (0, self.config.n_fft - audio.size))
+        shortest = max(self.config.n_fft, self.config.chroma_n_fft)  # the STFTs' reflect padding needs this much
+        if audio.size < shortest:
+            audio = np.pad(audio, (0, shortest - audio.size))
         wave = torch.from_numpy(np.ascontiguousarray(audio)).to(self.logit_scale.device)
         return self.front_end(wave)
 

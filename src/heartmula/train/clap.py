@@ -99,8 +99,9 @@ def held_out_metrics(model: HeartCLAP, items: list[Item]) -> dict:
     relevant = np.array([[a.tags == b.tags for b in items] for a in items])
     out = {}
     mean_r10 = []
-    for lang in LANGUAGES:
-        text = model.embed_text([tags_prompt(it.tag_list, lang) for it in items])
+    texts = model.embed_text([tags_prompt(it.tag_list, lang) for lang in LANGUAGES for it in items])
+    for i, lang in enumerate(LANGUAGES):
+        text = texts[i * len(items) : (i + 1) * len(items)]
         t2a = retrieval_metrics(text @ audio.T, relevant)
         mean_r10.append(t2a["R@10"])
         if lang == "en":
@@ -195,10 +196,12 @@ def train_clap(
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
         audio = model.audio_embedding(mel, chroma)
-        text = model.text_embedding(model.encode_sentences([p for p, _ in prompts]))
+        # One call to the sentence encoder per step: each call has a fixed cost well above that of a sentence.
+        sentences = model.encode_sentences([p for p, _ in prompts] + tag_prompts)
+        text = model.text_embedding(sentences[: len(prompts)])
         scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
         contrastive = multi_positive_nce(scale * text @ audio.T, positives([s for _, s in prompts], chosen))
-        tag_text = model.text_embedding(model.encode_sentences(tag_prompts))
+        tag_text = model.text_embedding(sentences[len(prompts) :])
         labels = torch.tensor([[t in it.tags for t in vocabulary] for it in chosen], dtype=torch.float32)
         tag_loss = F.binary_cross_entropy_with_logits(scale * audio @ tag_text.T + model.tag_bias, labels)
         loss = contrastive + config.tag_weight * tag_loss
@@ -211,8 +214,8 @@ def train_clap(
         first_loss = last_loss if first_loss is None else first_loss
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}")
-        record = {"step": step, "loss": last_loss, "contrastive": float(contrastive), "tag": float(tag_loss),
-                  "lr": _lr(step - 1, config), "scale": float(scale), "elapsed_s": round(time.time() - started, 1)}
+        record = {"step": step, "loss": last_loss, "contrastive": contrastive.item(), "tag": tag_loss.item(),
+                  "lr": _lr(step - 1, config), "scale": scale.item(), "elapsed_s": round(time.time() - started, 1)}
         if held_items and (step % config.eval_every == 0 or step == config.steps):
             record.update(held_out_metrics(model, held_items))
             model.train()
