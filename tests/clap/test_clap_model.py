@@ -50,7 +50,8 @@ def test_prompts_in_five_languages():
     tags = ["piano", "sad", "slow", "bb major"]
     texts = {lang: tags_prompt(tags, lang) for lang in LANGUAGES}
     assert texts["en"] == "sad, slow, piano, bb major"  # mood, tempo, instrument, key
-    assert "钢琴" in texts["zh"] and "変ロ長調" in texts["ja"] and "피아노" in texts["ko"] and "si bemol mayor" in texts["es"]
+    assert "钢琴" in texts["zh"] and "変ロ長調" in texts["ja"]
+    assert "피아노" in texts["ko"] and "si bemol mayor" in texts["es"]
     assert translate_tag("unheard-of tag", "zh") == "unheard-of tag"
     # every vocabulary tag has all five translations
     assert all(translate_tag(t, lang) for t in known_tags() for lang in LANGUAGES)
