@@ -59,7 +59,8 @@ def register_codec(actions) -> None:
         "`heartmula decode` round-trips. Running again with the same --out resumes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("audio", type=Path, nargs="+", help="audio files or folders")
+    p.add_argument("audio", type=Path, nargs="+", help="audio files, folders, or corpus manifest.jsonl files "
+                   "(their split 'train' rows)")
     p.add_argument("--out", type=Path, required=True, help="codec folder (created, or resumed)")
     p.add_argument("--preset", default="small-direct", help="codec size when starting fresh")
     p.add_argument("--steps", type=int, default=2000)
@@ -67,6 +68,26 @@ def register_codec(actions) -> None:
     p.add_argument("--segment-frames", type=int, default=4, help="code frames (80 ms each) per training segment")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-minutes", type=float, default=12.0, help="minutes of audio kept in memory")
+    p.add_argument("--clip-seconds", type=float, help="take at most this much of each file (a random excerpt), "
+                   "so that many files fit in --max-minutes")
+    p.add_argument("--exclude", action="append", default=[], metavar="TEXT",
+                   help="skip files whose path contains TEXT (held-out recordings; repeatable)")
+    p.add_argument("--source-weights", type=float, nargs="+", metavar="W",
+                   help="probability of drawing a segment from each audio argument, in order (default: by length)")
+    p.add_argument("--mel-weight", type=float, default=0.0, help="weight of the log-mel L1 loss")
+    p.add_argument("--wave-weight", type=float, default=1.0, help="weight of the waveform L1 loss (0 suits the "
+                   "istft presets, whose phase is free)")
+    p.add_argument("--spread-weight", type=float, default=5.0, help="weight of the SQ latent spread penalty "
+                   "(SQ presets)")
+    p.add_argument("--end-to-end", action="store_true", help="let the audio losses through the codes train the "
+                   "waveform encoder too (straight-through past the quantiser)")
+    p.add_argument("--autoencoder-weight", type=float, default=1.0, help="weight of the audio losses of the "
+                   "waveform autoencoder alone (0 skips that pass; sensible with --end-to-end)")
+    p.add_argument("--latent-weight", type=float, default=10.0, help="weight of the latent MSE of the direct "
+                   "decoder")
+    p.add_argument("--final-lr-fraction", type=float, default=1.0, help="cosine-decay the learning rate to this "
+                   "fraction at --steps (1 = constant)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -78,8 +99,13 @@ def run_codec(args: argparse.Namespace) -> int:
 
     config = CodecTrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                               segment_frames=args.segment_frames, learning_rate=args.lr,
-                              max_minutes=args.max_minutes, save_every=args.save_every, seed=args.seed)
-    report = train_codec(args.audio, args.out, config, progress=not args.quiet)
+                              max_minutes=args.max_minutes, save_every=args.save_every, seed=args.seed,
+                              clip_seconds=args.clip_seconds, source_weights=args.source_weights,
+                              mel_weight=args.mel_weight, wave_weight=args.wave_weight,
+                              spread_weight=args.spread_weight, end_to_end=args.end_to_end,
+                              final_lr_fraction=args.final_lr_fraction, threads=args.threads,
+                              autoencoder_weight=args.autoencoder_weight, latent_weight=args.latent_weight)
+    report = train_codec(args.audio, args.out, config, progress=not args.quiet, exclude=tuple(args.exclude))
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}); wrote {args.out}")
     return 0
 

@@ -4,7 +4,9 @@ Official fields keep their upstream names and defaults, so an official `HeartCod
 Extensions (all optional, absent from official files):
 - `decoder_type`: "flow_matching" (the official DiT + Euler solver) or "direct" (a small convolutional net that maps
   the code embedding straight to the latent: no iterative solver, fast on CPU);
-- `direct_decoder`: sizes of that net; `code_encoder`: sizes of the trainable audio -> codes mapping.
+- `direct_decoder`: sizes of that net; `code_encoder`: sizes of the trainable audio -> codes mapping;
+- `waveform_codec`: "sq" (the official scalar-quantised waveform codec) or "istft" (codec/spectral.py: mono, layers
+  at the STFT frame rate, inverse-STFT output; sized by the `spectral` section).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from heartmula.errors import HeartMuLaError
 CODE_RATE_HZ = 12.5  # code frames per second
 LATENT_PER_CODE = 2  # the condition is upsampled x2: 25 latent frames per second
 DECODER_TYPES = ("flow_matching", "direct")
+WAVEFORM_CODECS = ("sq", "istft")
 
 
 @dataclass
@@ -36,6 +39,26 @@ class ConvNetConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise HeartMuLaError(f"unknown conv-net config fields {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class SpectralConfig:
+    """Sizes of the spectral waveform codec (codec/spectral.py)."""
+
+    n_fft: int = 960
+    hop_length: int = 240
+    hidden_dim: int = 256
+    num_blocks: int = 6
+    kernel_size: int = 5
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> SpectralConfig | None:
+        if data is None:
+            return None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise HeartMuLaError(f"unknown spectral codec config fields {sorted(unknown)}")
         return cls(**data)
 
 
@@ -76,6 +99,8 @@ class HeartCodecConfig:
     decoder_type: str = "flow_matching"
     direct_decoder: ConvNetConfig | None = None
     code_encoder: ConvNetConfig | None = None
+    waveform_codec: str = "sq"
+    spectral: SpectralConfig | None = None
     extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, written back unchanged
 
     def __post_init__(self):
@@ -83,6 +108,8 @@ class HeartCodecConfig:
             self.direct_decoder = ConvNetConfig.from_dict(self.direct_decoder)
         if isinstance(self.code_encoder, dict):
             self.code_encoder = ConvNetConfig.from_dict(self.code_encoder)
+        if isinstance(self.spectral, dict):
+            self.spectral = SpectralConfig.from_dict(self.spectral)
 
     # --- derived sizes ----------------------------------------------------------------------------------------
     @property
@@ -96,6 +123,8 @@ class HeartCodecConfig:
 
     @property
     def samples_per_latent(self) -> int:
+        if self.waveform_codec == "istft":
+            return self.sample_rate // 25
         hop = self.num_samples
         for factor in self.upsample_factors:
             hop *= factor
@@ -124,6 +153,19 @@ class HeartCodecConfig:
                 )
         elif self.direct_decoder is None:
             raise HeartMuLaError("decoder_type 'direct' needs a direct_decoder section in config.json")
+        if self.waveform_codec not in WAVEFORM_CODECS:
+            raise HeartMuLaError(f"codec waveform_codec {self.waveform_codec!r} is not one of {WAVEFORM_CODECS}")
+        if self.waveform_codec == "istft":
+            if self.spectral is None:
+                raise HeartMuLaError("waveform_codec 'istft' needs a spectral section in config.json")
+            if self.audio_channels != 1:
+                raise HeartMuLaError("the istft waveform codec is mono: out_channels must equal latent_hidden_dim")
+            if self.sample_rate % 25 or (self.sample_rate // 25) % self.spectral.hop_length:
+                raise HeartMuLaError(f"the spectral hop {self.spectral.hop_length} must divide the "
+                                     f"{self.sample_rate // 25} samples of a 25 Hz latent frame")
+            if self.spectral.n_fft < self.spectral.hop_length:
+                raise HeartMuLaError("the spectral n_fft must be at least the hop length")
+            return self
         if self.samples_per_latent * 25 != self.sample_rate:
             raise HeartMuLaError(
                 f"the SQ decoder makes {self.samples_per_latent} samples per latent frame, which is not "
@@ -146,7 +188,7 @@ class HeartCodecConfig:
         for key, value in asdict(self).items():
             if key == "extra" or value is None:
                 continue
-            if key == "decoder_type" and value == "flow_matching":
+            if (key, value) in (("decoder_type", "flow_matching"), ("waveform_codec", "sq")):
                 continue  # keep official files byte-identical in spirit: no extension keys unless used
             data[key] = value
         return data

@@ -22,6 +22,7 @@ from heartmula.checkpoint import load_state_dict, save_state_dict, tensor_shapes
 from heartmula.codec.config import HeartCodecConfig
 from heartmula.codec.convnets import CodeEncoder, DirectDecoder
 from heartmula.codec.flow import FlowMatching
+from heartmula.codec.spectral import SpectralModel
 from heartmula.codec.sq_codec import ScalarModel, fold_weight_norm, unfold_weight_norm, weight_normed_names
 from heartmula.errors import HeartMuLaError
 
@@ -33,7 +34,7 @@ class HeartCodec(nn.Module):
         super().__init__()
         self.config = config.validate()
         self.flow_matching = FlowMatching(config)
-        self.scalar_model = ScalarModel(config)
+        self.scalar_model = SpectralModel(config) if config.waveform_codec == "istft" else ScalarModel(config)
         if config.decoder_type == "direct":
             self.direct_decoder = DirectDecoder(config.dim, config.latent_dim, config.direct_decoder)
         if config.code_encoder is not None:

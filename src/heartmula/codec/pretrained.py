@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from heartmula.checkpoint import parse_dtype
-from heartmula.codec.config import ConvNetConfig, HeartCodecConfig, tiny_config
+from heartmula.codec.config import ConvNetConfig, HeartCodecConfig, SpectralConfig, tiny_config
 from heartmula.codec.model import CONFIG_FILE, HeartCodec
 from heartmula.errors import HeartMuLaError
 
@@ -61,6 +61,29 @@ def small_16k_config() -> HeartCodecConfig:
     return config.validate()
 
 
+def default_24k_config() -> HeartCodecConfig:
+    """The shipped default: 24 kHz mono, 8 x 1024 codes at 12.5 Hz, direct decoder, spectral (iSTFT) waveform
+    codec. Every layer runs at 100 Hz or slower, so it trains on a shared CPU and decodes far faster than real time."""
+    return HeartCodecConfig(
+        dim=256, codebook_size=1024, codebook_dim=32, num_quantizers=8, latent_hidden_dim=64, out_channels=64,
+        in_channels=384, sample_rate=24000, decoder_type="direct", waveform_codec="istft",
+        direct_decoder=ConvNetConfig(hidden_dim=256, num_blocks=6, kernel_size=3),
+        code_encoder=ConvNetConfig(hidden_dim=256, num_blocks=4, kernel_size=3),
+        spectral=SpectralConfig(n_fft=960, hop_length=240, hidden_dim=256, num_blocks=6, kernel_size=5),
+    ).validate()
+
+
+def tiny_spectral_config() -> HeartCodecConfig:
+    """A spectral codec tests build in milliseconds (4.8 kHz, 4 x 64 codes)."""
+    return HeartCodecConfig(
+        dim=32, codebook_size=64, codebook_dim=8, num_quantizers=4, latent_hidden_dim=16, out_channels=16,
+        in_channels=64, sample_rate=4800, decoder_type="direct", waveform_codec="istft",
+        direct_decoder=ConvNetConfig(hidden_dim=32, num_blocks=2, kernel_size=3),
+        code_encoder=ConvNetConfig(hidden_dim=32, num_blocks=1, kernel_size=3),
+        spectral=SpectralConfig(n_fft=192, hop_length=48, hidden_dim=32, num_blocks=2, kernel_size=3),
+    ).validate()
+
+
 PRESETS = {
     "tiny": tiny_config,
     "tiny-direct": lambda: tiny_config("direct", with_encoder=True),
@@ -68,6 +91,8 @@ PRESETS = {
     "official": lambda: HeartCodecConfig().validate(),
     "small-direct": small_direct_config,
     "small-16k": small_16k_config,
+    "default-24k": default_24k_config,
+    "tiny-spectral": tiny_spectral_config,
 }
 
 

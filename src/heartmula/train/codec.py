@@ -3,9 +3,15 @@ decoder (codes -> latent), so that encode -> decode round-trips.
 
 Per step, on a batch of random stereo segments x:
     z      = SQ encoder(x)                                       tanh latent, 25 Hz
-    x_sq   = SQ decoder(round9(z) with straight-through grads)   loss: multi-resolution STFT + L1 (autoencoder)
+    x_sq   = SQ decoder(round9(z) with straight-through grads)   loss: multi-resolution STFT + mel + L1 (autoencoder)
     codes  = RVQ(code_encoder(z))                                 codebooks follow EMAs of their residuals
     z_code = direct decoder(condition(codes))                     loss: MSE to z (detached) + commitment
+    x_code = SQ decoder(z_code)                                   loss: the same audio losses (what encode -> decode
+                                                                  produces)
+With the spectral waveform codec (waveform_codec "istft") there is no SQ grid to round to, and the waveform L1 is
+usually switched off (its phase is free, so only magnitudes are matched).
+Inputs: audio files, folders, or corpus manifest.jsonl files (their `split: train` rows). The training audio (up
+to `clip_seconds` from each file, 16-bit) is cached in the output folder, so resuming does not decode it again.
 The official EMA buffers of the RVQ (embed_avg, cluster_size) are the codebook training state. Everything lives in
 one output folder (a loadable codec + `train_state.safetensors` + `train_state.json` + `train_log.jsonl`); running
 again with the same folder resumes.
@@ -30,9 +36,10 @@ from heartmula.codec.model import CONFIG_FILE, HeartCodec
 from heartmula.codec.pretrained import PRESETS
 from heartmula.codec.sq_codec import round_with_straight_through
 from heartmula.errors import HeartMuLaError
-from heartmula.eval.codec_metrics import multi_resolution_stft_distance
+from heartmula.eval.codec_metrics import mel_distance, multi_resolution_stft_distance
 from heartmula.files import atomic_output
 
+AUDIO_CACHE = "train_audio.npz"
 STATE_FILE = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 LOG_FILE = "train_log.jsonl"
@@ -51,34 +58,66 @@ class CodecTrainConfig:
     dead_code_every: int = 25  # steps between re-seeding unused codes
     latent_weight: float = 10.0
     commitment_weight: float = 0.25
+    autoencoder_weight: float = 1.0  # audio losses of the waveform autoencoder alone (no codes)
     token_audio_weight: float = 1.0  # audio loss through the codes: decoder and token path trained end to end
     spread_weight: float = 5.0  # keeps the latent spread over the SQ grid (see latent_spread_penalty)
     latent_std: float = 0.35
     max_minutes: float = 20.0  # audio kept in memory for training
+    clip_seconds: float | None = None  # at most this much of each file (a random excerpt), so many files fit
+    wave_weight: float = 1.0  # waveform L1 (0 for the spectral codec: its phase is free)
+    mel_weight: float = 0.0  # log-mel L1 (the metric's mel distance) on both audio paths
+    source_weights: list[float] | None = None  # draw probability per input path (None: by audio length)
+    end_to_end: bool = False  # audio losses through the codes also train the waveform encoder (straight-through)
+    final_lr_fraction: float = 1.0  # cosine decay of the learning rate to this fraction at `steps` (1 = constant)
     save_every: int = 100
     seed: int = 0
     threads: int | None = None
 
 
-def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+def manifest_audio(manifest: Path, split: str = "train") -> list[Path]:
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [manifest.parent / row["audio"] for row in rows if row.get("split", split) == split and row.get("audio")]
+
+
+def sourced_audio_files(paths: list[str | os.PathLike], exclude: tuple[str, ...] = ()) -> list[tuple[Path, int]]:
+    """(file, index of the input path it came from) for `paths` (files, folders, manifest.jsonl), minus files whose
+    path contains an `exclude` string (held-out recordings)."""
+    files: list[tuple[Path, int]] = []
+    for source, path in enumerate(map(Path, paths)):
+        if path.suffix == ".jsonl" and path.is_file():
+            found = manifest_audio(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
         elif path.is_file():
-            files.append(path)
+            found = [path]
         else:
             raise HeartMuLaError(f"training audio {path} does not exist")
+        files += [(f, source) for f in found if not any(word in str(f) for word in exclude)]
     if not files:
         raise HeartMuLaError("no audio files found for codec training")
     return files
 
 
-def load_corpus(files: list[Path], sample_rate: int, channels: int, max_minutes: float) -> list[np.ndarray]:
+def audio_files(paths: list[str | os.PathLike], exclude: tuple[str, ...] = ()) -> list[Path]:
+    return [file for file, _ in sourced_audio_files(paths, exclude)]
+
+
+def load_corpus(files: list[Path], sample_rate: int, channels: int, max_minutes: float,
+                clip_seconds: float | None = None, seed: int = 0, progress: bool = False) -> list[np.ndarray]:
+    """Up to `clip_seconds` of each file (a random excerpt, seeded), until `max_minutes` are in memory."""
     budget = int(max_minutes * 60 * sample_rate)
+    rng = np.random.default_rng(seed)
     clips = []
+    if progress:
+        from tqdm import tqdm
+
+        files = tqdm(files, desc="load training audio", unit="file")
     for file in files:
         audio, _ = load_audio(file, sample_rate=sample_rate, channels=channels)
+        if clip_seconds is not None and audio.shape[1] > clip_seconds * sample_rate:
+            length = int(clip_seconds * sample_rate)
+            start = int(rng.integers(0, audio.shape[1] - length))
+            audio = audio[:, start: start + length]
         clips.append(audio[:, :budget])
         budget -= clips[-1].shape[1]
         if budget <= 0:
@@ -86,11 +125,46 @@ def load_corpus(files: list[Path], sample_rate: int, channels: int, max_minutes:
     return clips
 
 
-def sample_batch(clips, batch: int, samples: int, rng: np.random.Generator) -> torch.Tensor:
-    weights = np.array([c.shape[1] for c in clips], dtype=np.float64)
+def cached_corpus(out: Path, files: list[tuple[Path, int]], codec_config, config,
+                  progress: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    """(training clips, the input path index of each), read from `out/train_audio.npz` when an earlier run of this
+    folder wrote it."""
+    cache = out / AUDIO_CACHE
+    if cache.is_file():
+        with np.load(cache) as data:
+            sources = data["sources"]
+            return [data[f"clip{i}"].astype(np.float32) / 32767 for i in range(len(sources))], sources
+    clips = load_corpus([f for f, _ in files], codec_config.sample_rate, codec_config.audio_channels,
+                        config.max_minutes, config.clip_seconds, config.seed, progress)
+    sources = np.array([source for _, source in files[: len(clips)]], dtype=np.int64)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(cache) as tmp:
+        with open(tmp, "wb") as handle:
+            arrays = {f"clip{i}": (np.clip(c, -1, 1) * 32767).astype(np.int16) for i, c in enumerate(clips)}
+            np.savez(handle, sources=sources, **arrays)
+    return clips, sources
+
+
+def clip_weights(clips, sources: np.ndarray | None = None, source_weights=None) -> np.ndarray:
+    """Probability of drawing from each clip: by length, or, with `source_weights`, first a source (input path)
+    with those weights, then a clip of it by length (so a few real recordings are not drowned by a big corpus)."""
+    lengths = np.array([c.shape[1] for c in clips], dtype=np.float64)
+    if not source_weights or sources is None:
+        return lengths / lengths.sum()
+    if len(source_weights) <= int(sources.max()):
+        raise HeartMuLaError(f"{len(source_weights)} source weights for {int(sources.max()) + 1} training inputs")
+    weights = np.zeros_like(lengths)
+    for source in np.unique(sources):
+        mine = sources == source
+        weights[mine] = source_weights[source] * lengths[mine] / lengths[mine].sum()
+    return weights / weights.sum()
+
+
+def sample_batch(clips, batch: int, samples: int, rng: np.random.Generator, weights=None) -> torch.Tensor:
+    weights = clip_weights(clips) if weights is None else weights
     out = []
     for _ in range(batch):
-        clip = clips[rng.choice(len(clips), p=weights / weights.sum())]
+        clip = clips[rng.choice(len(clips), p=weights)]
         start = rng.integers(0, max(1, clip.shape[1] - samples))
         piece = clip[:, start: start + samples]
         piece = np.pad(piece, ((0, 0), (0, samples - piece.shape[1])))
@@ -107,14 +181,25 @@ def latent_spread_penalty(latent: torch.Tensor, target_std: float) -> torch.Tens
     return F.relu(target_std - latent.std(dim=(0, 1))).mean()
 
 
+def audio_losses(estimate: torch.Tensor, audio: torch.Tensor, sample_rate: int, config: CodecTrainConfig):
+    """(multi-resolution STFT distance, mel distance, waveform L1, weighted total)."""
+    stft = multi_resolution_stft_distance(estimate, audio)
+    mel = mel_distance(estimate, audio, sample_rate) if config.mel_weight else torch.zeros(())
+    wave = (estimate - audio).abs().mean()
+    return stft, mel, wave, stft + config.mel_weight * mel + config.wave_weight * wave
+
+
 def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainConfig):
+    # The SQ decoder was trained on the 19-level grid (and decode snaps to it); the spectral codec has no grid.
+    grid = round_with_straight_through if codec.config.waveform_codec == "sq" else (lambda x: x)
     latent = codec.audio_to_latent(audio)  # [B, L, D]
-    reconstruction = codec.latent_to_audio(round_with_straight_through(latent), snap=False)
-    stft = multi_resolution_stft_distance(reconstruction, audio)
-    wave = (reconstruction - audio).abs().mean()
+    stft = mel = wave = autoencoder = torch.zeros(())
+    if config.autoencoder_weight:  # 0 skips the pass (end-to-end training needs only the path through the codes)
+        reconstruction = codec.latent_to_audio(grid(latent), snap=False)
+        stft, mel, wave, autoencoder = audio_losses(reconstruction, audio, codec.sample_rate, config)
 
     target = latent.detach()
-    features = codec.code_encoder(target)
+    features = codec.code_encoder(latent if config.end_to_end else target)
     vq = codec.flow_matching.vq_embed
     codes, quantized, residuals = vq.quantize(features)
     projected = vq.project_in(features)
@@ -123,18 +208,22 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     predicted = codec.direct_decoder(condition.repeat_interleave(LATENT_PER_CODE, dim=1))
     latent_mse = F.mse_loss(predicted, target)
     commitment = F.mse_loss(projected, quantized.detach())
+    if config.end_to_end:
+        # Relative to the features' own scale: the plain MSE would also fall by shrinking the features (the EMA
+        # codebooks follow), and end to end that pressure reaches the encoder and collapses its latent.
+        commitment = commitment / projected.detach().pow(2).mean().clamp_min(1e-8)
     spread = latent_spread_penalty(latent, config.latent_std)
-    total = (stft + wave + config.latent_weight * latent_mse + config.commitment_weight * commitment
-             + config.spread_weight * spread)
-    token_stft = torch.zeros(())
+    total = (config.autoencoder_weight * autoencoder + config.latent_weight * latent_mse
+             + config.commitment_weight * commitment + config.spread_weight * spread)
+    token_stft = token_mel = torch.zeros(())
     if config.token_audio_weight:
         # What `encode -> decode` will actually produce: the SQ decoder on the latent predicted from the codes.
-        through_codes = codec.latent_to_audio(round_with_straight_through(predicted), snap=False)
-        token_stft = multi_resolution_stft_distance(through_codes, audio)
-        total = total + config.token_audio_weight * (token_stft + (through_codes - audio).abs().mean())
+        through_codes = codec.latent_to_audio(grid(predicted), snap=False)
+        token_stft, token_mel, _, token_total = audio_losses(through_codes, audio, codec.sample_rate, config)
+        total = total + config.token_audio_weight * token_total
     parts = {name: float(value.detach()) for name, value in
-             (("stft", stft), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment),
-              ("latent_std", latent.std(dim=(0, 1)).mean()), ("token_stft", token_stft))}
+             (("stft", stft), ("mel", mel), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment),
+              ("latent_std", latent.std(dim=(0, 1)).mean()), ("token_stft", token_stft), ("token_mel", token_mel))}
     return total, parts, codes, residuals
 
 
@@ -180,7 +269,7 @@ def _load_state(out: Path, optimizer, codec: HeartCodec) -> int:
 
 
 def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, exclude: tuple[str, ...] = ()) -> dict:
     """Train (or resume) a codec in `out`; returns a summary. Audio: files or folders of recordings."""
     config = config or CodecTrainConfig()
     out = Path(out)
@@ -202,18 +291,21 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.8, 0.99), weight_decay=0.0)
     start_step = _load_state(out, optimizer, codec)
 
-    files = audio_files(audio_paths)
-    clips = load_corpus(files, codec.sample_rate, codec.config.audio_channels, config.max_minutes)
+    files = sourced_audio_files(audio_paths, exclude)
+    clips, sources = cached_corpus(out, files, codec.config, config, progress)
+    weights = clip_weights(clips, sources, config.source_weights)
     rng = np.random.default_rng(config.seed + start_step)
     generator = torch.Generator().manual_seed(config.seed + start_step)
     samples = config.segment_frames * codec.config.samples_per_code
 
-    if start_step == 0:
+    if start_step == 0 and codec.config.waveform_codec == "sq":
         spread_latent(codec, sample_batch(clips, 8, samples, np.random.default_rng(config.seed + 1)))
 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / DATA_FILE) as tmp:  # what the checkpoint was trained on (licenses travel with data)
-        tmp.write_text(json.dumps({"files": [str(f) for f in files], "max_minutes": config.max_minutes}, indent=2))
+        tmp.write_text(json.dumps({"files": [str(f) for f, _ in files], "source_weights": config.source_weights,
+                                   "max_minutes": config.max_minutes,
+                                   "clip_seconds": config.clip_seconds, "excluded": list(exclude)}, indent=2))
 
     bar = None
     if progress:
@@ -225,8 +317,10 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     first = None
     for step in range(start_step, config.steps):
         began = time.perf_counter()
-        audio = sample_batch(clips, config.batch_size, samples, rng)
-        lr = config.learning_rate * min(1.0, (step + 1) / 20)
+        audio = sample_batch(clips, config.batch_size, samples, rng, weights)
+        cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, config.steps))))
+        lr = config.learning_rate * min(1.0, (step + 1) / 20) * (config.final_lr_fraction
+                                                                  + (1 - config.final_lr_fraction) * cosine)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, parts, codes, residuals = training_losses(codec, audio, config)
@@ -256,4 +350,4 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         _save_state(out, optimizer, start_step, codec, config)
     codec.eval()
     return {"steps": config.steps, "resumed_from": start_step, "first": first, "last": parts,
-            "files": [str(f) for f in files]}
+            "files": [str(f) for f, _ in files]}
