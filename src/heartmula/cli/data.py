@@ -52,6 +52,21 @@ def register(verbs) -> None:
     e.add_argument("--out", type=Path, help="write the result as JSON here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(handler=run_ceiling)
+
+    t = actions.add_parser("tokenize", help="encode a manifest's audio into a codec token cache (LM training)",
+                           description="Encode every item of a manifest with a codec and store the codes with the "
+                           "item's lyrics, tags, language and split: the input of `heartmula train lm`. Running "
+                           "again with the same --out resumes; unreadable items are skipped, reported, and retried "
+                           "on the next run.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("manifest", type=Path, help="manifest.jsonl or its corpus folder")
+    t.add_argument("--codec", required=True, help="codec root or folder with a trained encoder")
+    t.add_argument("--out", type=Path, required=True, help="cache folder (index.json + shard-*.safetensors)")
+    t.add_argument("--shard-items", type=int, default=16, help="items per shard file (the resume granularity)")
+    t.add_argument("--limit", type=int, default=None, help="encode only the first N items (a quick try)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(handler=run_tokenize)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
@@ -112,4 +127,20 @@ def run_ceiling(args: argparse.Namespace) -> int:
         with atomic_output(args.out) as tmp:
             tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     print(intelligibility_markdown(result))
+    return 0
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    import torch
+
+    from heartmula.train.token_cache import tokenize_manifest
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = tokenize_manifest(args.manifest, args.codec, args.out, shard_items=args.shard_items,
+                               progress=not args.quiet, limit=args.limit)
+    for item_id, reason in report.skipped.items():
+        print(f"skipped {item_id}: {reason}", file=sys.stderr)
+    print(f"wrote {args.out}: {len(report.encoded)} items encoded ({report.frames} frames), {report.reused} already "
+          f"cached, {len(report.skipped)} skipped", file=sys.stderr)
     return 0

@@ -155,7 +155,80 @@ def run_clap(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_ACTIONS = (register_transcriber, register_codec, register_clap)
+# Defaults of `train lm` (the same as heartmula.train.lm.LMTrainConfig; a test keeps them equal). Written out here
+# so that `--help` does not import torch.
+LM_DEFAULTS = dict(preset="small", version="3B", steps=1000, batch_size=4, context=1024, min_frames=32,
+                   learning_rate=6e-4, warmup_steps=50, weight_decay=0.05, decoder_fraction=0.25, uncond_prob=0.1,
+                   tag_drop_prob=0.15, all_tags_drop_prob=0.1, vocab_size=4096, eval_every=50, save_every=50, seed=0)
+
+
+def register_lm(actions) -> None:
+    d = argparse.Namespace(**LM_DEFAULTS)
+    p = actions.add_parser(
+        "lm",
+        help="train a HeartMuLa song language model on a token cache",
+        description="Train a HeartMuLa model (backbone predicts codebook 0 from the prompt and previous frames, "
+        "local decoder predicts codebooks 1-7) on a token cache made by `heartmula data tokenize`. Writes the "
+        "official root layout (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) that `heartmula generate "
+        "--model OUT` loads, plus train_log.jsonl (losses, validation loss on the cache's val split) and the "
+        "optimizer state. Running again with the same --out resumes (raise --steps to train longer). Training "
+        "drops the text conditioning for classifier-free guidance and shuffles/drops tags; the reference-audio "
+        "slot is left empty (as upstream generates).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("cache", type=Path, help="token cache folder from `heartmula data tokenize`")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint root (created, or resumed)")
+    p.add_argument("--preset", default=d.preset, help="model size when starting fresh: tiny, small (~20M), bench-36m")
+    p.add_argument("--version", default=d.version, help="model folder name HeartMuLa-oss-<version> (3B is what "
+                   "`heartmula generate` loads unless told otherwise)")
+    p.add_argument("--steps", type=int, default=d.steps, help="train until this step (counting resumed steps)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="songs per step")
+    p.add_argument("--context", type=int, default=d.context, help="rows per sample: prompt + frames (12.5 frames "
+                   "per second); longer songs are cropped at random")
+    p.add_argument("--min-frames", type=int, default=d.min_frames, help="songs whose prompt leaves fewer frames "
+                   "than this in the context are left out (and listed in training_data.json)")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (matrices only)")
+    p.add_argument("--decoder-fraction", type=float, default=d.decoder_fraction, help="fraction of frames the "
+                   "local decoder trains on per step (saves compute; the backbone sees all frames)")
+    p.add_argument("--uncond-prob", type=float, default=d.uncond_prob, help="probability that a sample is "
+                   "unconditional (all text replaced by the null embedding), for classifier-free guidance")
+    p.add_argument("--tag-drop-prob", type=float, default=d.tag_drop_prob, help="probability of dropping each tag")
+    p.add_argument("--all-tags-drop-prob", type=float, default=d.all_tags_drop_prob, help="probability of "
+                   "dropping all tags of a sample")
+    p.add_argument("--no-tag-shuffle", action="store_true", help="keep the tags in their manifest order")
+    p.add_argument("--tokenizer", help="tokenizer.json to use when starting fresh; default: train a byte-level "
+                   "BPE on the cache's lyrics and tags")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary when training one")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the data order")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_lm)
+
+
+def run_lm(args: argparse.Namespace) -> int:
+    from heartmula.train.lm import LMTrainConfig, train_lm
+
+    config = LMTrainConfig(
+        preset=args.preset, version=args.version, steps=args.steps, batch_size=args.batch_size,
+        context=args.context, min_frames=args.min_frames, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
+        tag_drop_prob=args.tag_drop_prob, all_tags_drop_prob=args.all_tags_drop_prob,
+        shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+        eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
+    )
+    report = train_lm(args.cache, args.out, config, progress=not args.quiet)
+    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
+    print(f"trained {report.parameters / 1e6:.1f}M parameters to step {report.steps} (resumed from "
+          f"{report.resumed_from}) on {report.items} songs: loss {report.first_loss} -> {report.last_loss}{val}; "
+          f"wrote {args.out}")
+    return 0
+
+
+TRAIN_ACTIONS = (register_transcriber, register_codec, register_clap, register_lm)
 
 
 def register(verbs) -> None:

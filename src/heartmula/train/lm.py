@@ -1,0 +1,437 @@
+"""Train a HeartMuLa song language model on a token cache (`heartmula data tokenize`), on one CPU process.
+
+One training sample is the generation prompt followed by a crop of a song's codec frames, laid out exactly as
+`HeartMuLaGenerator` feeds the model:
+    rows [tags (BOS..EOS), reference slot, lyrics (BOS..EOS)]   text column only
+    rows [c0..c7, empty] per frame                              audio columns only
+Objective (the Sesame-CSM global/local scheme the release uses):
+    backbone: row r predicts codebook 0 of the next frame (the last prompt row predicts frame 0; after the song's
+              last frame, codebook 0 must be the audio EOS);
+    decoder:  per frame [backbone state that predicted c0, emb(c0), ..., emb(c6)] -> c1..c7 (teacher forcing),
+              trained on a random fraction of the frames (compute amortisation, as CSM does);
+    loss = CE(c0) + mean over codebooks 1..7 of CE(c_i).
+Conditioning augmentation: tags are shuffled and each dropped at random (sometimes all of them); with probability
+`uncond_prob` the whole sample is unconditional: every text-column embedding and the reference slot become the
+learned null embedding, which is exactly the unconditional CFG row the generator builds. The reference-audio slot
+of conditional samples holds muq_linear(zeros), as upstream and our generator use without a reference: it is not
+trained with audio embeddings yet.
+
+Everything lives in one output folder in the official root layout, loadable by `load_generator(OUT)`:
+    OUT/HeartMuLa-oss-<version>/  config.json + model.safetensors
+    OUT/tokenizer.json, OUT/gen_config.json
+    OUT/train_state.safetensors + train_state.json (optimizer, step), train_log.jsonl, training_data.json
+Running again with the same OUT resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output
+from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.model import CONFIG_FILE, HeartMuLa
+from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE
+from heartmula.text import TextTokenizer
+from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
+from heartmula.train.token_cache import CachedItem, load_cache
+
+STATE_FILE = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+LOG_FILE = "train_log.jsonl"
+DATA_FILE = "training_data.json"
+# Special audio ids after the codebook (as in the release: 8192 codes, EOS 8193, vocabulary 8197).
+AUDIO_SPECIALS = 5
+
+
+def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
+    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
+                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
+
+
+# Model sizes for training from scratch; the audio and text vocabularies come from the codec and the tokenizer.
+LM_PRESETS: dict[str, dict] = {
+    "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 16)),
+    # ~20M parameters with a 1024-code codec: fast enough to decode well under real time on 2 CPU cores.
+    "small": dict(backbone=_sizes(6, 6, 2, 384, 1024, 4096), decoder=_sizes(2, 6, 2, 384, 1024, 16)),
+    "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 16)),
+}
+
+
+@dataclass
+class LMTrainConfig:
+    preset: str = "small"
+    version: str = "3B"  # folder name HeartMuLa-oss-<version>; 3B is what `heartmula generate` loads by default
+    steps: int = 1000
+    batch_size: int = 4
+    context: int = 1024  # rows (prompt + frames) per sample
+    min_frames: int = 32  # items whose prompt leaves fewer frames than this in the context are not used
+    learning_rate: float = 6e-4
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decay to this fraction of the learning rate at `steps`
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    decoder_fraction: float = 0.25  # fraction of the frames the local decoder trains on per step
+    uncond_prob: float = 0.1  # classifier-free guidance: whole-sample text dropout
+    tag_drop_prob: float = 0.15  # each tag dropped independently
+    all_tags_drop_prob: float = 0.1  # all tags dropped (an empty <tag></tag>)
+    shuffle_tags: bool = True
+    start_crop_prob: float = 0.4  # long songs: crop from the song's start ...
+    end_crop_prob: float = 0.2  # ... or ending at its end (teaches EOS); otherwise a random window
+    eval_every: int = 50
+    save_every: int = 50
+    val_items: int = 16
+    tokenizer: str | None = None  # a tokenizer.json to use; default: train a BPE on the cache's texts
+    vocab_size: int = 4096
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass
+class Sample:
+    tokens: torch.Tensor  # [L, K+1]
+    mask: torch.Tensor  # [L, K+1] bool
+    slot: int  # reference-slot row
+    c0_targets: torch.Tensor  # [L] long, -100 = no target
+    frame_rows: torch.Tensor  # [n] row whose hidden state predicted the frame's codebook 0
+    frame_codes: torch.Tensor  # [n, K]
+    unconditional: bool
+
+
+def augment_tags(tags: str, rng: random.Random, config: LMTrainConfig) -> str:
+    """Shuffle and drop tags as training augmentation; the result uses the recommended comma style."""
+    items = [t.strip() for t in tags.split(",") if t.strip()]
+    if rng.random() < config.all_tags_drop_prob:
+        return ""
+    items = [t for t in items if rng.random() >= config.tag_drop_prob]
+    if config.shuffle_tags:
+        rng.shuffle(items)
+    return ",".join(items)
+
+
+class SampleBuilder:
+    def __init__(self, tokenizer: TextTokenizer, gen_config: GenerationConfig, num_codebooks: int, context: int):
+        self.tokenizer = tokenizer
+        self.gen_config = gen_config
+        self.k = num_codebooks
+        self.context = context
+
+    def prompt_length(self, item: CachedItem) -> int:
+        return len(self.tokenizer.encode_tags(item.tags)) + 1 + len(self.tokenizer.encode_lyrics(item.lyrics))
+
+    def build(self, item: CachedItem, tags: str, start: int | None, rng: random.Random | None,
+              config: LMTrainConfig, unconditional: bool = False) -> Sample:
+        """A sample of `item`: `start` = first frame of the crop, or None to draw the crop with `rng`."""
+        tag_ids = self.tokenizer.encode_tags(tags)
+        lyric_ids = self.tokenizer.encode_lyrics(item.lyrics)
+        prompt = len(tag_ids) + 1 + len(lyric_ids)
+        total = item.codes.shape[1]
+        room = self.context - prompt
+        if room < 1:
+            raise HeartMuLaError(f"item {item.id}: prompt of {prompt} tokens does not fit the context")
+        n = min(total, room)
+        if start is None:
+            draw = rng.random()
+            if total <= room or draw < config.start_crop_prob:
+                start = 0
+            elif draw < config.start_crop_prob + config.end_crop_prob:
+                start = total - n
+            else:
+                start = rng.randint(0, total - n)
+        n = min(n, total - start)
+        ends = start + n == total
+        k = self.k
+        length = prompt + n
+        tokens = torch.zeros(length, k + 1, dtype=torch.long)
+        mask = torch.zeros(length, k + 1, dtype=torch.bool)
+        tokens[: len(tag_ids), -1] = torch.tensor(tag_ids)
+        tokens[len(tag_ids) + 1 : prompt, -1] = torch.tensor(lyric_ids)
+        mask[:prompt, -1] = True
+        codes = item.codes[:, start : start + n].t()  # [n, K]
+        tokens[prompt:, :k] = codes
+        tokens[prompt:, -1] = self.gen_config.empty_id
+        mask[prompt:, :k] = True
+        targets = torch.full((length,), -100, dtype=torch.long)
+        targets[prompt - 1 : prompt - 1 + n] = codes[:, 0]
+        if ends:
+            targets[length - 1] = self.gen_config.audio_eos_id
+        rows = torch.arange(prompt - 1, prompt - 1 + n)
+        return Sample(tokens, mask, len(tag_ids), targets, rows, codes.clone(), unconditional)
+
+
+def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone input [b, L, D] (right-padded) and codebook-0 targets [b, L] of a batch.
+
+    Rows embed as in generation: masked column sums; the reference slot holds muq_linear(zeros); unconditional
+    samples have the null embedding in every text column and in the slot."""
+    b, k = len(samples), model.num_codebooks
+    longest = max(len(s.tokens) for s in samples)
+    tokens = torch.zeros(b, longest, k + 1, dtype=torch.long)
+    mask = torch.zeros(b, longest, k + 1, dtype=torch.bool)
+    targets = torch.full((b, longest), -100, dtype=torch.long)
+    for i, s in enumerate(samples):  # right padding: causal attention never lets real rows see it
+        tokens[i, : len(s.tokens)] = s.tokens
+        mask[i, : len(s.tokens)] = s.mask
+        targets[i, : len(s.tokens)] = s.c0_targets
+    unconditional = torch.tensor([s.unconditional for s in samples])
+    hidden = model.embed_rows(tokens, mask, unconditional)
+    slot_values = model.muq_linear(torch.zeros(b, model.config.muq_dim, dtype=hidden.dtype))
+    slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
+    slots = torch.tensor([s.slot for s in samples])
+    return hidden.index_put((torch.arange(b), slots), slot_values), targets
+
+
+def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch."""
+    k = model.num_codebooks
+    hidden, targets = embed_samples(model, samples)
+    out = model.backbone(hidden, torch.arange(hidden.shape[1]))
+    c0_loss = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    # Local decoder on a random subset of the frames.
+    batch_index = torch.cat([torch.full((len(s.frame_rows),), i) for i, s in enumerate(samples)])
+    rows = torch.cat([s.frame_rows for s in samples])
+    codes = torch.cat([s.frame_codes for s in samples])
+    if decoder_fraction < 1.0:
+        keep = max(1, round(decoder_fraction * len(rows)))
+        chosen = torch.randperm(len(rows), generator=generator)[:keep]
+        batch_index, rows, codes = batch_index[chosen], rows[chosen], codes[chosen]
+    states = out[batch_index, rows]  # [N, D]: the state that predicted each frame's codebook 0
+    offsets = model.config.audio_vocab_size * torch.arange(k - 1)
+    previous = model.audio_embeddings(codes[:, : k - 1] + offsets)  # [N, K-1, D]: emb of c0..c(K-2)
+    decoder_in = model.projection(torch.cat([states[:, None], previous], dim=1))  # [N, K, Ddec]
+    decoded = model.decoder(decoder_in, torch.arange(k))
+    logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
+    decoder_loss = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
+    total = c0_loss + decoder_loss
+    return total, {"c0": float(c0_loss.detach()), "dec": float(decoder_loss.detach())}
+
+
+def new_model(preset: str, text_vocab: int, codebook_size: int, num_codebooks: int, seed: int) -> HeartMuLa:
+    if preset not in LM_PRESETS:
+        raise HeartMuLaError(f"unknown LM preset {preset!r}; choose one of {', '.join(LM_PRESETS)}")
+    spec = LM_PRESETS[preset]
+    config = HeartMuLaConfig(
+        backbone_flavor=f"{preset}-backbone", decoder_flavor=f"{preset}-decoder", text_vocab_size=text_vocab,
+        audio_vocab_size=codebook_size + AUDIO_SPECIALS, audio_num_codebooks=num_codebooks,
+        backbone_config=dict(spec["backbone"]), decoder_config=dict(spec["decoder"]),
+    )
+    return HeartMuLa(config).init_weights(seed)
+
+
+def count_parameters(model: HeartMuLa) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class LMTrainReport:
+    steps: int
+    resumed_from: int
+    parameters: int
+    items: int
+    skipped_items: list[str] = field(default_factory=list)
+    first_loss: float | None = None
+    last_loss: float | None = None
+    validation: list[dict] = field(default_factory=list)
+
+
+def _save_state(out: Path, model_dir: Path, model: HeartMuLa, optimizer, step: int, config: LMTrainConfig) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{names[id(param)]}::{key}"] = value.detach().contiguous().cpu()
+    model.save_pretrained(model_dir)
+    with atomic_output(out / STATE_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_output(out / STATE_JSON) as tmp:
+        tmp.write_text(json.dumps({"step": step, "config": asdict(config)}, indent=2))
+
+
+def _load_state(out: Path, optimizer, model: HeartMuLa) -> int:
+    if not (out / STATE_FILE).is_file():
+        return 0
+    tensors = load_file(str(out / STATE_FILE))
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        name, slot = key.split("::")
+        optimizer.state[params[name]][slot] = value
+    return int(json.loads((out / STATE_JSON).read_text())["step"])
+
+
+def _learning_rate(step: int, config: LMTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    floor = config.min_lr_ratio
+    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _prepare_tokenizer(out: Path, items: list[CachedItem], config: LMTrainConfig) -> TextTokenizer:
+    path = out / TOKENIZER_FILE
+    if not path.is_file():
+        if config.tokenizer:
+            source = Path(config.tokenizer)
+            if not source.is_file():
+                raise HeartMuLaError(f"tokenizer file {source} does not exist")
+            shutil.copyfile(source, path)
+        else:
+            tokenizer = train_bpe_tokenizer(prompt_texts([i.tags for i in items], [i.lyrics for i in items]),
+                                            vocab_size=config.vocab_size)
+            with atomic_output(path) as tmp:
+                tokenizer.save(str(tmp))
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(path))
+    bos, eos = raw.token_to_id(BOS), raw.token_to_id(EOS)
+    if bos is None or eos is None:
+        raise HeartMuLaError(f"tokenizer {path} lacks the special tokens {BOS} and {EOS}")
+    return TextTokenizer(raw, bos, eos)
+
+
+@torch.no_grad()
+def validation_loss(model: HeartMuLa, builder: SampleBuilder, items: list[CachedItem], config: LMTrainConfig,
+                    batch_size: int) -> dict:
+    """Deterministic: each item from its start, its own tags, all frames through the decoder, no dropout."""
+    model.eval()
+    totals = {"c0": 0.0, "dec": 0.0}
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        samples = [builder.build(item, item.tags, 0, None, config) for item in chunk]
+        _, parts = lm_losses(model, samples, 1.0)
+        for key in totals:
+            totals[key] += parts[key] * len(chunk)
+    model.train()
+    result = {f"val_{k}": round(v / max(1, len(items)), 4) for k, v in totals.items()}
+    result["val_loss"] = round(result["val_c0"] + result["val_dec"], 4)
+    return result
+
+
+def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainConfig | None = None,
+             progress: bool = True) -> LMTrainReport:
+    """Train (or resume) a HeartMuLa model in `out` on the token cache `cache`."""
+    config = config or LMTrainConfig()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    cache, out = Path(cache), Path(out)
+    index, items = load_cache(cache)
+    codec = index["codec"]
+    out.mkdir(parents=True, exist_ok=True)
+    data_path = out / DATA_FILE
+    if data_path.is_file():
+        recorded = json.loads(data_path.read_text(encoding="utf-8"))
+        if recorded["codec_fingerprint"] != codec["fingerprint"]:
+            raise HeartMuLaError(f"{out} was trained on codes of codec {recorded['codec_fingerprint']}, but {cache} "
+                                 f"holds codes of codec {codec['fingerprint']}; use a new --out folder")
+    train_items = [i for i in items if i.split == "train"]
+    val_items = [i for i in items if i.split == "val"][: config.val_items]
+    if not train_items:
+        raise HeartMuLaError(f"{cache} holds no items of the train split")
+
+    tokenizer = _prepare_tokenizer(out, train_items, config)
+    model_dir = out / f"HeartMuLa-oss-{config.version}"
+    gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
+                                  audio_eos_id=codec["codebook_size"] + 1, empty_id=0)
+    if (model_dir / CONFIG_FILE).is_file():
+        model = HeartMuLa.from_pretrained(model_dir)
+        model.audio_head.data = model.audio_head.data.contiguous()  # undo the inference layout for training
+        if model.config.audio_vocab_size != codec["codebook_size"] + AUDIO_SPECIALS:
+            raise HeartMuLaError(f"{model_dir} has an audio vocabulary of {model.config.audio_vocab_size}, the "
+                                 f"cache's codec {codec['codebook_size']} codes; use a new --out folder")
+    else:
+        model = new_model(config.preset, tokenizer.vocab_size, codec["codebook_size"], codec["num_codebooks"],
+                          config.seed)
+    if tokenizer.vocab_size > model.config.text_vocab_size:
+        raise HeartMuLaError(f"tokenizer has {tokenizer.vocab_size} tokens, the model {model.config.text_vocab_size}")
+    gen_config.save(out / GEN_CONFIG_FILE)
+    if config.context > model.config.backbone.max_seq_len:
+        raise HeartMuLaError(f"--context {config.context} exceeds the backbone's {model.config.backbone.max_seq_len}")
+
+    builder = SampleBuilder(tokenizer, gen_config, model.num_codebooks, config.context)
+    skipped = [i.id for i in train_items if config.context - builder.prompt_length(i) < config.min_frames]
+    train_items = [i for i in train_items if i.id not in set(skipped)]
+    val_items = [i for i in val_items if config.context - builder.prompt_length(i) >= config.min_frames]
+    if not train_items:
+        raise HeartMuLaError(f"every item's prompt leaves fewer than {config.min_frames} frames in a context of "
+                             f"{config.context}; raise --context")
+    with atomic_output(data_path) as tmp:  # what the checkpoint was trained on (licenses travel with the data)
+        tmp.write_text(json.dumps({"cache": str(cache.resolve()), "codec": codec, "codec_fingerprint":
+                                   codec["fingerprint"], "train_items": len(train_items), "val_items": len(val_items),
+                                   "skipped_long_prompts": skipped}, indent=1, ensure_ascii=False))
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=config.learning_rate, betas=(0.9, 0.95))
+    start_step = _load_state(out, optimizer, model)
+    report = LMTrainReport(config.steps, start_step, count_parameters(model), len(train_items), skipped)
+    rng = random.Random(config.seed * 1_000_003 + start_step)
+    generator = torch.Generator().manual_seed(config.seed + start_step)
+    # Longer songs are drawn more often: every frame of the corpus is about equally likely to be seen.
+    weights = [i.codes.shape[1] for i in train_items]
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=start_step, desc="train lm", unit="step")
+    model.train()
+    log_path = out / LOG_FILE
+    for step in range(start_step, config.steps):
+        began = time.perf_counter()
+        lr = _learning_rate(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = rng.choices(train_items, weights=weights, k=config.batch_size)
+        samples = []
+        for item in batch:
+            unconditional = rng.random() < config.uncond_prob
+            tags = augment_tags(item.tags, rng, config)
+            samples.append(builder.build(item, tags, None, rng, config, unconditional))
+        loss, parts = lm_losses(model, samples, config.decoder_fraction, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        record = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in
+                  parts.items()}, "lr": round(lr, 7), "grad_norm": round(float(grad_norm), 3),
+                  "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2)}
+        if report.first_loss is None:
+            report.first_loss = record["loss"]
+        report.last_loss = record["loss"]
+        last_step = step + 1 == config.steps
+        if val_items and (last_step or (step + 1) % config.eval_every == 0):
+            val = validation_loss(model, builder, val_items, config, config.batch_size)
+            record.update(val)
+            report.validation.append({"step": step + 1, **val})
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=record["loss"], c0=record["c0"], dec=record["dec"],
+                            **({"val": record["val_loss"]} if "val_loss" in record else {}))
+        if last_step or (step + 1) % config.save_every == 0:
+            model.eval()
+            _save_state(out, model_dir, model, optimizer, step + 1, config)
+            model.train()
+    if bar is not None:
+        bar.close()
+    if start_step >= config.steps or not (model_dir / CONFIG_FILE).is_file():
+        _save_state(out, model_dir, model, optimizer, max(start_step, config.steps), config)
+    model.eval()
+    return report

@@ -1,0 +1,195 @@
+"""A token cache: every manifest item's audio encoded once with a codec, for language-model training.
+
+Layout of a cache folder:
+    index.json                 {"format", "codec": {path, fingerprint, codebook_size, num_codebooks, sample_rate,
+                               frame_rate}, "items": {id: {lyrics, tags, language, split, n_frames, shard}},
+                               "skipped": {id: reason}}
+    shard-00000.safetensors    one int16 tensor [num_codebooks, n_frames] per item, named by the item id
+
+Shards are written every few items and the index is rewritten (atomically) after each shard, so an interrupted
+run resumes at the first item not yet in the index. Unreadable items are reported in `skipped` and tried again on
+the next run. A cache belongs to one codec: its fingerprint (a hash of the codec's config and weights) is stored
+and checked, because codes of two codecs must never be mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from heartmula.checkpoint import safetensors_files
+from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output
+
+INDEX_FILE = "index.json"
+FORMAT = "heartmula-token-cache-1"
+FRAME_RATE = 12.5
+
+
+def codec_fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over the codec's config.json and its weight files (names sorted): changes whenever the codes would."""
+    folder = Path(folder)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for path in sorted(set(safetensors_files(folder).values())):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class TokenizeReport:
+    encoded: list[str] = field(default_factory=list)
+    reused: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    frames: int = 0
+
+
+def read_index(cache: str | os.PathLike) -> dict:
+    path = Path(cache) / INDEX_FILE
+    if not path.is_file():
+        raise HeartMuLaError(f"{cache} is not a token cache ({INDEX_FILE} is missing): build it with "
+                             "`heartmula data tokenize MANIFEST --codec DIR --out CACHE`")
+    index = json.loads(path.read_text(encoding="utf-8"))
+    if index.get("format") != FORMAT:
+        raise HeartMuLaError(f"{path} has format {index.get('format')!r}, expected {FORMAT!r}; rebuild the cache")
+    return index
+
+
+def _write_index(cache: Path, index: dict) -> None:
+    with atomic_output(cache / INDEX_FILE) as tmp:
+        tmp.write_text(json.dumps(index, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def tokenize_manifest(
+    manifest: str | os.PathLike,
+    codec_path: str | os.PathLike,
+    out: str | os.PathLike,
+    shard_items: int = 16,
+    progress: bool = True,
+    limit: int | None = None,
+) -> TokenizeReport:
+    """Encode every item of `manifest` with the codec into the cache folder `out` (created or resumed)."""
+    from heartmula.audio import load_audio
+    from heartmula.codec.pretrained import load_codec, locate_codec
+    from heartmula.data.manifest import read_manifest
+
+    rows = read_manifest(manifest)
+    if limit is not None:
+        rows = rows[:limit]
+    codec_dir = locate_codec(codec_path)
+    fingerprint = codec_fingerprint(codec_dir)
+    codec = load_codec(codec_dir)
+    if not codec.can_encode:
+        raise HeartMuLaError(f"codec {codec_dir} has no trained encoder; tokenize needs a codec that can encode "
+                             "(train one with `heartmula train codec`)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / INDEX_FILE).is_file():
+        index = read_index(out)
+        if index["codec"]["fingerprint"] != fingerprint:
+            raise HeartMuLaError(
+                f"{out} holds codes of another codec (fingerprint {index['codec']['fingerprint']}, this codec "
+                f"{fingerprint}); choose a new --out folder"
+            )
+    else:
+        config = codec.config
+        index = {
+            "format": FORMAT,
+            "codec": {"path": str(codec_dir.resolve()), "fingerprint": fingerprint,
+                      "codebook_size": config.codebook_size, "num_codebooks": config.num_quantizers,
+                      "sample_rate": codec.sample_rate, "frame_rate": FRAME_RATE},
+            "items": {},
+            "skipped": {},
+        }
+    index["skipped"] = {}  # unreadable items are retried on every run
+    report = TokenizeReport()
+    todo = [r for r in rows if r["id"] not in index["items"]]
+    report.reused = len(rows) - len(todo)
+    next_shard = 1 + max((int(p.stem.split("-")[1]) for p in out.glob("shard-*.safetensors")), default=-1)
+    pending: dict[str, torch.Tensor] = {}
+    pending_meta: dict[str, dict] = {}
+
+    def flush() -> None:
+        nonlocal next_shard
+        if pending:
+            name = f"shard-{next_shard:05d}.safetensors"
+            with atomic_output(out / name) as tmp:
+                save_file(dict(pending), str(tmp))
+            for item_id, meta in pending_meta.items():
+                index["items"][item_id] = {**meta, "shard": name}
+            next_shard += 1
+            pending.clear()
+            pending_meta.clear()
+        _write_index(out, index)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="tokenize", unit="item")
+    for row in todo:
+        try:
+            audio, rate = load_audio(row["audio"])
+            codes = codec.encode(audio, rate)
+        except (HeartMuLaError, OSError, ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            index["skipped"][row["id"]] = reason
+            report.skipped[row["id"]] = reason
+        else:
+            if codes.max() >= np.iinfo(np.int16).max:
+                raise HeartMuLaError(f"codec codebook of {codes.max() + 1}+ codes does not fit the int16 cache")
+            pending[row["id"]] = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int16))
+            pending_meta[row["id"]] = {
+                "lyrics": row.get("lyrics") or "", "tags": row.get("tags") or "", "language": row.get("language"),
+                "split": row.get("split", "train"), "n_frames": int(codes.shape[1]),
+                "duration": row.get("duration"),
+            }
+            report.encoded.append(row["id"])
+            report.frames += int(codes.shape[1])
+            if len(pending) >= shard_items:
+                flush()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(skipped=len(report.skipped))
+    flush()
+    if bar is not None:
+        bar.close()
+    return report
+
+
+@dataclass
+class CachedItem:
+    id: str
+    codes: torch.Tensor  # long [K, T]
+    lyrics: str
+    tags: str
+    language: str | None
+    split: str
+
+
+def load_cache(cache: str | os.PathLike, split: str | None = None) -> tuple[dict, list[CachedItem]]:
+    """(index, items) of a cache, optionally one split only; codes are loaded into memory (int16 is small)."""
+    cache = Path(cache)
+    index = read_index(cache)
+    by_shard: dict[str, list[str]] = {}
+    for item_id, meta in index["items"].items():
+        if split is None or meta["split"] == split:
+            by_shard.setdefault(meta["shard"], []).append(item_id)
+    items = []
+    for shard, ids in sorted(by_shard.items()):
+        tensors = load_file(str(cache / shard))
+        for item_id in ids:
+            meta = index["items"][item_id]
+            items.append(CachedItem(item_id, tensors[item_id].long(), meta["lyrics"], meta["tags"],
+                                    meta["language"], meta["split"]))
+    items.sort(key=lambda item: item.id)
+    return index, items

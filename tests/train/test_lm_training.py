@@ -1,0 +1,186 @@
+"""LM training: the token cache (resume, broken files), the prompt tokenizer, and the trainer end to end on a tiny
+random codec (loss falls, checkpoint loads and generates, resume, CFG rows match generation)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from heartmula.audio import save_audio
+from heartmula.codec.pretrained import write_random_codec
+from heartmula.data.manifest import write_manifest
+from heartmula.errors import HeartMuLaError
+from heartmula.train.token_cache import load_cache, read_index, tokenize_manifest
+
+LANGUAGES = {
+    "en": "[verse]\nthe night is young and so are we\n[chorus]\nsing it loud",
+    "zh": "[verse]\n我们一起唱歌\n[chorus]\n明天会更好",
+    "ja": "[verse]\n夜空に星がひかる\n[chorus]\nうたをうたおう",
+    "ko": "[verse]\n우리 함께 노래해\n[chorus]\n내일은 더 좋아",
+    "es": "[verse]\nla noche es joven\n[chorus]\ncanta conmigo, señor",
+}
+
+
+def _row(item_id, audio, lyrics, language, tags, split, duration):
+    return {"id": item_id, "audio": audio, "vocals": None, "lyrics": lyrics, "timing": [], "language": language,
+            "tags": tags, "duration": duration, "sample_rate": 16000, "source": {"corpus": "test"},
+            "license": "test", "split": split}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Seven songs (five languages + an instrumental as train, one val) of 2-4 s, plus one unreadable file."""
+    root = tmp_path_factory.mktemp("lm_corpus")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    items = [*LANGUAGES.items(), (None, ""), ("en", LANGUAGES["en"])]
+    for i, (language, lyrics) in enumerate(items):
+        seconds = 2.0 + i % 3
+        t = np.arange(int(seconds * 16000)) / 16000
+        tone = 0.3 * np.sin(2 * np.pi * (220 + 55 * i) * t) + 0.02 * rng.standard_normal(t.size)
+        save_audio(root / f"audio/s{i}.flac", np.stack([tone, tone]).astype(np.float32), 16000)
+        tags = f"pop,piano,{'happy' if i % 2 else 'sad'},{language or 'instrumental'}"
+        split = "val" if i == len(items) - 1 else "train"
+        rows.append(_row(f"s{i}", f"audio/s{i}.flac", lyrics, language, tags, split, seconds))
+    (root / "audio/broken.flac").write_bytes(b"this is not audio")
+    rows.insert(3, _row("broken", "audio/broken.flac", "", None, "rock", "train", 1.0))
+    write_manifest(root / "manifest.jsonl", rows)
+    codec = write_random_codec(root / "codec", "tiny-direct", seed=0)
+    return root, codec
+
+
+@pytest.fixture(scope="module")
+def cache(corpus, tmp_path_factory):
+    root, codec = corpus
+    out = tmp_path_factory.mktemp("cache")
+    tokenize_manifest(root / "manifest.jsonl", codec, out, progress=False)
+    return out
+
+
+def test_tokenize_resumes_and_skips_broken_file(corpus, tmp_path):
+    root, codec = corpus
+    out = tmp_path / "cache"
+    first = tokenize_manifest(root / "manifest.jsonl", codec, out, shard_items=2, progress=False, limit=3)
+    assert first.encoded == ["s0", "s1", "s2"] and not first.skipped
+    second = tokenize_manifest(root / "manifest.jsonl", codec, out, shard_items=2, progress=False)
+    assert second.reused == 3
+    assert second.encoded == ["s3", "s4", "s5", "s6"]
+    assert list(second.skipped) == ["broken"]
+    index = read_index(out)
+    assert set(index["items"]) == {f"s{i}" for i in range(7)}
+    assert list(index["skipped"]) == ["broken"]
+    assert index["codec"]["codebook_size"] == 64 and len(index["codec"]["fingerprint"]) == 16
+    _, items = load_cache(out)
+    for item in items:
+        meta = index["items"][item.id]
+        assert item.codes.shape == (8, meta["n_frames"])
+        assert meta["n_frames"] == int(np.ceil(meta["duration"] * 12.5))  # 80 ms frames, tail padded
+        assert 0 <= int(item.codes.min()) and int(item.codes.max()) < 64
+    assert items[0].lyrics == LANGUAGES["en"] and items[0].language == "en"
+    # A third run has nothing left to do, and a different codec is refused.
+    third = tokenize_manifest(root / "manifest.jsonl", codec, out, progress=False)
+    assert third.reused == 7 and not third.encoded
+    other = write_random_codec(tmp_path / "other", "tiny-direct", seed=1)
+    with pytest.raises(HeartMuLaError, match="another codec"):
+        tokenize_manifest(root / "manifest.jsonl", other, out, progress=False)
+
+
+def test_bpe_tokenizer_covers_five_scripts():
+    from heartmula.text import TextTokenizer
+    from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
+
+    texts = prompt_texts(["pop,piano", "rock,guitar"], list(LANGUAGES.values()) * 3)
+    raw = train_bpe_tokenizer(texts, vocab_size=400)
+    tokenizer = TextTokenizer(raw, raw.token_to_id(BOS), raw.token_to_id(EOS))
+    assert (tokenizer.bos_id, tokenizer.eos_id) == (0, 1)
+    for text in ["unseen words here", "完全没见过的字", "見たことのない文字", "처음 보는 글자", "¿mañana?", "🎵"]:
+        ids = tokenizer.encode(text)
+        assert ids[0] == 0 and ids[-1] == 1
+        assert tokenizer.decode(ids[1:-1]) == text
+    # Merges learned from the corpus make its own text shorter than its UTF-8 bytes.
+    lyrics = LANGUAGES["zh"].lower()
+    assert len(tokenizer.encode(lyrics)) < len(lyrics.encode()) / 2
+    tags = tokenizer.encode_tags("pop,piano")
+    assert raw.id_to_token(tags[1]) == "<tag>" and raw.id_to_token(tags[-2]) == "</tag>"
+
+
+def test_tag_augmentation_keeps_the_tag_set():
+    from heartmula.train.lm import LMTrainConfig, augment_tags
+
+    config = LMTrainConfig(tag_drop_prob=0.0, all_tags_drop_prob=0.0)
+    rng = random.Random(0)
+    outs = {augment_tags("pop, piano,happy ,en", rng, config) for _ in range(20)}
+    assert all(sorted(o.split(",")) == ["en", "happy", "piano", "pop"] for o in outs)
+    assert len(outs) > 1  # shuffled
+    assert augment_tags("pop,piano", rng, dataclasses.replace(config, all_tags_drop_prob=1.0)) == ""
+
+
+def test_cli_defaults_match_the_config():
+    from heartmula.cli.train import LM_DEFAULTS
+    from heartmula.train.lm import LMTrainConfig
+
+    config = dataclasses.asdict(LMTrainConfig())
+    assert {k: config[k] for k in LM_DEFAULTS} == LM_DEFAULTS
+
+
+def test_training_rows_match_generation_rows(cache, tmp_path):
+    """The conditional and unconditional (CFG) training rows embed exactly as the generator's prefill rows."""
+    from heartmula.lm.generation import SamplingParams, SongRequest
+    from heartmula.lm.pretrained import load_generator
+    from heartmula.train.lm import LMTrainConfig, SampleBuilder, embed_samples, train_lm
+
+    train_lm(cache, tmp_path / "lm", LMTrainConfig(preset="tiny", steps=1, batch_size=1, context=256), False)
+    generator = load_generator(tmp_path / "lm")
+    _, items = load_cache(cache)
+    item = items[1]
+    captured = []
+    hook = generator.model.backbone.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    generator.generate([SongRequest(item.lyrics, item.tags, seed=0)], SamplingParams(cfg_scale=1.5), 0)
+    hook.remove()
+    prefill = captured[0]  # [2, P, D]: conditional row, unconditional row
+    builder = SampleBuilder(generator.tokenizer, generator.gen_config, 8, 256)
+    config = LMTrainConfig()
+    samples = [builder.build(item, item.tags, 0, None, config, unconditional) for unconditional in (False, True)]
+    with torch.no_grad():
+        hidden, targets = embed_samples(generator.model, samples)
+    p = prefill.shape[1]
+    torch.testing.assert_close(hidden[:, :p], prefill)
+    assert (targets[0, p - 1 : p - 1 + item.codes.shape[1]] == item.codes[0]).all()  # last prompt row -> frame 0
+    assert targets[0, -1] == generator.gen_config.audio_eos_id  # the whole song fits: EOS after its last frame
+
+
+def test_training_reduces_loss_resumes_and_generates(cache, tmp_path):
+    from heartmula.cli import main
+    from heartmula.lm.generation import SamplingParams, SongRequest
+    from heartmula.lm.pretrained import load_generator
+
+    out = tmp_path / "lm"
+    args = ["train", "lm", str(cache), "--out", str(out), "--preset", "tiny", "--batch-size", "4", "--context",
+            "256", "--lr", "3e-3", "--warmup-steps", "4", "--eval-every", "8", "--save-every", "8", "--quiet"]
+    assert main([*args, "--steps", "16"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 17))
+    losses = [r["loss"] for r in log]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 1.0
+    vals = [r["val_loss"] for r in log if "val_loss" in r]
+    assert len(vals) == 2 and vals[-1] < vals[0]
+    assert (out / "tokenizer.json").is_file() and (out / "gen_config.json").is_file()
+    assert json.loads((out / "gen_config.json").read_text())["audio_eos_id"] == 65
+
+    assert main([*args, "--steps", "18"]) == 0  # resumes from step 16
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log][-2:] == [17, 18] and len(log) == 18
+    assert json.loads((out / "train_state.json").read_text())["step"] == 18
+
+    generator = load_generator(out)
+    songs = [SongRequest(LANGUAGES["ko"], "pop,piano", seed=3), SongRequest("", "sad", seed=4)]
+    codes = generator.generate(songs, SamplingParams(cfg_scale=1.5), max_new_frames=12)
+    for song in codes:
+        assert song.shape[0] == 8 and 1 <= song.shape[1] <= 13
+        assert int(song.max()) < 64  # only decodable codes
