@@ -37,6 +37,20 @@ def test_spectral_codec_saves_loads_and_streams_exactly(tmp_path):
     np.testing.assert_allclose(torch.cat(pieces, dim=-1).numpy(), audio, atol=1e-5)
 
 
+def test_fresh_spectral_encoder_is_not_saturated():
+    # Regression: raw log magnitudes (-12 .. +4) once drove the tanh into saturation, so the encoder output the
+    # same latent for every input and never learned.
+    codec = HeartCodec(PRESETS["tiny-spectral"]()).init_weights(0)
+    rate = codec.sample_rate
+    t = torch.arange(rate) / rate
+    quiet = (0.01 * torch.sin(2 * torch.pi * 200 * t))[None, None]
+    loud = (0.5 * torch.sign(torch.sin(2 * torch.pi * 900 * t)))[None, None]
+    with torch.no_grad():
+        a, b = codec.audio_to_latent(quiet), codec.audio_to_latent(loud)
+    assert (a.abs() > 0.99).float().mean() < 0.1 and (b.abs() > 0.99).float().mean() < 0.1
+    assert (a - b).abs().mean() > 0.05
+
+
 def test_spectral_codec_config_errors():
     config = PRESETS["tiny-spectral"]().to_dict()
     with pytest.raises(HeartMuLaError, match="mono"):
@@ -74,6 +88,13 @@ def test_training_steps_reduce_the_loss_on_a_tiny_corpus(tmp_path):
     last = np.mean([row["loss"] for row in log[-5:]])
     assert last < 0.8 * first, (first, last)
     assert np.mean([row["token_mel"] for row in log[-5:]]) < np.mean([row["token_mel"] for row in log[:5]])
+    # the codes carry the input: different songs get different codes
+    codec = HeartCodec.from_pretrained(tmp_path / "out")
+    from heartmula.audio import load_audio
+
+    songs = [load_audio(tmp_path / f"song{i}.wav")[0] for i in (0, 2)]
+    codes = [codec.encode(song, 4800) for song in songs]
+    assert (codes[0] != codes[1]).mean() > 0.1
     # resuming reuses the cached training audio and continues the step count
     assert (tmp_path / "out" / "train_audio.npz").is_file()
     more = train_codec([tmp_path / "manifest.jsonl"], tmp_path / "out", CodecTrainConfig(**{**config.__dict__,

@@ -69,7 +69,7 @@ def default_24k_config() -> HeartCodecConfig:
         in_channels=384, sample_rate=24000, decoder_type="direct", waveform_codec="istft",
         direct_decoder=ConvNetConfig(hidden_dim=256, num_blocks=6, kernel_size=3),
         code_encoder=ConvNetConfig(hidden_dim=256, num_blocks=4, kernel_size=3),
-        spectral=SpectralConfig(n_fft=960, hop_length=240, hidden_dim=256, num_blocks=6, kernel_size=5),
+        spectral=SpectralConfig(n_fft=960, hop_length=240, hidden_dim=192, num_blocks=6, kernel_size=3),
     ).validate()
 
 

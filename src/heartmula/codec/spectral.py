@@ -28,6 +28,7 @@ from torch import nn
 from heartmula.codec.sq_codec import Conv
 
 DILATIONS = (1, 2, 4, 1, 2, 4, 1, 2)
+LOG_MAGNITUDE_CENTRE, LOG_MAGNITUDE_SCALE = 5.0, 4.0
 
 
 class CausalBlock(nn.Module):
@@ -56,6 +57,7 @@ class SpectralEncoder(nn.Module):
                               padding=self.stride // 2)
         self.latent_blocks = nn.ModuleList(CausalBlock(s.hidden_dim, 3, d, causal=False)
                                            for d in DILATIONS[: s.num_blocks - s.num_blocks // 2])
+        self.norm = nn.LayerNorm(s.hidden_dim)
         self.conv_out = nn.Conv1d(s.hidden_dim, latent_channels, 3, padding=1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -63,12 +65,15 @@ class SpectralEncoder(nn.Module):
         x = F.pad(audio[:, 0], (0, self.n_fft - self.hop))
         window = torch.hann_window(self.n_fft, dtype=x.dtype, device=x.device)  # not a buffer: models load on meta
         spec = torch.stft(x, self.n_fft, self.hop, window=window, center=False, return_complex=True)
-        x = self.conv_in(spec.abs().clamp_min(1e-5).log())
+        # Log magnitudes of music lie around -12 (the floor) .. +4: centre and scale them, or the first layers start
+        # so large that the tanh output saturates and the encoder never learns (seen in training).
+        x = self.conv_in((spec.abs().clamp_min(1e-5).log() + LOG_MAGNITUDE_CENTRE) / LOG_MAGNITUDE_SCALE)
         for block in self.frame_blocks:
             x = block(x)
         x = self.down(F.gelu(x))[..., : audio.shape[-1] // (self.hop * self.stride)]
         for block in self.latent_blocks:
             x = block(x)
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)  # bounded input to the tanh: it must not saturate
         return torch.tanh(self.conv_out(F.gelu(x)))
 
 
