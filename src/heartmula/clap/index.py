@@ -222,7 +222,7 @@ class ClapIndex:
         self._exact = np.load(self.vectors_path, mmap_mode="r") if used else np.zeros((0, self.dim), np.float32)
         self._matrix = torch.empty((used, self.dim), dtype=torch.bfloat16)
         for start in range(0, used, 16384):  # in chunks: never a second full float32 copy in memory
-            chunk = np.array(self._exact[start : start + 16384], dtype=np.float32)
+            chunk = np.array(self._exact[start : min(start + 16384, used)], dtype=np.float32)
             self._matrix[start : start + len(chunk)] = torch.from_numpy(chunk)
         self._valid = np.zeros(used, dtype=bool)
         self._valid[rows] = True
