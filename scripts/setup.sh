@@ -25,3 +25,7 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 # A bare `torch` requirement would pull a multi-GB CUDA build; keep an existing torch (GPU users), else the CPU wheel.
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e ".[dev]"
+# pysinsy (a real Japanese singing voice: the corpus' ja vocals, the transcriber's singing test) builds from source
+# in about a minute; it needs setuptools < 81 to build and at run time.
+$PY -c "import pysinsy" 2>/dev/null || PIP_CONSTRAINT="$PWD/scripts/constraints-pysinsy.txt" \
+  $PY -m pip install -q "setuptools<81" pysinsy

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
-from heartmula.nn.sampling import sample_top_k
+from heartmula.nn.sampling import sample_among_top_k, sample_top_k
 from heartmula.nn.transformer import Attention, KVCache, TransformerConfig
 
 LYRICS = "[verse]\nhello little star\n[chorus]\nshine on me"
@@ -240,6 +240,20 @@ def test_sampling_edge_cases():
     for bad in (SamplingParams(top_k=0), SamplingParams(temperature=-1), SamplingParams(cfg_scale=float("nan"))):
         with pytest.raises(HeartMuLaError):
             bad.validate()
+
+
+@pytest.mark.parametrize("sampler", [sample_top_k, sample_among_top_k])
+def test_samplers_draw_from_the_tempered_top_k(sampler):
+    logits = torch.tensor([[2.0, 0.5, 1.5, -1.0, 1.0, 0.0]])
+    top_k, temperature, draws = 3, 0.7, 6000
+    generator = [torch.Generator().manual_seed(1)]
+    counts = torch.bincount(torch.cat([sampler(logits, top_k, temperature, generator) for _ in range(draws)]),
+                            minlength=6).float()
+    expected = torch.zeros(6)
+    expected[[0, 2, 4]] = torch.softmax(logits[0, [0, 2, 4]] / temperature, dim=0)
+    assert counts[[1, 3, 5]].sum() == 0
+    assert torch.allclose(counts / draws, expected, atol=0.02)
+    assert sampler(logits, 1, 1.0).tolist() == [0] and sampler(logits, 4, 0.0).tolist() == [0]
 
 
 def test_sampler_follows_upstream_random_stream():

@@ -22,7 +22,7 @@ import torch
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import GenerationConfig
 from heartmula.lm.model import HeartMuLa
-from heartmula.nn.sampling import sample_top_k
+from heartmula.nn.sampling import sample_among_top_k, sample_top_k
 from heartmula.text import TagPrompt, TextTokenizer, parse_tag_prompts, validate_weights
 
 FRAME_RATE = 12.5  # frames per second; one frame is 80 ms
@@ -512,7 +512,8 @@ class GenerationSession:
                 invalid = self._first_frame_c0_mask
             guided = guided.masked_fill(invalid, float("-inf"))
         s = self.sampling
-        return sample_top_k(guided, s.top_k, s.temperature, self.generators)
+        sampler = sample_top_k if self.compat else sample_among_top_k  # compat: upstream's random stream
+        return sampler(guided, s.top_k, s.temperature, self.generators)
 
     def _frame_from_hidden(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """Backbone's last hidden state [rows, D] -> codes [songs, K] via codebook 0 and the local decoder."""
