@@ -67,3 +67,18 @@ def test_trainer_runs_saves_and_resumes(tmp_path):
     assert codec.can_encode and codec.encode(np.zeros((2, 384), np.float32) + 0.1, rate).shape == (8, 1)
     with pytest.raises(HeartMuLaError, match="does not exist"):
         train_codec([tmp_path / "missing.wav"], tmp_path / "out2", config, progress=False)
+
+
+def test_reseeding_dead_codes_keeps_every_residual_layer_in_use():
+    # Regression: re-seeding all layers from the forward pass's residuals (stale once the layer before is re-seeded)
+    # left every layer after the first with one code in use.
+    torch.manual_seed(0)
+    vq = ResidualVQ(dim=16, codebook_size=64, codebook_dim=8, num_quantizers=4)
+    for layer in vq.layers:
+        layer._codebook.embed.normal_()  # unit-scale codebooks, far from the small features below
+        layer._codebook.cluster_size.zero_()  # all dead: the first update seeds every code from the batch
+    features = 0.05 * torch.randn(4, 20, 16)
+    codes, _, residuals = vq.quantize(features)
+    vq.ema_update(codes, residuals, decay=0.99, dead_threshold=0.02, generator=torch.Generator().manual_seed(0))
+    codes, _, _ = vq.quantize(features + 0.01 * torch.randn(4, 20, 16))
+    assert all(len(codes[..., i].unique()) > 10 for i in range(4)), [len(codes[..., i].unique()) for i in range(4)]

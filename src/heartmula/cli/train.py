@@ -85,6 +85,7 @@ def register_codec(actions) -> None:
                    "waveform autoencoder alone (0 skips that pass; sensible with --end-to-end)")
     p.add_argument("--latent-weight", type=float, default=10.0, help="weight of the latent MSE of the direct "
                    "decoder")
+    p.add_argument("--commitment-weight", type=float, default=0.25, help="weight of the RVQ commitment loss")
     p.add_argument("--final-lr-fraction", type=float, default=1.0, help="cosine-decay the learning rate to this "
                    "fraction at --steps (1 = constant)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -104,7 +105,8 @@ def run_codec(args: argparse.Namespace) -> int:
                               mel_weight=args.mel_weight, wave_weight=args.wave_weight,
                               spread_weight=args.spread_weight, end_to_end=args.end_to_end,
                               final_lr_fraction=args.final_lr_fraction, threads=args.threads,
-                              autoencoder_weight=args.autoencoder_weight, latent_weight=args.latent_weight)
+                              autoencoder_weight=args.autoencoder_weight, latent_weight=args.latent_weight,
+                              commitment_weight=args.commitment_weight)
     report = train_codec(args.audio, args.out, config, progress=not args.quiet, exclude=tuple(args.exclude))
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}); wrote {args.out}")
     return 0

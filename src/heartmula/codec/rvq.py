@@ -81,17 +81,23 @@ class ResidualVQ(nn.Module):
         """Move each codebook toward the mean of the residuals assigned to it; re-seed codes that went unused.
 
         `decay` / `dead_threshold` override the config's (0.9 / 2 suit large batches; small ones need a slower
-        average and a lower bar, or every code counts as dead at every step)."""
+        average and a lower bar, or every code counts as dead at every step).
+
+        Layer by layer: layer i is updated with the residual left by the already updated layers before it (for the
+        first layer that is the forward pass's input, `codes` included). Updating every layer from the forward
+        pass's residuals instead breaks when codes are re-seeded: a layer re-seeded from residuals that the layer
+        before it no longer leaves gets codes far from every residual it will see, all frames pick the same code,
+        and the codebook collapses (seen in training: 1 code in use per layer)."""
         decay = self.decay if decay is None else decay
         threshold = self.threshold_ema_dead_code if dead_threshold is None else dead_threshold
+        residual = residuals[0].detach().reshape(-1, residuals[0].shape[-1]).float()
         for i, layer in enumerate(self.layers):
             book = layer._codebook
-            flat = residuals[i].detach().reshape(-1, residuals[i].shape[-1]).float()
-            index = codes[..., i].reshape(-1)
-            onehot = torch.zeros(flat.shape[0], self.codebook_size, device=flat.device)
-            onehot[torch.arange(flat.shape[0]), index] = 1.0
+            index = codes[..., 0].reshape(-1) if i == 0 else self._nearest(residual, book.embed[0])
+            onehot = torch.zeros(residual.shape[0], self.codebook_size, device=residual.device)
+            onehot[torch.arange(residual.shape[0]), index] = 1.0
             counts = onehot.sum(0)
-            sums = onehot.t() @ flat
+            sums = onehot.t() @ residual
             book.cluster_size[0].mul_(decay).add_(counts, alpha=1 - decay)
             book.embed_avg[0].mul_(decay).add_(sums, alpha=1 - decay)
             # Laplace smoothing keeps rarely used codes from collapsing to zero.
@@ -100,8 +106,16 @@ class ResidualVQ(nn.Module):
             book.embed[0].copy_(book.embed_avg[0] / smoothed.unsqueeze(-1))
             dead = book.cluster_size[0] < threshold
             if dead.any():
-                picks = torch.randint(0, flat.shape[0], (int(dead.sum()),), generator=generator)
-                seeds = flat[picks] + 1e-3 * torch.randn(flat[picks].shape, generator=generator)
+                picks = torch.randint(0, residual.shape[0], (int(dead.sum()),), generator=generator)
+                # jitter relative to the residuals' scale, so seeds drawn from the same frame stay distinct codes
+                noise = torch.randn(residual[picks].shape, generator=generator) * 1e-2 * residual.std()
+                seeds = residual[picks] + noise
                 book.embed[0][dead] = seeds
                 book.embed_avg[0][dead] = seeds * max(threshold, 1e-3)
                 book.cluster_size[0][dead] = max(threshold, 1e-3)
+            residual = residual - book.embed[0][self._nearest(residual, book.embed[0])]
+
+    @staticmethod
+    def _nearest(residual: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+        distances = residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.t() + book.pow(2).sum(-1)
+        return distances.argmin(dim=-1)

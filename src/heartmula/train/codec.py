@@ -208,10 +208,6 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     predicted = codec.direct_decoder(condition.repeat_interleave(LATENT_PER_CODE, dim=1))
     latent_mse = F.mse_loss(predicted, target)
     commitment = F.mse_loss(projected, quantized.detach())
-    if config.end_to_end:
-        # Relative to the features' own scale: the plain MSE would also fall by shrinking the features (the EMA
-        # codebooks follow), and end to end that pressure reaches the encoder and collapses its latent.
-        commitment = commitment / projected.detach().pow(2).mean().clamp_min(1e-8)
     spread = latent_spread_penalty(latent, config.latent_std)
     total = (config.autoencoder_weight * autoencoder + config.latent_weight * latent_mse
              + config.commitment_weight * commitment + config.spread_weight * spread)
@@ -331,6 +327,8 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         reseed = step % config.dead_code_every == 0
         codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
                                                 dead_threshold=0.02 if reseed else 0.0, generator=generator)
+        # distinct codes per codebook in this batch (averaged): falls toward 1 when the codebooks collapse
+        parts["codes_used"] = float(np.mean([len(torch.unique(codes[..., i])) for i in range(codes.shape[-1])]))
         parts = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 5) for k, v in parts.items()},
                  "seconds": round(time.perf_counter() - began, 2)}
         first = first or parts
