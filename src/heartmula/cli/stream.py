@@ -52,7 +52,7 @@ def register(verbs) -> None:
     p.set_defaults(handler=run)
 
 
-def _open_sound_device(rate: int, channels: int, pacer):
+def _sounddevice():
     try:
         import sounddevice
     except (ImportError, OSError) as exc:
@@ -61,6 +61,11 @@ def _open_sound_device(rate: int, channels: int, pacer):
         raise HeartMuLaError(f"--play needs the sounddevice package and PortAudio ({exc}); install them with "
                              "`pip install 'heartmula[play]'` and `apt-get install libportaudio2`, or drop --play "
                              "and open the --out file") from None
+    return sounddevice
+
+
+def _open_sound_device(rate: int, channels: int, pacer):
+    sounddevice = _sounddevice()
 
     def callback(out, frames, _time, _status):
         out[:] = pacer.read(frames).T
@@ -92,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise HeartMuLaError(f"no {OFFICIAL_FOLDER}/ beside {args.model}: pass --codec PATH")
     locate_codec(codec_path)
     script = read_control_script(args.controls) if args.controls else []
+    if args.play:
+        _sounddevice()  # fail before loading anything
     generator = load_generator(args.model, args.version, args.dtype, args.device)
     if args.int8:
         from heartmula.nn.quant import quantize_int8
