@@ -304,6 +304,10 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     def page():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # --- api ---------------------------------------------------------------------------------------------------

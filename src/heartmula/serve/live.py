@@ -113,9 +113,9 @@ def add_stream_endpoint(app: FastAPI, store: JobStore, worker: SongWorker, confi
                     await error('send {"type": "start", ...} first')
                     continue
                 try:
-                    start = StreamStart(**data)
-                except (ValidationError, TypeError) as exc:
-                    await error(_problem(exc) if isinstance(exc, ValidationError) else str(exc))
+                    start = StreamStart.model_validate_json(json.dumps(data))  # JSON rules: arrays are pairs
+                except ValidationError as exc:
+                    await error(_problem(exc))
                     continue
                 if start.max_seconds > config.max_stream_seconds:
                     await error(f"max_seconds is over this server's limit of {config.max_stream_seconds} s")
@@ -182,7 +182,7 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
                 await error(f"unknown message type {data['type']!r}; use update or stop")
                 continue
             try:
-                update = StreamUpdate(**data)
+                update = StreamUpdate.model_validate_json(json.dumps(data))
             except ValidationError as exc:
                 await error(_problem(exc))
                 continue
@@ -197,27 +197,30 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
             await ws.send_json({"type": "updated", "version": version})
 
     producer, controller = asyncio.create_task(produce()), asyncio.create_task(control())
-    disconnected = False
+    disconnected, problem = False, None
     try:
         await asyncio.wait({producer, controller}, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        if producer.done() and producer.exception() is not None:
-            raise producer.exception()
-        if controller.done() and isinstance(controller.exception(), WebSocketDisconnect):
-            disconnected = True
-        if not producer.done():
-            await producer
-    except WebSocketDisconnect:
-        disconnected = True
     finally:
+        stop.set()
         controller.cancel()
+        for task in (controller, producer):  # the producer finishes the chunk in hand, then sees `stop`
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except HeartMuLaError as exc:
+                problem = str(exc)
+            except Exception:  # WebSocketDisconnect, or a send on a socket the client has closed
+                disconnected = True
         codes = await run_in_threadpool(session.codes)
         await run_in_threadpool(session.close)
     song_id = None
-    if start.save and pieces:
+    if start.save and pieces:  # what was heard is kept, even when the listener left early
         song_id = await run_in_threadpool(_save, store, start, seed, np.concatenate(pieces, axis=1),
                                           session.sample_rate, codes)
     if not disconnected:
+        if problem:
+            await error(problem)
         seconds = sum(p.shape[1] for p in pieces) / session.sample_rate
         await ws.send_json({"type": "end", "song": song_id, "seconds": round(seconds, 3)})
         await ws.close()

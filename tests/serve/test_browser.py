@@ -1,0 +1,100 @@
+"""The page in a real headless browser (Debian chromium through Selenium): compose -> hear it -> find it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail("chromium and chromedriver are missing: run `bash scripts/setup.sh`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_until(condition, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_compose_hear_and_find_in_library(live_server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(live_server.url + "/")
+    find = browser.find_element
+    wait_until(lambda: "model ready" in find(By.ID, "server-status").text, 60, "the model to be ready")
+
+    title = f"Browser song {uuid.uuid4().hex[:6]}"
+    find(By.ID, "title").send_keys(title)
+    find(By.CSS_SELECTOR, '#section-buttons [data-section="verse"]').click()
+    find(By.ID, "lyrics").send_keys("Walking by the river")
+    find(By.CSS_SELECTOR, '#section-buttons [data-section="chorus"]').click()
+    find(By.ID, "lyrics").send_keys("la la la")
+    assert find(By.ID, "lyrics").get_property("value") == "[verse]\nWalking by the river\n\n[chorus]\nla la la"
+    chips = wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#tag-suggestions button"), 10, "tag chips")
+    chips[0].click()
+    assert find(By.ID, "tags").get_property("value") == chips[0].text
+    duration = find(By.ID, "duration")
+    duration.clear()
+    duration.send_keys("3")
+    find(By.ID, "seed").send_keys("7")
+    find(By.ID, "create").click()
+
+    # The finished song loads into the player and plays: not paused, time advancing (or played to its end).
+    playing = """
+        const p = document.getElementById('player');
+        return {src: p.currentSrc, paused: p.paused, time: p.currentTime, ended: p.ended,
+                played: p.played.length ? p.played.end(0) : 0, error: p.error && p.error.code};
+    """
+    state = wait_until(lambda: (s := browser.execute_script(playing))["time"] > 0 and s, 120, "audio to play")
+    assert "/api/songs/" in state["src"] and state["error"] is None
+    assert not state["paused"] or state["ended"]
+    time.sleep(0.4)
+    later = browser.execute_script(playing)
+    assert later["time"] > state["time"] or later["ended"], (state, later)
+    assert find(By.ID, "now-playing").text == title
+    assert "done" in find(By.ID, "job-state").text
+
+    find(By.CSS_SELECTOR, '#tabs [data-tab="library"]').click()
+    search = find(By.ID, "search")
+    search.send_keys(title.split()[-1])
+    items = wait_until(
+        lambda: [li for li in browser.find_elements(By.CSS_SELECTOR, "#library li.song")
+                 if li.find_element(By.CSS_SELECTOR, ".title").text == title], 30, "the song in the library")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#library li.song")) == 1  # the search narrowed the list
+    item = items[0]
+    assert "done" in item.text and item.find_elements(By.CSS_SELECTOR, "button.play")
+    links = [a.get_attribute("href") for a in item.find_elements(By.CSS_SELECTOR, ".actions a")]
+    assert any("format=mp3" in link for link in links) and any(link.endswith("/codes") for link in links)
+
+    if os.environ.get("HEARTMULA_SCREENSHOT"):  # the README's picture: `HEARTMULA_SCREENSHOT=docs/server.png`
+        search.clear()
+        find(By.CSS_SELECTOR, '#tabs [data-tab="compose"]').click()
+        browser.save_screenshot(os.environ["HEARTMULA_SCREENSHOT"])
+
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
