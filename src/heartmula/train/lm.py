@@ -392,6 +392,11 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         bar = tqdm(total=config.steps, initial=start_step, desc="train lm", unit="step")
     model.train()
     log_path = out / LOG_FILE
+    if log_path.is_file():  # steps logged after the last checkpoint are trained again: drop their old records
+        kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step]
+        with atomic_output(log_path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     for step in range(start_step, config.steps):
         began = time.perf_counter()
         lr = _learning_rate(step, config)
