@@ -98,3 +98,60 @@ def test_compose_hear_and_find_in_library(live_server, browser):
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def seed_for_a_long_song(model_root, prompts, seconds: float) -> int:
+    """A random-weight model ends songs at random (EOS): find a seed whose song outlasts `seconds`, so there is
+    time to move a slider. Streams equal one-shot generation with the same seed, so the generator can tell."""
+    import torch
+
+    from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
+    from heartmula.lm.pretrained import load_generator
+
+    generator = load_generator(model_root)
+    frames = frames_for_duration(seconds)
+    seeds = range(32)  # one batched call: every song has its own random stream, as if generated alone
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only fight the server process for the cores
+    try:
+        codes = generator.generate([SongRequest(tags=prompts, seed=s) for s in seeds], SamplingParams(),
+                                   max_new_frames=frames)
+    finally:
+        torch.set_num_threads(threads)
+    long = [seed for seed, song in zip(seeds, codes) if song.shape[-1] > frames]
+    assert long, "no seed in 0..31 gives a long enough song with this model"
+    return long[0]
+
+
+def test_live_stream_with_a_slider_change(live_server, browser, model_root):
+    from selenium.webdriver.common.by import By
+
+    seed = seed_for_a_long_song(model_root, [("pop,piano", 0.7), ("electronic", 0.3)], 6.0)  # the page's mix
+    browser.get(live_server.url + "/")
+    find = browser.find_element
+    wait_until(lambda: "model ready" in find(By.ID, "server-status").text, 60, "the model to be ready")
+    find(By.ID, "seed").send_keys(str(seed))
+    find(By.CSS_SELECTOR, '#tabs [data-tab="live"]').click()
+    assert find(By.ID, "live").is_displayed() and not find(By.ID, "live-unavailable").is_displayed()
+    seconds = find(By.ID, "live-seconds")
+    seconds.clear()
+    seconds.send_keys("8")
+    find(By.ID, "stream-start").click()
+    wait_until(lambda: find(By.ID, "stream-state").text.startswith("streaming"), 60, "the stream to start")
+    # Audio is scheduled on a running AudioContext ahead of its clock.
+    wait_until(lambda: browser.execute_script("return live.context.state === 'running' && live.next > "
+                                              "live.context.currentTime"), 30, "scheduled audio")
+    browser.execute_script("""
+        const slider = document.querySelectorAll('.style-row .style-weight')[1];
+        slider.value = 0.9;
+        slider.dispatchEvent(new Event('input'));
+    """)
+    wait_until(lambda: "style change" in find(By.ID, "stream-state").text, 30, "the slider change to apply")
+    wait_until(lambda: find(By.ID, "stream-state").text.startswith("done"), 60, "the stream to end")
+    assert "saved in the library" in find(By.ID, "stream-state").text
+    find(By.CSS_SELECTOR, '#tabs [data-tab="library"]').click()
+    wait_until(lambda: any(t.text.startswith("live:") for t in browser.find_elements(By.CSS_SELECTOR,
+                                                                                      "#library .title")),
+               30, "the live song in the library")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors

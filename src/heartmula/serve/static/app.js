@@ -277,6 +277,8 @@ function startStream() {
       live.rate = message.sample_rate;
       live.channels = message.channels;
       $("#stream-state").textContent = "streaming";
+    } else if (message.type === "updated") {
+      $("#stream-state").textContent = `streaming · style change ${message.version} applied`;
     } else if (message.type === "waiting") {
       $("#stream-state").textContent = "waiting for the model (a song job is running)";
     } else if (message.type === "error") {
