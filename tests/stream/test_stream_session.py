@@ -175,3 +175,30 @@ def test_mismatched_codec_is_refused(generator, tmp_path):
     HeartCodec(config.validate()).init_weights(0).save_pretrained(tmp_path)
     with pytest.raises(HeartMuLaError, match="cannot decode"):
         StreamSession(generator, load_codec(tmp_path), LYRICS, CONTROLS)
+
+
+def test_updates_from_another_thread_replay_exactly_as_scheduled_changes(generator, codecs):
+    import threading
+
+    changes = [dict(temperature=0.5), dict(prompts=[("electronic", 1.0)]), dict(top_k=3, cfg_scale=2.0)]
+    session = session_for(generator, codecs, "tiny-direct", seconds=2.0)
+    chunks, started = [], threading.Event()
+
+    def consume():
+        for chunk in session:
+            chunks.append(chunk)
+            started.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    started.wait()
+    for change in changes:  # lands between two frames, wherever the producer is
+        session.update(**change)
+    thread.join()
+    versions = [v for c in chunks for v in c.frame_versions]
+    assert versions == sorted(versions)
+    replay = session_for(generator, codecs, "tiny-direct", seconds=2.0)
+    for version, change in enumerate(changes, 1):
+        if version in session.applied_at:
+            replay.schedule(session.applied_at[version], **change)
+    np.testing.assert_array_equal(concat(list(replay)), concat(chunks))

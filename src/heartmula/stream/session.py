@@ -122,7 +122,7 @@ class StreamSession:
             self.decoder = FlowAudioStream(codec, self.chunk_frames, overlap_frames, codec_steps, codec_guidance, seed)
         self.controls_version = 0
         self.frame_versions: list[int] = []
-        self.applied_at: dict[int, int] = {0: 0}  # controls version -> first frame generated under it
+        self.applied_at: dict[int, int] = {0: 0}  # controls version -> first frame generated under it (or after it)
         self.schedule_changes: list[tuple[int, dict]] = []
         self._unpushed: list[torch.Tensor] = []
         self._pending = np.zeros((self.channels, 0), dtype=np.float32)
@@ -249,7 +249,9 @@ class StreamSession:
                 step = lm.next_frame()
                 valid = bool(step.valid[0])
         if valid:
-            self.applied_at.setdefault(self.controls_version, self.frames_generated)
+            # every version set since the last frame (several updates may land between two frames) starts here
+            for version in range(max(self.applied_at) + 1, self.controls_version + 1):
+                self.applied_at[version] = self.frames_generated
             self.frame_versions.append(self.controls_version)
             self._unpushed.append(step.codes[0].cpu())
             if len(self._unpushed) >= (self.chunk_frames if self.direct else 1):
