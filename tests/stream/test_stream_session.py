@@ -202,3 +202,22 @@ def test_updates_from_another_thread_replay_exactly_as_scheduled_changes(generat
         if version in session.applied_at:
             replay.schedule(session.applied_at[version], **change)
     np.testing.assert_array_equal(concat(list(replay)), concat(chunks))
+
+
+def test_reference_audio_goes_through_clap_into_the_reference_slot(generator, codecs):
+    from dataclasses import replace
+
+    from heartmula.clap import HeartCLAP, HeartCLAPConfig
+
+    clap = HeartCLAP(replace(HeartCLAPConfig.tiny(), embed_dim=512)).eval()
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 16000)).astype(np.float32)
+    styled = session_for(generator, codecs, "tiny-direct", seconds=1.0, reference_audio=(audio, 16000), clap=clap)
+    reference = styled.lm.songs[0].reference_embedding
+    np.testing.assert_allclose(reference.numpy(), clap.embed_audio(audio, 16000), atol=1e-6)
+    list(styled)
+    plain = session_for(generator, codecs, "tiny-direct", seconds=1.0)
+    list(plain)
+    assert not np.array_equal(styled.codes(), plain.codes()[:, : styled.frames_generated])
+    with pytest.raises(HeartMuLaError, match="embeds audio in 32 dimensions"):
+        session_for(generator, codecs, "tiny-direct", reference_audio=(audio, 16000),
+                    clap=HeartCLAP(HeartCLAPConfig.tiny()))

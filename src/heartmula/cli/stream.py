@@ -33,6 +33,9 @@ def register(verbs) -> None:
                    "prompts, temperature, top_k, cfg_scale); see heartmula.stream.controls")
     p.add_argument("--prompt-audio", type=Path, help="continue from this audio (encoded by the codec, which needs "
                    "an encoder); it is not played again")
+    p.add_argument("--reference-audio", type=Path, help="style reference: this audio's HeartCLAP embedding goes "
+                   "into the LM's reference-audio slot")
+    p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
     p.add_argument("--chunk-frames", type=int, help="code frames (80 ms each) per audio chunk; default 2 with a "
                    "direct-decoder codec, 12 with a flow-matching codec")
     p.add_argument("--lookahead-frames", type=int, help="direct decoder: frames of right context to wait for "
@@ -112,10 +115,16 @@ def run(args: argparse.Namespace) -> int:
         controls = StreamControls(prompts=read_text_argument(args.tags, "tags"), temperature=args.temperature,
                                   top_k=args.topk, cfg_scale=args.cfg_scale)
         prompt_audio = load_audio(args.prompt_audio) if args.prompt_audio else None
+        reference_audio, clap = None, None
+        if args.reference_audio:
+            from heartmula.clap import load_clap
+
+            clap = load_clap(args.clap)
+            reference_audio = load_audio(args.reference_audio)
         session = StreamSession(generator, codec, lyrics=read_text_argument(args.lyrics, "lyrics"),
                                 controls=controls, seed=args.seed, max_seconds=args.duration,
                                 chunk_frames=args.chunk_frames, lookahead_frames=args.lookahead_frames,
-                                prompt_audio=prompt_audio)
+                                prompt_audio=prompt_audio, reference_audio=reference_audio, clap=clap)
     for change in script:
         if change.frame >= session.frames_generated:
             session.schedule(change.frame, **change.changes)

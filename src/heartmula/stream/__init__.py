@@ -37,8 +37,10 @@ the flow-matching codec given the same window sizes; to float rounding for the d
 
 Audio prompts: `prompt_audio=(audio, rate)` (encoded by the codec; needs a codec with an encoder) or
 `prompt_codes=[K, T]` continue from the user's audio: its codes follow the text prompt in the LM context, and its
-last frames prime the codec decoder (they are not played again). The CLAP reference-audio slot takes a raw
-embedding (`reference_embedding=`); embedding audio into it waits for the CLAP model (issue #5).
+last frames prime the codec decoder (they are not played again). Style reference: `reference_audio=(audio, rate)`
+is embedded by HeartCLAP (`clap=` a loaded model, default the shipped one) into the LM's reference-audio slot, or
+pass `reference_embedding=` directly. It conditions the whole song; it is not a live control (changing it would
+mean re-reading the song so far through every row).
 
 State: `save_state` holds the LM's KV caches (filled part), the random-generator states, every frame so far, the
 codec decoder's state and the not yet emitted audio, so `resume` continues exactly as the saved session would

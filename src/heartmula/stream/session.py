@@ -56,6 +56,21 @@ class AudioChunk:
         return self.audio.shape[-1] / self.sample_rate
 
 
+def clap_reference(generator, reference_audio: tuple[np.ndarray, int], clap=None) -> torch.Tensor:
+    """A HeartCLAP audio embedding of (audio, rate) for the LM's reference-audio slot (default: the shipped CLAP)."""
+    if clap is None:
+        from heartmula.clap import load_clap
+
+        clap = load_clap()
+    audio, rate = reference_audio
+    vector = torch.from_numpy(np.asarray(clap.embed_audio(np.asarray(audio, dtype=np.float32), rate)))
+    expected = generator.model.config.muq_dim
+    if vector.numel() != expected:
+        raise HeartMuLaError(f"the CLAP model embeds audio in {vector.numel()} dimensions but this LM's reference "
+                             f"slot takes {expected}: use a CLAP model made for it")
+    return vector.float()
+
+
 def _fingerprint(generator, codec) -> dict:
     c = generator.model.config
     return dict(lm=[c.backbone.num_layers, c.backbone.embed_dim, c.decoder.num_layers, c.audio_vocab_size],
@@ -86,6 +101,8 @@ class StreamSession:
         prompt_codes=None,
         prompt_audio: tuple[np.ndarray, int] | None = None,
         reference_embedding: torch.Tensor | None = None,
+        reference_audio: tuple[np.ndarray, int] | None = None,
+        clap=None,
     ):
         if isinstance(controls, dict):
             controls = StreamControls.from_dict(controls)
@@ -109,6 +126,10 @@ class StreamSession:
             prompt_codes = codec.encode(audio, rate)  # raises a clear error if the codec has no encoder
         if prompt_codes is not None:
             prompt_codes = torch.as_tensor(np.asarray(prompt_codes)).long()
+        if reference_audio is not None:
+            if reference_embedding is not None:
+                raise HeartMuLaError("give a style reference as audio or as an embedding, not both")
+            reference_embedding = clap_reference(generator, reference_audio, clap)
         self.samples_per_frame = codec.config.samples_per_code
         self.sample_rate, self.channels = codec.sample_rate, codec.config.audio_channels
         song = SongRequest(lyrics=lyrics, tags=list(self.controls.prompts), seed=seed,
