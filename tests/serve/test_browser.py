@@ -48,6 +48,7 @@ def test_compose_hear_and_find_in_library(live_server, browser):
     find = browser.find_element
     wait_until(lambda: "model ready" in find(By.ID, "server-status").text, 60, "the model to be ready")
 
+    assert not find(By.ID, "token-box").is_displayed()  # this server has no token
     title = f"Browser song {uuid.uuid4().hex[:6]}"
     find(By.ID, "title").send_keys(title)
     find(By.CSS_SELECTOR, '#section-buttons [data-section="verse"]').click()
