@@ -54,4 +54,5 @@ def test_sung_japanese_is_transcribed(tmp_path, base_transcriber):
     result = base_transcriber.transcribe(path)
     assert result.language == "ja", result.text
     # the final note holds よ, so "...くるよ" or "...くるよよ" are both faithful
-    assert score(LYRICS + "よ", result.text, "ja", phonemes=False)["cer"] <= 0.15, result.text
+    # the bar is CER <= 10% (measured: 0.067, "会えるの歌が聞こえてくるよよ", scored by kana reading)
+    assert score(LYRICS + "よ", result.text, "ja", phonemes=False)["cer"] <= 0.10, result.text
