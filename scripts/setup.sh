@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # System packages: ffmpeg (audio formats soundfile cannot read). Other features add theirs here.
 # Corpus engine: fluidsynth + General MIDI soundfonts (rendering), espeak-ng (singing voice fallback library),
-# g++ (pyworld, the WORLD vocoder, is built from its source distribution).
+# g++ (pyworld, the WORLD vocoder, is built from its source distribution), fortunes/fortunes-es/fortunes-zh (lyric text:
+# English/Spanish sayings and verse, Tang and Song poems).
 # Server tests: chromium + chromium-driver (the page is tested in a real headless browser through Selenium).
-APT_PACKAGES=(ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont espeak-ng g++ singularity-music chromium chromium-driver)
+APT_PACKAGES=(ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont espeak-ng g++ fortunes fortunes-es fortunes-zh singularity-music chromium chromium-driver)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
