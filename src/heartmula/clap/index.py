@@ -152,7 +152,8 @@ class ClapIndex:
             raise HeartMuLaError(f"vectors are {vectors.shape[1]}-d, the index holds {self.dim}-d")
         existing = {p: r for p, r in self.db.execute("SELECT path, row FROM tracks")} if tracks else {}
         free = [r for (r,) in self.db.execute("SELECT row FROM free_rows ORDER BY row")]
-        next_row = (self.db.execute("SELECT MAX(row) FROM tracks").fetchone()[0] or -1) + 1
+        last = self.db.execute("SELECT MAX(row) FROM tracks").fetchone()[0]
+        next_row = 0 if last is None else last + 1  # (`last or -1` reused row 0 when it was the only one)
         next_row = max([next_row] + [r + 1 for r in free])
         rows, used_free = [], []
         for track in tracks:
