@@ -37,6 +37,8 @@ def register(verbs) -> None:
                    "batch (songs with equal sampling settings and similar durations)")
     p.add_argument("--transcribe-model", help="Whisper for /api/transcribe: base, tiny.en or a folder; "
                    "default: the embedded base")
+    p.add_argument("--clap-model", help="HeartCLAP folder for searching the library by text or example; "
+                   "default: the shipped HeartCLAP when installed, else search by text in titles/tags/lyrics only")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=run)
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
         device=args.device, token=args.token or os.environ.get(TOKEN_ENV) or None, cors_origins=args.cors_origin,
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
-        max_batch=args.max_batch, transcribe_model=args.transcribe_model,
+        max_batch=args.max_batch, transcribe_model=args.transcribe_model, clap_model=args.clap_model,
     )
     config.check()
     if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -66,6 +66,7 @@ class ServeConfig:
     max_batch: int = 4
     max_stream_seconds: float = 300.0
     transcribe_model: str | None = None  # None = the embedded default (Whisper base)
+    clap_model: str | Path | None = None  # library search by text/example; None = the shipped HeartCLAP, if any
     max_transcribe_seconds: float = 20 * 60.0
 
     def codec_path(self) -> Path:
@@ -88,6 +89,8 @@ class ServeConfig:
             raise HeartMuLaError("pass --model PATH (a HeartMuLa checkpoint root or model folder)")
         locate_lm(self.model, self.version)
         locate_codec(self.codec_path())
+        if self.clap_model is not None and not (Path(self.clap_model) / "config.json").is_file():
+            raise HeartMuLaError(f"--clap-model {self.clap_model} is not a HeartCLAP folder (no config.json)")
 
 
 def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
@@ -175,6 +178,15 @@ class Tags(BaseModel):
     tags: list[str]
 
 
+class SearchHit(BaseModel):
+    score: float
+    song: JobOut
+
+
+class SearchResult(BaseModel):
+    hits: list[SearchHit]
+
+
 # --- body size limit ----------------------------------------------------------------------------------------------
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
@@ -242,7 +254,21 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     store = JobStore(config.data_dir)
     recovery = store.recover()
     model_lock = threading.Lock()
-    worker = SongWorker(store, load_models or default_model_loader(config), config.max_batch, model_lock)
+    from heartmula.serve.search import LibrarySearch, default_clap_dir
+
+    clap_dir = config.clap_model or default_clap_dir()
+    search = LibrarySearch(store, clap_dir) if clap_dir else None
+
+    def index_song(job_id: str) -> None:
+        search.enqueue(job_id)
+
+    def index_backlog() -> None:
+        from heartmula.serve.search import BACKFILL
+
+        search.enqueue(BACKFILL)
+
+    worker = SongWorker(store, load_models or default_model_loader(config), config.max_batch, model_lock,
+                        after_finish=index_song if search else None, on_ready=index_backlog if search else None)
     transcriber_lock = threading.Lock()
     transcribers: dict = {}
     convert_lock = threading.Lock()
@@ -252,6 +278,8 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
         worker.start()
         yield
         worker.stop()
+        if search is not None:
+            search.stop()
         store.close()
 
     app = FastAPI(
@@ -263,7 +291,7 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     app.state.store, app.state.worker, app.state.recovery, app.state.model_lock = store, worker, recovery, model_lock
     app.state.config = config
     app.add_middleware(BodyLimitMiddleware, json_limit=JSON_BODY_LIMIT, upload_limit=config.max_upload_bytes,
-                       upload_paths=("/api/transcribe",))
+                       upload_paths=("/api/transcribe", "/api/search/audio"))
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -316,7 +344,7 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
         return Health(
             status="ok", version=__version__, model=worker.state, model_error=worker.error,
             auth_required=token is not None,
-            features={"stream": stream_available(), "search": False, "transcribe": True},
+            features={"stream": stream_available(), "search": search is not None, "transcribe": True},
             max_duration=config.max_duration, max_upload_bytes=config.max_upload_bytes,
         )
 
@@ -363,6 +391,8 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     def delete_song(job_id: JobId):
         if not store.delete(job_id):
             raise HTTPException(404, f"no song {job_id}")
+        if search is not None:
+            search.remove(job_id)
         return Response(status_code=204)
 
     @app.get("/api/songs/{job_id}/audio", dependencies=auth, response_class=FileResponse,
@@ -432,6 +462,49 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
         ]
         return TranscriptOut(language=transcript.language, duration=transcript.duration, text=transcript.text,
                              lrc=to_lrc(transcript), segments=segments)
+
+    def need_search() -> LibrarySearch:
+        if search is None:
+            raise HTTPException(404, "library search needs a HeartCLAP model: start the server with --clap-model DIR")
+        return search
+
+    def hits(found: list[tuple[str, float]]) -> SearchResult:
+        jobs = {job.id: job for job in store.list(ids=[i for i, _ in found], limit=len(found) or 1)[0]}
+        return SearchResult(hits=[SearchHit(score=score, song=jobs[i].public()) for i, score in found if i in jobs])
+
+    @app.get("/api/search", response_model=SearchResult, dependencies=auth)
+    def search_text(
+        q: Annotated[str, Query(min_length=1, max_length=500, description="a description in any language")],
+        k: Annotated[int, Query(ge=1, le=200)] = 20,
+    ):
+        """Songs whose sound matches a description (HeartCLAP), best first."""
+        return hits(need_search().by_text(q, k))
+
+    @app.post("/api/search/audio", response_model=SearchResult, dependencies=auth)
+    def search_audio(
+        file: Annotated[UploadFile, File(description="an example: songs that sound like it come first")],
+        k: Annotated[int, Form(ge=1, le=200)] = 20,
+    ):
+        engine = need_search()
+        with tempfile.TemporaryDirectory(dir=store.data_dir) as tmp:
+            path = Path(tmp) / "example.bin"
+            with open(path, "wb") as out:
+                while chunk := file.file.read(1 << 20):
+                    out.write(chunk)
+            try:
+                found = engine.by_audio_file(path, k)
+            except HeartMuLaError:
+                raise HTTPException(422, "the upload is not audio this server can read") from None
+        return hits(found)
+
+    @app.get("/api/songs/{job_id}/similar", response_model=SearchResult, dependencies=auth)
+    def similar_songs(job_id: JobId, k: Annotated[int, Query(ge=1, le=200)] = 10):
+        engine = need_search()
+        job_or_404(job_id)
+        found = engine.similar(job_id, k)
+        if found is None:
+            raise HTTPException(409, f"song {job_id} is not in the search index yet (it is indexed once done)")
+        return hits(found)
 
     if stream_available():
         from heartmula.serve.live import add_stream_endpoint

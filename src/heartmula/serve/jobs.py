@@ -305,12 +305,14 @@ class SongWorker:
     """One thread: loads the models, then claims batches of queued song jobs and generates them."""
 
     def __init__(self, store: JobStore, load_models: Callable[[], tuple], max_batch: int = 4,
-                 model_lock: threading.Lock | None = None, log: Callable[[str], None] = print):
+                 model_lock: threading.Lock | None = None, log: Callable[[str], None] = print,
+                 after_finish: Callable[[str], None] | None = None, on_ready: Callable[[], None] | None = None):
         self.store = store
         self.load_models = load_models
         self.max_batch = max(1, max_batch)
         self.model_lock = model_lock or threading.Lock()  # KV caches live in the model: one session at a time
         self.log = log
+        self.after_finish, self.on_ready = after_finish, on_ready  # e.g. the library search index
         self.state, self.error = "loading", ""
         self.generator = self.codec = None
         self.ready = threading.Event()
@@ -343,6 +345,7 @@ class SongWorker:
             return
         finally:
             self.ready.set()
+        self._hook(self.on_ready)
         while not self._stop.is_set():
             batch = self.store.claim_batch(self.max_batch, batch_compatible)
             if not batch:
@@ -423,3 +426,14 @@ class SongWorker:
             }
             if not self.store.finish(job.id, result):  # deleted while decoding: leave nothing behind
                 shutil.rmtree(folder, ignore_errors=True)
+            else:
+                self._hook(self.after_finish, job.id)
+
+    def _hook(self, hook, *args) -> None:
+        """Extras (search indexing) never fail a song: a problem there is logged and the song stays done."""
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception as exc:
+            self.log(f"heartmula serve: {getattr(hook, '__name__', 'hook')} failed: {type(exc).__name__}: {exc}")

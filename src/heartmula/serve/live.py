@@ -218,6 +218,7 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
     if start.save and pieces:  # what was heard is kept, even when the listener left early
         song_id = await run_in_threadpool(_save, store, start, seed, np.concatenate(pieces, axis=1),
                                           session.sample_rate, codes)
+        await run_in_threadpool(worker._hook, worker.after_finish, song_id)
     if not disconnected:
         if problem:
             await error(problem)

@@ -35,10 +35,10 @@ const audioUrl = (id, format = "wav") => withToken(`/api/songs/${id}/audio?forma
 const codesUrl = (id) => withToken(`/api/songs/${id}/codes`);
 
 // --- tabs -----------------------------------------------------------------------------------------------------------
-function showTab(name) {
+function showTab(name, refresh = true) {
   $$("#tabs button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
   $$(".tab").forEach((s) => { s.hidden = s.id !== "tab-" + name; });
-  if (name === "library") refreshLibrary();
+  if (name === "library" && refresh) refreshLibrary();
 }
 $$("#tabs button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
 
@@ -164,6 +164,14 @@ function songItem(job) {
     p.textContent = "Play";
     p.addEventListener("click", () => play(job));
     actions.append(p);
+    if (state.health && state.health.features.search) {
+      const like = document.createElement("button");
+      like.type = "button";
+      like.className = "similar";
+      like.textContent = "Similar";
+      like.addEventListener("click", () => similarTo(job));
+      actions.append(like);
+    }
     const formats = [["wav", audioUrl(job.id, "wav")], ["flac", audioUrl(job.id, "flac")],
       ["mp3", audioUrl(job.id, "mp3")]];
     formats.push(["codes", codesUrl(job.id)]);
@@ -189,8 +197,48 @@ function songItem(job) {
   return li;
 }
 
+function showHits(hits, label) {
+  $("#library").replaceChildren(...hits.map((hit) => {
+    const li = songItem(hit.song);
+    const score = document.createElement("div");
+    score.className = "meta score";
+    score.textContent = `match ${hit.score.toFixed(3)}`;
+    li.firstChild.append(score);
+    return li;
+  }));
+  $("#library-count").textContent = `${hits.length} ${label}`;
+}
+
+async function similarTo(job) {
+  showTab("library", false);
+  try {
+    const { hits } = await api(`/api/songs/${job.id}/similar?k=20`);
+    showHits(hits, `like "${job.title}"`);
+  } catch (e) { $("#library-count").textContent = e.message; }
+}
+
+$("#by-sound").addEventListener("change", refreshLibrary);
+$("#example-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = $("#example-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const { hits } = await api("/api/search/audio", { method: "POST", body: form });
+    showHits(hits, `like ${file.name}`);
+  } catch (e) { $("#library-count").textContent = e.message; }
+});
+
 async function refreshLibrary() {
   const q = $("#search").value.trim();
+  if (q && $("#by-sound").checked) {  // HeartCLAP: the description is matched against the sound of each song
+    try {
+      const { hits } = await api("/api/search?k=50&q=" + encodeURIComponent(q));
+      showHits(hits, "by sound");
+    } catch (e) { $("#library-count").textContent = e.message; }
+    return;
+  }
   try {
     const { songs, total } = await api("/api/songs?limit=100" + (q ? "&q=" + encodeURIComponent(q) : ""));
     const list = $("#library");
@@ -353,6 +401,7 @@ async function checkHealth() {
     const model = health.model === "ready" ? "model ready" : health.model === "loading" ? "loading the model..."
       : "model error: " + health.model_error;
     $("#server-status").textContent = `heartmula ${health.version} · ${model}`;
+    $("#by-sound-box").hidden = $("#example-form").hidden = !health.features.search;
     $("#live").hidden = !health.features.stream;
     $("#live-unavailable").hidden = health.features.stream;
     if (health.model === "loading") setTimeout(checkHealth, 2000);
