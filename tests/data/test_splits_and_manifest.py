@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from heartmula.data.corpus import BuildConfig, plan_item, split_of_work
-from heartmula.data.lyrics import LANGUAGES, LyricWriter, english_syllables, spanish_syllables, vocabulary
+from heartmula.data.lyrics import (
+    LANGUAGES,
+    WORD_SOURCE,
+    LyricWriter,
+    english_syllables,
+    is_blocked,
+    passages,
+    spanish_syllables,
+    text_source,
+    vocabulary,
+)
 from heartmula.data.manifest import read_manifest, write_manifest
 from heartmula.data.scores import catalogue
 from heartmula.errors import HeartMuLaError
@@ -53,13 +63,35 @@ def test_read_manifest_reports_broken_lines(tmp_path):
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_lyric_lines_fill_exactly_the_syllable_slots(language):
+def test_lyric_lines_fit_the_syllable_slots(language):
     words, weights = vocabulary(language)
     assert len(words) > 2000 and abs(weights.sum() - 1) < 1e-9
     writer = LyricWriter(language, np.random.default_rng(0))
     for n in (1, 3, 7, 12):
-        line = writer.line(n)
-        assert sum(len(w.syllables) for w in line) == n
+        used = sum(len(w.syllables) for w in writer.line(n))
+        if writer.passages:  # running text: never more syllables than notes (the last syllable holds the rest)
+            assert 1 <= used <= n
+        else:  # word lists fill the phrase exactly
+            assert used == n
+
+
+@pytest.mark.parametrize("language", ["en", "es", "zh"])
+def test_running_text_lyrics_are_sung_in_order_and_clean(language):
+    texts = passages(language)
+    if not texts:
+        pytest.skip("Debian fortunes packages are missing (scripts/setup.sh installs them)")
+    assert all(not is_blocked(language, w.text) for passage in texts for w in passage)
+    writer = LyricWriter(language, np.random.default_rng(5))
+    first = [w.text for w in writer.line(12)]
+    second = [w.text for w in writer.line(12)]
+    # A fresh writer starts a passage, and the next line goes on with it where the first stopped: sentence context.
+    def continues(passage):
+        texts_ = [w.text for w in passage]
+        rest = texts_[len(first):]
+        return texts_[: len(first)] == first and second[: len(rest)] == rest[: len(second)]
+
+    assert any(continues(passage) for passage in texts)
+    assert text_source(language) != WORD_SOURCE
 
 
 def test_syllabification_rules():

@@ -20,7 +20,7 @@ import numpy as np
 
 from heartmula.audio import resample, save_audio
 from heartmula.data.arrangement import CHORALE_STYLES, STYLE_BY_NAME, STYLES, Arrangement, arrange
-from heartmula.data.lyrics import LANGUAGE_NAMES, LANGUAGES, WORD_SOURCE, LyricWriter
+from heartmula.data.lyrics import LANGUAGE_NAMES, LANGUAGES, LyricWriter, text_source
 from heartmula.data.manifest import MANIFEST_NAME, write_manifest
 from heartmula.data.render import available_soundfonts, render_arrangement
 from heartmula.data.scores import COLLECTION_LICENSES, Piece, WorkRef, catalogue, load_piece
@@ -149,6 +149,9 @@ def sung_lyrics(arrangement: Arrangement, piece: Piece, language: str, rng: np.r
                 chorus_lines = lines
         section_text = [f"[{section}]"]
         for words, slots in zip(lines, phrases):
+            used = sum(len(word.syllables) for word in words)
+            if used < len(slots):  # running text a word short of the phrase: the last syllable holds the spare notes
+                slots = slots[:used - 1] + [[note for slot in slots[used - 1:] for note in slot]]
             line_units, cursor = [], 0
             for word in words:
                 n = len(word.syllables)
@@ -225,8 +228,7 @@ def build_item(config: BuildConfig, index: int) -> dict:
     lyrics, timing, vocals = "", [], None
     if vocal:
         lyrics, units, timing = sung_lyrics(arrangement, piece, plan.language, rng)
-        singer = _singer(plan.gender)
-        sung = singer.sing(units, plan.language, arrangement.duration)
+        sung = _singer(plan.gender).sing(units, plan.language, arrangement.duration)
         vocals = resample(sung.audio[None], sung.sample_rate, config.sample_rate)[0]
         vocals = np.pad(vocals, (0, max(0, backing.shape[1] - len(vocals))))[: backing.shape[1]]
     mix, stem = mix_levels(backing, vocals, rng)
@@ -239,7 +241,7 @@ def build_item(config: BuildConfig, index: int) -> dict:
     licenses = [f"score: {COLLECTION_LICENSES[piece.work.collection]}",
                 f"soundfont {soundfont.name}: {soundfont.license}"]
     if vocal:
-        licenses += [f"lyrics words: {WORD_SOURCE}", f"voice: {VOICE_LICENSE}"]
+        licenses += [f"lyrics text: {text_source(plan.language)}", f"voice: {VOICE_LICENSE}"]
     row = {
         "id": plan.item_id,
         "audio": audio_rel,

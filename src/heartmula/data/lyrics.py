@@ -1,9 +1,13 @@
-"""Singable lyric lines in en, zh, ja, ko and es from word lists that install offline.
+"""Singable lyric lines in en, zh, ja, ko and es from text that installs offline.
 
-The words come from `wordfreq` (frequency lists built from real text: Wikipedia, subtitles, news, books; data
-CC-BY-SA-4.0). A line is drawn to fill exactly the syllable slots of a melody phrase, one syllable per slot, so
-the text is always aligned to notes. Japanese words are converted to kana (pyopenjtalk's dictionary) and sung by
-mora; Chinese by character; Korean by hangul block; English and Spanish by orthographic syllables.
+English, Spanish and Chinese lines are running text: passages of Debian's fortune databases (English verse and
+sayings, Spanish sayings, Tang and Song poems) sung in order, so a transcriber's language model has sentence
+context (random word lists were sung back far less intelligibly). Japanese and Korean, and any language whose
+text package is missing, draw words from `wordfreq` (frequency lists built from real text: Wikipedia, subtitles,
+news, books; data CC-BY-SA-4.0). A line fills the syllable slots of a melody phrase, one syllable per slot; running
+text that falls a word short holds its last syllable over the spare notes, so the text is always aligned to notes.
+Japanese words are converted to kana (pyopenjtalk's dictionary) and sung by mora; Chinese by character; Korean by
+hangul block; English and Spanish by orthographic syllables.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -154,18 +159,82 @@ def japanese_kana(text: str) -> str | None:
     return katakana_to_hiragana(reading)
 
 
+# Fortune files (one passage per `%`-separated entry) used as lyric text. Chosen for verse and plain sentences
+# (no programming jokes, no offensive sections). Licenses from the packages' copyright files.
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+TEXT_SOURCES = {
+    "en": (("songs-poems", "love", "wisdom", "people", "platitudes", "kids", "pets", "food", "tao", "art"),
+           "Debian fortunes (BSD fortune data; quotations and verse, public domain or quoted)"),
+    "es": (tuple(f"es/{name}.fortunes" for name in ("amistad", "arte", "familia", "filosofia", "humanos", "libertad",
+                                                    "refranes", "proverbios", "sabiduria", "sentimientos", "verdad",
+                                                    "vida", "lao-tse")),
+           "Debian fortunes-es (texts presumed public domain per its copyright file)"),
+    "zh": (("tang300", "song100"), "Debian fortunes-zh: 300 Tang poems and 100 Song ci (public domain classics)"),
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _passage_words(language: str, passage: str) -> list[Word] | None:
+    """A passage as singable words, or None when a word cannot be sung or is blocked (the passage is skipped)."""
+    if language == "zh":
+        lines = [ln for ln in _ANSI.sub("", passage).splitlines()
+                 if ln.strip() and "《" not in ln and not ln.startswith("作者")]
+        characters = re.findall(r"[\u4e00-\u9fff]", "".join(lines))
+        return [Word(c, c, (c,)) for c in characters] or None
+    words = []
+    for token in re.findall(r"\S+", passage.replace("--", " ")):
+        if token.startswith("--"):
+            break  # the attribution line (" -- Author") ends the text
+        text = token.strip(".,;:!?¡¿\"'()[]«»-—_*").lower()
+        if not text:
+            continue
+        word = _singable_word(language, text)
+        if word is None:
+            return None
+        words.append(word)
+    return words if len(words) >= 4 else None
+
+
+@functools.cache
+def passages(language: str) -> tuple[tuple[Word, ...], ...]:
+    """Singable passages of running text for `language` (empty when it has none, or its package is missing)."""
+    files, _ = TEXT_SOURCES.get(language, ((), ""))
+    found: list[tuple[Word, ...]] = []
+    for name in files:
+        path = FORTUNE_DIR / name
+        if not path.is_file():
+            continue
+        for passage in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            words = _passage_words(language, passage)
+            if words:
+                found.append(tuple(words))
+    return tuple(found)
+
+
+def text_source(language: str) -> str:
+    """Where a language's lyric text comes from (for the license field)."""
+    if passages(language):
+        return TEXT_SOURCES[language][1]
+    return WORD_SOURCE
+
+
 class LyricWriter:
     def __init__(self, language: str, rng: np.random.Generator) -> None:
         self.language = language
         self.words, self.weights = vocabulary(language)
         self.rng = rng
+        self.passages = passages(language)
+        self._stream: list[Word] = []
         self._by_length: dict[int, np.ndarray] = {}
         lengths = np.array([len(w.syllables) for w in self.words])
         for n in range(1, int(lengths.max()) + 1):
             self._by_length[n] = np.flatnonzero(lengths <= n)
 
     def line(self, n_syllables: int) -> list[Word]:
-        """Words that together have exactly `n_syllables` syllables."""
+        """Words for a phrase of `n_syllables` notes: exactly that many syllables from the word lists, or running
+        text with at most that many (the caller holds the last syllable over the rest)."""
+        if self.passages:
+            return self._running_line(n_syllables)
         words: list[Word] = []
         left = n_syllables
         while left > 0:
@@ -179,6 +248,25 @@ class LyricWriter:
             words.append(choice)
             left -= len(choice.syllables)
         return words
+
+    def _running_line(self, n_syllables: int) -> list[Word]:
+        """The next words of the current passage (then the next passage) until the next word would not fit."""
+        words: list[Word] = []
+        left = n_syllables
+        fresh_draws = 0
+        while left > 0:
+            if not self._stream:
+                self._stream = list(self.passages[int(self.rng.integers(len(self.passages)))])
+                fresh_draws += 1
+            if len(self._stream[0].syllables) > left:
+                if words or fresh_draws >= 4:
+                    break
+                self._stream = []  # a line cannot start with a word longer than the phrase: take another passage
+                continue
+            word = self._stream.pop(0)
+            words.append(word)
+            left -= len(word.syllables)
+        return words or [self._filler() for _ in range(n_syllables)]
 
     def _filler(self) -> Word:
         syllable = {"en": "oh", "es": "ah", "zh": "啊", "ja": "あ", "ko": "아"}[self.language]

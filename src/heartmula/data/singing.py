@@ -110,13 +110,19 @@ class Singer:
 
     def sing(self, units: list[SungUnit], language: str, duration: float) -> SungLine:
         """Render all units into one mono track of `duration` seconds; return it with per-syllable timing."""
-        self.espeak.reset()  # the same song renders the same whatever this process sang before
         fs = self.sample_rate
         track = np.zeros(int(np.ceil(duration * fs)) + fs, dtype=np.float32)
         timing = []
         voice_name = self.voice.espeak_voice(language)
+        # A chorus sings the same words on the same notes each time: render each such unit once per song (the
+        # audio depends only on the text and the notes relative to the unit's onset).
+        rendered: dict[tuple, np.ndarray] = {}
         for unit in units:
-            sung = self._sing_unit(unit, voice_name)
+            key = (unit.spoken, tuple((round(n.onset - unit.onset, 4), round(n.duration, 4), n.pitch)
+                                      for group in unit.notes for n in group))
+            if key not in rendered:
+                rendered[key] = self._sing_unit(unit, voice_name)
+            sung = rendered[key]
             start = int(round(unit.onset * fs))
             end = min(start + len(sung), len(track))
             track[start:end] += sung[: end - start]
@@ -135,6 +141,11 @@ class Singer:
             return self._analysis_cache[key]
         fs = self.sample_rate
         pw = self.world
+        # espeak-ng carries state from one utterance to the next, so a word spoken after other words sounds
+        # slightly different; with this cache, which words are spoken then depends on what the process sang
+        # before, and a song rebuilt in another process differed. Starting espeak afresh for every word (0.6 ms)
+        # makes each analysis a function of the text alone.
+        self.espeak.reset()
         spoken = self.espeak.speak(text, voice_name, pitch=50, rate=self.voice.speech_rate)
         if spoken.size < fs * 0.03:
             return None
@@ -176,9 +187,9 @@ class Singer:
 
     def _pitch_curve(self, unit: SungUnit, n_frames: int) -> np.ndarray:
         """Target F0 per frame: the notes in time, glided at note changes, with vibrato that starts late."""
-        t = unit.onset + np.arange(n_frames) * FRAME_MS / 1000.0
+        t = np.arange(n_frames) * FRAME_MS / 1000.0  # relative to the unit's onset, like the render cache key
         notes = [note for group in unit.notes for note in group]
-        onsets = np.array([n.onset for n in notes])
+        onsets = np.array([n.onset - unit.onset for n in notes])
         pitches = np.array([float(n.pitch) for n in notes])
         index = np.clip(np.searchsorted(onsets, t, side="right") - 1, 0, len(notes) - 1)
         semitones = pitches[index]
