@@ -30,7 +30,7 @@ def test_kill_9_mid_generation_then_restart(server_factory, tmp_path):
     audio_hash = hashlib.sha256(httpx.get(f"{url}/api/songs/{keeper['id']}/audio").content).hexdigest()
     codes_hash = hashlib.sha256(httpx.get(f"{url}/api/songs/{keeper['id']}/codes").content).hexdigest()
 
-    victim = httpx.post(f"{url}/api/songs", json=dict(SONG, title="victim", duration=40.0, seed=5)).json()
+    victim = httpx.post(f"{url}/api/songs", json=dict(SONG, title="victim", duration=20.0, seed=5)).json()
     queued = httpx.post(f"{url}/api/songs", json=dict(SONG, title="queued", temperature=0.7)).json()
     poll(url, victim["id"], lambda j: j["status"] == "running" and j["progress"] > 0.02)
     server.kill9()
