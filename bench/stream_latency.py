@@ -179,6 +179,7 @@ def main() -> None:
     parser.add_argument("--codec-steps", type=int, default=10, help="flow-matching codecs only")
     parser.add_argument("--lookahead", type=float, default=0.5, help="pacer buffer target, seconds")
     parser.add_argument("--control-every", type=float, default=10.0, help="seconds between control changes")
+    parser.add_argument("--ttfa-runs", type=int, default=3, help="time-to-first-audio measurements (after a warm-up)")
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stream_latency.json")
     args = parser.parse_args()
@@ -186,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         generator, codec, lm_desc, codec_desc = make_models(args, Path(scratch))
         first_audio(generator, codec, args)  # warm-up: allocations, first-call overheads
-        ttfa = [first_audio(generator, codec, args) for _ in range(3)]
+        ttfa = [first_audio(generator, codec, args) for _ in range(args.ttfa_runs)]
         paced = paced_run(generator, codec, args)
     result = dict(
         lm=lm_desc, codec=codec_desc, threads=args.threads, int8=args.int8, seconds=args.seconds,

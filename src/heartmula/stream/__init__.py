@@ -21,10 +21,11 @@ Controls (`StreamControls`, immutable and validated): `prompts` a list of (tags,
 dict or the CLI's "jazz:0.7,electronic:0.3" string (weights relative, >= 0, not all 0; tags unique);
 `temperature` >= 0; `top_k` integer >= 1; `cfg_scale` >= 0. `update(**changes)` validates first: a bad value
 raises `HeartMuLaError` with a message saying what is allowed, and the session stays unchanged and running. A
-valid update returns the new controls version and applies from the next frame generated (between two frames;
-`update` from another thread waits at most for the frame in progress). Prompts are addressed by their tags: a new
-tags string adds a prompt mid-song (its row is computed once over the prompt and every frame so far), a missing
-one removes it (its row leaves the batch). Audio reflects a change once the codec has decoded the frame:
+valid update returns the new controls version at once (it never waits for the frame in progress) and applies
+from the next frame generated; several updates between two frames collapse into the newest. Prompts are
+addressed by their tags: a new tags string adds a prompt mid-song (its row is computed once over the prompt and
+every frame so far), a missing one removes it (its row leaves the batch).
+Audio reflects a change once the codec has decoded the frame:
 `session.latency_frames` is the promised bound in frames (80 ms each) from the update to the first chunk holding
 audio generated under it; `session.applied_at[version]` is the first frame generated under a version, and every
 chunk lists the version of each of its frames.

@@ -141,7 +141,10 @@ class StreamSession:
             self.decoder = DirectAudioStream(codec, lookahead_frames)
         else:
             self.decoder = FlowAudioStream(codec, self.chunk_frames, overlap_frames, codec_steps, codec_guidance, seed)
-        self.controls_version = 0
+        self.controls_version = 0  # newest accepted controls
+        self._lm_version = 0  # the version the LM runs with (queued updates land before the next frame)
+        self._queued: StreamControls | None = None
+        self._controls_lock = threading.Lock()
         self.frame_versions: list[int] = []
         self.applied_at: dict[int, int] = {0: 0}  # controls version -> first frame generated under it (or after it)
         self.schedule_changes: list[tuple[int, dict]] = []
@@ -185,13 +188,15 @@ class StreamSession:
     def update(self, **changes) -> int:
         """Change controls (prompts, temperature, top_k, cfg_scale) from the next frame on; returns the new
         controls version. Invalid values raise HeartMuLaError and leave the session unchanged and running."""
-        new = self.controls.replace(**changes)
-        self._check_prompts_fit(new)
-        with self._lock:
+        # Queued, not applied here: the producer applies the newest queued controls right before its next frame,
+        # so an update never waits for the generation lock (which a busy producer would keep winning).
+        with self._controls_lock:
             if self.closed:
                 raise HeartMuLaError("this stream session is closed")
-            with model_lock(self.generator.model):
-                self._apply(new)
+            new = self.controls.replace(**changes)
+            self._check_prompts_fit(new)
+            self.controls, self.controls_version = new, self.controls_version + 1
+            self._queued = new
             return self.controls_version
 
     def schedule(self, frame: int, **changes) -> None:
@@ -216,7 +221,23 @@ class StreamSession:
             if length + self.lm.max_new_frames > model.config.backbone.max_seq_len:
                 raise HeartMuLaError(f"tag prompt {tags!r} is too long for the model's context with these lyrics")
 
-    def _apply(self, new: StreamControls) -> None:
+    def _sync_controls(self) -> None:
+        """Bring the LM to the newest controls: queued updates, then scheduled changes due at this frame."""
+        with self._controls_lock:
+            queued, version, self._queued = self._queued, self.controls_version, None
+        if queued is not None:
+            self._apply_to_lm(queued)
+            self._lm_version = version
+        while self.schedule_changes and self.schedule_changes[0][0] <= self.frames_generated:
+            _, changes = self.schedule_changes.pop(0)
+            with self._controls_lock:
+                new = self.controls.replace(**changes)  # on top of any update that raced in
+                self.controls, self.controls_version, self._queued = new, self.controls_version + 1, None
+                version = self.controls_version
+            self._apply_to_lm(new)
+            self._lm_version = version
+
+    def _apply_to_lm(self, new: StreamControls) -> None:
         lm = self.lm
         weights = new.normalised_weights()
         old_tags = [tags for tags, _ in lm.prompt_tags(0)]
@@ -231,8 +252,6 @@ class StreamSession:
                 lm.remove_prompt(0, index, [1.0] * len(old_tags))
         lm.set_prompt_weights(0, [weights[tags] for tags in old_tags])
         lm.update_sampling(temperature=new.temperature, top_k=new.top_k, cfg_scale=new.cfg_scale)
-        self.controls = new
-        self.controls_version += 1
 
     # --- generation -----------------------------------------------------------------------------------------
     def next_chunk(self) -> AudioChunk | None:
@@ -261,9 +280,7 @@ class StreamSession:
     def _generate_frame(self) -> None:
         lm = self.lm
         with model_lock(self.generator.model):
-            while self.schedule_changes and self.schedule_changes[0][0] <= self.frames_generated:
-                _, changes = self.schedule_changes.pop(0)
-                self._apply(self.controls.replace(**changes))
+            self._sync_controls()
             if lm.frame_index > lm.max_new_frames:
                 valid = False
             else:
@@ -271,9 +288,9 @@ class StreamSession:
                 valid = bool(step.valid[0])
         if valid:
             # every version set since the last frame (several updates may land between two frames) starts here
-            for version in range(max(self.applied_at) + 1, self.controls_version + 1):
+            for version in range(max(self.applied_at) + 1, self._lm_version + 1):
                 self.applied_at[version] = self.frames_generated
-            self.frame_versions.append(self.controls_version)
+            self.frame_versions.append(self._lm_version)
             self._unpushed.append(step.codes[0].cpu())
             if len(self._unpushed) >= (self.chunk_frames if self.direct else 1):
                 self._push()
@@ -349,6 +366,7 @@ class StreamSession:
             if self.closed:
                 raise HeartMuLaError("this stream session is closed")
             with model_lock(self.generator.model):
+                self._sync_controls()
                 lm_tensors, lm_meta = self.lm.state_dict()
             audio_tensors, audio_meta = self.decoder.state()
             tensors = {f"lm.{k}": v for k, v in lm_tensors.items()}
@@ -399,7 +417,7 @@ class StreamSession:
         session.decoder.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("audio.")}, audio)
         session._pending = tensors["pending"].numpy().copy()
         session._unpushed = list(tensors["unpushed"].unbind(1)) if "unpushed" in tensors else []
-        session.controls_version = meta["controls_version"]
+        session.controls_version = session._lm_version = meta["controls_version"]
         session.frame_versions = list(meta["frame_versions"])
         session.applied_at = {int(v): int(f) for v, f in meta["applied_at"]}
         session.schedule_changes = [(int(f), _from_jsonable(c)) for f, c in meta["schedule"]]
