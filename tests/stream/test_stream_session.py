@@ -51,16 +51,19 @@ def test_control_change_applies_to_the_next_frame(generator, codecs):
     at = session.frames_generated
     version = session.update(prompts=[("jazz,piano", 0.1), ("metal,guitar", 0.9)], cfg_scale=4.0, temperature=0.0)
     assert version == 1
-    rest = list(session)
+    rest, generated = [], []  # chunks, and frames generated when each was handed out
+    while (chunk := session.next_chunk()) is not None:
+        rest.append(chunk)
+        generated.append(session.frames_generated)
     assert session.applied_at[1] == at  # the very next frame
     codes, plain_codes = session.codes(), plain.codes()
     np.testing.assert_array_equal(codes[:, :at], plain_codes[:, :at])
     assert (codes[:, at] != plain_codes[:, at]).any()  # audible from that frame, not later
     # the first chunk holding audio generated under the change arrives within the promised number of frames
-    first = next(c for c in rest if 1 in c.frame_versions)
-    frames_needed = first.first_frame + first.frames  # frames generated when that chunk was handed out
+    index = next(i for i, c in enumerate(rest) if 1 in c.frame_versions)
+    first = rest[index]
     assert first.first_frame <= at < first.first_frame + first.frames
-    assert frames_needed - at <= session.latency_frames
+    assert generated[index] - at <= session.latency_frames
     assert first.frame_versions[at - first.first_frame] == 1 and first.controls_version == 1
     assert all(c.controls_version == 0 for c in head)
     np.testing.assert_array_equal(concat(head), concat(plain_chunks)[:, : concat(head).shape[1]])
