@@ -10,7 +10,8 @@ MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 def _add_model(p) -> None:
-    p.add_argument("--model", required=True, help="checkpoint root (with HeartCodec-oss/) or a codec folder")
+    p.add_argument("--model", help="checkpoint root (with HeartCodec-oss/) or a codec folder (default: the codec "
+                   "shipped in heartmula/defaults/codec)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -62,8 +63,8 @@ def run_encode(args: argparse.Namespace) -> int:
 
     codec = _load(args)
     if not codec.can_encode:
-        raise HeartMuLaError(f"the codec in {args.model} has no trained encoder; train one with "
-                             "`heartmula train codec` (the official release ships only the decoder)")
+        raise HeartMuLaError(f"the codec in {args.model or 'heartmula/defaults/codec'} has no trained encoder; "
+                             "train one with `heartmula train codec` (the official release ships only the decoder)")
     audio, rate = load_audio(args.audio)
     if float(np.abs(audio).max()) == 0.0:
         raise HeartMuLaError(f"{args.audio} is digital silence: there is nothing to encode")

@@ -15,8 +15,17 @@ from heartmula.errors import HeartMuLaError
 OFFICIAL_FOLDER = "HeartCodec-oss"
 
 
-def locate_codec(path: str | os.PathLike) -> Path:
-    """The codec folder for an official root (ROOT/HeartCodec-oss/) or a codec folder itself."""
+# The codec trained in this project and shipped with it (see its MODEL_CARD.md); used when no path is given.
+DEFAULT_CODEC_DIR = Path(__file__).resolve().parent.parent / "defaults" / "codec"
+
+
+def locate_codec(path: str | os.PathLike | None = None) -> Path:
+    """The codec folder for an official root (ROOT/HeartCodec-oss/) or a codec folder itself; None: the shipped
+    default codec."""
+    if path is None:
+        if not (DEFAULT_CODEC_DIR / CONFIG_FILE).is_file():
+            raise HeartMuLaError("this installation ships no default codec: pass a codec folder or checkpoint root")
+        return DEFAULT_CODEC_DIR
     path = Path(path)
     if not path.is_dir():
         raise HeartMuLaError(f"codec path {path} is not a folder")
@@ -32,7 +41,7 @@ def locate_codec(path: str | os.PathLike) -> Path:
 
 
 def load_codec(
-    path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"
+    path: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"
 ) -> HeartCodec:
     return HeartCodec.from_pretrained(locate_codec(path), dtype=parse_dtype(dtype), device=device)
 
