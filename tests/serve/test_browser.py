@@ -83,11 +83,11 @@ def test_compose_hear_and_find_in_library(live_server, browser):
     find(By.CSS_SELECTOR, '#tabs [data-tab="library"]').click()
     search = find(By.ID, "search")
     search.send_keys(title.split()[-1])
-    items = wait_until(
-        lambda: [li for li in browser.find_elements(By.CSS_SELECTOR, "#library li.song")
-                 if li.find_element(By.CSS_SELECTOR, ".title").text == title], 30, "the song in the library")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#library li.song")) == 1  # the search narrowed the list
-    item = items[0]
+    def only_our_song():  # the search narrows the list to this song (the unfiltered list may show first)
+        items = browser.find_elements(By.CSS_SELECTOR, "#library li.song")
+        return len(items) == 1 and items[0].find_element(By.CSS_SELECTOR, ".title").text == title and items
+
+    item = wait_until(only_our_song, 30, "the song alone in the searched library")[0]
     assert "done" in item.text and item.find_elements(By.CSS_SELECTOR, "button.play")
     links = [a.get_attribute("href") for a in item.find_elements(By.CSS_SELECTOR, ".actions a")]
     assert any("format=mp3" in link for link in links) and any(link.endswith("/codes") for link in links)
