@@ -41,7 +41,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> ServerProcess:
+    def start(self, timeout: float = 240.0) -> ServerProcess:  # generous: CI machines can be heavily loaded
         command = [sys.executable, "-m", "heartmula", "serve", "--model", str(self.model_root), "--data",
                    str(self.data_dir), "--port", str(self.port), "--threads", "1", "--log-level", "warning",
                    *self.extra]
