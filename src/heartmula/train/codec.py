@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from heartmula.audio import load_audio
 from heartmula.codec.config import LATENT_PER_CODE
@@ -38,10 +37,9 @@ from heartmula.codec.sq_codec import round_with_straight_through
 from heartmula.errors import HeartMuLaError
 from heartmula.eval.codec_metrics import mel_distance, multi_resolution_stft_distance
 from heartmula.files import atomic_output
+from heartmula.train.state import load_training_state, save_training_state
 
 AUDIO_CACHE = "train_audio.npz"
-STATE_FILE = "train_state.safetensors"
-STATE_JSON = "train_state.json"
 LOG_FILE = "train_log.jsonl"
 DATA_FILE = "training_data.json"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac")
@@ -239,29 +237,8 @@ def spread_latent(codec: HeartCodec, audio: torch.Tensor, target_std: float = 0.
 
 
 def _save_state(out: Path, optimizer, step: int, codec: HeartCodec, config: CodecTrainConfig) -> None:
-    names = {id(p): n for n, p in codec.named_parameters()}
-    tensors = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{names[id(param)]}::{key}"] = value.detach().contiguous().cpu()
     codec.save_pretrained(out)
-    with atomic_output(out / STATE_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    with atomic_output(out / STATE_JSON) as tmp:
-        tmp.write_text(json.dumps({"step": step, "config": asdict(config)}, indent=2))
-
-
-def _load_state(out: Path, optimizer, codec: HeartCodec) -> int:
-    if not (out / STATE_FILE).is_file():
-        return 0
-    tensors = load_file(str(out / STATE_FILE))
-    params = dict(codec.named_parameters())
-    for key, value in tensors.items():
-        name, slot = key.split("::")
-        optimizer.state[params[name]][slot] = value
-    return int(json.loads((out / STATE_JSON).read_text())["step"])
+    save_training_state(out, codec, optimizer, step, config)
 
 
 def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | None = None,
@@ -285,7 +262,7 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     codec.train()
     params = [p for p in codec.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.8, 0.99), weight_decay=0.0)
-    start_step = _load_state(out, optimizer, codec)
+    start_step = load_training_state(out, codec, optimizer)
 
     files = sourced_audio_files(audio_paths, exclude)
     clips, sources = cached_corpus(out, files, codec.config, config, progress)

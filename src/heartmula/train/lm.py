@@ -31,12 +31,11 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
@@ -44,11 +43,10 @@ from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE
 from heartmula.text import TextTokenizer
+from heartmula.train.state import load_training_state, save_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
 from heartmula.train.token_cache import CachedItem, load_cache
 
-STATE_FILE = "train_state.safetensors"
-STATE_JSON = "train_state.json"
 LOG_FILE = "train_log.jsonl"
 DATA_FILE = "training_data.json"
 # Special audio ids after the codebook (as in the release: 8192 codes, EOS 8193, vocabulary 8197).
@@ -248,29 +246,8 @@ class LMTrainReport:
 
 
 def _save_state(out: Path, model_dir: Path, model: HeartMuLa, optimizer, step: int, config: LMTrainConfig) -> None:
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{names[id(param)]}::{key}"] = value.detach().contiguous().cpu()
     model.save_pretrained(model_dir)
-    with atomic_output(out / STATE_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    with atomic_output(out / STATE_JSON) as tmp:
-        tmp.write_text(json.dumps({"step": step, "config": asdict(config)}, indent=2))
-
-
-def _load_state(out: Path, optimizer, model: HeartMuLa) -> int:
-    if not (out / STATE_FILE).is_file():
-        return 0
-    tensors = load_file(str(out / STATE_FILE))
-    params = dict(model.named_parameters())
-    for key, value in tensors.items():
-        name, slot = key.split("::")
-        optimizer.state[params[name]][slot] = value
-    return int(json.loads((out / STATE_JSON).read_text())["step"])
+    save_training_state(out, model, optimizer, step, config)
 
 
 def _learning_rate(step: int, config: LMTrainConfig) -> float:
@@ -378,7 +355,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.learning_rate, betas=(0.9, 0.95))
-    start_step = _load_state(out, optimizer, model)
+    start_step = load_training_state(out, model, optimizer)
     report = LMTrainReport(config.steps, start_step, count_parameters(model), len(train_items), skipped)
     rng = random.Random(config.seed * 1_000_003 + start_step)
     generator = torch.Generator().manual_seed(config.seed + start_step)
