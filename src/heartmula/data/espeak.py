@@ -114,7 +114,10 @@ class Espeak:
     def reset(self) -> None:
         """Start espeak-ng afresh: it carries pitch state from one utterance to the next (measured: the same
         word at the same settings sounds different after words at other pitches), so a song that must render
-        the same whatever came before it starts from here."""
+        the same whatever came before it starts from here. Terminate first: initialising again over a live
+        instance leaks its buffers and crashed worker processes now and then."""
+        if getattr(self, "sample_rate", 0) > 0:
+            self._lib.espeak_Terminate()
         self.sample_rate = self._lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data, _ESPEAK_INITIALIZE_DONT_EXIT
         )
