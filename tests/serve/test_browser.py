@@ -151,8 +151,9 @@ def test_live_stream_with_a_slider_change(live_server, browser, model_root):
     wait_until(lambda: find(By.ID, "stream-state").text.startswith("done"), 60, "the stream to end")
     assert "saved in the library" in find(By.ID, "stream-state").text
     find(By.CSS_SELECTOR, '#tabs [data-tab="library"]').click()
-    wait_until(lambda: any(t.text.startswith("live:") for t in browser.find_elements(By.CSS_SELECTOR,
-                                                                                      "#library .title")),
-               30, "the live song in the library")
+    # Read the titles in one script call: the library list re-renders while it refreshes (stale elements).
+    titles = "return [...document.querySelectorAll('#library .title')].map(e => e.textContent)"
+    wait_until(lambda: any(t.startswith("live:") for t in browser.execute_script(titles)), 30,
+               "the live song in the library")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
