@@ -31,6 +31,16 @@ def _load(args):
     return model, model_fingerprint(folder)
 
 
+def _load_for_query(args):
+    """The model and an existing index built with that same model (an index from another model is refused)."""
+    from heartmula.clap.index import ClapIndex
+
+    model, model_id = _load(args)
+    index = ClapIndex(args.index, dim=model.config.embed_dim, create=False)
+    index.check_model(model_id)
+    return model, index
+
+
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
         print(json.dumps([{"score": round(h.score, 4), "path": h.track.path, "title": h.track.title,
@@ -164,11 +174,7 @@ def register_search(verbs) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from heartmula.clap.index import ClapIndex
-
-    model, model_id = _load(args)
-    index = ClapIndex(args.index, dim=model.config.embed_dim, create=False)
-    index.check_model(model_id)
+    model, index = _load_for_query(args)
     _print_hits(index.search(model.embed_text(args.query)[0], args.top), args.json)
     return 0
 
@@ -187,11 +193,7 @@ def register_similar(verbs) -> None:
 
 
 def run_similar(args: argparse.Namespace) -> int:
-    from heartmula.clap.index import ClapIndex
-
-    model, model_id = _load(args)
-    index = ClapIndex(args.index, dim=model.config.embed_dim, create=False)
-    index.check_model(model_id)
+    model, index = _load_for_query(args)
     path = str(args.song.resolve())
     track = index.get(path)
     same_file = track is not None and args.song.is_file() and track.mtime == args.song.stat().st_mtime
