@@ -22,7 +22,20 @@ def poll(url: str, job_id: str, until, timeout: float = 180.0) -> dict:
     raise AssertionError(f"timed out waiting on {job_id}: {job}")
 
 
-def test_kill_9_mid_generation_then_restart(server_factory, tmp_path):
+def seed_of_the_longest_song(model_root, request: dict) -> int:
+    """A random-weight model ends songs at random (EOS): pick the seed whose song runs longest, so the server is
+    still generating it when it is killed (a 6-frame song can finish before the test sees it running)."""
+    from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
+    from heartmula.lm.pretrained import load_generator
+
+    generator = load_generator(model_root)
+    seeds = list(range(16))
+    songs = [SongRequest(lyrics=request["lyrics"], tags=request["tags"], seed=s) for s in seeds]
+    codes = generator.generate(songs, SamplingParams(), frames_for_duration(request["duration"]))
+    return max(seeds, key=lambda s: codes[s].shape[1])
+
+
+def test_kill_9_mid_generation_then_restart(server_factory, model_root, tmp_path):
     server = server_factory().start()
     url = server.url
     keeper = httpx.post(f"{url}/api/songs", json=dict(SONG, title="keeper")).json()
@@ -30,7 +43,9 @@ def test_kill_9_mid_generation_then_restart(server_factory, tmp_path):
     audio_hash = hashlib.sha256(httpx.get(f"{url}/api/songs/{keeper['id']}/audio").content).hexdigest()
     codes_hash = hashlib.sha256(httpx.get(f"{url}/api/songs/{keeper['id']}/codes").content).hexdigest()
 
-    victim = httpx.post(f"{url}/api/songs", json=dict(SONG, title="victim", duration=20.0, seed=5)).json()
+    victim_request = dict(SONG, title="victim", duration=20.0)
+    victim_request["seed"] = seed_of_the_longest_song(model_root, victim_request)
+    victim = httpx.post(f"{url}/api/songs", json=victim_request).json()
     queued = httpx.post(f"{url}/api/songs", json=dict(SONG, title="queued", temperature=0.7)).json()
     poll(url, victim["id"], lambda j: j["status"] == "running" and j["progress"] > 0.02)
     server.kill9()
