@@ -9,20 +9,24 @@ import torch
 from heartmula.codec.config import HeartCodecConfig
 from heartmula.codec.model import HeartCodec
 from heartmula.codec.pretrained import PRESETS, write_random_codec
+from heartmula.codec.spectral import AMPLITUDE_OFFSET
 from heartmula.errors import HeartMuLaError
 
 
-def test_default_preset_geometry():
-    config = PRESETS["default-24k"]()
+@pytest.mark.parametrize("preset", ["default-24k", "harmonic-24k"])
+def test_default_preset_geometry(preset):
+    config = PRESETS[preset]()
     assert config.sample_rate >= 24000 and config.num_quantizers == 8 and config.audio_channels == 1
     assert config.samples_per_code * 12.5 == config.sample_rate
     assert config.decoder_type == "direct" and config.waveform_codec == "istft"
 
 
-def test_spectral_codec_saves_loads_and_streams_exactly(tmp_path):
-    folder = write_random_codec(tmp_path / "codec", preset="tiny-spectral", seed=1)
+@pytest.mark.parametrize("preset", ["tiny-spectral", "tiny-harmonic"])
+def test_spectral_codec_saves_loads_and_streams_exactly(tmp_path, preset):
+    folder = write_random_codec(tmp_path / "codec", preset=preset, seed=1)
     data = json.loads((folder / "config.json").read_text())
     assert data["waveform_codec"] == "istft" and data["spectral"]["hop_length"] == 48
+    assert data["spectral"]["synthesis"] == ("harmonic" if preset == "tiny-harmonic" else "free")
     codec = HeartCodec.from_pretrained(folder)
     rate = codec.sample_rate
     t = np.arange(2 * rate) / rate
@@ -35,6 +39,42 @@ def test_spectral_codec_saves_loads_and_streams_exactly(tmp_path):
     stream = codec.stream()
     pieces = [stream.push(codes[:, i: i + 3]) for i in range(0, codes.shape[1], 3)] + [stream.flush()]
     np.testing.assert_allclose(torch.cat(pieces, dim=-1).numpy(), audio, atol=1e-5)
+
+
+def test_harmonic_synthesis_rebuilds_a_steady_tone_at_its_pitch():
+    # One semitone oscillator at full amplitude, everything else silent: overlapping frames must add up to a clean
+    # unit sine at exactly that note (phase carried from frame to frame), also when decoded in two calls.
+    codec = HeartCodec(PRESETS["tiny-harmonic"]()).init_weights(0)
+    decoder = codec.scalar_model.decoder
+    spectral = codec.config.spectral
+    frames = 60
+    parameters = torch.full((1, frames, decoder.tones + spectral.noise_bands), -40.0)
+    note = 69  # A4, 440 Hz
+    parameters[..., note - spectral.lowest_midi] = -AMPLITUDE_OFFSET  # amplitude exp(0) = 1
+
+    def render(first, count):
+        spectrum = decoder.harmonic_spectrum(parameters[:, first: first + count], first)
+        return torch.fft.irfft(spectrum, n=decoder.n_fft)[0]
+
+    whole, halves = render(0, frames), torch.cat([render(0, 25), render(25, 35)])
+    torch.testing.assert_close(whole, halves, atol=1e-5, rtol=0)
+    window = torch.hann_window(decoder.n_fft)
+    audio = torch.nn.functional.fold((whole * window / decoder.ola_scale).T[None], (1, (frames - 1) * 48 + 192),
+                                     (1, 192), stride=(1, 48))[0, 0, 0, 192: frames * 48].numpy()
+    assert abs(np.abs(audio).max() - 1) < 0.01 and abs(audio.std() * np.sqrt(2) - 1) < 0.01
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    assert abs(np.fft.rfftfreq(len(audio), 1 / codec.sample_rate)[spectrum.argmax()] - 440) < 4800 / len(audio)
+
+
+def test_harmonic_encoder_hears_pitch():
+    # The analysis filterbank puts a tone's energy in its own semitone: features differ between a C and a C#.
+    codec = HeartCodec(PRESETS["tiny-harmonic"]()).init_weights(0)
+    encoder, spectral = codec.scalar_model.encoder, codec.config.spectral
+    t = torch.arange(4800) / 4800
+    for note in (60, 61):
+        tone = 0.3 * torch.sin(2 * torch.pi * 440 * 2 ** ((note - 69) / 12) * t)
+        energies = encoder.features(tone[None])[0, : spectral.highest_midi - spectral.lowest_midi + 1]
+        assert int(energies.mean(dim=1).argmax()) + spectral.lowest_midi == note
 
 
 def test_fresh_spectral_encoder_is_not_saturated():
@@ -59,6 +99,11 @@ def test_spectral_codec_config_errors():
         HeartCodecConfig.from_dict({**config, "spectral": {**config["spectral"], "hop_length": 50}})
     with pytest.raises(HeartMuLaError, match="waveform_codec"):
         HeartCodecConfig.from_dict({**config, "waveform_codec": "wavenet"})
+    with pytest.raises(HeartMuLaError, match="synthesis"):
+        HeartCodecConfig.from_dict({**config, "spectral": {**config["spectral"], "synthesis": "fm"}})
+    with pytest.raises(HeartMuLaError, match="Nyquist"):  # 4.8 kHz: the top semitone must lie below 2.4 kHz
+        HeartCodecConfig.from_dict({**config, "spectral": {**config["spectral"], "synthesis": "harmonic",
+                                                           "highest_midi": 100}})
 
 
 def _tiny_corpus(folder, rate=4800):
@@ -74,13 +119,14 @@ def _tiny_corpus(folder, rate=4800):
                 for i in range(3)))
 
 
-def test_training_steps_reduce_the_loss_on_a_tiny_corpus(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny-spectral", "tiny-harmonic"])
+def test_training_steps_reduce_the_loss_on_a_tiny_corpus(tmp_path, preset):
     from heartmula.train.codec import CodecTrainConfig, train_codec
 
     _tiny_corpus(tmp_path)
-    config = CodecTrainConfig(preset="tiny-spectral", steps=40, batch_size=4, segment_frames=4, learning_rate=3e-3,
+    config = CodecTrainConfig(preset=preset, steps=40, batch_size=4, segment_frames=4, learning_rate=3e-3,
                               save_every=40, mel_weight=1.0, wave_weight=0.0, spread_weight=0.0, end_to_end=True,
-                              threads=1)
+                              threads=1, pitch_weight=1.0 if preset == "tiny-harmonic" else 0.0)
     report = train_codec([tmp_path / "manifest.jsonl"], tmp_path / "out", config, progress=False)
     assert report["files"] == [str(tmp_path / "song0.wav"), str(tmp_path / "song1.wav")]  # test split held out
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
@@ -92,7 +138,7 @@ def test_training_steps_reduce_the_loss_on_a_tiny_corpus(tmp_path):
     codec = HeartCodec.from_pretrained(tmp_path / "out")
     from heartmula.audio import load_audio
 
-    songs = [load_audio(tmp_path / f"song{i}.wav")[0] for i in (0, 2)]
+    songs = [load_audio(tmp_path / f"song{i}.wav")[0] for i in (0, 1)]  # 220 Hz vs 330 Hz
     codes = [codec.encode(song, 4800) for song in songs]
     assert (codes[0] != codes[1]).mean() > 0.1
     # resuming reuses the cached training audio and continues the step count
@@ -117,3 +163,12 @@ def test_source_weights_and_exclusion(tmp_path):
     np.testing.assert_allclose(clip_weights(clips, sources, [0.5, 0.5]), [0.125, 0.375, 0.5])
     with pytest.raises(HeartMuLaError, match="source weights"):
         clip_weights(clips, sources, [1.0])
+
+
+def test_pitch_loss_needs_a_harmonic_codec(tmp_path):
+    from heartmula.train.codec import CodecTrainConfig, train_codec
+
+    _tiny_corpus(tmp_path)
+    with pytest.raises(HeartMuLaError, match="harmonic"):
+        train_codec([tmp_path / "manifest.jsonl"], tmp_path / "out",
+                    CodecTrainConfig(preset="tiny-spectral", steps=1, pitch_weight=1.0), progress=False)

@@ -75,6 +75,8 @@ def register_codec(actions) -> None:
     p.add_argument("--source-weights", type=float, nargs="+", metavar="W",
                    help="probability of drawing a segment from each audio argument, in order (default: by length)")
     p.add_argument("--mel-weight", type=float, default=0.0, help="weight of the log-mel L1 loss")
+    p.add_argument("--pitch-weight", type=float, default=0.0, help="harmonic codecs: weight of the L1 between the "
+                   "log semitone/noise-band energies of output and input (teaches notes early)")
     p.add_argument("--wave-weight", type=float, default=1.0, help="weight of the waveform L1 loss (0 suits the "
                    "istft presets, whose phase is free)")
     p.add_argument("--spread-weight", type=float, default=5.0, help="weight of the SQ latent spread penalty "
@@ -102,7 +104,8 @@ def run_codec(args: argparse.Namespace) -> int:
                               segment_frames=args.segment_frames, learning_rate=args.lr,
                               max_minutes=args.max_minutes, save_every=args.save_every, seed=args.seed,
                               clip_seconds=args.clip_seconds, source_weights=args.source_weights,
-                              mel_weight=args.mel_weight, wave_weight=args.wave_weight,
+                              mel_weight=args.mel_weight, pitch_weight=args.pitch_weight,
+                              wave_weight=args.wave_weight,
                               spread_weight=args.spread_weight, end_to_end=args.end_to_end,
                               final_lr_fraction=args.final_lr_fraction, threads=args.threads,
                               autoencoder_weight=args.autoencoder_weight, latent_weight=args.latent_weight,

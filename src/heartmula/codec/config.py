@@ -51,6 +51,15 @@ class SpectralConfig:
     hidden_dim: int = 256
     num_blocks: int = 6
     kernel_size: int = 5
+    # "free": the decoder predicts a log-magnitude and a phase per STFT bin. "harmonic": it predicts the amplitudes
+    # of fixed sinusoids, one per equal-tempered semitone from lowest_midi to highest_midi, plus the gains of
+    # noise_bands mel-spaced noise bands; the encoder then reads log energies of the same semitones and bands from
+    # an analysis_fft-point STFT (long enough to resolve low notes).
+    synthesis: str = "free"
+    lowest_midi: int = 28
+    highest_midi: int = 108
+    noise_bands: int = 48
+    analysis_fft: int = 2048
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SpectralConfig | None:
@@ -165,6 +174,12 @@ class HeartCodecConfig:
                                      f"{self.sample_rate // 25} samples of a 25 Hz latent frame")
             if self.spectral.n_fft < self.spectral.hop_length:
                 raise HeartMuLaError("the spectral n_fft must be at least the hop length")
+            if self.spectral.synthesis not in ("free", "harmonic"):
+                raise HeartMuLaError(f"spectral synthesis {self.spectral.synthesis!r} is not 'free' or 'harmonic'")
+            top = 440.0 * 2 ** ((self.spectral.highest_midi - 69) / 12)
+            if self.spectral.synthesis == "harmonic" and not (
+                    0 < self.spectral.lowest_midi < self.spectral.highest_midi and top < self.sample_rate / 2):
+                raise HeartMuLaError("harmonic synthesis needs 0 < lowest_midi < highest_midi below the Nyquist rate")
             return self
         if self.samples_per_latent * 25 != self.sample_rate:
             raise HeartMuLaError(

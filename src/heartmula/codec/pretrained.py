@@ -71,8 +71,8 @@ def small_16k_config() -> HeartCodecConfig:
 
 
 def default_24k_config() -> HeartCodecConfig:
-    """The shipped default: 24 kHz mono, 8 x 1024 codes at 12.5 Hz, direct decoder, spectral (iSTFT) waveform
-    codec. Every layer runs at 100 Hz or slower, so it trains on a shared CPU and decodes far faster than real time."""
+    """24 kHz mono, 8 x 1024 codes at 12.5 Hz, direct decoder, spectral (iSTFT) waveform codec with a free phase.
+    Every layer runs at 100 Hz or slower, so it trains on a shared CPU and decodes far faster than real time."""
     return HeartCodecConfig(
         dim=256, codebook_size=1024, codebook_dim=32, num_quantizers=8, latent_hidden_dim=64, out_channels=64,
         in_channels=384, sample_rate=24000, decoder_type="direct", waveform_codec="istft",
@@ -80,6 +80,22 @@ def default_24k_config() -> HeartCodecConfig:
         code_encoder=ConvNetConfig(hidden_dim=256, num_blocks=4, kernel_size=3),
         spectral=SpectralConfig(n_fft=960, hop_length=240, hidden_dim=192, num_blocks=6, kernel_size=3),
     ).validate()
+
+
+def harmonic_24k_config() -> HeartCodecConfig:
+    """The shipped default: default-24k with harmonic synthesis (semitone sinusoids + noise bands, see
+    codec/spectral.py), which carries pitch from the first training steps."""
+    config = default_24k_config()
+    config.spectral.synthesis = "harmonic"
+    return config.validate()
+
+
+def tiny_harmonic_config() -> HeartCodecConfig:
+    """tiny-spectral with harmonic synthesis (three octaves of semitones, 8 noise bands)."""
+    config = tiny_spectral_config()
+    config.spectral.synthesis, config.spectral.analysis_fft = "harmonic", 384
+    config.spectral.lowest_midi, config.spectral.highest_midi, config.spectral.noise_bands = 48, 84, 8
+    return config.validate()
 
 
 def tiny_spectral_config() -> HeartCodecConfig:
@@ -102,6 +118,8 @@ PRESETS = {
     "small-16k": small_16k_config,
     "default-24k": default_24k_config,
     "tiny-spectral": tiny_spectral_config,
+    "harmonic-24k": harmonic_24k_config,
+    "tiny-harmonic": tiny_harmonic_config,
 }
 
 

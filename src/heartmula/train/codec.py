@@ -64,6 +64,7 @@ class CodecTrainConfig:
     clip_seconds: float | None = None  # at most this much of each file (a random excerpt), so many files fit
     wave_weight: float = 1.0  # waveform L1 (0 for the spectral codec: its phase is free)
     mel_weight: float = 0.0  # log-mel L1 (the metric's mel distance) on both audio paths
+    pitch_weight: float = 0.0  # harmonic codec: L1 of the encoder's log semitone/band energies, output vs input
     source_weights: list[float] | None = None  # draw probability per input path (None: by audio length)
     end_to_end: bool = False  # audio losses through the codes also train the waveform encoder (straight-through)
     final_lr_fraction: float = 1.0  # cosine decay of the learning rate to this fraction at `steps` (1 = constant)
@@ -179,12 +180,21 @@ def latent_spread_penalty(latent: torch.Tensor, target_std: float) -> torch.Tens
     return F.relu(target_std - latent.std(dim=(0, 1))).mean()
 
 
-def audio_losses(estimate: torch.Tensor, audio: torch.Tensor, sample_rate: int, config: CodecTrainConfig):
-    """(multi-resolution STFT distance, mel distance, waveform L1, weighted total)."""
+def audio_losses(estimate: torch.Tensor, audio: torch.Tensor, codec: HeartCodec, config: CodecTrainConfig):
+    """(multi-resolution STFT distance, mel distance, waveform L1, weighted total).
+
+    With `pitch_weight`, the total also counts the L1 between the harmonic encoder's log energies (one per semitone
+    and noise band) of output and input: every note weighs the same there, whereas the STFT and mel losses are
+    dominated by the many high-frequency bins, so the decoder learned band energies long before it learned notes."""
     stft = multi_resolution_stft_distance(estimate, audio)
-    mel = mel_distance(estimate, audio, sample_rate) if config.mel_weight else torch.zeros(())
+    mel = mel_distance(estimate, audio, codec.sample_rate) if config.mel_weight else torch.zeros(())
     wave = (estimate - audio).abs().mean()
-    return stft, mel, wave, stft + config.mel_weight * mel + config.wave_weight * wave
+    total = stft + config.mel_weight * mel + config.wave_weight * wave
+    if config.pitch_weight:
+        features = codec.scalar_model.encoder.features
+        pitch = (features(estimate[:, 0]) - features(audio[:, 0])).abs().mean()
+        total = total + config.pitch_weight * pitch
+    return stft, mel, wave, total
 
 
 def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainConfig):
@@ -194,7 +204,7 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     stft = mel = wave = autoencoder = torch.zeros(())
     if config.autoencoder_weight:  # 0 skips the pass (end-to-end training needs only the path through the codes)
         reconstruction = codec.latent_to_audio(grid(latent), snap=False)
-        stft, mel, wave, autoencoder = audio_losses(reconstruction, audio, codec.sample_rate, config)
+        stft, mel, wave, autoencoder = audio_losses(reconstruction, audio, codec, config)
 
     target = latent.detach()
     features = codec.code_encoder(latent if config.end_to_end else target)
@@ -213,7 +223,7 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     if config.token_audio_weight:
         # What `encode -> decode` will actually produce: the SQ decoder on the latent predicted from the codes.
         through_codes = codec.latent_to_audio(grid(predicted), snap=False)
-        token_stft, token_mel, _, token_total = audio_losses(through_codes, audio, codec.sample_rate, config)
+        token_stft, token_mel, _, token_total = audio_losses(through_codes, audio, codec, config)
         total = total + config.token_audio_weight * token_total
     parts = {name: float(value.detach()) for name, value in
              (("stft", stft), ("mel", mel), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment),
@@ -259,6 +269,8 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
             layer._codebook.cluster_size.zero_()  # every code "dead": the first step seeds them all from data
     if codec.config.decoder_type != "direct" or not codec.can_encode:
         raise HeartMuLaError("codec training needs a preset with a direct decoder and a code encoder")
+    if config.pitch_weight and not getattr(codec.scalar_model.encoder, "harmonic", False):
+        raise HeartMuLaError("--pitch-weight needs a codec with harmonic synthesis (e.g. preset harmonic-24k)")
     codec.train()
     params = [p for p in codec.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.8, 0.99), weight_decay=0.0)
