@@ -46,31 +46,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from heartmula.audio import save_audio
-    from heartmula.codec.pretrained import OFFICIAL_FOLDER, load_codec, locate_codec
+    from heartmula.codec.pretrained import load_codec
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
     from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
     from heartmula.lm.pretrained import load_generator
+    from heartmula.song_models import resolve_codec, resolve_lm
     from heartmula.text import read_text_argument
 
     if args.no_decode and args.codes_out is None:
         raise HeartMuLaError("--no-decode needs --codes-out FILE.npy, or nothing would be written")
-    if args.model is None:
-        raise HeartMuLaError("no embedded default model is installed yet: pass --model ROOT_OR_DIR "
-                             "(`heartmula model init DIR` writes a random-weight model for trying the pipeline)")
-    codec_path = None
-    if not args.no_decode:  # find the codec before the long LM run, not after it
-        beside = (Path(args.model), Path(args.model).parent)
-        codec_path = args.codec or next((p for p in beside if (p / OFFICIAL_FOLDER).is_dir()), None)
-        if codec_path is None:
-            raise HeartMuLaError(f"no {OFFICIAL_FOLDER}/ beside {args.model}: pass --codec PATH, or --no-decode "
-                                 "with --codes-out to keep only the codes")
-        locate_codec(codec_path)
+    model_path = resolve_lm(args.model, args.version)
+    # find the codec before the long LM run, not after it
+    codec_path = None if args.no_decode else resolve_codec(args.codec, model_path)
     tags = read_text_argument(args.tags, "tags")
     lyrics = read_text_argument(args.lyrics, "lyrics")
     sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale).validate()
     max_new_frames = frames_for_duration(args.duration)
-    generator = load_generator(args.model, args.version, args.dtype, args.device)
+    generator = load_generator(model_path, args.version, args.dtype, args.device)
     if args.int8:
         from heartmula.nn.quant import quantize_int8
 

@@ -50,9 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from heartmula.errors import HeartMuLaError
     from heartmula.serve.app import TOKEN_ENV, ServeConfig, create_app
 
-    if args.model is None:
-        raise HeartMuLaError("no embedded default model is installed yet: pass --model ROOT_OR_DIR "
-                             "(`heartmula model init DIR` writes a random-weight model for trying the pipeline)")
     if not 0 < args.port < 65536:
         raise HeartMuLaError(f"--port must be 1-65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.max_duration <= 0 or args.max_batch < 1:

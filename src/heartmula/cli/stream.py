@@ -17,7 +17,7 @@ def register(verbs) -> None:
         "file changes prompts and sampling at given times of the song, reproducibly.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", help="LM checkpoint root or model folder (required until the embedded default lands)")
+    p.add_argument("--model", help="LM checkpoint root or model folder (default: the embedded default model)")
     p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
     p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
     p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
@@ -83,26 +83,21 @@ def _open_sound_device(rate: int, channels: int, pacer):
 
 def run(args: argparse.Namespace) -> int:
     from heartmula.audio import LiveWavWriter, load_audio
-    from heartmula.codec.pretrained import OFFICIAL_FOLDER, load_codec, locate_codec
+    from heartmula.codec.pretrained import load_codec
     from heartmula.errors import HeartMuLaError
     from heartmula.lm.pretrained import load_generator
+    from heartmula.song_models import resolve_codec, resolve_lm
     from heartmula.stream import Pacer, StreamControls, StreamSession, read_control_script
     from heartmula.text import read_text_argument
 
-    if args.model is None:
-        raise HeartMuLaError("no embedded default model is installed yet: pass --model ROOT_OR_DIR "
-                             "(`heartmula model init DIR` writes a random-weight model for trying the pipeline)")
     if args.out.suffix.lower() != ".wav":
         raise HeartMuLaError(f"--out must be a .wav file (it stays readable while it grows), got {args.out}")
-    beside = (Path(args.model), Path(args.model).parent)
-    codec_path = args.codec or next((p for p in beside if (p / OFFICIAL_FOLDER).is_dir()), None)
-    if codec_path is None:
-        raise HeartMuLaError(f"no {OFFICIAL_FOLDER}/ beside {args.model}: pass --codec PATH")
-    locate_codec(codec_path)
+    model_path = resolve_lm(args.model, args.version)
+    codec_path = resolve_codec(args.codec, model_path)
     script = read_control_script(args.controls) if args.controls else []
     if args.play:
         _sounddevice()  # fail before loading anything
-    generator = load_generator(args.model, args.version, args.dtype, args.device)
+    generator = load_generator(model_path, args.version, args.dtype, args.device)
     if args.int8:
         from heartmula.nn.quant import quantize_int8
 

@@ -54,9 +54,9 @@ JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="32 lowercase h
 @dataclass
 class ServeConfig:
     data_dir: str | Path = "heartmula-data"
-    model: str | Path | None = None  # LM root or folder
+    model: str | Path | None = None  # LM root or folder; None = the embedded default
     version: str = "3B"
-    codec: str | Path | None = None  # default: HeartCodec-oss/ beside the LM
+    codec: str | Path | None = None  # default: HeartCodec-oss/ beside the LM, or the embedded codec
     dtype: str = "float32"
     device: str = "cpu"
     token: str | None = None  # bearer token; None = no auth
@@ -69,26 +69,19 @@ class ServeConfig:
     clap_model: str | Path | None = None  # library search by text/example; None = the shipped HeartCLAP, if any
     max_transcribe_seconds: float = 20 * 60.0
 
-    def codec_path(self) -> Path:
-        if self.codec:
-            return Path(self.codec)
-        from heartmula.codec.pretrained import OFFICIAL_FOLDER
+    def model_path(self) -> Path:
+        from heartmula.song_models import resolve_lm
 
-        model = Path(self.model)
-        for candidate in (model, model.parent):
-            if (candidate / OFFICIAL_FOLDER).is_dir():
-                return candidate
-        raise HeartMuLaError(f"no {OFFICIAL_FOLDER}/ beside {model}: pass --codec PATH")
+        return resolve_lm(self.model, self.version)
+
+    def codec_path(self) -> Path:
+        from heartmula.song_models import resolve_codec
+
+        return resolve_codec(self.codec, self.model_path())
 
     def check(self) -> None:
         """Fail before the server starts when the model folders are wrong (not minutes later in a log)."""
-        from heartmula.codec.pretrained import locate_codec
-        from heartmula.lm.pretrained import locate_lm
-
-        if self.model is None:
-            raise HeartMuLaError("pass --model PATH (a HeartMuLa checkpoint root or model folder)")
-        locate_lm(self.model, self.version)
-        locate_codec(self.codec_path())
+        self.codec_path()  # resolves the LM too
         if self.clap_model is not None and not (Path(self.clap_model) / "config.json").is_file():
             raise HeartMuLaError(f"--clap-model {self.clap_model} is not a HeartCLAP folder (no config.json)")
 
@@ -98,7 +91,7 @@ def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
         from heartmula.codec.pretrained import load_codec
         from heartmula.lm.pretrained import load_generator
 
-        generator = load_generator(config.model, config.version, config.dtype, config.device)
+        generator = load_generator(config.model_path(), config.version, config.dtype, config.device)
         codec = load_codec(config.codec_path(), config.dtype, config.device)
         return generator, codec
 
