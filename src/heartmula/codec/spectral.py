@@ -38,7 +38,10 @@ from heartmula.codec.sq_codec import Conv
 
 DILATIONS = (1, 2, 4, 1, 2, 4, 1, 2)
 LOG_MAGNITUDE_CENTRE, LOG_MAGNITUDE_SCALE = 5.0, 4.0
-LOG_ENERGY_CENTRE, LOG_ENERGY_SCALE = 8.0, 5.0  # harmonic encoder input: log band energies, about -18 .. +6
+# Harmonic encoder input: log(band energy + floor), about -9 .. +12. The additive floor (about -60 dB for music at
+# a normal level) bounds the gradient of the log where the output is silent: with a clamp instead, the pitch loss
+# sent 1/energy spikes that froze Adam and the codec stopped learning (seen in training).
+ENERGY_FLOOR, LOG_ENERGY_CENTRE, LOG_ENERGY_SCALE = 1e-4, -1.0, 5.0
 AMPLITUDE_OFFSET = -6.0  # harmonic decoder: a fresh head outputs ~0, i.e. quiet sinusoids and noise
 NOISE_FRAMES = 1000  # the noise texture repeats every 10 s at 100 frames/s: too slow to hear under band gains
 
@@ -157,7 +160,7 @@ class SpectralEncoder(nn.Module):
         if self._filterbank is None or self._filterbank.device != x.device:
             self._filterbank = harmonic_filterbank(self.spectral, self.sample_rate).to(x.device)
         energy = torch.einsum("fb,nbt->nft", self._filterbank.to(x.dtype), spec.real ** 2 + spec.imag ** 2)
-        return (energy.clamp_min(1e-8).log() + LOG_ENERGY_CENTRE) / LOG_ENERGY_SCALE
+        return ((energy + ENERGY_FLOOR).log() + LOG_ENERGY_CENTRE) / LOG_ENERGY_SCALE
 
 
 class SpectralDecoder(nn.Module):
