@@ -29,6 +29,17 @@ def register(verbs) -> None:
     info.add_argument("path", type=Path, help="checkpoint root or model folder")
     info.add_argument("--version", default="3B")
     info.set_defaults(handler=run_info)
+    convert = sub.add_parser("convert", help="copy a checkpoint into one folder in another dtype",
+                             description="Write DST/config.json + model.safetensors (in --dtype) + tokenizer.json + "
+                             "gen_config.json: a self-contained model folder that `--model DST` loads. bfloat16 "
+                             "halves the disk size of a float32 checkpoint (loading upcasts to the --dtype asked "
+                             "for). Optimizer state and logs of a training root stay behind.",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    convert.add_argument("source", type=Path, help="checkpoint root or model folder")
+    convert.add_argument("dest", type=Path, help="new folder (must not exist)")
+    convert.add_argument("--version", default="3B")
+    convert.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    convert.set_defaults(handler=run_convert)
     p.set_defaults(handler=lambda args: p.print_help() or 2)
 
 
@@ -64,4 +75,34 @@ def run_info(args) -> int:
         "audio_vocab_size": config.audio_vocab_size,
         "audio_num_codebooks": config.audio_num_codebooks,
     }, indent=2))
+    return 0
+
+
+def run_convert(args) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from heartmula.checkpoint import parse_dtype
+    from heartmula.errors import HeartMuLaError
+    from heartmula.lm.model import HeartMuLa
+    from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, locate_lm
+
+    if args.dest.exists():
+        raise HeartMuLaError(f"{args.dest} already exists: choose a new folder")
+    files = locate_lm(args.source, args.version)
+    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(args.dtype))
+    args.dest.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the destination, then renamed: an interrupted run leaves no half folder under the real name.
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.dest.name}.", dir=args.dest.parent))
+    try:
+        model.save_pretrained(staging)
+        shutil.copy(files.tokenizer, staging / TOKENIZER_FILE)
+        if files.gen_config is not None:
+            shutil.copy(files.gen_config, staging / GEN_CONFIG_FILE)
+        os.replace(staging, args.dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(f.stat().st_size for f in args.dest.iterdir()) / 1e6
+    print(f"wrote {args.dest} ({args.dtype}, {size:.1f} MB)")
     return 0

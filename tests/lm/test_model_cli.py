@@ -1,0 +1,31 @@
+"""`heartmula model init / info / convert`."""
+
+import json
+
+import torch
+
+from heartmula.cli import main
+from heartmula.checkpoint import load_state_dict
+from heartmula.lm.pretrained import locate_lm
+
+
+def test_convert_to_bfloat16_writes_one_loadable_folder(tmp_path, capsys):
+    root = tmp_path / "root"
+    assert main(["model", "init", str(root), "--seed", "4"]) == 0
+    dest = tmp_path / "small"
+    assert main(["model", "convert", str(root), str(dest), "--dtype", "bfloat16"]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "gen_config.json", "model.safetensors",
+                                                       "tokenizer.json"]
+    original = load_state_dict(root / "HeartMuLa-oss-3B")
+    converted = load_state_dict(dest)
+    assert original.keys() == converted.keys()
+    for name, tensor in converted.items():
+        assert tensor.dtype == torch.bfloat16
+        assert torch.equal(tensor, original[name].to(torch.bfloat16)), name
+    assert locate_lm(dest).model_dir == dest  # a bare folder: tokenizer and gen_config beside the weights
+    capsys.readouterr()
+    assert main(["model", "info", str(dest)]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == sum(t.numel() for t in original.values())
+    # never overwrites
+    assert main(["model", "convert", str(root), str(dest)]) == 2
+    assert "already exists" in capsys.readouterr().err
