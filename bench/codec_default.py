@@ -15,87 +15,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
 RESULTS = Path(__file__).resolve().parent / "results" / "codec_default.json"
-
-
-def codebook_usage(codes: np.ndarray) -> list[dict]:
-    usage = []
-    for row in codes:
-        _, counts = np.unique(row, return_counts=True)
-        p = counts / counts.sum()
-        usage.append({"distinct": int(len(counts)), "perplexity": round(float(np.exp(-(p * np.log(p)).sum())), 1)})
-    return usage
-
-
-def log_mel(audio: np.ndarray, rate: int) -> np.ndarray:
-    import torch
-
-    from heartmula.eval.codec_metrics import mel_filterbank
-
-    x = torch.from_numpy(audio.mean(0))
-    spec = torch.stft(x, 2048, 512, window=torch.hann_window(2048), return_complex=True).abs().pow(2)
-    return (mel_filterbank(rate, 2048, 128) @ spec).clamp_min(1e-8).log10().numpy()
-
-
-def plot(original: np.ndarray, decoded: np.ndarray, rate: int, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    a, b = log_mel(original, rate), log_mel(decoded, rate)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
-    low = max(a.max(), b.max()) - 8
-    for ax, spec, name in ((axes[0], a, "original"), (axes[1], b, "decoded")):
-        ax.imshow(spec, origin="lower", aspect="auto", vmin=low, extent=(0, spec.shape[1] * 512 / rate, 0, 128))
-        ax.set_ylabel(f"{name}\nmel band")
-    axes[1].set_xlabel("seconds")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def evaluate(model: str, files: list[Path], threads: int, repeats: int, plots: Path | None) -> dict:
     import torch
 
-    from heartmula.audio import load_audio
     from heartmula.codec import load_codec
-    from heartmula.eval.codec_metrics import codec_report
+    from heartmula.eval.codec_roundtrip import roundtrip  # shared with `heartmula eval report`
 
     torch.set_num_threads(threads)
     codec = load_codec(model)
-    rate = codec.sample_rate
     entries = []
     for path in files:
-        audio, _ = load_audio(path, sample_rate=rate, channels=codec.config.audio_channels)
-        seconds = audio.shape[1] / rate
-        began = time.perf_counter()
-        codes = codec.encode(audio, rate)
-        encode_s = time.perf_counter() - began
-        decode_s = float("inf")
-        for _ in range(repeats):
-            began = time.perf_counter()
-            decoded, _ = codec.decode(codes)
-            decode_s = min(decode_s, time.perf_counter() - began)
-        decoded = decoded[:, : audio.shape[1]]
-        entry = {"file": path.name, "seconds": round(seconds, 2), "metrics": codec_report(decoded, audio, rate),
-                 "encode_rtf": round(encode_s / seconds, 4), "decode_rtf": round(decode_s / seconds, 4),
-                 "codebooks": codebook_usage(codes)}
-        if plots is not None:
-            name = Path(model).name or "model"
-            plot(audio, decoded, rate, f"{path.stem} through {model}", plots / f"{name}__{path.stem}.png")
+        plot = plots / f"{Path(model).name or 'model'}__{path.stem}.png" if plots is not None else None
+        entry = roundtrip(codec, path, repeats=repeats, plot=plot)
         print(json.dumps({k: entry[k] for k in ("file", "metrics", "decode_rtf")}), file=sys.stderr)
         entries.append(entry)
     parameters = sum(p.numel() for p in codec.parameters())
-    return {"model": model, "sample_rate": rate, "channels": codec.config.audio_channels, "threads": threads,
-            "parameters": parameters, "files": entries}
+    return {"model": model, "sample_rate": codec.sample_rate, "channels": codec.config.audio_channels,
+            "threads": threads, "parameters": parameters, "files": entries}
 
 
 def main() -> int:

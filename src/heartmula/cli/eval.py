@@ -112,7 +112,97 @@ def run_clap(args: argparse.Namespace) -> int:
     return 0
 
 
-EVAL_ACTIONS = (register_lyrics, register_clap)
+def register_report(actions) -> None:
+    p = actions.add_parser(
+        "report",
+        help="quality report of a song model: lyric error, tag adherence, codec figures, speed (Markdown + plots)",
+        description="Generate the fixed prompt set (heartmula.eval.report.PROMPTS: en/zh/ja/ko/es songs with short "
+        "[verse]/[chorus] lyrics, plus instrumentals) with one seed at one duration, then measure: (1) lyric error "
+        "rate per language (embedded Whisper base with the language given, the lyrics recipe; CER for zh/ja/ko, "
+        "WER for en/es) beside the corpus' ceiling; (2) tag adherence: HeartCLAP similarity with the song's own "
+        "tags vs another prompt's tags, estimated tempo of slow- vs fast-tagged songs, spectral flatness of songs "
+        "with vs without drums; (3) codec round trip of --codec-audio files; (4) real-time factors of LM and "
+        "codec. Writes OUT/report.md, OUT/report.json, OUT/plots/*.png and OUT/songs/ (audio and transcripts); "
+        "the folder appears only when the report is complete.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="report folder to write (new, empty, or a previous "
+                   "report, which is replaced when the new one is complete)")
+    p.add_argument("--model", help="LM checkpoint root or model folder; default: the embedded default model")
+    p.add_argument("--codec", help="codec root or folder; default: HeartCodec-oss/ beside the LM, or the embedded "
+                   "default codec for the embedded LM")
+    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
+    p.add_argument("--duration", type=float, default=None, help="seconds per song (default: 30, or 10 with --quick)")
+    p.add_argument("--languages", help="comma-separated subset of en,zh,ja,ko,es,instrumental (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every song (the same seed for all, so a subset "
+                   "run makes the same songs as a full one)")
+    p.add_argument("--threads", type=int, default=2, help="torch and transcriber CPU threads")
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance of generation")
+    p.add_argument("--quick", action="store_true", help="a try-out: the first prompt of each language only, 10 s "
+                   "songs unless --duration is given")
+    p.add_argument("--corpus", type=Path, help="corpus folder or manifest.jsonl: compute the lyric-error ceiling "
+                   "on its sung vocal stems (as `heartmula data ceiling`; saved as OUT/ceiling.json)")
+    p.add_argument("--ceiling", type=Path, help="ceiling JSON from `heartmula data ceiling --out` (instead of "
+                   "computing it with --corpus)")
+    p.add_argument("--ceiling-items", type=int, default=6, help="with --corpus: sung stems transcribed per language")
+    p.add_argument("--codec-audio", type=Path, nargs="+", default=[], metavar="FILE",
+                   help="held-out recordings for the codec round trip (needs a codec with an encoder)")
+    p.add_argument("--clap-model", type=Path, help="HeartCLAP folder (default: the shipped checkpoint)")
+    p.add_argument("--transcriber", help="transcriber model (default: the embedded Whisper base)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run_report)
+
+
+def _report_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this report (options at their defaults left out)."""
+    import shlex
+
+    parts = ["heartmula", "eval", "report"]
+    for option, value in (("--out", args.out), ("--model", args.model), ("--codec", args.codec),
+                          ("--duration", args.duration), ("--languages", args.languages),
+                          ("--corpus", args.corpus), ("--ceiling", args.ceiling),
+                          ("--clap-model", args.clap_model), ("--transcriber", args.transcriber)):
+        if value is not None:
+            parts += [option, str(value)]
+    for option, value, default in (("--version", args.version, "3B"), ("--seed", args.seed, 0),
+                                   ("--threads", args.threads, 2), ("--cfg-scale", args.cfg_scale, 1.5),
+                                   ("--ceiling-items", args.ceiling_items, 6)):
+        if value != default:
+            parts += [option, str(value)]
+    if args.quick:
+        parts.append("--quick")
+    if args.codec_audio:
+        parts += ["--codec-audio", *map(str, args.codec_audio)]
+    return shlex.join(parts)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from heartmula.eval.report import ReportConfig, build_report
+
+    config = ReportConfig(
+        out=args.out, model=args.model, codec=args.codec, version=args.version, duration=args.duration,
+        languages=args.languages, seed=args.seed, threads=args.threads, quick=args.quick, corpus=args.corpus,
+        ceiling=args.ceiling, ceiling_items=args.ceiling_items, codec_audio=list(args.codec_audio),
+        cfg_scale=args.cfg_scale, clap_model=args.clap_model, transcriber=args.transcriber,
+        progress=not args.quiet, command=_report_command(args),
+    )
+    report = build_report(config)
+    for language, entry in report["lyrics"]["languages"].items():
+        ceiling = entry.get("ceiling")
+        print(f"{language}: {entry['unit'].upper()} {entry['error_rate']:.3f}"
+              + (f" (ceiling {ceiling:.3f})" if ceiling is not None else ""))
+    clap = report["tags"]["clap"]
+    if clap.get("songs"):
+        print(f"CLAP tag similarity: own {clap['own_mean']:.3f} vs shuffled {clap['shuffled_mean']:.3f}, own higher "
+              f"for {100 * clap['own_above_shuffled']:.0f}% of {clap['songs']} songs")
+    speed = report["speed"]
+    if speed["total_rtf"] is not None:
+        print(f"RTF: LM {speed['lm_rtf']:.3f} + codec {speed['decode_rtf']:.3f} (threads: {speed['threads']})")
+    print(f"wrote {args.out / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+EVAL_ACTIONS = (register_lyrics, register_clap, register_report)
 
 
 def register(verbs) -> None:

@@ -1,0 +1,225 @@
+"""`heartmula eval report` end to end on tiny random-weight models, and its measuring parts on synthetic signals."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from heartmula.audio import save_audio
+from heartmula.cli import main
+from heartmula.codec.pretrained import write_random_codec
+from heartmula.errors import HeartMuLaError
+from heartmula.eval.report import (
+    INSTRUMENTAL,
+    LANGUAGES,
+    PROMPTS,
+    estimate_tempo,
+    pairwise_win_rate,
+    select_prompts,
+    shuffled_partners,
+    spectral_flatness,
+)
+from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.model import HeartMuLa
+from heartmula.lm.pretrained import write_random_root
+
+SECTIONS = ("## 1. Songs", "## 2. Lyric error rate", "## 3. Tag adherence", "## 4. Codec reconstruction",
+            "## 5. Speed")
+
+
+def write_tiny_models(root):
+    """A tiny random LM whose codes the tiny-harmonic codec decodes: 4 codebooks of 64 codes (+5 specials, EOS
+    right after the codebook, as the LM trainer lays them out), the codec beside it in the official layout."""
+    model_dir = write_random_root(root, "tiny", seed=0)
+    config = HeartMuLaConfig.from_file(model_dir / "config.json")
+    config.audio_num_codebooks, config.audio_vocab_size = 4, 64 + 5
+    HeartMuLa(config).init_weights(0).save_pretrained(model_dir)
+    gen_config = GenerationConfig.from_file(root / "gen_config.json")
+    gen_config.audio_eos_id = 65
+    gen_config.save(root / "gen_config.json")
+    write_random_codec(root / "HeartCodec-oss", "tiny-harmonic", seed=0)
+    return root
+
+
+def click_track(bpm: float, rate: int, seconds: float = 12.0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    audio = np.zeros(int(seconds * rate))
+    for k in range(int(seconds * bpm / 60)):
+        start = int(k * 60 / bpm * rate)
+        burst = audio[start:start + int(0.03 * rate)]
+        burst += rng.standard_normal(len(burst)) * np.exp(-np.arange(len(burst)) / (0.005 * rate))
+    return audio
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_tiny_models(tmp_path_factory.mktemp("report_models"))
+
+
+@pytest.fixture(scope="module")
+def report_run(models, tmp_path_factory):
+    """One quick report (en + ko + an instrumental, 4 s songs) with a corpus ceiling and a codec round trip."""
+    work = tmp_path_factory.mktemp("report_run")
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-3 * (t % 0.5))).astype(np.float32)
+    save_audio(work / "held_out.flac", tone[None], rate)
+    corpus = work / "corpus"
+    save_audio(corpus / "vocals" / "a.flac", tone[None], rate)
+    save_audio(corpus / "audio" / "a.flac", tone[None], rate)
+    row = {"id": "a", "audio": "audio/a.flac", "vocals": "vocals/a.flac", "lyrics": "[verse]\nhello world",
+           "timing": [{"section": "verse", "text": "hello world", "start": 0.0, "end": 2.0, "syllables": []}],
+           "language": "en", "tags": "pop,piano", "duration": 3.0, "sample_rate": rate, "source": {},
+           "license": "test", "split": "test", "vocal_gender": "female"}
+    (corpus / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    out = work / "report"
+    code = main(["eval", "report", "--out", str(out), "--model", str(models), "--quick", "--duration", "4",
+                 "--languages", "en,ko,instrumental", "--threads", "1", "--corpus", str(corpus), "--ceiling-items",
+                 "1", "--codec-audio", str(work / "held_out.flac"), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_report_has_every_section_and_file(report_run):
+    markdown = (report_run / "report.md").read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert section in markdown, section
+    report = json.loads((report_run / "report.json").read_text(encoding="utf-8"))
+    assert set(report) >= {"songs", "lyrics", "tags", "codec", "speed", "models", "settings"}
+    assert [s["id"] for s in report["songs"]] == ["en-ballad", "ko-electronic", "inst-ballad"]
+    for song in report["songs"]:
+        assert (report_run / song["audio"]).is_file() and f"]({song['audio']})" in markdown
+        assert 0 < song["seconds"] <= 4.2
+    for plot in ("lyrics", "clap", "signal"):
+        assert (report_run / "plots" / f"{plot}.png").stat().st_size > 1000
+        assert f"(plots/{plot}.png)" in markdown
+    assert (report_run / report["codec"]["files"][0]["plot"]).is_file()
+    assert (report_run / "ceiling.json").is_file()
+    assert not list(report_run.parent.glob(".report.*"))  # no temporary folder left behind
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def test_report_numbers_are_finite_and_measured(report_run):
+    report = json.loads((report_run / "report.json").read_text(encoding="utf-8"))
+    assert all(math.isfinite(x) for x in _numbers(report))
+    lyrics = report["lyrics"]["languages"]
+    assert set(lyrics) == {"en", "ko"}
+    assert lyrics["en"]["unit"] == "wer" and lyrics["ko"]["unit"] == "cer"
+    assert lyrics["en"]["error_rate"] >= 0 and lyrics["en"]["ceiling"] >= 0  # the ceiling of the 1-item corpus
+    assert "ko" not in json.loads((report_run / "ceiling.json").read_text(encoding="utf-8"))  # corpus has no ko
+    for song in report["songs"]:
+        assert song["clap_own"] is not None and -1 <= song["clap_own"] <= 1
+        assert song["tempo_bpm"] is not None and 50 <= song["tempo_bpm"] <= 220
+        assert song["spectral_flatness"] is not None and 0 <= song["spectral_flatness"] <= 1
+        assert ("transcript" in song) == (song["language"] is not None)
+    assert report["tags"]["clap"]["songs"] == 3
+    assert report["tags"]["tempo"]["groups"]["slow"]["songs"] == 2
+    assert report["tags"]["drums"]["groups"]["drums"]["songs"] == 1
+    metrics = report["codec"]["files"][0]["metrics"]
+    assert all(metrics[k] is not None for k in ("mrstft", "mel_distance", "si_sdr_db", "loudness_diff_lu"))
+    speed = report["speed"]
+    assert speed["threads"] == 1 and speed["lm_rtf"] > 0 and speed["decode_rtf"] > 0
+    assert speed["audio_seconds"] == pytest.approx(sum(s["seconds"] for s in report["songs"]))
+
+
+def test_shuffled_baseline_uses_other_prompts_tags(report_run):
+    report = json.loads((report_run / "report.json").read_text(encoding="utf-8"))
+    tags = {s["id"]: s["tags"] for s in report["songs"]}
+    for song in report["songs"]:
+        assert song["shuffled_from"] != song["id"]
+        assert song["shuffled_tags"] == tags[song["shuffled_from"]] != song["tags"]
+    # over the whole prompt set too, and with nothing to shuffle against there is no baseline
+    prompts = list(PROMPTS)
+    partners = shuffled_partners(prompts)
+    assert all(j is not None and j != i and prompts[j].tags != prompts[i].tags for i, j in enumerate(partners))
+    assert len(set(partners)) == len(prompts)  # a permutation: every prompt's tags serve once
+    assert shuffled_partners(prompts[:1]) == [None]
+
+
+@pytest.mark.parametrize("rate", [4800, 24000])
+def test_tempo_estimator_recovers_click_tracks(rate):
+    for bpm in (90.0, 140.0):
+        assert estimate_tempo(click_track(bpm, rate), rate) == pytest.approx(bpm, rel=0.02)
+    assert math.isnan(estimate_tempo(np.zeros(rate * 4), rate))
+
+
+def test_flatness_separates_plucked_tone_from_noise_bursts():
+    rate = 24000
+    t = np.arange(6 * rate) / rate
+    pluck = sum(np.sin(2 * np.pi * 196 * h * t) / h for h in range(1, 8)) * np.exp(-4 * (t % 0.5))
+    noise = np.random.default_rng(1).standard_normal(t.size) * np.exp(-30 * (t % 0.5))
+    assert spectral_flatness(pluck, rate) < 0.05 < 0.3 < spectral_flatness(noise, rate)
+    mixed = pluck / np.abs(pluck).max() + 0.5 * noise / np.abs(noise).max()  # a band with drums sits in between
+    assert spectral_flatness(pluck, rate) < spectral_flatness(mixed, rate) < spectral_flatness(noise, rate)
+    assert pairwise_win_rate([0.3, 0.4], [0.1, 0.2]) == 1.0 and pairwise_win_rate([1.0], [1.0]) == 0.5
+
+
+def test_prompt_set_is_fixed_and_uses_the_corpus_vocabulary():
+    from heartmula.clap import known_tags
+
+    vocabulary = set(known_tags())
+    assert len({p.id for p in PROMPTS}) == len({p.tags for p in PROMPTS}) == len(PROMPTS)
+    for prompt in PROMPTS:
+        assert set(prompt.tag_list) <= vocabulary, prompt.id
+        assert prompt.tempo in ("slow", "moderate", "fast")
+        if prompt.language is None:
+            assert prompt.lyrics == "" and "instrumental" in prompt.tag_list
+        else:
+            assert "[verse]" in prompt.lyrics and "[chorus]" in prompt.lyrics
+    for group in (*LANGUAGES, None):
+        assert sum(p.language == group for p in PROMPTS) >= 2
+    quick = select_prompts(quick=True)
+    assert [p.language for p in quick] == [*LANGUAGES, None]
+    assert {p.tempo for p in quick} == {"slow", "fast"} and {p.drums for p in quick} == {True, False}
+    assert [p.id for p in select_prompts(f"ja, {INSTRUMENTAL}")] == [
+        p.id for p in PROMPTS if p.language in ("ja", None)]
+
+
+@pytest.mark.parametrize("languages", ["en,fr", "", "english", " , "])
+def test_bad_languages_give_a_clear_error(languages, tmp_path, capsys):
+    with pytest.raises(HeartMuLaError, match="--languages takes a comma-separated subset of en,zh,ja,ko,es"):
+        select_prompts(languages)
+    out = tmp_path / "report"
+    assert main(["eval", "report", "--out", str(out), "--model", str(tmp_path), "--languages", languages]) == 2
+    assert "--languages" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_refuses_a_foreign_folder_and_leaves_no_half_report(models, tmp_path, monkeypatch, capsys):
+    import heartmula.eval.report as report_module
+
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine", encoding="utf-8")
+    assert main(["eval", "report", "--out", str(foreign), "--model", str(models), "--quick", "--quiet"]) == 2
+    assert "holds no report" in capsys.readouterr().err
+    assert [p.name for p in foreign.iterdir()] == ["todo.txt"]
+
+    def crash(*args, **kwargs):
+        raise HeartMuLaError("simulated failure while measuring")
+
+    monkeypatch.setattr(report_module, "_measure", crash)
+    out = tmp_path / "report"
+    assert main(["eval", "report", "--out", str(out), "--model", str(models), "--quick", "--duration", "1",
+                 "--languages", "en", "--threads", "1", "--quiet"]) == 2
+    assert not out.exists() and list(tmp_path.iterdir()) == [foreign]  # songs were made, but nothing is published
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "report", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--out", "--model", "--codec", "--version", "--duration", "--languages", "--seed", "--threads",
+                   "--quick", "--corpus", "--ceiling", "--codec-audio", "--cfg-scale"):
+        assert option in text, option
