@@ -52,6 +52,11 @@ def click_track(bpm: float, rate: int, seconds: float = 12.0) -> np.ndarray:
     return audio
 
 
+def pluck_track(bpm: float, rate: int, seconds: float = 12.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return sum(np.sin(2 * np.pi * 196 * h * t) / h for h in range(1, 8)) * np.exp(-6 * (t % (60 / bpm)))
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return write_tiny_models(tmp_path_factory.mktemp("report_models"))
@@ -65,14 +70,21 @@ def report_run(models, tmp_path_factory):
     t = np.arange(3 * rate) / rate
     tone = (0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-3 * (t % 0.5))).astype(np.float32)
     save_audio(work / "held_out.flac", tone[None], rate)
+    # A two-song corpus: a slow piano song (plucks at 70 BPM) and a fast one with drums (noise bursts at 140 BPM).
     corpus = work / "corpus"
-    save_audio(corpus / "vocals" / "a.flac", tone[None], rate)
-    save_audio(corpus / "audio" / "a.flac", tone[None], rate)
-    row = {"id": "a", "audio": "audio/a.flac", "vocals": "vocals/a.flac", "lyrics": "[verse]\nhello world",
-           "timing": [{"section": "verse", "text": "hello world", "start": 0.0, "end": 2.0, "syllables": []}],
-           "language": "en", "tags": "pop,piano", "duration": 3.0, "sample_rate": rate, "source": {},
-           "license": "test", "split": "test", "vocal_gender": "female"}
-    (corpus / "manifest.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    rows = []
+    for name, bpm, tags, drums in (("slow", 70, "ballad,piano,calm,slow,female vocal,english", False),
+                                   ("fast", 140, "rock,electric guitar,drums,energetic,fast,male vocal,english", True)):
+        audio = click_track(bpm, rate, 6.0) if drums else pluck_track(bpm, rate, 6.0)
+        audio = (0.5 * audio / np.abs(audio).max()).astype(np.float32)[None]
+        save_audio(corpus / "audio" / f"{name}.flac", audio, rate)
+        save_audio(corpus / "vocals" / f"{name}.flac", tone[None], rate)
+        rows.append({"id": name, "audio": f"audio/{name}.flac", "vocals": f"vocals/{name}.flac",
+                     "lyrics": "[verse]\nhello world", "language": "en", "tags": tags, "duration": 6.0,
+                     "timing": [{"section": "verse", "text": "hello world", "start": 0.0, "end": 2.0,
+                                 "syllables": []}], "sample_rate": rate, "source": {}, "license": "test",
+                     "split": "test", "tempo_bpm": bpm, "vocal_gender": "female"})
+    (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = work / "report"
     code = main(["eval", "report", "--out", str(out), "--model", str(models), "--quick", "--duration", "4",
                  "--languages", "en,ko,instrumental", "--threads", "1", "--corpus", str(corpus), "--ceiling-items",
@@ -133,6 +145,16 @@ def test_report_numbers_are_finite_and_measured(report_run):
     assert speed["audio_seconds"] == pytest.approx(sum(s["seconds"] for s in report["songs"]))
 
 
+def test_corpus_reference_runs_the_same_measures_on_real_songs(report_run):
+    report = json.loads((report_run / "report.json").read_text(encoding="utf-8"))
+    reference = report["tags"]["corpus_reference"]
+    assert reference["songs"] == 2 and reference["clap"]["songs"] == 2
+    # the synthetic corpus songs are what their tags say: the measures must separate them perfectly
+    assert reference["tempo"]["win_rate"] == 1.0 and reference["drums"]["win_rate"] == 1.0
+    assert reference["tempo_exact"] == 1.0
+    assert "corpus songs (reference)" in (report_run / "report.md").read_text(encoding="utf-8")
+
+
 def test_shuffled_baseline_uses_other_prompts_tags(report_run):
     report = json.loads((report_run / "report.json").read_text(encoding="utf-8"))
     tags = {s["id"]: s["tags"] for s in report["songs"]}
@@ -141,10 +163,11 @@ def test_shuffled_baseline_uses_other_prompts_tags(report_run):
         assert song["shuffled_tags"] == tags[song["shuffled_from"]] != song["tags"]
     # over the whole prompt set too, and with nothing to shuffle against there is no baseline
     prompts = list(PROMPTS)
-    partners = shuffled_partners(prompts)
+    partners = shuffled_partners([p.tags for p in prompts])
     assert all(j is not None and j != i and prompts[j].tags != prompts[i].tags for i, j in enumerate(partners))
     assert len(set(partners)) == len(prompts)  # a permutation: every prompt's tags serve once
-    assert shuffled_partners(prompts[:1]) == [None]
+    assert shuffled_partners(["pop,piano"]) == [None]
+    assert shuffled_partners(["pop,piano", "piano, pop", "rock"]) == [2, 2, 0]  # same tags are no baseline
 
 
 @pytest.mark.parametrize("rate", [4800, 24000])

@@ -145,6 +145,8 @@ def register_report(actions) -> None:
     p.add_argument("--ceiling", type=Path, help="ceiling JSON from `heartmula data ceiling --out` (instead of "
                    "computing it with --corpus)")
     p.add_argument("--ceiling-items", type=int, default=6, help="with --corpus: sung stems transcribed per language")
+    p.add_argument("--reference-items", type=int, default=24, help="with --corpus: held-out corpus songs on which "
+                   "the tag-adherence measures are also run, as a reference (0 = none)")
     p.add_argument("--codec-audio", type=Path, nargs="+", default=[], metavar="FILE",
                    help="held-out recordings for the codec round trip (needs a codec with an encoder)")
     p.add_argument("--clap-model", type=Path, help="HeartCLAP folder (default: the shipped checkpoint)")
@@ -166,7 +168,8 @@ def _report_command(args: argparse.Namespace) -> str:
             parts += [option, str(value)]
     for option, value, default in (("--version", args.version, "3B"), ("--seed", args.seed, 0),
                                    ("--threads", args.threads, 2), ("--cfg-scale", args.cfg_scale, 1.5),
-                                   ("--ceiling-items", args.ceiling_items, 6)):
+                                   ("--ceiling-items", args.ceiling_items, 6),
+                                   ("--reference-items", args.reference_items, 24)):
         if value != default:
             parts += [option, str(value)]
     if args.quick:
@@ -182,9 +185,9 @@ def run_report(args: argparse.Namespace) -> int:
     config = ReportConfig(
         out=args.out, model=args.model, codec=args.codec, version=args.version, duration=args.duration,
         languages=args.languages, seed=args.seed, threads=args.threads, quick=args.quick, corpus=args.corpus,
-        ceiling=args.ceiling, ceiling_items=args.ceiling_items, codec_audio=list(args.codec_audio),
-        cfg_scale=args.cfg_scale, clap_model=args.clap_model, transcriber=args.transcriber,
-        progress=not args.quiet, command=_report_command(args),
+        ceiling=args.ceiling, ceiling_items=args.ceiling_items, reference_items=args.reference_items,
+        codec_audio=list(args.codec_audio), cfg_scale=args.cfg_scale, clap_model=args.clap_model,
+        transcriber=args.transcriber, progress=not args.quiet, command=_report_command(args),
     )
     report = build_report(config)
     for language, entry in report["lyrics"]["languages"].items():
