@@ -140,7 +140,7 @@ def test_training_rows_match_generation_rows(cache, tmp_path):
     _, items = load_cache(cache)
     item = items[1]
     captured = []
-    hook = generator.model.backbone.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    hook = generator.model.backbone.register_forward_pre_hook(lambda m, args, out=captured: out.append(args[0]))
     generator.generate([SongRequest(item.lyrics, item.tags, seed=0)], SamplingParams(cfg_scale=1.5), 0)
     hook.remove()
     prefill = captured[0]  # [2, P, D]: conditional row, unconditional row
@@ -186,3 +186,163 @@ def test_training_reduces_loss_resumes_and_generates(cache, tmp_path):
     for song in codes:
         assert song.shape[0] == 8 and 1 <= song.shape[1] <= 13
         assert int(song.max()) < 64  # only decodable codes
+
+
+# --- the reference-audio slot: CLAP embeddings in the cache, trained in the slot as generation fills it ---
+
+
+def _tiny_clap(folder, seed):
+    from dataclasses import replace
+
+    from heartmula.clap import HeartCLAP, HeartCLAPConfig
+
+    torch.manual_seed(seed)
+    HeartCLAP(replace(HeartCLAPConfig.tiny(), embed_dim=512)).save_pretrained(folder)  # 512 = the LM's muq_dim
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clap_dir(tmp_path_factory):
+    return _tiny_clap(tmp_path_factory.mktemp("clap"), 0)
+
+
+@pytest.fixture(scope="module")
+def clap_cache(corpus, clap_dir, tmp_path_factory):
+    root, codec = corpus
+    out = tmp_path_factory.mktemp("clap_cache")
+    tokenize_manifest(root / "manifest.jsonl", codec, out, progress=False, clap=clap_dir)
+    return out
+
+
+def test_tokenize_stores_clap_embeddings_and_adds_them_to_old_caches(corpus, clap_dir, tmp_path):
+    from heartmula.audio import load_audio
+    from heartmula.clap import load_clap
+
+    root, codec = corpus
+    out = tmp_path / "cache"
+    first = tokenize_manifest(root / "manifest.jsonl", codec, out, shard_items=2, progress=False, limit=3)
+    assert first.encoded == ["s0", "s1", "s2"] and not first.embedded  # an old-style cache: codes only
+    _, old = load_cache(out)
+    assert all(item.reference is None for item in old) and "clap" not in read_index(out)
+
+    second = tokenize_manifest(root / "manifest.jsonl", codec, out, shard_items=2, progress=False, clap=clap_dir)
+    assert second.encoded == ["s3", "s4", "s5", "s6"]
+    assert second.embedded == [f"s{i}" for i in range(7)]  # old items get theirs without being encoded again
+    assert list(second.skipped) == ["broken"]
+    index, items = load_cache(out)
+    assert index["clap"]["embed_dim"] == 512 and len(index["clap"]["fingerprint"]) == 16
+    for before in old:
+        assert torch.equal(next(i for i in items if i.id == before.id).codes, before.codes)
+    clap = load_clap(clap_dir)
+    rows = {r["id"]: r for r in (json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines())}
+    for item in items:
+        assert item.reference.shape == (512,) and item.reference.dtype == torch.float32
+        audio, rate = load_audio(root / rows[item.id]["audio"])
+        np.testing.assert_allclose(item.reference.numpy(), clap.embed_audio(audio, rate), atol=1e-5)
+    assert not torch.allclose(items[0].reference, items[1].reference)
+
+    third = tokenize_manifest(root / "manifest.jsonl", codec, out, progress=False, clap=clap_dir)
+    assert not third.encoded and not third.embedded and third.reused == 7
+    _, again = load_cache(out, split="val")
+    assert [i.id for i in again] == ["s6"] and again[0].reference is not None
+    other = _tiny_clap(tmp_path / "other-clap", 1)
+    with pytest.raises(HeartMuLaError, match="another model"):
+        tokenize_manifest(root / "manifest.jsonl", codec, out, progress=False, clap=other)
+
+
+def test_training_rows_with_and_without_reference_match_generation(clap_cache, tmp_path):
+    """Conditional rows with and without a reference, and the CFG row, embed exactly as the generator's prefill."""
+    from heartmula.lm.generation import SamplingParams, SongRequest
+    from heartmula.lm.pretrained import load_generator
+    from heartmula.train.lm import LMTrainConfig, SampleBuilder, embed_samples, train_lm
+
+    train_lm(clap_cache, tmp_path / "lm", LMTrainConfig(preset="tiny", steps=1, batch_size=2, context=256), False)
+    generator = load_generator(tmp_path / "lm")
+    _, items = load_cache(clap_cache)
+    item = items[2]
+    builder = SampleBuilder(generator.tokenizer, generator.gen_config, 8, 256)
+    config = LMTrainConfig()
+    embedded = {}
+    for name, reference in (("with", item.reference), ("without", None)):
+        captured = []
+        hook = generator.model.backbone.register_forward_pre_hook(lambda m, args, out=captured: out.append(args[0]))
+        song = SongRequest(item.lyrics, item.tags, reference_embedding=reference, seed=0)
+        generator.generate([song], SamplingParams(cfg_scale=1.5), 0)
+        hook.remove()
+        prefill = captured[0]  # [2, P, D]: conditional row, unconditional row
+        # The CFG sample is given the reference too: the builder must drop it, as the generator's null row does.
+        samples = [builder.build(item, item.tags, 0, None, config, unconditional, reference)
+                   for unconditional in (False, True)]
+        tokens, mask, slot = generator.build_prompt(item.tags, item.lyrics)
+        p = len(tokens)
+        assert samples[0].slot == slot and torch.equal(samples[0].tokens[:p], tokens)
+        assert torch.equal(samples[0].mask[:p], mask)
+        with torch.no_grad():
+            hidden, _ = embed_samples(generator.model, samples)
+        torch.testing.assert_close(hidden[:, :p], prefill)
+        embedded[name] = hidden
+    # The reference changes the conditional row's slot and nothing else.
+    differs = (embedded["with"] - embedded["without"]).abs().amax(dim=-1) > 1e-6
+    assert differs[0].nonzero().flatten().tolist() == [slot] and not differs[1].any()
+
+
+def test_training_with_references_reduces_loss_and_trains_the_slot(clap_cache, tmp_path):
+    from heartmula.cli import main
+    from heartmula.lm.generation import SamplingParams, SongRequest
+    from heartmula.lm.model import HeartMuLa
+    from heartmula.lm.pretrained import load_generator
+
+    out = tmp_path / "lm"
+    args = ["train", "lm", str(clap_cache), "--out", str(out), "--preset", "tiny", "--batch-size", "4", "--context",
+            "256", "--lr", "3e-3", "--warmup-steps", "4", "--eval-every", "8", "--save-every", "8", "--quiet",
+            "--reference-prob", "0.5"]
+    assert main([*args, "--steps", "0"]) == 0  # saves the initial weights
+    initial = HeartMuLa.from_pretrained(out / "HeartMuLa-oss-3B").muq_linear.weight.detach().clone()
+    assert main([*args, "--steps", "16"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 1.0
+    assert 0 < sum(r["references"] for r in log) < 4 * 16  # about half the conditional samples
+    refs = [r["val_ref_loss"] for r in log if "val_ref_loss" in r]
+    assert len(refs) == 2 and refs[-1] < refs[0]
+    data = json.loads((out / "training_data.json").read_text())
+    assert data["train_items_with_reference"] == 6 and data["reference_prob"] == 0.5
+    assert data["clap"]["fingerprint"] == read_index(clap_cache)["clap"]["fingerprint"]
+    generator = load_generator(out)
+    trained = generator.model.muq_linear.weight.detach()
+    cosine = float((trained * initial).sum() / (trained.norm() * initial.norm()))
+    assert cosine < 0.99  # the slot's projection learned from the embeddings (weight decay alone keeps cosine 1)
+    _, items = load_cache(clap_cache)
+    song = SongRequest(items[0].lyrics, items[0].tags, reference_embedding=items[0].reference, seed=1)
+    codes = generator.generate([song], SamplingParams(cfg_scale=1.5), max_new_frames=6)[0]
+    assert codes.shape[0] == 8 and 1 <= codes.shape[1] <= 7 and int(codes.max()) < 64
+
+
+def test_old_cache_without_embeddings_trains_with_an_empty_slot(cache, tmp_path):
+    from heartmula.lm.model import HeartMuLa
+    from heartmula.train.lm import LMTrainConfig, train_lm
+
+    config = LMTrainConfig(preset="tiny", steps=0, batch_size=2, context=256, learning_rate=3e-3, warmup_steps=1,
+                           reference_prob=1.0, eval_every=4)
+    train_lm(cache, tmp_path / "lm", config, False)
+    initial = HeartMuLa.from_pretrained(tmp_path / "lm/HeartMuLa-oss-3B").muq_linear.weight.detach().clone()
+    report = train_lm(cache, tmp_path / "lm", dataclasses.replace(config, steps=4), False)
+    assert report.last_loss is not None and "val_ref_loss" not in report.validation[-1]
+    trained = HeartMuLa.from_pretrained(tmp_path / "lm/HeartMuLa-oss-3B").muq_linear.weight.detach()
+    # Zeros in the slot: the projection gets no gradient, only weight decay shrinks it.
+    torch.testing.assert_close(trained, initial * (trained.norm() / initial.norm()))
+    data = json.loads((tmp_path / "lm/training_data.json").read_text())
+    assert data["train_items_with_reference"] == 0 and data["clap"] is None
+
+
+def test_reference_dimension_must_match_the_slot(corpus, tmp_path):
+    from heartmula.clap import HeartCLAP, HeartCLAPConfig
+    from heartmula.train.lm import LMTrainConfig, train_lm
+
+    root, codec = corpus
+    torch.manual_seed(0)
+    HeartCLAP(HeartCLAPConfig.tiny()).save_pretrained(tmp_path / "clap32")  # 32-d embeddings
+    tokenize_manifest(root / "manifest.jsonl", codec, tmp_path / "cache", progress=False, limit=2,
+                      clap=tmp_path / "clap32")
+    with pytest.raises(HeartMuLaError, match="reference slot takes 512"):
+        train_lm(tmp_path / "cache", tmp_path / "lm", LMTrainConfig(preset="tiny", steps=1, context=256), False)

@@ -55,13 +55,18 @@ def register(verbs) -> None:
 
     t = actions.add_parser("tokenize", help="encode a manifest's audio into a codec token cache (LM training)",
                            description="Encode every item of a manifest with a codec and store the codes with the "
-                           "item's lyrics, tags, language and split: the input of `heartmula train lm`. Running "
-                           "again with the same --out resumes; unreadable items are skipped, reported, and retried "
-                           "on the next run.",
+                           "item's lyrics, tags, language and split: the input of `heartmula train lm`. Each "
+                           "song's HeartCLAP audio embedding is stored too (the LM's reference-audio slot trains on "
+                           "it). Running again with the same --out resumes and adds missing embeddings to older "
+                           "caches; unreadable items are skipped, reported, and retried on the next run.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("manifest", type=Path, help="manifest.jsonl or its corpus folder")
     t.add_argument("--codec", required=True, help="codec root or folder with a trained encoder")
     t.add_argument("--out", type=Path, required=True, help="cache folder (index.json + shard-*.safetensors)")
+    t.add_argument("--clap", type=Path, default=None, help="HeartCLAP model folder for the songs' audio embeddings "
+                   "(default: the shipped one; generation must embed reference audio with the same model)")
+    t.add_argument("--no-clap", action="store_true", help="store no CLAP embeddings (the LM's reference slot then "
+                   "stays empty in training)")
     t.add_argument("--shard-items", type=int, default=16, help="items per shard file (the resume granularity)")
     t.add_argument("--limit", type=int, default=None, help="encode only the first N items (a quick try)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -133,14 +138,25 @@ def run_ceiling(args: argparse.Namespace) -> int:
 def run_tokenize(args: argparse.Namespace) -> int:
     import torch
 
+    from heartmula.errors import HeartMuLaError
     from heartmula.train.token_cache import tokenize_manifest
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_clap and args.clap:
+        raise HeartMuLaError("--clap and --no-clap contradict each other; give one")
+    clap = None
+    if not args.no_clap:
+        from heartmula.clap import DEFAULT_MODEL_DIR
+
+        clap = args.clap or DEFAULT_MODEL_DIR
+        if args.clap is None and not (clap / "config.json").is_file():
+            print(f"no shipped HeartCLAP model in {clap}: storing no CLAP embeddings", file=sys.stderr)
+            clap = None
     report = tokenize_manifest(args.manifest, args.codec, args.out, shard_items=args.shard_items,
-                               progress=not args.quiet, limit=args.limit)
+                               progress=not args.quiet, limit=args.limit, clap=clap)
     for item_id, reason in report.skipped.items():
         print(f"skipped {item_id}: {reason}", file=sys.stderr)
     print(f"wrote {args.out}: {len(report.encoded)} items encoded ({report.frames} frames), {report.reused} already "
-          f"cached, {len(report.skipped)} skipped", file=sys.stderr)
+          f"cached, {len(report.embedded)} CLAP embeddings added, {len(report.skipped)} skipped", file=sys.stderr)
     return 0

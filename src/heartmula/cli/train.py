@@ -133,6 +133,11 @@ def register_clap(actions) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to 10%%)")
     p.add_argument("--tag-weight", type=float, default=0.5, help="weight of the per-tag sigmoid loss")
     p.add_argument("--keep-tags", type=float, default=0.7, help="probability that a tag stays in a prompt")
+    p.add_argument("--align-weight", type=float, default=4.0, help="weight of the cross-lingual loss that pulls "
+                   "the same tag prompt in en/zh/ja/ko/es onto one embedding (0: off)")
+    p.add_argument("--text-only", action="store_true", help="train only the text projection (and the temperature "
+                   "and tag bias) against fixed whole-song embeddings from the current audio tower; start from a "
+                   "trained model by copying its config.json and model.safetensors into --out")
     p.add_argument("--eval-every", type=int, default=100, help="steps between held-out retrieval metrics")
     p.add_argument("--save-every", type=int, default=50, help="steps between saves (resume points)")
     p.add_argument("--max-minutes", type=float, help="stop and save after this much wall time")
@@ -150,6 +155,7 @@ def run_clap(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = ClapTrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.lr, tag_weight=args.tag_weight, keep_tags=args.keep_tags,
+                             align_weight=args.align_weight, text_only=args.text_only,
                              eval_every=args.eval_every, save_every=args.save_every, max_minutes=args.max_minutes,
                              seed=args.seed)
     report = train_clap(args.manifest, args.out, config, progress=not args.quiet)
@@ -164,7 +170,8 @@ def run_clap(args: argparse.Namespace) -> int:
 # so that `--help` does not import torch.
 LM_DEFAULTS = dict(preset="small", version="3B", steps=1000, batch_size=4, context=1024, min_frames=32,
                    learning_rate=6e-4, warmup_steps=50, weight_decay=0.05, decoder_fraction=0.25, uncond_prob=0.1,
-                   tag_drop_prob=0.15, all_tags_drop_prob=0.1, vocab_size=4096, eval_every=50, save_every=50, seed=0)
+                   tag_drop_prob=0.15, all_tags_drop_prob=0.1, vocab_size=4096, eval_every=50, save_every=50, seed=0,
+                   reference_prob=0.5)
 
 
 def register_lm(actions) -> None:
@@ -177,8 +184,10 @@ def register_lm(actions) -> None:
         "official root layout (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) that `heartmula generate "
         "--model OUT` loads, plus train_log.jsonl (losses, validation loss on the cache's val split) and the "
         "optimizer state. Running again with the same --out resumes (raise --steps to train longer). Training "
-        "drops the text conditioning for classifier-free guidance and shuffles/drops tags; the reference-audio "
-        "slot is left empty (as upstream generates).",
+        "drops the text conditioning for classifier-free guidance and shuffles/drops tags. When the cache holds "
+        "HeartCLAP audio embeddings (`data tokenize` stores them unless --no-clap), a fraction of the samples "
+        "(--reference-prob) get their song's embedding in the reference-audio slot, as `heartmula stream "
+        "--reference-audio` fills it; the others leave it empty, as upstream generates.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("cache", type=Path, help="token cache folder from `heartmula data tokenize`")
@@ -203,6 +212,9 @@ def register_lm(actions) -> None:
     p.add_argument("--all-tags-drop-prob", type=float, default=d.all_tags_drop_prob, help="probability of "
                    "dropping all tags of a sample")
     p.add_argument("--no-tag-shuffle", action="store_true", help="keep the tags in their manifest order")
+    p.add_argument("--reference-prob", type=float, default=d.reference_prob, help="probability that a conditional "
+                   "sample whose song has a CLAP embedding in the cache gets it in the reference-audio slot (0 = "
+                   "always empty; unconditional samples never have one)")
     p.add_argument("--tokenizer", help="tokenizer.json to use when starting fresh; default: train a byte-level "
                    "BPE on the cache's lyrics and tags")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary when training one")
@@ -223,6 +235,7 @@ def run_lm(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
         tag_drop_prob=args.tag_drop_prob, all_tags_drop_prob=args.all_tags_drop_prob,
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+        reference_prob=args.reference_prob,
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
     )
     report = train_lm(args.cache, args.out, config, progress=not args.quiet)

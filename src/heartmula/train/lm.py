@@ -12,9 +12,12 @@ Objective (the Sesame-CSM global/local scheme the release uses):
     loss = CE(c0) + mean over codebooks 1..7 of CE(c_i).
 Conditioning augmentation: tags are shuffled and each dropped at random (sometimes all of them); with probability
 `uncond_prob` the whole sample is unconditional: every text-column embedding and the reference slot become the
-learned null embedding, which is exactly the unconditional CFG row the generator builds. The reference-audio slot
-of conditional samples holds muq_linear(zeros), as upstream and our generator use without a reference: it is not
-trained with audio embeddings yet.
+learned null embedding, which is exactly the unconditional CFG row the generator builds (no reference either).
+Reference-audio slot of conditional samples: when the cache holds the song's HeartCLAP audio embedding
+(`heartmula data tokenize --clap`), with probability `reference_prob` the slot holds muq_linear(embedding), exactly
+what the generator puts there for `SongRequest(reference_embedding=...)` (`heartmula stream --reference-audio`);
+otherwise muq_linear(zeros), what upstream and our generator use without a reference. So a reference song steers
+the output, and generation without one behaves as a model trained without references.
 
 Everything lives in one output folder in the official root layout, loadable by `load_generator(OUT)`:
     OUT/HeartMuLa-oss-<version>/  config.json + model.safetensors
@@ -85,6 +88,7 @@ class LMTrainConfig:
     tag_drop_prob: float = 0.15  # each tag dropped independently
     all_tags_drop_prob: float = 0.1  # all tags dropped (an empty <tag></tag>)
     shuffle_tags: bool = True
+    reference_prob: float = 0.5  # conditional samples with a cached CLAP embedding get it in the reference slot
     start_crop_prob: float = 0.4  # long songs: crop from the song's start ...
     end_crop_prob: float = 0.2  # ... or ending at its end (teaches EOS); otherwise a random window
     eval_every: int = 50
@@ -105,6 +109,7 @@ class Sample:
     frame_rows: torch.Tensor  # [n] row whose hidden state predicted the frame's codebook 0
     frame_codes: torch.Tensor  # [n, K]
     unconditional: bool
+    reference: torch.Tensor | None = None  # [muq_dim] embedding for the reference slot; None = empty (zeros)
 
 
 def augment_tags(tags: str, rng: random.Random, config: LMTrainConfig) -> str:
@@ -129,8 +134,9 @@ class SampleBuilder:
         return len(self.tokenizer.encode_tags(item.tags)) + 1 + len(self.tokenizer.encode_lyrics(item.lyrics))
 
     def build(self, item: CachedItem, tags: str, start: int | None, rng: random.Random | None,
-              config: LMTrainConfig, unconditional: bool = False) -> Sample:
-        """A sample of `item`: `start` = first frame of the crop, or None to draw the crop with `rng`."""
+              config: LMTrainConfig, unconditional: bool = False, reference: torch.Tensor | None = None) -> Sample:
+        """A sample of `item`: `start` = first frame of the crop, or None to draw the crop with `rng`; `reference`
+        fills the reference slot (ignored for unconditional samples, whose slot is the null embedding)."""
         tag_ids = self.tokenizer.encode_tags(tags)
         lyric_ids = self.tokenizer.encode_lyrics(item.lyrics)
         prompt = len(tag_ids) + 1 + len(lyric_ids)
@@ -165,14 +171,16 @@ class SampleBuilder:
         if ends:
             targets[length - 1] = self.gen_config.audio_eos_id
         rows = torch.arange(prompt - 1, prompt - 1 + n)
-        return Sample(tokens, mask, len(tag_ids), targets, rows, codes.clone(), unconditional)
+        return Sample(tokens, mask, len(tag_ids), targets, rows, codes.clone(), unconditional,
+                      None if unconditional else reference)
 
 
 def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone input [b, L, D] (right-padded) and codebook-0 targets [b, L] of a batch.
 
-    Rows embed as in generation: masked column sums; the reference slot holds muq_linear(zeros); unconditional
-    samples have the null embedding in every text column and in the slot."""
+    Rows embed as in generation (`GenerationSession._embed_prompts`): masked column sums; the reference slot holds
+    muq_linear(reference), muq_linear(zeros) without one; unconditional samples have the null embedding in every
+    text column and in the slot."""
     b, k = len(samples), model.num_codebooks
     longest = max(len(s.tokens) for s in samples)
     tokens = torch.zeros(b, longest, k + 1, dtype=torch.long)
@@ -184,7 +192,9 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
         targets[i, : len(s.tokens)] = s.c0_targets
     unconditional = torch.tensor([s.unconditional for s in samples])
     hidden = model.embed_rows(tokens, mask, unconditional)
-    slot_values = model.muq_linear(torch.zeros(b, model.config.muq_dim, dtype=hidden.dtype))
+    references = torch.stack([torch.zeros(model.config.muq_dim) if s.reference is None
+                              else s.reference.float().reshape(-1) for s in samples]).to(hidden.dtype)
+    slot_values = model.muq_linear(references)
     slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
     slots = torch.tensor([s.slot for s in samples])
     return hidden.index_put((torch.arange(b), slots), slot_values), targets
@@ -283,18 +293,29 @@ def _prepare_tokenizer(out: Path, items: list[CachedItem], config: LMTrainConfig
 @torch.no_grad()
 def validation_loss(model: HeartMuLa, builder: SampleBuilder, items: list[CachedItem], config: LMTrainConfig,
                     batch_size: int) -> dict:
-    """Deterministic: each item from its start, its own tags, all frames through the decoder, no dropout."""
+    """Deterministic: each item from its start, its own tags, all frames through the decoder, no dropout.
+
+    val_loss has the reference slot empty (comparable with runs without references); when references are trained,
+    val_ref_loss is the same loss over the items that have a CLAP embedding, with the song's own one in the slot."""
     model.eval()
-    totals = {"c0": 0.0, "dec": 0.0}
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        samples = [builder.build(item, item.tags, 0, None, config) for item in chunk]
-        _, parts = lm_losses(model, samples, 1.0)
-        for key in totals:
-            totals[key] += parts[key] * len(chunk)
+    referenced = [item for item in items if item.reference is not None] if config.reference_prob > 0 else []
+    result = {}
+    for prefix, use_reference in (("val", False), ("val_ref", True)):
+        if use_reference:
+            if not referenced:
+                continue
+            items = referenced
+        totals = {"c0": 0.0, "dec": 0.0}
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            samples = [builder.build(item, item.tags, 0, None, config,
+                                     reference=item.reference if use_reference else None) for item in chunk]
+            _, parts = lm_losses(model, samples, 1.0)
+            for key in totals:
+                totals[key] += parts[key] * len(chunk)
+        part = {f"{prefix}_{k}": round(v / max(1, len(items)), 4) for k, v in totals.items()}
+        result.update(part, **{f"{prefix}_loss": round(part[f"{prefix}_c0"] + part[f"{prefix}_dec"], 4)})
     model.train()
-    result = {f"val_{k}": round(v / max(1, len(items)), 4) for k, v in totals.items()}
-    result["val_loss"] = round(result["val_c0"] + result["val_dec"], 4)
     return result
 
 
@@ -304,6 +325,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     config = config or LMTrainConfig()
     if config.threads:
         torch.set_num_threads(config.threads)
+    if not 0.0 <= config.reference_prob <= 1.0:
+        raise HeartMuLaError(f"--reference-prob must lie in [0, 1], got {config.reference_prob}")
     cache, out = Path(cache), Path(out)
     index, items = load_cache(cache)
     codec = index["codec"]
@@ -338,6 +361,12 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     if config.context > model.config.backbone.max_seq_len:
         raise HeartMuLaError(f"--context {config.context} exceeds the backbone's {model.config.backbone.max_seq_len}")
 
+    references = [i for i in train_items + val_items if i.reference is not None]
+    wrong = [i.id for i in references if i.reference.numel() != model.config.muq_dim]
+    if wrong:
+        raise HeartMuLaError(f"{cache} holds CLAP embeddings of {references[0].reference.numel()} dimensions but the "
+                             f"model's reference slot takes {model.config.muq_dim}: re-tokenize with a CLAP model "
+                             "made for it (--clap DIR), or with --no-clap into a new cache")
     builder = SampleBuilder(tokenizer, gen_config, model.num_codebooks, config.context)
     skipped = [i.id for i in train_items if config.context - builder.prompt_length(i) < config.min_frames]
     train_items = [i for i in train_items if i.id not in set(skipped)]
@@ -348,7 +377,12 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     with atomic_output(data_path) as tmp:  # what the checkpoint was trained on (licenses travel with the data)
         tmp.write_text(json.dumps({"cache": str(cache.resolve()), "codec": codec, "codec_fingerprint":
                                    codec["fingerprint"], "train_items": len(train_items), "val_items": len(val_items),
-                                   "skipped_long_prompts": skipped}, indent=1, ensure_ascii=False))
+                                   "skipped_long_prompts": skipped,
+                                   # the CLAP model whose embeddings the reference slot learned: use it to embed
+                                   # reference audio at generation time (stream --reference-audio --clap DIR)
+                                   "clap": index.get("clap"), "reference_prob": config.reference_prob,
+                                   "train_items_with_reference": sum(i.reference is not None for i in train_items)},
+                                  indent=1, ensure_ascii=False))
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -384,7 +418,11 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         for item in batch:
             unconditional = rng.random() < config.uncond_prob
             tags = augment_tags(item.tags, rng, config)
-            samples.append(builder.build(item, tags, None, rng, config, unconditional))
+            reference = None
+            # Drawn only where a reference is possible, so caches without embeddings see the same data as before.
+            if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
+                reference = item.reference
+            samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
         loss, parts = lm_losses(model, samples, config.decoder_fraction, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -392,7 +430,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         optimizer.step()
         record = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in
                   parts.items()}, "lr": round(lr, 7), "grad_norm": round(float(grad_norm), 3),
-                  "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2)}
+                  "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2),
+                  "references": sum(s.reference is not None for s in samples)}
         if report.first_loss is None:
             report.first_loss = record["loss"]
         report.last_loss = record["loss"]
@@ -406,7 +445,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=record["loss"], c0=record["c0"], dec=record["dec"],
-                            **({"val": record["val_loss"]} if "val_loss" in record else {}))
+                            **({"val": record["val_loss"]} if "val_loss" in record else {}),
+                            **({"val_ref": record["val_ref_loss"]} if "val_ref_loss" in record else {}))
         if last_step or (step + 1) % config.save_every == 0:
             model.eval()
             _save_state(out, model_dir, model, optimizer, step + 1, config)

@@ -3,13 +3,18 @@
 Layout of a cache folder:
     index.json                 {"format", "codec": {path, fingerprint, codebook_size, num_codebooks, sample_rate,
                                frame_rate}, "items": {id: {lyrics, tags, language, split, n_frames, shard}},
-                               "skipped": {id: reason}}
+                               "skipped": {id: reason}, "clap": {path, fingerprint, embed_dim} (optional)}
     shard-00000.safetensors    one int16 tensor [num_codebooks, n_frames] per item, named by the item id
+    clap-00000.safetensors     optional: one float32 tensor [embed_dim] per item, the HeartCLAP audio embedding of
+                               the whole song (what the LM's reference-audio slot receives at generation time);
+                               an item that has one names its file in the index ("clap_shard")
 
 Shards are written every few items and the index is rewritten (atomically) after each shard, so an interrupted
 run resumes at the first item not yet in the index. Unreadable items are reported in `skipped` and tried again on
 the next run. A cache belongs to one codec: its fingerprint (a hash of the codec's config and weights) is stored
-and checked, because codes of two codecs must never be mixed.
+and checked, because codes of two codecs must never be mixed. Likewise for the CLAP model of the embeddings.
+Embeddings are optional (caches made before them, or with `--no-clap`, have none): running tokenize again with a
+CLAP model adds them to the items that lack them, from the audio alone (the codes are kept).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def codec_fingerprint(folder: str | os.PathLike) -> str:
 class TokenizeReport:
     encoded: list[str] = field(default_factory=list)
     reused: int = 0
+    embedded: list[str] = field(default_factory=list)  # items that got a CLAP embedding this run
     skipped: dict[str, str] = field(default_factory=dict)
     frames: int = 0
 
@@ -76,8 +82,12 @@ def tokenize_manifest(
     shard_items: int = 16,
     progress: bool = True,
     limit: int | None = None,
+    clap: str | os.PathLike | None = None,
 ) -> TokenizeReport:
-    """Encode every item of `manifest` with the codec into the cache folder `out` (created or resumed)."""
+    """Encode every item of `manifest` with the codec into the cache folder `out` (created or resumed).
+
+    With `clap` (a HeartCLAP model folder) every item also gets the CLAP audio embedding of its song, computed
+    from the audio already loaded for the codec; cached items that lack one get it from their audio alone."""
     from heartmula.audio import load_audio
     from heartmula.codec.pretrained import load_codec, locate_codec
     from heartmula.data.manifest import read_manifest
@@ -110,25 +120,36 @@ def tokenize_manifest(
             "items": {},
             "skipped": {},
         }
+    clap_model = _open_clap(clap, index, out) if clap is not None else None
     index["skipped"] = {}  # unreadable items are retried on every run
     report = TokenizeReport()
-    todo = [r for r in rows if r["id"] not in index["items"]]
-    report.reused = len(rows) - len(todo)
-    next_shard = 1 + max((int(p.stem.split("-")[1]) for p in out.glob("shard-*.safetensors")), default=-1)
+    todo = [r for r in rows if r["id"] not in index["items"]
+            or (clap_model is not None and "clap_shard" not in index["items"][r["id"]])]
+    report.reused = sum(1 for r in rows if r["id"] in index["items"])
+    next_shard = {prefix: 1 + max((int(p.stem.split("-")[1]) for p in out.glob(f"{prefix}-*.safetensors")),
+                                  default=-1) for prefix in ("shard", "clap")}
     pending: dict[str, torch.Tensor] = {}
     pending_meta: dict[str, dict] = {}
+    pending_clap: dict[str, torch.Tensor] = {}
+
+    def write_shard(prefix: str, tensors: dict[str, torch.Tensor]) -> str:
+        name = f"{prefix}-{next_shard[prefix]:05d}.safetensors"
+        with atomic_output(out / name) as tmp:
+            save_file(dict(tensors), str(tmp))
+        next_shard[prefix] += 1
+        return name
 
     def flush() -> None:
-        nonlocal next_shard
-        if pending:
-            name = f"shard-{next_shard:05d}.safetensors"
-            with atomic_output(out / name) as tmp:
-                save_file(dict(pending), str(tmp))
-            for item_id, meta in pending_meta.items():
-                index["items"][item_id] = {**meta, "shard": name}
-            next_shard += 1
-            pending.clear()
-            pending_meta.clear()
+        # Shards first, then the index that names them: a crash in between leaves only an unreferenced file.
+        name = write_shard("shard", pending) if pending else None
+        clap_name = write_shard("clap", pending_clap) if pending_clap else None
+        for item_id, meta in pending_meta.items():
+            index["items"][item_id] = {**meta, "shard": name}
+        for item_id in pending_clap:
+            index["items"][item_id]["clap_shard"] = clap_name
+        pending.clear()
+        pending_meta.clear()
+        pending_clap.clear()
         _write_index(out, index)
 
     bar = None
@@ -137,26 +158,32 @@ def tokenize_manifest(
 
         bar = tqdm(total=len(todo), desc="tokenize", unit="item")
     for row in todo:
+        cached = row["id"] in index["items"]  # only its CLAP embedding is missing
         try:
             audio, rate = load_audio(row["audio"])
-            codes = codec.encode(audio, rate)
+            codes = None if cached else codec.encode(audio, rate)
+            vector = None if clap_model is None else clap_model.embed_audio(audio, rate)
         except (HeartMuLaError, OSError, ValueError, RuntimeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             index["skipped"][row["id"]] = reason
             report.skipped[row["id"]] = reason
         else:
-            if codes.max() >= np.iinfo(np.int16).max:
-                raise HeartMuLaError(f"codec codebook of {codes.max() + 1}+ codes does not fit the int16 cache")
-            pending[row["id"]] = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int16))
-            pending_meta[row["id"]] = {
-                "lyrics": row.get("lyrics") or "", "tags": row.get("tags") or "", "language": row.get("language"),
-                "split": row.get("split", "train"), "n_frames": int(codes.shape[1]),
-                "duration": row.get("duration"),
-            }
-            report.encoded.append(row["id"])
-            report.frames += int(codes.shape[1])
-            if len(pending) >= shard_items:
-                flush()
+            if not cached:
+                if codes.max() >= np.iinfo(np.int16).max:
+                    raise HeartMuLaError(f"codec codebook of {codes.max() + 1}+ codes does not fit the int16 cache")
+                pending[row["id"]] = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int16))
+                pending_meta[row["id"]] = {
+                    "lyrics": row.get("lyrics") or "", "tags": row.get("tags") or "",
+                    "language": row.get("language"), "split": row.get("split", "train"),
+                    "n_frames": int(codes.shape[1]), "duration": row.get("duration"),
+                }
+                report.encoded.append(row["id"])
+                report.frames += int(codes.shape[1])
+            if vector is not None:
+                pending_clap[row["id"]] = torch.from_numpy(np.asarray(vector, dtype=np.float32)).contiguous()
+                report.embedded.append(row["id"])
+        if max(len(pending), len(pending_clap)) >= shard_items:
+            flush()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(skipped=len(report.skipped))
@@ -164,6 +191,25 @@ def tokenize_manifest(
     if bar is not None:
         bar.close()
     return report
+
+
+def _open_clap(clap: str | os.PathLike, index: dict, out: Path):
+    """Load the HeartCLAP model for the embeddings; refuse one that differs from the cache's embeddings' model."""
+    from heartmula.clap import load_clap
+
+    folder = Path(clap)
+    if not (folder / "config.json").is_file():
+        raise HeartMuLaError(f"{folder} is not a HeartCLAP model folder (no config.json); pass --clap DIR of a "
+                             "trained HeartCLAP, or --no-clap")
+    fingerprint = codec_fingerprint(folder)  # the same hash of config + weights serves any model folder
+    recorded = index.get("clap")
+    if recorded and recorded["fingerprint"] != fingerprint:
+        raise HeartMuLaError(f"{out} holds CLAP embeddings of another model ({recorded['path']}, fingerprint "
+                             f"{recorded['fingerprint']}; this one {fingerprint}): pass --clap {recorded['path']}, "
+                             "or --no-clap, or choose a new --out folder")
+    model = load_clap(folder)
+    index["clap"] = {"path": str(folder.resolve()), "fingerprint": fingerprint, "embed_dim": model.config.embed_dim}
+    return model
 
 
 @dataclass
@@ -174,6 +220,7 @@ class CachedItem:
     tags: str
     language: str | None
     split: str
+    reference: torch.Tensor | None = None  # float [embed_dim] CLAP audio embedding of the song, if the cache has it
 
 
 def load_cache(cache: str | os.PathLike, split: str | None = None) -> tuple[dict, list[CachedItem]]:
@@ -184,12 +231,16 @@ def load_cache(cache: str | os.PathLike, split: str | None = None) -> tuple[dict
     for item_id, meta in index["items"].items():
         if split is None or meta["split"] == split:
             by_shard.setdefault(meta["shard"], []).append(item_id)
+    embeddings: dict[str, torch.Tensor] = {}
+    for clap_shard in sorted({index["items"][i].get("clap_shard") for ids in by_shard.values() for i in ids} - {None}):
+        embeddings.update(load_file(str(cache / clap_shard)))
     items = []
     for shard, ids in sorted(by_shard.items()):
         tensors = load_file(str(cache / shard))
         for item_id in ids:
             meta = index["items"][item_id]
+            reference = embeddings[item_id].float() if meta.get("clap_shard") else None
             items.append(CachedItem(item_id, tensors[item_id].long(), meta["lyrics"], meta["tags"],
-                                    meta["language"], meta["split"]))
+                                    meta["language"], meta["split"], reference))
     items.sort(key=lambda item: item.id)
     return index, items
