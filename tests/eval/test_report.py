@@ -239,6 +239,21 @@ def test_refuses_a_foreign_folder_and_leaves_no_half_report(models, tmp_path, mo
     assert not out.exists() and list(tmp_path.iterdir()) == [foreign]  # songs were made, but nothing is published
 
 
+def test_a_song_the_lm_ends_at_once_is_reported_not_fatal(models, tmp_path, monkeypatch):
+    import torch
+
+    from heartmula.lm.generation import HeartMuLaGenerator
+
+    monkeypatch.setattr(HeartMuLaGenerator, "generate", lambda self, songs, *a, **k: [torch.zeros(4, 0)] * len(songs))
+    out = tmp_path / "report"
+    assert main(["eval", "report", "--out", str(out), "--model", str(models), "--quick", "--duration", "1",
+                 "--languages", "instrumental", "--threads", "1", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    (song,) = report["songs"]
+    assert song["frames"] == 0 and song["seconds"] == 0 and song["rms_dbfs"] is None
+    assert report["speed"]["lm_rtf"] is None  # no audio: no real-time factor, rather than a division by zero
+
+
 def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "report", "--help"])

@@ -207,7 +207,9 @@ def onset_strength(audio: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
     power, frame_rate = _power_frames(_mono(audio), rate)
     magnitude = np.log1p(1000.0 * np.sqrt(power) / (np.sqrt(power).max() + 1e-12))
     flux = np.maximum(np.diff(magnitude, axis=0), 0.0).sum(axis=1)
-    width = max(1, int(frame_rate * 0.5))
+    if len(flux) == 0:
+        return flux, frame_rate
+    width = max(1, min(int(frame_rate * 0.5), len(flux)))
     local = np.convolve(flux, np.ones(width) / width, mode="same")
     return np.maximum(flux - local, 0.0), frame_rate
 
@@ -218,10 +220,10 @@ def estimate_tempo(audio: np.ndarray, rate: int, low_bpm: float = 50.0, high_bpm
     trackers commonly use) to pick the beat rather than the bar or the eighth note; the peak lag is refined by a
     parabola through its neighbours. NaN for audio without onsets."""
     envelope, frame_rate = onset_strength(audio, rate)
-    envelope = envelope - envelope.mean()
     n = len(envelope)
     if n < 4 or not np.any(envelope):
         return float("nan")
+    envelope = envelope - envelope.mean()
     spectrum = np.fft.rfft(envelope, 2 * n)
     acf = np.fft.irfft(spectrum * np.conj(spectrum))[:n]
     acf /= acf[0] + 1e-12
@@ -324,6 +326,16 @@ def _check_out(out: Path) -> None:
                                  "folder (a previous report folder is replaced when the new report is complete)")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished temporary folder onto `out`, replacing an old report only now."""
     old = None
@@ -391,13 +403,18 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
         lm_seconds = time.perf_counter() - began
         codes = codes.numpy().astype(np.int64)
         began = time.perf_counter()
-        audio, rate = codec.decode(codes, seed=config.seed)
+        if codes.shape[1]:
+            audio, rate = codec.decode(codes, seed=config.seed)
+        else:  # the LM ended the song at once: measured as one frame of silence (and a lyric error of 1)
+            audio, rate = np.zeros((codec.config.audio_channels, int(codec.sample_rate / FRAME_RATE)), np.float32), \
+                codec.sample_rate
         decode_seconds = time.perf_counter() - began
         relative = f"songs/{prompt.id}.flac"
         save_audio(tmp / relative, audio, rate)
         songs.append({"id": prompt.id, "language": prompt.language, "tags": prompt.tags, "lyrics": prompt.lyrics,
                       "tempo_tag": prompt.tempo, "drums": prompt.drums, "seed": config.seed, "audio": relative,
-                      "frames": int(codes.shape[1]), "seconds": audio.shape[-1] / rate, "sample_rate": rate,
+                      "frames": int(codes.shape[1]), "seconds": codes.shape[1] and audio.shape[-1] / rate,
+                      "sample_rate": rate,
                       "lm_seconds": lm_seconds, "decode_seconds": decode_seconds, **level_stats(audio)})
     parameters = {"lm": sum(p.numel() for p in generator.model.parameters()),
                   "codec": sum(p.numel() for p in codec.parameters()),
@@ -461,9 +478,13 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
 
     held_out = sorted((r for r in rows if r.get("split") in ("val", "test")), key=lambda r: r["id"])[:count]
     partners = shuffled_partners([r["tags"] for r in held_out])
-    items = []
+    items, unreadable = [], []
     for row, partner in zip(tqdm(held_out, desc="corpus reference", unit="song", disable=not progress), partners):
-        audio, rate = load_audio(row["audio"])
+        try:
+            audio, rate = load_audio(row["audio"])
+        except HeartMuLaError:  # a missing or broken corpus file should not cost the whole report
+            unreadable.append(row["id"])
+            continue
         audio = audio[:, : int(seconds * rate)]
         tags = _tag_set(row["tags"])
         items.append({"id": row["id"], "tempo_tag": next((t for t in ("slow", "moderate", "fast") if t in tags), None),
@@ -476,7 +497,7 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
               if s["true_tempo_bpm"] and s["tempo_bpm"] is not None and math.isfinite(s["tempo_bpm"])]
     exact = [abs(r - 1) < 0.04 for r in ratios]
     metrical = [min(abs(r / m - 1) for m in (1, 2, 0.5, 2 / 3, 1.5)) < 0.04 for r in ratios]
-    return {"songs": len(items), "seconds": seconds, **tag_summaries(items),
+    return {"songs": len(items), "seconds": seconds, "unreadable": unreadable, **tag_summaries(items),
             "tempo_exact": float(np.mean(exact)) if exact else None,
             "tempo_metrical": float(np.mean(metrical)) if metrical else None, "items": items}
 
@@ -545,8 +566,10 @@ def build_report(config: ReportConfig) -> dict:
 
     torch.set_num_threads(config.threads)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run (not by one still running)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
