@@ -52,3 +52,44 @@ def test_tiny_training_lowers_the_loss_resumes_and_skips_bad_audio(synthetic_cor
     config.steps = 26
     again = train_clap([synthetic_corpus], out, config, progress=False)
     assert again["resumed_from"] == 24 and again["steps"] == 26
+    # a text-only stage moves the text projection and leaves the audio tower as it was
+    before = HeartCLAP.from_pretrained(out).state_dict()
+    config.steps, config.text_only, config.align_weight = 30, True, 4.0
+    train_clap([synthetic_corpus], out, config, progress=False)
+    after = HeartCLAP.from_pretrained(out).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("audio."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
+    assert (out / "fixed_audio.npz").is_file()
+    assert "spread" in json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+
+
+def test_cross_lingual_loss_pulls_translations_together(tiny_clap_dir):
+    import random
+
+    from heartmula.clap.prompts import LANGUAGES
+    from heartmula.train.clap import aligned_prompts, cross_lingual_spread
+
+    same = torch.nn.functional.normalize(torch.randn(3, 1, 8), dim=-1).expand(3, len(LANGUAGES), 8)
+    assert cross_lingual_spread(same).item() < 1e-6
+    assert cross_lingual_spread(torch.nn.functional.normalize(torch.randn(3, 5, 8), dim=-1)).item() > 0.1
+
+    tag_sets = [frozenset({"piano", "slow"}), frozenset(), frozenset({"rock", "drums", "fast"}),
+                frozenset({"organ", "hymn", "calm"}), frozenset({"sad", "violin"})]
+    prompts = aligned_prompts(tag_sets, random.Random(0), 3)
+    assert len(prompts) == 3 * len(LANGUAGES)  # the tagless (lyrics) prompt is never chosen
+    assert "piano" in " ".join(prompts) or "rock" in " ".join(prompts) or "organ" in " ".join(prompts)
+    # only the text projection learns, on the loss alone: translations move onto one point
+    model = HeartCLAP.from_pretrained(tiny_clap_dir).train()
+    sentences = model.encode_sentences(aligned_prompts(tag_sets, random.Random(1), 4))
+    optimizer = torch.optim.Adam(model.text.parameters(), lr=1e-2)
+
+    def spread():
+        text = model.text_embedding(sentences)
+        return cross_lingual_spread(text.view(-1, len(LANGUAGES), text.shape[-1]))
+
+    before = spread().item()
+    for _ in range(40):
+        optimizer.zero_grad()
+        spread().backward()
+        optimizer.step()
+    assert spread().item() < 0.25 * before

@@ -7,7 +7,11 @@ Per step, on a batch of distinct songs:
     loss     = multi-positive InfoNCE, both directions: prompt i is a correct match for every clip whose tags
                include all the tags the prompt states (a masked prompt "slow, piano" fits many songs), plus
              + tag_weight * a sigmoid loss between each clip and single-tag prompts of the whole tag vocabulary
-               (what zero-shot tagging and tag adherence use).
+               (what zero-shot tagging and tag adherence use)
+             + align_weight * a cross-lingual loss: `align_prompts` of the step's tag sets, each written in all five
+               languages with one sentence frame, are pulled onto their mean direction (1 - cosine). The frozen
+               encoder puts translations near each other but not on top of each other; the language-specific rest
+               decides which of many similar songs come first, so queries in different languages disagreed.
 Only the audio tower and the text projection learn; the sentence encoder stays frozen.
 
 One output folder holds everything: the model (config.json + model.safetensors, loadable at any time), the
@@ -57,6 +61,11 @@ class ClapTrainConfig:
     tag_weight: float = 0.5
     keep_tags: float = 0.7  # probability that a tag stays in a training prompt
     lyrics_rate: float = 0.1
+    align_weight: float = 4.0  # cross-lingual alignment of projected prompts (0 turns it off)
+    align_prompts: int = 12  # tag sets per step written in all five languages for the alignment loss
+    # Train the text projection only, against fixed whole-song audio embeddings (computed once, kept in the run
+    # folder): a cheap stage on top of a trained model, e.g. to add the alignment loss on a busy machine.
+    text_only: bool = False
     gain_jitter: float = 1.0  # random offset of the log-mel (natural-log units, ~4.3 dB each)
     eval_every: int = 100
     save_every: int = 50
@@ -93,6 +102,25 @@ def multi_positive_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return (rows + cols) / 2
 
 
+def cross_lingual_spread(text: torch.Tensor) -> torch.Tensor:
+    """Mean (1 - cosine) between each prompt's normalised embeddings [prompts, languages, dim] and their mean
+    direction: 0 when every language lands on the same point."""
+    centre = F.normalize(text.mean(dim=1, keepdim=True), dim=-1)
+    return (1.0 - (text * centre).sum(dim=-1)).mean()
+
+
+def aligned_prompts(tag_sets: list[frozenset[str]], rng: random.Random, count: int) -> list[str]:
+    """`count` of the tag sets (tagless lyrics prompts left out), each in every language with one shared
+    sentence-frame index: [count * len(LANGUAGES)] prompts, language-major within each tag set."""
+    stated = [sorted(s) for s in tag_sets if s]
+    chosen = rng.sample(stated, min(count, len(stated)))
+    out = []
+    for tags in chosen:
+        template = rng.randrange(4)
+        out += [tags_prompt(tags, lang, template) for lang in LANGUAGES]
+    return out
+
+
 def held_out_metrics(model: HeartCLAP, items: list[Item]) -> dict:
     """Tag-prompt retrieval on held-out songs: the full tag list as a query, in English and in every language."""
     audio = embed_items(model, items)
@@ -108,6 +136,8 @@ def held_out_metrics(model: HeartCLAP, items: list[Item]) -> dict:
             out.update({f"t2a_{k}": v for k, v in t2a.items()})
             out.update({f"a2t_{k}": v for k, v in retrieval_metrics(audio @ text.T, relevant.T).items()})
     out["t2a_R@10_5lang"] = float(np.mean(mean_r10))
+    by_prompt = torch.from_numpy(texts).view(len(LANGUAGES), len(items), -1).transpose(0, 1)
+    out["xl_spread"] = float(cross_lingual_spread(by_prompt))
     return out
 
 
@@ -116,6 +146,22 @@ def _lr(step: int, config: ClapTrainConfig) -> float:
         return config.learning_rate * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _fixed_audio_embeddings(model: HeartCLAP, items: list[Item], out: Path) -> torch.Tensor:
+    """Whole-song embeddings of the training songs under the (frozen) audio tower, cached in the run folder so that a
+    resumed text-only run does not embed the corpus again."""
+    path = out / "fixed_audio.npz"
+    ids = np.array([it.id for it in items])
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            if data["ids"].tolist() == ids.tolist():
+                return torch.from_numpy(data["vectors"])
+    vectors = embed_items(model, items).astype(np.float32)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=ids, vectors=vectors)
+    return torch.from_numpy(vectors)
 
 
 def _save(model: HeartCLAP, optimizer, step: int, out: Path) -> None:
@@ -154,6 +200,8 @@ def train_clap(
         torch.manual_seed(config.seed)
         model = HeartCLAP(model_config)
     model.train()
+    if config.text_only:
+        model.audio.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     if (out / STATE_FILE).is_file():
@@ -175,6 +223,8 @@ def train_clap(
         "train_hours": sum(r["duration"] for r in train_rows) / 3600,
     }, indent=1, ensure_ascii=False), encoding="utf-8")
 
+    fixed_audio = _fixed_audio_embeddings(model, train_items, out) if config.text_only else None
+    row_of = {it.id: i for i, it in enumerate(train_items)}
     frames = model.config.clip_frames
     batch = min(config.batch_size, len(train_items))
     started = time.time()
@@ -192,19 +242,30 @@ def train_clap(
                    for it in chosen]
         tag_language = rng.choice(LANGUAGES)
         tag_prompts = [tags_prompt([t], tag_language, rng.randrange(4)) for t in vocabulary]
+        # Its own seeded stream, so that runs with the alignment off draw the same batches as before.
+        align = (aligned_prompts([s for _, s in prompts], random.Random(f"align-{config.seed}-{step}"),
+                                 config.align_prompts) if config.align_weight > 0 else [])
 
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
-        audio = model.audio_embedding(mel, chroma)
+        if fixed_audio is None:
+            audio = model.audio_embedding(mel, chroma)
+        else:
+            audio = fixed_audio[[row_of[it.id] for it in chosen]]
         # One call to the sentence encoder per step: each call has a fixed cost well above that of a sentence.
-        sentences = model.encode_sentences([p for p, _ in prompts] + tag_prompts)
+        sentences = model.encode_sentences([p for p, _ in prompts] + tag_prompts + align)
         text = model.text_embedding(sentences[: len(prompts)])
         scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
         contrastive = multi_positive_nce(scale * text @ audio.T, positives([s for _, s in prompts], chosen))
-        tag_text = model.text_embedding(sentences[len(prompts) :])
+        tag_text = model.text_embedding(sentences[len(prompts) : len(prompts) + len(tag_prompts)])
         labels = torch.tensor([[t in it.tags for t in vocabulary] for it in chosen], dtype=torch.float32)
         tag_loss = F.binary_cross_entropy_with_logits(scale * audio @ tag_text.T + model.tag_bias, labels)
         loss = contrastive + config.tag_weight * tag_loss
+        spread = torch.zeros(())
+        if align:
+            aligned = model.text_embedding(sentences[len(prompts) + len(tag_prompts) :])
+            spread = cross_lingual_spread(aligned.view(-1, len(LANGUAGES), aligned.shape[-1]))
+            loss = loss + config.align_weight * spread
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -215,6 +276,7 @@ def train_clap(
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}")
         record = {"step": step, "loss": last_loss, "contrastive": contrastive.item(), "tag": tag_loss.item(),
+                  "spread": spread.item(),
                   "lr": _lr(step - 1, config), "scale": scale.item(), "elapsed_s": round(time.time() - started, 1)}
         if held_items and (step % config.eval_every == 0 or step == config.steps):
             record.update(held_out_metrics(model, held_items))
