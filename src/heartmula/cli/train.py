@@ -133,6 +133,7 @@ def register_clap(actions) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to 10%%)")
     p.add_argument("--tag-weight", type=float, default=0.5, help="weight of the per-tag sigmoid loss")
     p.add_argument("--keep-tags", type=float, default=0.7, help="probability that a tag stays in a prompt")
+    p.add_argument("--warmup-steps", type=int, default=100, help="steps of linear learning-rate warm-up")
     p.add_argument("--align-weight", type=float, default=4.0, help="weight of the cross-lingual loss that pulls "
                    "the same tag prompt in en/zh/ja/ko/es onto one embedding (0: off)")
     p.add_argument("--text-only", action="store_true", help="train only the text projection (and the temperature "
@@ -155,7 +156,7 @@ def run_clap(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = ClapTrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.lr, tag_weight=args.tag_weight, keep_tags=args.keep_tags,
-                             align_weight=args.align_weight, text_only=args.text_only,
+                             align_weight=args.align_weight, text_only=args.text_only, warmup_steps=args.warmup_steps,
                              eval_every=args.eval_every, save_every=args.save_every, max_minutes=args.max_minutes,
                              seed=args.seed)
     report = train_clap(args.manifest, args.out, config, progress=not args.quiet)
