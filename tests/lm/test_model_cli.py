@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from heartmula.cli import main
 from heartmula.checkpoint import load_state_dict
+from heartmula.cli import main
 from heartmula.lm.pretrained import locate_lm
 
 

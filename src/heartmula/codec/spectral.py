@@ -182,7 +182,7 @@ class SpectralDecoder(nn.Module):
         self._tables = None  # built on first use: models are created on the meta device, then loaded
         self.head = nn.Linear(s.hidden_dim, self.tones + s.noise_bands if self.harmonic else 2 * self.bins)
 
-    def harmonic_spectrum(self, parameters: torch.Tensor, first_frame: int) -> torch.Tensor:
+    def harmonic_spectrum(self, parameters: torch.Tensor, first_frame: int, tones_only: bool = False) -> torch.Tensor:
         """[B, N, tones + bands] (log amplitudes) -> STFT frames [B, N, bins] of sinusoids plus banded noise;
         `first_frame` is the absolute index of frame 0 (tone phases and the noise texture follow it)."""
         if self._tables is None or self._tables["cos"].device != parameters.device:
@@ -196,17 +196,21 @@ class SpectralDecoder(nn.Module):
         theta = (2 * np.pi * cycles).float()  # [N, K]
         tonal = ((tones * theta.sin()).to(torch.complex64) @ t["cos"]
                  + (tones * theta.cos()).to(torch.complex64) @ t["sin"])
+        if tones_only:
+            return tonal
         texture = t["noise"][frames.long() % NOISE_FRAMES]  # [N, bins]
         return tonal + (bands @ t["bands"]) * texture
 
-    def forward(self, latent: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, cache: dict | None = None, tones_only: bool = False) -> torch.Tensor:
+        """latent [B, C, L] -> audio [B, 1, L * repeat * hop]; `tones_only` (harmonic synthesis, training) leaves
+        the noise bands out."""
         x = self.conv_in(latent, cache).repeat_interleave(self.repeat, dim=-1)
         for block in self.blocks:
             x = block(x, cache)
         head = self.head(self.norm(x.transpose(1, 2))).float()
         if self.harmonic:
             first_frame = cache.get((self, "frames"), 0) if cache is not None else 0
-            spectrum = self.harmonic_spectrum(head, first_frame)
+            spectrum = self.harmonic_spectrum(head, first_frame, tones_only)
             if cache is not None:
                 cache[(self, "frames")] = first_frame + head.shape[1]
         else:

@@ -180,19 +180,27 @@ def latent_spread_penalty(latent: torch.Tensor, target_std: float) -> torch.Tens
     return F.relu(target_std - latent.std(dim=(0, 1))).mean()
 
 
-def audio_losses(estimate: torch.Tensor, audio: torch.Tensor, codec: HeartCodec, config: CodecTrainConfig):
+def audio_losses(estimate: torch.Tensor, audio: torch.Tensor, codec: HeartCodec, config: CodecTrainConfig,
+                 latent: torch.Tensor | None = None):
     """(multi-resolution STFT distance, mel distance, waveform L1, weighted total).
 
-    With `pitch_weight`, the total also counts the L1 between the harmonic encoder's log energies (one per semitone
-    and noise band) of output and input: every note weighs the same there, whereas the STFT and mel losses are
-    dominated by the many high-frequency bins, so the decoder learned band energies long before it learned notes."""
+    With `pitch_weight` (harmonic codecs; `latent` [B, L, D] is what `estimate` was decoded from), the total also
+    counts an L1 between log energies from the harmonic encoder's analysis: per semitone, of the decoder's sinusoids
+    alone vs the input; per noise band, of the whole output vs the input. Every note weighs the same there, whereas
+    the STFT and mel losses are dominated by the many high-frequency bins; and the tones alone must carry the notes:
+    scored on the whole output, the decoder settled on noise that matched the band energies and never learned notes
+    (seen in training)."""
     stft = multi_resolution_stft_distance(estimate, audio)
     mel = mel_distance(estimate, audio, codec.sample_rate) if config.mel_weight else torch.zeros(())
     wave = (estimate - audio).abs().mean()
     total = stft + config.mel_weight * mel + config.wave_weight * wave
     if config.pitch_weight:
-        features = codec.scalar_model.encoder.features
-        pitch = (features(estimate[:, 0]) - features(audio[:, 0])).abs().mean()
+        encoder, decoder = codec.scalar_model.encoder, codec.scalar_model.decoder
+        tones = decoder(latent.transpose(1, 2), tones_only=True)[:, 0]
+        target = encoder.features(audio[:, 0])
+        notes = decoder.tones
+        pitch = ((encoder.features(tones)[:, :notes] - target[:, :notes]).abs().mean()
+                 + (encoder.features(estimate[:, 0])[:, notes:] - target[:, notes:]).abs().mean())
         total = total + config.pitch_weight * pitch
     return stft, mel, wave, total
 
@@ -204,7 +212,7 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     stft = mel = wave = autoencoder = torch.zeros(())
     if config.autoencoder_weight:  # 0 skips the pass (end-to-end training needs only the path through the codes)
         reconstruction = codec.latent_to_audio(grid(latent), snap=False)
-        stft, mel, wave, autoencoder = audio_losses(reconstruction, audio, codec, config)
+        stft, mel, wave, autoencoder = audio_losses(reconstruction, audio, codec, config, grid(latent))
 
     target = latent.detach()
     features = codec.code_encoder(latent if config.end_to_end else target)
@@ -223,7 +231,7 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     if config.token_audio_weight:
         # What `encode -> decode` will actually produce: the SQ decoder on the latent predicted from the codes.
         through_codes = codec.latent_to_audio(grid(predicted), snap=False)
-        token_stft, token_mel, _, token_total = audio_losses(through_codes, audio, codec, config)
+        token_stft, token_mel, _, token_total = audio_losses(through_codes, audio, codec, config, grid(predicted))
         total = total + config.token_audio_weight * token_total
     parts = {name: float(value.detach()) for name, value in
              (("stft", stft), ("mel", mel), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment),
