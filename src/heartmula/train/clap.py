@@ -206,7 +206,10 @@ def train_clap(
                                   weight_decay=config.weight_decay)
     if (out / STATE_FILE).is_file():
         state = torch.load(out / STATE_FILE, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
+        saved_sizes = [len(group["params"]) for group in state["optimizer"]["param_groups"]]
+        if saved_sizes == [len(group["params"]) for group in optimizer.param_groups]:
+            optimizer.load_state_dict(state["optimizer"])
+        # else: a new stage trains other parameters (--text-only after joint training): its moments start fresh
         resumed_from = int(state["step"])
 
     cache_dir = Path(os.environ.get("HEARTMULA_CLAP_FEATURES", out / FEATURE_DIR))
