@@ -83,13 +83,19 @@ def test_compose_hear_and_find_in_library(live_server, browser):
     find(By.CSS_SELECTOR, '#tabs [data-tab="library"]').click()
     search = find(By.ID, "search")
     search.send_keys(title.split()[-1])
-    def only_our_song():  # the search narrows the list to this song (the unfiltered list may show first)
-        items = browser.find_elements(By.CSS_SELECTOR, "#library li.song")
-        return len(items) == 1 and items[0].find_element(By.CSS_SELECTOR, ".title").text == title and items
+    # Read the list in one script call: the library re-renders while it refreshes, so elements found in one call
+    # can be stale by the next (seen under load).
+    library = """return [...document.querySelectorAll('#library li.song')].map(li => ({
+        title: li.querySelector('.title').textContent, text: li.innerText,
+        play: !!li.querySelector('button.play'), links: [...li.querySelectorAll('.actions a')].map(a => a.href)}))"""
 
-    item = wait_until(only_our_song, 30, "the song alone in the searched library")[0]
-    assert "done" in item.text and item.find_elements(By.CSS_SELECTOR, "button.play")
-    links = [a.get_attribute("href") for a in item.find_elements(By.CSS_SELECTOR, ".actions a")]
+    def only_our_song():  # the search narrows the list to this song (the unfiltered list may show first)
+        items = browser.execute_script(library)
+        return len(items) == 1 and items[0]["title"] == title and "done" in items[0]["text"] and items[0]
+
+    item = wait_until(only_our_song, 30, "the song alone and done in the searched library")
+    assert item["play"]
+    links = item["links"]
     assert any("format=mp3" in link for link in links) and any(link.endswith("/codes") for link in links)
 
     if os.environ.get("HEARTMULA_SCREENSHOT"):  # the README's picture: `HEARTMULA_SCREENSHOT=docs/server.png`
