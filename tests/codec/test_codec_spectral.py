@@ -172,3 +172,32 @@ def test_pitch_loss_needs_a_harmonic_codec(tmp_path):
     with pytest.raises(HeartMuLaError, match="harmonic"):
         train_codec([tmp_path / "manifest.jsonl"], tmp_path / "out",
                     CodecTrainConfig(preset="tiny-spectral", steps=1, pitch_weight=1.0), progress=False)
+
+
+def test_decoder_only_training_keeps_the_codes_and_improves_the_decoder(tmp_path):
+    from heartmula.audio import load_audio
+    from heartmula.train.codec import CodecTrainConfig, train_codec
+
+    _tiny_corpus(tmp_path)
+    config = CodecTrainConfig(preset="tiny-harmonic", steps=10, batch_size=4, segment_frames=4, learning_rate=3e-3,
+                              save_every=10, mel_weight=1.0, wave_weight=0.0, spread_weight=0.0, end_to_end=True,
+                              threads=1, pitch_weight=1.0)
+    train_codec([tmp_path / "manifest.jsonl"], tmp_path / "out", config, progress=False)
+    song = load_audio(tmp_path / "song0.wav")[0]
+    before = HeartCodec.from_pretrained(tmp_path / "out")
+    codes = before.encode(song, 4800)
+    decoded_before = before.decode(codes)[0]
+
+    decoder_only = CodecTrainConfig(**{**config.__dict__, "steps": 50, "decoder_only": True})
+    train_codec([tmp_path / "manifest.jsonl"], tmp_path / "out", decoder_only, progress=False)
+    after = HeartCodec.from_pretrained(tmp_path / "out")
+    np.testing.assert_array_equal(after.encode(song, 4800), codes)  # the tokens an LM learned still mean the same
+    frozen = ("scalar_model.encoder.", "code_encoder.", "flow_matching.vq_embed.layers.",
+              "flow_matching.vq_embed.project_in.")
+    old, new = before.state_dict(), after.state_dict()
+    for name in old:
+        if name.startswith(frozen):
+            assert torch.equal(old[name], new[name]), name
+    assert not np.allclose(after.decode(codes)[0], decoded_before)  # while the decoding path trained
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert np.mean([r["token_mel"] for r in log[-5:]]) < np.mean([r["token_mel"] for r in log[10:15]])

@@ -29,3 +29,21 @@ def test_convert_to_bfloat16_writes_one_loadable_folder(tmp_path, capsys):
     # never overwrites
     assert main(["model", "convert", str(root), str(dest)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_convert_a_codec_folder_to_float16(tmp_path, capsys):
+    from heartmula.codec.pretrained import load_codec, write_random_codec
+
+    source = tmp_path / "codec"
+    write_random_codec(source, preset="tiny-harmonic", seed=1)
+    (source / "train_log.jsonl").write_text("{}\n")  # training leftovers stay behind
+    dest = tmp_path / "shipped"
+    assert main(["model", "convert", str(source), str(dest), "--dtype", "float16"]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
+    original, converted = load_state_dict(source), load_state_dict(dest)
+    assert original.keys() == converted.keys()
+    for name, tensor in converted.items():
+        if tensor.is_floating_point():
+            assert tensor.dtype == torch.float16
+            assert torch.equal(tensor, original[name].to(torch.float16)), name
+    assert load_codec(dest).config.to_dict() == load_codec(source).config.to_dict()

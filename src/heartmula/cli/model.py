@@ -29,13 +29,15 @@ def register(verbs) -> None:
     info.add_argument("path", type=Path, help="checkpoint root or model folder")
     info.add_argument("--version", default="3B")
     info.set_defaults(handler=run_info)
-    convert = sub.add_parser("convert", help="copy a checkpoint into one folder in another dtype",
-                             description="Write DST/config.json + model.safetensors (in --dtype) + tokenizer.json + "
-                             "gen_config.json: a self-contained model folder that `--model DST` loads. bfloat16 "
-                             "halves the disk size of a float32 checkpoint (loading upcasts to the --dtype asked "
-                             "for). Optimizer state and logs of a training root stay behind.",
+    convert = sub.add_parser("convert", help="copy an LM or codec checkpoint into one folder in another dtype",
+                             description="LM: write DST/config.json + model.safetensors (in --dtype) + "
+                             "tokenizer.json + gen_config.json, a self-contained model folder that `--model DST` "
+                             "loads. Codec (a folder whose config.json is a HeartCodec's): DST/config.json + "
+                             "model.safetensors. 16-bit dtypes halve the disk size of a float32 checkpoint (loading "
+                             "upcasts to the dtype asked for). Optimizer state, cached audio and logs of a training "
+                             "folder stay behind.",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    convert.add_argument("source", type=Path, help="checkpoint root or model folder")
+    convert.add_argument("source", type=Path, help="LM checkpoint root or model folder, or a codec folder")
     convert.add_argument("dest", type=Path, help="new folder (must not exist)")
     convert.add_argument("--version", default="3B")
     convert.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
@@ -84,25 +86,38 @@ def run_convert(args) -> int:
     import tempfile
 
     from heartmula.checkpoint import parse_dtype
+    from heartmula.codec.model import HeartCodec
     from heartmula.errors import HeartMuLaError
     from heartmula.lm.model import HeartMuLa
     from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, locate_lm
 
     if args.dest.exists():
         raise HeartMuLaError(f"{args.dest} already exists: choose a new folder")
-    files = locate_lm(args.source, args.version)
-    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(args.dtype))
+    dtype = parse_dtype(args.dtype)
+    files = None if _is_codec_folder(args.source) else locate_lm(args.source, args.version)
+    if files is None:
+        model = HeartCodec.from_pretrained(args.source).to(dtype)
+    else:
+        model = HeartMuLa.from_pretrained(files.model_dir, dtype=dtype)
     args.dest.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the destination, then renamed: an interrupted run leaves no half folder under the real name.
     staging = Path(tempfile.mkdtemp(prefix=f".{args.dest.name}.", dir=args.dest.parent))
     try:
         model.save_pretrained(staging)
-        shutil.copy(files.tokenizer, staging / TOKENIZER_FILE)
-        if files.gen_config is not None:
-            shutil.copy(files.gen_config, staging / GEN_CONFIG_FILE)
+        if files is not None:
+            shutil.copy(files.tokenizer, staging / TOKENIZER_FILE)
+            if files.gen_config is not None:
+                shutil.copy(files.gen_config, staging / GEN_CONFIG_FILE)
         os.replace(staging, args.dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(f.stat().st_size for f in args.dest.iterdir()) / 1e6
     print(f"wrote {args.dest} ({args.dtype}, {size:.1f} MB)")
     return 0
+
+
+def _is_codec_folder(path: Path) -> bool:
+    import json
+
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "heartcodec"

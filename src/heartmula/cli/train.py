@@ -83,6 +83,9 @@ def register_codec(actions) -> None:
                    "(SQ presets)")
     p.add_argument("--end-to-end", action="store_true", help="let the audio losses through the codes train the "
                    "waveform encoder too (straight-through past the quantiser)")
+    p.add_argument("--decoder-only", action="store_true", help="train only the decoding path (codes -> audio): the "
+                   "encoder, code encoder and codebooks stay frozen, so tokens made with this codec before (an LM's "
+                   "training data) stay valid")
     p.add_argument("--autoencoder-weight", type=float, default=1.0, help="weight of the audio losses of the "
                    "waveform autoencoder alone (0 skips that pass; sensible with --end-to-end)")
     p.add_argument("--latent-weight", type=float, default=10.0, help="weight of the latent MSE of the direct "
@@ -107,6 +110,7 @@ def run_codec(args: argparse.Namespace) -> int:
                               mel_weight=args.mel_weight, pitch_weight=args.pitch_weight,
                               wave_weight=args.wave_weight,
                               spread_weight=args.spread_weight, end_to_end=args.end_to_end,
+                              decoder_only=args.decoder_only,
                               final_lr_fraction=args.final_lr_fraction, threads=args.threads,
                               autoencoder_weight=args.autoencoder_weight, latent_weight=args.latent_weight,
                               commitment_weight=args.commitment_weight)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from heartmula.audio import load_audio
 from heartmula.codec.config import LATENT_PER_CODE
@@ -67,6 +68,7 @@ class CodecTrainConfig:
     pitch_weight: float = 0.0  # harmonic codec: L1 of the encoder's log semitone/band energies, output vs input
     source_weights: list[float] | None = None  # draw probability per input path (None: by audio length)
     end_to_end: bool = False  # audio losses through the codes also train the waveform encoder (straight-through)
+    decoder_only: bool = False  # freeze everything that decides the codes (see code_path_modules)
     final_lr_fraction: float = 1.0  # cosine decay of the learning rate to this fraction at `steps` (1 = constant)
     save_every: int = 100
     seed: int = 0
@@ -254,6 +256,21 @@ def spread_latent(codec: HeartCodec, audio: torch.Tensor, target_std: float = 0.
     encoder[-1].bias.mul_(scale)
 
 
+def code_path_modules(codec: HeartCodec) -> list[nn.Module]:
+    """The modules that turn audio into codes. `decoder_only` training freezes them (weights, codebooks, and norm
+    statistics through eval mode), so codes made before still mean the same: a language model already trained on
+    them keeps working while the decoder goes on improving."""
+    return [codec.scalar_model.encoder, codec.code_encoder, codec.flow_matching.vq_embed.layers,
+            codec.flow_matching.vq_embed.project_in]
+
+
+def _set_training_mode(codec: HeartCodec, config: CodecTrainConfig) -> None:
+    codec.train()
+    if config.decoder_only:
+        for module in code_path_modules(codec):
+            module.eval()
+
+
 def _save_state(out: Path, optimizer, step: int, codec: HeartCodec, config: CodecTrainConfig) -> None:
     codec.save_pretrained(out)
     save_training_state(out, codec, optimizer, step, config)
@@ -279,7 +296,10 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         raise HeartMuLaError("codec training needs a preset with a direct decoder and a code encoder")
     if config.pitch_weight and not getattr(codec.scalar_model.encoder, "harmonic", False):
         raise HeartMuLaError("--pitch-weight needs a codec with harmonic synthesis (e.g. preset harmonic-24k)")
-    codec.train()
+    if config.decoder_only:
+        for module in code_path_modules(codec):
+            module.requires_grad_(False)
+    _set_training_mode(codec, config)
     params = [p for p in codec.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.8, 0.99), weight_decay=0.0)
     start_step = load_training_state(out, codec, optimizer)
@@ -321,9 +341,10 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        reseed = step % config.dead_code_every == 0
-        codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
-                                                dead_threshold=0.02 if reseed else 0.0, generator=generator)
+        if not config.decoder_only:
+            reseed = step % config.dead_code_every == 0
+            codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
+                                                    dead_threshold=0.02 if reseed else 0.0, generator=generator)
         # distinct codes per codebook in this batch (averaged): falls toward 1 when the codebooks collapse
         parts["codes_used"] = float(np.mean([len(torch.unique(codes[..., i])) for i in range(codes.shape[-1])]))
         parts = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 5) for k, v in parts.items()},
@@ -337,7 +358,7 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
             codec.eval()
             _save_state(out, optimizer, step + 1, codec, config)
-            codec.train()
+            _set_training_mode(codec, config)
     if bar is not None:
         bar.close()
     if start_step >= config.steps:
