@@ -45,6 +45,19 @@ def test_instrumental_from_the_cli(root, tmp_path):
     assert np.load(out).shape[0] == 8
 
 
+def test_reference_audio_conditions_the_song_through_clap(root, tmp_path):
+    from heartmula.audio import save_audio
+
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    save_audio(tmp_path / "ref.wav", (0.3 * np.sin(2 * np.pi * 330 * t))[None].astype(np.float32), rate)
+    args = ["generate", "--model", str(root), "--tags", "pop", "--lyrics", "la la", "--duration", "1", "--seed", "5",
+            "--no-decode", "--quiet"]
+    assert main([*args, "--codes-out", str(tmp_path / "plain.npy")]) == 0
+    assert main([*args, "--codes-out", str(tmp_path / "ref.npy"), "--reference-audio", str(tmp_path / "ref.wav")]) == 0
+    assert not np.array_equal(np.load(tmp_path / "plain.npy"), np.load(tmp_path / "ref.npy"))
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -53,6 +66,7 @@ def test_instrumental_from_the_cli(root, tmp_path):
         (["--duration", "-1", "--codes-out", "x.npy", "--no-decode"], "duration"),
         (["--duration", "100000", "--codes-out", "x.npy", "--no-decode"], "context"),
         (["--tags", "jazz:x", "--codes-out", "x.npy", "--no-decode"], "weight"),
+        (["--reference-audio", "missing.wav", "--codes-out", "x.npy", "--no-decode"], "missing.wav"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_writes_nothing(root, tmp_path, monkeypatch, capsys, extra, message):

@@ -43,4 +43,24 @@ def resolve_codec(codec: str | os.PathLike | None, model: Path) -> Path:
     raise HeartMuLaError(f"no {OFFICIAL_FOLDER}/ beside {model}: pass --codec PATH")
 
 
-__all__ = ["DEFAULT_CODEC_DIR", "DEFAULT_LM_DIR", "default_lm_installed", "resolve_codec", "resolve_lm"]
+def clap_reference(slot_dim: int, reference_audio: tuple, clap=None):
+    """A HeartCLAP audio embedding of (audio [C, N], rate) for an LM's reference-audio slot of `slot_dim` inputs
+    (`model.config.muq_dim`); `clap`: a loaded HeartCLAP, default the shipped one (the embedded LM was trained with
+    its embeddings). Returns a float32 tensor [slot_dim]."""
+    import numpy as np
+    import torch
+
+    if clap is None:
+        from heartmula.clap import load_clap
+
+        clap = load_clap()
+    audio, rate = reference_audio
+    vector = torch.from_numpy(np.asarray(clap.embed_audio(np.asarray(audio, dtype=np.float32), rate)))
+    if vector.numel() != slot_dim:
+        raise HeartMuLaError(f"the CLAP model embeds audio in {vector.numel()} dimensions but this LM's reference "
+                             f"slot takes {slot_dim}: use a CLAP model made for it")
+    return vector.float()
+
+
+__all__ = ["DEFAULT_CODEC_DIR", "DEFAULT_LM_DIR", "clap_reference", "default_lm_installed", "resolve_codec",
+           "resolve_lm"]

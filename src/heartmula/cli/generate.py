@@ -27,6 +27,10 @@ def register(verbs) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance; 1 = off, 2.5-3 = "
                    "stronger tag control")
     p.add_argument("--seed", type=int, help="random seed for a reproducible song")
+    p.add_argument("--reference-audio", type=Path, help="a recording whose style the song should follow: its "
+                   "HeartCLAP audio embedding fills the LM's reference-audio slot (the embedded default model was "
+                   "trained with it; upstream leaves the slot empty)")
+    p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
     p.add_argument("--int8", action="store_true", help="int8 weight-only linear layers (CPU speed-up)")
@@ -45,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from heartmula.audio import save_audio
+    from heartmula.audio import load_audio, save_audio
     from heartmula.codec.pretrained import load_codec
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
     from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
     from heartmula.lm.pretrained import load_generator
-    from heartmula.song_models import resolve_codec, resolve_lm
+    from heartmula.song_models import clap_reference, resolve_codec, resolve_lm
     from heartmula.text import read_text_argument
 
     if args.no_decode and args.codes_out is None:
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     lyrics = read_text_argument(args.lyrics, "lyrics")
     sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale).validate()
     max_new_frames = frames_for_duration(args.duration)
+    reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early
     generator = load_generator(model_path, args.version, args.dtype, args.device)
     if args.int8:
         from heartmula.nn.quant import quantize_int8
@@ -72,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
         generator.compile()
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    song = SongRequest(lyrics=lyrics, tags=tags, seed=args.seed)
+    reference_embedding = None
+    if reference is not None:
+        from heartmula.clap import load_clap
+
+        reference_embedding = clap_reference(generator.model.config.muq_dim, reference, load_clap(args.clap))
+    song = SongRequest(lyrics=lyrics, tags=tags, seed=args.seed, reference_embedding=reference_embedding)
     codes = generator.generate([song], sampling, max_new_frames, compat=args.compat, progress=not args.quiet)[0]
     codes_np = codes.numpy().astype(np.int64)
     seconds = codes_np.shape[1] / 12.5

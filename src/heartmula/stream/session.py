@@ -16,6 +16,7 @@ import torch
 
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.generation import FRAME_RATE, GenerationSession, SongRequest, frames_for_duration
+from heartmula.song_models import clap_reference
 from heartmula.stream.controls import StreamControls, parse_prompts
 from heartmula.stream.decoding import DirectAudioStream, FlowAudioStream
 
@@ -54,21 +55,6 @@ class AudioChunk:
     @property
     def seconds(self) -> float:
         return self.audio.shape[-1] / self.sample_rate
-
-
-def clap_reference(generator, reference_audio: tuple[np.ndarray, int], clap=None) -> torch.Tensor:
-    """A HeartCLAP audio embedding of (audio, rate) for the LM's reference-audio slot (default: the shipped CLAP)."""
-    if clap is None:
-        from heartmula.clap import load_clap
-
-        clap = load_clap()
-    audio, rate = reference_audio
-    vector = torch.from_numpy(np.asarray(clap.embed_audio(np.asarray(audio, dtype=np.float32), rate)))
-    expected = generator.model.config.muq_dim
-    if vector.numel() != expected:
-        raise HeartMuLaError(f"the CLAP model embeds audio in {vector.numel()} dimensions but this LM's reference "
-                             f"slot takes {expected}: use a CLAP model made for it")
-    return vector.float()
 
 
 def _fingerprint(generator, codec) -> dict:
@@ -129,7 +115,7 @@ class StreamSession:
         if reference_audio is not None:
             if reference_embedding is not None:
                 raise HeartMuLaError("give a style reference as audio or as an embedding, not both")
-            reference_embedding = clap_reference(generator, reference_audio, clap)
+            reference_embedding = clap_reference(generator.model.config.muq_dim, reference_audio, clap)
         self.samples_per_frame = codec.config.samples_per_code
         self.sample_rate, self.channels = codec.sample_rate, codec.config.audio_channels
         song = SongRequest(lyrics=lyrics, tags=list(self.controls.prompts), seed=seed,
