@@ -12,11 +12,13 @@ moving a slider. Measured:
 - underruns (times the buffer ran dry mid-song) and seconds of silence they caused, pacer degradations;
 - process CPU seconds per audio second (all threads): steadier than wall time on a shared machine.
 
-Until the embedded default models land it runs on random weights: the `bench-36m` LM preset (the issue's ~36M
-geometry, 8192 codes) and, by default, the `small-16k` direct-decoder codec preset with its codebook widened to the
-LM's 8192 codes (speed does not depend on the weights). Rerun with the defaults:
+By default it runs the embedded default LM and codec (what a fresh install streams with). `--model`/`--codec` take
+other checkpoints; `--random` uses random weights instead: the `bench-36m` LM preset (the issue's ~36M geometry,
+8192 codes) and the `--codec-preset` direct-decoder codec with its codebook widened to the LM's codes (speed does
+not depend on the weights).
 
-    python bench/stream_latency.py --model LM_ROOT --codec CODEC_DIR
+    python bench/stream_latency.py                       # embedded defaults, 2-minute paced session
+    python bench/stream_latency.py --random --codec-preset small-16k
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ from heartmula.codec import load_codec
 from heartmula.codec.model import HeartCodec
 from heartmula.codec.pretrained import PRESETS as CODEC_PRESETS
 from heartmula.lm.pretrained import load_generator, write_random_root
+from heartmula.song_models import resolve_codec, resolve_lm
 from heartmula.stream import Pacer, StreamControls, StreamSession
 
 LYRICS = ("[verse]\nthe morning light is on the hill\ni hear the river running still\n"
           "[chorus]\nsing it loud, sing it clear\nthe summer song is almost here\n")
-MIXES = [[("jazz,piano", 0.8), ("electronic,synth", 0.2)], [("jazz,piano", 0.2), ("electronic,synth", 0.8)]]
+MIXES = [[("ballad,piano", 0.8), ("electronic,synthesizer", 0.2)],
+         [("ballad,piano", 0.2), ("electronic,synthesizer", 0.8)]]
 
 
 def timed(obj, name: str, totals: dict, key: str) -> None:
@@ -59,26 +63,25 @@ def timed(obj, name: str, totals: dict, key: str) -> None:
 
 
 def make_models(args, scratch: Path):
-    if args.model:
-        generator = load_generator(args.model)
-        lm_desc = str(args.model)
+    if not args.random:
+        model = resolve_lm(args.model, "3B")
+        codec_path = resolve_codec(args.codec, model)
+        generator, codec = load_generator(model), load_codec(codec_path)
+        lm_desc = "embedded default" if args.model is None else str(args.model)
+        codec_desc = "embedded default" if args.codec is None and args.model is None else str(codec_path)
     else:
         write_random_root(scratch / "lm", "bench-36m", seed=0)
         generator = load_generator(scratch / "lm")
         lm_desc = "bench-36m preset, random weights"
-    if args.int8:
-        from heartmula.nn.quant import quantize_int8
-
-        quantize_int8(generator.model)
-    if args.codec:
-        codec = load_codec(args.codec)
-        codec_desc = str(args.codec)
-    else:
         config = CODEC_PRESETS[args.codec_preset]()
         config.codebook_size = max(config.codebook_size, generator.codebook_size)
         HeartCodec(config.validate()).init_weights(0).save_pretrained(scratch / "codec")
         codec = load_codec(scratch / "codec")
         codec_desc = f"{args.codec_preset} preset, codebook {config.codebook_size}, random weights"
+    if args.int8:
+        from heartmula.nn.quant import quantize_int8
+
+        quantize_int8(generator.model)
     return generator, codec, lm_desc, codec_desc
 
 
@@ -161,9 +164,11 @@ def paced_run(generator, codec, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="LM root or folder (default: random bench-36m preset)")
-    parser.add_argument("--codec", help="codec folder (default: random --codec-preset)")
-    parser.add_argument("--codec-preset", default="small-16k", choices=sorted(CODEC_PRESETS))
+    parser.add_argument("--model", help="LM root or folder (default: the embedded default)")
+    parser.add_argument("--codec", help="codec root or folder (default: beside the LM, or the embedded default)")
+    parser.add_argument("--random", action="store_true", help="random weights: bench-36m LM + --codec-preset")
+    parser.add_argument("--codec-preset", default="small-16k", choices=sorted(CODEC_PRESETS),
+                        help="with --random: the codec geometry")
     parser.add_argument("--seconds", type=float, default=120.0, help="length of the paced session")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk-frames", type=int, help="frames per chunk (default: the engine's)")
