@@ -102,6 +102,9 @@ def run_convert(args) -> int:
     args.dest.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the destination, then renamed: an interrupted run leaves no half folder under the real name.
     staging = Path(tempfile.mkdtemp(prefix=f".{args.dest.name}.", dir=args.dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the folder should look like any other the user makes
     try:
         model.save_pretrained(staging)
         if files is not None:
