@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 
@@ -83,18 +84,26 @@ def run(args: argparse.Namespace) -> int:
 
         reference_embedding = clap_reference(generator.model.config.muq_dim, reference, load_clap(args.clap))
     song = SongRequest(lyrics=lyrics, tags=tags, seed=args.seed, reference_embedding=reference_embedding)
+    started = time.perf_counter()
     codes = generator.generate([song], sampling, max_new_frames, compat=args.compat, progress=not args.quiet)[0]
     codes_np = codes.numpy().astype(np.int64)
     seconds = codes_np.shape[1] / 12.5
+    lm_seconds = time.perf_counter() - started
     if args.codes_out is not None:
         with atomic_output(args.codes_out) as tmp:
             np.save(tmp, codes_np)
         print(f"wrote {args.codes_out}: {codes_np.shape[0]} codebooks x {codes_np.shape[1]} frames ({seconds:.2f} s)",
               file=sys.stderr)
     if args.no_decode:
+        print(f"language model: {lm_seconds:.1f} s of compute (RTF {lm_seconds / max(seconds, 1e-9):.2f})",
+              file=sys.stderr)
         return 0
     codec = load_codec(codec_path, args.dtype, args.device)
+    started = time.perf_counter()
     audio, rate = codec.decode(codes_np, seed=args.seed)
+    codec_seconds = time.perf_counter() - started
     save_audio(args.out, audio, rate)
-    print(f"wrote {args.out}: {audio.shape[-1] / rate:.2f} s at {rate} Hz", file=sys.stderr)
+    print(f"wrote {args.out}: {audio.shape[-1] / rate:.2f} s at {rate} Hz; compute {lm_seconds:.1f} s language "
+          f"model + {codec_seconds:.1f} s codec (RTF {(lm_seconds + codec_seconds) / max(seconds, 1e-9):.2f})",
+          file=sys.stderr)
     return 0
