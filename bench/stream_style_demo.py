@@ -108,6 +108,7 @@ def stream(args) -> tuple[Path, Path, str, float, str]:
     stream_args = ["stream", *(["--model", model] if model else []), *(["--codec", codec] if codec else []),
                    "--version", args.version, "--lyrics", args.lyrics, "--tags", args.from_tags,
                    "--controls", str(controls), "--seed", str(args.seed), "--duration", f"{args.seconds:g}",
+                   "--min-duration", f"{args.seconds:g}",  # the whole song, so both styles get their time
                    "--temperature", f"{args.temperature:g}", "--topk", str(args.topk),
                    "--cfg-scale", f"{args.cfg_scale:g}", "--out", str(song), *(["--quiet"] if args.quiet else [])]
     command = "heartmula " + shlex.join(stream_args)

@@ -67,6 +67,7 @@ def test_reference_audio_conditions_the_song_through_clap(root, tmp_path):
         (["--duration", "100000", "--codes-out", "x.npy", "--no-decode"], "context"),
         (["--tags", "jazz:x", "--codes-out", "x.npy", "--no-decode"], "weight"),
         (["--reference-audio", "missing.wav", "--codes-out", "x.npy", "--no-decode"], "missing.wav"),
+        (["--min-duration", "-1", "--codes-out", "x.npy", "--no-decode"], "minimum duration"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_writes_nothing(root, tmp_path, monkeypatch, capsys, extra, message):

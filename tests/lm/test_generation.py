@@ -229,6 +229,32 @@ def test_eos_ends_the_song_but_never_frame_zero(generator):
     assert int(compat[0, 0]) == eos  # upstream never checks frame 0
 
 
+def test_minimum_length_keeps_the_song_going(generator):
+    from heartmula.lm.generation import min_frames_for
+
+    eos = generator.gen_config.audio_eos_id
+    sampling = SamplingParams(top_k=1, cfg_scale=1.0)
+    song = SongRequest(lyrics=LYRICS, tags="pop")
+    with torch.no_grad():
+        session = generator.start([song], sampling, 0)
+        direction = session._prefill()[0]
+        session.close()
+        saved = generator.model.codebook0_head.weight[eos].clone()
+        generator.model.codebook0_head.weight[eos] = direction * 1e3  # EOS would win at every frame
+    try:
+        assert generator.generate([song], sampling, 10)[0].shape[1] < 6
+        codes = generator.generate([song], sampling, 10, min_new_frames=6)[0]
+        assert codes.shape[1] >= 6 and not (codes[0, :6] == eos).any()
+        with pytest.raises(HeartMuLaError, match="compat"):
+            generator.generate([song], sampling, 10, compat=True, min_new_frames=6)
+    finally:
+        with torch.no_grad():
+            generator.model.codebook0_head.weight[eos] = saved
+    assert min_frames_for(0, 30) == 0 and min_frames_for(2.0, 30) == 25 and min_frames_for(99, 2.0) == 26
+    with pytest.raises(HeartMuLaError, match="minimum duration"):
+        min_frames_for(-1, 30)
+
+
 def test_sampling_edge_cases():
     logits = torch.tensor([[0.0, 5.0, 1.0, -2.0], [3.0, 0.0, 0.0, 0.0]])
     assert sample_top_k(logits, 1, 1.0).tolist() == [1, 0]

@@ -23,6 +23,8 @@ def register(verbs) -> None:
                    "prompt mix: 'jazz:0.7,electronic:0.3' or 'jazz,piano:0.7|electronic:0.3'")
     p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
     p.add_argument("--duration", type=float, default=30.0, help="maximum song length in seconds")
+    p.add_argument("--min-duration", type=float, default=0.0, help="the song does not end before this many seconds "
+                   "(0: the model decides when to end, as upstream; set it to --duration for an exact length)")
     p.add_argument("--topk", type=int, default=50, help="sample among the k most likely codes (1 = greedy)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance; 1 = off, 2.5-3 = "
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from heartmula.codec.pretrained import load_codec
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
-    from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
+    from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration, min_frames_for
     from heartmula.lm.pretrained import load_generator
     from heartmula.song_models import clap_reference, resolve_codec, resolve_lm
     from heartmula.text import read_text_argument
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     lyrics = read_text_argument(args.lyrics, "lyrics")
     sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale).validate()
     max_new_frames = frames_for_duration(args.duration)
+    min_new_frames = min_frames_for(args.min_duration, args.duration)
     reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early
     generator = load_generator(model_path, args.version, args.dtype, args.device)
     if args.int8:
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         reference_embedding = clap_reference(generator.model.config.muq_dim, reference, load_clap(args.clap))
     song = SongRequest(lyrics=lyrics, tags=tags, seed=args.seed, reference_embedding=reference_embedding)
     started = time.perf_counter()
-    codes = generator.generate([song], sampling, max_new_frames, compat=args.compat, progress=not args.quiet)[0]
+    codes = generator.generate([song], sampling, max_new_frames, compat=args.compat, progress=not args.quiet,
+                               min_new_frames=min_new_frames)[0]
     codes_np = codes.numpy().astype(np.int64)
     seconds = codes_np.shape[1] / 12.5
     lm_seconds = time.perf_counter() - started

@@ -28,6 +28,8 @@ def register(verbs) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance (1 = off)")
     p.add_argument("--seed", type=int, help="random seed: the same seed and control file give the same song")
     p.add_argument("--duration", type=float, default=60.0, help="maximum song length in seconds")
+    p.add_argument("--min-duration", type=float, default=0.0, help="the song does not end before this many seconds "
+                   "(0: the model decides when to end)")
     p.add_argument("--controls", type=Path, help="scripted control changes: a .json list of {\"at\": seconds, "
                    "controls...} or a text file of lines 'TIME key=value ...' (TIME as 12.5, 12.5s or f150; keys: "
                    "prompts, temperature, top_k, cfg_scale); see heartmula.stream.controls")
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             reference_audio = load_audio(args.reference_audio)
         session = StreamSession(generator, codec, lyrics=read_text_argument(args.lyrics, "lyrics"),
                                 controls=controls, seed=args.seed, max_seconds=args.duration,
+                                min_seconds=args.min_duration,
                                 chunk_frames=args.chunk_frames, lookahead_frames=args.lookahead_frames,
                                 prompt_audio=prompt_audio, reference_audio=reference_audio, clap=clap)
     for change in script:

@@ -14,6 +14,7 @@ Guidance for song s: uncond + cfg * sum_k w_k (cond_k - uncond), which is upstre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +34,13 @@ def frames_for_duration(seconds: float) -> int:
     if not seconds > 0:
         raise HeartMuLaError(f"duration must be > 0 seconds, got {seconds}")
     return int(seconds * 1000) // 80
+
+
+def min_frames_for(min_seconds: float, max_seconds: float) -> int:
+    """Frames a song must have at least for `min_seconds` (capped at what `max_seconds` allows; 0 = no minimum)."""
+    if not 0 <= min_seconds < float("inf"):
+        raise HeartMuLaError(f"minimum duration must be >= 0 seconds, got {min_seconds}")
+    return min(math.ceil(min_seconds * FRAME_RATE - 1e-9), 1 + frames_for_duration(max_seconds))
 
 
 @dataclass
@@ -131,9 +139,11 @@ class HeartMuLaGenerator:
         max_new_frames: int = 0,
         compat: bool = False,
         guided: bool | None = None,
+        min_new_frames: int = 0,
     ) -> GenerationSession:
         """Prefill the prompts and return a session that yields frames; see `GenerationSession`."""
-        return GenerationSession(self, list(songs), sampling or SamplingParams(), max_new_frames, compat, guided)
+        return GenerationSession(self, list(songs), sampling or SamplingParams(), max_new_frames, compat, guided,
+                                 min_new_frames)
 
     @torch.inference_mode()
     def generate(
@@ -144,9 +154,11 @@ class HeartMuLaGenerator:
         compat: bool = False,
         sync_every: int = 16,
         progress: bool = False,
+        min_new_frames: int = 0,
     ) -> list[torch.Tensor]:
-        """Codes [K, T] (long, CPU) for each song. T <= 1 + max_new_frames (frame 0 comes from the prefill)."""
-        session = self.start(songs, sampling, max_new_frames, compat)
+        """Codes [K, T] (long, CPU) for each song. T <= 1 + max_new_frames (frame 0 comes from the prefill);
+        no song ends before `min_new_frames` frames (end-of-song is not sampled before then)."""
+        session = self.start(songs, sampling, max_new_frames, compat, min_new_frames=min_new_frames)
         frames = []
         bar = None
         if progress:
@@ -178,6 +190,7 @@ class GenerationSession:
     max_new_frames: int
     compat: bool = False
     guided: bool | None = None
+    min_new_frames: int = 0  # end-of-song is not sampled before this frame (0: the model decides from frame 1)
     rows: list[_Row] = field(init=False)
     frame_index: int = field(init=False, default=0)
 
@@ -186,6 +199,10 @@ class GenerationSession:
             raise HeartMuLaError("no songs requested")
         if self.max_new_frames < 0:
             raise HeartMuLaError("max_new_frames must be >= 0")
+        if self.min_new_frames < 0:
+            raise HeartMuLaError("min_new_frames must be >= 0")
+        if self.min_new_frames and self.compat:
+            raise HeartMuLaError("a minimum length needs the default mode (compat samples end-of-song freely)")
         self.sampling.validate()
         model = self.generator.model
         self.device, self.dtype = model.device, model.dtype
@@ -434,7 +451,8 @@ class GenerationSession:
         if self._history:
             tensors["history"] = torch.stack(self._history)  # [frames, songs, K]
         meta = dict(songs=songs, rows=rows, sampling=dict(self.sampling.__dict__), max_new_frames=self.max_new_frames,
-                    compat=self.compat, guided=self.guided, frame_index=self.frame_index)
+                    compat=self.compat, guided=self.guided, frame_index=self.frame_index,
+                    min_new_frames=self.min_new_frames)
         if self.frame_index > 0:
             self._activate()
             for i, layer in enumerate(self.generator.model.backbone.layers):
@@ -454,7 +472,7 @@ class GenerationSession:
                                      reference_embedding=tensors.get(f"song.{s}.reference"),
                                      audio_codes=tensors.get(f"song.{s}.audio_codes")))
         session = cls(generator, songs, SamplingParams(**meta["sampling"]), meta["max_new_frames"], meta["compat"],
-                      meta["guided"])
+                      meta["guided"], meta.get("min_new_frames", 0))
         session.rows = [_Row(r["song"], tensors[f"row.{i}.tokens"], tensors[f"row.{i}.mask"], r["reference_slot"],
                              r["unconditional"], r["weight"], r["tags"]) for i, r in enumerate(meta["rows"])]
         session._index_rows()
@@ -508,8 +526,8 @@ class GenerationSession:
         guided = self._guide(logits)
         if self._invalid_masks is not None:
             invalid = self._invalid_masks[codebook]
-            if codebook == 0 and self.frame_index == 0:
-                invalid = self._first_frame_c0_mask
+            if codebook == 0 and self.frame_index < max(1, self.min_new_frames):
+                invalid = self._first_frame_c0_mask  # EOS masked: a song has at least one (or min_new_frames)
             guided = guided.masked_fill(invalid, float("-inf"))
         s = self.sampling
         sampler = sample_top_k if self.compat else sample_among_top_k  # compat: upstream's random stream

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.generation import FRAME_RATE, GenerationSession, SongRequest, frames_for_duration
+from heartmula.lm.generation import FRAME_RATE, GenerationSession, SongRequest, frames_for_duration, min_frames_for
 from heartmula.song_models import clap_reference
 from heartmula.stream.controls import StreamControls, parse_prompts
 from heartmula.stream.decoding import DirectAudioStream, FlowAudioStream
@@ -89,6 +89,7 @@ class StreamSession:
         reference_embedding: torch.Tensor | None = None,
         reference_audio: tuple[np.ndarray, int] | None = None,
         clap=None,
+        min_seconds: float = 0.0,
     ):
         if isinstance(controls, dict):
             controls = StreamControls.from_dict(controls)
@@ -122,7 +123,8 @@ class StreamSession:
                            reference_embedding=reference_embedding, audio_codes=prompt_codes)
         # Always guided: CFG can then be changed live (one unconditional row, whatever the scale).
         self.lm: GenerationSession = generator.start([song], self.controls.sampling(),
-                                                     frames_for_duration(self.max_seconds), guided=True)
+                                                     frames_for_duration(self.max_seconds), guided=True,
+                                                     min_new_frames=min_frames_for(min_seconds, self.max_seconds))
         if self.direct:
             self.decoder = DirectAudioStream(codec, lookahead_frames)
         else:
