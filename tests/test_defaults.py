@@ -35,11 +35,18 @@ def test_generate_without_model_makes_audible_unclipped_audio_of_the_asked_lengt
     seconds = audio.shape[-1] / rate
     codes = np.load(codes_out)
     assert codes.shape[0] == 8 and seconds == codes.shape[1] / 12.5
-    assert 0.5 <= seconds <= 4.0 + 1e-6, seconds
+    assert 0.5 <= seconds <= 4.0 + 0.08 + 1e-6, seconds  # upstream: the prefill frame + 4 s of frames
     rms = float(np.sqrt(np.mean(audio**2)))
     assert rms > 1e-3, rms  # not silent
     assert np.mean(np.abs(audio) >= 0.999) < 1e-3  # not clipped
     assert np.ptp(audio[:, : rate // 2]) > 0  # sound from the start, not a leading gap
+
+
+def _music_like(rate: int, pitches: tuple[float, ...], seed: int) -> np.ndarray:
+    """Two seconds of tremolo tones over light noise (a bare sine is far from the music the codec was trained on)."""
+    t = np.arange(2 * rate) / rate
+    tones = sum(0.25 * np.sin(2 * np.pi * f * t) for f in pitches) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))
+    return (tones + 0.05 * np.random.default_rng(seed).standard_normal(t.shape))[None].astype(np.float32)
 
 
 def test_default_codec_round_trip_keeps_the_spectrum():
@@ -47,11 +54,15 @@ def test_default_codec_round_trip_keeps_the_spectrum():
 
     codec = load_codec()
     rate = codec.sample_rate
-    t = np.arange(2 * rate) / rate
-    tone = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 330 * t))[None].astype(np.float32)
-    decoded, decoded_rate = codec.decode(codec.encode(tone, rate))
-    assert decoded_rate == rate
-    n = min(decoded.shape[-1], tone.shape[-1])
-    close = float(mel_distance(torch.from_numpy(decoded[None, :, :n]), torch.from_numpy(tone[None, :, :n]), rate))
-    silence = float(mel_distance(torch.zeros(1, 1, n) + 1e-4, torch.from_numpy(tone[None, :, :n]), rate))
-    assert close < 0.5 * silence, (close, silence)
+
+    def distance(a, b):
+        n = min(a.shape[-1], b.shape[-1])
+        return float(mel_distance(torch.from_numpy(a[None, :, :n]), torch.from_numpy(b[None, :, :n]), rate))
+
+    low, high = _music_like(rate, (220.0, 330.0), 0), _music_like(rate, (880.0, 1320.0), 1)
+    low_back, rate_back = codec.decode(codec.encode(low, rate))
+    high_back, _ = codec.decode(codec.encode(high, rate))
+    assert rate_back == rate
+    assert distance(low_back, low) < 0.8  # held-out corpus songs measure 0.40-0.66
+    assert distance(low_back, low) < 0.7 * distance(high_back, low)  # the codes carry this input, not any input
+    assert 0.1 < low_back.std() / low.std() < 2.0
