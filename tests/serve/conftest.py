@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,22 @@ from heartmula.lm.pretrained import write_random_root
 
 @pytest.fixture(scope="session")
 def model_root(tmp_path_factory) -> Path:
-    """An official-layout root: tiny LM (HeartMuLa-oss-3B/, tokenizer, gen_config) and tiny HeartCodec-oss/."""
+    """An official-layout root: tiny LM (HeartMuLa-oss-3B/, tokenizer, gen_config) and tiny HeartCodec-oss/.
+
+    HEARTMULA_SERVE_TESTS_WITH_DEFAULTS=1 lays the shipped default LM and codec out that way instead (links), to run
+    the same tests, the browser ones included, against the models a fresh install serves (slower)."""
     root = tmp_path_factory.mktemp("models")
+    if os.environ.get("HEARTMULA_SERVE_TESTS_WITH_DEFAULTS") == "1":
+        from heartmula.codec.pretrained import DEFAULT_CODEC_DIR
+        from heartmula.song_models import DEFAULT_LM_DIR
+
+        (root / "HeartMuLa-oss-3B").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            (root / "HeartMuLa-oss-3B" / name).symlink_to(DEFAULT_LM_DIR / name)
+        for name in ("tokenizer.json", "gen_config.json"):
+            (root / name).symlink_to(DEFAULT_LM_DIR / name)
+        (root / "HeartCodec-oss").symlink_to(DEFAULT_CODEC_DIR)
+        return root
     write_random_root(root, "tiny", seed=0)
     write_random_codec(root / "HeartCodec-oss", "tiny", seed=0)
     return root

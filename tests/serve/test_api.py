@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ def client(model_root, tmp_path_factory):
         yield c
 
 
-def test_song_job_from_creation_to_downloads(client):
+def test_song_job_from_creation_to_downloads(client, model_root):
+    from heartmula.codec.pretrained import load_codec
+
     created = client.post("/api/songs", json=dict(SONG, title="River"))
     assert created.status_code == 201, created.text
     job = created.json()
@@ -38,7 +41,8 @@ def test_song_job_from_creation_to_downloads(client):
     assert wav.headers["content-type"] == "audio/wav"
     assert 'filename="river-' in wav.headers["content-disposition"]
     audio, rate = sf.read(io.BytesIO(wav.content), always_2d=True)
-    assert rate == result["sample_rate"] and audio.shape[1] == result["channels"] == 2
+    assert rate == result["sample_rate"] and audio.shape[1] == result["channels"]
+    assert result["channels"] == load_codec(model_root).config.audio_channels
     assert abs(len(audio) / rate - result["seconds"]) < 0.01
     for fmt, kind in (("flac", "FLAC"), ("mp3", "MP3")):
         response = client.get(f"/api/songs/{job['id']}/audio", params={"format": fmt})
@@ -103,6 +107,8 @@ def test_compatible_jobs_share_one_batch_and_match_solo_songs(make_client, model
 
 
 def test_a_song_too_long_for_the_model_fails_alone_with_a_reason(make_client, model_root):
+    if os.environ.get("HEARTMULA_SERVE_TESTS_WITH_DEFAULTS") == "1":
+        pytest.skip("about the tiny model's 2048-position context; the default LM holds 4096")
     gate = Gate(model_root)
     c = make_client(load_models=gate, max_duration=1000)
     # The tiny model's context holds 2048 positions: 300 s (3750 frames) cannot fit; a batch mate must not suffer.

@@ -45,13 +45,16 @@ def messages_until_end(ws, channels: int) -> tuple[list[np.ndarray], list[dict]]
             raise AssertionError(f"socket closed before the end: {message}")
 
 
-def test_stream_plays_takes_controls_and_is_saved(client):
+def test_stream_plays_takes_controls_and_is_saved(client, model_root):
+    from heartmula.codec.pretrained import load_codec
+
+    channels = load_codec(model_root).config.audio_channels
     assert client.get("/api/health").json()["features"]["stream"] is True
     with client.websocket_connect("/api/stream?token=tok") as ws:
         ws.send_json(dict(START, max_seconds=8.0))  # paced near real time: long enough to steer it
         started = ws.receive_json()
-        assert started["type"] == "started" and started["channels"] == 2 and started["seed"] == 7
-        chunks = [np.frombuffer(ws.receive_bytes(), dtype="<f4").reshape(2, -1)]
+        assert started["type"] == "started" and started["channels"] == channels and started["seed"] == 7
+        chunks = [np.frombuffer(ws.receive_bytes(), dtype="<f4").reshape(channels, -1)]
         ws.send_json({"type": "update", "prompts": [["jazz,piano", 0.1], ["electronic", 0.9]], "temperature": 0.8})
         ws.send_json({"type": "update", "temperature": -1})  # refused; the stream goes on
         ws.send_json({"type": "update", "prompts": [["jazz", 0.0]]})  # all-zero weights: refused
@@ -65,7 +68,7 @@ def test_stream_plays_takes_controls_and_is_saved(client):
             else:
                 replies.append(json.loads(message["text"]))
         ws.send_json({"type": "stop"})
-        more, texts = messages_until_end(ws, 2)
+        more, texts = messages_until_end(ws, channels)
     kinds = [r["type"] for r in replies]
     assert kinds.count("updated") == 1 and kinds.count("error") == 4, replies
     errors = [r["message"] for r in replies if r["type"] == "error"]
