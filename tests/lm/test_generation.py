@@ -213,15 +213,20 @@ def test_undecodable_codes_are_never_sampled_but_compat_reproduces_upstream(gene
     assert int(compat[1, 0]) == size  # upstream emits it (and passes its EOS check)
 
 
-def test_eos_ends_the_song_but_never_frame_zero(generator):
-    eos = generator.gen_config.audio_eos_id
-    sampling = SamplingParams(top_k=1, cfg_scale=1.0)
-    song = SongRequest(lyrics=LYRICS, tags="pop")
+def _favour_eos(generator, song, sampling) -> None:
+    """Point the EOS row of the codebook-0 head at the prefill's hidden state: EOS then wins at every frame."""
     with torch.no_grad():
         session = generator.start([song], sampling, 0)
         direction = session._prefill()[0]
         session.close()
-        generator.model.codebook0_head.weight[eos] = direction * 1e3
+        generator.model.codebook0_head.weight[generator.gen_config.audio_eos_id] = direction * 1e3
+
+
+def test_eos_ends_the_song_but_never_frame_zero(generator):
+    eos = generator.gen_config.audio_eos_id
+    sampling = SamplingParams(top_k=1, cfg_scale=1.0)
+    song = SongRequest(lyrics=LYRICS, tags="pop")
+    _favour_eos(generator, song, sampling)
     # The prefill frame would be EOS: the default mode keeps a frame; later frames end the song quickly.
     codes = generator.generate([song], sampling, 10)[0]
     assert codes.shape[1] >= 1 and int(codes[0, 0]) != eos
@@ -235,12 +240,8 @@ def test_minimum_length_keeps_the_song_going(generator):
     eos = generator.gen_config.audio_eos_id
     sampling = SamplingParams(top_k=1, cfg_scale=1.0)
     song = SongRequest(lyrics=LYRICS, tags="pop")
-    with torch.no_grad():
-        session = generator.start([song], sampling, 0)
-        direction = session._prefill()[0]
-        session.close()
-        saved = generator.model.codebook0_head.weight[eos].clone()
-        generator.model.codebook0_head.weight[eos] = direction * 1e3  # EOS would win at every frame
+    saved = generator.model.codebook0_head.weight[eos].detach().clone()
+    _favour_eos(generator, song, sampling)
     try:
         assert generator.generate([song], sampling, 10)[0].shape[1] < 6
         codes = generator.generate([song], sampling, 10, min_new_frames=6)[0]
