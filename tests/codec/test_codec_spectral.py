@@ -201,3 +201,44 @@ def test_decoder_only_training_keeps_the_codes_and_improves_the_decoder(tmp_path
     assert not np.allclose(after.decode(codes)[0], decoded_before)  # while the decoding path trained
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert np.mean([r["token_mel"] for r in log[-5:]]) < np.mean([r["token_mel"] for r in log[10:15]])
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_direct_decoder_sees_only_its_lookahead(lookahead):
+    from heartmula.codec.config import ConvNetConfig
+    from heartmula.codec.convnets import DirectDecoder
+
+    decoder = DirectDecoder(8, 4, ConvNetConfig(hidden_dim=16, num_blocks=4, kernel_size=3, lookahead=lookahead))
+    condition = torch.randn(1, 40, 8)
+    later = condition.clone()
+    later[:, 20 + lookahead + 1:] += 1.0  # change everything after the look-ahead of frame 20
+    nearer = condition.clone()
+    nearer[:, 20 + lookahead] += 1.0  # change the last frame frame 20 may see
+    with torch.no_grad():
+        out, out_later, out_nearer = decoder(condition), decoder(later), decoder(nearer)
+    torch.testing.assert_close(out_later[:, :21], out[:, :21], rtol=0, atol=0)
+    assert not torch.allclose(out_nearer[:, 20], out[:, 20])
+    assert decoder.right_context == lookahead and decoder.left_context == 2 - lookahead + 2 * (1 + 2 + 4 + 8)
+    with pytest.raises(HeartMuLaError, match="lookahead"):
+        ConvNetConfig(kernel_size=3, lookahead=3)
+
+
+def test_training_from_a_codec_with_a_new_decoder_lookahead_keeps_its_codes(tmp_path):
+    from heartmula.audio import load_audio
+    from heartmula.train.codec import CodecTrainConfig, train_codec
+
+    _tiny_corpus(tmp_path)
+    config = CodecTrainConfig(preset="tiny-harmonic", steps=10, batch_size=4, segment_frames=4, learning_rate=3e-3,
+                              save_every=10, mel_weight=1.0, wave_weight=0.0, spread_weight=0.0, threads=1)
+    train_codec([tmp_path / "manifest.jsonl"], tmp_path / "source", config, progress=False)
+    song = load_audio(tmp_path / "song0.wav")[0]
+    codes = HeartCodec.from_pretrained(tmp_path / "source").encode(song, 4800)
+
+    streaming = CodecTrainConfig(**{**config.__dict__, "steps": 40, "decoder_only": True, "token_audio_weight": 0.0,
+                                    "init_from": str(tmp_path / "source"), "decoder_lookahead": 1})
+    train_codec([tmp_path / "manifest.jsonl"], tmp_path / "stream", streaming, progress=False)
+    trained = HeartCodec.from_pretrained(tmp_path / "stream")
+    assert trained.config.direct_decoder.lookahead == 1 and trained.direct_decoder.right_context == 1
+    np.testing.assert_array_equal(trained.encode(song, 4800), codes)
+    log = [json.loads(line) for line in (tmp_path / "stream" / "train_log.jsonl").read_text().splitlines()]
+    assert np.mean([r["latent_mse"] for r in log[-5:]]) < 0.5 * np.mean([r["latent_mse"] for r in log[:5]])

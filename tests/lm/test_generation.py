@@ -302,7 +302,7 @@ def test_gqa_cached_attention_equals_expanded_heads():
     attn = Attention(config).eval()
     attn.cache = KVCache(1, 2, 16, 8, torch.float32, "cpu")
     x = torch.randn(1, 7, 64)
-    table = torch.stack([torch.ones(16, 4), torch.zeros(16, 4)], dim=-1)  # identity rotation isolates attention
+    table = torch.ones(16, 4, dtype=torch.complex64)  # identity rotation isolates attention
     with torch.no_grad():
         out_prefill = attn(x[:, :6], table[None, :6], 0, None)
         out_step = attn(x[:, 6:], table[None, 6:7], 6, None)

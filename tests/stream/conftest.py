@@ -1,5 +1,6 @@
 """Tiny random-weight LM and codecs for the streaming tests (written by the tests, never downloaded)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,11 @@ def generator(lm_root):
 def codec_dirs(tmp_path_factory) -> dict[str, Path]:
     # tiny-direct: the fast direct decoder and an encoder (audio prompts), with the tiny LM's 32 codes so that what
     # it encodes is a valid LM prompt; tiny: the official flow-matching decoder.
-    configs = {"tiny-direct": tiny_config("direct", with_encoder=True), "tiny": tiny_config()}
-    configs["tiny-direct"].codebook_size = 32
+    # tiny-lookahead: a direct decoder that looks one latent frame ahead (streams with one code frame of delay).
+    configs = {"tiny-direct": tiny_config("direct", with_encoder=True), "tiny": tiny_config(),
+               "tiny-lookahead": tiny_config("direct", with_encoder=True)}
+    configs["tiny-direct"].codebook_size = configs["tiny-lookahead"].codebook_size = 32
+    configs["tiny-lookahead"].direct_decoder = replace(configs["tiny-lookahead"].direct_decoder, lookahead=1)
     dirs = {}
     for preset, config in configs.items():
         dirs[preset] = tmp_path_factory.mktemp(preset)

@@ -25,7 +25,7 @@ def concat(chunks):
     return np.concatenate([c.audio for c in chunks], axis=1)
 
 
-@pytest.mark.parametrize("preset", ["tiny-direct", "tiny"])
+@pytest.mark.parametrize("preset", ["tiny-direct", "tiny", "tiny-lookahead"])
 def test_chunks_concatenate_to_one_shot_generation(generator, codecs, preset):
     session = session_for(generator, codecs, preset)
     chunks = list(session)
@@ -35,7 +35,7 @@ def test_chunks_concatenate_to_one_shot_generation(generator, codecs, preset):
     codes = generator.generate([song], CONTROLS.sampling(), frames_for_duration(2.0))[0].numpy()
     np.testing.assert_array_equal(session.codes(), codes)
     codec = codecs[preset]
-    options = {} if preset == "tiny-direct" else dict(window_frames=7, overlap_frames=3, steps=2, seed=7)
+    options = {} if preset != "tiny" else dict(window_frames=7, overlap_frames=3, steps=2, seed=7)
     expected, rate = codec.decode(codes, **options)
     audio = concat(chunks)
     assert chunks[0].sample_rate == rate and audio.dtype == np.float32
@@ -43,10 +43,11 @@ def test_chunks_concatenate_to_one_shot_generation(generator, codecs, preset):
     np.testing.assert_allclose(audio, expected, atol=1e-5)
 
 
-def test_control_change_applies_to_the_next_frame(generator, codecs):
-    plain = session_for(generator, codecs, "tiny-direct", seconds=2.0)
+@pytest.mark.parametrize("preset", ["tiny-direct", "tiny-lookahead"])
+def test_control_change_applies_to_the_next_frame(generator, codecs, preset):
+    plain = session_for(generator, codecs, preset, seconds=2.0)
     plain_chunks = list(plain)
-    session = session_for(generator, codecs, "tiny-direct", seconds=2.0)
+    session = session_for(generator, codecs, preset, seconds=2.0)
     head = [session.next_chunk() for _ in range(3)]
     at = session.frames_generated
     version = session.update(prompts=[("jazz,piano", 0.1), ("metal,guitar", 0.9)], cfg_scale=4.0, temperature=0.0)
@@ -64,6 +65,8 @@ def test_control_change_applies_to_the_next_frame(generator, codecs):
     first = rest[index]
     assert first.first_frame <= at < first.first_frame + first.frames
     assert generated[index] - at <= session.latency_frames
+    if preset == "tiny-lookahead":  # one code frame of decoder look-ahead + the SQ decoder's one
+        assert session.decoder.latency_frames == 2
     assert first.frame_versions[at - first.first_frame] == 1 and first.controls_version == 1
     assert all(c.controls_version == 0 for c in head)
     np.testing.assert_array_equal(concat(head), concat(plain_chunks)[:, : concat(head).shape[1]])

@@ -86,6 +86,13 @@ def register_codec(actions) -> None:
     p.add_argument("--decoder-only", action="store_true", help="train only the decoding path (codes -> audio): the "
                    "encoder, code encoder and codebooks stay frozen, so tokens made with this codec before (an LM's "
                    "training data) stay valid")
+    p.add_argument("--from", dest="init_from", type=Path, metavar="CODEC_DIR", help="start from this trained codec "
+                   "(when --out holds none yet) instead of a fresh --preset")
+    p.add_argument("--decoder-lookahead", type=int, metavar="N", help="direct decoder look-ahead in 40 ms latent "
+                   "frames (0 .. kernel_size-1; streaming then waits only ceil(N/2) code frames). A change from the "
+                   "--from codec's starts its direct decoder afresh; use with --decoder-only to keep its codes")
+    p.add_argument("--token-audio-weight", type=float, default=1.0, help="weight of the audio losses through the "
+                   "codes (0 trains the direct decoder on the latent MSE alone: fast, for a fresh decoder)")
     p.add_argument("--autoencoder-weight", type=float, default=1.0, help="weight of the audio losses of the "
                    "waveform autoencoder alone (0 skips that pass; sensible with --end-to-end)")
     p.add_argument("--latent-weight", type=float, default=10.0, help="weight of the latent MSE of the direct "
@@ -111,6 +118,8 @@ def run_codec(args: argparse.Namespace) -> int:
                               wave_weight=args.wave_weight,
                               spread_weight=args.spread_weight, end_to_end=args.end_to_end,
                               decoder_only=args.decoder_only,
+                              init_from=str(args.init_from) if args.init_from else None,
+                              decoder_lookahead=args.decoder_lookahead, token_audio_weight=args.token_audio_weight,
                               final_lr_fraction=args.final_lr_fraction, threads=args.threads,
                               autoencoder_weight=args.autoencoder_weight, latent_weight=args.latent_weight,
                               commitment_weight=args.commitment_weight)

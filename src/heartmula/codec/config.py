@@ -31,6 +31,10 @@ class ConvNetConfig:
     hidden_dim: int = 512
     num_blocks: int = 6
     kernel_size: int = 3
+    # Direct decoder only: latent frames (25 Hz) an output frame may see ahead. None = centred convolutions (sees
+    # as far ahead as back); 0 .. kernel_size-1 = causal residual blocks after an input conv that looks this far
+    # ahead, so streaming needs only ceil(lookahead / 2) code frames of right context.
+    lookahead: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> ConvNetConfig | None:
@@ -40,6 +44,11 @@ class ConvNetConfig:
         if unknown:
             raise HeartMuLaError(f"unknown conv-net config fields {sorted(unknown)}")
         return cls(**data)
+
+    def __post_init__(self):
+        if self.lookahead is not None and not 0 <= self.lookahead < self.kernel_size:
+            raise HeartMuLaError(f"conv-net lookahead must be 0 .. {self.kernel_size - 1} (kernel_size - 1), "
+                                 f"got {self.lookahead}")
 
 
 @dataclass

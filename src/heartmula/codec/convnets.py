@@ -15,13 +15,20 @@ from heartmula.codec.config import ConvNetConfig
 
 
 class ResidualConv(nn.Module):
-    def __init__(self, dim: int, kernel_size: int, dilation: int):
+    """x + 1x1(gelu(conv(gelu(x)))) with a centred or a causal (left-padded) dilated conv."""
+
+    def __init__(self, dim: int, kernel_size: int, dilation: int, causal: bool = False):
         super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel_size, dilation=dilation, padding=dilation * (kernel_size // 2))
+        reach = dilation * (kernel_size - 1)
+        self.left_pad = reach if causal else 0
+        self.conv = nn.Conv1d(dim, dim, kernel_size, dilation=dilation, padding=0 if causal else reach // 2)
         self.mix = nn.Conv1d(dim, dim, 1)
 
     def forward(self, x):  # [B, C, T]
-        return x + self.mix(F.gelu(self.conv(F.gelu(x))))
+        h = F.gelu(x)
+        if self.left_pad:
+            h = F.pad(h, (self.left_pad, 0))
+        return x + self.mix(F.gelu(self.conv(h)))
 
 
 def dilations(num_blocks: int) -> list[int]:
@@ -32,15 +39,21 @@ class DirectDecoder(nn.Module):
     def __init__(self, dim: int, latent_dim: int, config: ConvNetConfig):
         super().__init__()
         k = config.kernel_size
-        self.conv_in = nn.Conv1d(dim, config.hidden_dim, k, padding=k // 2)
-        self.blocks = nn.ModuleList(ResidualConv(config.hidden_dim, k, d) for d in dilations(config.num_blocks))
+        causal = config.lookahead is not None
+        # The input conv decides the look-ahead: centred, or `lookahead` frames ahead and the rest behind.
+        self.input_pad = (k // 2, k // 2) if not causal else (k - 1 - config.lookahead, config.lookahead)
+        self.conv_in = nn.Conv1d(dim, config.hidden_dim, k)
+        self.blocks = nn.ModuleList(ResidualConv(config.hidden_dim, k, d, causal)
+                                    for d in dilations(config.num_blocks))
         self.norm = nn.LayerNorm(config.hidden_dim)  # per frame: keeps the net local in time (streaming)
         self.proj_out = nn.Linear(config.hidden_dim, latent_dim)
-        # How many frames on each side an output frame sees: streaming keeps this much context.
-        self.receptive_radius = k // 2 + sum(d * (k // 2) for d in dilations(config.num_blocks))
+        # How many condition frames before and after an output frame it sees: streaming keeps this much context.
+        reach = sum(d * (k - 1) for d in dilations(config.num_blocks))
+        self.left_context = self.input_pad[0] + (reach if causal else reach // 2)
+        self.right_context = self.input_pad[1] + (0 if causal else reach // 2)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(condition.transpose(1, 2))
+        x = self.conv_in(F.pad(condition.transpose(1, 2), self.input_pad))
         for block in self.blocks:
             x = block(x)
         # The SQ latent is a tanh output: keep predictions in (-1, 1).

@@ -150,14 +150,20 @@ def decode_latent_default(codec, codes: torch.Tensor, options: DecodeOptions, no
     return torch.cat(parts, dim=1)
 
 
+def direct_context_frames(codec) -> tuple[int, int]:
+    """Code frames before and after a code frame that the direct decoder reads to make its latent."""
+    decoder = codec.direct_decoder
+    return -(-decoder.left_context // LATENT_PER_CODE), -(-decoder.right_context // LATENT_PER_CODE)
+
+
 def direct_latent(codec, codes: torch.Tensor, chunk: int = 2000) -> torch.Tensor:
     """The direct decoder over the whole sequence, in chunks with enough context to be exact."""
     condition = codec.condition(codes[None])
-    radius = codec.direct_decoder.receptive_radius
+    left, right = codec.direct_decoder.left_context, codec.direct_decoder.right_context
     length = condition.shape[1]
     parts = []
     for start in range(0, length, chunk):
-        lo, hi = max(0, start - radius), min(length, start + chunk + radius)
+        lo, hi = max(0, start - left), min(length, start + chunk + right)
         out = codec.direct_decoder(condition[:, lo:hi])
         parts.append(out[:, start - lo: start - lo + min(chunk, length - start)])
     return torch.cat(parts, dim=1)
@@ -334,15 +340,14 @@ class StreamingDecoder:
 
     @torch.no_grad()
     def _direct(self, final: bool) -> torch.Tensor:
-        # A latent frame of the direct decoder sees `receptive_radius` condition frames on each side: decode the
-        # code frames whose right context has arrived, recomputing just enough left context to be exact.
-        context = -(-self.codec.direct_decoder.receptive_radius // LATENT_PER_CODE)
+        # Decode the code frames whose right context has arrived, recomputing just enough left context to be exact.
+        left, right = direct_context_frames(self.codec)
         total = self.codes.shape[1]
-        ready = total if final else max(0, total - context)
+        ready = total if final else max(0, total - right)
         begin = self.decoded_until
         if ready <= begin:
             return self._join([])
-        lo, hi = max(0, begin - context), min(total, ready + context)
+        lo, hi = max(0, begin - left), min(total, ready + right)
         latent = self.codec.direct_decoder(self.codec.condition(self.codes[None, :, lo:hi]))
         latent = latent[:, LATENT_PER_CODE * (begin - lo): LATENT_PER_CODE * (ready - lo)]
         self.decoded_until = ready

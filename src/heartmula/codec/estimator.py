@@ -166,7 +166,7 @@ class Estimator(nn.Module):
         self.eps = 1e-6
 
     def rope_tables(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE (base 10000, adjacent pairs, whole head) for both stages; [1, length, head_dim/2, 2] float32."""
+        """RoPE (base 10000, adjacent pairs, whole head) for both stages; [1, length, head_dim/2] complex64."""
         tables = []
         for head_dim in (self.head_dim, 2 * self.head_dim):
             inv_freq = inverse_frequencies(head_dim, 10000.0).to(device)

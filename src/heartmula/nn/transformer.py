@@ -76,7 +76,7 @@ class Attention(nn.Module):
         start: int | None,
         key_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x [b, s, d]; rope rows [b or 1, s, hd/2, 2]; `start` = first cache slot to write (None: no cache).
+        """x [b, s, d]; rope rows [b or 1, s, hd/2] (complex); `start` = first cache slot to write (None: no cache).
 
         key_mask [b, keys] (True = may attend) marks padding slots of left-padded batches; causality inside the
         new block is added here.
@@ -133,7 +133,7 @@ class Transformer(nn.Module):
         self._rope: torch.Tensor | None = None  # built on first use on the right device; not in checkpoints
 
     def rope_rows(self, positions: torch.Tensor) -> torch.Tensor:
-        """RoPE rows for positions [s] or [b, s] -> [1 or b, s, hd/2, 2]."""
+        """RoPE rows for positions [s] or [b, s] -> [1 or b, s, hd/2] (complex)."""
         if self._rope is None or self._rope.device != positions.device:
             c = self.config
             inv = inverse_frequencies(c.dim_per_head, c.rope_base, c.scale_factor).to(positions.device)

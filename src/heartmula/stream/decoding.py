@@ -4,9 +4,10 @@ Two decoders behind one interface (`push(codes) -> audio`, `flush() -> audio`, `
 - flow-matching codecs (the official HeartCodec) go through `heartmula.codec.StreamingDecoder`: audio comes out a
   window at a time (`chunk_frames` new code frames per window, `overlap_frames` shared with the previous one);
 - direct-decoder codecs (this project's fast CPU decoder) decode a code frame as soon as `lookahead_frames` later
-  frames exist. The decoder is non-causal: with the full receptive field (the default) the output equals the
-  one-shot decode; a shorter look-ahead trades exactness at the edge for latency (a frame's audio is computed
-  before all of its right context is known, and the missing context counts as zero padding).
+  frames exist. With the decoder's whole right context (the default) the output equals the one-shot decode; a
+  shorter look-ahead trades exactness at the edge for latency (a frame's audio is computed before all of its right
+  context is known, and the missing context counts as zero padding). A decoder trained with a short look-ahead
+  (config `direct_decoder.lookahead`) is exact and fast to react at once.
 
 Both keep the SQ waveform decoder's convolution state across calls, so chunks join without a seam.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from heartmula.codec.config import LATENT_PER_CODE
-from heartmula.codec.decoding import StreamingDecoder, check_codes
+from heartmula.codec.decoding import StreamingDecoder, check_codes, direct_context_frames
 from heartmula.errors import HeartMuLaError
 
 
@@ -42,25 +43,25 @@ class DirectAudioStream:
 
     def __init__(self, codec, lookahead_frames: int | None = None):
         self.codec = codec
-        # A latent frame sees `receptive_radius` condition frames (25 Hz) on each side: that many code frames.
-        self.context_frames = -(-codec.direct_decoder.receptive_radius // LATENT_PER_CODE)
+        self.left_frames, self.right_frames = direct_context_frames(codec)
         if lookahead_frames is None:
-            lookahead_frames = self.context_frames
+            lookahead_frames = self.right_frames
         if not 0 <= lookahead_frames:
             raise HeartMuLaError("lookahead_frames must be >= 0")
-        self.lookahead_frames = min(lookahead_frames, self.context_frames)
+        self.lookahead_frames = min(lookahead_frames, self.right_frames)
         self.codes = torch.zeros(codec.config.num_quantizers, 0, dtype=torch.long)
         self.decoded_until = 0
         self.sq_cache: dict = {}
 
     @property
     def exact(self) -> bool:
-        return self.lookahead_frames >= self.context_frames
+        return self.lookahead_frames >= self.right_frames
 
     @property
     def latency_frames(self) -> int:
-        """Code frames that must follow a frame before its audio can be produced (the SQ decoder adds 1)."""
-        return self.lookahead_frames + 1
+        """Code frames that must follow a frame before its audio can be produced (the SQ waveform decoder holds
+        back one more; the spectral one none)."""
+        return self.lookahead_frames + -(-self.codec.scalar_model.lookahead_frames // LATENT_PER_CODE)
 
     @torch.no_grad()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
@@ -78,13 +79,13 @@ class DirectAudioStream:
         begin, total = self.decoded_until, self.codes.shape[1]
         if ready <= begin:
             return torch.zeros(self.codec.config.audio_channels, 0)
-        lo, hi = max(0, begin - self.context_frames), min(total, ready + self.context_frames)
+        lo, hi = max(0, begin - self.left_frames), min(total, ready + self.right_frames)
         latent = self.codec.direct_decoder(self.codec.condition(self.codes[None, :, lo:hi]))
         latent = latent[:, LATENT_PER_CODE * (begin - lo) : LATENT_PER_CODE * (ready - lo)]
         self.decoded_until = ready
         # Older codes are never read again: keep only the left context the next call needs.
-        drop = max(0, ready - self.context_frames)
-        if drop > 4 * self.context_frames:
+        drop = max(0, ready - self.left_frames)
+        if drop > 4 * self.left_frames:
             self.codes, self.decoded_until = self.codes[:, drop:], self.decoded_until - drop
         return self.codec.latent_to_audio(latent, self.sq_cache)[0].float().cpu()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,8 @@ class CodecTrainConfig:
     source_weights: list[float] | None = None  # draw probability per input path (None: by audio length)
     end_to_end: bool = False  # audio losses through the codes also train the waveform encoder (straight-through)
     decoder_only: bool = False  # freeze everything that decides the codes (see code_path_modules)
+    init_from: str | None = None  # start from this trained codec folder instead of a fresh preset
+    decoder_lookahead: int | None = None  # direct decoder look-ahead (latent frames); a change starts it afresh
     final_lr_fraction: float = 1.0  # cosine decay of the learning rate to this fraction at `steps` (1 = constant)
     save_every: int = 100
     seed: int = 0
@@ -264,6 +266,19 @@ def code_path_modules(codec: HeartCodec) -> list[nn.Module]:
             codec.flow_matching.vq_embed.project_in]
 
 
+def codec_with_decoder_lookahead(codec: HeartCodec, lookahead: int | None) -> HeartCodec:
+    """`codec` with its direct decoder rebuilt, untrained, for another look-ahead; everything else kept (with
+    --decoder-only, codes mean what they meant). The same codec when the look-ahead does not change."""
+    current = codec.config.direct_decoder
+    if lookahead is None or current is None or lookahead == current.lookahead:
+        return codec
+    config = replace(codec.config, direct_decoder=replace(current, lookahead=lookahead))
+    fresh = HeartCodec(config)
+    kept = {k: v for k, v in codec.state_dict().items() if not k.startswith("direct_decoder.")}
+    fresh.load_state_dict({**fresh.state_dict(), **kept})
+    return fresh.eval()
+
+
 def _set_training_mode(codec: HeartCodec, config: CodecTrainConfig) -> None:
     codec.train()
     if config.decoder_only:
@@ -286,10 +301,15 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     torch.manual_seed(config.seed)
     if (out / CONFIG_FILE).is_file():
         codec = HeartCodec.from_pretrained(out)
+    elif config.init_from:
+        codec = codec_with_decoder_lookahead(HeartCodec.from_pretrained(config.init_from), config.decoder_lookahead)
     else:
         if config.preset not in PRESETS:
             raise HeartMuLaError(f"unknown codec preset {config.preset!r}")
-        codec = HeartCodec(PRESETS[config.preset]()).init_weights(config.seed)
+        preset = PRESETS[config.preset]()
+        if config.decoder_lookahead is not None:
+            preset.direct_decoder = replace(preset.direct_decoder, lookahead=config.decoder_lookahead)
+        codec = HeartCodec(preset).init_weights(config.seed)
         for layer in codec.flow_matching.vq_embed.layers:
             layer._codebook.cluster_size.zero_()  # every code "dead": the first step seeds them all from data
     if codec.config.decoder_type != "direct" or not codec.can_encode:
