@@ -214,6 +214,8 @@ class HeartCodecConfig:
                 continue
             if (key, value) in (("decoder_type", "flow_matching"), ("waveform_codec", "sq")):
                 continue  # keep official files byte-identical in spirit: no extension keys unless used
+            if isinstance(value, dict):  # sections: unset options (None) are left out too
+                value = {k: v for k, v in value.items() if v is not None}
             data[key] = value
         return data
 
