@@ -170,7 +170,8 @@ def main() -> None:
     parser.add_argument("--codec-preset", default="small-16k", choices=sorted(CODEC_PRESETS),
                         help="with --random: the codec geometry")
     parser.add_argument("--seconds", type=float, default=120.0, help="length of the paced session")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                        help="torch threads (default: one core left to the player, as `heartmula stream --play`)")
     parser.add_argument("--chunk-frames", type=int, help="frames per chunk (default: the engine's)")
     parser.add_argument("--codec-steps", type=int, default=10, help="flow-matching codecs only")
     parser.add_argument("--lookahead", type=float, default=0.5, help="pacer buffer target, seconds")

@@ -43,6 +43,9 @@ def test_stream_cli_errors(lm_root, codec_dirs, tmp_path, capsys):
     assert "--out must be a .wav" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "x.wav"), "--temperature", "-2"]) == 2
     assert "temperature must be >= 0" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "x.wav"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.wav").exists()  # nothing half-written
     if importlib.util.find_spec("sounddevice") is None:
         assert main([*base, "--out", str(tmp_path / "x.wav"), "--play"]) == 2
         assert "--play needs the sounddevice package" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ def register(verbs) -> None:
                    "optional sounddevice package: pip install 'heartmula[play]')")
     p.add_argument("--buffer", type=float, default=0.5, help="with --play: seconds of audio kept ready ahead of "
                    "playback (grows after an underrun)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for generation (default: every core; with --play "
+                   "one core is left to the player: on a 2-core machine one compute thread streams without the "
+                   "underruns that two cause)")
     p.add_argument("--save-state", type=Path, help="write the session state here at the end or on Ctrl-C")
     p.add_argument("--resume", type=Path, help="continue a session saved with --save-state (same model and "
                    "codec; the lyrics/tags/sampling options are then taken from the state)")
@@ -94,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() != ".wav":
         raise HeartMuLaError(f"--out must be a .wav file (it stays readable while it grows), got {args.out}")
+    if args.threads is not None and args.threads < 1:
+        raise HeartMuLaError(f"--threads must be at least 1, got {args.threads}")
+    threads = args.threads or (max(1, (os.cpu_count() or 1) - 1) if args.play else None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     model_path = resolve_lm(args.model, args.version)
     codec_path = resolve_codec(args.codec, model_path)
     script = read_control_script(args.controls) if args.controls else []
