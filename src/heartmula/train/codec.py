@@ -307,7 +307,7 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         if config.preset not in PRESETS:
             raise HeartMuLaError(f"unknown codec preset {config.preset!r}")
         preset = PRESETS[config.preset]()
-        if config.decoder_lookahead is not None:
+        if config.decoder_lookahead is not None and preset.direct_decoder is not None:
             preset.direct_decoder = replace(preset.direct_decoder, lookahead=config.decoder_lookahead)
         codec = HeartCodec(preset).init_weights(config.seed)
         for layer in codec.flow_matching.vq_embed.layers:
