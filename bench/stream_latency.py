@@ -88,6 +88,7 @@ def make_models(args, scratch: Path):
 def new_session(generator, codec, args) -> StreamSession:
     controls = StreamControls(prompts=MIXES[0], temperature=1.0, top_k=50, cfg_scale=1.5)
     return StreamSession(generator, codec, LYRICS, controls, seed=1, max_seconds=args.seconds,
+                         min_seconds=args.seconds,  # the whole session: the model may not end the song early
                          chunk_frames=args.chunk_frames, codec_steps=args.codec_steps)
 
 

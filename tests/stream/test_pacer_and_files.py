@@ -16,6 +16,7 @@ class FakeSession:
     """Hands out the chunks the test releases, one per `release()`; None after `end()`."""
 
     sample_rate, channels = 100, 2
+    controls_version = 0  # newest accepted controls (bumped by the tests)
 
     def __init__(self, delay: float = 0.0):
         self.queue: list = []
@@ -24,9 +25,9 @@ class FakeSession:
         self.degraded = 0
         self.frame = 0
 
-    def release(self, samples: int, value: float = 1.0) -> None:
+    def release(self, samples: int, value: float = 1.0, version: int = 0) -> None:
         audio = np.full((2, samples), value, dtype=np.float32)
-        self.queue.append(AudioChunk(audio, self.sample_rate, self.frame, 1, 0, (0,)))
+        self.queue.append(AudioChunk(audio, self.sample_rate, self.frame, 1, version, (version,)))
         self.frame += 1
         self.available.release()
 
@@ -93,6 +94,24 @@ def test_pacer_delivers_every_sample_in_order_and_stops_at_the_look_ahead():
     assert pacer.stop().underruns == 0
     expected = np.repeat(np.arange(4, dtype=np.float32), 10)
     assert np.concatenate(got, axis=1)[0, :40].tolist() == expected.tolist()
+
+
+def test_a_control_change_is_generated_at_once_past_a_full_buffer():
+    session = FakeSession()
+    pacer = Pacer(session, lookahead_seconds=0.1).start()
+    for i in range(4):
+        session.release(10, float(i))
+    wait_for(lambda: pacer.buffered_seconds >= 0.1, "the look-ahead")
+    assert len(session.queue) == 3  # waiting: the buffer is full and nothing is playing
+    session.controls_version = 1  # a control change: old-version chunks go out until one made under it does
+    wait_for(lambda: not session.queue, "the chunks before the change")
+    session.release(10, 5.0, version=1)
+    session.release(10, 6.0, version=1)
+    wait_for(lambda: pacer.buffered_seconds >= 0.5, "the first chunk under the change")
+    time.sleep(0.1)
+    assert len(session.queue) == 1 and pacer.buffered_seconds == pytest.approx(0.5)  # then it waits again
+    session.end()
+    pacer.stop()
 
 
 def test_pacer_degrades_when_slower_than_real_time():

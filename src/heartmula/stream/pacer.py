@@ -1,7 +1,8 @@
 """Pacer: runs a StreamSession in a producer thread a little ahead of real-time playback.
 
 The producer keeps `lookahead_seconds` of audio buffered and then waits, so a control change is heard after at
-most the buffer plus the session's own latency (a deeper buffer would only delay the player's hands). The consumer
+most the buffer plus the session's own latency (a deeper buffer would only delay the player's hands); a control
+change wakes it at once, so audio made under the change exists after the session's latency alone. The consumer
 (a sound-card callback, a network sender, a simulated clock) calls `read(samples)` at playback rate and always gets
 audio back: when the buffer runs dry mid-song it gets silence, the pacer counts an underrun, and degrades
 gracefully instead of stuttering:
@@ -70,6 +71,10 @@ class Pacer:
         self._stop = False
         self._rebuffering = True  # playback starts once the look-ahead is buffered
         self._playing = False  # silence before the first audio is start-up, not an underrun
+        # Newest controls version in audio handed out: a newer one (a control change) makes the producer generate
+        # at once, past a full buffer, until audio made under it exists (control latency does not wait for
+        # playback to drain the buffer).
+        self._version_out = 0
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
         self.rate, self.channels = session.sample_rate, session.channels
@@ -86,8 +91,9 @@ class Pacer:
         try:
             while True:
                 with self._condition:
-                    while not self._stop and self._buffered >= self.lookahead * self.rate:
-                        self._condition.wait(0.05)
+                    while (not self._stop and self._buffered >= self.lookahead * self.rate
+                           and self._version_out >= self.session.controls_version):
+                        self._condition.wait(0.02)
                     if self._stop:
                         return
                 began = time.perf_counter()
@@ -95,6 +101,7 @@ class Pacer:
                 spent = time.perf_counter() - began
                 if chunk is None:
                     return
+                self._version_out = max(self._version_out, chunk.controls_version)
                 if self.on_chunk is not None:
                     self.on_chunk(chunk)
                 with self._condition:
