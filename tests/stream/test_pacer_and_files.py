@@ -79,12 +79,18 @@ def test_pacer_counts_underruns_grows_the_buffer_and_rebuffers():
     assert stats.played_seconds == pytest.approx(0.4) and stats.time_to_first_audio is not None
 
 
-def test_pacer_delivers_every_sample_in_order_and_stops_at_the_look_ahead():
+def pacer_with_a_full_buffer() -> tuple[FakeSession, Pacer]:
+    """Four 10-sample chunks offered to a pacer whose look-ahead (10 samples) is then full."""
     session = FakeSession()
     pacer = Pacer(session, lookahead_seconds=0.1).start()
     for i in range(4):
         session.release(10, float(i))
     wait_for(lambda: pacer.buffered_seconds >= 0.1, "the look-ahead")
+    return session, pacer
+
+
+def test_pacer_delivers_every_sample_in_order_and_stops_at_the_look_ahead():
+    session, pacer = pacer_with_a_full_buffer()
     assert len(session.queue) == 3  # the producer waits once the look-ahead (10 samples) is buffered
     session.end()
     got = []
@@ -97,11 +103,7 @@ def test_pacer_delivers_every_sample_in_order_and_stops_at_the_look_ahead():
 
 
 def test_a_control_change_is_generated_at_once_past_a_full_buffer():
-    session = FakeSession()
-    pacer = Pacer(session, lookahead_seconds=0.1).start()
-    for i in range(4):
-        session.release(10, float(i))
-    wait_for(lambda: pacer.buffered_seconds >= 0.1, "the look-ahead")
+    session, pacer = pacer_with_a_full_buffer()
     assert len(session.queue) == 3  # waiting: the buffer is full and nothing is playing
     session.controls_version = 1  # a control change: old-version chunks go out until one made under it does
     wait_for(lambda: not session.queue, "the chunks before the change")
