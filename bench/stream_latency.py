@@ -128,9 +128,8 @@ def paced_run(generator, codec, args) -> dict:
     thread = threading.Thread(target=controller, daemon=True)
     cpu_started = time.process_time()
     started = time.perf_counter()
-    pacer.start()
     thread.start()
-    stats = pacer.play_realtime(block_seconds=0.02)
+    stats = pacer.play_realtime(block_seconds=0.02)  # produces in this thread, the one that built the session
     stop.set()
     thread.join()
     wall = time.perf_counter() - started
@@ -171,8 +170,8 @@ def main() -> None:
     parser.add_argument("--codec-preset", default="small-16k", choices=sorted(CODEC_PRESETS),
                         help="with --random: the codec geometry")
     parser.add_argument("--seconds", type=float, default=120.0, help="length of the paced session")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
-                        help="torch threads (default: one core left to the player, as `heartmula stream --play`)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads (default: every core, as `heartmula stream`)")
     parser.add_argument("--chunk-frames", type=int, help="frames per chunk (default: the engine's)")
     parser.add_argument("--codec-steps", type=int, default=10, help="flow-matching codecs only")
     parser.add_argument("--lookahead", type=float, default=0.5, help="pacer buffer target, seconds")

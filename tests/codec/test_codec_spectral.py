@@ -223,6 +223,26 @@ def test_direct_decoder_sees_only_its_lookahead(lookahead):
         ConvNetConfig(kernel_size=3, lookahead=3)
 
 
+@pytest.mark.parametrize("lookahead, lengths", [(0, [1, 2, 2, 5, 1, 26, 0]), (2, [0, 1, 2, 5, 1, 26, 2])])
+def test_direct_decoder_streams_from_its_cache_like_one_pass(lookahead, lengths):
+    from heartmula.codec.config import ConvNetConfig
+    from heartmula.codec.convnets import DirectDecoder
+
+    decoder = DirectDecoder(8, 4, ConvNetConfig(hidden_dim=16, num_blocks=6, kernel_size=3, lookahead=lookahead))
+    condition = torch.randn(1, 37, 8)
+    cache = {}
+    with torch.no_grad():
+        pieces = [decoder(piece, cache) for piece in torch.split(condition, [1, 2, 2, 5, 1, 26], dim=1)]
+        pieces.append(decoder.end_stream(cache))
+        whole = decoder(condition)
+    # each piece is out as soon as its look-ahead has arrived; the end supplies the last `lookahead` frames
+    assert [p.shape[1] for p in pieces] == lengths
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=0, atol=1e-5)
+    centred = DirectDecoder(8, 4, ConvNetConfig(hidden_dim=16, num_blocks=2, kernel_size=3))
+    with pytest.raises(HeartMuLaError, match="look-ahead"):
+        centred(condition, {})
+
+
 def test_training_from_a_codec_with_a_new_decoder_lookahead_keeps_its_codes(tmp_path):
     from heartmula.audio import load_audio
     from heartmula.train.codec import CodecTrainConfig, train_codec

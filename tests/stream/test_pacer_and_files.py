@@ -126,6 +126,20 @@ def test_pacer_degrades_when_slower_than_real_time():
     assert pacer.stop().degradations == ["cheaper 1", "cheaper 2"]  # then nothing left to give
 
 
+def test_play_realtime_produces_in_the_calling_thread_and_plays_everything():
+    session = FakeSession()
+    for i in range(5):
+        session.release(4, float(i + 1))
+    session.end()
+    producers, played = set(), []
+    pacer = Pacer(session, lookahead_seconds=0.05, on_chunk=lambda chunk: producers.add(threading.get_ident()))
+    stats = pacer.play_realtime(block_seconds=0.03, sink=played.append)
+    assert producers == {threading.get_ident()}  # the models' thread, not a new one (see heartmula.stream.pacer)
+    audio = np.concatenate(played, axis=1)[0]
+    assert audio[audio != 0].tolist() == np.repeat(np.arange(1, 6, dtype=np.float32), 4).tolist()
+    assert stats.chunks == 5 and stats.underruns == 0 and stats.played_seconds == pytest.approx(0.2)
+
+
 def test_real_session_degrade_ladder(generator, codecs):
     from heartmula.stream import StreamSession
 

@@ -84,7 +84,7 @@ def test_schedule_equals_a_live_update_at_the_same_frame(generator, codecs):
     assert scripted.applied_at[1] == frame
 
 
-@pytest.mark.parametrize("preset", ["tiny-direct", "tiny"])
+@pytest.mark.parametrize("preset", ["tiny-direct", "tiny", "tiny-lookahead"])
 def test_save_and_resume_continue_identically(generator, codecs, preset, tmp_path):
     session = session_for(generator, codecs, preset, seconds=3.0)
     for _ in range(3):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,9 +47,8 @@ def register(verbs) -> None:
                    "optional sounddevice package: pip install 'heartmula[play]')")
     p.add_argument("--buffer", type=float, default=0.5, help="with --play: seconds of audio kept ready ahead of "
                    "playback (grows after an underrun)")
-    p.add_argument("--threads", type=int, help="torch CPU threads for generation (default: every core; with --play "
-                   "one core is left to the player: on a 2-core machine one compute thread streams without the "
-                   "underruns that two cause)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for generation (default: every core; the "
+                   "player needs almost none)")
     p.add_argument("--save-state", type=Path, help="write the session state here at the end or on Ctrl-C")
     p.add_argument("--resume", type=Path, help="continue a session saved with --save-state (same model and "
                    "codec; the lyrics/tags/sampling options are then taken from the state)")
@@ -100,11 +98,10 @@ def run(args: argparse.Namespace) -> int:
         raise HeartMuLaError(f"--out must be a .wav file (it stays readable while it grows), got {args.out}")
     if args.threads is not None and args.threads < 1:
         raise HeartMuLaError(f"--threads must be at least 1, got {args.threads}")
-    threads = args.threads or (max(1, (os.cpu_count() or 1) - 1) if args.play else None)
-    if threads:
+    if args.threads:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(args.threads)
     model_path = resolve_lm(args.model, args.version)
     codec_path = resolve_codec(args.codec, model_path)
     script = read_control_script(args.controls) if args.controls else []
@@ -153,16 +150,17 @@ def run(args: argparse.Namespace) -> int:
                 first_audio = time.perf_counter() - started
             writer.write(chunk.audio)
             if bar is not None:
+                bar.total = max(bar.total, round(bar.n + chunk.seconds, 1))  # the last frame may pass max_seconds
                 bar.update(chunk.seconds)
 
         try:
             if args.play:
                 pacer = Pacer(session, lookahead_seconds=args.buffer, on_chunk=write)
-                device = _open_sound_device(session.sample_rate, session.channels, pacer)
-                pacer.start()
-                pacer.wait_ready()
-                with device:
-                    while not pacer.done and pacer.stats.error is None:
+                # The device plays silence until the look-ahead is buffered; generation runs in this thread, the
+                # one that loaded the models (see heartmula.stream.pacer on why that is faster).
+                with _open_sound_device(session.sample_rate, session.channels, pacer):
+                    pacer.produce()
+                    while not pacer.done:
                         time.sleep(0.05)
                     time.sleep(0.2)  # let the device play out its last block
                 stats = pacer.stop()

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heartmula.codec.convnets import ResidualConv
 from heartmula.codec.sq_codec import Conv
 
 DILATIONS = (1, 2, 4, 1, 2, 4, 1, 2)
@@ -100,18 +101,6 @@ def harmonic_synthesis_tables(spectral, sample_rate: int) -> dict[str, torch.Ten
             "phase0": torch.rand(len(frequency), generator=generator, dtype=torch.float64)}
 
 
-class CausalBlock(nn.Module):
-    """x + 1x1(gelu(causal conv(gelu(x)))): streams with the SQ codec's conv cache."""
-
-    def __init__(self, dim: int, kernel_size: int, dilation: int, causal: bool = True):
-        super().__init__()
-        self.conv = Conv(dim, dim, kernel_size, dilation=dilation, causal=causal, weight_normed=False)
-        self.mix = Conv(dim, dim, 1, causal=True, weight_normed=False)
-
-    def forward(self, x, cache=None):
-        return x + self.mix(F.gelu(self.conv(F.gelu(x), cache)), cache)
-
-
 class SpectralEncoder(nn.Module):
     def __init__(self, config, latent_channels: int):
         super().__init__()
@@ -124,11 +113,11 @@ class SpectralEncoder(nn.Module):
         self._filterbank = None  # built on first use: models are created on the meta device, then loaded
         features = s.highest_midi - s.lowest_midi + 1 + s.noise_bands if self.harmonic else s.n_fft // 2 + 1
         self.conv_in = nn.Conv1d(features, s.hidden_dim, s.kernel_size, padding=s.kernel_size // 2)
-        self.frame_blocks = nn.ModuleList(CausalBlock(s.hidden_dim, s.kernel_size, d, causal=False)
+        self.frame_blocks = nn.ModuleList(ResidualConv(s.hidden_dim, s.kernel_size, d, causal=False)
                                           for d in DILATIONS[: s.num_blocks // 2])
         self.down = nn.Conv1d(s.hidden_dim, s.hidden_dim, 2 * self.stride, stride=self.stride,
                               padding=self.stride // 2)
-        self.latent_blocks = nn.ModuleList(CausalBlock(s.hidden_dim, 3, d, causal=False)
+        self.latent_blocks = nn.ModuleList(ResidualConv(s.hidden_dim, 3, d, causal=False)
                                            for d in DILATIONS[: s.num_blocks - s.num_blocks // 2])
         self.norm = nn.LayerNorm(s.hidden_dim)
         self.conv_out = nn.Conv1d(s.hidden_dim, latent_channels, 3, padding=1)
@@ -174,7 +163,8 @@ class SpectralDecoder(nn.Module):
         # one scale instead of a position-dependent envelope, so streaming is exact.
         self.ola_scale = 0.375 * s.n_fft / s.hop_length
         self.conv_in = Conv(latent_channels, s.hidden_dim, 3, causal=True, weight_normed=False)
-        self.blocks = nn.ModuleList(CausalBlock(s.hidden_dim, s.kernel_size, d) for d in DILATIONS[: s.num_blocks])
+        self.blocks = nn.ModuleList(ResidualConv(s.hidden_dim, s.kernel_size, d, causal=True)
+                                    for d in DILATIONS[: s.num_blocks])
         self.norm = nn.LayerNorm(s.hidden_dim)
         self.harmonic = s.synthesis == "harmonic"
         self.sample_rate, self.spectral = config.sample_rate, s

@@ -7,7 +7,8 @@ Two decoders behind one interface (`push(codes) -> audio`, `flush() -> audio`, `
   frames exist. With the decoder's whole right context (the default) the output equals the one-shot decode; a
   shorter look-ahead trades exactness at the edge for latency (a frame's audio is computed before all of its right
   context is known, and the missing context counts as zero padding). A decoder trained with a short look-ahead
-  (config `direct_decoder.lookahead`) is exact and fast to react at once.
+  (config `direct_decoder.lookahead`) is exact and fast to react at once, and streams from convolution caches:
+  each push runs the decoder over its new frames only, instead of again over the whole left context.
 
 Both keep the SQ waveform decoder's convolution state across calls, so chunks join without a seam.
 """
@@ -52,6 +53,8 @@ class DirectAudioStream:
         self.codes = torch.zeros(codec.config.num_quantizers, 0, dtype=torch.long)
         self.decoded_until = 0
         self.sq_cache: dict = {}
+        # A causal decoder at its own look-ahead carries its convolution inputs across pushes (module -> tail).
+        self.direct_cache: dict | None = {} if codec.direct_decoder.causal and self.exact else None
 
     @property
     def exact(self) -> bool:
@@ -65,15 +68,27 @@ class DirectAudioStream:
 
     @torch.no_grad()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
-        self.codes = torch.cat([self.codes, check_codes(codes, self.codec)], dim=1)
+        codes = check_codes(codes, self.codec)
+        if self.direct_cache is not None:
+            self.decoded_until += codes.shape[1]  # here: code frames pushed
+            return self._audio(self.codec.direct_decoder(self.codec.condition(codes[None]), self.direct_cache))
+        self.codes = torch.cat([self.codes, codes], dim=1)
         return self._decode(self.codes.shape[1] - self.lookahead_frames)
 
     @torch.no_grad()
     def flush(self) -> torch.Tensor:
-        audio = self._decode(self.codes.shape[1])
-        if self.codes.shape[1]:
+        if self.direct_cache is not None:
+            if not self.decoded_until:
+                return torch.zeros(self.codec.config.audio_channels, 0)
+            audio = self._audio(self.codec.direct_decoder.end_stream(self.direct_cache))
+        else:
+            audio = self._decode(self.codes.shape[1])
+        if self.decoded_until:
             audio = torch.cat([audio, self.codec.flush_audio(self.sq_cache)[0].float().cpu()], dim=-1)
         return audio
+
+    def _audio(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.codec.latent_to_audio(latent, self.sq_cache)[0].float().cpu()
 
     def _decode(self, ready: int) -> torch.Tensor:
         begin, total = self.decoded_until, self.codes.shape[1]
@@ -87,16 +102,20 @@ class DirectAudioStream:
         drop = max(0, ready - self.left_frames)
         if drop > 4 * self.left_frames:
             self.codes, self.decoded_until = self.codes[:, drop:], self.decoded_until - drop
-        return self.codec.latent_to_audio(latent, self.sq_cache)[0].float().cpu()
+        return self._audio(latent)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {"codes": self.codes, **_cache_tensors(self.codec, self.sq_cache, "sq.")}
-        return tensors, dict(kind="direct", decoded_until=self.decoded_until, lookahead_frames=self.lookahead_frames)
+        if self.direct_cache is not None:
+            tensors.update(_cache_tensors(self.codec, self.direct_cache, "direct."))
+        return tensors, dict(kind="direct", decoded_until=self.decoded_until, lookahead_frames=self.lookahead_frames,
+                             cached=self.direct_cache is not None)
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.codes, self.decoded_until = tensors["codes"].long(), meta["decoded_until"]
         self.lookahead_frames = meta["lookahead_frames"]
         self.sq_cache = _cache_from_tensors(self.codec, tensors, "sq.")
+        self.direct_cache = _cache_from_tensors(self.codec, tensors, "direct.") if meta.get("cached") else None
 
 
 class FlowAudioStream:

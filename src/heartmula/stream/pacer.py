@@ -1,4 +1,4 @@
-"""Pacer: runs a StreamSession in a producer thread a little ahead of real-time playback.
+"""Pacer: runs a StreamSession a little ahead of real-time playback.
 
 The producer keeps `lookahead_seconds` of audio buffered and then waits, so a control change is heard after at
 most the buffer plus the session's own latency (a deeper buffer would only delay the player's hands); a control
@@ -11,6 +11,12 @@ gracefully instead of stuttering:
   up to `max_lookahead_seconds`;
 - when the producer is measurably slower than real time it asks the session for cheaper decoding
   (`StreamSession.degrade`: fewer flow-matching steps, then no codec guidance) and records what it gave up.
+
+Produce in the thread that loaded the models and built the session (`produce()`, or `play_realtime()` which does
+so): torch's CPU kernels use GNU OpenMP, which cuts its spin-wait to almost nothing once more of its threads exist
+than cores. A second thread running multi-threaded torch work (a producer thread beside a main thread that already
+did) therefore wakes its helpers through the kernel for every small operation; on 2 cores that made each LM frame
+about twice as slow. `start()` runs the producer in a thread for callers whose own thread must stay free.
 """
 
 from __future__ import annotations
@@ -45,12 +51,11 @@ class PacerStats:
 
 
 class Pacer:
-    """Producer thread + jitter buffer for one StreamSession.
+    """Producer + jitter buffer for one StreamSession.
 
         pacer = Pacer(session, lookahead_seconds=0.5, on_chunk=writer_callback)
-        pacer.start()
-        while not pacer.done:
-            audio = pacer.read(block)   # [channels, block] float32, at playback rate
+        # a consumer (e.g. a sound-card callback) calls pacer.read(block) at playback rate meanwhile
+        pacer.produce()                 # returns once the song is generated (or stop() was called)
         pacer.stop(); print(pacer.stats)
     """
 
@@ -61,7 +66,7 @@ class Pacer:
         self.session = session
         self.lookahead = float(lookahead_seconds)
         self.max_lookahead = float(max_lookahead_seconds)
-        self.on_chunk = on_chunk  # called in the producer thread with every AudioChunk (e.g. a file writer)
+        self.on_chunk = on_chunk  # called by the producer with every AudioChunk (e.g. a file writer)
         self.degrade_after = degrade_after  # consecutive slower-than-real-time chunks before degrading
         self.stats = PacerStats(lookahead_seconds=self.lookahead)
         self._buffer: deque[np.ndarray] = deque()
@@ -76,17 +81,22 @@ class Pacer:
         # playback to drain the buffer).
         self._version_out = 0
         self._thread: threading.Thread | None = None
-        self._started_at = 0.0
+        self._started_at: float | None = None
         self.rate, self.channels = session.sample_rate, session.channels
 
     # --- producer -------------------------------------------------------------------------------------------
     def start(self) -> Pacer:
+        """Produce in a new thread (see the module doc for why `produce()` in the model's thread is faster)."""
         self._started_at = time.perf_counter()
-        self._thread = threading.Thread(target=self._produce, name="heartmula-stream-producer", daemon=True)
+        self._thread = threading.Thread(target=self.produce, name="heartmula-stream-producer", daemon=True)
         self._thread.start()
         return self
 
-    def _produce(self) -> None:
+    def produce(self) -> None:
+        """Generate into the buffer, in the calling thread, until the song ends or `stop()`; errors end the song
+        and show in `stats.error`."""
+        if self._started_at is None:
+            self._started_at = time.perf_counter()
         slow_streak = 0
         try:
             while True:
@@ -189,19 +199,27 @@ class Pacer:
         return self.stats
 
     def play_realtime(self, block_seconds: float = 0.02, sink=None) -> PacerStats:
-        """Consume at wall-clock rate (a simulated sound card) until the song ends; `sink(audio)` gets each
-        block. Used by the CLI without a sound device and by the benchmark."""
+        """Produce in the calling thread while a clock thread consumes at wall-clock rate (a simulated sound
+        card) until the song ends; `sink(audio)` gets each block, in the clock thread. Used by the benchmark."""
         block = max(1, round(block_seconds * self.rate))
-        self.wait_ready()
-        next_time = time.perf_counter()
-        while not self.done:
-            audio = self.read(block)
-            if sink is not None:
-                sink(audio)
-            next_time += block / self.rate
-            delay = next_time - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+
+        def consume():
+            self.wait_ready()
+            next_time = time.perf_counter()
+            while not self.done:
+                audio = self.read(block)
+                if sink is not None:
+                    sink(audio)
+                next_time += block / self.rate
+                delay = next_time - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+
+        clock = threading.Thread(target=consume, name="heartmula-stream-clock", daemon=True)
+        self._started_at = time.perf_counter()
+        clock.start()
+        self.produce()
+        clock.join()
         self.stop()
         if self.stats.error:
             raise HeartMuLaError(f"the stream failed: {self.stats.error}")
