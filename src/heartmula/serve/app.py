@@ -250,7 +250,12 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     from heartmula.serve.search import LibrarySearch, default_clap_dir
 
     clap_dir = config.clap_model or default_clap_dir()
-    search = LibrarySearch(store, clap_dir) if clap_dir else None
+
+    def on_model_thread(fn, *args):
+        """Embeddings run in the worker's thread once it serves (one thread computes: see SongWorker)."""
+        return worker.call(fn, *args).result() if worker.state == "ready" else fn(*args)
+
+    search = LibrarySearch(store, clap_dir, on_model_thread) if clap_dir else None
 
     def index_song(job_id: str) -> None:
         search.enqueue(job_id)

@@ -13,6 +13,7 @@ killing the server must not do so forever). Leftover temp files and folders of d
 from __future__ import annotations
 
 import json
+import queue
 import re
 import shutil
 import sqlite3
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,7 +304,12 @@ def batch_compatible(lead: Job, other: Job) -> bool:
 
 
 class SongWorker:
-    """One thread: loads the models, then claims batches of queued song jobs and generates them."""
+    """One thread: loads the models, then claims batches of queued song jobs and generates them.
+
+    It is also the thread of every other use of the models (`call`: live streams): torch's CPU kernels run on GNU
+    OpenMP, which nearly stops spin-waiting once more of its threads exist than cores, so a second thread doing
+    multi-threaded model work makes both about twice as slow per frame (see heartmula.stream.pacer).
+    """
 
     def __init__(self, store: JobStore, load_models: Callable[[], tuple], max_batch: int = 4,
                  model_lock: threading.Lock | None = None, log: Callable[[str], None] = print,
@@ -317,6 +324,7 @@ class SongWorker:
         self.generator = self.codec = None
         self.ready = threading.Event()
         self._stop = threading.Event()
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="heartmula-worker", daemon=True)
 
     def start(self) -> None:
@@ -326,6 +334,41 @@ class SongWorker:
         self._stop.set()
         self.store.wakeup.set()
         self._thread.join(timeout)
+        self._fail_calls("the server is stopping")
+
+    def call(self, fn: Callable, *args, **kwargs) -> Future:
+        """Run fn(*args, **kwargs) in the worker thread, between two frames of the batch in hand (if any)."""
+        future: Future = Future()
+        if self.state != "ready" or self._stop.is_set():
+            future.set_exception(HeartMuLaError(f"the model is not ready ({self.state})"))
+        elif threading.current_thread() is self._thread:  # already there (a hook): waiting would be forever
+            self._calls.put((future, fn, args, kwargs))
+            self._serve_calls()
+        else:
+            self._calls.put((future, fn, args, kwargs))
+            self.store.wakeup.set()
+        return future
+
+    def _serve_calls(self) -> None:
+        while True:
+            try:
+                future, fn, args, kwargs = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # handed to the caller, as an executor would
+                    future.set_exception(exc)
+
+    def _fail_calls(self, reason: str) -> None:
+        while True:
+            try:
+                future = self._calls.get_nowait()[0]
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(HeartMuLaError(reason))
 
     def _run(self) -> None:
         import torch
@@ -346,14 +389,18 @@ class SongWorker:
         finally:
             self.ready.set()
         self._hook(self.on_ready)
-        while not self._stop.is_set():
-            batch = self.store.claim_batch(self.max_batch, batch_compatible)
-            if not batch:
-                self.store.wakeup.wait(1.0)
-                self.store.wakeup.clear()
-                continue
-            with torch.inference_mode():
-                self._run_batch(batch)
+        try:
+            while not self._stop.is_set():
+                self._serve_calls()
+                batch = self.store.claim_batch(self.max_batch, batch_compatible)
+                if not batch:
+                    self.store.wakeup.wait(1.0)
+                    self.store.wakeup.clear()
+                    continue
+                with torch.inference_mode():
+                    self._run_batch(batch)
+        finally:
+            self._fail_calls("the server is stopping")
 
     def _run_batch(self, jobs: list[Job]) -> None:
         try:
@@ -392,6 +439,7 @@ class SongWorker:
             while session.frame_index <= session.max_new_frames:
                 with lock:
                     step = session.next_frame()
+                self._serve_calls()  # live streams take turns with this batch, frame by frame
                 steps.append(step.codes)
                 if len(steps) % 8 == 0 and bool(session.ended.all()):
                     break

@@ -142,8 +142,8 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
     try:
         controls = StreamControls(prompts=[tuple(p) for p in start.prompts], temperature=start.temperature,
                                   top_k=start.top_k, cfg_scale=start.cfg_scale)
-        session = await run_in_threadpool(StreamSession, worker.generator, worker.codec, lyrics=start.lyrics,
-                                          controls=controls, seed=seed, max_seconds=start.max_seconds)
+        session = await on_worker(worker, StreamSession, worker.generator, worker.codec, lyrics=start.lyrics,
+                                  controls=controls, seed=seed, max_seconds=start.max_seconds)
     except HeartMuLaError as exc:
         await error(str(exc))
         await ws.close()
@@ -156,7 +156,7 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
     async def produce() -> None:
         began, sent = None, 0.0
         while not stop.is_set():
-            chunk = await run_in_threadpool(session.next_chunk)
+            chunk = await on_worker(worker, session.next_chunk)
             if chunk is None:
                 return
             await ws.send_bytes(np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes())
@@ -212,8 +212,8 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
                 problem = str(exc)
             except Exception:  # WebSocketDisconnect, or a send on a socket the client has closed
                 disconnected = True
-        codes = await run_in_threadpool(session.codes)
-        await run_in_threadpool(session.close)
+        codes = await on_worker(worker, session.codes)
+        await on_worker(worker, session.close)
     song_id = None
     if start.save and pieces:  # what was heard is kept, even when the listener left early
         song_id = await run_in_threadpool(_save, store, start, seed, np.concatenate(pieces, axis=1),
@@ -225,6 +225,11 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
         seconds = sum(p.shape[1] for p in pieces) / session.sample_rate
         await ws.send_json({"type": "end", "song": song_id, "seconds": round(seconds, 3)})
         await ws.close()
+
+
+async def on_worker(worker: SongWorker, fn, *args, **kwargs):
+    """fn(*args, **kwargs) in the worker's thread, the one thread that runs the models (see SongWorker)."""
+    return await asyncio.wrap_future(worker.call(fn, *args, **kwargs))
 
 
 def _save(store: JobStore, start: StreamStart, seed: int, audio: np.ndarray, rate: int, codes: np.ndarray) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,11 @@ def default_clap_dir() -> Path | None:
 
 
 class LibrarySearch:
-    def __init__(self, store: JobStore, model_dir: str | os.PathLike):
+    def __init__(self, store: JobStore, model_dir: str | os.PathLike, compute: Callable | None = None):
         self.store = store
         self.model_dir = Path(model_dir)
+        # compute(fn, *args) -> fn(*args): where embeddings run (the server's model thread, see SongWorker)
+        self.compute = compute or (lambda fn, *args: fn(*args))
         self.folder = store.data_dir / "clap-index"
         self._lock = threading.RLock()
         self._model = None
@@ -86,7 +89,7 @@ class LibrarySearch:
         path = self.store.job_dir(job_id) / AUDIO_FILE
         if job is None or job.status != "done" or not path.is_file():
             return
-        vector = self.model().embed_file(path)
+        vector = self.compute(self.model().embed_file, path)
         with self._lock:
             index = self._index()
             try:
@@ -131,10 +134,10 @@ class LibrarySearch:
                 index.close()
 
     def by_text(self, text: str, k: int) -> list[tuple[str, float]]:
-        return self._search(self.model().embed_text(text)[0], k)
+        return self._search(self.compute(self.model().embed_text, text)[0], k)
 
     def by_audio_file(self, path: Path, k: int) -> list[tuple[str, float]]:
-        return self._search(self.model().embed_file(path), k)
+        return self._search(self.compute(self.model().embed_file, path), k)
 
     def similar(self, job_id: str, k: int) -> list[tuple[str, float]] | None:
         """Songs that sound like `job_id` (itself left out); None if that song is not in the index."""
