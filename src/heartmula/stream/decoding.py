@@ -52,6 +52,7 @@ class DirectAudioStream:
         self.lookahead_frames = min(lookahead_frames, self.right_frames)
         self.codes = torch.zeros(codec.config.num_quantizers, 0, dtype=torch.long)
         self.decoded_until = 0
+        self.frames_pushed = 0
         self.sq_cache: dict = {}
         # A causal decoder at its own look-ahead carries its convolution inputs across pushes (module -> tail).
         self.direct_cache: dict | None = {} if codec.direct_decoder.causal and self.exact else None
@@ -69,23 +70,21 @@ class DirectAudioStream:
     @torch.no_grad()
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         codes = check_codes(codes, self.codec)
+        self.frames_pushed += codes.shape[1]
         if self.direct_cache is not None:
-            self.decoded_until += codes.shape[1]  # here: code frames pushed
             return self._audio(self.codec.direct_decoder(self.codec.condition(codes[None]), self.direct_cache))
         self.codes = torch.cat([self.codes, codes], dim=1)
         return self._decode(self.codes.shape[1] - self.lookahead_frames)
 
     @torch.no_grad()
     def flush(self) -> torch.Tensor:
+        if not self.frames_pushed:
+            return torch.zeros(self.codec.config.audio_channels, 0)
         if self.direct_cache is not None:
-            if not self.decoded_until:
-                return torch.zeros(self.codec.config.audio_channels, 0)
             audio = self._audio(self.codec.direct_decoder.end_stream(self.direct_cache))
         else:
             audio = self._decode(self.codes.shape[1])
-        if self.decoded_until:
-            audio = torch.cat([audio, self.codec.flush_audio(self.sq_cache)[0].float().cpu()], dim=-1)
-        return audio
+        return torch.cat([audio, self.codec.flush_audio(self.sq_cache)[0].float().cpu()], dim=-1)
 
     def _audio(self, latent: torch.Tensor) -> torch.Tensor:
         return self.codec.latent_to_audio(latent, self.sq_cache)[0].float().cpu()
@@ -108,12 +107,12 @@ class DirectAudioStream:
         tensors = {"codes": self.codes, **_cache_tensors(self.codec, self.sq_cache, "sq.")}
         if self.direct_cache is not None:
             tensors.update(_cache_tensors(self.codec, self.direct_cache, "direct."))
-        return tensors, dict(kind="direct", decoded_until=self.decoded_until, lookahead_frames=self.lookahead_frames,
-                             cached=self.direct_cache is not None)
+        return tensors, dict(kind="direct", decoded_until=self.decoded_until, frames_pushed=self.frames_pushed,
+                             lookahead_frames=self.lookahead_frames, cached=self.direct_cache is not None)
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.codes, self.decoded_until = tensors["codes"].long(), meta["decoded_until"]
-        self.lookahead_frames = meta["lookahead_frames"]
+        self.frames_pushed, self.lookahead_frames = meta["frames_pushed"], meta["lookahead_frames"]
         self.sq_cache = _cache_from_tensors(self.codec, tensors, "sq.")
         self.direct_cache = _cache_from_tensors(self.codec, tensors, "direct.") if meta.get("cached") else None
 
