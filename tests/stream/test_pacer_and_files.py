@@ -79,10 +79,10 @@ def test_pacer_counts_underruns_grows_the_buffer_and_rebuffers():
     assert stats.played_seconds == pytest.approx(0.4) and stats.time_to_first_audio is not None
 
 
-def pacer_with_a_full_buffer(refill_fraction: float = 1.0) -> tuple[FakeSession, Pacer]:
+def pacer_with_a_full_buffer() -> tuple[FakeSession, Pacer]:
     """Four 10-sample chunks offered to a pacer whose look-ahead (10 samples) is then full."""
     session = FakeSession()
-    pacer = Pacer(session, lookahead_seconds=0.1, refill_fraction=refill_fraction).start()
+    pacer = Pacer(session, lookahead_seconds=0.1).start()
     for i in range(4):
         session.release(10, float(i))
     wait_for(lambda: pacer.buffered_seconds >= 0.1, "the look-ahead")
@@ -100,17 +100,6 @@ def test_pacer_delivers_every_sample_in_order_and_stops_at_the_look_ahead():
     assert pacer.stop().underruns == 0
     expected = np.repeat(np.arange(4, dtype=np.float32), 10)
     assert np.concatenate(got, axis=1)[0, :40].tolist() == expected.tolist()
-
-
-def test_a_full_pacer_idles_until_the_buffer_drains_to_the_refill_level():
-    session, pacer = pacer_with_a_full_buffer(refill_fraction=0.5)  # full at 10 samples, refills below 5
-    pacer.read(4)
-    time.sleep(0.1)
-    assert len(session.queue) == 3 and pacer.buffered_seconds == pytest.approx(0.06)  # 6 left: still idle
-    pacer.read(2)
-    wait_for(lambda: len(session.queue) == 2, "the refill")  # 4 left: it generates again
-    session.end()
-    pacer.stop()
 
 
 def test_a_control_change_is_generated_at_once_past_a_full_buffer():

@@ -60,14 +60,9 @@ class Pacer:
     """
 
     def __init__(self, session, lookahead_seconds: float = 0.5, max_lookahead_seconds: float = 4.0,
-                 on_chunk=None, degrade_after: int = 3, refill_fraction: float = 0.5):
+                 on_chunk=None, degrade_after: int = 3):
         if not 0 < lookahead_seconds <= max_lookahead_seconds:
             raise HeartMuLaError("need 0 < lookahead_seconds <= max_lookahead_seconds")
-        if not 0 < refill_fraction <= 1:
-            raise HeartMuLaError("need 0 < refill_fraction <= 1")
-        # Once the buffer is full the producer idles until it has drained to this fraction of the look-ahead, then
-        # generates in one burst: fewer, longer bursts (a compute thread that idled pays to start again).
-        self.refill_fraction = float(refill_fraction)
         self.session = session
         self.lookahead = float(lookahead_seconds)
         self.max_lookahead = float(max_lookahead_seconds)
@@ -106,10 +101,9 @@ class Pacer:
         try:
             while True:
                 with self._condition:
-                    if self._buffered >= self.lookahead * self.rate:  # full: idle until drained to the refill level
-                        while (not self._stop and self._buffered >= self.refill_fraction * self.lookahead * self.rate
-                               and self._version_out >= self.session.controls_version):
-                            self._condition.wait(0.02)
+                    while (not self._stop and self._buffered >= self.lookahead * self.rate
+                           and self._version_out >= self.session.controls_version):
+                        self._condition.wait(0.02)
                     if self._stop:
                         return
                 began = time.perf_counter()
