@@ -349,26 +349,26 @@ class SongWorker:
             self.store.wakeup.set()
         return future
 
-    def _serve_calls(self) -> None:
+    def _queued_calls(self):
+        """The calls queued so far (not cancelled by their callers), each marked running."""
         while True:
             try:
                 future, fn, args, kwargs = self._calls.get_nowait()
             except queue.Empty:
                 return
             if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as exc:  # handed to the caller, as an executor would
-                    future.set_exception(exc)
+                yield future, fn, args, kwargs
+
+    def _serve_calls(self) -> None:
+        for future, fn, args, kwargs in self._queued_calls():
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the caller, as an executor would
+                future.set_exception(exc)
 
     def _fail_calls(self, reason: str) -> None:
-        while True:
-            try:
-                future = self._calls.get_nowait()[0]
-            except queue.Empty:
-                return
-            if future.set_running_or_notify_cancel():
-                future.set_exception(HeartMuLaError(reason))
+        for future, *_ in self._queued_calls():
+            future.set_exception(HeartMuLaError(reason))
 
     def _run(self) -> None:
         import torch
