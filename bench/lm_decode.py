@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import machine  # noqa: E402
 
 from heartmula.lm.config import GenerationConfig  # noqa: E402
 from heartmula.lm.generation import SamplingParams, SongRequest  # noqa: E402
@@ -164,7 +165,7 @@ def main() -> None:
                 row["speedup_vs_upstream_fp32"] = round(row["frames_per_s"] / base, 2)
 
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+        "machine": {**machine(), "threads": args.threads,
                     "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2), "torch": torch.__version__},
         "checkpoint": f"bench-36m (random weights), CFG {args.cfg_scale:.2f}, top-k 50",
         "results": rows,

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import machine
 
 from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.lm.pretrained import load_generator
@@ -75,7 +76,7 @@ def main() -> None:
     print(results[-1], flush=True)
     session.close()
     report = dict(lm="embedded default", rows_per_frame=3, frames_per_case=args.frames, pause_s=args.pause,
-                  cpu_count=os.cpu_count(), torch=torch.__version__, results=results)
+                  machine=machine(), torch=torch.__version__, results=results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))

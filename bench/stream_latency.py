@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import machine
 
 from heartmula.codec import load_codec
 from heartmula.codec.model import HeartCodec
@@ -190,7 +190,7 @@ def main() -> None:
         lm=lm_desc, codec=codec_desc, threads=args.threads, int8=args.int8, seconds=args.seconds,
         chunk_frames=args.chunk_frames, pacer_lookahead_s=args.lookahead, control_every_s=args.control_every,
         time_to_first_audio_s=[round(t, 3) for t in ttfa], **paced,
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch=torch.__version__,
+        machine=dict(**machine(), torch=torch.__version__,
                      load_average_at_end=[round(x, 2) for x in os.getloadavg()]),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from heartmula.lm.generation import SamplingParams, SongRequest
+from heartmula.nn.layers import Linear, linear
 from heartmula.nn.quant import Int8Linear, quantize_int8
 
 
@@ -35,3 +37,35 @@ def test_compiled_steps_give_the_same_song(generator):
     eager = generator.generate([song], sampling, 8)[0]
     generator.compile(backend="eager")  # graph capture without code generation keeps the test fast
     assert torch.equal(generator.generate([song], sampling, 8)[0], eager)
+
+
+def test_few_row_linear_matches_f_linear():
+    torch.manual_seed(0)
+    weight = torch.randn(300, 64)
+    for shape in [(1, 64), (3, 64), (2, 1, 64), (4, 8, 64), (5, 9, 64)]:  # the last one has more than FEW_ROWS rows
+        x = torch.randn(*shape)
+        expected = F.linear(x, weight)
+        got = linear(x, weight)
+        assert got.shape == expected.shape and got.is_contiguous()
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert torch.equal(linear(x, weight, few_rows_transposed=False), expected)
+    layer = Linear(64, 300)
+    x = torch.randn(3, 64)
+    assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_compat_sessions_compute_with_f_linear_bits(generator):
+    model = generator.model
+    layers = [m for m in model.modules() if isinstance(m, Linear)]
+    assert len(layers) == 7 * 2 + 7 * 1 + 2  # tiny preset: every linear layer but muq_linear
+    song = SongRequest(lyrics="la la", tags="pop", seed=0)
+    compat = generator.start([song], SamplingParams(cfg_scale=1.5), 4, compat=True)
+    compat.next_frame()
+    assert model.upstream_products and not any(m.few_rows_transposed for m in layers)
+    hidden = torch.randn(2, model.config.decoder.embed_dim)
+    assert torch.equal(model.codebook_logits(3, hidden), F.linear(hidden, model.audio_head[2].t()))
+    default = generator.start([song], SamplingParams(cfg_scale=1.5), 4)
+    default.next_frame()
+    assert not model.upstream_products and all(m.few_rows_transposed for m in layers)
+    compat.next_frame()  # sessions taking turns on one model each get their own products
+    assert model.upstream_products

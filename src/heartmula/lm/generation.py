@@ -409,6 +409,7 @@ class GenerationSession:
         pad = self.next_slot + shift - length
         hidden = self._embed_prompts([row], tokens[None].to(self.device), mask[None].to(self.device), None, [0])
         self._activate()
+        model.use_upstream_products(self.compat)
         old = self._caches[0]
         model.backbone.setup_cache(1, length, self.dtype, self.device)
         model.backbone(hidden, torch.arange(length, device=self.device)[None], start=0)
@@ -640,6 +641,7 @@ class GenerationSession:
             raise HeartMuLaError("this session has produced all the frames it was set up for")
         if self.frame_index > 0:
             self._activate()
+        self.generator.model.use_upstream_products(self.compat)
         hidden = self._prefill() if self.frame_index == 0 else self._step()
         codes = self._frame_from_hidden(hidden)
         ended_now = self._is_end(codes)

@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from heartmula.checkpoint import load_state_dict, save_state_dict, tensor_shapes, validate_shapes
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import HeartMuLaConfig
+from heartmula.nn.layers import Linear, linear
 from heartmula.nn.transformer import Transformer
 
 CONFIG_FILE = "config.json"
@@ -34,11 +34,12 @@ class HeartMuLa(nn.Module):
         self.text_embeddings = nn.Embedding(config.text_vocab_size, dim)
         self.audio_embeddings = nn.Embedding(vocab * codebooks, dim)
         self.unconditional_text_embedding = nn.Embedding(1, dim)  # the CFG "null" text
-        self.projection = nn.Linear(dim, decoder_dim, bias=False)
-        self.codebook0_head = nn.Linear(dim, vocab, bias=False)
+        self.projection = Linear(dim, decoder_dim, bias=False)
+        self.codebook0_head = Linear(dim, vocab, bias=False)
         self.audio_head = nn.Parameter(torch.empty(codebooks - 1, decoder_dim, vocab))
         self.muq_linear = nn.Linear(config.muq_dim, dim)
         self.audio_head_int8: nn.ModuleList | None = None  # set by heartmula.nn.quant.quantize_int8
+        self.upstream_products = False  # see use_upstream_products
 
     @property
     def num_codebooks(self) -> int:
@@ -77,7 +78,17 @@ class HeartMuLa(nn.Module):
         """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
         if self.audio_head_int8 is not None:
             return self.audio_head_int8[codebook - 1](decoder_hidden)
-        return F.linear(decoder_hidden, self.audio_head[codebook - 1].t())
+        return linear(decoder_hidden, self.audio_head[codebook - 1].t(), not self.upstream_products)
+
+    def use_upstream_products(self, enabled: bool) -> None:
+        """Compute the linear layers exactly as F.linear (upstream's bits, for compat mode) or, by default, with
+        the faster few-row product of `heartmula.nn.layers.linear` (float32 rounding differs)."""
+        if enabled == self.upstream_products:
+            return
+        self.upstream_products = enabled
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.few_rows_transposed = not enabled
 
     def use_row_major_heads(self) -> None:
         """Store audio_head as [.., vocab, dim] in memory (same values, same shape and name).

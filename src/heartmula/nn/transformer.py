@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heartmula.nn.layers import RMSNorm, SwiGLU
+from heartmula.nn.layers import Linear, RMSNorm, SwiGLU
 from heartmula.nn.rope import apply_rope, inverse_frequencies, rope_table
 
 
@@ -63,10 +63,10 @@ class Attention(nn.Module):
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.dim_per_head
-        self.q_proj = nn.Linear(config.embed_dim, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
-        self.output_proj = nn.Linear(self.num_heads * self.head_dim, config.embed_dim, bias=False)
+        self.q_proj = Linear(config.embed_dim, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.output_proj = Linear(self.num_heads * self.head_dim, config.embed_dim, bias=False)
         self.cache: KVCache | None = None
 
     def forward(
