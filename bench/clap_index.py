@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "clap_index.json"
 
@@ -122,10 +123,9 @@ def main() -> None:
         "add_seconds": round(add_s, 2), "add_tracks_per_second": round(args.tracks / add_s),
         "files_bytes": sizes,
         "runs": runs,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__,
+        "machine": {**machine(), "python": platform.python_version(), "numpy": np.__version__,
                     "load_average_at_end": os.getloadavg()[0]},
-        "note": "shared 2-core machine (other jobs running): latencies are upper bounds of an idle machine",
+        "note": "wall-clock latencies; load_average_at_end tells whether other jobs shared the machine",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

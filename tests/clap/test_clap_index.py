@@ -25,8 +25,10 @@ def test_add_search_remove_round_trip(tmp_path):
     hits = index.search(vectors[7], k=3)
     assert hits[0].track.path == "/music/a/7.flac" and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert [h.score for h in hits] == sorted([h.score for h in hits], reverse=True)
+    loaded = index._matrix
     assert index.remove(["/music/a/7.flac"]) == 1
     assert all(h.track.path != "/music/a/7.flac" for h in index.search(vectors[7], k=20))
+    assert index._matrix is loaded  # a removal only masks its rows: no reload of the whole matrix
     assert len(index.search(vectors[0], k=100)) == 19
     # a freed row is reused, and the new vector (not the old one) is what search sees
     index.add([Track("/music/b/new.flac")], vectors[3:4])

@@ -195,7 +195,8 @@ class ClapIndex:
         with self.db:
             self.db.executemany("DELETE FROM tracks WHERE row = ?", [(r,) for r in rows])
             self.db.executemany("INSERT OR IGNORE INTO free_rows VALUES (?)", [(r,) for r in rows])
-        self._invalidate()
+        if self._valid is not None:  # the loaded matrix stays: only its removed rows stop counting
+            self._valid[rows] = False
         return len(rows)
 
     # -- reads --
