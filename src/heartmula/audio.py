@@ -90,6 +90,15 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(out, dtype=np.float32).reshape(out.shape[0], -1).T)
 
 
+def fit_peak(audio: np.ndarray, ceiling: float = 0.98) -> np.ndarray:
+    """A whole song scaled down, if needed, so that its peak is at most `ceiling` (about -0.2 dBFS).
+
+    A decoder's output is not bounded: a loud passage may peak above full scale, which the file writer would
+    hard-clip. Quieter audio comes back unchanged (the same array)."""
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    return audio if peak <= ceiling else (audio * (ceiling / peak)).astype(audio.dtype, copy=False)
+
+
 def save_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> Path:
     """Write [channels, samples] (or [samples]) audio; the format follows the suffix: wav, flac, mp3, ogg."""
     path = Path(path)

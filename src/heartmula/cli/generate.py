@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from heartmula.audio import load_audio, save_audio
+    from heartmula.audio import fit_peak, load_audio, save_audio
     from heartmula.codec.pretrained import load_codec
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     codec = load_codec(codec_path, args.dtype, args.device)
     started = time.perf_counter()
     audio, rate = codec.decode(codes_np, seed=args.seed)
+    audio = fit_peak(audio)
     codec_seconds = time.perf_counter() - started
     save_audio(args.out, audio, rate)
     print(f"wrote {args.out}: {audio.shape[-1] / rate:.2f} s at {rate} Hz; compute {lm_seconds:.1f} s language "

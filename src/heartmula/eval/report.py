@@ -383,7 +383,7 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     import torch
     from tqdm import tqdm
 
-    from heartmula.audio import save_audio
+    from heartmula.audio import fit_peak, save_audio
     from heartmula.codec.pretrained import load_codec
     from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
     from heartmula.lm.pretrained import load_generator
@@ -405,6 +405,7 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
         began = time.perf_counter()
         if codes.shape[1]:
             audio, rate = codec.decode(codes, seed=config.seed)
+            audio = fit_peak(audio)  # as `heartmula generate` writes songs
         else:  # the LM ended the song at once: measured as one frame of silence (and a lyric error of 1)
             audio, rate = np.zeros((codec.config.audio_channels, int(codec.sample_rate / FRAME_RATE)), np.float32), \
                 codec.sample_rate

@@ -464,9 +464,9 @@ class SongWorker:
             audio, rate = self.codec.decode(song_codes, seed=job.request["seed"])
             folder = self.store.job_dir(job.id)
             write_codes(folder / CODES_FILE, song_codes)
-            from heartmula.audio import save_audio
+            from heartmula.audio import fit_peak, save_audio
 
-            save_audio(folder / AUDIO_FILE, audio, rate)
+            save_audio(folder / AUDIO_FILE, fit_peak(audio), rate)
             result = {
                 "seconds": round(audio.shape[-1] / rate, 3), "sample_rate": rate, "channels": int(audio.shape[0]),
                 "frames": int(song_codes.shape[-1]), "batch_size": len(jobs),
