@@ -1,0 +1,78 @@
+"""Does sung text survive the codec? Lyric error of corpus songs before and after an encode -> decode round trip.
+
+A model trained on a codec's tokens can sing no more clearly than the codec reproduces singing, so this is the
+codec's share of the lyric ceiling (the corpus' own share is `heartmula data ceiling`). For the first `--songs`
+sung items of `--language` in the manifest: the vocal stem and the mix, first `--seconds`, transcribed by the
+default transcriber with the language given, as they are and after the codec, scored with the lyrics recipe
+against the syllables sung in that window (WER for en/es, CER otherwise).
+
+    python bench/codec_lyrics.py work/corpus10h            # writes bench/results/codec_lyrics.json
+    python bench/codec_lyrics.py work/corpus10h --codec CODEC --language es
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from _machine import machine
+
+from heartmula.audio import load_audio
+from heartmula.codec import load_codec
+from heartmula.data.manifest import read_manifest
+from heartmula.eval.lyrics import score
+from heartmula.song_models import resolve_codec, resolve_lm
+from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
+
+RESULTS = Path(__file__).resolve().parent / "results" / "codec_lyrics.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("corpus", type=Path, help="corpus folder (manifest.jsonl inside) or the manifest itself")
+    parser.add_argument("--codec", help="codec root or folder (default: the embedded default codec)")
+    parser.add_argument("--language", default="en")
+    parser.add_argument("--songs", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    manifest = args.corpus / "manifest.jsonl" if args.corpus.is_dir() else args.corpus
+    rows = [r for r in read_manifest(manifest) if r["language"] == args.language and r["vocals"]][: args.songs]
+    if not rows:
+        raise SystemExit(f"{manifest} has no sung {args.language} items")
+    codec = load_codec(args.codec or resolve_codec(None, resolve_lm(None, "3B")))
+    transcriber = Transcriber(TranscribeConfig(language=args.language))
+    unit = "wer" if args.language in ("en", "es") else "cer"
+    entries = []
+    for row in rows:
+        reference = " ".join(t["text"] for t in row["timing"] if t["start"] < args.seconds)
+        for kind in ("vocals", "audio"):
+            audio, rate = load_audio(manifest.parent / row[kind])
+            audio = audio[:, : int(args.seconds * rate)]
+            decoded, decoded_rate = codec.decode(codec.encode(audio, rate))
+            for version, (signal, signal_rate) in (("original", (audio, rate)), ("codec", (decoded, decoded_rate))):
+                text = transcriber.transcribe_array(signal, signal_rate).text
+                entries.append({"id": row["id"], "kind": "vocal stem" if kind == "vocals" else "mix",
+                                "version": version, unit: round(score(reference, text, args.language, False)[unit], 3),
+                                "transcript": text})
+                print(json.dumps({k: v for k, v in entries[-1].items() if k != "transcript"}), file=sys.stderr)
+
+    def mean(kind: str, version: str) -> float:
+        return round(float(np.mean([e[unit] for e in entries if e["kind"] == kind and e["version"] == version])), 3)
+
+    summary = {f"{kind}, {version}": mean(kind, version) for kind in ("vocal stem", "mix")
+               for version in ("original", "codec")}
+    result = {"codec": args.codec or "embedded default", "language": args.language, "unit": unit,
+              "songs": len(rows), "seconds": args.seconds, "summary": summary, "entries": entries,
+              "machine": machine()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
