@@ -4,7 +4,9 @@ A model trained on a codec's tokens can sing no more clearly than the codec repr
 codec's share of the lyric ceiling (the corpus' own share is `heartmula data ceiling`). For the first `--songs`
 sung items of `--language` in the manifest: the vocal stem and the mix, first `--seconds`, transcribed by the
 default transcriber with the language given, as they are and after the codec, scored with the lyrics recipe
-against the syllables sung in that window (WER for en/es, CER otherwise).
+against the syllables sung in that window (WER for en/es, CER otherwise). A third version passes the audio through
+the codec's latent autoencoder alone (`audio_to_latent` -> `latent_to_audio`, no tokens): where that keeps the words
+and the codes do not, the token bottleneck (or the decoder from codes) is what loses them.
 
     python bench/codec_lyrics.py work/corpus10h            # writes bench/results/codec_lyrics.json
     python bench/codec_lyrics.py work/corpus10h --codec CODEC --language es
@@ -28,6 +30,19 @@ from heartmula.song_models import resolve_codec, resolve_lm
 from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
 
 RESULTS = Path(__file__).resolve().parent / "results" / "codec_lyrics.json"
+
+
+def latent_round_trip(codec, audio: np.ndarray, rate: int) -> np.ndarray:
+    """`audio` through the codec's latent autoencoder only, at the codec's rate and channels."""
+    import torch
+
+    from heartmula.audio import mix_channels, resample
+
+    audio = mix_channels(resample(audio, rate, codec.sample_rate), codec.config.audio_channels)
+    hop = codec.config.samples_per_latent
+    audio = np.ascontiguousarray(audio[:, : audio.shape[1] // hop * hop], dtype=np.float32)
+    with torch.no_grad():
+        return codec.latent_to_audio(codec.audio_to_latent(torch.from_numpy(audio)[None]))[0].numpy()
 
 
 def main() -> None:
@@ -54,7 +69,10 @@ def main() -> None:
             audio, rate = load_audio(manifest.parent / row[kind])
             audio = audio[:, : int(args.seconds * rate)]
             decoded, decoded_rate = codec.decode(codec.encode(audio, rate))
-            for version, (signal, signal_rate) in (("original", (audio, rate)), ("codec", (decoded, decoded_rate))):
+            latent_only = latent_round_trip(codec, audio, rate)
+            versions = {"original": (audio, rate), "latent only": (latent_only, codec.sample_rate),
+                        "codec": (decoded, decoded_rate)}
+            for version, (signal, signal_rate) in versions.items():
                 text = transcriber.transcribe_array(signal, signal_rate).text
                 entries.append({"id": row["id"], "kind": "vocal stem" if kind == "vocals" else "mix",
                                 "version": version, unit: round(score(reference, text, args.language, False)[unit], 3),
@@ -65,7 +83,7 @@ def main() -> None:
         return round(float(np.mean([e[unit] for e in entries if e["kind"] == kind and e["version"] == version])), 3)
 
     summary = {f"{kind}, {version}": mean(kind, version) for kind in ("vocal stem", "mix")
-               for version in ("original", "codec")}
+               for version in ("original", "latent only", "codec")}
     result = {"codec": args.codec or "embedded default", "language": args.language, "unit": unit,
               "songs": len(rows), "seconds": args.seconds, "summary": summary, "entries": entries,
               "machine": machine()}
