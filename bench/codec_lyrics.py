@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from _machine import machine
+from _sung import lyric_unit, song_arguments, sung_rows, sung_text
 
 from heartmula.audio import load_audio
 from heartmula.codec import load_codec
-from heartmula.data.manifest import read_manifest
 from heartmula.eval.lyrics import score
 from heartmula.song_models import resolve_codec, resolve_lm
 from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
@@ -47,24 +47,16 @@ def latent_round_trip(codec, audio: np.ndarray, rate: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", type=Path, help="corpus folder (manifest.jsonl inside) or the manifest itself")
+    song_arguments(parser, songs=4, results=RESULTS)
     parser.add_argument("--codec", help="codec root or folder (default: the embedded default codec)")
-    parser.add_argument("--language", default="en")
-    parser.add_argument("--songs", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-
-    manifest = args.corpus / "manifest.jsonl" if args.corpus.is_dir() else args.corpus
-    rows = [r for r in read_manifest(manifest) if r["language"] == args.language and r["vocals"]][: args.songs]
-    if not rows:
-        raise SystemExit(f"{manifest} has no sung {args.language} items")
+    manifest, rows = sung_rows(args)
     codec = load_codec(args.codec or resolve_codec(None, resolve_lm(None, "3B")))
     transcriber = Transcriber(TranscribeConfig(language=args.language))
-    unit = "wer" if args.language in ("en", "es") else "cer"
+    unit = lyric_unit(args.language)
     entries = []
     for row in rows:
-        reference = " ".join(t["text"] for t in row["timing"] if t["start"] < args.seconds)
+        reference = sung_text(row, args.seconds)
         for kind in ("vocals", "audio"):
             audio, rate = load_audio(manifest.parent / row[kind])
             audio = audio[:, : int(args.seconds * rate)]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from _machine import machine
+from _sung import lyric_unit, song_arguments, sung_rows, sung_text
 
 from heartmula.audio import load_audio
-from heartmula.data.manifest import read_manifest
 from heartmula.data.singing import load_pyworld
 from heartmula.eval.lyrics import score
 from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
@@ -56,20 +56,12 @@ def reduce_envelope(envelope: np.ndarray, bands: int, frames_per_second: float) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", type=Path, help="corpus folder (manifest.jsonl inside) or the manifest itself")
-    parser.add_argument("--language", default="en")
-    parser.add_argument("--songs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    song_arguments(parser, songs=3, results=RESULTS)
     args = parser.parse_args()
-
-    manifest = args.corpus / "manifest.jsonl" if args.corpus.is_dir() else args.corpus
-    rows = [r for r in read_manifest(manifest) if r["language"] == args.language and r["vocals"]][: args.songs]
-    if not rows:
-        raise SystemExit(f"{manifest} has no sung {args.language} items")
+    manifest, rows = sung_rows(args)
     world = load_pyworld()
     transcriber = Transcriber(TranscribeConfig(language=args.language))
-    unit = "wer" if args.language in ("en", "es") else "cer"
+    unit = lyric_unit(args.language)
     entries = []
     for row in rows:
         audio, _ = load_audio(manifest.parent / row["vocals"], sample_rate=RATE, channels=1)
@@ -77,7 +69,7 @@ def main() -> None:
         f0, times = world.harvest(x, RATE, frame_period=FRAME_MS)
         envelope = world.cheaptrick(x, f0, times, RATE)
         aperiodicity = world.d4c(x, f0, times, RATE)
-        reference = " ".join(t["text"] for t in row["timing"] if t["start"] < args.seconds)
+        reference = sung_text(row, args.seconds)
         for name, reduction in VARIANTS.items():
             reduced = envelope if reduction is None else reduce_envelope(envelope, *reduction)
             y = world.synthesize(f0, np.ascontiguousarray(reduced), aperiodicity, RATE, FRAME_MS).astype(np.float32)
