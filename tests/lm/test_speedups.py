@@ -49,6 +49,8 @@ def test_few_row_linear_matches_f_linear():
         assert got.shape == expected.shape and got.is_contiguous()
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
         assert torch.equal(linear(x, weight, few_rows_transposed=False), expected)
+        bias = torch.randn(300)
+        assert torch.equal(linear(x, weight, bias, few_rows_transposed=False), F.linear(x, weight, bias))
     layer = Linear(64, 300)
     x = torch.randn(3, 64)
     assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)

@@ -78,7 +78,8 @@ class HeartMuLa(nn.Module):
         """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
         if self.audio_head_int8 is not None:
             return self.audio_head_int8[codebook - 1](decoder_hidden)
-        return linear(decoder_hidden, self.audio_head[codebook - 1].t(), not self.upstream_products)
+        return linear(decoder_hidden, self.audio_head[codebook - 1].t(),
+                      few_rows_transposed=not self.upstream_products)
 
     def use_upstream_products(self, enabled: bool) -> None:
         """Compute the linear layers exactly as F.linear (upstream's bits, for compat mode) or, by default, with

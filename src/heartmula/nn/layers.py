@@ -10,20 +10,22 @@ from torch import nn
 FEW_ROWS = 32
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, few_rows_transposed: bool = True) -> torch.Tensor:
-    """`F.linear(x, weight)`, faster for the few-row float32 products of decoding on a CPU.
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           few_rows_transposed: bool = True) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, faster for the few-row float32 products of decoding on a CPU.
 
     Decoding with guidance multiplies 2-3 rows per song by every weight matrix. torch's CPU BLAS (MKL) streams the
     weights of such an `x @ weight.T` at a fraction of the memory bandwidth on some CPUs; the same product computed
-    as `(weight @ x.T).T` decoded the issue's 36M LM 2.2x faster on a 2-core AMD EPYC (`bench/lm_decode.py`). The
+    as `(weight @ x.T).T` decoded the issue's 36M LM 3x faster on a 2-core AMD EPYC (`bench/lm_decode.py`). The
     two differ by float32 rounding only (another summation order); `few_rows_transposed=False` keeps F.linear's
     bits, which upstream's numbers need (compat mode).
     """
     if (few_rows_transposed and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.numel() <= FEW_ROWS * x.shape[-1]):
         rows = x.reshape(-1, x.shape[-1])
-        return torch.mm(weight, rows.t()).t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight)
+        out = torch.mm(weight, rows.t()).t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
+        return out if bias is None else out + bias
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
@@ -32,8 +34,7 @@ class Linear(nn.Linear):
     few_rows_transposed = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = linear(x, self.weight, self.few_rows_transposed)
-        return out if self.bias is None else out + self.bias
+        return linear(x, self.weight, self.bias, self.few_rows_transposed)
 
 
 class RMSNorm(nn.Module):
