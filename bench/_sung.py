@@ -13,13 +13,17 @@ def song_arguments(parser: argparse.ArgumentParser, songs: int, results: Path) -
     parser.add_argument("--language", default="en")
     parser.add_argument("--songs", type=int, default=songs, help="the first N sung items of the language")
     parser.add_argument("--seconds", type=float, default=30.0, help="window at the start of each song")
+    parser.add_argument("--splits", default="train,val,test", help="manifest splits to draw from (val,test: songs "
+                        "no default model was trained on)")
     parser.add_argument("--out", type=Path, default=results)
 
 
 def sung_rows(args: argparse.Namespace) -> tuple[Path, list[dict]]:
-    """The manifest path and its first `args.songs` rows sung in `args.language`."""
+    """The manifest path and its first `args.songs` rows sung in `args.language` (of `args.splits`)."""
     manifest = args.corpus / "manifest.jsonl" if args.corpus.is_dir() else args.corpus
-    rows = [r for r in read_manifest(manifest) if r["language"] == args.language and r["vocals"]][: args.songs]
+    splits = args.splits.split(",")
+    rows = [r for r in read_manifest(manifest) if r["language"] == args.language and r["vocals"]
+            and r["split"] in splits][: args.songs]
     if not rows:
         raise SystemExit(f"{manifest} has no sung {args.language} items")
     return manifest, rows

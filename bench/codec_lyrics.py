@@ -10,6 +10,7 @@ and the codes do not, the token bottleneck (or the decoder from codes) is what l
 
     python bench/codec_lyrics.py work/corpus10h            # writes bench/results/codec_lyrics.json
     python bench/codec_lyrics.py work/corpus10h --codec CODEC --language es
+    python bench/codec_lyrics.py work/corpus10h --splits val,test --codec default CODEC   # side by side
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def latent_round_trip(codec, audio: np.ndarray, rate: int) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     song_arguments(parser, songs=4, results=RESULTS)
-    parser.add_argument("--codec", help="codec root or folder (default: the embedded default codec)")
+    parser.add_argument("--codec", nargs="+", default=["default"],
+                        help="codec roots or folders, side by side ('default': the embedded default codec)")
     args = parser.parse_args()
     manifest, rows = sung_rows(args)
-    codec = load_codec(args.codec or resolve_codec(None, resolve_lm(None, "3B")))
+    codecs = {name: load_codec(resolve_codec(None, resolve_lm(None, "3B")) if name == "default" else name)
+              for name in args.codec}
     transcriber = Transcriber(TranscribeConfig(language=args.language))
     unit = lyric_unit(args.language)
     entries = []
@@ -60,10 +63,11 @@ def main() -> None:
         for kind in ("vocals", "audio"):
             audio, rate = load_audio(manifest.parent / row[kind])
             audio = audio[:, : int(args.seconds * rate)]
-            decoded, decoded_rate = codec.decode(codec.encode(audio, rate))
-            latent_only = latent_round_trip(codec, audio, rate)
-            versions = {"original": (audio, rate), "latent only": (latent_only, codec.sample_rate),
-                        "codec": (decoded, decoded_rate)}
+            versions = {"original": (audio, rate)}
+            for name, codec in codecs.items():
+                suffix = "" if len(codecs) == 1 else f" ({name})"
+                versions["latent only" + suffix] = (latent_round_trip(codec, audio, rate), codec.sample_rate)
+                versions["codec" + suffix] = codec.decode(codec.encode(audio, rate))
             for version, (signal, signal_rate) in versions.items():
                 text = transcriber.transcribe_array(signal, signal_rate).text
                 entries.append({"id": row["id"], "kind": "vocal stem" if kind == "vocals" else "mix",
@@ -74,10 +78,9 @@ def main() -> None:
     def mean(kind: str, version: str) -> float:
         return round(float(np.mean([e[unit] for e in entries if e["kind"] == kind and e["version"] == version])), 3)
 
-    summary = {f"{kind}, {version}": mean(kind, version) for kind in ("vocal stem", "mix")
-               for version in ("original", "latent only", "codec")}
-    result = {"codec": args.codec or "embedded default", "language": args.language, "unit": unit,
-              "songs": len(rows), "seconds": args.seconds, "summary": summary, "entries": entries,
+    summary = {f"{kind}, {version}": mean(kind, version) for kind in ("vocal stem", "mix") for version in versions}
+    result = {"codec": args.codec, "language": args.language, "unit": unit, "splits": args.splits,
+              "songs": [row["id"] for row in rows], "seconds": args.seconds, "summary": summary, "entries": entries,
               "machine": machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

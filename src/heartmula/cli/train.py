@@ -128,6 +128,45 @@ def run_codec(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_voice(actions) -> None:
+    p = actions.add_parser(
+        "voice",
+        help="train a spectral codec's singing-voice branch on a corpus with vocal stems",
+        description="Add a singing-voice branch to a spectral codec (preset harmonic-24k, e.g. the default codec) "
+        "and train it to predict WORLD vocoder parameters of each item's vocal stem from the codec's decoding of "
+        "the mix. Only the branch learns, so codes made with the codec before (an LM's training data) stay valid. "
+        "--out becomes a codec folder; running again with the same --out resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("manifest", type=Path, help="corpus manifest.jsonl (or its folder); items with a `vocals` stem "
+                   "teach the voice, the others silence")
+    p.add_argument("--codec", type=Path, help="the codec to extend (default: the embedded default codec)")
+    p.add_argument("--out", type=Path, required=True, help="codec folder to write (created, or resumed)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--segment-frames", type=int, default=64, help="latent frames (40 ms each) per segment")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seconds-per-item", type=float, default=60.0, help="analyse this much of each item")
+    p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
+    p.add_argument("--threads", type=int, default=2, help="torch threads, and feature-extraction processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_voice)
+
+
+def run_voice(args: argparse.Namespace) -> int:
+    from heartmula.codec.pretrained import locate_codec
+    from heartmula.train.codec_voice import VoiceTrainConfig, train_voice
+
+    config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
+                              learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
+                              eval_every=args.eval_every, seed=args.seed)
+    report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
+    print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
+          f"items; last {report['last']}; wrote {args.out}")
+    return 0
+
+
 def register_clap(actions) -> None:
     p = actions.add_parser(
         "clap",
@@ -260,7 +299,7 @@ def run_lm(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_ACTIONS = (register_transcriber, register_codec, register_clap, register_lm)
+TRAIN_ACTIONS = (register_transcriber, register_codec, register_voice, register_clap, register_lm)
 
 
 def register(verbs) -> None:

@@ -52,6 +52,27 @@ class ConvNetConfig:
 
 
 @dataclass
+class VoiceConfig:
+    """Sizes of the spectral codec's singing-voice branch (codec/voice.py)."""
+
+    hidden_dim: int = 192
+    num_blocks: int = 6  # residual conv blocks at the latent rate (25 Hz)
+    frame_blocks: int = 2  # and after them at the STFT frame rate (100 Hz)
+    kernel_size: int = 5
+    bands: int = 32  # log-mel bands of the harmonic and of the noise envelope
+    max_harmonics: int = 48  # of f0, each rendered while below the Nyquist frequency
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> VoiceConfig | None:
+        if data is None:
+            return None
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise HeartMuLaError(f"unknown voice config fields {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
 class SpectralConfig:
     """Sizes of the spectral waveform codec (codec/spectral.py)."""
 
@@ -69,6 +90,13 @@ class SpectralConfig:
     highest_midi: int = 108
     noise_bands: int = 48
     analysis_fft: int = 2048
+    # An optional singing-voice branch (harmonic synthesis only): vocoder parameters predicted from the latent
+    # and rendered into the same frames, for sung words the semitone sinusoids cannot carry.
+    voice: VoiceConfig | None = None
+
+    def __post_init__(self):
+        if isinstance(self.voice, dict):
+            self.voice = VoiceConfig.from_dict(self.voice)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SpectralConfig | None:
@@ -189,6 +217,8 @@ class HeartCodecConfig:
             if self.spectral.synthesis == "harmonic" and not (
                     0 < self.spectral.lowest_midi < self.spectral.highest_midi and top < self.sample_rate / 2):
                 raise HeartMuLaError("harmonic synthesis needs 0 < lowest_midi < highest_midi below the Nyquist rate")
+            if self.spectral.voice is not None and self.spectral.synthesis != "harmonic":
+                raise HeartMuLaError("the voice branch (spectral.voice) needs spectral synthesis 'harmonic'")
             return self
         if self.samples_per_latent * 25 != self.sample_rate:
             raise HeartMuLaError(

@@ -36,6 +36,7 @@ from torch import nn
 
 from heartmula.codec.convnets import ResidualConv
 from heartmula.codec.sq_codec import Conv
+from heartmula.codec.voice import VoiceDecoder
 
 DILATIONS = (1, 2, 4, 1, 2, 4, 1, 2)
 LOG_MAGNITUDE_CENTRE, LOG_MAGNITUDE_SCALE = 5.0, 4.0
@@ -171,14 +172,20 @@ class SpectralDecoder(nn.Module):
         self.tones = s.highest_midi - s.lowest_midi + 1
         self._tables = None  # built on first use: models are created on the meta device, then loaded
         self.head = nn.Linear(s.hidden_dim, self.tones + s.noise_bands if self.harmonic else 2 * self.bins)
+        if s.voice is not None:
+            self.voice = VoiceDecoder(latent_channels, s.voice, config.sample_rate, s.n_fft, s.hop_length,
+                                      self.repeat)
+
+    def tables(self, device) -> dict[str, torch.Tensor]:
+        if self._tables is None or self._tables["cos"].device != device:
+            tables = harmonic_synthesis_tables(self.spectral, self.sample_rate)
+            self._tables = {k: v.to(device) for k, v in tables.items()}
+        return self._tables
 
     def harmonic_spectrum(self, parameters: torch.Tensor, first_frame: int, tones_only: bool = False) -> torch.Tensor:
         """[B, N, tones + bands] (log amplitudes) -> STFT frames [B, N, bins] of sinusoids plus banded noise;
         `first_frame` is the absolute index of frame 0 (tone phases and the noise texture follow it)."""
-        if self._tables is None or self._tables["cos"].device != parameters.device:
-            self._tables = {k: v.to(parameters.device)
-                            for k, v in harmonic_synthesis_tables(self.spectral, self.sample_rate).items()}
-        t = self._tables
+        t = self.tables(parameters.device)
         amplitude = (parameters.clamp(max=8.0) + AMPLITUDE_OFFSET).exp()
         tones, bands = amplitude[..., : self.tones], amplitude[..., self.tones:]
         frames = first_frame + torch.arange(parameters.shape[1], device=parameters.device, dtype=torch.float64)
@@ -198,16 +205,27 @@ class SpectralDecoder(nn.Module):
         for block in self.blocks:
             x = block(x, cache)
         head = self.head(self.norm(x.transpose(1, 2))).float()
+        window = torch.hann_window(self.n_fft, device=latent.device)
+        voice_frames = None
         if self.harmonic:
             first_frame = cache.get((self, "frames"), 0) if cache is not None else 0
             spectrum = self.harmonic_spectrum(head, first_frame, tones_only)
+            if hasattr(self, "voice") and not tones_only:
+                # the voice's noise reads the texture half its period away, uncorrelated with the bands' noise
+                frames = first_frame + NOISE_FRAMES // 2 + torch.arange(head.shape[1], device=latent.device)
+                texture = self.tables(latent.device)["noise"][frames % NOISE_FRAMES]
+                voice_frames, voice_noise = self.voice.frames(self.voice.parameters_from_latent(latent, cache),
+                                                              cache, texture)
+                spectrum = spectrum + voice_noise
             if cache is not None:
                 cache[(self, "frames")] = first_frame + head.shape[1]
         else:
             log_magnitude, phase = head.chunk(2, dim=-1)  # [B, N, bins]
             spectrum = torch.polar(log_magnitude.clamp(max=6.0).exp(), phase)
-        window = torch.hann_window(self.n_fft, device=latent.device)
-        frames = torch.fft.irfft(spectrum, n=self.n_fft) * window / self.ola_scale  # [B, N, n_fft]
+        frames = torch.fft.irfft(spectrum, n=self.n_fft)
+        if voice_frames is not None:
+            frames = frames + voice_frames * window  # windowed like the tables' frames
+        frames = frames * window / self.ola_scale  # [B, N, n_fft]
         count = frames.shape[1]
         audio = F.fold(frames.transpose(1, 2), output_size=(1, (count - 1) * self.hop + self.n_fft),
                        kernel_size=(1, self.n_fft), stride=(1, self.hop))[:, 0]  # [B, 1, samples]

@@ -1,0 +1,288 @@
+"""Train a spectral codec's singing-voice branch (`heartmula.codec.voice`) by regression on WORLD parameters.
+
+For every manifest item the mix is encoded by the codec and decoded to the latent the decoder sees at generation
+time (codes -> direct decoder), and the item's vocal stem (instrumentals: silence) is analysed by WORLD (DIO +
+StoneMask f0, CheapTrick envelope, D4C aperiodicity) every STFT hop. The targets per decoder frame are the f0, a
+voiced flag, and the harmonic (envelope x (1 - aperiodicity)) and noise (envelope x aperiodicity) powers in the
+branch's log-mel bands, which is what WORLD's own synthesis renders. Only the branch learns: the codes, and any
+LM trained on them, stay valid.
+
+Layout of --out: `features/<id>.npz` (the cached inputs and targets; resumable), the codec folder itself
+(config.json with `spectral.voice`, weights; it loads as a codec at every checkpoint), `train_state.*`, and
+`train_log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from heartmula.audio import load_audio, resample
+from heartmula.codec.config import VoiceConfig
+from heartmula.codec.model import HeartCodec
+from heartmula.codec.voice import LOG_F0_SCALE, LOG_POWER_SCALE, VoiceDecoder, band_centres_mel, hz_to_mel
+from heartmula.data.manifest import read_manifest
+from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output
+from heartmula.train.state import load_training_state, save_training_state
+
+LOG_FILE = "train_log.jsonl"
+FEATURES = "features"
+# log(1e-12): WORLD's envelope of digital silence. Targets and predictions below this floor count as silence.
+LOG_POWER_FLOOR = -27.6
+F0_RANGE = (70.0, 1000.0)  # sung voices, bass to soprano high notes
+MIN_ANALYSIS_RATE = 16000  # WORLD's D4C crashes on audio sampled much lower (seen at 4.8 kHz): upsample first
+
+
+@dataclass
+class VoiceTrainConfig:
+    steps: int = 3000
+    batch_size: int = 16
+    segment_frames: int = 64  # latent frames per training segment (2.56 s at 25 Hz)
+    learning_rate: float = 1e-3
+    final_lr_fraction: float = 0.1
+    seconds_per_item: float = 60.0  # of each item, from its start
+    threads: int = 2
+    eval_every: int = 250
+    seed: int = 0
+    voice: VoiceConfig | None = None  # None: the branch sizes of VoiceConfig()
+
+
+# --- targets ------------------------------------------------------------------------------------------------------
+def band_log_power(power: np.ndarray, analysis_rate: int, sample_rate: int, bands: int) -> np.ndarray:
+    """A power spectrum [frames, bins over 0..analysis_rate / 2] as the log of the mean power of the bins nearest
+    each band centre of a `sample_rate` codec (the mean of the logs would under-state a band whose power is uneven,
+    e.g. noise). Bins above the codec's Nyquist frequency are left out."""
+    bins_hz = torch.linspace(0, analysis_rate / 2, power.shape[1], dtype=torch.float64)
+    nearest = np.abs(hz_to_mel(bins_hz).numpy()[:, None] - band_centres_mel(bands, sample_rate).numpy()[None])
+    nearest = np.where(bins_hz.numpy() <= sample_rate / 2, nearest.argmin(axis=1), -1)
+    out = np.full((power.shape[0], bands), LOG_POWER_FLOOR, dtype=np.float32)
+    for band in range(bands):
+        members = nearest == band
+        if members.any():
+            out[:, band] = np.log(np.maximum(power[:, members].mean(axis=1), 1e-12))
+        elif band:
+            out[:, band] = out[:, band - 1]
+    return out
+
+
+def voice_targets(vocals: np.ndarray | None, frames: int, sample_rate: int, hop: int, n_fft: int,
+                  bands: int) -> dict[str, np.ndarray]:
+    """WORLD parameters of a mono stem for decoder frames 0..frames-1 (frame j is centred on sample
+    j * hop + n_fft / 2); `vocals` None: an instrumental, all silence."""
+    silent = {"f0": np.zeros(frames, np.float32),
+              "harmonic": np.full((frames, bands), LOG_POWER_FLOOR, np.float32),
+              "noise": np.full((frames, bands), LOG_POWER_FLOOR, np.float32)}
+    if vocals is None or not np.any(np.abs(vocals) > 1e-4):
+        return silent
+    from heartmula.data.singing import load_pyworld
+
+    world = load_pyworld()
+    rate = max(sample_rate, MIN_ANALYSIS_RATE)
+    x = np.ascontiguousarray(resample(vocals[None].astype(np.float32), sample_rate, rate)[0], dtype=np.float64)
+    period_ms = 1000.0 * hop / sample_rate
+    f0, times = world.dio(x, rate, f0_floor=F0_RANGE[0], f0_ceil=F0_RANGE[1], frame_period=period_ms)
+    f0 = world.stonemask(x, f0, times, rate)
+    envelope = world.cheaptrick(x, f0, times, rate)
+    aperiodicity = world.d4c(x, f0, times, rate)
+    shift = (n_fft // 2) // hop  # WORLD frame i is centred on sample i * hop
+    rows = np.clip(np.arange(frames) + shift, 0, len(f0) - 1)
+    return {"f0": f0[rows].astype(np.float32),
+            "harmonic": band_log_power(envelope[rows] * (1 - aperiodicity[rows]), rate, sample_rate, bands),
+            "noise": band_log_power(envelope[rows] * aperiodicity[rows], rate, sample_rate, bands)}
+
+
+def _item_features(job: tuple) -> str:
+    """Worker: one manifest row -> features/<id>.npz (skipped when present). Returns the id."""
+    row, codec_dir, out_dir, seconds, bands = job
+    path = Path(out_dir) / f"{row['id']}.npz"
+    if path.is_file():
+        return row["id"]
+    torch.set_num_threads(1)
+    codec = _worker_codec(codec_dir)
+    rate, spectral = codec.sample_rate, codec.config.spectral
+    mix, _ = load_audio(row["audio"], sample_rate=rate, channels=1)
+    hop = codec.config.samples_per_code
+    length = min(mix.shape[1], int(seconds * rate)) // hop * hop
+    if length == 0:
+        raise HeartMuLaError(f"{row['audio']} is shorter than one code frame")
+    vocals = None
+    if row.get("vocals"):
+        vocals = load_audio(row["vocals"], sample_rate=rate, channels=1)[0][0, :length]
+        vocals = np.pad(vocals, (0, length - len(vocals)))
+    with torch.no_grad():
+        codes = torch.from_numpy(codec.encode(mix[:, :length], rate))
+        latent = codec.direct_latent(codes[None])[0]  # [L, C]: what decoding from codes gives
+    frames = latent.shape[0] * (codec.config.samples_per_latent // spectral.hop_length)
+    targets = voice_targets(vocals, frames, rate, spectral.hop_length, spectral.n_fft, bands)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, latent=latent.numpy().astype(np.float16), **targets)
+    return row["id"]
+
+
+_CODEC: dict = {}
+
+
+def _worker_codec(folder: str) -> HeartCodec:
+    if folder not in _CODEC:
+        _CODEC[folder] = HeartCodec.from_pretrained(folder)
+    return _CODEC[folder]
+
+
+def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float, bands: int, workers: int,
+                   progress: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(row, str(codec_dir), str(out), seconds, bands) for row in rows if not (out / f"{row['id']}.npz").is_file()]
+    if not jobs:
+        return
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows), initial=len(rows) - len(jobs), desc="voice features", unit="item")
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_item_features, jobs):
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            _item_features(job)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+def load_features(folder: Path, ids: list[str]) -> list[dict[str, np.ndarray]]:
+    items = []
+    for item_id in ids:
+        with np.load(folder / f"{item_id}.npz") as data:
+            items.append({k: data[k].astype(np.float32) for k in data.files})
+    return items
+
+
+def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.Generator):
+    """`count` random windows of `frames` latent frames -> (latent [B, C, frames], targets [B, frames * repeat])."""
+    latents, targets = [], {k: [] for k in ("f0", "harmonic", "noise")}
+    for _ in range(count):
+        item = items[rng.integers(len(items))]
+        start = int(rng.integers(0, max(1, len(item["latent"]) - frames + 1)))
+        latent = item["latent"][start: start + frames]
+        latents.append(np.pad(latent, ((0, frames - len(latent)), (0, 0))))
+        for key in targets:
+            value = item[key][start * repeat: (start + frames) * repeat]
+            pad = [(0, frames * repeat - len(value))] + [(0, 0)] * (value.ndim - 1)
+            targets[key].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if key != "f0" else 0.0))
+    return (torch.from_numpy(np.stack(latents)).transpose(1, 2),
+            {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()})
+
+
+def voice_losses(predicted: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """L1 of the envelopes (both clamped at the silence floor), voicing cross-entropy, and log-f0 L1 where voiced;
+    the L1s in the head's units (divided by its output scales), so that no term drowns the others."""
+    voiced = target["f0"] > 0
+    losses = {"voicing": F.binary_cross_entropy_with_logits(predicted["voicing"], voiced.float())}
+    log_f0 = torch.log(target["f0"].clamp_min(1.0))
+    f0_error = (predicted["log_f0"] - log_f0).abs() / LOG_F0_SCALE
+    losses["f0"] = (f0_error * voiced).sum() / voiced.sum().clamp_min(1)
+    for key in ("harmonic", "noise"):
+        error = predicted[key].clamp_min(LOG_POWER_FLOOR) - target[key].clamp_min(LOG_POWER_FLOOR)
+        losses[key] = error.abs().mean() / LOG_POWER_SCALE
+    return losses
+
+
+def codec_with_voice(codec: HeartCodec, voice: VoiceConfig, seed: int) -> HeartCodec:
+    """A copy of `codec` whose spectral decoder has a fresh voice branch (other weights shared)."""
+    config = codec.config
+    if config.waveform_codec != "istft" or config.spectral.synthesis != "harmonic":
+        raise HeartMuLaError("the voice branch needs a spectral codec with harmonic synthesis (preset harmonic-24k)")
+    new_config = replace(config, spectral=replace(config.spectral, voice=voice))
+    model = HeartCodec(new_config)
+    torch.manual_seed(seed)
+    model.load_state_dict(codec.state_dict(), strict=False)
+    return model.eval()
+
+
+def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: str | os.PathLike,
+                config: VoiceTrainConfig | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the voice branch of the codec in `codec_dir`; `out` becomes a codec folder with it."""
+    config = config or VoiceTrainConfig()
+    out = Path(out)
+    torch.set_num_threads(max(1, config.threads))
+    rows = read_manifest(manifest)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    if not train_rows:
+        raise HeartMuLaError(f"{manifest} has no train items")
+    if (out / "config.json").is_file():
+        codec = HeartCodec.from_pretrained(out)
+        if codec.config.spectral.voice is None:
+            raise HeartMuLaError(f"{out} holds a codec without a voice branch: choose another --out")
+    else:
+        codec = codec_with_voice(HeartCodec.from_pretrained(codec_dir), config.voice or VoiceConfig(), config.seed)
+    voice: VoiceDecoder = codec.scalar_model.decoder.voice
+    bands = voice.config.bands
+    build_features(train_rows + val_rows, Path(codec_dir), out / FEATURES, config.seconds_per_item, bands,
+                   config.threads, progress)
+    train_items = load_features(out / FEATURES, [r["id"] for r in train_rows])
+    val_items = load_features(out / FEATURES, [r["id"] for r in val_rows])
+
+    optimizer = torch.optim.AdamW(voice.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    start = load_training_state(out, voice, optimizer)
+    rng = np.random.default_rng(config.seed + start)
+    repeat = voice.repeat
+    val_batch = sample_segments(val_items, 32, config.segment_frames, repeat, np.random.default_rng(1)) \
+        if val_items else None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc="train voice", unit="step")
+    record: dict = {}
+    for step in range(start, config.steps):
+        began = time.perf_counter()
+        cosine = 0.5 * (1 + np.cos(np.pi * step / max(1, config.steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
+                config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
+        voice.train()
+        latent, target = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng)
+        losses = voice_losses(voice.parameters_from_latent(latent), target)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(voice.parameters(), 1.0)
+        optimizer.step()
+        record = {"step": step + 1, "loss": round(loss.item(), 4),
+                  **{k: round(v.item(), 4) for k, v in losses.items()},
+                  "seconds": round(time.perf_counter() - began, 3)}
+        last = step + 1 == config.steps
+        if (step + 1) % config.eval_every == 0 or last:
+            if val_batch is not None:
+                voice.eval()
+                with torch.no_grad():
+                    val = voice_losses(voice.parameters_from_latent(val_batch[0]), val_batch[1])
+                record["val"] = {k: round(float(v), 4) for k, v in val.items()}
+            codec.eval()
+            codec.save_pretrained(out)
+            save_training_state(out, voice, optimizer, step + 1, config)
+        with open(out / LOG_FILE, "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=record["loss"])
+    if bar is not None:
+        bar.close()
+    return {"steps": config.steps, "resumed_from": start, "last": record,
+            "train_items": len(train_items), "val_items": len(val_items), "config": asdict(config)}

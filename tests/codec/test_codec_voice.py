@@ -1,0 +1,150 @@
+"""The spectral codec's singing-voice branch: synthesis level and pitch, streaming, and its regression trainer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from heartmula.codec.config import HeartCodecConfig, VoiceConfig
+from heartmula.codec.model import HeartCodec
+from heartmula.codec.pretrained import PRESETS, write_random_codec
+from heartmula.codec.spectral import NOISE_FRAMES, harmonic_synthesis_tables
+from heartmula.data.singing import load_pyworld
+from heartmula.errors import HeartMuLaError
+from heartmula.train.codec_voice import LOG_POWER_FLOOR, VoiceTrainConfig, codec_with_voice, train_voice, voice_targets
+
+TINY_VOICE = VoiceConfig(hidden_dim=16, num_blocks=1, frame_blocks=1, kernel_size=3, bands=8, max_harmonics=12)
+
+
+def _render(decoder, voice: dict) -> np.ndarray:
+    """Voice parameters -> audio through the decoder's overlap-add (frame j on samples [j hop, j hop + n_fft))."""
+    count = voice["log_f0"].shape[1]
+    frames = torch.arange(count) + NOISE_FRAMES // 2
+    texture = harmonic_synthesis_tables(decoder.spectral, decoder.sample_rate)["noise"][frames % NOISE_FRAMES]
+    harmonic, noise = decoder.voice.frames(voice, None, texture)
+    window = torch.hann_window(decoder.n_fft)
+    frames = (torch.fft.irfft(noise, n=decoder.n_fft) + harmonic * window) * window / decoder.ola_scale
+    audio = torch.nn.functional.fold(frames[0].T[None], (1, (count - 1) * decoder.hop + decoder.n_fft),
+                                     (1, decoder.n_fft), stride=(1, decoder.hop))
+    return audio[0, 0, 0].numpy()
+
+
+def _steady_voice(frames: int, f0: float, harmonic: float, noise: float, bands: int) -> dict:
+    return {"log_f0": torch.full((1, frames), float(np.log(f0))), "voicing": torch.full((1, frames), 30.0),
+            "harmonic": torch.full((1, frames, bands), harmonic), "noise": torch.full((1, frames, bands), noise)}
+
+
+def test_voice_synthesis_matches_world_in_pitch_and_level():
+    # A steady voice with a flat envelope, rendered by the branch and by WORLD's own synthesis from the same
+    # parameters: harmonics of the same f0 and the same loudness, for the periodic and the noise part alike.
+    world = load_pyworld()
+    config = PRESETS["harmonic-24k"]()
+    config.spectral.voice = VoiceConfig(max_harmonics=48)
+    decoder = HeartCodec(config).scalar_model.decoder
+    rate, frames, f0, power = config.sample_rate, 200, 200.0, float(np.exp(-10.0))
+    middle = slice(rate // 2, rate * 3 // 2)  # away from the edges of both renderings
+    fft = world.get_cheaptrick_fft_size(rate)
+    for harmonic, noise, aperiodicity in ((-10.0, -60.0, 1e-6), (-60.0, -10.0, 1.0)):
+        ours = _render(decoder, _steady_voice(frames, f0, harmonic, noise, 32))[middle]
+        theirs = world.synthesize(np.full(frames, f0 if aperiodicity < 1 else 0.0), np.full((frames, fft // 2 + 1),
+                                  power), np.full((frames, fft // 2 + 1), aperiodicity), rate, 10.0)[middle]
+        level = 20 * np.log10(np.std(ours) / np.std(theirs))
+        assert abs(level) < 1.5, (harmonic, noise, level)
+    periodic = _render(decoder, _steady_voice(frames, f0, -10.0, -60.0, 32))[middle]
+    spectrum = np.abs(np.fft.rfft(periodic * np.hanning(len(periodic))))
+    hz = np.fft.rfftfreq(len(periodic), 1 / rate)
+    peaks = hz[np.argsort(spectrum)[-5:]]
+    assert np.all(np.abs(peaks / f0 - np.round(peaks / f0)) < 0.02), peaks  # every strong line is a harmonic
+
+
+def test_voice_targets_follow_the_stem_and_silence():
+    rate, hop, n_fft = 24000, 240, 960
+    t = np.arange(rate) / rate
+    sung = sum(0.2 / k * np.sin(2 * np.pi * 220 * k * t) for k in range(1, 10))
+    targets = voice_targets(sung, 90, rate, hop, n_fft, bands=32)
+    assert targets["harmonic"].shape == (90, 32) and targets["noise"].shape == (90, 32)
+    voiced = targets["f0"][10:80]
+    assert (voiced > 0).mean() > 0.9 and abs(np.median(voiced[voiced > 0]) - 220) < 5
+    assert targets["harmonic"][10:80].mean() > targets["noise"][10:80].mean()  # a clean tone is periodic
+    silent = voice_targets(None, 90, rate, hop, n_fft, bands=32)
+    assert (silent["f0"] == 0).all() and (silent["harmonic"] == LOG_POWER_FLOOR).all()
+
+
+def test_voice_codec_saves_loads_and_streams_exactly(tmp_path):
+    folder = write_random_codec(tmp_path / "plain", preset="tiny-harmonic", seed=1)
+    codec = codec_with_voice(HeartCodec.from_pretrained(folder), TINY_VOICE, seed=0)
+    with torch.no_grad():  # a loud voiced branch, so that its part of the output is far from negligible
+        codec.scalar_model.decoder.voice.head.bias[1:] = 3.0
+    codec.save_pretrained(tmp_path / "voice")
+    data = json.loads((tmp_path / "voice" / "config.json").read_text())
+    assert data["spectral"]["voice"]["bands"] == 8
+    loaded = HeartCodec.from_pretrained(tmp_path / "voice")
+    plain = HeartCodec.from_pretrained(folder)
+    rate = loaded.sample_rate
+    song = (0.3 * np.sin(2 * np.pi * 330 * np.arange(2 * rate) / rate)).astype(np.float32)
+    codes = loaded.encode(song, rate)
+    np.testing.assert_array_equal(codes, plain.encode(song, rate))  # the branch leaves the codes alone
+    audio, _ = loaded.decode(codes)
+    without, _ = plain.decode(codes)
+    assert np.std(audio - without) > 0.1 * np.std(without)
+    stream = loaded.stream()
+    pieces = [stream.push(codes[:, i: i + 3]) for i in range(0, codes.shape[1], 3)] + [stream.flush()]
+    # equal up to float32 rounding (chunked convolutions round differently, and exp() scales it up)
+    np.testing.assert_allclose(torch.cat(pieces, dim=-1).numpy(), audio, atol=1e-4 * np.abs(audio).max())
+
+
+def test_voice_needs_harmonic_synthesis():
+    config = PRESETS["tiny-spectral"]().to_dict()
+    with pytest.raises(HeartMuLaError, match="voice"):
+        HeartCodecConfig.from_dict({**config, "spectral": {**config["spectral"], "voice": {"bands": 8}}})
+    with pytest.raises(HeartMuLaError, match="unknown voice config"):
+        VoiceConfig.from_dict({"bands": 8, "formants": 3})
+    with pytest.raises(HeartMuLaError, match="harmonic"):
+        codec_with_voice(HeartCodec(PRESETS["tiny-spectral"]()), TINY_VOICE, seed=0)
+
+
+def _sung_corpus(folder, rate=4800):
+    """Three 'songs' at the tiny codec's rate: a buzzy vowel over a low drone (vocal stem kept) and one
+    instrumental, as corpus manifest rows."""
+    from heartmula.audio import save_audio
+
+    rng = np.random.default_rng(0)
+    t = np.arange(6 * rate) / rate
+    rows = []
+    for i, pitch in enumerate((180, 240, None)):
+        drone = 0.1 * np.sin(2 * np.pi * 110 * t)
+        vocals = None
+        if pitch:
+            vocals = sum(0.15 / k * np.sin(2 * np.pi * pitch * k * t * (1 + 0.01 * np.sin(2 * np.pi * 5 * t)))
+                         for k in range(1, 8)) * (np.sin(2 * np.pi * 0.5 * t) > -0.3)
+            save_audio(folder / f"vocals{i}.wav", vocals[None].astype(np.float32), rate)
+        mix = drone + (vocals if vocals is not None else 0) + 0.005 * rng.standard_normal(t.shape)
+        save_audio(folder / f"song{i}.wav", mix[None].astype(np.float32), rate)
+        rows.append({"id": f"song{i}", "audio": f"song{i}.wav", "vocals": f"vocals{i}.wav" if pitch else None,
+                     "lyrics": "", "timing": [], "language": "en", "tags": "pop", "duration": 6.0,
+                     "sample_rate": rate, "source": "test", "license": "test",
+                     "split": "val" if i == 1 else "train"})
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "manifest.jsonl"
+
+
+def test_voice_training_reduces_the_loss_keeps_the_codes_and_resumes(tmp_path):
+    manifest = _sung_corpus(tmp_path)
+    source = write_random_codec(tmp_path / "codec", preset="tiny-harmonic", seed=2)
+    config = VoiceTrainConfig(steps=80, batch_size=8, segment_frames=16, learning_rate=1e-2, threads=1,
+                              eval_every=40, voice=TINY_VOICE)
+    report = train_voice(manifest, source, tmp_path / "out", config, progress=False)
+    assert report["train_items"] == 2 and report["val_items"] == 1
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert np.mean([r["loss"] for r in log[-5:]]) < 0.6 * np.mean([r["loss"] for r in log[:5]])
+    assert log[-1]["val"]["harmonic"] < log[39]["val"]["harmonic"] or log[-1]["val"]["f0"] < log[39]["val"]["f0"]
+    trained = HeartCodec.from_pretrained(tmp_path / "out")
+    assert trained.config.spectral.voice.bands == TINY_VOICE.bands
+    from heartmula.audio import load_audio
+
+    song, rate = load_audio(tmp_path / "song0.wav")
+    np.testing.assert_array_equal(trained.encode(song, rate), HeartCodec.from_pretrained(source).encode(song, rate))
+    more = train_voice(manifest, source, tmp_path / "out", VoiceTrainConfig(**{**config.__dict__, "steps": 82}),
+                       progress=False)
+    assert more["resumed_from"] == 80 and more["last"]["step"] == 82
