@@ -45,7 +45,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if self._packed is not None and flat.device.type == "cpu":
-            out = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, False).to(x.dtype)
+            # reduce_range: activations on 7 bits, as PyTorch's own x86 dynamic quantisation does. Without it,
+            # CPUs lacking VNNI (AVX2 only) saturate FBGEMM's 16-bit sums: 9% error seen on such an EPYC host.
+            out = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, True).to(x.dtype)
         else:
             out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales.to(flat.dtype)
             if self.bias is not None:
