@@ -24,6 +24,16 @@ DECODER_TYPES = ("flow_matching", "direct")
 WAVEFORM_CODECS = ("sq", "istft")
 
 
+def config_section(cls, data: dict | None, what: str):
+    """A config.json section as its dataclass (None stays None); unknown fields are an error, not ignored."""
+    if data is None:
+        return None
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise HeartMuLaError(f"unknown {what} fields {sorted(unknown)}")
+    return cls(**data)
+
+
 @dataclass
 class ConvNetConfig:
     """A stack of residual 1-D conv blocks (used by the direct decoder and the code encoder)."""
@@ -38,12 +48,7 @@ class ConvNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> ConvNetConfig | None:
-        if data is None:
-            return None
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise HeartMuLaError(f"unknown conv-net config fields {sorted(unknown)}")
-        return cls(**data)
+        return config_section(cls, data, "conv-net config")
 
     def __post_init__(self):
         if self.lookahead is not None and not 0 <= self.lookahead < self.kernel_size:
@@ -62,14 +67,13 @@ class VoiceConfig:
     bands: int = 32  # log-mel bands of the harmonic and of the noise envelope
     max_harmonics: int = 48  # of f0, each rendered while below the Nyquist frequency
 
+    def __post_init__(self):
+        if not (1 <= self.num_blocks <= 8 and 0 <= self.frame_blocks <= 8 and self.bands >= 2):
+            raise HeartMuLaError("voice config: num_blocks 1-8, frame_blocks 0-8 and at least 2 bands")
+
     @classmethod
     def from_dict(cls, data: dict | None) -> VoiceConfig | None:
-        if data is None:
-            return None
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise HeartMuLaError(f"unknown voice config fields {sorted(unknown)}")
-        return cls(**data)
+        return config_section(cls, data, "voice config")
 
 
 @dataclass
@@ -100,12 +104,7 @@ class SpectralConfig:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SpectralConfig | None:
-        if data is None:
-            return None
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise HeartMuLaError(f"unknown spectral codec config fields {sorted(unknown)}")
-        return cls(**data)
+        return config_section(cls, data, "spectral codec config")
 
 
 @dataclass

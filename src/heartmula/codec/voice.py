@@ -91,8 +91,8 @@ class VoiceDecoder(nn.Module):
                 "harmonic": LOG_POWER_CENTRE + LOG_POWER_SCALE * head[..., 2: 2 + bands],
                 "noise": LOG_POWER_CENTRE + LOG_POWER_SCALE * head[..., 2 + bands:]}
 
-    def frames(self, voice: dict[str, torch.Tensor], cache: dict | None = None,
-               noise_texture: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def frames(self, voice: dict[str, torch.Tensor], cache: dict | None,
+               noise_texture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Voice parameters -> (harmonic frames [B, N, n_fft] before the synthesis window, noise spectrum
         [B, N, bins] to add to the decoder's STFT frames). `noise_texture` [N, bins]: the decoder's fixed noise."""
         sr, n_fft = self.sample_rate, self.n_fft
@@ -135,8 +135,7 @@ class VoiceDecoder(nn.Module):
         bins = torch.linspace(0, sr / 2, n_fft // 2 + 1, device=f0.device)
         noise_power = interpolate_bands(voice["noise"], centres, hz_to_mel(bins)[None, None])
         noise = (0.5 * noise_power).exp() * NOISE_LEVEL
-        spectrum = noise.to(torch.complex64) * noise_texture if noise_texture is not None else noise
-        return harmonic, spectrum
+        return harmonic, noise.to(torch.complex64) * noise_texture
 
 
 # The noise texture is rfft(window * white noise of unit variance): this scale makes a flat noise envelope come
