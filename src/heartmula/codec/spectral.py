@@ -24,7 +24,8 @@ melody). So pitch is built into the synthesis instead: the decoder predicts, per
 sinusoid per equal-tempered semitone (whose phase advances exactly with its frequency, so overlapping frames add up
 to a clean tone) and the gains of mel-spaced bands of a fixed noise texture. Both are written straight into the
 STFT frame, so the same overlap-add (and the same streaming) serves both modes. The encoder reads log energies of
-the same semitones and bands from a longer STFT that resolves low notes.
+the same semitones and bands from a longer STFT that resolves low notes. An optional voice branch
+(`spectral.voice`, codec/voice.py) adds a sung voice rendered into the same frames.
 """
 
 from __future__ import annotations
@@ -212,8 +213,8 @@ class SpectralDecoder(nn.Module):
             spectrum = self.harmonic_spectrum(head, first_frame, tones_only)
             if hasattr(self, "voice") and not tones_only:
                 # the voice's noise reads the texture half its period away, uncorrelated with the bands' noise
-                frames = first_frame + NOISE_FRAMES // 2 + torch.arange(head.shape[1], device=latent.device)
-                texture = self.tables(latent.device)["noise"][frames % NOISE_FRAMES]
+                rows = first_frame + NOISE_FRAMES // 2 + torch.arange(head.shape[1], device=latent.device)
+                texture = self.tables(latent.device)["noise"][rows % NOISE_FRAMES]
                 voice_frames, voice_noise = self.voice.frames(self.voice.parameters_from_latent(latent, cache),
                                                               cache, texture)
                 spectrum = spectrum + voice_noise
