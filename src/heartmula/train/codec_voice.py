@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -149,14 +150,8 @@ def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float,
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows), initial=len(rows) - len(jobs), desc="voice features", unit="item")
-    if workers > 1:
-        with get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_item_features, jobs):
-                if bar is not None:
-                    bar.update(1)
-    else:
-        for job in jobs:
-            _item_features(job)
+    with get_context("spawn").Pool(workers) if workers > 1 else nullcontext() as pool:
+        for _ in (pool.imap_unordered(_item_features, jobs) if pool is not None else map(_item_features, jobs)):
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -208,8 +203,8 @@ def codec_with_voice(codec: HeartCodec, voice: VoiceConfig, seed: int) -> HeartC
     if config.waveform_codec != "istft" or config.spectral.synthesis != "harmonic":
         raise HeartMuLaError("the voice branch needs a spectral codec with harmonic synthesis (preset harmonic-24k)")
     new_config = replace(config, spectral=replace(config.spectral, voice=voice))
+    torch.manual_seed(seed)  # the branch's initial weights
     model = HeartCodec(new_config)
-    torch.manual_seed(seed)
     model.load_state_dict(codec.state_dict(), strict=False)
     return model.eval()
 
