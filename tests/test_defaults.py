@@ -8,7 +8,17 @@ import torch
 from heartmula.audio import load_audio
 from heartmula.cli import main
 from heartmula.codec.pretrained import DEFAULT_CODEC_DIR, load_codec
-from heartmula.song_models import DEFAULT_LM_DIR, default_lm_installed, resolve_codec, resolve_lm
+from heartmula.lm.generation import SamplingParams, SongRequest
+from heartmula.lm.pretrained import write_random_root
+from heartmula.nn.quant import Int8Linear
+from heartmula.song_models import (
+    DEFAULT_LM_DIR,
+    default_lm_installed,
+    int8_by_default,
+    load_lm,
+    resolve_codec,
+    resolve_lm,
+)
 
 LYRICS = "[verse]\nthe morning light is on the hill\n[chorus]\nsing it loud\n"
 
@@ -66,3 +76,30 @@ def test_default_codec_round_trip_keeps_the_spectrum():
     assert distance(low_back, low) < 0.8  # held-out corpus songs measure 0.40-0.66
     assert distance(low_back, low) < 0.7 * distance(high_back, low)  # the codes carry this input, not any input
     assert 0.1 < low_back.std() / low.std() < 2.0
+
+
+def _first_code_log_probs(generator) -> torch.Tensor:
+    """Log-probabilities of codebook 0 of frame 0 (from the prompt prefill) for each prompt row."""
+    session = generator.start([SongRequest(lyrics=LYRICS, tags="pop,piano,happy")], SamplingParams(), 1)
+    with torch.inference_mode():
+        logits = generator.model.codebook0_head(session._prefill())
+    session.close()
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def test_the_embedded_lm_runs_int8_on_a_cpu_close_to_float32_and_other_checkpoints_do_not(tmp_path):
+    assert int8_by_default(DEFAULT_LM_DIR)
+    assert not int8_by_default(DEFAULT_LM_DIR, dtype="bfloat16") and not int8_by_default(DEFAULT_LM_DIR,
+                                                                                           device="cuda")
+    write_random_root(tmp_path, "tiny", seed=1)
+    assert not int8_by_default(tmp_path)  # official checkpoints run as upstream unless asked
+    assert load_lm(tmp_path).model.audio_head_int8 is None
+    assert isinstance(load_lm(tmp_path, int8=True).model.backbone.layers[0].mlp.w1, Int8Linear)
+
+    quantized, full = load_lm(DEFAULT_LM_DIR), load_lm(DEFAULT_LM_DIR, int8=False)
+    assert isinstance(quantized.model.decoder.layers[0].attn.q_proj, Int8Linear)
+    assert quantized.model.audio_head_int8 is not None and full.model.audio_head_int8 is None
+    reference, other = _first_code_log_probs(full), _first_code_log_probs(quantized)
+    kl = (reference.exp() * (reference - other)).sum(-1)
+    assert float(kl.max()) < 0.05, kl  # bench/lm_int8.py measures about 0.004 nats per code over whole songs
+    assert torch.equal(reference.argmax(-1), other.argmax(-1))

@@ -36,7 +36,9 @@ def register(verbs) -> None:
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
-    p.add_argument("--int8", action="store_true", help="int8 weight-only linear layers (CPU speed-up)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, help="int8 weight-only linear layers in the "
+                   "LM (CPU speed-up); default: on for the embedded default LM on a CPU in float32, off for other "
+                   "checkpoints (they run as upstream)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model steps (GPU; slow to start)")
     p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
                    "(undecodable codes may be sampled, frame 0 is never checked for EOS)")
@@ -57,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
     from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration, min_frames_for
-    from heartmula.lm.pretrained import load_generator
-    from heartmula.song_models import clap_reference, resolve_codec, resolve_lm
+    from heartmula.song_models import clap_reference, load_lm, resolve_codec, resolve_lm
     from heartmula.text import read_text_argument
 
     if args.no_decode and args.codes_out is None:
@@ -72,11 +73,7 @@ def run(args: argparse.Namespace) -> int:
     max_new_frames = frames_for_duration(args.duration)
     min_new_frames = min_frames_for(args.min_duration, args.duration)
     reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early
-    generator = load_generator(model_path, args.version, args.dtype, args.device)
-    if args.int8:
-        from heartmula.nn.quant import quantize_int8
-
-        quantize_int8(generator.model)
+    generator = load_lm(model_path, args.version, args.dtype, args.device, args.int8)
     if args.compile:
         generator.compile()
     if args.seed is not None:

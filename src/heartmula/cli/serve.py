@@ -26,6 +26,9 @@ def register(verbs) -> None:
     p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, help="int8 weight-only linear layers in the "
+                   "LM (CPU speed-up); default: on for the embedded default LM on a CPU in float32, off for other "
+                   "checkpoints (they run as upstream)")
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: the "
                    "HEARTMULA_TOKEN environment variable; unset = no auth)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = ServeConfig(
         data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
-        device=args.device, token=args.token or os.environ.get(TOKEN_ENV) or None, cors_origins=args.cors_origin,
+        device=args.device, int8=args.int8, token=args.token or os.environ.get(TOKEN_ENV) or None,
+        cors_origins=args.cors_origin,
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
         max_batch=args.max_batch, transcribe_model=args.transcribe_model, clap_model=args.clap_model,
     )

@@ -54,7 +54,9 @@ def register(verbs) -> None:
                    "codec; the lyrics/tags/sampling options are then taken from the state)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps")
-    p.add_argument("--int8", action="store_true", help="int8 weight-only linear layers in the LM (CPU speed-up)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, help="int8 weight-only linear layers in the "
+                   "LM (CPU speed-up); default: on for the embedded default LM on a CPU in float32, off for other "
+                   "checkpoints (they run as upstream)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -89,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from heartmula.audio import LiveWavWriter, load_audio
     from heartmula.codec.pretrained import load_codec
     from heartmula.errors import HeartMuLaError
-    from heartmula.lm.pretrained import load_generator
-    from heartmula.song_models import resolve_codec, resolve_lm
+    from heartmula.song_models import load_lm, resolve_codec, resolve_lm
     from heartmula.stream import Pacer, StreamControls, StreamSession, read_control_script
     from heartmula.text import read_text_argument
 
@@ -107,11 +108,7 @@ def run(args: argparse.Namespace) -> int:
     script = read_control_script(args.controls) if args.controls else []
     if args.play:
         _sounddevice()  # fail before loading anything
-    generator = load_generator(model_path, args.version, args.dtype, args.device)
-    if args.int8:
-        from heartmula.nn.quant import quantize_int8
-
-        quantize_int8(generator.model)
+    generator = load_lm(model_path, args.version, args.dtype, args.device, args.int8)
     codec = load_codec(codec_path, args.dtype, args.device)
     started = time.perf_counter()
     if args.resume:

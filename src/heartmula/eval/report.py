@@ -386,9 +386,9 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     from heartmula.audio import fit_peak, save_audio
     from heartmula.codec.pretrained import load_codec
     from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
-    from heartmula.lm.pretrained import load_generator
+    from heartmula.song_models import int8_by_default, load_lm
 
-    generator = load_generator(model_path, config.version)
+    generator = load_lm(model_path, config.version)  # in the precision `heartmula generate` would use
     codec = load_codec(codec_path)
     if config.codec_audio and not codec.can_encode:
         raise HeartMuLaError(f"--codec-audio needs a codec with an encoder; {codec_path} has none")
@@ -419,7 +419,8 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
                       "lm_seconds": lm_seconds, "decode_seconds": decode_seconds, **level_stats(audio)})
     parameters = {"lm": sum(p.numel() for p in generator.model.parameters()),
                   "codec": sum(p.numel() for p in codec.parameters()),
-                  "threads": torch.get_num_threads()}  # what the timings ran with
+                  "threads": torch.get_num_threads(),  # what the timings ran with
+                  "lm_int8": int8_by_default(model_path)}
     return songs, codec, parameters, sampling
 
 
@@ -589,7 +590,7 @@ def build_report(config: ReportConfig) -> dict:
                              "saved as ceiling.json, reusable with --ceiling)"
         # CTranslate2 may reset the OpenMP thread count torch shares; the codec timings below must use --threads.
         torch.set_num_threads(config.threads)
-        threads = parameters.pop("threads")
+        threads, lm_int8 = parameters.pop("threads"), parameters.pop("lm_int8")
         reference = None
         if corpus_rows is not None and config.reference_items > 0:
             from heartmula.clap import load_clap
@@ -612,7 +613,7 @@ def build_report(config: ReportConfig) -> dict:
             "lyrics": lyrics,
             "tags": {**tag_summaries(songs), "corpus_reference": reference},
             "codec": _codec_section(config, codec, tmp),
-            "speed": {"threads": threads, "audio_seconds": audio_seconds,
+            "speed": {"threads": threads, "lm_int8": lm_int8, "audio_seconds": audio_seconds,
                       "lm_seconds": lm_seconds, "decode_seconds": decode_seconds,
                       "lm_rtf": lm_seconds / audio_seconds if audio_seconds else None,
                       "decode_rtf": decode_seconds / audio_seconds if audio_seconds else None,
@@ -828,9 +829,10 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## 5. Speed", "",
               "Wall-clock seconds per second of generated audio (RTF; under 1 is faster than real time), songs "
               "generated one at a time, model loading excluded; on a shared machine this is an upper bound.", "",
-              "| threads | audio s | LM s | decode s | LM RTF | decode RTF | LM + codec RTF |",
-              "|---|---|---|---|---|---|---|",
-              f"| {speed['threads']} | {speed['audio_seconds']:.1f} | {speed['lm_seconds']:.1f} | "
+              "| threads | LM weights | audio s | LM s | decode s | LM RTF | decode RTF | LM + codec RTF |",
+              "|---|---|---|---|---|---|---|---|",
+              f"| {speed['threads']} | {'int8' if speed.get('lm_int8') else 'float32'} | "
+              f"{speed['audio_seconds']:.1f} | {speed['lm_seconds']:.1f} | "
               f"{speed['decode_seconds']:.1f} | {_f(speed['lm_rtf'])} | {_f(speed['decode_rtf'])} | "
               f"{_f(speed['total_rtf'])} |", ""]
     return "\n".join(lines)

@@ -59,6 +59,7 @@ class ServeConfig:
     codec: str | Path | None = None  # default: HeartCodec-oss/ beside the LM, or the embedded codec
     dtype: str = "float32"
     device: str = "cpu"
+    int8: bool | None = None  # int8 LM weights; None: heartmula.song_models.int8_by_default
     token: str | None = None  # bearer token; None = no auth
     cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
     max_upload_bytes: int = 50 << 20
@@ -89,9 +90,9 @@ class ServeConfig:
 def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
     def load():
         from heartmula.codec.pretrained import load_codec
-        from heartmula.lm.pretrained import load_generator
+        from heartmula.song_models import load_lm
 
-        generator = load_generator(config.model_path(), config.version, config.dtype, config.device)
+        generator = load_lm(config.model_path(), config.version, config.dtype, config.device, config.int8)
         codec = load_codec(config.codec_path(), config.dtype, config.device)
         return generator, codec
 
