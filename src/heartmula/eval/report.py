@@ -4,7 +4,7 @@
 
 What it measures (the report's own Markdown says the same next to the numbers):
  1. songs: every prompt of PROMPTS (en/zh/ja/ko/es with lyrics, plus instrumentals) generated with one fixed seed
-    at a fixed duration through the real path (load_generator -> generate -> codec.decode), saved as FLAC;
+    at a fixed duration through the real path (load_lm -> generate -> codec.decode), saved as FLAC;
  2. lyric error rate: each vocal song transcribed by the project's transcriber (embedded Whisper base, language
     forced) and scored with the lyrics recipe (heartmula.eval.lyrics); headline unit CER for zh/ja/ko, WER for
     en/es; beside the corpus' ceiling (the same transcriber on the corpus' own sung stems) when one is given;
@@ -417,7 +417,9 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
                       "frames": int(codes.shape[1]), "seconds": codes.shape[1] and audio.shape[-1] / rate,
                       "sample_rate": rate,
                       "lm_seconds": lm_seconds, "decode_seconds": decode_seconds, **level_stats(audio)})
-    parameters = {"lm": sum(p.numel() for p in generator.model.parameters()),
+    # Counted from the checkpoint's shapes: int8 layers keep their weights as buffers, not parameters.
+    lm_shapes = type(generator.model).expected_shapes(generator.model.config).values()
+    parameters = {"lm": sum(math.prod(shape) for shape in lm_shapes),
                   "codec": sum(p.numel() for p in codec.parameters()),
                   "threads": torch.get_num_threads(),  # what the timings ran with
                   "lm_int8": int8_by_default(model_path)}
@@ -709,7 +711,7 @@ def render_markdown(report: dict) -> str:
         f"temperature {settings['sampling']['temperature']:g}, CFG {settings['sampling']['cfg_scale']:g}, "
         f"threads {settings['threads']}", "",
         "## 1. Songs", "",
-        "Each prompt generated once with the same seed through `load_generator` -> `generate` -> `codec.decode`, "
+        "Each prompt generated once with the same seed through `load_lm` -> `generate` -> `codec.decode`, "
         "saved as FLAC. Level columns show silent or clipped output.", "",
         "| song | language | tags | seconds | RMS dBFS | peak dBFS | clipped |", "|---|---|---|---|---|---|---|",
     ]
