@@ -33,7 +33,7 @@ class DecodingOptions:
     max_new_tokens: int | None = None
     word_timestamps: bool = True
     # The fallback temperatures sample; seeded, a run that transcribes the same files in the same order gives the
-    # same text (unseeded, three runs on one unclear song gave three transcripts). None: not seeded.
+    # same text (unseeded, an unclear song read differently from run to run). None: not seeded.
     seed: int | None = 0
 
     def validate(self) -> DecodingOptions:
