@@ -386,7 +386,7 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     from heartmula.audio import fit_peak, save_audio
     from heartmula.codec.pretrained import load_codec
     from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
-    from heartmula.song_models import int8_by_default, load_lm
+    from heartmula.song_models import load_lm
 
     generator = load_lm(model_path, config.version)  # in the precision `heartmula generate` would use
     codec = load_codec(codec_path)
@@ -422,7 +422,7 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     parameters = {"lm": sum(math.prod(shape) for shape in lm_shapes),
                   "codec": sum(p.numel() for p in codec.parameters()),
                   "threads": torch.get_num_threads(),  # what the timings ran with
-                  "lm_int8": int8_by_default(model_path)}
+                  "lm_int8": generator.model.audio_head_int8 is not None}
     return songs, codec, parameters, sampling
 
 
