@@ -44,7 +44,7 @@ def forced_log_probs(generator, song: SongRequest, codes: torch.Tensor, exact_pr
     """Guided log-probabilities [T, K, V] of a session fed `codes` [K, T] instead of its own samples."""
     session = generator.start([song], SamplingParams(), codes.shape[1] - 1)
     generator.model.use_upstream_products(exact_products)
-    session.generator.model.use_upstream_products = lambda enabled: None  # keep the products chosen here
+    generator.model.use_upstream_products = lambda enabled: None  # the session would reset them every frame
     records = []
 
     def forced(logits: torch.Tensor, codebook: int) -> torch.Tensor:
