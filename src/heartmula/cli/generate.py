@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from heartmula.cli import add_int8_option
+
 
 def register(verbs) -> None:
     p = verbs.add_parser(
@@ -36,9 +38,7 @@ def register(verbs) -> None:
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, help="int8 weight-only linear layers in the "
-                   "LM (CPU speed-up); default: on for the embedded default LM on a CPU in float32, off for other "
-                   "checkpoints (they run as upstream)")
+    add_int8_option(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model steps (GPU; slow to start)")
     p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
                    "(undecodable codes may be sampled, frame 0 is never checked for EOS)")

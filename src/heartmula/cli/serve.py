@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from heartmula.cli import add_int8_option
+
 
 def register(verbs) -> None:
     p = verbs.add_parser(
@@ -26,9 +28,7 @@ def register(verbs) -> None:
     p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, help="int8 weight-only linear layers in the "
-                   "LM (CPU speed-up); default: on for the embedded default LM on a CPU in float32, off for other "
-                   "checkpoints (they run as upstream)")
+    add_int8_option(p)
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: the "
                    "HEARTMULA_TOKEN environment variable; unset = no auth)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",

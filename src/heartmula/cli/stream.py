@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from heartmula.cli import add_int8_option
+
 
 def register(verbs) -> None:
     p = verbs.add_parser(
@@ -54,9 +56,7 @@ def register(verbs) -> None:
                    "codec; the lyrics/tags/sampling options are then taken from the state)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps")
-    p.add_argument("--int8", action=argparse.BooleanOptionalAction, help="int8 weight-only linear layers in the "
-                   "LM (CPU speed-up); default: on for the embedded default LM on a CPU in float32, off for other "
-                   "checkpoints (they run as upstream)")
+    add_int8_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
