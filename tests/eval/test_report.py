@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from heartmula.audio import save_audio
+from heartmula.audio import load_audio, save_audio
 from heartmula.cli import main
 from heartmula.codec.pretrained import write_random_codec
 from heartmula.errors import HeartMuLaError
@@ -254,10 +254,36 @@ def test_a_song_the_lm_ends_at_once_is_reported_not_fatal(models, tmp_path, monk
     assert report["speed"]["lm_rtf"] is None  # no audio: no real-time factor, rather than a division by zero
 
 
+def test_several_seeds_per_prompt_make_several_songs_and_prompt_level_statistics(models, tmp_path):
+    out = tmp_path / "report"
+    assert main(["eval", "report", "--out", str(out), "--model", str(models), "--quick", "--duration", "1",
+                 "--languages", "en,instrumental", "--seed", "3", "--seeds", "2", "--threads", "1", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    songs = report["songs"]
+    assert [(s["id"], s["prompt"], s["seed"]) for s in songs] == [
+        ("en-ballad-seed3", "en-ballad", 3), ("en-ballad-seed4", "en-ballad", 4),
+        ("inst-ballad-seed3", "inst-ballad", 3), ("inst-ballad-seed4", "inst-ballad", 4)]
+    assert all((out / s["audio"]).is_file() for s in songs)
+    assert not np.array_equal(*(load_audio(out / s["audio"])[0] for s in songs[:2]))  # two draws, not one twice
+    # the CLAP statistics count prompts, each the mean of its two songs
+    clap = report["tags"]["clap"]
+    assert clap["songs"] == 2 and report["tags"]["songs_per_prompt"] == 2
+    assert clap["own_mean"] == pytest.approx(np.mean([s["clap_own"] for s in songs]))
+    assert report["tags"]["tempo"]["groups"]["slow"]["songs"] == 2  # two slow prompts, not four songs
+    assert report["lyrics"]["languages"]["en"]["songs"] == 2  # lyric errors pool every song
+    assert report["settings"]["seeds"] == 2 and "seeds 3-4" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_zero_seeds_is_a_clear_error(models, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["eval", "report", "--out", str(out), "--model", str(models), "--seeds", "0", "--quiet"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err and not out.exists()
+
+
 def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "report", "--help"])
     text = capsys.readouterr().out
-    for option in ("--out", "--model", "--codec", "--version", "--duration", "--languages", "--seed", "--threads",
+    for option in ("--out", "--model", "--codec", "--version", "--duration", "--languages", "--seeds", "--threads",
                    "--quick", "--corpus", "--ceiling", "--codec-audio", "--cfg-scale"):
         assert option in text, option

@@ -188,6 +188,40 @@ def test_training_reduces_loss_resumes_and_generates(cache, tmp_path):
         assert int(song.max()) < 64  # only decodable codes
 
 
+def test_fine_tuning_starts_from_a_trained_model_and_its_tokenizer(cache, tmp_path, capsys):
+    from heartmula.cli import main
+    from heartmula.lm.pretrained import write_random_root
+
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    common = ["--preset", "tiny", "--batch-size", "4", "--context", "256", "--warmup-steps", "2", "--eval-every", "4",
+              "--save-every", "4", "--quiet"]
+    assert main(["train", "lm", str(cache), "--out", str(base), "--lr", "3e-3", "--steps", "12", *common]) == 0
+    base_log = [json.loads(line) for line in (base / "train_log.jsonl").read_text().splitlines()]
+    assert main(["train", "lm", str(cache), "--out", str(tuned), "--from", str(base), "--lr", "1e-3", "--steps", "4",
+                 *common]) == 0
+    tuned_log = [json.loads(line) for line in (tuned / "train_log.jsonl").read_text().splitlines()]
+    assert (tuned / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+    # it starts where the base model ended, not from fresh weights
+    assert tuned_log[0]["loss"] < base_log[0]["loss"] - 1.0
+    assert tuned_log[3]["val_loss"] < base_log[3]["val_loss"] - 1.0  # both after 4 steps
+    recorded = json.loads((tuned / "training_data.json").read_text())["init_from"]
+    assert recorded == str((base / "HeartMuLa-oss-3B").resolve())
+    assert main(["train", "lm", str(cache), "--out", str(tuned), "--from", str(base), "--steps", "6", *common]) == 0
+    assert json.loads((tuned / "training_data.json").read_text())["init_from"] == recorded  # kept on resume
+
+    # models of another codec, or a tokenizer that would not match the embeddings, are refused before any step
+    official = write_random_root(tmp_path / "official", "tiny", seed=0)  # 8 codebooks of 8192 codes
+    for source, extra, message in ((str(tmp_path / "official"), [], "audio vocabulary"),
+                                   ("default", [], "audio vocabulary"),
+                                   (str(base), ["--tokenizer", str(base / "tokenizer.json")], "not both")):
+        out = tmp_path / f"refused-{len(extra)}-{source == 'default'}"
+        assert main(["train", "lm", str(cache), "--out", str(out), "--from", source, "--steps", "1", *extra,
+                     *common]) == 2
+        assert message in capsys.readouterr().err
+        assert not (out / "HeartMuLa-oss-3B").exists()
+    assert official.is_dir()
+
+
 # --- the reference-audio slot: CLAP embeddings in the cache, trained in the slot as generation fills it ---
 
 

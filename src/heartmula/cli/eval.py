@@ -117,13 +117,13 @@ def register_report(actions) -> None:
         "report",
         help="quality report of a song model: lyric error, tag adherence, codec figures, speed (Markdown + plots)",
         description="Generate the fixed prompt set (heartmula.eval.report.PROMPTS: en/zh/ja/ko/es songs with short "
-        "[verse]/[chorus] lyrics, plus instrumentals) with one seed at one duration, then measure: (1) lyric error "
-        "rate per language (embedded Whisper base with the language given, the lyrics recipe; CER for zh/ja/ko, "
-        "WER for en/es) beside the corpus' ceiling; (2) tag adherence: HeartCLAP similarity with the song's own "
-        "tags vs another prompt's tags, estimated tempo of slow- vs fast-tagged songs, spectral flatness of songs "
-        "with vs without drums; (3) codec round trip of --codec-audio files; (4) real-time factors of LM and "
-        "codec. Writes OUT/report.md, OUT/report.json, OUT/plots/*.png and OUT/songs/ (audio and transcripts); "
-        "the folder appears only when the report is complete.",
+        "[verse]/[chorus] lyrics, plus instrumentals) with one seed (or --seeds N) at one duration, then measure: (1) "
+        "lyric error rate per language (embedded Whisper base with the language given, the lyrics recipe; CER for "
+        "zh/ja/ko, WER for en/es) beside the corpus' ceiling; (2) tag adherence: HeartCLAP similarity with the song's "
+        "own tags vs another prompt's tags, estimated tempo of slow- vs fast-tagged songs, spectral flatness of songs "
+        "with vs without drums; (3) codec round trip of --codec-audio files; (4) real-time factors of LM and codec. "
+        "Writes OUT/report.md, OUT/report.json, OUT/plots/*.png and OUT/songs/ (audio and transcripts); the folder "
+        "appears only when the report is complete.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, help="report folder to write (new, empty, or a previous "
@@ -136,6 +136,8 @@ def register_report(actions) -> None:
     p.add_argument("--languages", help="comma-separated subset of en,zh,ja,ko,es,instrumental (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the seed of every song (the same seed for all, so a subset "
                    "run makes the same songs as a full one)")
+    p.add_argument("--seeds", type=int, default=1, help="songs per prompt, with seeds SEED, SEED+1, ...: the "
+                   "tag-adherence statistics then use each prompt's mean over its songs (steadier than one draw)")
     p.add_argument("--threads", type=int, default=2, help="torch and transcriber CPU threads")
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance of generation")
     p.add_argument("--quick", action="store_true", help="a try-out: the first prompt of each language only, 10 s "
@@ -167,7 +169,8 @@ def _report_command(args: argparse.Namespace) -> str:
         if value is not None:
             parts += [option, str(value)]
     for option, value, default in (("--version", args.version, "3B"), ("--seed", args.seed, 0),
-                                   ("--threads", args.threads, 2), ("--cfg-scale", args.cfg_scale, 1.5),
+                                   ("--seeds", args.seeds, 1), ("--threads", args.threads, 2),
+                                   ("--cfg-scale", args.cfg_scale, 1.5),
                                    ("--ceiling-items", args.ceiling_items, 6),
                                    ("--reference-items", args.reference_items, 24)):
         if value != default:
@@ -184,8 +187,9 @@ def run_report(args: argparse.Namespace) -> int:
 
     config = ReportConfig(
         out=args.out, model=args.model, codec=args.codec, version=args.version, duration=args.duration,
-        languages=args.languages, seed=args.seed, threads=args.threads, quick=args.quick, corpus=args.corpus,
-        ceiling=args.ceiling, ceiling_items=args.ceiling_items, reference_items=args.reference_items,
+        languages=args.languages, seed=args.seed, seeds=args.seeds, threads=args.threads, quick=args.quick,
+        corpus=args.corpus, ceiling=args.ceiling, ceiling_items=args.ceiling_items,
+        reference_items=args.reference_items,
         codec_audio=list(args.codec_audio), cfg_scale=args.cfg_scale, clap_model=args.clap_model,
         transcriber=args.transcriber, progress=not args.quiet, command=_report_command(args),
     )

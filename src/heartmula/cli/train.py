@@ -246,6 +246,9 @@ def register_lm(actions) -> None:
     p.add_argument("cache", type=Path, help="token cache folder from `heartmula data tokenize`")
     p.add_argument("--out", type=Path, required=True, help="checkpoint root (created, or resumed)")
     p.add_argument("--preset", default=d.preset, help="model size when starting fresh: tiny, small (~20M), bench-36m")
+    p.add_argument("--from", dest="init_from", metavar="ROOT_OR_DIR", help="fine-tune: start from this trained "
+                   "model (a checkpoint root or model folder, or `default` for the embedded default LM) with its "
+                   "tokenizer, instead of fresh weights; its codec must be the cache's (same codebooks and sizes)")
     p.add_argument("--version", default=d.version, help="model folder name HeartMuLa-oss-<version> (3B is what "
                    "`heartmula generate` loads unless told otherwise)")
     p.add_argument("--steps", type=int, default=d.steps, help="train until this step (counting resumed steps)")
@@ -279,6 +282,17 @@ def register_lm(actions) -> None:
     p.set_defaults(handler=run_lm)
 
 
+def _init_from(name: str | None) -> str | None:
+    if name == "default":
+        from heartmula.errors import HeartMuLaError
+        from heartmula.song_models import DEFAULT_LM_DIR, default_lm_installed
+
+        if not default_lm_installed():
+            raise HeartMuLaError("this installation ships no default LM to fine-tune: pass --from ROOT_OR_DIR")
+        return str(DEFAULT_LM_DIR)
+    return name
+
+
 def run_lm(args: argparse.Namespace) -> int:
     from heartmula.train.lm import LMTrainConfig, train_lm
 
@@ -288,7 +302,7 @@ def run_lm(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
         tag_drop_prob=args.tag_drop_prob, all_tags_drop_prob=args.all_tags_drop_prob,
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-        reference_prob=args.reference_prob,
+        reference_prob=args.reference_prob, init_from=_init_from(args.init_from),
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
     )
     report = train_lm(args.cache, args.out, config, progress=not args.quiet)

@@ -3,15 +3,17 @@
     heartmula eval report --out work/report [--model LM] [--codec CODEC] [--corpus CORPUS] [--codec-audio F ...]
 
 What it measures (the report's own Markdown says the same next to the numbers):
- 1. songs: every prompt of PROMPTS (en/zh/ja/ko/es with lyrics, plus instrumentals) generated with one fixed seed
-    at a fixed duration through the real path (load_lm -> generate -> codec.decode), saved as FLAC;
+ 1. songs: every prompt of PROMPTS (en/zh/ja/ko/es with lyrics, plus instrumentals) generated with fixed seeds
+    (one, or --seeds N per prompt) at a fixed duration through the real path (load_lm -> generate ->
+    codec.decode), saved as FLAC;
  2. lyric error rate: each vocal song transcribed by the project's transcriber (embedded Whisper base, language
     forced) and scored with the lyrics recipe (heartmula.eval.lyrics); headline unit CER for zh/ja/ko, WER for
     en/es; beside the corpus' ceiling (the same transcriber on the corpus' own sung stems) when one is given;
  3. tag adherence: HeartCLAP tag similarity of each song with its own tags vs another prompt's tags (a fixed
-    derangement), plus two signal features that need no model: tempo (onset autocorrelation) for prompts tagged
-    slow vs fast, and spectral flatness (noise-likeness) for prompts with drums vs without; with a corpus, the same
-    three measures on its held-out songs as a reference (what each measure shows where the tags are true);
+    derangement; statistics over prompts, each the mean of its seeds), plus two signal features that need no
+    model: tempo (onset autocorrelation) for prompts tagged slow vs fast, and spectral flatness (noise-likeness)
+    for prompts with drums vs without; with a corpus, the same three measures on its held-out songs as a reference
+    (what each measure shows where the tags are true);
  4. codec reconstruction of given audio files (encode -> decode; multi-resolution STFT, mel distance, SI-SDR,
     loudness difference);
  5. speed: wall-clock seconds of LM generation and of codec decoding per second of audio, threads used.
@@ -122,6 +124,7 @@ class ReportConfig:
     duration: float | None = None  # None: 30 s (10 s with quick)
     languages: str | None = None  # comma-separated subset of LANGUAGES + "instrumental"; None: all
     seed: int = 0
+    seeds: int = 1  # songs per prompt, with seeds seed, seed + 1, ...
     threads: int = 2
     quick: bool = False
     corpus: Path | None = None
@@ -138,6 +141,10 @@ class ReportConfig:
     @property
     def seconds(self) -> float:
         return self.duration if self.duration is not None else (10.0 if self.quick else 30.0)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
 
 
 # --- prompt selection ------------------------------------------------------------------------------------------
@@ -395,25 +402,28 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     sampling = SamplingParams(cfg_scale=config.cfg_scale).validate()
     max_new_frames = frames_for_duration(config.seconds)
     songs = []
-    for prompt in tqdm(prompts, desc="generating songs", unit="song", disable=not config.progress):
-        torch.manual_seed(config.seed)
-        request = SongRequest(lyrics=prompt.lyrics, tags=prompt.tags, seed=config.seed)
+    runs = [(prompt, seed) for prompt in prompts for seed in config.seed_list]
+    for prompt, seed in tqdm(runs, desc="generating songs", unit="song", disable=not config.progress):
+        torch.manual_seed(seed)
+        request = SongRequest(lyrics=prompt.lyrics, tags=prompt.tags, seed=seed)
         began = time.perf_counter()
         codes = generator.generate([request], sampling, max_new_frames)[0]
         lm_seconds = time.perf_counter() - began
         codes = codes.numpy().astype(np.int64)
         began = time.perf_counter()
         if codes.shape[1]:
-            audio, rate = codec.decode(codes, seed=config.seed)
+            audio, rate = codec.decode(codes, seed=seed)
             audio = fit_peak(audio)  # as `heartmula generate` writes songs
         else:  # the LM ended the song at once: measured as one frame of silence (and a lyric error of 1)
             audio, rate = np.zeros((codec.config.audio_channels, int(codec.sample_rate / FRAME_RATE)), np.float32), \
                 codec.sample_rate
         decode_seconds = time.perf_counter() - began
-        relative = f"songs/{prompt.id}.flac"
+        song_id = prompt.id if config.seeds == 1 else f"{prompt.id}-seed{seed}"
+        relative = f"songs/{song_id}.flac"
         save_audio(tmp / relative, audio, rate)
-        songs.append({"id": prompt.id, "language": prompt.language, "tags": prompt.tags, "lyrics": prompt.lyrics,
-                      "tempo_tag": prompt.tempo, "drums": prompt.drums, "seed": config.seed, "audio": relative,
+        songs.append({"id": song_id, "prompt": prompt.id, "language": prompt.language, "tags": prompt.tags,
+                      "lyrics": prompt.lyrics, "tempo_tag": prompt.tempo, "drums": prompt.drums, "seed": seed,
+                      "audio": relative,
                       "frames": int(codes.shape[1]), "seconds": codes.shape[1] and audio.shape[-1] / rate,
                       "sample_rate": rate,
                       "lm_seconds": lm_seconds, "decode_seconds": decode_seconds, **level_stats(audio)})
@@ -438,13 +448,14 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
 
     clap = load_clap(config.clap_model)
     partners = shuffled_partners([p.tags for p in prompts])
+    prompt_index = {p.id: i for i, p in enumerate(prompts)}
     transcriber: Transcriber | None = None
-    for i, song in enumerate(tqdm(songs, desc="measuring songs", unit="song", disable=not config.progress)):
+    for song in tqdm(songs, desc="measuring songs", unit="song", disable=not config.progress):
         audio, rate = load_audio(tmp / song["audio"])
         song["tempo_bpm"] = estimate_tempo(audio, rate)
         song["spectral_flatness"] = spectral_flatness(audio, rate)
         song["clap_own"] = tag_similarity(audio, song["tags"], sample_rate=rate, model=clap)
-        partner = partners[i]
+        partner = partners[prompt_index[song["prompt"]]]
         if partner is not None:
             song["shuffled_from"] = prompts[partner].id
             song["shuffled_tags"] = prompts[partner].tags
@@ -506,6 +517,26 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
             "tempo_metrical": float(np.mean(metrical)) if metrical else None, "items": items}
 
 
+def prompt_means(songs: list[dict]) -> list[dict]:
+    """One record per prompt, its songs (one per seed) averaged: CLAP similarities and flatness by their mean, the
+    tempo estimate by its median (octave errors make means of BPM misleading). The tag-adherence statistics count
+    prompts, not songs: the seeds of one prompt share its tags, so they are not independent samples of adherence."""
+    groups: dict[str, list[dict]] = {}
+    for song in songs:
+        groups.setdefault(song.get("prompt", song["id"]), []).append(song)
+
+    def mean(values, average=np.mean):
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        return float(average(values)) if values else None
+
+    return [{"id": prompt, "songs": len(group), "tempo_tag": group[0]["tempo_tag"], "drums": group[0]["drums"],
+             "clap_own": mean(s.get("clap_own") for s in group),
+             "clap_shuffled": mean(s.get("clap_shuffled") for s in group),
+             "tempo_bpm": mean((s.get("tempo_bpm") for s in group), np.median),
+             "spectral_flatness": mean(s.get("spectral_flatness") for s in group)}
+            for prompt, group in groups.items()]
+
+
 def tag_summaries(songs: list[dict]) -> dict:
     """CLAP own vs shuffled, tempo by tempo tag, flatness by drums: the tag-adherence numbers of a set of songs."""
     return {
@@ -552,6 +583,8 @@ def build_report(config: ReportConfig) -> dict:
         raise HeartMuLaError(f"--duration must be > 0 seconds, got {config.seconds}")
     if config.threads < 1:
         raise HeartMuLaError(f"--threads must be >= 1, got {config.threads}")
+    if config.seeds < 1:
+        raise HeartMuLaError(f"--seeds must be >= 1, got {config.seeds}")
     out = Path(config.out)
     _check_out(out)
     for path in config.codec_audio:
@@ -606,14 +639,16 @@ def build_report(config: ReportConfig) -> dict:
         report = {
             "version": REPORT_VERSION, "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": config.command,
-            "settings": {"duration": config.seconds, "seed": config.seed, "threads": config.threads,
+            "settings": {"duration": config.seconds, "seed": config.seed, "seeds": config.seeds,
+                         "threads": config.threads,
                          "quick": config.quick, "languages": config.languages or "all",
                          "sampling": asdict(sampling)},
             "models": {"lm": str(model_path), "version": config.version, "codec": str(codec_path),
                        "parameters": parameters, "sample_rate": songs[0]["sample_rate"] if songs else None},
             "songs": songs,
             "lyrics": lyrics,
-            "tags": {**tag_summaries(songs), "corpus_reference": reference},
+            "tags": {**tag_summaries(prompt_means(songs)), "songs_per_prompt": config.seeds,
+                     "corpus_reference": reference},
             "codec": _codec_section(config, codec, tmp),
             "speed": {"threads": threads, "lm_int8": lm_int8, "audio_seconds": audio_seconds,
                       "lm_seconds": lm_seconds, "decode_seconds": decode_seconds,
@@ -660,13 +695,17 @@ def write_plots(report: dict, folder: Path) -> None:
     plt.close(fig)
 
     songs = report["songs"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(songs) + 2), 3.8))
-    x = np.arange(len(songs))
-    own = [s.get("clap_own") for s in songs]
-    shuffled = [s.get("clap_shuffled") for s in songs]
-    ax.bar(x - 0.2, [v if v is not None else 0.0 for v in own], 0.4, label="own tags")
-    ax.bar(x + 0.2, [v if v is not None else 0.0 for v in shuffled], 0.4, label="another prompt's tags")
-    ax.set_xticks(x, [s["id"] for s in songs], rotation=60, ha="right", fontsize=8)
+    prompts = prompt_means(songs)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(prompts) + 2), 3.8))
+    x = np.arange(len(prompts))
+    for offset, key, label in ((-0.2, "clap_own", "own tags"), (0.2, "clap_shuffled", "another prompt's tags")):
+        bars = ax.bar(x + offset, [p[key] if p[key] is not None else 0.0 for p in prompts], 0.4, label=label)
+        if any(p["songs"] > 1 for p in prompts):  # each seed's song as a dot on its prompt's bar
+            for i, prompt in enumerate(prompts):
+                values = [s[key] for s in songs if s.get("prompt", s["id"]) == prompt["id"] and s.get(key) is not None]
+                ax.scatter(np.full(len(values), i + offset), values, s=8, color="black",
+                           edgecolor=bars.patches[i].get_facecolor(), zorder=3)
+    ax.set_xticks(x, [p["id"] for p in prompts], rotation=60, ha="right", fontsize=8)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_ylabel("HeartCLAP tag similarity")
     ax.set_title("Tag adherence: own vs shuffled tags")
@@ -680,7 +719,7 @@ def write_plots(report: dict, folder: Path) -> None:
               ("drums", (False, True), "spectral_flatness", "spectral flatness", "drums in tags"))
     for ax, (key, values, feature, label, title) in zip(axes, groups):
         for k, value in enumerate(values):
-            ys = [s[feature] for s in songs if s[key] == value and s.get(feature) is not None]
+            ys = [p[feature] for p in prompts if p[key] == value and p.get(feature) is not None]
             ax.scatter(np.full(len(ys), k) + np.linspace(-0.1, 0.1, len(ys)) if ys else [], ys, alpha=0.8)
             if ys:
                 ax.hlines(np.mean(ys), k - 0.25, k + 0.25, color="black")
@@ -688,7 +727,7 @@ def write_plots(report: dict, folder: Path) -> None:
                                            for v in values])
         ax.set_xlabel(title)
         ax.set_ylabel(label)
-    fig.suptitle("Signal features by prompt tag (lines: group means)")
+    fig.suptitle("Signal features by prompt tag (dots: prompts; lines: group means)")
     fig.tight_layout()
     fig.savefig(folder / "signal.png", dpi=90)
     plt.close(fig)
@@ -696,6 +735,15 @@ def write_plots(report: dict, folder: Path) -> None:
 
 def _f(value, digits: int = 3, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _seeds_text(settings: dict) -> str:
+    seeds = settings.get("seeds", 1)
+    return f"seed {settings['seed']}" if seeds == 1 else f"seeds {settings['seed']}-{settings['seed'] + seeds - 1}"
+
+
+def _times(seeds: int) -> str:
+    return "once with the same seed" if seeds == 1 else f"{seeds} times (the same {seeds} seeds for every prompt)"
 
 
 def render_markdown(report: dict) -> str:
@@ -707,11 +755,12 @@ def render_markdown(report: dict) -> str:
         f"codec: `{models['codec']}` ({models['parameters']['codec']:,} parameters, {models['sample_rate']} Hz)",
         f"- {len(songs)} songs of the fixed prompt set (`heartmula.eval.report.PROMPTS`), languages: "
         f"{settings['languages']}{' (quick: first prompt of each)' if settings['quick'] else ''}; "
-        f"duration {settings['duration']:g} s, seed {settings['seed']}, top-k {settings['sampling']['top_k']}, "
+        f"duration {settings['duration']:g} s, {_seeds_text(settings)}, top-k {settings['sampling']['top_k']}, "
         f"temperature {settings['sampling']['temperature']:g}, CFG {settings['sampling']['cfg_scale']:g}, "
         f"threads {settings['threads']}", "",
         "## 1. Songs", "",
-        "Each prompt generated once with the same seed through `load_lm` -> `generate` -> `codec.decode`, "
+        f"Each prompt generated {_times(settings.get('seeds', 1))} through `load_lm` -> `generate` -> "
+        "`codec.decode`, "
         "saved as FLAC. Level columns show silent or clipped output.", "",
         "| song | language | tags | seconds | RMS dBFS | peak dBFS | clipped |", "|---|---|---|---|---|---|---|",
     ]
@@ -757,15 +806,17 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## 3. Tag adherence", "",
               "Does a song sound like its tags? Three measures, each on the generated songs and, when a corpus is "
               "given, on the corpus' own held-out songs (where the tags are true: the reference for what each "
-              "measure can show at all). Win rate: the fraction of (fast, slow) or (drums, no drums) song pairs "
-              "ordered the expected way (0.5 = chance, 1 = perfect separation).", "",
+              "measure can show at all). Win rate: the fraction of (fast, slow) or (drums, no drums) pairs (of "
+              "prompts for generated songs, of songs for the corpus) ordered the expected way (0.5 = chance, 1 = "
+              "perfect separation).", "",
               "| measure | generated songs | corpus songs (reference) |", "|---|---|---|"]
 
-    def clap_cell(c):
+    def clap_cell(c, unit):
         if not c or not c.get("songs"):
             return "n/a"
         return (f"{_f(c['own_mean'])} vs {_f(c['shuffled_mean'])} (diff {_f(c['mean_difference'])}, d_z "
-                f"{_f(c['cohens_dz'], 2)}, own higher for {100 * c['own_above_shuffled']:.0f}% of {c['songs']})")
+                f"{_f(c['cohens_dz'], 2)}, own higher for {100 * c['own_above_shuffled']:.0f}% of {c['songs']} "
+                f"{unit})")
 
     def group_cell(g, digits, unit=""):
         if not g:
@@ -775,7 +826,8 @@ def render_markdown(report: dict) -> str:
         return f"{means}; difference {_f(g['difference'], digits, unit)}, win rate {_f(g['win_rate'], 2)}"
 
     ref = reference or {}
-    lines += [f"| HeartCLAP similarity, own vs shuffled tags | {clap_cell(clap)} | {clap_cell(ref.get('clap'))} |",
+    lines += [f"| HeartCLAP similarity, own vs shuffled tags | {clap_cell(clap, 'prompts')} | "
+              f"{clap_cell(ref.get('clap'), 'songs')} |",
               f"| estimated tempo (BPM) by tempo tag | {group_cell(tags['tempo'], 1, ' BPM')} | "
               f"{group_cell(ref.get('tempo'), 1, ' BPM')} |",
               f"| spectral flatness, drums vs no drums | {group_cell(tags['drums'], 4)} | "
@@ -789,7 +841,8 @@ def render_markdown(report: dict) -> str:
         lines += ["No corpus reference: pass `--corpus DIR` to see what these measures give on real songs.", ""]
     lines += ["**HeartCLAP** (`heartmula.clap.tag_similarity`, shipped HeartCLAP): cosine between a song's audio "
               "embedding and the embedding of a tag list, its own prompt's tags vs another prompt's tags (a fixed "
-              "derangement); effect size Cohen's d_z of the per-song differences.", ""]
+              "derangement); effect size Cohen's d_z of the per-prompt differences (with several seeds, a prompt's "
+              "value is the mean over its songs; the table below lists every song).", ""]
     if not clap.get("songs"):
         lines += ["Fewer than two prompts with different tags: no shuffled baseline.", ""]
     lines += ["| song | CLAP own | CLAP shuffled | shuffled tags from | tempo tag | est. BPM | drums | flatness |",

@@ -44,7 +44,7 @@ from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
-from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE
+from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
 from heartmula.train.state import load_training_state, save_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
@@ -95,6 +95,7 @@ class LMTrainConfig:
     save_every: int = 50
     val_items: int = 16
     tokenizer: str | None = None  # a tokenizer.json to use; default: train a BPE on the cache's texts
+    init_from: str | None = None  # fine-tune: start from this checkpoint root or model folder (and its tokenizer)
     vocab_size: int = 4096
     seed: int = 0
     threads: int | None = None
@@ -268,10 +269,13 @@ def _learning_rate(step: int, config: LMTrainConfig) -> float:
     return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _prepare_tokenizer(out: Path, items: list[CachedItem], config: LMTrainConfig) -> TextTokenizer:
+def _prepare_tokenizer(out: Path, items: list[CachedItem], config: LMTrainConfig,
+                       init: LMFiles | None = None) -> TextTokenizer:
     path = out / TOKENIZER_FILE
     if not path.is_file():
-        if config.tokenizer:
+        if init is not None:  # a fine-tuned model keeps the text embeddings, so the tokenizer that indexes them
+            shutil.copyfile(init.tokenizer, path)
+        elif config.tokenizer:
             source = Path(config.tokenizer)
             if not source.is_file():
                 raise HeartMuLaError(f"tokenizer file {source} does not exist")
@@ -288,6 +292,15 @@ def _prepare_tokenizer(out: Path, items: list[CachedItem], config: LMTrainConfig
     if bos is None or eos is None:
         raise HeartMuLaError(f"tokenizer {path} lacks the special tokens {BOS} and {EOS}")
     return TextTokenizer(raw, bos, eos)
+
+
+def _recorded_init(data_path: Path, init: LMFiles | None) -> str | None:
+    """The model a fine-tuning run started from: named when it starts, kept from the record when it resumes."""
+    if init is not None:
+        return str(init.model_dir.resolve())
+    if data_path.is_file():
+        return json.loads(data_path.read_text(encoding="utf-8")).get("init_from")
+    return None
 
 
 @torch.no_grad()
@@ -342,16 +355,28 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     if not train_items:
         raise HeartMuLaError(f"{cache} holds no items of the train split")
 
-    tokenizer = _prepare_tokenizer(out, train_items, config)
     model_dir = out / f"HeartMuLa-oss-{config.version}"
+    resuming = (model_dir / CONFIG_FILE).is_file()
+    init = None
+    if config.init_from is not None and not resuming:
+        if config.tokenizer:
+            raise HeartMuLaError("a fine-tuned model keeps the tokenizer of the model it starts from: give --from "
+                                 "or --tokenizer, not both")
+        init = locate_lm(config.init_from, config.version)
+    tokenizer = _prepare_tokenizer(out, train_items, config, init)
     gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
                                   audio_eos_id=codec["codebook_size"] + 1, empty_id=0)
-    if (model_dir / CONFIG_FILE).is_file():
-        model = HeartMuLa.from_pretrained(model_dir)
+    if resuming or init is not None:
+        source = model_dir if resuming else init.model_dir
+        model = HeartMuLa.from_pretrained(source)  # float32 whatever the stored dtype
         model.audio_head.data = model.audio_head.data.contiguous()  # undo the inference layout for training
+        advice = "use a new --out folder" if resuming else "fine-tune on a cache made with that model's codec"
         if model.config.audio_vocab_size != codec["codebook_size"] + AUDIO_SPECIALS:
-            raise HeartMuLaError(f"{model_dir} has an audio vocabulary of {model.config.audio_vocab_size}, the "
-                                 f"cache's codec {codec['codebook_size']} codes; use a new --out folder")
+            raise HeartMuLaError(f"{source} has an audio vocabulary of {model.config.audio_vocab_size}, the "
+                                 f"cache's codec {codec['codebook_size']} codes; {advice}")
+        if model.num_codebooks != codec["num_codebooks"]:
+            raise HeartMuLaError(f"{source} predicts {model.num_codebooks} codebooks, the cache's codec has "
+                                 f"{codec['num_codebooks']}; {advice}")
     else:
         model = new_model(config.preset, tokenizer.vocab_size, codec["codebook_size"], codec["num_codebooks"],
                           config.seed)
@@ -381,6 +406,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
                                    # the CLAP model whose embeddings the reference slot learned: use it to embed
                                    # reference audio at generation time (stream --reference-audio --clap DIR)
                                    "clap": index.get("clap"), "reference_prob": config.reference_prob,
+                                   "init_from": _recorded_init(data_path, init),
                                    "train_items_with_reference": sum(i.reference is not None for i in train_items)},
                                   indent=1, ensure_ascii=False))
 
