@@ -17,6 +17,12 @@ def register(verbs) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions")
 
     b = actions.add_parser("build", help="render a corpus (deterministic for a seed, resumable)",
+                           description="Render a training corpus from real scores (Bach chorales and Essen folk "
+                           "songs of the music21 corpus) arranged in several styles with General MIDI soundfonts "
+                           "(FluidSynth), most songs sung in en/zh/ja/ko/es by offline singing voices, with lyrics, "
+                           "tags and train/val/test splits (a work is in one split only). Writes OUT/manifest.jsonl, "
+                           "the mix in OUT/audio/, sung stems in OUT/vocals/ and a data card. The same seed rebuilds "
+                           "the same corpus; running again with the same --out resumes where it stopped.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--out", type=Path, required=True, help="corpus folder (manifest.jsonl, audio/, vocals/)")
     b.add_argument("--hours", type=float, default=1.0, help="hours of audio to build (at least)")
@@ -31,6 +37,10 @@ def register(verbs) -> None:
     b.set_defaults(handler=run_build)
 
     i = actions.add_parser("import", help="import a folder of your songs (+ song.txt lyrics, song.tags tags)",
+                           description="Turn a folder of your own songs into a corpus manifest (the format `data "
+                           "tokenize` and the trainers read). For song.mp3 the optional sidecars are song.txt "
+                           "(lyrics, may carry [verse]/[chorus] headers) and song.tags (comma-separated tags). "
+                           "Unreadable files are reported and skipped.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     i.add_argument("folder", type=Path, help="folder searched recursively for audio files")
     i.add_argument("--out", type=Path, help="corpus folder to write (default: ./<folder name>-corpus)")
@@ -39,13 +49,18 @@ def register(verbs) -> None:
     i.add_argument("--quiet", action="store_true", help="no progress bar")
     i.set_defaults(handler=run_import)
 
-    c = actions.add_parser("card", help="write the data card (Markdown + PNG plot) of a manifest")
+    c = actions.add_parser("card", help="write the data card (Markdown + PNG plot) of a manifest",
+                           description="Summarise a manifest: hours per language, split, source collection, style "
+                           "and license, as Markdown with a PNG plot.")
     c.add_argument("manifest", type=Path, help="manifest.jsonl or its corpus folder")
     c.add_argument("--out", type=Path, help="Markdown file to write (default: data-card.md beside the manifest)")
     c.add_argument("--intelligibility", type=Path, help="JSON from `data ceiling` to include in the card")
     c.set_defaults(handler=run_card)
 
-    e = actions.add_parser("ceiling", help="transcriber error per language on a corpus' sung vocal stems")
+    e = actions.add_parser("ceiling", help="transcriber error per language on a corpus' sung vocal stems",
+                           description="Transcribe a fixed sample of the corpus' sung vocal stems (no accompaniment) "
+                           "per language with the transcriber and score them with the lyrics recipe: the lyric "
+                           "error a model trained on this corpus cannot be expected to beat.")
     e.add_argument("manifest", type=Path, help="manifest.jsonl or its corpus folder")
     e.add_argument("--per-language", type=int, default=6, help="songs transcribed per language")
     e.add_argument("--model", default=None, help="transcriber model (default: the embedded default)")
