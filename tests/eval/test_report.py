@@ -152,6 +152,9 @@ def test_corpus_reference_runs_the_same_measures_on_real_songs(report_run):
     # the synthetic corpus songs are what their tags say: the measures must separate them perfectly
     assert reference["tempo"]["win_rate"] == 1.0 and reference["drums"]["win_rate"] == 1.0
     assert reference["tempo_exact"] == 1.0
+    assert reference["text_search"]["prompts"] == 2 and 0 <= reference["text_search"]["mean_win_rate"] <= 1
+    search = report["tags"]["text_search"]
+    assert search["prompts"] == 3 and search["songs"] == 3 and 0 <= search["mean_win_rate"] <= 1
     assert "corpus songs (reference)" in (report_run / "report.md").read_text(encoding="utf-8")
 
 
@@ -168,6 +171,27 @@ def test_shuffled_baseline_uses_other_prompts_tags(report_run):
     assert len(set(partners)) == len(prompts)  # a permutation: every prompt's tags serve once
     assert shuffled_partners(["pop,piano"]) == [None]
     assert shuffled_partners(["pop,piano", "piano, pop", "rock"]) == [2, 2, 0]  # same tags are no baseline
+
+
+def test_text_search_compares_each_prompt_with_itself(monkeypatch):
+    import heartmula.clap as clap_module
+    from heartmula.eval.report import text_search_summary
+
+    axes = {"a": 0, "b": 1, "c": 2}
+    monkeypatch.setattr(clap_module, "tags_embedding",
+                        lambda tags, model=None, language="en": np.eye(3)[axes[tags.split(",")[0].strip()]])
+    # prompt a's text also sits close to every song (a bias that would tip an own-vs-shuffled comparison)
+    songs = [np.array([1.0, 0.1, 0.0]), np.array([0.9, 0.0, 0.1]),  # two songs (seeds) of prompt a
+             np.array([0.8, 0.9, 0.0]), np.array([0.0, 1.0, 0.2]),  # of b
+             np.array([0.7, 0.0, 1.0]), np.array([0.6, 0.3, 0.8])]  # of c
+    tags = ["a,x", "x, a", "b", "b", "c", "c"]  # the same tag set in another order is the same prompt
+    summary = text_search_summary(songs, tags, clap=None)
+    assert summary["prompts"] == 3 and summary["songs"] == 6
+    assert summary["mean_win_rate"] == 1.0 and summary["above_chance"] == 1.0 and summary["top1"] == 1.0
+    assert summary["top1_chance"] == pytest.approx(1 / 3)
+    swapped = text_search_summary(songs[2:4] + songs[:2] + songs[4:], tags, clap=None)  # a's and b's songs swapped
+    assert swapped["mean_win_rate"] < 0.6 and swapped["top1"] == pytest.approx(1 / 3)
+    assert text_search_summary(songs[:2], tags[:2], clap=None) == {"prompts": 0}
 
 
 @pytest.mark.parametrize("rate", [4800, 24000])

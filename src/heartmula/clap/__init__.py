@@ -21,7 +21,7 @@ from heartmula.clap.prompts import known_tags, tags_prompt
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "defaults" / "clap"
 
 __all__ = ["HeartCLAP", "HeartCLAPConfig", "DEFAULT_MODEL_DIR", "load_clap", "tag_similarity", "tag_scores",
-           "known_tags", "tags_prompt"]
+           "audio_embedding", "tags_embedding", "known_tags", "tags_prompt"]
 
 _LOADED: dict[str, HeartCLAP] = {}
 
@@ -58,9 +58,18 @@ def tag_similarity(audio, tags: str | list[str], sample_rate: int | None = None,
     / [samples] array with `sample_rate`. Compare scores from the same model only (each checkpoint has its own
     scale); `eval clap` reports what matching and random tags score on the held-out corpus."""
     model = model or load_clap()
-    vector = _audio_embedding(model, audio, sample_rate)
-    text = model.embed_text(tags_prompt(_tag_list(tags), language))[0]
-    return float(vector @ text)
+    return float(audio_embedding(audio, sample_rate, model) @ tags_embedding(tags, model, language))
+
+
+def audio_embedding(audio, sample_rate: int | None = None, model: HeartCLAP | None = None) -> np.ndarray:
+    """The normalised audio embedding [dim] of a path or a [channels, samples] / [samples] array with
+    `sample_rate` (what `tag_similarity` compares; embed once to compare one song with many tag prompts)."""
+    return _audio_embedding(model or load_clap(), audio, sample_rate)
+
+
+def tags_embedding(tags: str | list[str], model: HeartCLAP | None = None, language: str = "en") -> np.ndarray:
+    """The normalised text embedding [dim] of a tag prompt, as `tag_similarity` writes it."""
+    return (model or load_clap()).embed_text(tags_prompt(_tag_list(tags), language))[0]
 
 
 def tag_scores(audio, tags: list[str] | None = None, sample_rate: int | None = None,

@@ -436,12 +436,13 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     return songs, codec, parameters, sampling
 
 
-def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp: Path) -> None:
-    """Transcription + scoring, CLAP similarities and signal features, written into the song records."""
+def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp: Path) -> list[np.ndarray]:
+    """Transcription + scoring, CLAP similarities and signal features, written into the song records; returns the
+    songs' CLAP audio embeddings (for the text -> song search measure)."""
     from tqdm import tqdm
 
     from heartmula.audio import load_audio
-    from heartmula.clap import load_clap, tag_similarity
+    from heartmula.clap import audio_embedding, load_clap, tags_embedding
     from heartmula.eval.lyrics import score_pair
     from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
     from heartmula.transcribe.result import to_txt
@@ -449,17 +450,20 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
     clap = load_clap(config.clap_model)
     partners = shuffled_partners([p.tags for p in prompts])
     prompt_index = {p.id: i for i, p in enumerate(prompts)}
+    texts = {p.tags: tags_embedding(p.tags, clap) for p in prompts}
     transcriber: Transcriber | None = None
+    vectors = []
     for song in tqdm(songs, desc="measuring songs", unit="song", disable=not config.progress):
         audio, rate = load_audio(tmp / song["audio"])
         song["tempo_bpm"] = estimate_tempo(audio, rate)
         song["spectral_flatness"] = spectral_flatness(audio, rate)
-        song["clap_own"] = tag_similarity(audio, song["tags"], sample_rate=rate, model=clap)
+        vectors.append(audio_embedding(audio, rate, clap))
+        song["clap_own"] = float(vectors[-1] @ texts[song["tags"]])
         partner = partners[prompt_index[song["prompt"]]]
         if partner is not None:
             song["shuffled_from"] = prompts[partner].id
             song["shuffled_tags"] = prompts[partner].tags
-            song["clap_shuffled"] = tag_similarity(audio, prompts[partner].tags, sample_rate=rate, model=clap)
+            song["clap_shuffled"] = float(vectors[-1] @ texts[prompts[partner].tags])
         language = song["language"]
         if language is None:
             continue
@@ -479,6 +483,7 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
         counts = score_pair(song["lyrics"], transcript.text, language, phonemes=False)
         song["lyrics_counts"] = {kind: asdict(c) for kind, c in counts.items()}
         song["wer"], song["cer"] = counts["wer"].rate, counts["cer"].rate
+    return vectors
 
 
 def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, progress: bool = False) -> dict:
@@ -489,11 +494,11 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
     from tqdm import tqdm
 
     from heartmula.audio import load_audio
-    from heartmula.clap import tag_similarity
+    from heartmula.clap import audio_embedding, tags_embedding
 
     held_out = sorted((r for r in rows if r.get("split") in ("val", "test")), key=lambda r: r["id"])[:count]
     partners = shuffled_partners([r["tags"] for r in held_out])
-    items, unreadable = [], []
+    items, unreadable, vectors = [], [], []
     for row, partner in zip(tqdm(held_out, desc="corpus reference", unit="song", disable=not progress), partners):
         try:
             audio, rate = load_audio(row["audio"])
@@ -502,19 +507,51 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
             continue
         audio = audio[:, : int(seconds * rate)]
         tags = _tag_set(row["tags"])
+        vectors.append(audio_embedding(audio, rate, clap))
         items.append({"id": row["id"], "tempo_tag": next((t for t in ("slow", "moderate", "fast") if t in tags), None),
                       "drums": "drums" in tags, "tempo_bpm": estimate_tempo(audio, rate),
                       "true_tempo_bpm": row.get("tempo_bpm"), "spectral_flatness": spectral_flatness(audio, rate),
-                      "clap_own": tag_similarity(audio, row["tags"], sample_rate=rate, model=clap),
+                      "tags": row["tags"], "clap_own": float(vectors[-1] @ tags_embedding(row["tags"], clap)),
                       "clap_shuffled": None if partner is None else
-                      tag_similarity(audio, held_out[partner]["tags"], sample_rate=rate, model=clap)})
+                      float(vectors[-1] @ tags_embedding(held_out[partner]["tags"], clap))})
     ratios = [s["tempo_bpm"] / s["true_tempo_bpm"] for s in items
               if s["true_tempo_bpm"] and s["tempo_bpm"] is not None and math.isfinite(s["tempo_bpm"])]
     exact = [abs(r - 1) < 0.04 for r in ratios]
     metrical = [min(abs(r / m - 1) for m in (1, 2, 0.5, 2 / 3, 1.5)) < 0.04 for r in ratios]
     return {"songs": len(items), "seconds": seconds, "unreadable": unreadable, **tag_summaries(items),
+            "text_search": text_search_summary(vectors, [s["tags"] for s in items], clap),
             "tempo_exact": float(np.mean(exact)) if exact else None,
             "tempo_metrical": float(np.mean(metrical)) if metrical else None, "items": items}
+
+
+def text_search_summary(vectors: list[np.ndarray], tags: list[str], clap) -> dict:
+    """Text -> song search with each tag prompt over all the songs: the win rate of the prompt's own songs over the
+    songs of other tag sets in similarity to its tags (per prompt; 0.5 = chance), and whether its own song comes
+    first. Unlike own-vs-shuffled tags on one song, a tag text that sits close to every song (or far from all)
+    cannot tip this measure: each prompt is compared with itself only."""
+    from heartmula.clap import tags_embedding
+
+    groups: dict[frozenset, tuple[str, list[int]]] = {}
+    for i, text in enumerate(tags):
+        groups.setdefault(_tag_set(text), (text, []))[1].append(i)
+    if len(groups) < 2:
+        return {"prompts": 0}
+    matrix = np.stack(vectors)
+    win_rates, first, chance = [], [], []
+    for text, members in groups.values():
+        scores = matrix @ tags_embedding(text, clap)
+        own = set(members)
+        win_rates.append(pairwise_win_rate([float(scores[i]) for i in members],
+                                           [float(scores[i]) for i in range(len(tags)) if i not in own]))
+        first.append(int(np.argmax(scores)) in own)
+        chance.append(len(members) / len(tags))
+    wins = np.array(win_rates)
+    sd = float(wins.std(ddof=1)) if len(wins) > 1 else 0.0
+    return {"prompts": len(wins), "songs": len(tags), "mean_win_rate": float(wins.mean()),
+            "above_chance": float(np.mean(wins > 0.5)), "top1": float(np.mean(first)),
+            "top1_chance": float(np.mean(chance)),
+            # one-sample effect size over prompts: how many standard deviations the mean win rate is above 0.5
+            "cohens_d": float((wins.mean() - 0.5) / sd) if sd > 0 else None}
 
 
 def prompt_means(songs: list[dict]) -> list[dict]:
@@ -612,7 +649,7 @@ def build_report(config: ReportConfig) -> dict:
     try:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         songs, codec, parameters, sampling = _generate(config, prompts, tmp, model_path, codec_path)
-        _measure(config, prompts, songs, tmp)
+        vectors = _measure(config, prompts, songs, tmp)
         if corpus_rows is not None and ceiling is None:
             from heartmula.data.intelligibility import measure_intelligibility
 
@@ -626,12 +663,13 @@ def build_report(config: ReportConfig) -> dict:
         # CTranslate2 may reset the OpenMP thread count torch shares; the codec timings below must use --threads.
         torch.set_num_threads(config.threads)
         threads, lm_int8 = parameters.pop("threads"), parameters.pop("lm_int8")
+        from heartmula.clap import load_clap
+
+        clap = load_clap(config.clap_model)
+        text_search = text_search_summary(vectors, [s["tags"] for s in songs], clap)
         reference = None
         if corpus_rows is not None and config.reference_items > 0:
-            from heartmula.clap import load_clap
-
-            reference = corpus_reference(corpus_rows, config.reference_items, load_clap(config.clap_model),
-                                         progress=config.progress)
+            reference = corpus_reference(corpus_rows, config.reference_items, clap, progress=config.progress)
         lyrics = _lyrics_section(songs, ceiling)
         lyrics["ceiling_source"] = ceiling_source
         audio_seconds = sum(s["seconds"] for s in songs)
@@ -640,15 +678,14 @@ def build_report(config: ReportConfig) -> dict:
             "version": REPORT_VERSION, "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": config.command,
             "settings": {"duration": config.seconds, "seed": config.seed, "seeds": config.seeds,
-                         "threads": config.threads,
-                         "quick": config.quick, "languages": config.languages or "all",
+                         "threads": config.threads, "quick": config.quick, "languages": config.languages or "all",
                          "sampling": asdict(sampling)},
             "models": {"lm": str(model_path), "version": config.version, "codec": str(codec_path),
                        "parameters": parameters, "sample_rate": songs[0]["sample_rate"] if songs else None},
             "songs": songs,
             "lyrics": lyrics,
             "tags": {**tag_summaries(prompt_means(songs)), "songs_per_prompt": config.seeds,
-                     "corpus_reference": reference},
+                     "text_search": text_search, "corpus_reference": reference},
             "codec": _codec_section(config, codec, tmp),
             "speed": {"threads": threads, "lm_int8": lm_int8, "audio_seconds": audio_seconds,
                       "lm_seconds": lm_seconds, "decode_seconds": decode_seconds,
@@ -818,6 +855,13 @@ def render_markdown(report: dict) -> str:
                 f"{_f(c['cohens_dz'], 2)}, own higher for {100 * c['own_above_shuffled']:.0f}% of {c['songs']} "
                 f"{unit})")
 
+    def search_cell(c):
+        if not c or not c.get("prompts"):
+            return "n/a"
+        return (f"win rate {_f(c['mean_win_rate'], 2)} (d {_f(c['cohens_d'], 2)}, above 0.5 for "
+                f"{100 * c['above_chance']:.0f}% of {c['prompts']} prompts); own song first for "
+                f"{100 * c['top1']:.0f}% (chance {100 * c['top1_chance']:.0f}%)")
+
     def group_cell(g, digits, unit=""):
         if not g:
             return "n/a"
@@ -828,6 +872,8 @@ def render_markdown(report: dict) -> str:
     ref = reference or {}
     lines += [f"| HeartCLAP similarity, own vs shuffled tags | {clap_cell(clap, 'prompts')} | "
               f"{clap_cell(ref.get('clap'), 'songs')} |",
+              f"| HeartCLAP text -> song search, own songs vs the others | {search_cell(tags.get('text_search'))} | "
+              f"{search_cell(ref.get('text_search'))} |",
               f"| estimated tempo (BPM) by tempo tag | {group_cell(tags['tempo'], 1, ' BPM')} | "
               f"{group_cell(ref.get('tempo'), 1, ' BPM')} |",
               f"| spectral flatness, drums vs no drums | {group_cell(tags['drums'], 4)} | "
@@ -842,7 +888,11 @@ def render_markdown(report: dict) -> str:
     lines += ["**HeartCLAP** (`heartmula.clap.tag_similarity`, shipped HeartCLAP): cosine between a song's audio "
               "embedding and the embedding of a tag list, its own prompt's tags vs another prompt's tags (a fixed "
               "derangement); effect size Cohen's d_z of the per-prompt differences (with several seeds, a prompt's "
-              "value is the mean over its songs; the table below lists every song).", ""]
+              "value is the mean over its songs; the table below lists every song). A tag text that sits close to "
+              "all music (or far from it) moves this comparison whatever the song, so the second HeartCLAP measure "
+              "searches the songs with each prompt's tags, as `heartmula search` does: the win rate of the "
+              "prompt's own songs over every other prompt's songs (0.5 = chance; d: the mean win rate's distance "
+              "from 0.5 in standard deviations over prompts), and how often its own song comes first.", ""]
     if not clap.get("songs"):
         lines += ["Fewer than two prompts with different tags: no shuffled baseline.", ""]
     lines += ["| song | CLAP own | CLAP shuffled | shuffled tags from | tempo tag | est. BPM | drums | flatness |",
