@@ -272,10 +272,11 @@ def _learning_rate(step: int, config: LMTrainConfig) -> float:
 def _prepare_tokenizer(out: Path, items: list[CachedItem], config: LMTrainConfig,
                        init: LMFiles | None = None) -> TextTokenizer:
     path = out / TOKENIZER_FILE
-    if not path.is_file():
-        if init is not None:  # a fine-tuned model keeps the text embeddings, so the tokenizer that indexes them
-            shutil.copyfile(init.tokenizer, path)
-        elif config.tokenizer:
+    if init is not None:  # a fine-tuned model keeps the text embeddings, so the tokenizer that indexes them
+        with atomic_output(path) as tmp:
+            shutil.copyfile(init.tokenizer, tmp)
+    elif not path.is_file():
+        if config.tokenizer:
             source = Path(config.tokenizer)
             if not source.is_file():
                 raise HeartMuLaError(f"tokenizer file {source} does not exist")
@@ -363,10 +364,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             raise HeartMuLaError("a fine-tuned model keeps the tokenizer of the model it starts from: give --from "
                                  "or --tokenizer, not both")
         init = locate_lm(config.init_from, config.version)
-    tokenizer = _prepare_tokenizer(out, train_items, config, init)
-    gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
-                                  audio_eos_id=codec["codebook_size"] + 1, empty_id=0)
-    if resuming or init is not None:
+    model = None
+    if resuming or init is not None:  # checked before anything is written: a refused start adds nothing to --out
         source = model_dir if resuming else init.model_dir
         model = HeartMuLa.from_pretrained(source)  # float32 whatever the stored dtype
         model.audio_head.data = model.audio_head.data.contiguous()  # undo the inference layout for training
@@ -377,7 +376,10 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         if model.num_codebooks != codec["num_codebooks"]:
             raise HeartMuLaError(f"{source} predicts {model.num_codebooks} codebooks, the cache's codec has "
                                  f"{codec['num_codebooks']}; {advice}")
-    else:
+    tokenizer = _prepare_tokenizer(out, train_items, config, init)
+    gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
+                                  audio_eos_id=codec["codebook_size"] + 1, empty_id=0)
+    if model is None:
         model = new_model(config.preset, tokenizer.vocab_size, codec["codebook_size"], codec["num_codebooks"],
                           config.seed)
     if tokenizer.vocab_size > model.config.text_vocab_size:
