@@ -153,6 +153,10 @@ def test_corpus_reference_runs_the_same_measures_on_real_songs(report_run):
     assert reference["tempo"]["win_rate"] == 1.0 and reference["drums"]["win_rate"] == 1.0
     assert reference["tempo_exact"] == 1.0
     assert reference["text_search"]["prompts"] == 2 and 0 <= reference["text_search"]["mean_win_rate"] <= 1
+    coded = reference["codec_round_trip"]  # the same songs through the (random tiny) codec: measured, not copied
+    assert coded["clap"]["songs"] == 2 and coded["text_search"]["prompts"] == 2
+    assert [s["id"] for s in coded["items"]] == [s["id"] for s in reference["items"]]
+    assert all(a["clap_own"] != b["clap_own"] for a, b in zip(coded["items"], reference["items"]))
     search = report["tags"]["text_search"]
     assert search["prompts"] == 3 and search["songs"] == 3 and 0 <= search["mean_win_rate"] <= 1
     assert "corpus songs (reference)" in (report_run / "report.md").read_text(encoding="utf-8")

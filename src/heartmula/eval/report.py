@@ -486,11 +486,13 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
     return vectors
 
 
-def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, progress: bool = False) -> dict:
+def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, progress: bool = False,
+                     codec=None) -> dict:
     """The tag-adherence measures on real corpus songs (the first `count` held-out items by id, their first
     `seconds`): what the same features and CLAP give where the tags are known to be true, so the generated songs'
     numbers can be read against it (a feature that cannot separate the corpus' own slow and fast songs says
-    little about a model)."""
+    little about a model). With a `codec` that can encode, the same songs after its round trip too
+    ("codec_round_trip"): what an LM that predicted the codec's tokens of a real song perfectly would score."""
     from tqdm import tqdm
 
     from heartmula.audio import load_audio
@@ -498,7 +500,19 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
 
     held_out = sorted((r for r in rows if r.get("split") in ("val", "test")), key=lambda r: r["id"])[:count]
     partners = shuffled_partners([r["tags"] for r in held_out])
-    items, unreadable, vectors = [], [], []
+    round_trip = codec is not None and codec.can_encode
+
+    def measure(row, partner, audio, rate, vectors):
+        tags = _tag_set(row["tags"])
+        vectors.append(audio_embedding(audio, rate, clap))
+        return {"id": row["id"], "tempo_tag": next((t for t in ("slow", "moderate", "fast") if t in tags), None),
+                "drums": "drums" in tags, "tempo_bpm": estimate_tempo(audio, rate),
+                "true_tempo_bpm": row.get("tempo_bpm"), "spectral_flatness": spectral_flatness(audio, rate),
+                "tags": row["tags"], "clap_own": float(vectors[-1] @ tags_embedding(row["tags"], clap)),
+                "clap_shuffled": None if partner is None else
+                float(vectors[-1] @ tags_embedding(held_out[partner]["tags"], clap))}
+
+    items, unreadable, vectors, coded_items, coded_vectors = [], [], [], [], []
     for row, partner in zip(tqdm(held_out, desc="corpus reference", unit="song", disable=not progress), partners):
         try:
             audio, rate = load_audio(row["audio"])
@@ -506,14 +520,10 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
             unreadable.append(row["id"])
             continue
         audio = audio[:, : int(seconds * rate)]
-        tags = _tag_set(row["tags"])
-        vectors.append(audio_embedding(audio, rate, clap))
-        items.append({"id": row["id"], "tempo_tag": next((t for t in ("slow", "moderate", "fast") if t in tags), None),
-                      "drums": "drums" in tags, "tempo_bpm": estimate_tempo(audio, rate),
-                      "true_tempo_bpm": row.get("tempo_bpm"), "spectral_flatness": spectral_flatness(audio, rate),
-                      "tags": row["tags"], "clap_own": float(vectors[-1] @ tags_embedding(row["tags"], clap)),
-                      "clap_shuffled": None if partner is None else
-                      float(vectors[-1] @ tags_embedding(held_out[partner]["tags"], clap))})
+        items.append(measure(row, partner, audio, rate, vectors))
+        if round_trip:
+            coded, coded_rate = codec.decode(codec.encode(audio, rate), seed=0)
+            coded_items.append(measure(row, partner, coded, coded_rate, coded_vectors))
     ratios = [s["tempo_bpm"] / s["true_tempo_bpm"] for s in items
               if s["true_tempo_bpm"] and s["tempo_bpm"] is not None and math.isfinite(s["tempo_bpm"])]
     exact = [abs(r - 1) < 0.04 for r in ratios]
@@ -521,7 +531,10 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
     return {"songs": len(items), "seconds": seconds, "unreadable": unreadable, **tag_summaries(items),
             "text_search": text_search_summary(vectors, [s["tags"] for s in items], clap),
             "tempo_exact": float(np.mean(exact)) if exact else None,
-            "tempo_metrical": float(np.mean(metrical)) if metrical else None, "items": items}
+            "tempo_metrical": float(np.mean(metrical)) if metrical else None, "items": items,
+            "codec_round_trip": {**tag_summaries(coded_items), "items": coded_items,
+                                 "text_search": text_search_summary(coded_vectors, [s["tags"] for s in coded_items],
+                                                                    clap)} if round_trip else None}
 
 
 def text_search_summary(vectors: list[np.ndarray], tags: list[str], clap) -> dict:
@@ -669,7 +682,8 @@ def build_report(config: ReportConfig) -> dict:
         text_search = text_search_summary(vectors, [s["tags"] for s in songs], clap)
         reference = None
         if corpus_rows is not None and config.reference_items > 0:
-            reference = corpus_reference(corpus_rows, config.reference_items, clap, progress=config.progress)
+            reference = corpus_reference(corpus_rows, config.reference_items, clap, progress=config.progress,
+                                         codec=codec)
         lyrics = _lyrics_section(songs, ceiling)
         lyrics["ceiling_source"] = ceiling_source
         audio_seconds = sum(s["seconds"] for s in songs)
@@ -841,12 +855,15 @@ def render_markdown(report: dict) -> str:
     clap = tags["clap"]
     reference = tags.get("corpus_reference")
     lines += ["", "## 3. Tag adherence", "",
-              "Does a song sound like its tags? Three measures, each on the generated songs and, when a corpus is "
+              "Does a song sound like its tags? Four measures, each on the generated songs and, when a corpus is "
               "given, on the corpus' own held-out songs (where the tags are true: the reference for what each "
-              "measure can show at all). Win rate: the fraction of (fast, slow) or (drums, no drums) pairs (of "
+              "measure can show at all) and on the same songs after the codec's round trip (encode, decode: what "
+              "an LM that predicted a real song's tokens perfectly would score, the ceiling for this codec). Win "
+              "rate: the fraction of (fast, slow) or (drums, no drums) pairs (of "
               "prompts for generated songs, of songs for the corpus) ordered the expected way (0.5 = chance, 1 = "
               "perfect separation).", "",
-              "| measure | generated songs | corpus songs (reference) |", "|---|---|---|"]
+              "| measure | generated songs | corpus songs (reference) | corpus songs through the codec |",
+              "|---|---|---|---|"]
 
     def clap_cell(c, unit):
         if not c or not c.get("songs"):
@@ -870,14 +887,15 @@ def render_markdown(report: dict) -> str:
         return f"{means}; difference {_f(g['difference'], digits, unit)}, win rate {_f(g['win_rate'], 2)}"
 
     ref = reference or {}
+    coded = ref.get("codec_round_trip") or {}
     lines += [f"| HeartCLAP similarity, own vs shuffled tags | {clap_cell(clap, 'prompts')} | "
-              f"{clap_cell(ref.get('clap'), 'songs')} |",
+              f"{clap_cell(ref.get('clap'), 'songs')} | {clap_cell(coded.get('clap'), 'songs')} |",
               f"| HeartCLAP text -> song search, own songs vs the others | {search_cell(tags.get('text_search'))} | "
-              f"{search_cell(ref.get('text_search'))} |",
+              f"{search_cell(ref.get('text_search'))} | {search_cell(coded.get('text_search'))} |",
               f"| estimated tempo (BPM) by tempo tag | {group_cell(tags['tempo'], 1, ' BPM')} | "
-              f"{group_cell(ref.get('tempo'), 1, ' BPM')} |",
+              f"{group_cell(ref.get('tempo'), 1, ' BPM')} | {group_cell(coded.get('tempo'), 1, ' BPM')} |",
               f"| spectral flatness, drums vs no drums | {group_cell(tags['drums'], 4)} | "
-              f"{group_cell(ref.get('drums'), 4)} |", ""]
+              f"{group_cell(ref.get('drums'), 4)} | {group_cell(coded.get('drums'), 4)} |", ""]
     if reference:
         lines += [f"Corpus reference: the first {reference['songs']} held-out (val/test) songs of the corpus by id, "
                   f"first {reference['seconds']:g} s each. The tempo estimate is within 4% of the corpus' true "
