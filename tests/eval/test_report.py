@@ -162,6 +162,32 @@ def test_corpus_reference_runs_the_same_measures_on_real_songs(report_run):
     assert "corpus songs (reference)" in (report_run / "report.md").read_text(encoding="utf-8")
 
 
+def test_sung_language_is_measured_on_vocal_songs_and_the_corpus(report_run):
+    report = json.loads((report_run / "report.json").read_text(encoding="utf-8"))
+    sung = report["lyrics"]["sung_language"]
+    vocal = [s for s in report["songs"] if s["language"]]
+    assert sung["songs"] == len(vocal) == 2 and sung["chance"] == pytest.approx(0.2)
+    assert sung["correct"] == sum(s["heard_language"] == s["language"] for s in vocal)
+    assert set(sung["by_language"]) == {"en", "ko"}
+    assert all(s["heard_language"] in (None, *LANGUAGES) for s in vocal)
+    reference = report["tags"]["corpus_reference"]
+    for summary in (reference["sung_language"], reference["codec_round_trip"]["sung_language"]):
+        assert summary["songs"] == 2 and set(summary["by_language"]) == {"en"}
+    markdown = (report_run / "report.md").read_text(encoding="utf-8")
+    assert "**Sung language.**" in markdown and "| language heard |" in markdown
+
+
+def test_sung_language_summary_counts_agreement():
+    from heartmula.eval.report import sung_language_summary
+
+    items = [{"language": "en", "heard_language": "en"}, {"language": "en", "heard_language": "es"},
+             {"language": "zh", "heard_language": None}, {"language": None, "heard_language": "en"}]
+    summary = sung_language_summary(items)
+    assert summary["songs"] == 3 and summary["correct"] == 1 and summary["accuracy"] == pytest.approx(1 / 3)
+    assert summary["by_language"] == {"en": {"songs": 2, "correct": 1}, "zh": {"songs": 1, "correct": 0}}
+    assert sung_language_summary([])["accuracy"] is None
+
+
 def test_shuffled_baseline_uses_other_prompts_tags(report_run):
     report = json.loads((report_run / "report.json").read_text(encoding="utf-8"))
     tags = {s["id"]: s["tags"] for s in report["songs"]}

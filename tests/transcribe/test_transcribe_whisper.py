@@ -58,6 +58,24 @@ def test_spanish_speech_detected_and_transcribed(base_transcriber, audio_dir):
     assert_times_consistent(result)
 
 
+def test_language_probabilities_name_the_spoken_language(base_transcriber, audio_dir):
+    from heartmula.audio import load_audio
+    from heartmula.eval.report import heard_language
+
+    for language in ("en", "es"):
+        audio, rate = load_audio(audio_dir / f"{language}.wav")
+        probabilities = base_transcriber.language_probabilities(audio, rate)
+        assert len(probabilities) > 50 and sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+        assert heard_language(probabilities) == language
+        # what `transcribe` detects, language and probability
+        detected = base_transcriber.transcribe(audio_dir / f"{language}.wav")
+        assert max(probabilities, key=probabilities.get) == detected.language
+        assert probabilities[detected.language] == pytest.approx(detected.language_probability, abs=1e-4)
+    silence = np.zeros((1, 16000 * 3), dtype=np.float32)
+    assert base_transcriber.language_probabilities(silence, 16000) == {}  # no voice: nothing heard
+    assert heard_language({}) is None
+
+
 def test_forced_language_is_used(audio_dir):
     result = transcribe(audio_dir / "en.wav", language="es", threads=2)
     assert result.language == "es" and result.language_probability == 1.0

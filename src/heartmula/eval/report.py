@@ -8,7 +8,8 @@ What it measures (the report's own Markdown says the same next to the numbers):
     codec.decode), saved as FLAC;
  2. lyric error rate: each vocal song transcribed by the project's transcriber (embedded Whisper base, language
     forced) and scored with the lyrics recipe (heartmula.eval.lyrics); headline unit CER for zh/ja/ko, WER for
-    en/es; beside the corpus' ceiling (the same transcriber on the corpus' own sung stems) when one is given;
+    en/es; beside the corpus' ceiling (the same transcriber on the corpus' own sung stems) when one is given; and
+    the sung language: the language Whisper hears in the singing (no hint) against the lyrics' language;
  3. tag adherence: HeartCLAP tag similarity of each song with its own tags vs another prompt's tags (a fixed
     derangement; statistics over prompts, each the mean of its seeds), plus two signal features that need no
     model: tempo (onset autocorrelation) for prompts tagged slow vs fast, and spectral flatness (noise-likeness)
@@ -478,6 +479,7 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
                                      "multilingual Whisper (the default, base)")
             transcriber.config = replace(transcriber.config, language=language)
         transcript = transcriber.transcribe_array(audio, rate, song["audio"])
+        song["heard_language"] = heard_language(transcriber.language_probabilities(audio, rate))
         (tmp / "songs" / f"{song['id']}.transcript.txt").write_text(to_txt(transcript), encoding="utf-8")
         song["transcript"] = transcript.text
         counts = score_pair(song["lyrics"], transcript.text, language, phonemes=False)
@@ -486,13 +488,31 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
     return vectors
 
 
+def heard_language(probabilities: dict[str, float]) -> str | None:
+    """Of the five prompt languages, the one Whisper finds likeliest for a recording's singing (None: no voice)."""
+    known = {language: probabilities.get(language, 0.0) for language in LANGUAGES}
+    return max(known, key=known.get) if probabilities else None
+
+
+def sung_language_summary(items: list[dict]) -> dict:
+    """How often the language heard in the singing is the one the lyrics are in, over the vocal items."""
+    vocal = [s for s in items if s.get("language") in LANGUAGES]
+    correct = [s for s in vocal if s.get("heard_language") == s["language"]]
+    by_language = {language: {"songs": sum(s["language"] == language for s in vocal),
+                              "correct": sum(s["language"] == language for s in correct)}
+                   for language in LANGUAGES if any(s["language"] == language for s in vocal)}
+    return {"songs": len(vocal), "correct": len(correct), "accuracy": len(correct) / len(vocal) if vocal else None,
+            "chance": 1 / len(LANGUAGES), "by_language": by_language}
+
+
 def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, progress: bool = False,
-                     codec=None) -> dict:
+                     codec=None, transcriber=None) -> dict:
     """The tag-adherence measures on real corpus songs (the first `count` held-out items by id, their first
     `seconds`): what the same features and CLAP give where the tags are known to be true, so the generated songs'
     numbers can be read against it (a feature that cannot separate the corpus' own slow and fast songs says
     little about a model). With a `codec` that can encode, the same songs after its round trip too
-    ("codec_round_trip"): what an LM that predicted the codec's tokens of a real song perfectly would score."""
+    ("codec_round_trip"): what an LM that predicted the codec's tokens of a real song perfectly would score. With a
+    `transcriber`, the language heard in each vocal song's singing ("sung_language")."""
     from tqdm import tqdm
 
     from heartmula.audio import load_audio
@@ -505,7 +525,11 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
     def measure(row, partner, audio, rate, vectors):
         tags = _tag_set(row["tags"])
         vectors.append(audio_embedding(audio, rate, clap))
-        return {"id": row["id"], "tempo_tag": next((t for t in ("slow", "moderate", "fast") if t in tags), None),
+        heard = None
+        if transcriber is not None and row.get("language"):
+            heard = heard_language(transcriber.language_probabilities(audio, rate))
+        return {"id": row["id"], "language": row.get("language"), "heard_language": heard,
+                "tempo_tag": next((t for t in ("slow", "moderate", "fast") if t in tags), None),
                 "drums": "drums" in tags, "tempo_bpm": estimate_tempo(audio, rate),
                 "true_tempo_bpm": row.get("tempo_bpm"), "spectral_flatness": spectral_flatness(audio, rate),
                 "tags": row["tags"], "clap_own": float(vectors[-1] @ tags_embedding(row["tags"], clap)),
@@ -528,13 +552,17 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
               if s["true_tempo_bpm"] and s["tempo_bpm"] is not None and math.isfinite(s["tempo_bpm"])]
     exact = [abs(r - 1) < 0.04 for r in ratios]
     metrical = [min(abs(r / m - 1) for m in (1, 2, 0.5, 2 / 3, 1.5)) < 0.04 for r in ratios]
+    sung = transcriber is not None
     return {"songs": len(items), "seconds": seconds, "unreadable": unreadable, **tag_summaries(items),
             "text_search": text_search_summary(vectors, [s["tags"] for s in items], clap),
+            "sung_language": sung_language_summary(items) if sung else None,
             "tempo_exact": float(np.mean(exact)) if exact else None,
             "tempo_metrical": float(np.mean(metrical)) if metrical else None, "items": items,
             "codec_round_trip": {**tag_summaries(coded_items), "items": coded_items,
                                  "text_search": text_search_summary(coded_vectors, [s["tags"] for s in coded_items],
-                                                                    clap)} if round_trip else None}
+                                                                    clap),
+                                 "sung_language": sung_language_summary(coded_items) if sung else None}
+            if round_trip else None}
 
 
 def text_search_summary(vectors: list[np.ndarray], tags: list[str], clap) -> dict:
@@ -682,10 +710,15 @@ def build_report(config: ReportConfig) -> dict:
         text_search = text_search_summary(vectors, [s["tags"] for s in songs], clap)
         reference = None
         if corpus_rows is not None and config.reference_items > 0:
+            from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
+
+            transcriber = Transcriber(TranscribeConfig(model=config.transcriber, threads=config.threads))
+            torch.set_num_threads(config.threads)
             reference = corpus_reference(corpus_rows, config.reference_items, clap, progress=config.progress,
-                                         codec=codec)
+                                         codec=codec, transcriber=transcriber)
         lyrics = _lyrics_section(songs, ceiling)
         lyrics["ceiling_source"] = ceiling_source
+        lyrics["sung_language"] = sung_language_summary(songs)
         audio_seconds = sum(s["seconds"] for s in songs)
         lm_seconds, decode_seconds = sum(s["lm_seconds"] for s in songs), sum(s["decode_seconds"] for s in songs)
         report = {
@@ -797,6 +830,26 @@ def _times(seeds: int) -> str:
     return "once with the same seed" if seeds == 1 else f"{seeds} times (the same {seeds} seeds for every prompt)"
 
 
+def _sung_language_lines(generated: dict | None, reference: dict | None) -> list[str]:
+    """Do the lyrics reach the singing at all? The language Whisper hears, against the language of the lyrics."""
+    if not generated or not generated["songs"]:
+        return []
+
+    def cell(summary):
+        if not summary or not summary["songs"]:
+            return "n/a"
+        per = ", ".join(f"{language} {e['correct']}/{e['songs']}" for language, e in summary["by_language"].items())
+        return f"{summary['correct']} of {summary['songs']} ({_f(summary['accuracy'], 2)}; {per})"
+
+    round_trip = (reference or {}).get("codec_round_trip") or {}
+    return ["", "**Sung language.** Whisper's language identification on each vocal song's voiced audio (no language "
+            "given; the likeliest of the five prompt languages, chance 0.20): do the lyrics' language and the "
+            "singing's agree? On the corpus' held-out vocal songs (first 30 s, with accompaniment) for reference.",
+            "", "| generated songs | corpus songs (reference) | corpus songs through the codec |", "|---|---|---|",
+            f"| {cell(generated)} | {cell((reference or {}).get('sung_language'))} | "
+            f"{cell(round_trip.get('sung_language'))} |"]
+
+
 def render_markdown(report: dict) -> str:
     settings, models, songs = report["settings"], report["models"], report["songs"]
     lines = [
@@ -842,11 +895,14 @@ def render_markdown(report: dict) -> str:
         else:
             lines += ["", "No ceiling: pass `--corpus DIR` (computed with `heartmula data ceiling`'s code) or "
                       "`--ceiling JSON` (from `heartmula data ceiling --out`)."]
-        lines += ["", "| song | transcript (first 80 characters) | WER | CER |", "|---|---|---|---|"]
+        lines += _sung_language_lines(lyrics.get("sung_language"), report["tags"].get("corpus_reference"))
+        lines += ["", "| song | transcript (first 80 characters) | WER | CER | language heard |",
+                  "|---|---|---|---|---|"]
         for s in songs:
             if "transcript" in s:
                 text = s["transcript"][:80].replace("|", "/") or "(nothing)"
-                lines.append(f"| {s['id']} | {text} | {_f(s['wer'])} | {_f(s['cer'])} |")
+                lines.append(f"| {s['id']} | {text} | {_f(s['wer'])} | {_f(s['cer'])} | "
+                             f"{s.get('heard_language') or 'no voice'} |")
     else:
         lines.append("No vocal songs in this run.")
     lines += ["", "![lyric error rate per language](plots/lyrics.png)"]

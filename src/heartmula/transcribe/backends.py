@@ -72,9 +72,9 @@ class CTranslate2Backend:
     def supported_languages(self) -> list[str]:
         return list(self.model.supported_languages)
 
-    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
-        language, probability, _ = self.model.detect_language(audio=audio)
-        return language, float(probability)
+    def language_probabilities(self, audio: np.ndarray) -> dict[str, float]:
+        _, _, probabilities = self.model.detect_language(audio=audio)
+        return {language: float(p) for language, p in probabilities}
 
     def transcribe_chunk(self, audio: np.ndarray, language: str | None, options: DecodingOptions) -> list[Segment]:
         if options.seed is not None and not self.seeded:
@@ -144,7 +144,7 @@ class TransformersBackend:
             return ["en"]
         return [token.strip("<|>") for token in self.model.generation_config.lang_to_id]
 
-    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+    def language_probabilities(self, audio: np.ndarray) -> dict[str, float]:
         features, _ = self._inputs(audio)
         with self.torch.no_grad():
             encoder_out = self.model.model.encoder(features)
@@ -152,9 +152,8 @@ class TransformersBackend:
             logits = self.model(encoder_outputs=encoder_out, decoder_input_ids=start).logits[0, -1]
         lang_to_id = self.model.generation_config.lang_to_id
         ids = self.torch.tensor(list(lang_to_id.values()), device=self.device)
-        probs = logits[ids].float().softmax(-1)
-        best = int(probs.argmax())
-        return list(lang_to_id)[best].strip("<|>"), float(probs[best])
+        probs = logits[ids].float().softmax(-1).tolist()
+        return {token.strip("<|>"): p for token, p in zip(lang_to_id, probs)}
 
     def transcribe_chunk(self, audio: np.ndarray, language: str | None, options: DecodingOptions) -> list[Segment]:
         features, mask = self._inputs(audio)

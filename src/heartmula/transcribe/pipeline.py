@@ -168,23 +168,37 @@ class Transcriber:
 
     def detect_language(self, audio: np.ndarray, chunks: list[tuple[int, int]]) -> tuple[str, float]:
         """Once per song, on up to 30 s of its voiced audio (the chunks joined), so an intro does not decide."""
+        probabilities = self._language_probabilities(audio, chunks)
+        best = max(probabilities, key=probabilities.get)
+        return best, probabilities[best]
+
+    def _language_probabilities(self, audio: np.ndarray, chunks: list[tuple[int, int]]) -> dict[str, float]:
         if not self.backend.multilingual:
-            return "en", 1.0
+            return {"en": 1.0}
         voiced = np.concatenate([audio[s:e] for s, e in chunks]) if chunks else audio
-        return self.backend.detect_language(voiced[: int(CHUNK_SECONDS * SAMPLE_RATE)])
+        return self.backend.language_probabilities(voiced[: int(CHUNK_SECONDS * SAMPLE_RATE)])
+
+    def language_probabilities(self, audio: np.ndarray, sample_rate: int) -> dict[str, float]:
+        """Whisper's probability of each language it knows for a recording's sung language, as `transcribe`
+        detects it (on up to 30 s of the voiced audio); {} when no voice is found."""
+        mono = self.prepare_audio(audio if audio.ndim == 2 else audio[None], sample_rate)
+        chunks = self._chunks(mono)[0]
+        return self._language_probabilities(mono, chunks) if chunks else {}
+
+    def _chunks(self, mono: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[float, float]] | None]:
+        """Windows of at most 30 s to decode (voiced regions grouped, with VAD) and the voiced regions (s)."""
+        max_samples = int(CHUNK_SECONDS * SAMPLE_RATE)
+        if not self.config.vad:
+            return fixed_windows(mono, max_samples), None
+        regions = vocal_regions(mono, self.config.vad_threshold, self.config.min_pause)
+        return group_regions(regions, max_samples), [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in regions]
 
     def transcribe_array(self, audio: np.ndarray, sample_rate: int, name: str = "<array>",
                          progress=None) -> Transcript:
         config = self.config
         mono = self.prepare_audio(audio if audio.ndim == 2 else audio[None], sample_rate)
         duration = len(mono) / SAMPLE_RATE
-        max_samples = int(CHUNK_SECONDS * SAMPLE_RATE)
-        if config.vad:
-            regions = vocal_regions(mono, config.vad_threshold, config.min_pause)
-            chunks = group_regions(regions, max_samples)
-            region_seconds = [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in regions]
-        else:
-            chunks, region_seconds = fixed_windows(mono, max_samples), None
+        chunks, region_seconds = self._chunks(mono)
         if config.language:
             language, probability = config.language, 1.0
         elif chunks:
