@@ -120,13 +120,21 @@ def load_state_dict(
     return state
 
 
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor that is a block of a larger one (fused projections share one matrix) copied out: safetensors
+    refuses tensors that share memory."""
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
+
+
 def save_state_dict(
     state: Mapping[str, torch.Tensor], folder: str | os.PathLike, max_shard_bytes: int | None = None
 ) -> None:
     """Write `model.safetensors`, or shards + index when `max_shard_bytes` is given (the Hugging Face layout)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().contiguous().cpu() for name, t in state.items()}
+    tensors = {name: _own_storage(t.detach().contiguous().cpu()) for name, t in state.items()}
     if max_shard_bytes is None:
         with atomic_output(folder / SINGLE_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt"})

@@ -3,6 +3,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heartmula.lm.generation import SamplingParams, SongRequest
+from heartmula.lm.pretrained import load_generator
 from heartmula.nn.layers import Linear, linear
 from heartmula.nn.quant import Int8Linear, quantize_int8
 
@@ -24,8 +25,13 @@ def test_int8_model_generates_valid_codes(generator):
     model = generator.model
     float_linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     assert float_linears == ["muq_linear"]  # used once per song, at the prefill
-    # tiny preset: 2 backbone layers + 1 decoder layer of 7 linears each, projection, codebook-0 head, 7 heads
-    assert sum(isinstance(m, Int8Linear) for m in model.modules()) == 7 * 2 + 7 * 1 + 2 + 7
+    # tiny preset: 2 backbone layers + 1 decoder layer of 4 int8 products each (q/k/v fused, gate/up fused, output,
+    # down), projection, codebook-0 head, 7 heads; the separate q, k, v, gate and up layers are gone
+    fused = [f.quantized for m in model.modules() for f in (getattr(m, "fused_qkv", None),
+                                                            getattr(m, "fused_gate_up", None)) if f is not None]
+    assert len(fused) == 2 * 3 and all(isinstance(layer, Int8Linear) for layer in fused)
+    assert sum(isinstance(m, Int8Linear) for m in model.modules()) == 2 * 3 + 2 + 7
+    assert all(layer.attn.q_proj is None and layer.mlp.w1 is None for layer in model.backbone.layers)
     codes = generator.generate([SongRequest(lyrics="la la", tags="pop", seed=0)], SamplingParams(), 10)[0]
     assert codes.shape[0] == 8 and 1 <= codes.shape[1] <= 11
     assert int(codes.max()) < generator.codebook_size
@@ -71,3 +77,44 @@ def test_compat_sessions_compute_with_f_linear_bits(generator):
     assert not model.upstream_products and all(m.few_rows_transposed for m in layers)
     compat.next_frame()  # sessions taking turns on one model each get their own products
     assert model.upstream_products
+
+
+def _unfuse(model) -> None:
+    for transformer in (model.backbone, model.decoder):
+        for layer in transformer.layers:
+            layer.attn.fused_qkv = layer.mlp.fused_gate_up = None
+
+
+def test_fused_projections_compute_the_same_layers(tiny_root):
+    model = load_generator(tiny_root).model  # loading for generation fuses
+    attn = model.backbone.layers[0].attn
+    # the separate weights are row blocks of the fused matrix: same names and values, no second copy
+    assert attn.k_proj.weight.data_ptr() == attn.fused_qkv.weight[attn.q_proj.out_features].data_ptr()
+    x = torch.randn(2, 3, model.config.backbone.embed_dim)
+    with torch.inference_mode():
+        assert attn.fused_qkv.active() and model.backbone.layers[0].mlp.fused_gate_up.active()
+        fused = model.backbone(x, torch.arange(3))
+        model.use_upstream_products(True)  # compat mode: upstream's separate F.linear products
+        assert not attn.fused_qkv.active()
+        model.use_upstream_products(False)
+        _unfuse(model)
+        separate = model.backbone(x, torch.arange(3))
+    assert torch.allclose(fused, separate, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_model_still_trains_and_saves(tiny_root, tmp_path):
+    model = load_generator(tiny_root).model
+    attn = model.backbone.layers[0].attn
+    x = torch.randn(2, 3, model.config.backbone.embed_dim)
+    assert not attn.fused_qkv.active()  # gradients wanted: the separate layers, which autograd sees
+    model.backbone(x, torch.arange(3)).square().mean().backward()
+    assert attn.q_proj.weight.grad is not None and attn.q_proj.weight.grad.abs().sum() > 0
+    torch.optim.SGD(model.parameters(), lr=1.0).step()  # in place: the fused matrix follows
+    assert torch.equal(attn.fused_qkv.weight[: attn.q_proj.out_features], attn.q_proj.weight.detach())
+    model.save_pretrained(tmp_path / "saved")  # shared storage is written out as separate tensors
+    reloaded = type(model).from_pretrained(tmp_path / "saved")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+    model.to(torch.bfloat16)  # new storage: the fusion steps aside
+    assert not attn.fused_qkv.intact()
+    with torch.inference_mode():
+        assert model.backbone(x.bfloat16(), torch.arange(3)).dtype == torch.bfloat16

@@ -99,6 +99,12 @@ class HeartMuLa(nn.Module):
         """
         self.audio_head.data = self.audio_head.data.transpose(1, 2).contiguous().transpose(1, 2)
 
+    def fuse_projections(self) -> None:
+        """One product per layer for q, k, v and one for the gate and up projections, in backbone and decoder
+        (`heartmula.nn.layers.FusedLinear`: same parameters, names and values; faster decoding)."""
+        self.backbone.fuse_projections()
+        self.decoder.fuse_projections()
+
     # --- weights ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self, seed: int = 0, std: float = 0.02) -> HeartMuLa:

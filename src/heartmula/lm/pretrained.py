@@ -70,6 +70,7 @@ def load_generator(
             f"tokenizer {files.tokenizer} has {tokenizer.vocab_size} tokens but the model only "
             f"{model.config.text_vocab_size} text embeddings: wrong tokenizer for this model"
         )
+    model.fuse_projections()
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 
 

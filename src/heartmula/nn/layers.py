@@ -37,6 +37,47 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, self.few_rows_transposed)
 
 
+class FusedLinear:
+    """Bias-free linear layers that read the same input (q, k, v; SwiGLU's gate and up), computed as one product.
+
+    Decoding runs every layer on 2-3 rows, where each product's fixed cost rivals the reading of its weights: one
+    call in place of three or two. With int8 layers (FBGEMM quantises the input once per call) the 36M bench LM
+    decoded 1.10-1.16x faster on a 2-core AVX2 EPYC; in float32 the difference was within noise. The layers' weights
+    become row blocks of one matrix by `.data`, so the parameters keep their identity, names and values, nothing is
+    stored twice, and in-place updates (an optimizer step, `load_state_dict`) change the fused matrix too. Whatever
+    gives the first layer new storage (`.to(dtype)`, `load_state_dict(assign=True)`) turns the fusion off, which
+    `active` notices. Not an nn.Module: it owns no parameters, so state dicts and optimizers never see it.
+    """
+
+    def __init__(self, layers: list[Linear]):
+        self.weight: torch.Tensor | None = torch.cat([layer.weight.detach() for layer in layers])
+        self.sizes = [layer.out_features for layer in layers]
+        start = 0
+        for layer in layers:
+            layer.weight.data = self.weight[start : start + layer.out_features]
+            start += layer.out_features
+        self._first = layers[0]
+        self.quantized: nn.Module | None = None  # an int8 layer over the fused matrix (heartmula.nn.quant)
+
+    def active(self) -> bool:
+        """Whether to take the fused product: always once quantised; in float, while the layers still share the
+        fused matrix, use the few-row product (upstream's bits, for compat mode, need the separate F.linear) and
+        need no gradients (the fused matrix is outside autograd)."""
+        if self.quantized is not None:
+            return True
+        first = self._first
+        return (first.few_rows_transposed and self.intact()
+                and not (torch.is_grad_enabled() and first.weight.requires_grad))
+
+    def intact(self) -> bool:
+        """Whether the float layers still share the fused matrix."""
+        return self.weight is not None and self._first.weight.data_ptr() == self.weight.data_ptr()
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.quantized(x) if self.quantized is not None else linear(x, self.weight)
+        return out.split(self.sizes, dim=-1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -59,6 +100,14 @@ class SwiGLU(nn.Module):
         self.w1 = Linear(dim, hidden_dim, bias=False)
         self.w2 = Linear(hidden_dim, dim, bias=False)
         self.w3 = Linear(dim, hidden_dim, bias=False)
+        self.fused_gate_up: FusedLinear | None = None
+
+    def fuse_projections(self) -> None:
+        self.fused_gate_up = FusedLinear([self.w1, self.w3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.fused_gate_up is not None and self.fused_gate_up.active():
+            gate, up = self.fused_gate_up(x)
+        else:
+            gate, up = self.w1(x), self.w3(x)
+        return self.w2(F.silu(gate) * up)

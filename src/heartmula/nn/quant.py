@@ -67,8 +67,24 @@ def quantize_linears(module: nn.Module) -> int:
     return count
 
 
+def quantize_fused(module: nn.Module) -> None:
+    """Fused projections (`heartmula.nn.layers.FusedLinear`) below `module` become one int8 layer each; their
+    separate float layers are dropped, so the weights are held once (int8 runs never need upstream's bits)."""
+    for parent in list(module.modules()):
+        for fused_name, layer_names in (("fused_qkv", ("q_proj", "k_proj", "v_proj")),
+                                        ("fused_gate_up", ("w1", "w3"))):
+            fused = getattr(parent, fused_name, None)
+            if fused is None or not fused.intact():
+                continue
+            fused.quantized = Int8Linear(fused.weight)
+            fused.weight = None
+            for name in layer_names:
+                setattr(parent, name, None)
+
+
 def quantize_int8(model) -> None:
     """Int8 weights for a HeartMuLa model's transformers, projection and heads (embeddings stay as they are)."""
+    quantize_fused(model)
     quantize_linears(model.backbone)
     quantize_linears(model.decoder)
     model.projection = Int8Linear.from_linear(model.projection)

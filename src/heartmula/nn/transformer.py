@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heartmula.nn.layers import Linear, RMSNorm, SwiGLU
+from heartmula.nn.layers import FusedLinear, Linear, RMSNorm, SwiGLU
 from heartmula.nn.rope import apply_rope, inverse_frequencies, rope_table
 
 
@@ -68,6 +68,15 @@ class Attention(nn.Module):
         self.v_proj = Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
         self.output_proj = Linear(self.num_heads * self.head_dim, config.embed_dim, bias=False)
         self.cache: KVCache | None = None
+        self.fused_qkv: FusedLinear | None = None
+
+    def fuse_projections(self) -> None:
+        self.fused_qkv = FusedLinear([self.q_proj, self.k_proj, self.v_proj])
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.fused_qkv is not None and self.fused_qkv.active():
+            return self.fused_qkv(x)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(
         self,
@@ -82,9 +91,10 @@ class Attention(nn.Module):
         new block is added here.
         """
         b, s, _ = x.shape
-        q = apply_rope(self.q_proj(x).view(b, s, self.num_heads, self.head_dim), rope)
-        k = apply_rope(self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim), rope)
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project_qkv(x)
+        q = apply_rope(q.view(b, s, self.num_heads, self.head_dim), rope)
+        k = apply_rope(k.view(b, s, self.num_kv_heads, self.head_dim), rope)
+        v = v.view(b, s, self.num_kv_heads, self.head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if start is not None:
             end = start + s
@@ -140,6 +150,12 @@ class Transformer(nn.Module):
             self._rope = rope_table(inv, c.max_seq_len)
         rows = self._rope[positions]
         return rows if positions.dim() == 2 else rows.unsqueeze(0)
+
+    def fuse_projections(self) -> None:
+        """One product for each layer's q, k, v and one for its gate and up projections (`FusedLinear`)."""
+        for layer in self.layers:
+            layer.attn.fuse_projections()
+            layer.mlp.fuse_projections()
 
     def setup_cache(self, batch: int, capacity: int, dtype: torch.dtype, device) -> None:
         c = self.config
