@@ -94,10 +94,10 @@ def test_the_embedded_lm_runs_int8_on_a_cpu_close_to_float32_and_other_checkpoin
     write_random_root(tmp_path, "tiny", seed=1)
     assert not int8_by_default(tmp_path)  # official checkpoints run as upstream unless asked
     assert load_lm(tmp_path).model.audio_head_int8 is None
-    assert isinstance(load_lm(tmp_path, int8=True).model.backbone.layers[0].mlp.w1, Int8Linear)
+    assert isinstance(load_lm(tmp_path, int8=True).model.backbone.layers[0].mlp.fused_gate_up.quantized, Int8Linear)
 
     quantized, full = load_lm(DEFAULT_LM_DIR), load_lm(DEFAULT_LM_DIR, int8=False)
-    assert isinstance(quantized.model.decoder.layers[0].attn.q_proj, Int8Linear)
+    assert isinstance(quantized.model.decoder.layers[0].attn.fused_qkv.quantized, Int8Linear)
     assert quantized.model.audio_head_int8 is not None and full.model.audio_head_int8 is None
     reference, other = _first_code_log_probs(full), _first_code_log_probs(quantized)
     kl = (reference.exp() * (reference - other)).sum(-1)
