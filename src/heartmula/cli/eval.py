@@ -198,6 +198,10 @@ def run_report(args: argparse.Namespace) -> int:
         ceiling = entry.get("ceiling")
         print(f"{language}: {entry['unit'].upper()} {entry['error_rate']:.3f}"
               + (f" (ceiling {ceiling:.3f})" if ceiling is not None else ""))
+    sung = report["lyrics"].get("sung_language") or {}
+    if sung.get("songs"):
+        print(f"sung language = lyrics' language: {sung['correct']} of {sung['songs']} vocal songs "
+              f"(chance {sung['chance']:.2f})")
     clap = report["tags"]["clap"]
     if clap.get("songs"):
         print(f"CLAP tag similarity: own {clap['own_mean']:.3f} vs shuffled {clap['shuffled_mean']:.3f}, own higher "
