@@ -148,3 +148,31 @@ def test_voice_training_reduces_the_loss_keeps_the_codes_and_resumes(tmp_path):
     more = train_voice(manifest, source, tmp_path / "out", VoiceTrainConfig(**{**config.__dict__, "steps": 82}),
                        progress=False)
     assert more["resumed_from"] == 80 and more["last"]["step"] == 82
+
+
+def test_voice_training_of_the_codes_moves_them_and_reduces_the_voice_loss(tmp_path):
+    """--train-codes: the code path learns with the branch (the voice loss falls, the codes change) and a codec
+    that already has a branch keeps it."""
+    manifest = _sung_corpus(tmp_path)
+    source = tmp_path / "with-voice"
+    first = VoiceTrainConfig(steps=30, batch_size=8, segment_frames=16, learning_rate=1e-2, threads=1, eval_every=30,
+                             voice=TINY_VOICE)
+    train_voice(manifest, write_random_codec(tmp_path / "codec", preset="tiny-harmonic", seed=2), source, first,
+                progress=False)
+    config = VoiceTrainConfig(steps=60, batch_size=4, segment_frames=16, learning_rate=3e-3, threads=1,
+                              eval_every=30, train_codes=True, voice_weight=3.0)
+    report = train_voice(manifest, source, tmp_path / "joint", config, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "joint" / "train_log.jsonl").read_text().splitlines()]
+    assert {"token_mel", "codes_used"} <= set(log[0]) and "token_mel" in log[-1]["val"]
+    voice_loss = [r["harmonic"] + r["noise"] + r["f0"] + r["voicing"] for r in log]
+    assert np.mean(voice_loss[-10:]) < np.mean(voice_loss[:10])
+    assert report["train_items"] == 2 and (tmp_path / "joint" / "features-audio" / "song0.npz").is_file()
+    before, after = HeartCodec.from_pretrained(source), HeartCodec.from_pretrained(tmp_path / "joint")
+    assert after.config.spectral.voice == before.config.spectral.voice  # the source's branch, trained further
+    from heartmula.audio import load_audio
+
+    song, rate = load_audio(tmp_path / "song0.wav")
+    assert not np.array_equal(after.encode(song, rate), before.encode(song, rate))
+    resumed = train_voice(manifest, source, tmp_path / "joint", VoiceTrainConfig(**{**config.__dict__, "steps": 61}),
+                          progress=False)
+    assert resumed["resumed_from"] == 60

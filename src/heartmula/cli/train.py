@@ -134,7 +134,8 @@ def register_voice(actions) -> None:
         help="train a spectral codec's singing-voice branch on a corpus with vocal stems",
         description="Add a singing-voice branch to a spectral codec (preset harmonic-24k, e.g. the default codec) "
         "and train it to predict WORLD vocoder parameters of each item's vocal stem from the codec's decoding of "
-        "the mix. Only the branch learns, so codes made with the codec before (an LM's training data) stay valid. "
+        "the mix. Only the branch learns, so codes made with the codec before (an LM's training data) stay valid "
+        "(unless --train-codes). "
         "--out becomes a codec folder; running again with the same --out resumes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -147,6 +148,11 @@ def register_voice(actions) -> None:
     p.add_argument("--segment-frames", type=int, default=64, help="latent frames (40 ms each) per segment")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seconds-per-item", type=float, default=60.0, help="analyse this much of each item")
+    p.add_argument("--train-codes", action="store_true",
+                   help="train the whole code path (encoder, codebooks, decoder) with the branch, from the mix, "
+                   "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
+                   "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
+    p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
     p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and feature-extraction processes")
     p.add_argument("--seed", type=int, default=0)
@@ -160,7 +166,8 @@ def run_voice(args: argparse.Namespace) -> int:
 
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
-                              eval_every=args.eval_every, seed=args.seed)
+                              eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
+                              voice_weight=args.voice_weight)
     report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
           f"items; last {report['last']}; wrote {args.out}")

@@ -210,6 +210,8 @@ def audio_losses(estimate: torch.Tensor, audio: torch.Tensor, codec: HeartCodec,
 
 
 def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainConfig):
+    """(weighted total, logged parts, codes, RVQ residuals, the latent the direct decoder predicts from the codes
+    [B, L, D]: what `encode -> decode` decodes, so further losses on it train the whole code path)."""
     # The SQ decoder was trained on the 19-level grid (and decode snaps to it); the spectral codec has no grid.
     grid = round_with_straight_through if codec.config.waveform_codec == "sq" else (lambda x: x)
     latent = codec.audio_to_latent(audio)  # [B, L, D]
@@ -240,7 +242,7 @@ def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainCo
     parts = {name: float(value.detach()) for name, value in
              (("stft", stft), ("mel", mel), ("wave", wave), ("latent_mse", latent_mse), ("commit", commitment),
               ("latent_std", latent.std(dim=(0, 1)).mean()), ("token_stft", token_stft), ("token_mel", token_mel))}
-    return total, parts, codes, residuals
+    return total, parts, codes, residuals, predicted
 
 
 @torch.no_grad()
@@ -256,6 +258,16 @@ def spread_latent(codec: HeartCodec, audio: torch.Tensor, target_std: float = 0.
     scale = target_std / max(float(encoder[-1](x).std()), 1e-6)
     encoder[-1].weight.mul_(scale)
     encoder[-1].bias.mul_(scale)
+
+
+def update_codebooks(codec: HeartCodec, codes: torch.Tensor, residuals, step: int, config: CodecTrainConfig,
+                     generator: torch.Generator) -> float:
+    """The RVQ codebooks' EMA step (dead codes re-seeded every `dead_code_every` steps). Returns the distinct codes
+    per codebook in this batch, averaged: it falls toward 1 when the codebooks collapse."""
+    reseed = step % config.dead_code_every == 0
+    codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
+                                            dead_threshold=0.02 if reseed else 0.0, generator=generator)
+    return float(np.mean([len(torch.unique(codes[..., i])) for i in range(codes.shape[-1])]))
 
 
 def code_path_modules(codec: HeartCodec) -> list[nn.Module]:
@@ -356,17 +368,13 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
                                                                   + (1 - config.final_lr_fraction) * cosine)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, parts, codes, residuals = training_losses(codec, audio, config)
+        loss, parts, codes, residuals, _ = training_losses(codec, audio, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         if not config.decoder_only:
-            reseed = step % config.dead_code_every == 0
-            codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
-                                                    dead_threshold=0.02 if reseed else 0.0, generator=generator)
-        # distinct codes per codebook in this batch (averaged): falls toward 1 when the codebooks collapse
-        parts["codes_used"] = float(np.mean([len(torch.unique(codes[..., i])) for i in range(codes.shape[-1])]))
+            parts["codes_used"] = update_codebooks(codec, codes, residuals, step, config, generator)
         parts = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 5) for k, v in parts.items()},
                  "seconds": round(time.perf_counter() - began, 2)}
         first = first or parts

@@ -7,7 +7,14 @@ voiced flag, and the harmonic (envelope x (1 - aperiodicity)) and noise (envelop
 branch's log-mel bands, which is what WORLD's own synthesis renders. Only the branch learns: the codes, and any
 LM trained on them, stay valid.
 
-Layout of --out: `features/<id>.npz` (the cached inputs and targets; resumable), the codec folder itself
+With `train_codes` the whole code path learns instead: mix segments go through encoder -> RVQ -> direct decoder
+(`heartmula.train.codec.training_losses`, its music losses kept) and the branch's regression loss on that latent
+reaches back through the codes (straight-through), so the codes themselves learn to carry the singing (the words
+and their language), which the mix losses alone leave to the accompaniment. Codes change: re-tokenize the corpus
+and retrain the LM after it.
+
+Layout of --out: `features/<id>.npz` (the cached inputs and targets, `features-audio/` with `train_codes`: the
+mix instead of the latent; resumable), the codec folder itself
 (config.json with `spectral.voice`, weights; it loads as a codec at every checkpoint), `train_state.*`, and
 `train_log.jsonl`.
 """
@@ -27,16 +34,23 @@ import torch
 import torch.nn.functional as F
 
 from heartmula.audio import load_audio, resample
-from heartmula.codec.config import VoiceConfig
+from heartmula.codec.config import LATENT_PER_CODE, VoiceConfig
 from heartmula.codec.model import HeartCodec
 from heartmula.codec.voice import LOG_F0_SCALE, LOG_POWER_SCALE, VoiceDecoder, band_centres_mel, hz_to_mel
 from heartmula.data.manifest import read_manifest
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.train.codec import CodecTrainConfig, training_losses, update_codebooks
 from heartmula.train.state import load_training_state, save_training_state
 
 LOG_FILE = "train_log.jsonl"
 FEATURES = "features"
+AUDIO_FEATURES = "features-audio"
+# Music losses of `train_codes`: those the default codec's joint stages trained with (its MODEL_CARD), so the mix
+# keeps sounding as it did while the voice loss reshapes the codes.
+JOINT_CODEC_LOSSES = CodecTrainConfig(mel_weight=1.0, pitch_weight=1.0, wave_weight=0.0, spread_weight=0.0,
+                                      end_to_end=True, autoencoder_weight=1.0, latent_weight=1.0,
+                                      commitment_weight=0.25, token_audio_weight=1.0)
 # log(1e-12): WORLD's envelope of digital silence. Targets and predictions below this floor count as silence.
 LOG_POWER_FLOOR = -27.6
 F0_RANGE = (70.0, 1000.0)  # sung voices, bass to soprano high notes
@@ -55,6 +69,8 @@ class VoiceTrainConfig:
     eval_every: int = 250
     seed: int = 0
     voice: VoiceConfig | None = None  # None: the branch sizes of VoiceConfig()
+    train_codes: bool = False  # train encoder, codebooks and decoder with the branch (codes change)
+    voice_weight: float = 1.0  # train_codes: the voice loss against the codec's music losses
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
@@ -103,7 +119,7 @@ def voice_targets(vocals: np.ndarray | None, frames: int, sample_rate: int, hop:
 
 def _item_features(job: tuple) -> str:
     """Worker: one manifest row -> features/<id>.npz (skipped when present). Returns the id."""
-    row, codec_dir, out_dir, seconds, bands = job
+    row, codec_dir, out_dir, seconds, bands, store_audio = job
     path = Path(out_dir) / f"{row['id']}.npz"
     if path.is_file():
         return row["id"]
@@ -119,14 +135,19 @@ def _item_features(job: tuple) -> str:
     if row.get("vocals"):
         vocals = load_audio(row["vocals"], sample_rate=rate, channels=1)[0][0, :length]
         vocals = np.pad(vocals, (0, length - len(vocals)))
-    with torch.no_grad():
-        codes = torch.from_numpy(codec.encode(mix[:, :length], rate))
-        latent = codec.direct_latent(codes[None])[0]  # [L, C]: what decoding from codes gives
-    frames = latent.shape[0] * (codec.config.samples_per_latent // spectral.hop_length)
+    if store_audio:  # the model input is the mix itself (16-bit)
+        inputs = {"mix": (np.clip(mix[0, :length], -1, 1) * 32767).astype(np.int16)}
+        frames = length // spectral.hop_length
+    else:
+        with torch.no_grad():
+            codes = torch.from_numpy(codec.encode(mix[:, :length], rate))
+            latent = codec.direct_latent(codes[None])[0]  # [L, C]: what decoding from codes gives
+        inputs = {"latent": latent.numpy().astype(np.float16)}
+        frames = latent.shape[0] * (codec.config.samples_per_latent // spectral.hop_length)
     targets = voice_targets(vocals, frames, rate, spectral.hop_length, spectral.n_fft, bands)
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, latent=latent.numpy().astype(np.float16), **targets)
+            np.savez(f, **inputs, **targets)
     return row["id"]
 
 
@@ -140,9 +161,10 @@ def _worker_codec(folder: str) -> HeartCodec:
 
 
 def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float, bands: int, workers: int,
-                   progress: bool) -> None:
+                   progress: bool, store_audio: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(row, str(codec_dir), str(out), seconds, bands) for row in rows if not (out / f"{row['id']}.npz").is_file()]
+    jobs = [(row, str(codec_dir), str(out), seconds, bands, store_audio) for row in rows
+            if not (out / f"{row['id']}.npz").is_file()]
     if not jobs:
         return
     bar = None
@@ -160,27 +182,35 @@ def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float,
 
 # --- training -----------------------------------------------------------------------------------------------------
 def load_features(folder: Path, ids: list[str]) -> list[dict[str, np.ndarray]]:
+    """Cached items; a 16-bit mix stays 16-bit (in memory it is half the size of float32)."""
     items = []
     for item_id in ids:
         with np.load(folder / f"{item_id}.npz") as data:
-            items.append({k: data[k].astype(np.float32) for k in data.files})
+            items.append({k: data[k] if k == "mix" else data[k].astype(np.float32) for k in data.files})
     return items
 
 
-def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.Generator):
-    """`count` random windows of `frames` latent frames -> (latent [B, C, frames], targets [B, frames * repeat])."""
-    latents, targets = [], {k: [] for k in ("f0", "harmonic", "noise")}
+def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.Generator, samples_per_frame=None,
+                    start_multiple: int = 1):
+    """`count` random windows of `frames` latent frames (starting at a multiple of `start_multiple`) -> (inputs,
+    targets [B, frames * repeat]). Inputs: the cached latent [B, C, frames], or with `samples_per_frame` the mix
+    [B, 1, frames * samples_per_frame] in [-1, 1]."""
+    key, unit = ("mix", samples_per_frame) if samples_per_frame else ("latent", 1)
+    inputs, targets = [], {k: [] for k in ("f0", "harmonic", "noise")}
     for _ in range(count):
         item = items[rng.integers(len(items))]
-        start = int(rng.integers(0, max(1, len(item["latent"]) - frames + 1)))
-        latent = item["latent"][start: start + frames]
-        latents.append(np.pad(latent, ((0, frames - len(latent)), (0, 0))))
-        for key in targets:
-            value = item[key][start * repeat: (start + frames) * repeat]
+        starts = max(1, (len(item[key]) // unit - frames) // start_multiple + 1)
+        start = int(rng.integers(0, starts)) * start_multiple
+        value = item[key][start * unit: (start + frames) * unit]
+        inputs.append(np.pad(value, [(0, frames * unit - len(value))] + [(0, 0)] * (value.ndim - 1)))
+        for name in targets:
+            value = item[name][start * repeat: (start + frames) * repeat]
             pad = [(0, frames * repeat - len(value))] + [(0, 0)] * (value.ndim - 1)
-            targets[key].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if key != "f0" else 0.0))
-    return (torch.from_numpy(np.stack(latents)).transpose(1, 2),
-            {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()})
+            targets[name].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if name != "f0" else 0.0))
+    targets = {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()}
+    if samples_per_frame:
+        return torch.from_numpy(np.stack(inputs).astype(np.float32) / 32767)[:, None], targets
+    return torch.from_numpy(np.stack(inputs)).transpose(1, 2), targets
 
 
 def voice_losses(predicted: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -209,12 +239,32 @@ def codec_with_voice(codec: HeartCodec, voice: VoiceConfig, seed: int) -> HeartC
     return model.eval()
 
 
+def _source_codec(codec_dir, config: VoiceTrainConfig) -> HeartCodec:
+    """The codec to train: `codec_dir` with a fresh branch, or (train_codes, no branch sizes given) with its own."""
+    codec = HeartCodec.from_pretrained(codec_dir)
+    if config.train_codes and config.voice is None and codec.config.spectral.voice is not None:
+        return codec
+    return codec_with_voice(codec, config.voice or VoiceConfig(), config.seed)
+
+
+def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig):
+    """(voice parameters, music loss or None, codes, residuals) for a batch: from cached latents, or with
+    `train_codes` from the mix through the code path."""
+    voice = codec.scalar_model.decoder.voice
+    if not config.train_codes:
+        return voice.parameters_from_latent(inputs), None, None, None
+    music, parts, codes, residuals, predicted = training_losses(codec, inputs, JOINT_CODEC_LOSSES)
+    return voice.parameters_from_latent(predicted.transpose(1, 2)), (music, parts), codes, residuals
+
+
 def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: str | os.PathLike,
                 config: VoiceTrainConfig | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the voice branch of the codec in `codec_dir`; `out` becomes a codec folder with it."""
+    """Train (or resume) the voice branch of the codec in `codec_dir` (with `train_codes`: the whole code path with
+    it); `out` becomes a codec folder with it."""
     config = config or VoiceTrainConfig()
     out = Path(out)
     torch.set_num_threads(max(1, config.threads))
+    torch.manual_seed(config.seed)
     rows = read_manifest(manifest)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
@@ -225,19 +275,28 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         if codec.config.spectral.voice is None:
             raise HeartMuLaError(f"{out} holds a codec without a voice branch: choose another --out")
     else:
-        codec = codec_with_voice(HeartCodec.from_pretrained(codec_dir), config.voice or VoiceConfig(), config.seed)
+        codec = _source_codec(codec_dir, config)
+    if config.train_codes and (codec.config.decoder_type != "direct" or not codec.can_encode):
+        raise HeartMuLaError("--train-codes needs a codec with a direct decoder and a code encoder")
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
+    trained: torch.nn.Module = codec if config.train_codes else voice
     bands = voice.config.bands
-    build_features(train_rows + val_rows, Path(codec_dir), out / FEATURES, config.seconds_per_item, bands,
-                   config.threads, progress)
-    train_items = load_features(out / FEATURES, [r["id"] for r in train_rows])
-    val_items = load_features(out / FEATURES, [r["id"] for r in val_rows])
+    features = out / (AUDIO_FEATURES if config.train_codes else FEATURES)
+    build_features(train_rows + val_rows, Path(codec_dir), features, config.seconds_per_item, bands,
+                   config.threads, progress, store_audio=config.train_codes)
+    train_items = load_features(features, [r["id"] for r in train_rows])
+    val_items = load_features(features, [r["id"] for r in val_rows])
 
-    optimizer = torch.optim.AdamW(voice.parameters(), lr=config.learning_rate, weight_decay=0.01)
-    start = load_training_state(out, voice, optimizer)
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+    start = load_training_state(out, trained, optimizer)
     rng = np.random.default_rng(config.seed + start)
+    generator = torch.Generator().manual_seed(config.seed + start)
     repeat = voice.repeat
-    val_batch = sample_segments(val_items, 32, config.segment_frames, repeat, np.random.default_rng(1)) \
+    # with the mix as input, segments start on code frames: what `encode` sees
+    segments = {"samples_per_frame": codec.config.samples_per_latent, "start_multiple": LATENT_PER_CODE} \
+        if config.train_codes else {}
+    val_batch = sample_segments(val_items, 32, config.segment_frames, repeat, np.random.default_rng(1), **segments) \
         if val_items else None
     bar = None
     if progress:
@@ -251,27 +310,36 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
                 config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
-        voice.train()
-        latent, target = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng)
-        losses = voice_losses(voice.parameters_from_latent(latent), target)
+        trained.train()
+        inputs, target = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng,
+                                         **segments)
+        predicted, music, codes, residuals = _predict(codec, inputs, config)
+        losses = voice_losses(predicted, target)
         loss = sum(losses.values())
+        if music is not None:
+            loss = music[0] + config.voice_weight * loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(voice.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         record = {"step": step + 1, "loss": round(loss.item(), 4),
-                  **{k: round(v.item(), 4) for k, v in losses.items()},
-                  "seconds": round(time.perf_counter() - began, 3)}
+                  **{k: round(v.item(), 4) for k, v in losses.items()}}
+        if music is not None:
+            record.update({k: round(music[1][k], 4) for k in ("token_mel", "mel", "latent_mse")})
+            record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
+        record["seconds"] = round(time.perf_counter() - began, 3)
         last = step + 1 == config.steps
         if (step + 1) % config.eval_every == 0 or last:
-            if val_batch is not None:
-                voice.eval()
-                with torch.no_grad():
-                    val = voice_losses(voice.parameters_from_latent(val_batch[0]), val_batch[1])
-                record["val"] = {k: round(float(v), 4) for k, v in val.items()}
             codec.eval()
+            if val_batch is not None:
+                with torch.no_grad():
+                    predicted, music, _, _ = _predict(codec, val_batch[0], config)
+                    val = voice_losses(predicted, val_batch[1])
+                record["val"] = {k: round(float(v), 4) for k, v in val.items()}
+                if music is not None:
+                    record["val"]["token_mel"] = round(music[1]["token_mel"], 4)
             codec.save_pretrained(out)
-            save_training_state(out, voice, optimizer, step + 1, config)
+            save_training_state(out, trained, optimizer, step + 1, config)
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         if bar is not None:
