@@ -82,3 +82,29 @@ def test_reseeding_dead_codes_keeps_every_residual_layer_in_use():
     vq.ema_update(codes, residuals, decay=0.99, dead_threshold=0.02, generator=torch.Generator().manual_seed(0))
     codes, _, _ = vq.quantize(features + 0.01 * torch.randn(4, 20, 16))
     assert all(len(codes[..., i].unique()) > 10 for i in range(4)), [len(codes[..., i].unique()) for i in range(4)]
+
+
+def test_resynced_ema_state_keeps_the_codebooks_until_data_moves_them():
+    # A checkpoint whose EMA sums do not give its codebooks (float16 storage, frozen-codebook stages): without the
+    # resync, the first update (even one that learns nothing from the batch) replaces the codebooks.
+    torch.manual_seed(0)
+    vq = ResidualVQ(dim=16, codebook_size=32, codebook_dim=4, num_quantizers=2)
+    for layer in vq.layers:
+        layer._codebook.embed.normal_()
+        layer._codebook.cluster_size.uniform_(0.01, 0.1)
+        layer._codebook.embed_avg.normal_()  # unrelated to embed
+    books = [layer.codebook.clone() for layer in vq.layers]
+    features = torch.randn(2, 10, 16)
+
+    def no_op_update():
+        codes, _, residuals = vq.quantize(features)
+        vq.ema_update(codes, residuals, decay=1.0, dead_threshold=0.0)  # decay 1: the batch counts for nothing
+
+    no_op_update()
+    assert not torch.allclose(vq.layers[0].codebook, books[0])
+    for layer, book in zip(vq.layers, books):
+        layer._codebook.embed.copy_(book[None])
+    vq.resync_ema()
+    no_op_update()
+    for layer, book in zip(vq.layers, books):
+        torch.testing.assert_close(layer.codebook, book)

@@ -150,6 +150,21 @@ def test_voice_training_reduces_the_loss_keeps_the_codes_and_resumes(tmp_path):
     assert more["resumed_from"] == 80 and more["last"]["step"] == 82
 
 
+def test_music_losses_of_code_training_leave_the_voice_branch_to_its_targets():
+    from heartmula.train.codec_voice import _predict
+
+    codec = codec_with_voice(HeartCodec(PRESETS["tiny-harmonic"]()).init_weights(0), TINY_VOICE, seed=0)
+    audio = 0.1 * torch.randn(2, 1, 8 * codec.config.samples_per_code)
+    voice, (music, _), _, _ = _predict(codec, audio, VoiceTrainConfig(train_codes=True))
+    music.backward(retain_graph=True)
+    branch = codec.scalar_model.decoder.voice
+    assert all(p.grad is None or not p.grad.any() for p in branch.parameters())
+    assert codec.code_encoder.parameters().__next__().grad.abs().sum() > 0
+    voice["harmonic"].mean().backward()  # the branch's own loss reaches it, and the codes' encoder
+    assert any(p.grad is not None and p.grad.any() for p in branch.parameters())
+    assert codec.scalar_model.decoder.render_voice  # muted only while the music losses ran
+
+
 def test_voice_training_of_the_codes_moves_them_and_reduces_the_voice_loss(tmp_path):
     """--train-codes: the code path learns with the branch (the voice loss falls, the codes change) and a codec
     that already has a branch keeps it."""

@@ -115,6 +115,18 @@ class ResidualVQ(nn.Module):
                 book.cluster_size[0][dead] = max(threshold, 1e-3)
             residual = residual - book.embed[0][self._nearest(residual, book.embed[0])]
 
+    @torch.no_grad()
+    def resync_ema(self) -> None:
+        """Make the EMA state reproduce the codebooks exactly (embed_avg = embed x the smoothed count that
+        `ema_update` divides by). A checkpoint stored in float16, or trained on with frozen codebooks, can hold
+        EMA sums that no longer give its codebooks: the first update would then move half of a codebook at once
+        (seen in the default codec's last two codebooks)."""
+        for layer in self.layers:
+            book = layer._codebook
+            n = book.cluster_size.sum()
+            smoothed = (book.cluster_size[0] + 1e-5) / (n + self.codebook_size * 1e-5) * n
+            book.embed_avg[0].copy_(book.embed[0] * smoothed.unsqueeze(-1))
+
     @staticmethod
     def _nearest(residual: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
         distances = residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.t() + book.pow(2).sum(-1)

@@ -176,6 +176,9 @@ class SpectralDecoder(nn.Module):
         if s.voice is not None:
             self.voice = VoiceDecoder(latent_channels, s.voice, config.sample_rate, s.n_fft, s.hop_length,
                                       self.repeat)
+        # Training switch: the codec's music losses score the decoder without the voice branch, which learns from
+        # its own targets (scored on the mix, it would learn to fill in whatever the accompaniment lacks).
+        self.render_voice = True
 
     def tables(self, device) -> dict[str, torch.Tensor]:
         if self._tables is None or self._tables["cos"].device != device:
@@ -211,7 +214,7 @@ class SpectralDecoder(nn.Module):
         if self.harmonic:
             first_frame = cache.get((self, "frames"), 0) if cache is not None else 0
             spectrum = self.harmonic_spectrum(head, first_frame, tones_only)
-            if hasattr(self, "voice") and not tones_only:
+            if hasattr(self, "voice") and self.render_voice and not tones_only:
                 # the voice's noise reads the texture half its period away, uncorrelated with the bands' noise
                 rows = first_frame + NOISE_FRAMES // 2 + torch.arange(head.shape[1], device=latent.device)
                 texture = self.tables(latent.device)["noise"][rows % NOISE_FRAMES]

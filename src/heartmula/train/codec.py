@@ -262,9 +262,9 @@ def spread_latent(codec: HeartCodec, audio: torch.Tensor, target_std: float = 0.
 
 def update_codebooks(codec: HeartCodec, codes: torch.Tensor, residuals, step: int, config: CodecTrainConfig,
                      generator: torch.Generator) -> float:
-    """The RVQ codebooks' EMA step (dead codes re-seeded every `dead_code_every` steps). Returns the distinct codes
-    per codebook in this batch, averaged: it falls toward 1 when the codebooks collapse."""
-    reseed = step % config.dead_code_every == 0
+    """The RVQ codebooks' EMA step (dead codes re-seeded every `dead_code_every` steps, never when 0). Returns the
+    distinct codes per codebook in this batch, averaged: it falls toward 1 when the codebooks collapse."""
+    reseed = config.dead_code_every and step % config.dead_code_every == 0
     codec.flow_matching.vq_embed.ema_update(codes, residuals, decay=config.codebook_decay,
                                             dead_threshold=0.02 if reseed else 0.0, generator=generator)
     return float(np.mean([len(torch.unique(codes[..., i])) for i in range(codes.shape[-1])]))
@@ -335,6 +335,8 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     params = [p for p in codec.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.8, 0.99), weight_decay=0.0)
     start_step = load_training_state(out, codec, optimizer)
+    if start_step == 0 and config.init_from:
+        codec.flow_matching.vq_embed.resync_ema()
 
     files = sourced_audio_files(audio_paths, exclude)
     clips, sources = cached_corpus(out, files, codec.config, config, progress)

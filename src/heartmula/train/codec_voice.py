@@ -47,10 +47,12 @@ LOG_FILE = "train_log.jsonl"
 FEATURES = "features"
 AUDIO_FEATURES = "features-audio"
 # Music losses of `train_codes`: those the default codec's joint stages trained with (its MODEL_CARD), so the mix
-# keeps sounding as it did while the voice loss reshapes the codes.
+# keeps sounding as it did while the voice loss reshapes the codes. The codebooks of a trained codec follow the
+# encoder slowly and none is re-seeded: with a few segments per step, a rare but meaningful code looks dead.
 JOINT_CODEC_LOSSES = CodecTrainConfig(mel_weight=1.0, pitch_weight=1.0, wave_weight=0.0, spread_weight=0.0,
                                       end_to_end=True, autoencoder_weight=1.0, latent_weight=1.0,
-                                      commitment_weight=0.25, token_audio_weight=1.0)
+                                      commitment_weight=0.25, token_audio_weight=1.0, codebook_decay=0.999,
+                                      dead_code_every=0)
 # log(1e-12): WORLD's envelope of digital silence. Targets and predictions below this floor count as silence.
 LOG_POWER_FLOOR = -27.6
 F0_RANGE = (70.0, 1000.0)  # sung voices, bass to soprano high notes
@@ -253,7 +255,12 @@ def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig):
     voice = codec.scalar_model.decoder.voice
     if not config.train_codes:
         return voice.parameters_from_latent(inputs), None, None, None
-    music, parts, codes, residuals, predicted = training_losses(codec, inputs, JOINT_CODEC_LOSSES)
+    decoder = codec.scalar_model.decoder
+    decoder.render_voice = False
+    try:
+        music, parts, codes, residuals, predicted = training_losses(codec, inputs, JOINT_CODEC_LOSSES)
+    finally:
+        decoder.render_voice = True
     return voice.parameters_from_latent(predicted.transpose(1, 2)), (music, parts), codes, residuals
 
 
@@ -290,6 +297,8 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
     start = load_training_state(out, trained, optimizer)
+    if config.train_codes and start == 0:
+        codec.flow_matching.vq_embed.resync_ema()
     rng = np.random.default_rng(config.seed + start)
     generator = torch.Generator().manual_seed(config.seed + start)
     repeat = voice.repeat
