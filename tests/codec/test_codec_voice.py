@@ -191,3 +191,6 @@ def test_voice_training_of_the_codes_moves_them_and_reduces_the_voice_loss(tmp_p
     resumed = train_voice(manifest, source, tmp_path / "joint", VoiceTrainConfig(**{**config.__dict__, "steps": 61}),
                           progress=False)
     assert resumed["resumed_from"] == 60
+    with pytest.raises(HeartMuLaError, match="with --train-codes"):  # the other mode would mix up the state
+        train_voice(manifest, source, tmp_path / "joint", VoiceTrainConfig(**{**config.__dict__, "train_codes": False}),
+                    progress=False)

@@ -277,6 +277,10 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     val_rows = [r for r in rows if r["split"] == "val"]
     if not train_rows:
         raise HeartMuLaError(f"{manifest} has no train items")
+    state = out / "train_state.json"
+    if state.is_file() and json.loads(state.read_text())["config"].get("train_codes", False) != config.train_codes:
+        raise HeartMuLaError(f"{out} holds a run {'without' if config.train_codes else 'with'} --train-codes: "
+                             "resume it the same way, or choose another --out")
     if (out / "config.json").is_file():
         codec = HeartCodec.from_pretrained(out)
         if codec.config.spectral.voice is None:
