@@ -136,6 +136,16 @@ def test_report_numbers_are_finite_and_measured(report_run):
         assert song["spectral_flatness"] is not None and 0 <= song["spectral_flatness"] <= 1
         assert ("transcript" in song) == (song["language"] is not None)
     assert report["tags"]["clap"]["songs"] == 3
+    # the vocal prompts again with empty lyrics, measured only for the singing contrast
+    twins = report["songs_without_lyrics"]
+    assert [s["id"] for s in twins] == ["en-ballad-nolyrics", "ko-electronic-nolyrics"]
+    assert all(s["lyrics"] == "" and (report_run / s["audio"]).is_file() and "transcript" not in s for s in twins)
+    for song in report["songs"] + twins:
+        assert 0 <= song["voiced_seconds"] <= song["seconds"] + 0.01
+    singing = report["lyrics"]["singing"]
+    assert singing["pairs"] == 2 and singing["with_lyrics_mean"] == np.mean(
+        [s["voiced_seconds"] for s in report["songs"] if s["language"]])
+    assert 0 <= singing["with_lyrics_share"] <= 1.01 and 0 <= singing["without_lyrics_share"] <= 1.01
     assert report["tags"]["tempo"]["groups"]["slow"]["songs"] == 2
     assert report["tags"]["drums"]["groups"]["drums"]["songs"] == 1
     metrics = report["codec"]["files"][0]["metrics"]
@@ -311,8 +321,11 @@ def test_a_song_the_lm_ends_at_once_is_reported_not_fatal(models, tmp_path, monk
 def test_several_seeds_per_prompt_make_several_songs_and_prompt_level_statistics(models, tmp_path):
     out = tmp_path / "report"
     assert main(["eval", "report", "--out", str(out), "--model", str(models), "--quick", "--duration", "1",
-                 "--languages", "en,instrumental", "--seed", "3", "--seeds", "2", "--threads", "1", "--quiet"]) == 0
+                 "--languages", "en,instrumental", "--seed", "3", "--seeds", "2", "--threads", "1",
+                 "--no-lyrics-contrast", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["songs_without_lyrics"] == [] and report["lyrics"]["singing"] is None
+    assert "--no-lyrics-contrast" in report["command"]
     songs = report["songs"]
     assert [(s["id"], s["prompt"], s["seed"]) for s in songs] == [
         ("en-ballad-seed3", "en-ballad", 3), ("en-ballad-seed4", "en-ballad", 4),
@@ -339,5 +352,5 @@ def test_help_explains_every_option(capsys):
         main(["eval", "report", "--help"])
     text = capsys.readouterr().out
     for option in ("--out", "--model", "--codec", "--version", "--duration", "--languages", "--seeds", "--threads",
-                   "--quick", "--corpus", "--ceiling", "--codec-audio", "--cfg-scale"):
+                   "--quick", "--corpus", "--ceiling", "--codec-audio", "--cfg-scale", "--no-lyrics-contrast"):
         assert option in text, option

@@ -68,6 +68,23 @@ def register(verbs) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(handler=run_ceiling)
 
+    v = actions.add_parser("variants", help="lyric variants of the sung songs (so lyrics decide the singing)",
+                           description="For every sung song of the chosen splits write two variants with the same "
+                           "tags: the accompaniment alone (mix minus the vocal stem) with empty lyrics, and the "
+                           "first k lines of the lyrics with the voice muted after them. Trained on them, a song "
+                           "model learns that the lyrics, not the tags, decide whether and how long there is "
+                           "singing. Writes OUT/manifest.jsonl (the original rows + the variants; tokenize it like "
+                           "any corpus). Needs the vocal stems and line timing `data build` writes; resumable.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("corpus", type=Path, help="manifest.jsonl or its corpus folder")
+    v.add_argument("--out", type=Path, required=True, help="new corpus folder for the variants and the manifest")
+    v.add_argument("--seed", type=int, default=0, help="seed of the number of lines each `-lines` variant keeps")
+    v.add_argument("--splits", default="train,val", help="comma-separated splits to make variants of")
+    v.add_argument("--max-kept-lines", type=int, default=12, help="a `-lines` variant keeps 1 to this many lines")
+    v.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(handler=run_variants)
+
     t = actions.add_parser("tokenize", help="encode a manifest's audio into a codec token cache (LM training)",
                            description="Encode every item of a manifest with a codec and store the codes with the "
                            "item's lyrics, tags, language and split: the input of `heartmula train lm`. Each "
@@ -147,6 +164,19 @@ def run_ceiling(args: argparse.Namespace) -> int:
         with atomic_output(args.out) as tmp:
             tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
     print(intelligibility_markdown(result))
+    return 0
+
+
+def run_variants(args: argparse.Namespace) -> int:
+    from heartmula.data.variants import VariantConfig, make_lyric_variants
+
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    rows = make_lyric_variants(VariantConfig(args.corpus, args.out, seed=args.seed, splits=splits,
+                                             max_kept_lines=args.max_kept_lines, workers=args.workers,
+                                             progress=not args.quiet))
+    made = sum("variant" in r for r in rows)
+    print(f"wrote {args.out / 'manifest.jsonl'}: {len(rows) - made} original rows + {made} variants",
+          file=sys.stderr)
     return 0
 
 

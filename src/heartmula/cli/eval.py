@@ -140,6 +140,8 @@ def register_report(actions) -> None:
                    "tag-adherence statistics then use each prompt's mean over its songs (steadier than one draw)")
     p.add_argument("--threads", type=int, default=2, help="torch and transcriber CPU threads")
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance of generation")
+    p.add_argument("--no-lyrics-contrast", action="store_true", help="skip generating each vocal prompt again with "
+                   "empty lyrics (the measure of whether the lyrics decide how much is sung)")
     p.add_argument("--quick", action="store_true", help="a try-out: the first prompt of each language only, 10 s "
                    "songs unless --duration is given")
     p.add_argument("--corpus", type=Path, help="corpus folder or manifest.jsonl: compute the lyric-error ceiling "
@@ -177,6 +179,8 @@ def _report_command(args: argparse.Namespace) -> str:
             parts += [option, str(value)]
     if args.quick:
         parts.append("--quick")
+    if args.no_lyrics_contrast:
+        parts.append("--no-lyrics-contrast")
     if args.codec_audio:
         parts += ["--codec-audio", *map(str, args.codec_audio)]
     return shlex.join(parts)
@@ -191,7 +195,8 @@ def run_report(args: argparse.Namespace) -> int:
         corpus=args.corpus, ceiling=args.ceiling, ceiling_items=args.ceiling_items,
         reference_items=args.reference_items,
         codec_audio=list(args.codec_audio), cfg_scale=args.cfg_scale, clap_model=args.clap_model,
-        transcriber=args.transcriber, progress=not args.quiet, command=_report_command(args),
+        lyrics_contrast=not args.no_lyrics_contrast, transcriber=args.transcriber, progress=not args.quiet,
+        command=_report_command(args),
     )
     report = build_report(config)
     for language, entry in report["lyrics"]["languages"].items():
@@ -202,6 +207,11 @@ def run_report(args: argparse.Namespace) -> int:
     if sung.get("songs"):
         print(f"sung language = lyrics' language: {sung['correct']} of {sung['songs']} vocal songs "
               f"(chance {sung['chance']:.2f})")
+    singing = report["lyrics"].get("singing") or {}
+    if singing.get("pairs"):
+        print(f"voiced seconds: {singing['with_lyrics_mean']:.1f} with the lyrics vs "
+              f"{singing['without_lyrics_mean']:.1f} without, more with the lyrics for "
+              f"{100 * singing['lyrics_above']:.0f}% of {singing['pairs']} pairs")
     clap = report["tags"]["clap"]
     if clap.get("songs"):
         print(f"CLAP tag similarity: own {clap['own_mean']:.3f} vs shuffled {clap['shuffled_mean']:.3f}, own higher "

@@ -44,6 +44,7 @@ INSTRUMENTAL = "instrumental"
 # are space-separated, but syllable blocks carry the sound, and a one-block slip should not cost a whole word).
 HEADLINE_UNIT = {"en": "wer", "es": "wer", "zh": "cer", "ja": "cer", "ko": "cer"}
 FRAME_RATE = 12.5  # LM frames per second of audio
+NO_LYRICS_SUFFIX = "-nolyrics"  # id suffix of a vocal prompt's song generated again with empty lyrics
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class ReportConfig:
     reference_items: int = 24  # held-out corpus songs for the tag-adherence reference (with corpus)
     codec_audio: list[Path] = field(default_factory=list)
     cfg_scale: float = 1.5
+    lyrics_contrast: bool = True  # also generate each vocal prompt with empty lyrics and compare the singing
     clap_model: Path | None = None
     transcriber: str | None = None  # None: the embedded default Whisper
     progress: bool = True
@@ -403,10 +405,13 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     sampling = SamplingParams(cfg_scale=config.cfg_scale).validate()
     max_new_frames = frames_for_duration(config.seconds)
     songs = []
-    runs = [(prompt, seed) for prompt in prompts for seed in config.seed_list]
-    for prompt, seed in tqdm(runs, desc="generating songs", unit="song", disable=not config.progress):
+    runs = [(prompt, seed, True) for prompt in prompts for seed in config.seed_list]
+    if config.lyrics_contrast:  # each vocal prompt and seed again with empty lyrics: do the lyrics decide?
+        runs += [(prompt, seed, False) for prompt in prompts if prompt.language for seed in config.seed_list]
+    for prompt, seed, with_lyrics in tqdm(runs, desc="generating songs", unit="song", disable=not config.progress):
         torch.manual_seed(seed)
-        request = SongRequest(lyrics=prompt.lyrics, tags=prompt.tags, seed=seed)
+        lyrics = prompt.lyrics if with_lyrics else ""
+        request = SongRequest(lyrics=lyrics, tags=prompt.tags, seed=seed)
         began = time.perf_counter()
         codes = generator.generate([request], sampling, max_new_frames)[0]
         lm_seconds = time.perf_counter() - began
@@ -419,11 +424,12 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
             audio, rate = np.zeros((codec.config.audio_channels, int(codec.sample_rate / FRAME_RATE)), np.float32), \
                 codec.sample_rate
         decode_seconds = time.perf_counter() - began
-        song_id = prompt.id if config.seeds == 1 else f"{prompt.id}-seed{seed}"
+        song_id = (prompt.id if config.seeds == 1 else f"{prompt.id}-seed{seed}") + ("" if with_lyrics else
+                                                                                      NO_LYRICS_SUFFIX)
         relative = f"songs/{song_id}.flac"
         save_audio(tmp / relative, audio, rate)
         songs.append({"id": song_id, "prompt": prompt.id, "language": prompt.language, "tags": prompt.tags,
-                      "lyrics": prompt.lyrics, "tempo_tag": prompt.tempo, "drums": prompt.drums, "seed": seed,
+                      "lyrics": lyrics, "tempo_tag": prompt.tempo, "drums": prompt.drums, "seed": seed,
                       "audio": relative,
                       "frames": int(codes.shape[1]), "seconds": codes.shape[1] and audio.shape[-1] / rate,
                       "sample_rate": rate,
@@ -486,6 +492,34 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
         song["lyrics_counts"] = {kind: asdict(c) for kind, c in counts.items()}
         song["wer"], song["cer"] = counts["wer"].rate, counts["cer"].rate
     return vectors
+
+
+def singing_contrast(songs: list[dict], without_lyrics: list[dict], tmp: Path) -> dict:
+    """Voiced seconds (the transcriber's VAD) of every song, written into the records; summary: vocal prompts with
+    their lyrics vs the same prompt and seed with empty lyrics (paired), and the instrumental prompts."""
+    from heartmula.audio import load_audio
+    from heartmula.transcribe.pipeline import voiced_seconds
+
+    for song in songs + without_lyrics:
+        audio, rate = load_audio(tmp / song["audio"])
+        song["voiced_seconds"] = voiced_seconds(audio, rate)
+    twin = {s["id"].removesuffix(NO_LYRICS_SUFFIX): s for s in without_lyrics}
+    pairs = [(s, twin[s["id"]]) for s in songs if s["id"] in twin]
+    paired = paired_summary([a["voiced_seconds"] for a, _ in pairs], [b["voiced_seconds"] for _, b in pairs])
+    # Songs may end early, and a shorter song has fewer voiced seconds: the voiced share of each song too.
+    shares = paired_summary([_voiced_share(a) for a, _ in pairs], [_voiced_share(b) for _, b in pairs])
+    instrumental = [s["voiced_seconds"] for s in songs if not s["language"]]
+    return {"pairs": paired["songs"], "with_lyrics_mean": paired.get("own_mean"),
+            "without_lyrics_mean": paired.get("shuffled_mean"), "mean_difference": paired.get("mean_difference"),
+            "cohens_dz": paired.get("cohens_dz"), "lyrics_above": paired.get("own_above_shuffled"),
+            "with_lyrics_share": shares.get("own_mean"), "without_lyrics_share": shares.get("shuffled_mean"),
+            "share_cohens_dz": shares.get("cohens_dz"),
+            "instrumental_prompts_mean": float(np.mean(instrumental)) if instrumental else None,
+            "seconds": float(np.mean([s["seconds"] for s in songs + without_lyrics])) if songs else None}
+
+
+def _voiced_share(song: dict) -> float:
+    return song["voiced_seconds"] / song["seconds"] if song["seconds"] else 0.0
 
 
 def heard_language(probabilities: dict[str, float]) -> str | None:
@@ -690,6 +724,8 @@ def build_report(config: ReportConfig) -> dict:
     try:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         songs, codec, parameters, sampling = _generate(config, prompts, tmp, model_path, codec_path)
+        without_lyrics = [s for s in songs if s["id"].endswith(NO_LYRICS_SUFFIX)]
+        songs = [s for s in songs if not s["id"].endswith(NO_LYRICS_SUFFIX)]
         vectors = _measure(config, prompts, songs, tmp)
         if corpus_rows is not None and ceiling is None:
             from heartmula.data.intelligibility import measure_intelligibility
@@ -719,6 +755,7 @@ def build_report(config: ReportConfig) -> dict:
         lyrics = _lyrics_section(songs, ceiling)
         lyrics["ceiling_source"] = ceiling_source
         lyrics["sung_language"] = sung_language_summary(songs)
+        lyrics["singing"] = singing_contrast(songs, without_lyrics, tmp) if config.lyrics_contrast else None
         audio_seconds = sum(s["seconds"] for s in songs)
         lm_seconds, decode_seconds = sum(s["lm_seconds"] for s in songs), sum(s["decode_seconds"] for s in songs)
         report = {
@@ -729,7 +766,7 @@ def build_report(config: ReportConfig) -> dict:
                          "sampling": asdict(sampling)},
             "models": {"lm": str(model_path), "version": config.version, "codec": str(codec_path),
                        "parameters": parameters, "sample_rate": songs[0]["sample_rate"] if songs else None},
-            "songs": songs,
+            "songs": songs, "songs_without_lyrics": without_lyrics,
             "lyrics": lyrics,
             "tags": {**tag_summaries(prompt_means(songs)), "songs_per_prompt": config.seeds,
                      "text_search": text_search, "corpus_reference": reference},
@@ -850,6 +887,20 @@ def _sung_language_lines(generated: dict | None, reference: dict | None) -> list
             f"{cell(round_trip.get('sung_language'))} |"]
 
 
+def _singing_lines(singing: dict | None) -> list[str]:
+    if not singing or not singing["pairs"]:
+        return []
+    return ["", f"**Do the lyrics decide the singing?** Each vocal prompt and seed was generated again with empty "
+            f"lyrics (same tags, same seed). Seconds in which a voice is heard (silero VAD at the transcriber's "
+            f"threshold, `heartmula.transcribe.pipeline.voiced_seconds`; songs of {_f(singing['seconds'], 1)} s on "
+            f"average): with the lyrics {_f(singing['with_lyrics_mean'], 1)} s, without "
+            f"{_f(singing['without_lyrics_mean'], 1)} s (difference {_f(singing['mean_difference'], 1)} s, d_z "
+            f"{_f(singing['cohens_dz'], 2)}; more with the lyrics for {100 * singing['lyrics_above']:.0f}% of "
+            f"{singing['pairs']} pairs); as a share of each song's length {_f(singing['with_lyrics_share'], 2)} vs "
+            f"{_f(singing['without_lyrics_share'], 2)} (d_z {_f(singing['share_cohens_dz'], 2)}); instrumental "
+            f"prompts {_f(singing['instrumental_prompts_mean'], 1)} s."]
+
+
 def render_markdown(report: dict) -> str:
     settings, models, songs = report["settings"], report["models"], report["songs"]
     lines = [
@@ -896,13 +947,16 @@ def render_markdown(report: dict) -> str:
             lines += ["", "No ceiling: pass `--corpus DIR` (computed with `heartmula data ceiling`'s code) or "
                       "`--ceiling JSON` (from `heartmula data ceiling --out`)."]
         lines += _sung_language_lines(lyrics.get("sung_language"), report["tags"].get("corpus_reference"))
-        lines += ["", "| song | transcript (first 80 characters) | WER | CER | language heard |",
-                  "|---|---|---|---|---|"]
+        lines += _singing_lines(lyrics.get("singing"))
+        twins = {t["id"].removesuffix(NO_LYRICS_SUFFIX): t for t in report.get("songs_without_lyrics", [])}
+        lines += ["", "| song | transcript (first 80 characters) | WER | CER | language heard | voiced s | voiced s "
+                  "without lyrics |", "|---|---|---|---|---|---|---|"]
         for s in songs:
             if "transcript" in s:
                 text = s["transcript"][:80].replace("|", "/") or "(nothing)"
                 lines.append(f"| {s['id']} | {text} | {_f(s['wer'])} | {_f(s['cer'])} | "
-                             f"{s.get('heard_language') or 'no voice'} |")
+                             f"{s.get('heard_language') or 'no voice'} | {_f(s.get('voiced_seconds'), 1)} | "
+                             f"{_f(twins.get(s['id'], {}).get('voiced_seconds'), 1)} |")
     else:
         lines.append("No vocal songs in this run.")
     lines += ["", "![lyric error rate per language](plots/lyrics.png)"]

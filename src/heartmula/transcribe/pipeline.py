@@ -57,6 +57,14 @@ def vocal_regions(audio: np.ndarray, threshold: float, min_pause: float) -> list
     return [(r["start"], r["end"]) for r in get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)]
 
 
+def voiced_seconds(audio: np.ndarray, sample_rate: int, threshold: float = TranscribeConfig.vad_threshold,
+                   min_pause: float = TranscribeConfig.min_pause) -> float:
+    """Seconds of a recording ([channels, samples]) in which the transcriber's VAD hears a voice: how much of a
+    song is sung, measured without the model that made it."""
+    mono = resample(np.asarray(audio, dtype=np.float32), sample_rate, SAMPLE_RATE).mean(axis=0)
+    return sum(end - start for start, end in vocal_regions(mono, threshold, min_pause)) / SAMPLE_RATE
+
+
 def group_regions(regions: list[tuple[int, int]], max_samples: int) -> list[tuple[int, int]]:
     """Merge consecutive regions into chunks no longer than max_samples (first start to last end)."""
     chunks: list[tuple[int, int]] = []
