@@ -65,6 +65,13 @@ def test_rerun_resumes_without_rewriting(tiny_corpus, variants):
                                              max_kept_lines=2, progress=False))
     assert [path.stat().st_mtime_ns for path in audio] == stamps
     assert len(read_manifest(variants)) == len(rows)
+    # another seed keeps other line counts: each row must name audio cut after its own last line
+    reseeded = make_lyric_variants(VariantConfig(tiny_corpus, variants, seed=5, splits=("train", "val", "test"),
+                                                 max_kept_lines=4, progress=False))
+    for row in (r for r in reseeded if r.get("variant", {}).get("kind") == "first-lines"):
+        voice, rate = load_audio(variants / row["vocals"])
+        cut = int(round((row["timing"][-1]["end"] + FADE_SECONDS) * rate))
+        assert np.abs(voice[:, cut:]).max() == 0.0 and np.abs(voice[:, :cut]).max() > 0.01
 
 
 def test_bad_requests_are_clear_errors(tiny_corpus, tmp_path):

@@ -74,7 +74,8 @@ def _variants_of(row: dict, out: Path, config: VariantConfig) -> list[dict]:
         {**base, "id": f"{row['id']}-inst", "lyrics": "", "timing": [], "audio": f"audio/{row['id']}-inst.flac",
          "vocals": None, "variant": {"of": row["id"], "kind": "instrumental"}},
         {**base, "id": f"{row['id']}-lines", "lyrics": kept_lines_lyrics(timing, kept), "timing": timing[:kept],
-         "audio": f"audio/{row['id']}-lines.flac", "vocals": f"vocals/{row['id']}-lines.flac",
+         # named by the lines kept, what alone decides the audio: a rerun with another --seed never reuses a file
+         "audio": f"audio/{row['id']}-lines{kept}.flac", "vocals": f"vocals/{row['id']}-lines{kept}.flac",
          "variant": {"of": row["id"], "kind": "first-lines", "kept_lines": kept, "of_lines": len(timing)}},
     ]
     if all((out / v["audio"]).is_file() and (v["vocals"] is None or (out / v["vocals"]).is_file())
