@@ -71,8 +71,8 @@ def register(verbs) -> None:
     v = actions.add_parser("variants", help="lyric variants of the sung songs (so lyrics decide the singing)",
                            description="For every sung song of the chosen splits write two variants with the same "
                            "tags: the accompaniment alone (mix minus the vocal stem) with empty lyrics, and the "
-                           "first k lines of the lyrics with the voice muted after them. Trained on them, a song "
-                           "model learns that the lyrics, not the tags, decide whether and how long there is "
+                           "first k lines of the lyrics with the voice muted after them. In a song model's training "
+                           "data they leave only the lyrics, not the tags, to tell whether and how long there is "
                            "singing. Writes OUT/manifest.jsonl (the original rows + the variants; tokenize it like "
                            "any corpus). Needs the vocal stems and line timing `data build` writes; resumable.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
