@@ -2,7 +2,7 @@
 
 In a rendered corpus every song tagged "male vocal" or "female vocal" has lyrics and is sung from start to end, so a
 song model can predict the voice from the tags alone and ignore the lyrics (measured on the first default LM: with
-the same tags, a prompt's lyrics and empty lyrics gave the same amount of singing). Two variants of each sung song
+the same tags, a prompt's lyrics gave only a little more singing than empty lyrics). Two variants of each sung song
 break that shortcut; both keep the song's tags unchanged, so only the lyrics tell them apart:
 
     <id>-inst    the accompaniment alone (mix minus the vocal stem) with empty lyrics: no lyrics, no singing;
@@ -95,13 +95,9 @@ def _variants_of(row: dict, out: Path, config: VariantConfig) -> list[dict]:
     return variants
 
 
-def _relative(row: dict, source: Path, out: Path) -> dict:
-    """An original row whose audio paths point from the new manifest's folder into the source corpus."""
-    row = dict(row)
-    for key in ("audio", "vocals"):
-        if row[key]:
-            row[key] = os.path.relpath((source / row[key]).resolve(), out.resolve())
-    return row
+def _relative(row: dict, out: Path) -> dict:
+    """An original row (absolute audio paths) whose paths point from the new manifest's folder into the source."""
+    return {**row, **{key: os.path.relpath(row[key], out.resolve()) for key in ("audio", "vocals") if row[key]}}
 
 
 def make_lyric_variants(config: VariantConfig) -> list[dict]:
@@ -129,6 +125,6 @@ def make_lyric_variants(config: VariantConfig) -> list[dict]:
         futures = [pool.submit(_variants_of, row, out, config) for row in sung]
         variants = [v for f in tqdm(futures, desc="lyric variants", unit="song", disable=not config.progress)
                     for v in f.result()]
-    originals = [_relative(r, source.parent, out) for r in read_manifest(source, absolute_paths=False)]
+    originals = [_relative(r, out) for r in rows]
     write_manifest(out / "manifest.jsonl", originals + variants)
     return originals + variants
