@@ -1,3 +1,5 @@
+import json
+import shutil
 import subprocess
 import sys
 
@@ -58,6 +60,23 @@ def test_reference_audio_conditions_the_song_through_clap(root, tmp_path):
     assert not np.array_equal(np.load(tmp_path / "plain.npy"), np.load(tmp_path / "ref.npy"))
 
 
+def test_lyrics_scale_from_the_cli_and_the_model(root, tmp_path):
+    args = ["generate", "--model", str(root), "--tags", "pop", "--lyrics", "la la la", "--duration", "2", "--seed", "5",
+            "--topk", "1", "--no-decode", "--quiet"]
+    songs = {}
+    for name, extra in (("plain", []), ("same", ["--lyrics-scale", "1.5"]), ("pushed", ["--lyrics-scale", "9"])):
+        assert main([*args, *extra, "--codes-out", str(tmp_path / f"{name}.npy")]) == 0
+        songs[name] = np.load(tmp_path / f"{name}.npy")
+    assert np.array_equal(songs["same"], songs["plain"])  # equal to --cfg-scale: upstream's single guidance
+    assert not np.array_equal(songs["pushed"], songs["plain"])
+    model = tmp_path / "model"  # a model whose gen_config asks for the same lyrics guidance by default
+    shutil.copytree(root, model)
+    config = json.loads((model / "gen_config.json").read_text())
+    (model / "gen_config.json").write_text(json.dumps({**config, "lyrics_scale": 9}))
+    assert main([*args[:2], str(model), *args[3:], "--codes-out", str(tmp_path / "default.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "default.npy"), songs["pushed"])
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -68,6 +87,7 @@ def test_reference_audio_conditions_the_song_through_clap(root, tmp_path):
         (["--tags", "jazz:x", "--codes-out", "x.npy", "--no-decode"], "weight"),
         (["--reference-audio", "missing.wav", "--codes-out", "x.npy", "--no-decode"], "missing.wav"),
         (["--min-duration", "-1", "--codes-out", "x.npy", "--no-decode"], "minimum duration"),
+        (["--lyrics-scale", "-2", "--codes-out", "x.npy", "--no-decode"], "lyrics_scale"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_writes_nothing(root, tmp_path, monkeypatch, capsys, extra, message):

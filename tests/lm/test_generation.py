@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from heartmula.errors import HeartMuLaError
+from heartmula.lm.config import GenerationConfig
 from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
 from heartmula.nn.sampling import sample_among_top_k, sample_top_k
 from heartmula.nn.transformer import Attention, KVCache, TransformerConfig
@@ -314,3 +315,74 @@ def test_gqa_cached_attention_equals_expanded_heads():
         expected = attn.output_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 7, 64))
     assert attn.cache.k.shape == (1, 2, 16, 8)  # stored per KV head, not expanded
     assert torch.allclose(torch.cat([out_prefill, out_step], dim=1), expected, atol=1e-5)
+
+
+# --- lyrics guidance: a sung song's tags without its lyrics as the branch the lyrics are measured against ---------
+def test_lyrics_guidance_rows_and_formula(generator):
+    song = SongRequest(lyrics=LYRICS, tags="jazz:3,electronic:1")
+    session = generator.start([song], SamplingParams(cfg_scale=2.0, lyrics_scale=5.0), max_new_frames=4)
+    assert [(r.without_lyrics, r.unconditional) for r in session.rows] == [
+        (False, False), (True, False), (False, False), (True, False), (False, True)]
+    twin, conditional = session.rows[1], session.rows[0]
+    assert twin.tags == conditional.tags
+    assert torch.equal(twin.tokens, generator.build_prompt(twin.tags, "")[0])  # same tags, no lyrics
+    logits = torch.randn(5, 37)
+    with_lyrics, without = 0.75 * logits[0] + 0.25 * logits[2], 0.75 * logits[1] + 0.25 * logits[3]
+    expected = logits[4] + (without - logits[4]) * 2.0 + (with_lyrics - without) * 5.0
+    assert torch.allclose(session._guide(logits)[0], expected, atol=1e-5)
+    assert session.prompt_tags(0) == [("jazz", 0.75), ("electronic", 0.25)]
+    session.set_prompt_weights(0, [0, 1])
+    expected = logits[4] + (logits[3] - logits[4]) * 2.0 + (logits[2] - logits[3]) * 5.0
+    assert torch.allclose(session._guide(logits)[0], expected, atol=1e-5)
+    session.close()
+
+    unguided = generator.start([song], SamplingParams(cfg_scale=1.0, lyrics_scale=3.0), max_new_frames=4)
+    assert len(unguided.rows) == 4  # no unconditional row: the tags' own guidance is off
+    logits = torch.randn(4, 37)
+    without = 0.75 * logits[1] + 0.25 * logits[3]
+    expected = without + (0.75 * logits[0] + 0.25 * logits[2] - without) * 3.0
+    assert torch.allclose(unguided._guide(logits)[0], expected, atol=1e-5)
+    unguided.close()
+
+
+def test_lyrics_scale_equal_to_cfg_is_upstream_guidance(generator):
+    song = SongRequest(lyrics=LYRICS, tags="pop,piano")
+    plain = generator.generate([song], SamplingParams(top_k=1, cfg_scale=2.0), 12)[0]
+    same = generator.generate([song], SamplingParams(top_k=1, cfg_scale=2.0, lyrics_scale=2.0), 12)[0]
+    pushed = generator.generate([song], SamplingParams(top_k=1, cfg_scale=2.0, lyrics_scale=8.0), 12)[0]
+    assert torch.equal(same, plain)
+    assert not torch.equal(pushed, plain)
+
+
+def test_instrumental_song_gets_no_lyrics_branch(generator):
+    songs = [SongRequest(lyrics="", tags="jazz", seed=1), SongRequest(lyrics=LYRICS, tags="pop", seed=2)]
+    sampling = SamplingParams(top_k=10, lyrics_scale=6.0)
+    session = generator.start(songs, sampling, max_new_frames=8)
+    assert [r.song for r in session.rows if r.without_lyrics] == [1]
+    session.close()
+    batch = generator.generate(songs, sampling, 8)
+    assert torch.equal(batch[0], generator.generate(songs[:1], SamplingParams(top_k=10), 8)[0])
+    assert torch.equal(batch[1], generator.generate(songs[1:], sampling, 8)[0])
+
+
+def test_lyrics_scale_default_comes_from_the_model(generator, tmp_path):
+    song = SongRequest(lyrics=LYRICS, tags="pop")
+    generator.gen_config.lyrics_scale = 3.0
+    session = generator.start([song], SamplingParams(), 4)
+    assert session.lyrics_guided and session.sampling.lyrics_scale == 3.0
+    session.update_sampling(lyrics_scale=4.5)  # a live control, like cfg_scale
+    assert session.sampling.lyrics_scale == 4.5
+    session.close()
+    assert generator.start([song], SamplingParams(lyrics_scale=1.0), 4).sampling.lyrics_scale == 1.0
+
+    generator.gen_config.save(tmp_path / "gen_config.json")
+    assert GenerationConfig.from_file(tmp_path / "gen_config.json").lyrics_scale == 3.0
+    generator.gen_config.lyrics_scale = None  # the official file never gains the key
+    generator.gen_config.save(tmp_path / "gen_config.json")
+    assert "lyrics_scale" not in (tmp_path / "gen_config.json").read_text()
+    session = generator.start([song], SamplingParams(), 4)
+    assert not session.lyrics_guided and not any(r.without_lyrics for r in session.rows)
+    with pytest.raises(HeartMuLaError, match="no rows without lyrics"):
+        session.update_sampling(lyrics_scale=3.0)
+    with pytest.raises(HeartMuLaError, match="lyrics_scale must be >= 0"):
+        SamplingParams(lyrics_scale=-1.0).validate()

@@ -9,6 +9,8 @@ from heartmula.lm.generation import GenerationSession, SamplingParams, SongReque
 
 LYRICS = "[verse]\nhello little star"
 GREEDY = SamplingParams(top_k=1)
+# with lyrics guidance every tag prompt has a twin row without the lyrics, which must follow its prompt everywhere
+LYRICS_GUIDED = SamplingParams(top_k=1, lyrics_scale=4.0)
 LONG_TAGS = "a much longer jazz prompt with many tags,saxophone,night,smoky"
 
 
@@ -34,8 +36,9 @@ def test_audio_prompt_rejects_bad_codes(generator):
         generator.start([SongRequest(LYRICS, "pop", audio_codes=torch.full((8, 4), 99))], GREEDY, 5)
 
 
+@pytest.mark.parametrize("sampling", [GREEDY, LYRICS_GUIDED])
 @pytest.mark.parametrize("tags", ["jazz", LONG_TAGS])  # shorter and longer than the rows already there
-def test_prompt_added_mid_song_equals_a_prompt_there_from_the_start(generator, tags):
+def test_prompt_added_mid_song_equals_a_prompt_there_from_the_start(generator, tags, sampling):
     def fade_in(session, i):
         if i == 7:
             session.set_prompt_weights(0, [0.5, 0.5])
@@ -44,14 +47,15 @@ def test_prompt_added_mid_song_equals_a_prompt_there_from_the_start(generator, t
         if i == 7:
             session.add_prompt(0, tags, [0.5, 0.5])
 
-    there = run(generator.start([SongRequest(LYRICS, [("pop,piano", 1), (tags, 0)])], GREEDY, 30), 20, fade_in)
-    added = generator.start([SongRequest(LYRICS, "pop,piano")], GREEDY, 30)
+    there = run(generator.start([SongRequest(LYRICS, [("pop,piano", 1), (tags, 0)])], sampling, 30), 20, fade_in)
+    added = generator.start([SongRequest(LYRICS, "pop,piano")], sampling, 30)
     got = run(added, 20, add)
     assert torch.equal(got, there)
     assert added.prompt_tags(0) == [("pop,piano", 0.5), (tags, 0.5)]
 
 
-def test_prompt_removed_mid_song_equals_weight_zero(generator):
+@pytest.mark.parametrize("sampling, rows_left", [(GREEDY, 2), (LYRICS_GUIDED, 3)])
+def test_prompt_removed_mid_song_equals_weight_zero(generator, sampling, rows_left):
     def remove(session, i):
         if i == 7:
             session.remove_prompt(0, 1, [1.0])
@@ -61,16 +65,16 @@ def test_prompt_removed_mid_song_equals_weight_zero(generator):
             session.set_prompt_weights(0, [1.0, 0.0])
 
     song = SongRequest(LYRICS, [("pop,piano", 1), ("jazz", 1)])
-    removed = generator.start([song], GREEDY, 30)
+    removed = generator.start([song], sampling, 30)
     got = run(removed, 20, remove)
-    assert torch.equal(got, run(generator.start([song], GREEDY, 30), 20, silence))
-    assert len(removed.rows) == 2  # the row left the batch
+    assert torch.equal(got, run(generator.start([song], sampling, 30), 20, silence))
+    assert len(removed.rows) == rows_left  # the row (and its twin) left the batch
     with pytest.raises(HeartMuLaError, match="at least one tag prompt"):
         removed.remove_prompt(0, 0, [])
 
 
-def test_state_round_trip_continues_identically(generator):
-    sampling = SamplingParams(top_k=10)
+@pytest.mark.parametrize("sampling", [SamplingParams(top_k=10), SamplingParams(top_k=10, lyrics_scale=3.0)])
+def test_state_round_trip_continues_identically(generator, sampling):
     song = SongRequest(LYRICS, [("pop,piano", 0.6), ("jazz", 0.4)], seed=3)
     session = generator.start([song], sampling, 40)
     head = run(session, 10)

@@ -140,6 +140,8 @@ def register_report(actions) -> None:
                    "tag-adherence statistics then use each prompt's mean over its songs (steadier than one draw)")
     p.add_argument("--threads", type=int, default=2, help="torch and transcriber CPU threads")
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance of generation")
+    p.add_argument("--lyrics-scale", type=float, help="guidance of the lyrics against the same tags without them "
+                   "(as `heartmula generate --lyrics-scale`; default: the model's own)")
     p.add_argument("--no-lyrics-contrast", action="store_true", help="skip generating each vocal prompt again with "
                    "empty lyrics (the measure of whether the lyrics decide how much is sung)")
     p.add_argument("--quick", action="store_true", help="a try-out: the first prompt of each language only, 10 s "
@@ -166,6 +168,7 @@ def _report_command(args: argparse.Namespace) -> str:
     parts = ["heartmula", "eval", "report"]
     for option, value in (("--out", args.out), ("--model", args.model), ("--codec", args.codec),
                           ("--duration", args.duration), ("--languages", args.languages),
+                          ("--lyrics-scale", args.lyrics_scale),
                           ("--corpus", args.corpus), ("--ceiling", args.ceiling),
                           ("--clap-model", args.clap_model), ("--transcriber", args.transcriber)):
         if value is not None:
@@ -194,7 +197,8 @@ def run_report(args: argparse.Namespace) -> int:
         languages=args.languages, seed=args.seed, seeds=args.seeds, threads=args.threads, quick=args.quick,
         corpus=args.corpus, ceiling=args.ceiling, ceiling_items=args.ceiling_items,
         reference_items=args.reference_items,
-        codec_audio=list(args.codec_audio), cfg_scale=args.cfg_scale, clap_model=args.clap_model,
+        codec_audio=list(args.codec_audio), cfg_scale=args.cfg_scale, lyrics_scale=args.lyrics_scale,
+        clap_model=args.clap_model,
         lyrics_contrast=not args.no_lyrics_contrast, transcriber=args.transcriber, progress=not args.quiet,
         command=_report_command(args),
     )

@@ -31,6 +31,9 @@ def register(verbs) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance; 1 = off, 2.5-3 = "
                    "stronger tag control")
+    p.add_argument("--lyrics-scale", type=float, help="guidance of the lyrics alone, against the same tags without "
+                   "lyrics (larger: the lyrics decide more of the singing); default: the model's gen_config "
+                   "`lyrics_scale` if it sets one, else none (one guidance of tags and lyrics together, as upstream)")
     p.add_argument("--seed", type=int, help="random seed for a reproducible song")
     p.add_argument("--reference-audio", type=Path, help="a recording whose style the song should follow: its "
                    "HeartCLAP audio embedding fills the LM's reference-audio slot (the embedded default model was "
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     codec_path = None if args.no_decode else resolve_codec(args.codec, model_path)
     tags = read_text_argument(args.tags, "tags")
     lyrics = read_text_argument(args.lyrics, "lyrics")
-    sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale).validate()
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale,
+                              lyrics_scale=args.lyrics_scale).validate()
     max_new_frames = frames_for_duration(args.duration)
     min_new_frames = min_frames_for(args.min_duration, args.duration)
     reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early

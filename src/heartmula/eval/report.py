@@ -135,6 +135,7 @@ class ReportConfig:
     reference_items: int = 24  # held-out corpus songs for the tag-adherence reference (with corpus)
     codec_audio: list[Path] = field(default_factory=list)
     cfg_scale: float = 1.5
+    lyrics_scale: float | None = None  # None: the model's own (its gen_config), as `heartmula generate` samples it
     lyrics_contrast: bool = True  # also generate each vocal prompt with empty lyrics and compare the singing
     clap_model: Path | None = None
     transcriber: str | None = None  # None: the embedded default Whisper
@@ -402,7 +403,8 @@ def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path
     codec = load_codec(codec_path)
     if config.codec_audio and not codec.can_encode:
         raise HeartMuLaError(f"--codec-audio needs a codec with an encoder; {codec_path} has none")
-    sampling = SamplingParams(cfg_scale=config.cfg_scale).validate()
+    lyrics_scale = generator.gen_config.lyrics_scale if config.lyrics_scale is None else config.lyrics_scale
+    sampling = SamplingParams(cfg_scale=config.cfg_scale, lyrics_scale=lyrics_scale).validate()
     max_new_frames = frames_for_duration(config.seconds)
     songs = []
     runs = [(prompt, seed, True) for prompt in prompts for seed in config.seed_list]
@@ -912,6 +914,8 @@ def render_markdown(report: dict) -> str:
         f"{settings['languages']}{' (quick: first prompt of each)' if settings['quick'] else ''}; "
         f"duration {settings['duration']:g} s, {_seeds_text(settings)}, top-k {settings['sampling']['top_k']}, "
         f"temperature {settings['sampling']['temperature']:g}, CFG {settings['sampling']['cfg_scale']:g}, "
+        + (f"lyrics guidance {settings['sampling']['lyrics_scale']:g}, "
+           if settings["sampling"].get("lyrics_scale") is not None else "") +
         f"threads {settings['threads']}", "",
         "## 1. Songs", "",
         f"Each prompt generated {_times(settings.get('seeds', 1))} through `load_lm` -> `generate` -> "

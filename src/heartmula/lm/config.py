@@ -95,6 +95,9 @@ class GenerationConfig:
     text_eos_id: int = 128001
     audio_eos_id: int = 8193
     empty_id: int = 0
+    # Not in the official file: the lyrics guidance scale a model is made to be sampled with (see
+    # heartmula.lm.generation); None keeps upstream's single guidance of tags and lyrics together.
+    lyrics_scale: float | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GenerationConfig:
@@ -102,4 +105,4 @@ class GenerationConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def save(self, path: str | os.PathLike) -> None:
-        write_json(path, asdict(self))
+        write_json(path, {k: v for k, v in asdict(self).items() if v is not None})  # an official file stays as it was

@@ -10,13 +10,19 @@ for A/B parity checks:
 Batch layout: every song contributes one conditional row per tag prompt, plus one unconditional row when guided.
 Rows of different lengths are left-padded; RoPE positions start at 0 for every row, so padding changes nothing.
 Guidance for song s: uncond + cfg * sum_k w_k (cond_k - uncond), which is upstream's formula for one prompt.
+
+Lyrics guidance (not upstream; on when `SamplingParams.lyrics_scale` or the model's gen_config sets a scale): a
+sung song also gets a row per tag prompt with the same tags and no lyrics (`free_k`), and the guidance becomes
+    uncond + cfg * sum_k w_k (free_k - uncond) + lyrics_scale * sum_k w_k (cond_k - free_k),
+which is upstream's formula when lyrics_scale == cfg. A larger lyrics_scale pushes the song further toward what the
+lyrics add to the tags (singing, where the tags alone leave it open) without pushing the tags harder.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -48,6 +54,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = 50
     cfg_scale: float = 1.5
+    lyrics_scale: float | None = None  # guidance of the lyrics over the same tags alone; None: the model's default
 
     def validate(self) -> SamplingParams:
         if not (0 <= self.temperature < float("inf")):
@@ -56,6 +63,8 @@ class SamplingParams:
             raise HeartMuLaError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if not (0 <= self.cfg_scale < float("inf")):
             raise HeartMuLaError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.lyrics_scale is not None and not (0 <= self.lyrics_scale < float("inf")):
+            raise HeartMuLaError(f"lyrics_scale must be >= 0, got {self.lyrics_scale}")
         return self
 
 
@@ -95,6 +104,7 @@ class _Row:
     unconditional: bool
     weight: float = 0.0
     tags: str = ""
+    without_lyrics: bool = False  # the lyrics-guidance twin of a conditional row: same tags, empty lyrics
 
 
 class HeartMuLaGenerator:
@@ -191,6 +201,7 @@ class GenerationSession:
     compat: bool = False
     guided: bool | None = None
     min_new_frames: int = 0  # end-of-song is not sampled before this frame (0: the model decides from frame 1)
+    lyrics_guided: bool | None = None  # twin rows without lyrics for sung songs (None: when a lyrics scale is set)
     rows: list[_Row] = field(init=False)
     frame_index: int = field(init=False, default=0)
 
@@ -204,11 +215,15 @@ class GenerationSession:
         if self.min_new_frames and self.compat:
             raise HeartMuLaError("a minimum length needs the default mode (compat samples end-of-song freely)")
         self.sampling.validate()
+        if self.sampling.lyrics_scale is None:  # the model's default (None for the official release: upstream)
+            self.sampling = replace(self.sampling, lyrics_scale=self.generator.gen_config.lyrics_scale)
         model = self.generator.model
         self.device, self.dtype = model.device, model.dtype
         prompts = [song.tag_prompts() for song in self.songs]
         if self.guided is None:
             self.guided = self.sampling.cfg_scale != 1.0
+        if self.lyrics_guided is None:
+            self.lyrics_guided = self.sampling.lyrics_scale is not None and any(s.lyrics.strip() for s in self.songs)
         self.rows = self._layout_rows(prompts)
         self._check_context()
         self.generators = [
@@ -230,9 +245,14 @@ class GenerationSession:
         n, b = len(self.songs), len(self.rows)
         self.row_song = torch.tensor([r.song for r in self.rows], device=self.device)
         self.weights = torch.zeros(n, b, dtype=torch.float32, device=self.device)
+        self.weights_without_lyrics = torch.zeros(n, b, dtype=torch.float32, device=self.device)
         for i, row in enumerate(self.rows):
             if not row.unconditional:
-                self.weights[row.song, i] = row.weight
+                target = self.weights_without_lyrics if row.without_lyrics else self.weights
+                target[row.song, i] = row.weight
+        for song in range(n):  # a song without twins (no lyrics): its lyrics-free branch is the conditional one
+            if not self.weights_without_lyrics[song].any():
+                self.weights_without_lyrics[song] = self.weights[song]
         if self.guided:
             uncond_of_song = {r.song: i for i, r in enumerate(self.rows) if r.unconditional}
             self.uncond_rows = torch.tensor([uncond_of_song[s] for s in range(n)], device=self.device)
@@ -248,20 +268,25 @@ class GenerationSession:
             weights = validate_weights([p.weight for p in prompts[s]])
             for prompt, weight in zip(prompts[s], weights):
                 rows.append(self._make_row(s, prompt.tags, weight, False))
+                if self._has_twins(s):
+                    rows.append(self._make_row(s, prompt.tags, weight, False, without_lyrics=True))
         if self.guided:
             # The null row only needs the prompt's length: every text column embeds as the null text.
             for s in range(len(self.songs)):
                 rows.append(self._make_row(s, prompts[s][0].tags, 0.0, True))
         return rows
 
-    def _make_row(self, song: int, tags: str, weight: float, unconditional: bool) -> _Row:
+    def _has_twins(self, song: int) -> bool:
+        return self.lyrics_guided and bool(self.songs[song].lyrics.strip())
+
+    def _make_row(self, song: int, tags: str, weight: float, unconditional: bool, without_lyrics: bool = False):
         """Prompt rows [tags, reference slot, lyrics] followed by the song's audio prompt, if any."""
-        tokens, mask, slot = self.generator.build_prompt(tags, self.songs[song].lyrics)
+        tokens, mask, slot = self.generator.build_prompt(tags, "" if without_lyrics else self.songs[song].lyrics)
         audio = self.songs[song].audio_codes
         if audio is not None:
             audio_tokens, audio_mask = self._frame_rows(self._check_audio_codes(audio))
             tokens, mask = torch.cat([tokens, audio_tokens]), torch.cat([mask, audio_mask])
-        return _Row(song, tokens, mask, slot, unconditional, weight, tags)
+        return _Row(song, tokens, mask, slot, unconditional, weight, tags, without_lyrics)
 
     def _check_audio_codes(self, codes) -> torch.Tensor:
         codes = torch.as_tensor(codes)
@@ -317,17 +342,25 @@ class GenerationSession:
         """New weights for the song's tag prompts (normalised to sum 1); they apply from the next frame."""
         if not 0 <= song < len(self.songs):
             raise HeartMuLaError(f"song index {song} out of range")
-        rows = [i for i, r in enumerate(self.rows) if r.song == song and not r.unconditional]
+        rows = self._prompt_rows(song)
         if len(weights) != len(rows):
             raise HeartMuLaError(f"song {song} has {len(rows)} tag prompts, got {len(weights)} weights")
         normalised = validate_weights([float(w) for w in weights])
+        twins = self._prompt_rows(song, without_lyrics=True)
         for i, w in zip(rows, normalised):
-            self.weights[song, i] = w
             self.rows[i].weight = w
+        for i, w in zip(twins, normalised):
+            self.rows[i].weight = w
+        self._index_rows()
+
+    def _prompt_rows(self, song: int, without_lyrics: bool = False) -> list[int]:
+        """Indices of the song's rows for its tag prompts in prompt order (or of their lyrics-free twins)."""
+        return [i for i, r in enumerate(self.rows)
+                if r.song == song and not r.unconditional and r.without_lyrics == without_lyrics]
 
     def prompt_tags(self, song: int = 0) -> list[tuple[str, float]]:
         """The song's tag prompts and their current (normalised) weights, in row order."""
-        return [(r.tags, r.weight) for r in self.rows if r.song == song and not r.unconditional]
+        return [(self.rows[i].tags, self.rows[i].weight) for i in self._prompt_rows(song)]
 
     def add_prompt(self, song: int, tags: str, weights: Sequence[float]) -> None:
         """Add a tag prompt to a song; `weights` covers all its prompts, the new one last. Applies from the next frame.
@@ -345,30 +378,33 @@ class GenerationSession:
             raise HeartMuLaError(f"song {song} will have {current + 1} tag prompts, got {len(weights)} weights")
         normalised = validate_weights([float(w) for w in weights])
         row = self._make_row(song, tags, 0.0, False)
-        longest = max(len(r.tokens) for r in self.rows)
         max_seq_len = self.generator.model.config.backbone.max_seq_len
         if len(row.tokens) + self.max_new_frames > max_seq_len:
             raise HeartMuLaError(f"tag prompt {tags!r} makes the prompt too long for the model's context "
                                  f"({len(row.tokens)} + {self.max_new_frames} frames > {max_seq_len})")
-        if self.frame_index > 0:
-            self._add_row_to_caches(row, longest)
-        self.rows.append(row)
-        self._index_rows()
+        new_rows = [row]
+        if self._has_twins(song):
+            new_rows.append(self._make_row(song, tags, 0.0, False, without_lyrics=True))
+        for new_row in new_rows:
+            if self.frame_index > 0:
+                self._add_row_to_caches(new_row)
+            self.rows.append(new_row)
         self.set_prompt_weights(song, normalised)
 
     def remove_prompt(self, song: int, index: int, weights: Sequence[float]) -> None:
         """Drop the song's tag prompt number `index`; `weights` covers the remaining prompts. Applies from the next
         frame (its row leaves the batch, so the remaining prompts cost what they would have cost alone)."""
-        rows = [i for i, r in enumerate(self.rows) if r.song == song and not r.unconditional]
-        if not 0 <= song < len(self.songs) or not 0 <= index < len(rows):
+        rows = self._prompt_rows(song) if 0 <= song < len(self.songs) else []
+        if not 0 <= index < len(rows):
             raise HeartMuLaError(f"song {song} has no tag prompt number {index}")
         if len(rows) == 1:
             raise HeartMuLaError("a song needs at least one tag prompt; add the new one before removing the last")
         if len(weights) != len(rows) - 1:
             raise HeartMuLaError(f"song {song} will have {len(rows) - 1} tag prompts, got {len(weights)} weights")
         normalised = validate_weights([float(w) for w in weights])
-        drop = rows[index]
-        keep = [i for i in range(len(self.rows)) if i != drop]
+        twins = self._prompt_rows(song, without_lyrics=True)
+        drop = {rows[index], *twins[index : index + 1]}
+        keep = [i for i in range(len(self.rows)) if i not in drop]
         if self.frame_index > 0:
             self._activate()
             index_tensor = torch.tensor(keep, device=self.device)
@@ -381,7 +417,6 @@ class GenerationSession:
             self._rebuild_key_mask(backbone.cache_capacity)
             self._resize_decoder_cache(len(keep))
         self.rows = [self.rows[i] for i in keep]
-        self._index_rows()
         self.set_prompt_weights(song, normalised)
 
     def _rebuild_key_mask(self, capacity: int) -> None:
@@ -396,7 +431,7 @@ class GenerationSession:
         self._caches = self._model_caches()
 
     @torch.inference_mode()
-    def _add_row_to_caches(self, row: _Row, longest: int) -> None:
+    def _add_row_to_caches(self, row: _Row) -> None:
         model = self.generator.model
         fed = self._history[: self.frame_index - 1]  # the last frame is fed by the next step
         tokens, mask = row.tokens, row.mask
@@ -439,7 +474,7 @@ class GenerationSession:
         for i, r in enumerate(self.rows):
             tensors[f"row.{i}.tokens"], tensors[f"row.{i}.mask"] = r.tokens, r.mask
             rows.append(dict(song=r.song, reference_slot=r.reference_slot, unconditional=r.unconditional,
-                             weight=r.weight, tags=r.tags))
+                             weight=r.weight, tags=r.tags, without_lyrics=r.without_lyrics))
         songs = []
         for s, song in enumerate(self.songs):
             if song.reference_embedding is not None:
@@ -454,7 +489,7 @@ class GenerationSession:
             tensors["history"] = torch.stack(self._history)  # [frames, songs, K]
         meta = dict(songs=songs, rows=rows, sampling=dict(self.sampling.__dict__), max_new_frames=self.max_new_frames,
                     compat=self.compat, guided=self.guided, frame_index=self.frame_index,
-                    min_new_frames=self.min_new_frames)
+                    min_new_frames=self.min_new_frames, lyrics_guided=self.lyrics_guided)
         if self.frame_index > 0:
             self._activate()
             for i, layer in enumerate(self.generator.model.backbone.layers):
@@ -469,14 +504,16 @@ class GenerationSession:
         """Rebuild a session saved with `state_dict` (on a generator with the same model)."""
         songs = []
         for s, info in enumerate(meta["songs"]):
-            tags = [(r["tags"], r["weight"]) for r in meta["rows"] if r["song"] == s and not r["unconditional"]]
+            tags = [(r["tags"], r["weight"]) for r in meta["rows"]
+                    if r["song"] == s and not r["unconditional"] and not r.get("without_lyrics")]
             songs.append(SongRequest(lyrics=info["lyrics"], tags=tags, seed=info["seed"],
                                      reference_embedding=tensors.get(f"song.{s}.reference"),
                                      audio_codes=tensors.get(f"song.{s}.audio_codes")))
         session = cls(generator, songs, SamplingParams(**meta["sampling"]), meta["max_new_frames"], meta["compat"],
-                      meta["guided"], meta.get("min_new_frames", 0))
+                      meta["guided"], meta.get("min_new_frames", 0), meta.get("lyrics_guided", False))
         session.rows = [_Row(r["song"], tensors[f"row.{i}.tokens"], tensors[f"row.{i}.mask"], r["reference_slot"],
-                             r["unconditional"], r["weight"], r["tags"]) for i, r in enumerate(meta["rows"])]
+                             r["unconditional"], r["weight"], r["tags"], r.get("without_lyrics", False))
+                        for i, r in enumerate(meta["rows"])]
         session._index_rows()
         device = session.device
         for s, g in enumerate(session.generators):
@@ -510,15 +547,26 @@ class GenerationSession:
         return session
 
     def update_sampling(self, **changes) -> None:
-        """Change temperature / top_k / cfg_scale from the next frame on; invalid values leave all unchanged."""
+        """Change temperature / top_k / cfg_scale / lyrics_scale from the next frame on; invalid values leave all
+        unchanged."""
         candidate = SamplingParams(**{**self.sampling.__dict__, **changes}).validate()
         if candidate.cfg_scale != 1.0 and not self.guided:
             raise HeartMuLaError("this session has no unconditional row; start it with guided=True to change CFG")
+        if candidate.lyrics_scale != self.sampling.lyrics_scale and not self.lyrics_guided:
+            raise HeartMuLaError("this session has no rows without lyrics; start it with a lyrics scale (and lyrics) "
+                                 "to change it")
         self.sampling = candidate
 
     def _guide(self, logits: torch.Tensor) -> torch.Tensor:
         """Row logits [rows, V] -> guided logits [songs, V]."""
         logits = logits.float()
+        if self.lyrics_guided:
+            conditional, without_lyrics = self.weights @ logits, self.weights_without_lyrics @ logits
+            lyrics_delta = (conditional - without_lyrics) * self.sampling.lyrics_scale
+            if not self.guided:
+                return without_lyrics + lyrics_delta
+            uncond = logits.index_select(0, self.uncond_rows)
+            return uncond + (without_lyrics - uncond) * self.sampling.cfg_scale + lyrics_delta
         if not self.guided:
             return self.weights @ logits
         delta = self.weights @ (logits - logits.index_select(0, self.uncond_of_row))
