@@ -322,10 +322,11 @@ def test_several_seeds_per_prompt_make_several_songs_and_prompt_level_statistics
     out = tmp_path / "report"
     assert main(["eval", "report", "--out", str(out), "--model", str(models), "--quick", "--duration", "1",
                  "--languages", "en,instrumental", "--seed", "3", "--seeds", "2", "--threads", "1",
-                 "--no-lyrics-contrast", "--quiet"]) == 0
+                 "--no-lyrics-contrast", "--lyrics-scale", "3", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["songs_without_lyrics"] == [] and report["lyrics"]["singing"] is None
-    assert "--no-lyrics-contrast" in report["command"]
+    assert "--no-lyrics-contrast" in report["command"] and "--lyrics-scale 3" in report["command"]
+    assert report["settings"]["sampling"]["lyrics_scale"] == 3
     songs = report["songs"]
     assert [(s["id"], s["prompt"], s["seed"]) for s in songs] == [
         ("en-ballad-seed3", "en-ballad", 3), ("en-ballad-seed4", "en-ballad", 4),
@@ -338,7 +339,8 @@ def test_several_seeds_per_prompt_make_several_songs_and_prompt_level_statistics
     assert clap["own_mean"] == pytest.approx(np.mean([s["clap_own"] for s in songs]))
     assert report["tags"]["tempo"]["groups"]["slow"]["songs"] == 2  # two slow prompts, not four songs
     assert report["lyrics"]["languages"]["en"]["songs"] == 2  # lyric errors pool every song
-    assert report["settings"]["seeds"] == 2 and "seeds 3-4" in (out / "report.md").read_text(encoding="utf-8")
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert report["settings"]["seeds"] == 2 and "seeds 3-4" in markdown and "lyrics guidance 3," in markdown
 
 
 def test_zero_seeds_is_a_clear_error(models, tmp_path, capsys):
@@ -352,5 +354,6 @@ def test_help_explains_every_option(capsys):
         main(["eval", "report", "--help"])
     text = capsys.readouterr().out
     for option in ("--out", "--model", "--codec", "--version", "--duration", "--languages", "--seeds", "--threads",
-                   "--quick", "--corpus", "--ceiling", "--codec-audio", "--cfg-scale", "--no-lyrics-contrast"):
+                   "--quick", "--corpus", "--ceiling", "--codec-audio", "--cfg-scale", "--lyrics-scale",
+                   "--no-lyrics-contrast"):
         assert option in text, option

@@ -29,6 +29,7 @@ from heartmula.data.manifest import SPLITS, manifest_path, read_manifest, write_
 from heartmula.errors import HeartMuLaError
 
 FADE_SECONDS = 0.04  # the muted voice fades out this fast: the next line may start right at the cut
+ACCOMPANIMENT_SUFFIX = "-inst"  # id (and audio name) of a sung song's accompaniment-only variant: <id>-inst
 
 
 @dataclass
@@ -71,7 +72,8 @@ def _variants_of(row: dict, out: Path, config: VariantConfig) -> list[dict]:
     kept = int(rng.integers(1, min(len(timing) - 1, config.max_kept_lines) + 1))
     base = {key: value for key, value in row.items() if key not in ("audio", "vocals", "index")}
     variants = [
-        {**base, "id": f"{row['id']}-inst", "lyrics": "", "timing": [], "audio": f"audio/{row['id']}-inst.flac",
+        {**base, "id": f"{row['id']}{ACCOMPANIMENT_SUFFIX}", "lyrics": "", "timing": [],
+         "audio": f"audio/{row['id']}{ACCOMPANIMENT_SUFFIX}.flac",
          "vocals": None, "variant": {"of": row["id"], "kind": "instrumental"}},
         {**base, "id": f"{row['id']}-lines", "lyrics": kept_lines_lyrics(timing, kept), "timing": timing[:kept],
          # named by the lines kept, what alone decides the audio: a rerun with another --seed never reuses a file
