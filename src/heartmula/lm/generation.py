@@ -12,8 +12,8 @@ Rows of different lengths are left-padded; RoPE positions start at 0 for every r
 Guidance for song s: uncond + cfg * sum_k w_k (cond_k - uncond), which is upstream's formula for one prompt.
 
 Lyrics guidance (not upstream; on when `SamplingParams.lyrics_scale` or the model's gen_config sets a scale): a
-sung song also gets a row per tag prompt with the same tags and no lyrics (`free_k`), and the guidance becomes
-    uncond + cfg * sum_k w_k (free_k - uncond) + lyrics_scale * sum_k w_k (cond_k - free_k),
+sung song also gets a row per tag prompt with the same tags and no lyrics (`bare_k`), and the guidance becomes
+    uncond + cfg * sum_k w_k (bare_k - uncond) + lyrics_scale * sum_k w_k (cond_k - bare_k),
 which is upstream's formula when lyrics_scale == cfg. A larger lyrics_scale pushes the song further toward what the
 lyrics add to the tags (singing, where the tags alone leave it open) without pushing the tags harder.
 """
@@ -346,11 +346,9 @@ class GenerationSession:
         if len(weights) != len(rows):
             raise HeartMuLaError(f"song {song} has {len(rows)} tag prompts, got {len(weights)} weights")
         normalised = validate_weights([float(w) for w in weights])
-        twins = self._prompt_rows(song, without_lyrics=True)
-        for i, w in zip(rows, normalised):
-            self.rows[i].weight = w
-        for i, w in zip(twins, normalised):
-            self.rows[i].weight = w
+        for prompt_rows in (rows, self._prompt_rows(song, without_lyrics=True)):  # a twin follows its prompt
+            for i, w in zip(prompt_rows, normalised):
+                self.rows[i].weight = w
         self._index_rows()
 
     def _prompt_rows(self, song: int, without_lyrics: bool = False) -> list[int]:
