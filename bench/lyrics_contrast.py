@@ -12,12 +12,16 @@ Scale `none` is upstream's single guidance of tags and lyrics together (CFG 1.5 
 against the same tags without them (`heartmula generate --lyrics-scale`); `model` is the model's own gen_config
 `lyrics_scale`. Empty lyrics are generated once per seed: without lyrics there is nothing to guide.
 
+Whether they decide how long it sings: each prompt again with only its first sung line (a section header and one
+line, as the first-lines variants of `heartmula data variants` teach), against all its lines, both at scale `none`:
+voiced seconds in the song's second half, where a model that follows the lyrics has stopped singing after one line.
+
 With `--cache` (a token cache of a corpus made by `heartmula data variants`), each model is also teacher-forced on
 the cache's val songs that have an accompaniment-only variant: codebook-0 loss (nats per code) of the sung song
 with its lyrics and without, and of its accompaniment without the lyrics and with them. A model that reads the
 lyrics has the lower loss with them on the sung song and without them on the accompaniment.
 
-    python bench/lyrics_contrast.py --models default work/lm-lyrics/run2 --seeds 0 1 --scales none 4 \
+    python bench/lyrics_contrast.py --models default --seeds 0 1 --scales none 4 \
         --cache work/lm-lyrics/cache           # writes bench/results/lyrics_contrast.json
 """
 
@@ -27,6 +31,7 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +49,31 @@ from heartmula.transcribe.pipeline import voiced_seconds
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def voiced(generator, codec, song: SongRequest, sampling: SamplingParams, frames: int) -> tuple[float, float]:
-    """(voiced seconds of the decoded song, LM milliseconds per frame)."""
+def voiced(generator, codec, song: SongRequest, sampling: SamplingParams, frames: int) -> tuple[float, float, float]:
+    """(voiced seconds of the decoded song, of its second half, LM milliseconds per frame)."""
     torch.manual_seed(song.seed)
     began = time.perf_counter()
     codes = generator.generate([song], sampling, frames, min_new_frames=frames)[0]
     ms_per_frame = 1000 * (time.perf_counter() - began) / codes.shape[1]
     audio, rate = codec.decode(codes.numpy().astype(np.int64), seed=song.seed)
-    return voiced_seconds(audio, rate), ms_per_frame
+    return voiced_seconds(audio, rate), voiced_seconds(audio[..., audio.shape[-1] // 2:], rate), ms_per_frame
+
+
+def voiced_songs(generator, codec, songs: list, frames: int, model: str, lyrics_of, sampling: SamplingParams,
+                 desc: str) -> list[tuple[float, float, float]]:
+    """`voiced` of every (prompt, seed) in `songs`, each with the lyrics `lyrics_of(prompt)`."""
+    return [voiced(generator, codec, SongRequest(lyrics_of(p), p.tags, seed=seed), sampling, frames)
+            for p, seed in tqdm(songs, desc=f"{model}: {desc}", unit="song")]
+
+
+def first_line(lyrics: str) -> str:
+    """The lyrics up to their first sung line: its section header (if any) and that line."""
+    kept = []
+    for line in lyrics.strip().splitlines():
+        kept.append(line)
+        if line.strip() and not line.strip().startswith("["):
+            break
+    return "\n".join(kept)
 
 
 def forced_codebook0_loss(path: Path, cache: Path, context: int = 512) -> dict:
@@ -98,7 +120,8 @@ def main() -> None:
     prompts = select_prompts("en,zh,ja,ko,es")
     frames = frames_for_duration(args.duration)
     codec = load_codec(resolve_codec(None, resolve_lm(None, "3B")))  # the default codec: every model here speaks it
-    results, forced = [], []
+    songs = [(p, seed) for p in prompts for seed in args.seeds]
+    results, forced, lengths = [], [], []
     for model in args.models:
         path = resolve_lm(None if model == "default" else model, "3B")
         generator = load_lm(path, "3B")
@@ -106,26 +129,36 @@ def main() -> None:
         if args.cache:
             forced.append({"model": model, **forced_codebook0_loss(path, args.cache)})
             print(json.dumps(forced[-1]), flush=True)
-        songs = [(p, seed) for p in prompts for seed in args.seeds]
-        without = [voiced(generator, codec, SongRequest("", p.tags, seed=seed), SamplingParams(), frames)[0]
-                   for p, seed in tqdm(songs, desc=f"{model}: no lyrics", unit="song")]
+        measure = partial(voiced_songs, generator, codec, songs, frames, model)
+        without = measure(lambda p: "", SamplingParams(), "no lyrics")
+        all_lines = None
         for scale in args.scales:
             value = {"none": None, "model": own_scale}.get(scale, scale)
             sampling = SamplingParams(lyrics_scale=None if value is None else float(value))
-            measured = [voiced(generator, codec, SongRequest(p.lyrics, p.tags, seed=seed), sampling, frames)
-                        for p, seed in tqdm(songs, desc=f"{model}: lyrics scale {scale}", unit="song")]
-            summary = paired_summary([v for v, _ in measured], without)
+            measured = measure(lambda p: p.lyrics, sampling, f"lyrics scale {scale}")
+            all_lines = measured if value is None else all_lines
+            summary = paired_summary([v[0] for v in measured], [v[0] for v in without])
             results.append({"model": model, "lyrics_scale": scale if value is None else float(value),
                             "pairs": summary["songs"],
                             "voiced_with_lyrics": round(summary["own_mean"], 2),
                             "voiced_without_lyrics": round(summary["shuffled_mean"], 2),
                             "cohens_dz": round(summary["cohens_dz"], 2),
                             "share_more_with_lyrics": round(summary["own_above_shuffled"], 2),
-                            "lm_ms_per_frame": round(float(np.median([ms for _, ms in measured])), 1)})
+                            "lm_ms_per_frame": round(float(np.median([v[2] for v in measured])), 1)})
             print(json.dumps(results[-1]), flush=True)
+        if all_lines is None:
+            all_lines = measure(lambda p: p.lyrics, SamplingParams(), "lyrics scale none")
+        one_line = measure(lambda p: first_line(p.lyrics), SamplingParams(), "first line only")
+        summary = paired_summary([v[1] for v in all_lines], [v[1] for v in one_line])
+        lengths.append({"model": model, "pairs": summary["songs"],
+                        "second_half_voiced_all_lines": round(summary["own_mean"], 2),
+                        "second_half_voiced_first_line": round(summary["shuffled_mean"], 2),
+                        "cohens_dz": round(summary["cohens_dz"], 2),
+                        "share_more_with_all_lines": round(summary["own_above_shuffled"], 2)})
+        print(json.dumps(lengths[-1]), flush=True)
     report = {"machine": {**machine(), "threads": args.threads}, "duration": args.duration, "seeds": args.seeds,
               "prompts": [p.id for p in prompts], "cfg_scale": SamplingParams().cfg_scale, "results": results,
-              "teacher_forced_codebook0": forced}
+              "first_line_only": lengths, "teacher_forced_codebook0": forced}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
