@@ -40,6 +40,7 @@ from _machine import machine
 from tqdm import tqdm
 
 from heartmula.codec.pretrained import load_codec
+from heartmula.data.manifest import parse_lyrics_sections
 from heartmula.data.variants import ACCOMPANIMENT_SUFFIX
 from heartmula.eval.report import paired_summary, select_prompts
 from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
@@ -67,13 +68,17 @@ def voiced_songs(generator, codec, songs: list, frames: int, model: str, lyrics_
 
 
 def first_line(lyrics: str) -> str:
-    """The lyrics up to their first sung line: its section header (if any) and that line."""
-    kept = []
-    for line in lyrics.strip().splitlines():
-        kept.append(line)
-        if line.strip() and not line.strip().startswith("["):
-            break
-    return "\n".join(kept)
+    """The lyrics' first sung line, under its section header (if any)."""
+    section, lines = next((name, lines) for name, lines in parse_lyrics_sections(lyrics) if lines)
+    return f"[{section}]\n{lines[0]}" if section else lines[0]
+
+
+def paired(a: list[float], b: list[float], a_name: str, b_name: str, share_name: str) -> dict:
+    """Means of paired measures a and b, the effect size d_z of a - b and the share of pairs where a is larger."""
+    summary = paired_summary(a, b)
+    return {"pairs": summary["songs"], a_name: round(summary["own_mean"], 2),
+            b_name: round(summary["shuffled_mean"], 2), "cohens_dz": round(summary["cohens_dz"], 2),
+            share_name: round(summary["own_above_shuffled"], 2)}
 
 
 def forced_codebook0_loss(path: Path, cache: Path, context: int = 512) -> dict:
@@ -137,24 +142,17 @@ def main() -> None:
             sampling = SamplingParams(lyrics_scale=None if value is None else float(value))
             measured = measure(lambda p: p.lyrics, sampling, f"lyrics scale {scale}")
             all_lines = measured if value is None else all_lines
-            summary = paired_summary([v[0] for v in measured], [v[0] for v in without])
             results.append({"model": model, "lyrics_scale": scale if value is None else float(value),
-                            "pairs": summary["songs"],
-                            "voiced_with_lyrics": round(summary["own_mean"], 2),
-                            "voiced_without_lyrics": round(summary["shuffled_mean"], 2),
-                            "cohens_dz": round(summary["cohens_dz"], 2),
-                            "share_more_with_lyrics": round(summary["own_above_shuffled"], 2),
+                            **paired([v[0] for v in measured], [v[0] for v in without], "voiced_with_lyrics",
+                                     "voiced_without_lyrics", "share_more_with_lyrics"),
                             "lm_ms_per_frame": round(float(np.median([v[2] for v in measured])), 1)})
             print(json.dumps(results[-1]), flush=True)
         if all_lines is None:
             all_lines = measure(lambda p: p.lyrics, SamplingParams(), "lyrics scale none")
         one_line = measure(lambda p: first_line(p.lyrics), SamplingParams(), "first line only")
-        summary = paired_summary([v[1] for v in all_lines], [v[1] for v in one_line])
-        lengths.append({"model": model, "pairs": summary["songs"],
-                        "second_half_voiced_all_lines": round(summary["own_mean"], 2),
-                        "second_half_voiced_first_line": round(summary["shuffled_mean"], 2),
-                        "cohens_dz": round(summary["cohens_dz"], 2),
-                        "share_more_with_all_lines": round(summary["own_above_shuffled"], 2)})
+        lengths.append({"model": model, **paired([v[1] for v in all_lines], [v[1] for v in one_line],
+                                                 "second_half_voiced_all_lines", "second_half_voiced_first_line",
+                                                 "share_more_with_all_lines")})
         print(json.dumps(lengths[-1]), flush=True)
     report = {"machine": {**machine(), "threads": args.threads}, "duration": args.duration, "seeds": args.seeds,
               "prompts": [p.id for p in prompts], "cfg_scale": SamplingParams().cfg_scale, "results": results,
