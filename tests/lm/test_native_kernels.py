@@ -2,8 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.nn import native
-from heartmula.nn.layers import NATIVE_ROWS, linear
+from heartmula.nn.layers import NATIVE_ROWS, Linear, linear
+from heartmula.nn.quant import quantize_linears
+from heartmula.nn.transformer import Transformer, TransformerConfig
 
 
 @pytest.fixture
@@ -98,3 +101,124 @@ def test_other_cpus_keep_torch_products(monkeypatch, fresh_loader):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     assert "no AVX2" in native.unavailable_reason()
     assert native.kernels() is None and native.main() == 0
+
+
+def make_transformer(heads: int, kv_heads: int, dim: int, layers: int = 2) -> Transformer:
+    config = TransformerConfig(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim,
+                               intermediate_dim=3 * dim, max_seq_len=256)
+    torch.manual_seed(heads * 100 + kv_heads * 10 + dim)
+    model = Transformer(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param) * 0.3 + (1.0 if param.dim() == 1 else 0.0))
+    model.fuse_projections()
+    return model.eval()
+
+
+def run_with_cache(model, x, positions, start, key_mask, filled_cache, use_native: bool):
+    """Output and caches of `model` continuing `filled_cache` with x, on the native step or on torch's path."""
+    model.setup_cache(len(filled_cache[0][0]), filled_cache[0][0].shape[2], torch.float32, "cpu")
+    for layer, (k, v) in zip(model.layers, filled_cache):
+        layer.attn.cache.k.copy_(k)
+        layer.attn.cache.v.copy_(v)
+    calls = []
+    step = model._native_step
+    model._native_step = lambda *args: calls.append(1) or step(*args)
+    with torch.inference_mode():
+        if use_native:
+            out = model(x, positions, start=start, key_mask=key_mask)
+        else:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(native, "_loaded", None)
+                patch.setattr(native, "_tried", True)
+                out = model(x, positions, start=start, key_mask=key_mask)
+    assert len(calls) == int(use_native)
+    return out, [(layer.attn.cache.k.clone(), layer.attn.cache.v.clone()) for layer in model.layers]
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(8, 2, 512), (4, 4, 96), (6, 2, 60), (4, 1, 40)])
+@pytest.mark.parametrize(("batch", "tokens", "start"), [(2, 1, 37), (3, 2, 0), (1, 1, 0), (2, 4, 9)])
+def test_transformer_step_matches_torch(kernels, heads, kv_heads, dim, batch, tokens, start):
+    """A decoding step in one native call = the layer-by-layer torch path: hidden states and the cache writes.
+    Head sizes 64, 24, 10 and 10 cover whole and partial 8- and 32-float blocks; grouped and plain attention."""
+    model = make_transformer(heads, kv_heads, dim)
+    head_dim = dim // heads
+    capacity = 48
+    filled = [(torch.randn(batch + 1, kv_heads, capacity, head_dim), torch.randn(batch + 1, kv_heads, capacity,
+                                                                                 head_dim)) for _ in model.layers]
+    x = torch.randn(batch, tokens, dim)
+    positions = torch.arange(start, start + tokens) + torch.arange(batch)[:, None] * 3  # rows at other positions
+    key_mask = torch.ones(batch, capacity, dtype=torch.bool)
+    key_mask[0, : start // 2] = False  # left padding of the first row
+    key_mask = key_mask[:, : start + tokens]  # as the session passes it: a view of the filled slots
+    expected, expected_cache = run_with_cache(model, x, positions, start, key_mask, filled, use_native=False)
+    got, got_cache = run_with_cache(model, x, positions, start, key_mask, filled, use_native=True)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for got_kv, expected_kv in zip(got_cache, expected_cache):  # K/V grow to ~20 through random layers
+        torch.testing.assert_close(got_kv, expected_kv, rtol=1e-4, atol=1e-3)
+    unmasked, _ = run_with_cache(model, x, positions, start, None, filled, use_native=True)
+    if start >= 2:  # the padding mask matters
+        assert not torch.allclose(unmasked[0], got[0], atol=1e-3)
+
+
+def test_transformer_step_only_where_it_computes_the_same(kernels):
+    model = make_transformer(4, 2, 64)
+    model.setup_cache(2, 32, torch.float32, "cpu")
+    x = torch.randn(2, 1, 64)
+    with torch.inference_mode():
+        assert model._native_step_applies(x)
+        assert not model._native_step_applies(torch.randn(NATIVE_ROWS + 1, 1, 64))  # a prefill: torch's products
+        assert not model._native_step_applies(x.double())
+        for layer in model.layers:  # compat mode: upstream's separate F.linear products
+            for module in layer.modules():
+                if isinstance(module, Linear):
+                    module.few_rows_transposed = False
+        assert not model._native_step_applies(x)
+    assert not make_transformer(4, 2, 64)._native_step_applies(x)  # autograd on: training
+    unfused = Transformer(model.config).eval()
+    with torch.inference_mode():
+        assert not unfused._native_step_applies(x)  # separate q/k/v: not the layout the kernel reads
+        quantized = make_transformer(4, 2, 64)
+        quantize_linears(quantized)
+        assert not quantized._native_step_applies(x)
+
+
+def test_generation_with_and_without_the_native_step(kernels, generator, monkeypatch):
+    """Whole songs: the native step changes float32 rounding only, so greedy codes stay the same."""
+    songs = [SongRequest(lyrics="[verse]\nla la la\n[chorus]\nsing", tags="pop,piano", seed=3),
+             SongRequest(lyrics="", tags="jazz", seed=4)]
+    sampling = SamplingParams(top_k=1, cfg_scale=1.5)
+    calls = []
+    step = native.kernels().transformer_step
+    spy = type("Spy", (), {"few_rows_linear": staticmethod(native.kernels().few_rows_linear),
+                           "transformer_step": staticmethod(lambda *a: calls.append(1) or step(*a))})()
+    monkeypatch.setattr(native, "_loaded", spy)
+    with_native = generator.generate(songs, sampling, 12)
+    assert calls  # backbone and local decoder steps
+    monkeypatch.setattr(native, "_loaded", None)
+    without = generator.generate(songs, sampling, 12)
+    assert all(torch.equal(a, b) for a, b in zip(with_native, without))
+
+
+def test_transformer_step_rejects_what_it_cannot_read(kernels):
+    model = make_transformer(4, 2, 64, layers=1)
+    model.setup_cache(2, 16, torch.float32, "cpu")
+    x = torch.randn(2, 1, 64)
+    rope = torch.view_as_real(model.rope_rows(torch.tensor([3])))
+    layer = model.layers[0]
+    tensors = [layer.sa_norm.scale, layer.attn.fused_qkv.weight, layer.attn.output_proj.weight, layer.mlp_norm.scale,
+               layer.mlp.fused_gate_up.weight, layer.mlp.w2.weight, layer.attn.cache.k, layer.attn.cache.v]
+    args = (model.norm.scale, 4, 2, 1e-5)
+    with torch.inference_mode():
+        assert kernels.transformer_step(x, rope, None, 3, tensors, *args).shape == (2, 1, 64)
+        with pytest.raises(RuntimeError, match="8 tensors per layer"):
+            kernels.transformer_step(x, rope, None, 3, tensors[:7], *args)
+        with pytest.raises(RuntimeError, match="layer 0 tensor 2 has the wrong shape"):
+            kernels.transformer_step(x, rope, None, 3, tensors[:2] + [tensors[2][:, :32].contiguous()] + tensors[3:],
+                                     *args)
+        with pytest.raises(RuntimeError, match="layer 0 tensor 6 has the wrong shape"):  # the cache is full
+            kernels.transformer_step(x, rope, None, 16, tensors, *args)
+        with pytest.raises(RuntimeError, match="key_mask"):
+            kernels.transformer_step(x, rope, torch.ones(2, 3, dtype=torch.bool), 3, tensors, *args)
+        with pytest.raises(RuntimeError, match="rope"):
+            kernels.transformer_step(x, torch.cat([rope, rope], dim=1), None, 3, tensors, *args)  # 2 tokens

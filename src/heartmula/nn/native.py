@@ -1,5 +1,5 @@
-"""An optional C++ kernel for float32 decoding on x86 CPUs with AVX2 + FMA (`few_rows.cpp`): the few-row
-products of `heartmula.nn.layers.linear`.
+"""Optional C++ kernels for float32 decoding on x86 CPUs with AVX2 + FMA (`decoding.cpp`): the few-row products
+of `heartmula.nn.layers.linear` and a whole transformer step over a few new tokens (`heartmula.nn.transformer`).
 
 It is compiled once per machine with torch's extension builder (g++ and ninja, about a minute; `scripts/setup.sh`
 does it ahead of time: `python3 -m heartmula.nn.native`) and cached in torch's extension folder
@@ -20,7 +20,7 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("few_rows.cpp")
+SOURCE = Path(__file__).with_name("decoding.cpp")
 _loaded: ModuleType | None = None
 _tried = False
 _lock = threading.Lock()

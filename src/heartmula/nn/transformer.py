@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heartmula.nn.layers import FusedLinear, Linear, RMSNorm, SwiGLU
+from heartmula.nn import native
+from heartmula.nn.layers import NATIVE_ROWS, FusedLinear, Linear, RMSNorm, SwiGLU
 from heartmula.nn.rope import apply_rope, inverse_frequencies, rope_table
 
 
@@ -127,6 +128,15 @@ class TransformerLayer(nn.Module):
         self.mlp_norm = RMSNorm(config.embed_dim, config.norm_eps)
         self.mlp = SwiGLU(config.embed_dim, config.intermediate_dim)
 
+    def runs_on_float_products(self) -> bool:
+        """Whether every product of the layer is a float32 few-row product with q/k/v and gate/up fused (not int8
+        layers, not upstream's separate F.linear products of compat mode)."""
+        fused = (self.attn.fused_qkv, self.mlp.fused_gate_up)
+        return (all(f is not None and f.quantized is None and f.active() and f.weight.dtype == torch.float32
+                    for f in fused)
+                and all(isinstance(m, Linear) and m.weight.dtype == torch.float32
+                        for m in (self.attn.output_proj, self.mlp.w2)))
+
     def forward(self, x, rope, start, key_mask):
         h = x + self.attn(self.sa_norm(x), rope, start, key_mask)
         return h + self.mlp(self.mlp_norm(h))
@@ -180,6 +190,28 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """x [b, s, d]; positions [s] or [b, s] (RoPE); `start`: cache slot of x[:, 0] (None = no cache, causal)."""
         rope = self.rope_rows(positions)
+        if start is not None and self._native_step_applies(x):
+            kernels = native.kernels()
+            if kernels is not None:
+                return self._native_step(kernels, x, rope, start, key_mask)
         for layer in self.layers:
             x = layer(x, rope, start, key_mask)
         return self.norm(x)
+
+    def _native_step_applies(self, x: torch.Tensor) -> bool:
+        """Whether a decoding step may run as one native call (`decoding.cpp`): a few float32 CPU rows, no autograd,
+        no compiled graph, and every layer on its fused float products (so not in compat mode, not int8)."""
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] * x.shape[1] <= NATIVE_ROWS
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and all(layer.runs_on_float_products() for layer in self.layers)
+                and self.norm.scale.dtype == torch.float32)
+
+    def _native_step(self, kernels, x, rope, start, key_mask) -> torch.Tensor:
+        tensors = []
+        for layer in self.layers:
+            attn, mlp = layer.attn, layer.mlp
+            tensors += [layer.sa_norm.scale, attn.fused_qkv.weight, attn.output_proj.weight, layer.mlp_norm.scale,
+                        mlp.fused_gate_up.weight, mlp.w2.weight, attn.cache.k, attn.cache.v]
+        c = self.config
+        return kernels.transformer_step(x.contiguous(), torch.view_as_real(rope), key_mask, start, tensors,
+                                        self.norm.scale, c.num_heads, c.num_kv_heads, c.norm_eps)

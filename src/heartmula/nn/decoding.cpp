@@ -1,0 +1,300 @@
+// Float32 kernels for decoding on x86 CPUs with AVX2 + FMA, built once by heartmula.nn.native.
+//
+// Decoding multiplies a few rows (2-3 per song with guidance) by every weight matrix, so its speed is the speed at
+// which the weights stream from memory. torch's BLAS reads them at about half the memory bandwidth on some CPUs
+// for such products; `few_rows_linear` streams each weight row once, in order, and multiplies it with every input
+// row while it sits in L1.
+//
+// `transformer_step` runs a whole Llama-style transformer (heartmula.nn.transformer) over a few new tokens with
+// its KV cache: the same products, plus the norms, RoPE, attention and SwiGLU between them, in one call. Decoding
+// a frame of the 36M LM takes about 2,000 small torch operations besides the products; their fixed cost
+// (tens of microseconds each) was half of every frame.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+namespace {
+
+float horizontal_sum(__m256 v) {
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  sum = _mm_add_ss(sum, _mm_shuffle_ps(sum, sum, 1));
+  return _mm_cvtss_f32(sum);
+}
+
+// How far ahead of its reads a product asks for its weights (floats): the hardware prefetcher alone left the
+// few-row products at 15-20 GB/s on a 2-core Xeon whose memory delivers 25-28; asking 4-8 KB ahead gave 22-28
+// (work/scratch experiments, 512 B to 16 KB tried).
+constexpr int64_t kPrefetchAhead = 2048;
+
+// Dot products of one weight row with `R` input rows (R = 1 or 2), four independent accumulators per input row so
+// that the FMA latency does not limit the stream. `Stream`: prefetch the weights ahead (a product's long stream).
+template <int R, bool Stream = false>
+void dot_rows(const float* w, const float* const* x, int64_t k, float* out) {
+  __m256 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    if (Stream) {  // two cache lines per 32 floats
+      _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchAhead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchAhead + 16), _MM_HINT_T0);
+    }
+    __m256 wv[4];
+    for (int j = 0; j < 4; ++j) wv[j] = _mm256_loadu_ps(w + i + 8 * j);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x[r] + i + 8 * j), acc[r][j]);
+  }
+  for (; i + 8 <= k; i += 8) {
+    __m256 wv = _mm256_loadu_ps(w + i);
+    for (int r = 0; r < R; ++r) acc[r][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[r] + i), acc[r][0]);
+  }
+  for (int r = 0; r < R; ++r) {
+    float sum = horizontal_sum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
+    for (int64_t t = i; t < k; ++t) sum += w[t] * x[r][t];
+    out[r] = sum;
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  const float* rows[1] = {b};
+  float sum;
+  dot_rows<1>(a, rows, n, &sum);
+  return sum;
+}
+
+// y += alpha * x
+void axpy(float alpha, const float* x, float* y, int64_t n) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+void check_float_cpu(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(), name,
+              " must be a contiguous float32 CPU tensor");
+}
+
+// out[rows, n] = x[rows, k] @ w[n, k].T (+ bias). Each thread streams its own contiguous block of weight rows.
+void product(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, const float* bias, float* out) {
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const float* w_row = w + o * k;
+      const float bias_value = bias ? bias[o] : 0.0f;
+      int64_t r = 0;
+      for (; r + 2 <= rows; r += 2) {
+        const float* x_rows[2] = {x + r * k, x + (r + 1) * k};
+        float sums[2];
+        dot_rows<2, true>(w_row, x_rows, k, sums);
+        out[r * n + o] = sums[0] + bias_value;
+        out[(r + 1) * n + o] = sums[1] + bias_value;
+      }
+      if (r < rows) {
+        const float* x_rows[1] = {x + r * k};
+        float sum;
+        dot_rows<1, true>(w_row, x_rows, k, &sum);
+        out[r * n + o] = sum + bias_value;
+      }
+    }
+  });
+}
+
+// out = x * rsqrt(mean(x^2) + eps) * scale, row by row (F.rms_norm)
+void rms_norm(const float* x, int64_t rows, int64_t d, const float* scale, float eps, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * d;
+    const float inverse = 1.0f / std::sqrt(dot(xr, xr, d) / d + eps);
+    for (int64_t i = 0; i < d; ++i) out[r * d + i] = xr[i] * inverse * scale[i];
+  }
+}
+
+// Rotates adjacent pairs (even, odd) of each head by (cos, sin): the complex product of heartmula.nn.rope.
+void rotate(float* x, int64_t heads, int64_t head_dim, const float* cos_sin) {
+  for (int64_t h = 0; h < heads; ++h) {
+    float* xh = x + h * head_dim;
+    for (int64_t p = 0; p < head_dim / 2; ++p) {
+      const float a = xh[2 * p], b = xh[2 * p + 1], c = cos_sin[2 * p], s = cos_sin[2 * p + 1];
+      xh[2 * p] = a * c - b * s;
+      xh[2 * p + 1] = a * s + b * c;
+    }
+  }
+}
+
+}  // namespace
+
+// x [rows, k] @ weight[n, k].T (+ bias [n]) -> [rows, n]
+torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& weight,
+                              const c10::optional<torch::Tensor>& bias) {
+  check_float_cpu(x, "x");
+  check_float_cpu(weight, "weight");
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "shapes do not match");
+  const int64_t rows = x.size(0), k = x.size(1), n = weight.size(0);
+  const float* bias_data = nullptr;
+  if (bias.has_value()) {
+    check_float_cpu(*bias, "bias");
+    TORCH_CHECK(bias->numel() == n, "bias size does not match");
+    bias_data = bias->data_ptr<float>();
+  }
+  auto out = torch::empty({rows, n}, x.options());
+  product(x.data_ptr<float>(), rows, k, weight.data_ptr<float>(), n, bias_data, out.data_ptr<float>());
+  return out;
+}
+
+// Tensors per layer in `transformer_step`'s `layers`, in this order.
+constexpr int kTensorsPerLayer = 8;
+
+// The transformer of heartmula.nn.transformer over `s` new tokens of `b` sequences that continue their KV caches
+// at slot `start`: x [b, s, d] (embedded tokens) -> final-normed hidden states [b, s, d]. The new K/V are written
+// into the caches. Token j of the block sees the cache up to slot start + j and, where `key_mask` [b, >= start + s]
+// (bool, True = may attend) is given, only its allowed slots.
+//
+// rope [b or 1, s, head_dim / 2, 2]: (cos, sin) of each token's position.
+// layers: per layer sa_norm scale [d], q|k|v weight [(heads + 2 kv_heads) head_dim, d], output weight
+// [d, heads head_dim], mlp_norm scale [d], gate|up weight [2 f, d], down weight [d, f], cache k and v
+// [>= b, kv_heads, capacity, head_dim].
+torch::Tensor transformer_step(const torch::Tensor& x, const torch::Tensor& rope,
+                               const c10::optional<torch::Tensor>& key_mask, int64_t start,
+                               const std::vector<torch::Tensor>& layers, const torch::Tensor& final_scale,
+                               int64_t num_heads, int64_t num_kv_heads, double eps) {
+  check_float_cpu(x, "x");
+  check_float_cpu(rope, "rope");
+  check_float_cpu(final_scale, "final_scale");
+  TORCH_CHECK(x.dim() == 3, "x must be [batch, tokens, dim]");
+  TORCH_CHECK(layers.size() % kTensorsPerLayer == 0, "layers must hold 8 tensors per layer");
+  const int64_t b = x.size(0), s = x.size(1), d = x.size(2), rows = b * s;
+  TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0, "bad head counts");
+  TORCH_CHECK(rope.dim() == 4 && (rope.size(0) == 1 || rope.size(0) == b) && rope.size(1) == s && rope.size(3) == 2,
+              "rope must be [batch or 1, tokens, head_dim / 2, 2]");
+  const int64_t head_dim = 2 * rope.size(2), groups = num_heads / num_kv_heads;
+  const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim, end = start + s;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const bool* mask = nullptr;
+  int64_t mask_stride = 0;
+  if (key_mask.has_value()) {
+    TORCH_CHECK(key_mask->device().is_cpu() && key_mask->scalar_type() == torch::kBool && key_mask->dim() == 2 &&
+                key_mask->size(0) == b && key_mask->size(1) >= end && key_mask->stride(1) == 1,
+                "key_mask must be a bool [batch, >= start + tokens] CPU tensor with contiguous rows");
+    mask = key_mask->data_ptr<bool>();
+    mask_stride = key_mask->stride(0);
+  }
+  int64_t f = -1;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& t = layers[i];
+    const int slot = i % kTensorsPerLayer;
+    if (slot < 6) check_float_cpu(t, "a layer weight");
+    if (slot == 4) f = t.size(0) / 2;
+    bool ok;
+    switch (slot) {
+      case 0: case 3: ok = t.numel() == d; break;
+      case 1: ok = t.dim() == 2 && t.size(0) == q_size + 2 * kv_size && t.size(1) == d; break;
+      case 2: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == q_size; break;
+      case 4: ok = t.dim() == 2 && t.size(0) % 2 == 0 && t.size(1) == d; break;
+      case 5: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == f; break;
+      default:
+        ok = t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 4 && t.size(0) >= b &&
+             t.size(1) == num_kv_heads && t.size(2) >= end && t.size(3) == head_dim && t.stride(3) == 1;
+    }
+    TORCH_CHECK(ok, "layer ", i / kTensorsPerLayer, " tensor ", slot, " has the wrong shape");
+  }
+
+  auto hidden = x.clone();
+  auto normed = torch::empty({rows, d}, x.options());
+  auto qkv = torch::empty({rows, q_size + 2 * kv_size}, x.options());
+  auto attended = torch::empty({rows, q_size}, x.options());
+  auto delta = torch::empty({rows, d}, x.options());
+  auto gate_up = torch::empty({rows, 2 * std::max<int64_t>(f, 0)}, x.options());
+  auto activated = torch::empty({rows, std::max<int64_t>(f, 0)}, x.options());
+  float* h = hidden.data_ptr<float>();
+  float* n = normed.data_ptr<float>();
+  float* qkv_data = qkv.data_ptr<float>();
+  float* att = attended.data_ptr<float>();
+  float* dl = delta.data_ptr<float>();
+  float* gu = gate_up.data_ptr<float>();
+  float* act = activated.data_ptr<float>();
+  const float* rope_data = rope.data_ptr<float>();
+  const int64_t rope_batch_stride = rope.size(0) == 1 ? 0 : s * head_dim;
+
+  for (size_t first = 0; first < layers.size(); first += kTensorsPerLayer) {
+    const float* sa_scale = layers[first].data_ptr<float>();
+    const float* mlp_scale = layers[first + 3].data_ptr<float>();
+    const auto& cache_k = layers[first + 6];
+    const auto& cache_v = layers[first + 7];
+    float* k_cache = cache_k.data_ptr<float>();
+    float* v_cache = cache_v.data_ptr<float>();
+    const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), kt = cache_k.stride(2);
+    const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vt = cache_v.stride(2);
+
+    // Attention block: norm, one q|k|v product, RoPE, new K/V into the cache.
+    rms_norm(h, rows, d, sa_scale, eps, n);
+    product(n, rows, d, layers[first + 1].data_ptr<float>(), q_size + 2 * kv_size, nullptr, qkv_data);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = r / s, j = r % s;
+      float* q = qkv_data + r * (q_size + 2 * kv_size);
+      const float* cos_sin = rope_data + i * rope_batch_stride + j * head_dim;
+      rotate(q, num_heads + num_kv_heads, head_dim, cos_sin);  // q and k heads are adjacent
+      for (int64_t g = 0; g < num_kv_heads; ++g) {
+        std::copy_n(q + q_size + g * head_dim, head_dim, k_cache + i * kb + g * kh + (start + j) * kt);
+        std::copy_n(q + q_size + kv_size + g * head_dim, head_dim, v_cache + i * vb + g * vh + (start + j) * vt);
+      }
+    }
+    // Each (sequence, KV head) reads its keys and values once for all the query heads of its group.
+    at::parallel_for(0, b * num_kv_heads, 1, [&](int64_t begin, int64_t stop) {
+      std::vector<float> weights(groups * end);
+      for (int64_t task = begin; task < stop; ++task) {
+        const int64_t i = task / num_kv_heads, g = task % num_kv_heads;
+        const float* keys = k_cache + i * kb + g * kh;
+        const float* values = v_cache + i * vb + g * vh;
+        const bool* allowed = mask ? mask + i * mask_stride : nullptr;
+        for (int64_t j = 0; j < s; ++j) {
+          const int64_t visible = start + j + 1;
+          const float* q_row = qkv_data + (i * s + j) * (q_size + 2 * kv_size);
+          for (int64_t member = 0; member < groups; ++member) {
+            const int64_t head = g * groups + member;
+            const float* q = q_row + head * head_dim;
+            float* w = weights.data() + member * end;
+            float best = -INFINITY;
+            for (int64_t t = 0; t < visible; ++t) {
+              w[t] = (allowed && !allowed[t]) ? -INFINITY : dot(q, keys + t * kt, head_dim) * scale;
+              best = std::max(best, w[t]);
+            }
+            float* out = att + (i * s + j) * q_size + head * head_dim;
+            std::fill_n(out, head_dim, 0.0f);
+            if (best == -INFINITY) continue;  // nothing to attend to (as SDPA, whose rows are then zero)
+            float total = 0.0f;
+            for (int64_t t = 0; t < visible; ++t) {
+              w[t] = std::exp(w[t] - best);
+              total += w[t];
+            }
+            const float inverse = 1.0f / total;
+            for (int64_t t = 0; t < visible; ++t)
+              if (w[t] != 0.0f) axpy(w[t] * inverse, values + t * vt, out, head_dim);
+          }
+        }
+      }
+    });
+    product(att, rows, q_size, layers[first + 2].data_ptr<float>(), d, nullptr, dl);
+    for (int64_t i = 0; i < rows * d; ++i) h[i] += dl[i];
+
+    // Feed-forward block: norm, one gate|up product, SwiGLU, down product.
+    rms_norm(h, rows, d, mlp_scale, eps, n);
+    product(n, rows, d, layers[first + 4].data_ptr<float>(), 2 * f, nullptr, gu);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* gate = gu + r * 2 * f;
+      const float* up = gate + f;
+      for (int64_t c = 0; c < f; ++c) act[r * f + c] = gate[c] / (1.0f + std::exp(-gate[c])) * up[c];
+    }
+    product(act, rows, f, layers[first + 5].data_ptr<float>(), d, nullptr, dl);
+    for (int64_t i = 0; i < rows * d; ++i) h[i] += dl[i];
+  }
+  auto out = torch::empty_like(hidden);
+  rms_norm(h, rows, d, final_scale.data_ptr<float>(), eps, out.data_ptr<float>());
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("few_rows_linear", &few_rows_linear, "x @ weight.T (+ bias) for a few float32 rows");
+  m.def("transformer_step", &transformer_step,
+        "a Llama-style transformer over a few new tokens with its KV cache (see decoding.cpp)");
+}
