@@ -122,6 +122,20 @@ def test_guidance_formula_and_mixing(generator):
     session.close()
 
 
+def test_compat_guidance_keeps_upstream_operations(generator):
+    """Default mode: one product with the guidance matrix (float32 rounding differs); compat: upstream's bits."""
+    song = SongRequest(lyrics=LYRICS, tags="pop")
+    logits = torch.randn(2, 37)
+    upstream = logits[1] + (logits[0] - logits[1]) * 1.5
+    compat = generator.start([song], SamplingParams(cfg_scale=1.5), max_new_frames=4, compat=True)
+    assert torch.equal(compat._guide(logits)[0], upstream)
+    compat.close()
+    default = generator.start([song], SamplingParams(cfg_scale=1.5), max_new_frames=4)
+    assert torch.equal(default._guidance_matrix(), torch.tensor([[1.5, -0.5]]))
+    assert torch.allclose(default._guide(logits)[0], upstream, atol=1e-5)
+    default.close()
+
+
 def test_mixing_with_all_weight_on_one_prompt_equals_that_prompt(generator):
     sampling = SamplingParams(top_k=1, cfg_scale=1.5)
     alone = generator.generate([SongRequest(lyrics=LYRICS, tags="jazz")], sampling, 10)[0]

@@ -6,6 +6,7 @@ from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.nn import native
 from heartmula.nn.layers import NATIVE_ROWS, Linear, linear
 from heartmula.nn.quant import quantize_linears
+from heartmula.nn.sampling import sample_among_top_k
 from heartmula.nn.transformer import Transformer, TransformerConfig
 
 
@@ -222,3 +223,29 @@ def test_transformer_step_rejects_what_it_cannot_read(kernels):
             kernels.transformer_step(x, rope, torch.ones(2, 3, dtype=torch.bool), 3, tensors, *args)
         with pytest.raises(RuntimeError, match="rope"):
             kernels.transformer_step(x, torch.cat([rope, rope], dim=1), None, 3, tensors, *args)  # 2 tokens
+
+
+@pytest.mark.parametrize(("vocab", "top_k"), [(8197, 50), (37, 5), (37, 37), (6, 3)])
+def test_native_sampler_draws_what_torch_draws(kernels, vocab, top_k, monkeypatch):
+    """Same seed, same codes as the torch operations it replaces, masked (-inf) codes included."""
+    torch.manual_seed(vocab + top_k)
+    logits = torch.randn(64, vocab) * 3
+    logits[:, ::3] = float("-inf")  # invalid codes: never drawn, even when k exceeds the valid ones
+    for temperature in (1.0, 0.7, 2.5):
+        native_ids = sample_among_top_k(logits, top_k, temperature, [torch.Generator().manual_seed(5)] * 64)
+        with monkeypatch.context() as patch:
+            patch.setattr(native, "_loaded", None)
+            torch_ids = sample_among_top_k(logits, top_k, temperature, [torch.Generator().manual_seed(5)] * 64)
+        assert torch.equal(native_ids, torch_ids)
+        assert not (native_ids % 3 == 0).any()
+        assert native_ids.dtype == torch.long and native_ids.shape == (64,)
+
+
+def test_native_sampler_rejects_what_it_cannot_read(kernels):
+    logits = torch.randn(2, 10)
+    with pytest.raises(RuntimeError, match="noise must be"):
+        kernels.sample_among_top_k(logits, 1.0, torch.ones(3, 4))
+    with pytest.raises(RuntimeError, match="noise must be"):
+        kernels.sample_among_top_k(logits, 1.0, torch.ones(2, 11))
+    with pytest.raises(RuntimeError, match="temperature"):
+        kernels.sample_among_top_k(logits, 0.0, torch.ones(2, 4))

@@ -555,9 +555,27 @@ class GenerationSession:
                                  "to change it")
         self.sampling = candidate
 
+    def _guidance_matrix(self) -> torch.Tensor:
+        """[songs, rows]: each song's guided logits as one weighted sum of the rows' logits (the module docstring's
+        formulas with their sums expanded), so that guidance is one product per codebook."""
+        cfg, weights = self.sampling.cfg_scale, self.weights
+        if self.guided:
+            uncond = torch.zeros_like(weights)
+            uncond[torch.arange(len(self.songs), device=self.device), self.uncond_rows] = 1.0
+        if self.lyrics_guided:
+            bare = self.weights_without_lyrics
+            lyrics_delta = (weights - bare) * self.sampling.lyrics_scale
+            return (bare if not self.guided else uncond + (bare - uncond) * cfg) + lyrics_delta
+        if not self.guided:
+            return weights
+        return uncond + (weights - uncond * weights.sum(dim=1, keepdim=True)) * cfg
+
     def _guide(self, logits: torch.Tensor) -> torch.Tensor:
-        """Row logits [rows, V] -> guided logits [songs, V]."""
+        """Row logits [rows, V] -> guided logits [songs, V]. Compat mode keeps upstream's operations (its float32
+        rounding); the default mode takes one product."""
         logits = logits.float()
+        if not self.compat:
+            return self._guidance_matrix() @ logits
         if self.lyrics_guided:
             conditional, without_lyrics = self.weights @ logits, self.weights_without_lyrics @ logits
             lyrics_delta = (conditional - without_lyrics) * self.sampling.lyrics_scale
@@ -571,12 +589,13 @@ class GenerationSession:
         return logits.index_select(0, self.uncond_rows) + delta * self.sampling.cfg_scale
 
     def _sample(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
-        guided = self._guide(logits)
-        if self._invalid_masks is not None:
+        if self.compat:
+            guided = self._guide(logits)
+        else:
             invalid = self._invalid_masks[codebook]
             if codebook == 0 and self.frame_index < max(1, self.min_new_frames):
                 invalid = self._first_frame_c0_mask  # EOS masked: a song has at least one (or min_new_frames)
-            guided = guided + invalid
+            guided = torch.addmm(invalid, self._frame_guidance, logits.float())  # guidance and mask, one call
         s = self.sampling
         sampler = sample_top_k if self.compat else sample_among_top_k  # compat: upstream's random stream
         return sampler(guided, s.top_k, s.temperature, self.generators)
@@ -584,6 +603,7 @@ class GenerationSession:
     def _frame_from_hidden(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """Backbone's last hidden state [rows, D] -> codes [songs, K] via codebook 0 and the local decoder."""
         model = self.generator.model
+        self._frame_guidance = None if self.compat else self._guidance_matrix()  # controls change between frames
         codes = [self._sample(model.codebook0_head(last_hidden), 0)]
         # The local decoder starts afresh every frame: [backbone state, codebook 0] at positions 0 and 1, then one
         # codebook per position.

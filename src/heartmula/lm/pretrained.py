@@ -71,6 +71,7 @@ def load_generator(
             f"{model.config.text_vocab_size} text embeddings: wrong tokenizer for this model"
         )
     model.fuse_projections()
+    model.pack_weights_in_huge_pages()
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 
 

@@ -92,3 +92,8 @@ def quantize_int8(model) -> None:
     # audio_head[i] is used as h @ W ([decoder_dim, vocab]); as a linear layer its weight is W transposed.
     model.audio_head_int8 = nn.ModuleList(Int8Linear(head.t()) for head in model.audio_head.detach())
     model.audio_head = nn.Parameter(torch.empty(0), requires_grad=False)
+    # The float parameters left (norm scales) may be views of the block that held all the float weights
+    # (HeartMuLa.pack_weights_in_huge_pages): their own copies let that block go.
+    for param in model.parameters():
+        if param.untyped_storage().nbytes() > param.numel() * param.element_size():
+            param.data = param.data.clone()
