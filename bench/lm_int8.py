@@ -53,6 +53,7 @@ def forced_log_probs(generator, song: SongRequest, codes: torch.Tensor, exact_pr
         return codes[codebook, session.frame_index].view(1)
 
     session._sample = forced
+    session._native_frames = False  # the native local frame would not ask `_sample`
     with torch.inference_mode():
         for _ in session.iter_frames():
             pass

@@ -104,6 +104,19 @@ def test_other_cpus_keep_torch_products(monkeypatch, fresh_loader):
     assert native.kernels() is None and native.main() == 0
 
 
+def spy_on_kernel(monkeypatch, name: str) -> list[int]:
+    """Count the calls of one native kernel (the others pass through)."""
+    kernels, calls = native.kernels(), []
+
+    class Spy:
+        def __getattr__(self, attribute):
+            kernel = getattr(kernels, attribute)
+            return (lambda *args: calls.append(1) or kernel(*args)) if attribute == name else kernel
+
+    monkeypatch.setattr(native, "_loaded", Spy())
+    return calls
+
+
 def make_transformer(heads: int, kv_heads: int, dim: int, layers: int = 2) -> Transformer:
     config = TransformerConfig(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim,
                                intermediate_dim=3 * dim, max_seq_len=256)
@@ -189,11 +202,7 @@ def test_generation_with_and_without_the_native_step(kernels, generator, monkeyp
     songs = [SongRequest(lyrics="[verse]\nla la la\n[chorus]\nsing", tags="pop,piano", seed=3),
              SongRequest(lyrics="", tags="jazz", seed=4)]
     sampling = SamplingParams(top_k=1, cfg_scale=1.5)
-    calls = []
-    step = native.kernels().transformer_step
-    spy = type("Spy", (), {"few_rows_linear": staticmethod(native.kernels().few_rows_linear),
-                           "transformer_step": staticmethod(lambda *a: calls.append(1) or step(*a))})()
-    monkeypatch.setattr(native, "_loaded", spy)
+    calls = spy_on_kernel(monkeypatch, "transformer_step")
     with_native = generator.generate(songs, sampling, 12)
     assert calls  # backbone and local decoder steps
     monkeypatch.setattr(native, "_loaded", None)
@@ -249,3 +258,56 @@ def test_native_sampler_rejects_what_it_cannot_read(kernels):
         kernels.sample_among_top_k(logits, 1.0, torch.ones(2, 11))
     with pytest.raises(RuntimeError, match="temperature"):
         kernels.sample_among_top_k(logits, 0.0, torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(top_k=1, cfg_scale=1.5), SamplingParams(top_k=7, cfg_scale=2.0),
+                                      SamplingParams(top_k=40, temperature=0.8, cfg_scale=1.0),
+                                      SamplingParams(top_k=5, cfg_scale=1.5, lyrics_scale=3.0)])
+def test_native_local_frame_matches_the_torch_loop(kernels, generator, sampling):
+    """Codebooks 1..7 of every frame in one native call = the per-codebook torch loop, with the same noise: whole
+    songs, a batch of two with a weighted prompt mix, guided and not, sampled and greedy."""
+    songs = [SongRequest(lyrics="[verse]\nla la la\n[chorus]\nsing", tags="pop:3,piano:1", seed=3),
+             SongRequest(lyrics="", tags="jazz", seed=4)]
+
+    def song_codes(native_frames: bool) -> list[torch.Tensor]:
+        session = generator.start(songs, sampling, max_new_frames=10)
+        session._native_frames = native_frames
+        with pytest.MonkeyPatch.context() as patch:
+            calls = spy_on_kernel(patch, "local_frame")
+            frames = [step.codes for step in session.iter_frames()]
+        session.close()
+        assert (len(calls) == len(frames)) if native_frames else not calls
+        return frames
+
+    native_frames, torch_frames = song_codes(True), song_codes(False)
+    assert len(native_frames) == len(torch_frames) > 1
+    assert all(torch.equal(a, b) for a, b in zip(native_frames, torch_frames))
+
+
+def test_local_frame_rejects_what_it_cannot_read(kernels, generator):
+    model = generator.model
+    session = generator.start([SongRequest(lyrics="la", tags="pop", seed=0)], SamplingParams(top_k=3), 4)
+    session.next_frame()
+    rows, songs = len(session.rows), 1
+    decoder = model.decoder
+    c = decoder.config
+    heads = model.audio_head.transpose(1, 2)
+    rope = torch.view_as_real(decoder.rope_rows(session._decoder_positions))[0]
+    args = dict(hidden=torch.randn(rows, c.embed_dim), first_codes=torch.zeros(songs, dtype=torch.long),
+                row_song=session.row_song, guidance=session._guidance_matrix(), masks=session._later_masks,
+                noise=torch.ones(songs, 7, 3), temperature=1.0, projection=model.projection.weight, heads=heads,
+                embeddings=model.audio_embeddings.weight, rope=rope, layers=decoder.native_tensors(),
+                final_scale=decoder.norm.scale, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, eps=c.norm_eps)
+    with torch.inference_mode():
+        codes = kernels.local_frame(*args.values())
+        assert codes.shape == (1, 7) and int(codes.max()) < generator.codebook_size
+        for change, message in [(dict(first_codes=torch.tensor([10_000])), "first_codes out of range"),
+                                (dict(row_song=session.row_song + 5), "row_song out of range"),
+                                (dict(noise=torch.ones(songs, 6, 3)), "noise must be"),
+                                (dict(guidance=torch.ones(songs, rows + 1)), "guidance must be"),
+                                (dict(masks=session._later_masks[:, :5]), "masks"),
+                                (dict(embeddings=model.audio_embeddings.weight[:10]), "embeddings"),
+                                (dict(temperature=0.0), "temperature")]:
+            with pytest.raises(RuntimeError, match=message):
+                kernels.local_frame(*{**args, **change}.values())
+    session.close()

@@ -29,7 +29,9 @@ import torch
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import GenerationConfig
 from heartmula.lm.model import HeartMuLa
-from heartmula.nn.sampling import sample_among_top_k, sample_top_k
+from heartmula.nn import native
+from heartmula.nn.layers import Linear
+from heartmula.nn.sampling import exponential_noise, sample_among_top_k, sample_top_k
 from heartmula.text import TagPrompt, TextTokenizer, parse_tag_prompts, validate_weights
 
 FRAME_RATE = 12.5  # frames per second; one frame is 80 ms
@@ -236,6 +238,7 @@ class GenerationSession:
         self.ended = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._decoder_positions = torch.arange(model.num_codebooks, device=self.device)
         self._invalid_masks = self._build_invalid_masks()
+        self._native_frames = True  # the native local frame where it applies (tools intercepting _sample turn it off)
         self._last_codes: torch.Tensor | None = None
         self._history: list[torch.Tensor] = []  # every frame so far (a prompt added mid-song is re-read over them)
         self._caches: tuple[list, list] | None = None  # this session's KV caches (backbone, decoder layers)
@@ -333,6 +336,7 @@ class GenerationSession:
             if codebook == 0:
                 invalid[eos] = 0.0
             masks.append(invalid)
+        self._later_masks = torch.stack(masks[1:])  # codebooks 1..K-1 at once, for the native local frame
         self._first_frame_c0_mask = masks[0].clone()
         self._first_frame_c0_mask[eos] = float("-inf")  # a song has at least one frame
         return masks
@@ -588,7 +592,8 @@ class GenerationSession:
         delta = self.weights @ (logits - logits.index_select(0, self.uncond_of_row))
         return logits.index_select(0, self.uncond_rows) + delta * self.sampling.cfg_scale
 
-    def _sample(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, codebook: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Guided logits of each song -> codes [songs]; `noise`: pre-drawn sampling noise (default mode)."""
         if self.compat:
             guided = self._guide(logits)
         else:
@@ -597,14 +602,29 @@ class GenerationSession:
                 invalid = self._first_frame_c0_mask  # EOS masked: a song has at least one (or min_new_frames)
             guided = torch.addmm(invalid, self._frame_guidance, logits.float())  # guidance and mask, one call
         s = self.sampling
-        sampler = sample_top_k if self.compat else sample_among_top_k  # compat: upstream's random stream
-        return sampler(guided, s.top_k, s.temperature, self.generators)
+        if self.compat:  # upstream's sampler and random stream
+            return sample_top_k(guided, s.top_k, s.temperature, self.generators)
+        return sample_among_top_k(guided, s.top_k, s.temperature, self.generators, noise)
+
+    def _codebook_noise(self) -> torch.Tensor | None:
+        """Default mode: the sampling noise of this frame's codebooks 1..K-1, [songs, K-1, k], drawn at once from each
+        song's generator (None where the most likely code is taken, and in compat mode, which draws upstream's)."""
+        s = self.sampling
+        if self.compat or s.temperature <= 0 or s.top_k == 1:
+            return None
+        model = self.generator.model
+        shape = (len(self.songs), model.num_codebooks - 1, min(s.top_k, model.config.audio_vocab_size))
+        return exponential_noise(shape, torch.float32, self.device, self.generators)
 
     def _frame_from_hidden(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """Backbone's last hidden state [rows, D] -> codes [songs, K] via codebook 0 and the local decoder."""
         model = self.generator.model
         self._frame_guidance = None if self.compat else self._guidance_matrix()  # controls change between frames
         codes = [self._sample(model.codebook0_head(last_hidden), 0)]
+        noise = self._codebook_noise()
+        later_codes = self._native_local_frame(last_hidden, codes[0], noise)
+        if later_codes is not None:
+            return torch.cat([codes[0][:, None], later_codes], dim=1)
         # The local decoder starts afresh every frame: [backbone state, codebook 0] at positions 0 and 1, then one
         # codebook per position.
         decoder_in = torch.stack([last_hidden, model.embed_audio(0, codes[0][self.row_song])], dim=1)
@@ -612,10 +632,38 @@ class GenerationSession:
         for codebook in range(1, model.num_codebooks):
             positions = self._decoder_positions[start : start + decoder_in.shape[1]]
             hidden = model.decoder(model.projection(decoder_in), positions, start=start)
-            codes.append(self._sample(model.codebook_logits(codebook, hidden[:, -1]), codebook))
+            logits = model.codebook_logits(codebook, hidden[:, -1])
+            codes.append(self._sample(logits, codebook, None if noise is None else noise[:, codebook - 1]))
             start += decoder_in.shape[1]
             decoder_in = model.embed_audio(codebook, codes[-1][self.row_song])[:, None]
         return torch.stack(codes, dim=1)
+
+    def _native_local_frame(self, last_hidden, first_codes, noise) -> torch.Tensor | None:
+        """Codebooks 1..K-1 [songs, K-1] in one native call (`decoding.cpp`'s local_frame: the loop of
+        `_frame_from_hidden` without its ~70 small torch operations per codebook), where the local decoder, the
+        projection and the heads run on float32 products on a CPU in the default mode; None elsewhere."""
+        model = self.generator.model
+        if self.compat or not self._native_frames or model.audio_head_int8 is not None:
+            return None
+        heads = model.audio_head.transpose(1, 2)  # [K-1, V, d]: contiguous in the row-major layout of from_pretrained
+        if (not isinstance(model.projection, Linear) or not model.projection.few_rows_transposed
+                or not heads.is_contiguous()
+                or any(t.dtype != torch.float32
+                       for t in (model.projection.weight, heads, model.audio_embeddings.weight))
+                or not model.decoder._native_step_applies(last_hidden[:, None])):  # one token per row after step 0
+            return None
+        kernels = native.kernels()
+        if kernels is None:
+            return None
+        decoder = model.decoder
+        c = decoder.config
+        if noise is None:  # the most likely codes
+            noise = torch.empty(len(self.songs), model.num_codebooks - 1, 0)
+        rope = torch.view_as_real(decoder.rope_rows(self._decoder_positions))[0]
+        return kernels.local_frame(
+            last_hidden.contiguous(), first_codes, self.row_song, self._frame_guidance, self._later_masks, noise,
+            self.sampling.temperature, model.projection.weight, heads, model.audio_embeddings.weight, rope,
+            decoder.native_tensors(), decoder.norm.scale, c.num_heads, c.num_kv_heads, c.norm_eps)
 
     def _prefill(self) -> torch.Tensor:
         model = self.generator.model

@@ -147,160 +147,203 @@ torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& weigh
   return out;
 }
 
-// Tensors per layer in `transformer_step`'s `layers`, in this order.
+// Tensors per layer in a transformer's `layers` list, in this order.
 constexpr int kTensorsPerLayer = 8;
 
-// The transformer of heartmula.nn.transformer over `s` new tokens of `b` sequences that continue their KV caches
-// at slot `start`: x [b, s, d] (embedded tokens) -> final-normed hidden states [b, s, d]. The new K/V are written
-// into the caches. Token j of the block sees the cache up to slot start + j and, where `key_mask` [b, >= start + s]
-// (bool, True = may attend) is given, only its allowed slots.
-//
-// rope [b or 1, s, head_dim / 2, 2]: (cos, sin) of each token's position.
-// layers: per layer sa_norm scale [d], q|k|v weight [(heads + 2 kv_heads) head_dim, d], output weight
+// A Llama-style transformer of heartmula.nn.transformer with its KV caches, read from a list of tensors
+// (checked once): per layer sa_norm scale [d], q|k|v weight [(heads + 2 kv_heads) head_dim, d], output weight
 // [d, heads head_dim], mlp_norm scale [d], gate|up weight [2 f, d], down weight [d, f], cache k and v
-// [>= b, kv_heads, capacity, head_dim].
+// [>= batch, kv_heads, capacity, head_dim].
+struct Transformer {
+  const std::vector<torch::Tensor>& layers;
+  const float* final_scale;
+  int64_t d, f, heads, kv_heads, head_dim;
+  float eps;
+
+  Transformer(const std::vector<torch::Tensor>& layers, const torch::Tensor& final_norm, int64_t d,
+              int64_t head_dim, int64_t num_heads, int64_t num_kv_heads, double eps, int64_t batch, int64_t end)
+      : layers(layers), d(d), f(0), heads(num_heads), kv_heads(num_kv_heads), head_dim(head_dim), eps(eps) {
+    check_float_cpu(final_norm, "final_scale");
+    TORCH_CHECK(final_norm.numel() == d, "final_scale must have the model width");
+    final_scale = final_norm.data_ptr<float>();
+    TORCH_CHECK(!layers.empty() && layers.size() % kTensorsPerLayer == 0, "layers must hold 8 tensors per layer");
+    TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0, "bad head counts");
+    const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const auto& t = layers[i];
+      const int slot = i % kTensorsPerLayer;
+      if (slot < 6) check_float_cpu(t, "a layer weight");
+      if (slot == 4) f = t.size(0) / 2;
+      bool ok;
+      switch (slot) {
+        case 0: case 3: ok = t.numel() == d; break;
+        case 1: ok = t.dim() == 2 && t.size(0) == q_size + 2 * kv_size && t.size(1) == d; break;
+        case 2: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == q_size; break;
+        case 4: ok = t.dim() == 2 && t.size(0) % 2 == 0 && t.size(1) == d; break;
+        case 5: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == f; break;
+        default:
+          ok = t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 4 && t.size(0) >= batch &&
+               t.size(1) == num_kv_heads && t.size(2) >= end && t.size(3) == head_dim && t.stride(3) == 1;
+      }
+      TORCH_CHECK(ok, "layer ", i / kTensorsPerLayer, " tensor ", slot, " has the wrong shape");
+    }
+  }
+
+  // `s` new tokens of `b` sequences that continue their caches at slot `start`: h [b * s, d] (embedded tokens, in
+  // place: the residual stream) -> out [b * s, d] (final-normed). Token j of the block sees the cache up to slot
+  // start + j and, where `mask` is given (row stride `mask_stride`, true = may attend), only its allowed slots.
+  // rope: (cos, sin) pairs [head_dim / 2, 2] of token j of sequence i at rope + i * rope_batch_stride + j * head_dim.
+  void run(float* h, int64_t b, int64_t s, int64_t start, const float* rope, int64_t rope_batch_stride,
+           const bool* mask, int64_t mask_stride, float* out) const {
+    const int64_t rows = b * s, q_size = heads * head_dim, kv_size = kv_heads * head_dim, end = start + s;
+    const int64_t qkv_size = q_size + 2 * kv_size, groups = heads / kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    std::vector<float> normed(rows * d), qkv(rows * qkv_size), attended(rows * q_size), delta(rows * d),
+        gate_up(rows * 2 * f), activated(rows * f);
+    for (size_t first = 0; first < layers.size(); first += kTensorsPerLayer) {
+      const auto& cache_k = layers[first + 6];
+      const auto& cache_v = layers[first + 7];
+      float* k_cache = cache_k.data_ptr<float>();
+      float* v_cache = cache_v.data_ptr<float>();
+      const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), kt = cache_k.stride(2);
+      const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vt = cache_v.stride(2);
+
+      // Attention block: norm, one q|k|v product, RoPE, new K/V into the cache.
+      rms_norm(h, rows, d, layers[first].data_ptr<float>(), eps, normed.data());
+      product(normed.data(), rows, d, layers[first + 1].data_ptr<float>(), qkv_size, nullptr, qkv.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = r / s, j = r % s;
+        float* q = qkv.data() + r * qkv_size;
+        rotate(q, heads + kv_heads, head_dim, rope + i * rope_batch_stride + j * head_dim);  // q, k heads adjacent
+        for (int64_t g = 0; g < kv_heads; ++g) {
+          std::copy_n(q + q_size + g * head_dim, head_dim, k_cache + i * kb + g * kh + (start + j) * kt);
+          std::copy_n(q + q_size + kv_size + g * head_dim, head_dim, v_cache + i * vb + g * vh + (start + j) * vt);
+        }
+      }
+      // Each (sequence, KV head) reads its keys and values once for all the query heads of its group.
+      at::parallel_for(0, b * kv_heads, 1, [&](int64_t begin, int64_t stop) {
+        std::vector<float> weights(end);
+        for (int64_t task = begin; task < stop; ++task) {
+          const int64_t i = task / kv_heads, g = task % kv_heads;
+          const float* keys = k_cache + i * kb + g * kh;
+          const float* values = v_cache + i * vb + g * vh;
+          const bool* allowed = mask ? mask + i * mask_stride : nullptr;
+          for (int64_t j = 0; j < s; ++j) {
+            const int64_t visible = start + j + 1;
+            for (int64_t head = g * groups; head < (g + 1) * groups; ++head) {
+              const float* q = qkv.data() + (i * s + j) * qkv_size + head * head_dim;
+              float* w = weights.data();
+              float best = -INFINITY;
+              for (int64_t t = 0; t < visible; ++t) {
+                w[t] = (allowed && !allowed[t]) ? -INFINITY : dot(q, keys + t * kt, head_dim) * scale;
+                best = std::max(best, w[t]);
+              }
+              float* o = attended.data() + (i * s + j) * q_size + head * head_dim;
+              std::fill_n(o, head_dim, 0.0f);
+              if (best == -INFINITY) continue;  // nothing to attend to (as SDPA, whose rows are then zero)
+              float total = 0.0f;
+              for (int64_t t = 0; t < visible; ++t) {
+                w[t] = std::exp(w[t] - best);
+                total += w[t];
+              }
+              const float inverse = 1.0f / total;
+              for (int64_t t = 0; t < visible; ++t)
+                if (w[t] != 0.0f) axpy(w[t] * inverse, values + t * vt, o, head_dim);
+            }
+          }
+        }
+      });
+      product(attended.data(), rows, q_size, layers[first + 2].data_ptr<float>(), d, nullptr, delta.data());
+      for (int64_t i = 0; i < rows * d; ++i) h[i] += delta[i];
+
+      // Feed-forward block: norm, one gate|up product, SwiGLU, down product.
+      rms_norm(h, rows, d, layers[first + 3].data_ptr<float>(), eps, normed.data());
+      product(normed.data(), rows, d, layers[first + 4].data_ptr<float>(), 2 * f, nullptr, gate_up.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* gate = gate_up.data() + r * 2 * f;
+        const float* up = gate + f;
+        for (int64_t c = 0; c < f; ++c) activated[r * f + c] = gate[c] / (1.0f + std::exp(-gate[c])) * up[c];
+      }
+      product(activated.data(), rows, f, layers[first + 5].data_ptr<float>(), d, nullptr, delta.data());
+      for (int64_t i = 0; i < rows * d; ++i) h[i] += delta[i];
+    }
+    rms_norm(h, rows, d, final_scale, eps, out);
+  }
+};
+
+// The transformer over `s` new tokens of `b` sequences that continue their KV caches at slot `start`:
+// x [b, s, d] (embedded tokens) -> final-normed hidden states [b, s, d]; the new K/V are written into the caches.
+// rope [b or 1, s, head_dim / 2, 2]: (cos, sin) of each token's position. key_mask [b, >= start + s] (bool,
+// true = may attend) marks the padding slots of left-padded rows. layers: see `Transformer`.
 torch::Tensor transformer_step(const torch::Tensor& x, const torch::Tensor& rope,
                                const c10::optional<torch::Tensor>& key_mask, int64_t start,
                                const std::vector<torch::Tensor>& layers, const torch::Tensor& final_scale,
                                int64_t num_heads, int64_t num_kv_heads, double eps) {
   check_float_cpu(x, "x");
   check_float_cpu(rope, "rope");
-  check_float_cpu(final_scale, "final_scale");
   TORCH_CHECK(x.dim() == 3, "x must be [batch, tokens, dim]");
-  TORCH_CHECK(layers.size() % kTensorsPerLayer == 0, "layers must hold 8 tensors per layer");
-  const int64_t b = x.size(0), s = x.size(1), d = x.size(2), rows = b * s;
-  TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0, "bad head counts");
+  const int64_t b = x.size(0), s = x.size(1), d = x.size(2);
   TORCH_CHECK(rope.dim() == 4 && (rope.size(0) == 1 || rope.size(0) == b) && rope.size(1) == s && rope.size(3) == 2,
               "rope must be [batch or 1, tokens, head_dim / 2, 2]");
-  const int64_t head_dim = 2 * rope.size(2), groups = num_heads / num_kv_heads;
-  const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim, end = start + s;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const int64_t head_dim = 2 * rope.size(2);
   const bool* mask = nullptr;
   int64_t mask_stride = 0;
   if (key_mask.has_value()) {
     TORCH_CHECK(key_mask->device().is_cpu() && key_mask->scalar_type() == torch::kBool && key_mask->dim() == 2 &&
-                key_mask->size(0) == b && key_mask->size(1) >= end && key_mask->stride(1) == 1,
+                key_mask->size(0) == b && key_mask->size(1) >= start + s && key_mask->stride(1) == 1,
                 "key_mask must be a bool [batch, >= start + tokens] CPU tensor with contiguous rows");
     mask = key_mask->data_ptr<bool>();
     mask_stride = key_mask->stride(0);
   }
-  int64_t f = -1;
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const auto& t = layers[i];
-    const int slot = i % kTensorsPerLayer;
-    if (slot < 6) check_float_cpu(t, "a layer weight");
-    if (slot == 4) f = t.size(0) / 2;
-    bool ok;
-    switch (slot) {
-      case 0: case 3: ok = t.numel() == d; break;
-      case 1: ok = t.dim() == 2 && t.size(0) == q_size + 2 * kv_size && t.size(1) == d; break;
-      case 2: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == q_size; break;
-      case 4: ok = t.dim() == 2 && t.size(0) % 2 == 0 && t.size(1) == d; break;
-      case 5: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == f; break;
-      default:
-        ok = t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 4 && t.size(0) >= b &&
-             t.size(1) == num_kv_heads && t.size(2) >= end && t.size(3) == head_dim && t.stride(3) == 1;
-    }
-    TORCH_CHECK(ok, "layer ", i / kTensorsPerLayer, " tensor ", slot, " has the wrong shape");
-  }
-
+  const Transformer transformer(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, b, start + s);
   auto hidden = x.clone();
-  auto normed = torch::empty({rows, d}, x.options());
-  auto qkv = torch::empty({rows, q_size + 2 * kv_size}, x.options());
-  auto attended = torch::empty({rows, q_size}, x.options());
-  auto delta = torch::empty({rows, d}, x.options());
-  auto gate_up = torch::empty({rows, 2 * std::max<int64_t>(f, 0)}, x.options());
-  auto activated = torch::empty({rows, std::max<int64_t>(f, 0)}, x.options());
-  float* h = hidden.data_ptr<float>();
-  float* n = normed.data_ptr<float>();
-  float* qkv_data = qkv.data_ptr<float>();
-  float* att = attended.data_ptr<float>();
-  float* dl = delta.data_ptr<float>();
-  float* gu = gate_up.data_ptr<float>();
-  float* act = activated.data_ptr<float>();
-  const float* rope_data = rope.data_ptr<float>();
-  const int64_t rope_batch_stride = rope.size(0) == 1 ? 0 : s * head_dim;
-
-  for (size_t first = 0; first < layers.size(); first += kTensorsPerLayer) {
-    const float* sa_scale = layers[first].data_ptr<float>();
-    const float* mlp_scale = layers[first + 3].data_ptr<float>();
-    const auto& cache_k = layers[first + 6];
-    const auto& cache_v = layers[first + 7];
-    float* k_cache = cache_k.data_ptr<float>();
-    float* v_cache = cache_v.data_ptr<float>();
-    const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), kt = cache_k.stride(2);
-    const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vt = cache_v.stride(2);
-
-    // Attention block: norm, one q|k|v product, RoPE, new K/V into the cache.
-    rms_norm(h, rows, d, sa_scale, eps, n);
-    product(n, rows, d, layers[first + 1].data_ptr<float>(), q_size + 2 * kv_size, nullptr, qkv_data);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = r / s, j = r % s;
-      float* q = qkv_data + r * (q_size + 2 * kv_size);
-      const float* cos_sin = rope_data + i * rope_batch_stride + j * head_dim;
-      rotate(q, num_heads + num_kv_heads, head_dim, cos_sin);  // q and k heads are adjacent
-      for (int64_t g = 0; g < num_kv_heads; ++g) {
-        std::copy_n(q + q_size + g * head_dim, head_dim, k_cache + i * kb + g * kh + (start + j) * kt);
-        std::copy_n(q + q_size + kv_size + g * head_dim, head_dim, v_cache + i * vb + g * vh + (start + j) * vt);
-      }
-    }
-    // Each (sequence, KV head) reads its keys and values once for all the query heads of its group.
-    at::parallel_for(0, b * num_kv_heads, 1, [&](int64_t begin, int64_t stop) {
-      std::vector<float> weights(groups * end);
-      for (int64_t task = begin; task < stop; ++task) {
-        const int64_t i = task / num_kv_heads, g = task % num_kv_heads;
-        const float* keys = k_cache + i * kb + g * kh;
-        const float* values = v_cache + i * vb + g * vh;
-        const bool* allowed = mask ? mask + i * mask_stride : nullptr;
-        for (int64_t j = 0; j < s; ++j) {
-          const int64_t visible = start + j + 1;
-          const float* q_row = qkv_data + (i * s + j) * (q_size + 2 * kv_size);
-          for (int64_t member = 0; member < groups; ++member) {
-            const int64_t head = g * groups + member;
-            const float* q = q_row + head * head_dim;
-            float* w = weights.data() + member * end;
-            float best = -INFINITY;
-            for (int64_t t = 0; t < visible; ++t) {
-              w[t] = (allowed && !allowed[t]) ? -INFINITY : dot(q, keys + t * kt, head_dim) * scale;
-              best = std::max(best, w[t]);
-            }
-            float* out = att + (i * s + j) * q_size + head * head_dim;
-            std::fill_n(out, head_dim, 0.0f);
-            if (best == -INFINITY) continue;  // nothing to attend to (as SDPA, whose rows are then zero)
-            float total = 0.0f;
-            for (int64_t t = 0; t < visible; ++t) {
-              w[t] = std::exp(w[t] - best);
-              total += w[t];
-            }
-            const float inverse = 1.0f / total;
-            for (int64_t t = 0; t < visible; ++t)
-              if (w[t] != 0.0f) axpy(w[t] * inverse, values + t * vt, out, head_dim);
-          }
-        }
-      }
-    });
-    product(att, rows, q_size, layers[first + 2].data_ptr<float>(), d, nullptr, dl);
-    for (int64_t i = 0; i < rows * d; ++i) h[i] += dl[i];
-
-    // Feed-forward block: norm, one gate|up product, SwiGLU, down product.
-    rms_norm(h, rows, d, mlp_scale, eps, n);
-    product(n, rows, d, layers[first + 4].data_ptr<float>(), 2 * f, nullptr, gu);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* gate = gu + r * 2 * f;
-      const float* up = gate + f;
-      for (int64_t c = 0; c < f; ++c) act[r * f + c] = gate[c] / (1.0f + std::exp(-gate[c])) * up[c];
-    }
-    product(act, rows, f, layers[first + 5].data_ptr<float>(), d, nullptr, dl);
-    for (int64_t i = 0; i < rows * d; ++i) h[i] += dl[i];
-  }
   auto out = torch::empty_like(hidden);
-  rms_norm(h, rows, d, final_scale.data_ptr<float>(), eps, out.data_ptr<float>());
+  transformer.run(hidden.data_ptr<float>(), b, s, start, rope.data_ptr<float>(), rope.size(0) == 1 ? 0 : s * head_dim,
+                  mask, mask_stride, out.data_ptr<float>());
   return out;
 }
 
-// Token ids [n] drawn from the softmax of each row's k best logits at `temperature`: the argmax over those k of
-// probability / noise, noise [n, k] being Exponential(1) draws paired with the k best in descending order
-// (heartmula.nn.sampling.sample_among_top_k, whose six torch operations per codebook this replaces).
+// A draw from the softmax of a row's k best logits at `temperature`: the argmax over those k of probability /
+// noise, noise [k] being Exponential(1) draws paired with the k best in descending order
+// (heartmula.nn.sampling.sample_among_top_k). `best`: scratch space.
+int64_t draw_among_top_k(const float* row, int64_t vocab, const float* noise, int64_t k, double temperature,
+                         std::vector<std::pair<float, int64_t>>& best) {
+  const auto higher = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  // The k best in one pass: a heap whose top is the worst kept.
+  best.clear();
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (static_cast<int64_t>(best.size()) < k) {
+      best.emplace_back(row[i], i);
+      std::push_heap(best.begin(), best.end(), higher);
+    } else if (higher({row[i], i}, best.front())) {
+      std::pop_heap(best.begin(), best.end(), higher);
+      best.back() = {row[i], i};
+      std::push_heap(best.begin(), best.end(), higher);
+    }
+  }
+  std::sort_heap(best.begin(), best.end(), higher);  // best first
+  const float top = best[0].first;
+  float winner = -1.0f;
+  int64_t chosen = best[0].second;
+  for (int64_t j = 0; j < k; ++j) {
+    const float score = std::exp(static_cast<float>((best[j].first - top) / temperature)) / noise[j];
+    if (score > winner) {
+      winner = score;
+      chosen = best[j].second;
+    }
+  }
+  return chosen;
+}
+
+// The first of a row's highest logits (torch.argmax).
+int64_t argmax(const float* row, int64_t vocab) {
+  return std::max_element(row, row + vocab) - row;
+}
+
+// Token ids [n] drawn among each row's k best logits with noise [n, k]: `draw_among_top_k` row by row, in place of
+// the six torch operations of heartmula.nn.sampling.sample_among_top_k.
 torch::Tensor sample_among_top_k(const torch::Tensor& logits, double temperature, const torch::Tensor& noise) {
   check_float_cpu(logits, "logits");
   check_float_cpu(noise, "noise");
@@ -309,40 +352,95 @@ torch::Tensor sample_among_top_k(const torch::Tensor& logits, double temperature
   TORCH_CHECK(temperature > 0, "temperature must be > 0");
   const int64_t n = logits.size(0), vocab = logits.size(1), k = noise.size(1);
   auto ids = torch::empty({n}, logits.options().dtype(torch::kInt64));
-  int64_t* ids_data = ids.data_ptr<int64_t>();
   std::vector<std::pair<float, int64_t>> best;
-  const auto higher = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
-  for (int64_t r = 0; r < n; ++r) {
-    const float* row = logits.data_ptr<float>() + r * vocab;
-    const float* row_noise = noise.data_ptr<float>() + r * k;
-    // The k best in one pass: a heap whose top is the worst kept.
-    best.clear();
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (static_cast<int64_t>(best.size()) < k) {
-        best.emplace_back(row[i], i);
-        std::push_heap(best.begin(), best.end(), higher);
-      } else if (higher({row[i], i}, best.front())) {
-        std::pop_heap(best.begin(), best.end(), higher);
-        best.back() = {row[i], i};
-        std::push_heap(best.begin(), best.end(), higher);
-      }
-    }
-    std::sort_heap(best.begin(), best.end(), higher);  // best first
-    const float top = best[0].first;
-    float winner = -1.0f;
-    int64_t chosen = best[0].second;
-    for (int64_t j = 0; j < k; ++j) {
-      const float score = std::exp(static_cast<float>((best[j].first - top) / temperature)) / row_noise[j];
-      if (score > winner) {
-        winner = score;
-        chosen = best[j].second;
-      }
-    }
-    ids_data[r] = chosen;
-  }
+  for (int64_t r = 0; r < n; ++r)
+    ids.data_ptr<int64_t>()[r] = draw_among_top_k(logits.data_ptr<float>() + r * vocab, vocab,
+                                                  noise.data_ptr<float>() + r * k, k, temperature, best);
   return ids;
+}
+
+// Codebooks 1..K-1 of one frame, the local decoder's whole loop in one call (heartmula.lm.generation's
+// `_frame_from_hidden` in the default mode): the decoder starts afresh at [backbone state, codebook 0]; after
+// each step, every song's guided logits of the next codebook (guidance [songs, rows] @ row logits + the
+// codebook's invalid-code mask) are sampled and the code's embedding is the next step's input.
+//
+// hidden [rows, D]: the backbone's last hidden state of each row; first_codes [songs]: codebook 0; row_song [rows]:
+// each row's song. masks [K - 1, V] (additive); noise [songs, K - 1, k] for sampling among the k best at
+// `temperature`, or k = 0 for the most likely code. projection [d, D]; heads [K - 1, V, d] (row-major);
+// embeddings [K V, D] (codebook c, code x at row c V + x); rope [K, head_dim / 2, 2] of positions 0..K-1; layers
+// and final_scale: the decoder (see `Transformer`, its caches for >= rows sequences of >= K slots).
+// Returns codes [songs, K - 1].
+torch::Tensor local_frame(const torch::Tensor& hidden, const torch::Tensor& first_codes, const torch::Tensor& row_song,
+                          const torch::Tensor& guidance, const torch::Tensor& masks, const torch::Tensor& noise,
+                          double temperature, const torch::Tensor& projection, const torch::Tensor& heads,
+                          const torch::Tensor& embeddings, const torch::Tensor& rope,
+                          const std::vector<torch::Tensor>& layers, const torch::Tensor& final_scale, int64_t num_heads,
+                          int64_t num_kv_heads, double eps) {
+  for (const auto* t : {&hidden, &guidance, &masks, &noise, &projection, &heads, &embeddings, &rope})
+    check_float_cpu(*t, "hidden, guidance, masks, noise, projection, heads, embeddings and rope each");
+  for (const auto* t : {&first_codes, &row_song})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kInt64 && t->dim() == 1 && t->is_contiguous(),
+                "first_codes and row_song must be int64 vectors");
+  TORCH_CHECK(hidden.dim() == 2 && projection.dim() == 2 && projection.size(1) == hidden.size(1),
+              "hidden [rows, D] and projection [d, D] do not match");
+  const int64_t rows = hidden.size(0), width = hidden.size(1), d = projection.size(0);
+  const int64_t songs = first_codes.size(0), steps = heads.size(0), vocab = heads.size(1), k = noise.size(2);
+  TORCH_CHECK(row_song.size(0) == rows && guidance.dim() == 2 && guidance.size(0) == songs &&
+                  guidance.size(1) == rows, "guidance must be [songs, rows] and row_song [rows]");
+  TORCH_CHECK(heads.dim() == 3 && heads.size(2) == d && masks.dim() == 2 && masks.size(0) == steps &&
+                  masks.size(1) == vocab, "heads must be [K - 1, V, d] and masks [K - 1, V]");
+  TORCH_CHECK(embeddings.dim() == 2 && embeddings.size(0) == (steps + 1) * vocab && embeddings.size(1) == width,
+              "embeddings must be [K V, D]");
+  TORCH_CHECK(noise.dim() == 3 && noise.size(0) == songs && noise.size(1) == steps && k <= vocab,
+              "noise must be [songs, K - 1, k]");
+  TORCH_CHECK(k == 0 || temperature > 0, "temperature must be > 0 to sample");
+  TORCH_CHECK(rope.dim() == 3 && rope.size(0) >= steps + 1 && rope.size(2) == 2, "rope must be [K, head_dim / 2, 2]");
+  const int64_t head_dim = 2 * rope.size(1);
+  const Transformer decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows, steps + 1);
+  const int64_t* song_of = row_song.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) TORCH_CHECK(song_of[r] >= 0 && song_of[r] < songs, "row_song out of range");
+  const int64_t* first = first_codes.data_ptr<int64_t>();
+  for (int64_t i = 0; i < songs; ++i) TORCH_CHECK(first[i] >= 0 && first[i] < vocab, "first_codes out of range");
+
+  auto codes = torch::empty({songs, steps}, first_codes.options());
+  int64_t* out_codes = codes.data_ptr<int64_t>();
+  const float* embedding_rows = embeddings.data_ptr<float>();
+  std::vector<float> inputs(rows * 2 * width), projected(rows * 2 * d), states(rows * 2 * d), logits(rows * vocab),
+      guided(vocab);
+  std::vector<std::pair<float, int64_t>> best;
+  // Step 0: two tokens per row, the backbone state and codebook 0's embedding.
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(hidden.data_ptr<float>() + r * width, width, inputs.data() + 2 * r * width);
+    std::copy_n(embedding_rows + first[song_of[r]] * width, width, inputs.data() + (2 * r + 1) * width);
+  }
+  int64_t tokens = 2, start = 0;
+  for (int64_t step = 0; step < steps; ++step) {
+    product(inputs.data(), rows * tokens, width, projection.data_ptr<float>(), d, nullptr, projected.data());
+    decoder.run(projected.data(), rows, tokens, start, rope.data_ptr<float>() + start * head_dim, 0, nullptr, 0,
+                states.data());
+    // The last token's state of each row -> this codebook's logits -> each song's guided draw.
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(states.data() + ((r + 1) * tokens - 1) * d, d, projected.data() + r * d);
+    product(projected.data(), rows, d, heads.data_ptr<float>() + step * vocab * d, vocab, nullptr, logits.data());
+    for (int64_t i = 0; i < songs; ++i) {
+      std::copy_n(masks.data_ptr<float>() + step * vocab, vocab, guided.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float weight = guidance.data_ptr<float>()[i * rows + r];
+        if (weight != 0.0f) axpy(weight, logits.data() + r * vocab, guided.data(), vocab);
+      }
+      out_codes[i * steps + step] =
+          k == 0 ? argmax(guided.data(), vocab)
+                 : draw_among_top_k(guided.data(), vocab, noise.data_ptr<float>() + (i * steps + step) * k, k,
+                                    temperature, best);
+    }
+    start += tokens;
+    tokens = 1;
+    for (int64_t r = 0; r < rows; ++r) {  // the code just drawn, embedded for its codebook, is the next input
+      const int64_t code = out_codes[song_of[r] * steps + step];
+      std::copy_n(embedding_rows + ((step + 1) * vocab + code) * width, width, inputs.data() + r * width);
+    }
+  }
+  return codes;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -350,4 +448,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("transformer_step", &transformer_step,
         "a Llama-style transformer over a few new tokens with its KV cache (see decoding.cpp)");
   m.def("sample_among_top_k", &sample_among_top_k, "a draw among each row's k best logits (see decoding.cpp)");
+  m.def("local_frame", &local_frame, "codebooks 1..K-1 of a frame: the local decoder's loop (see decoding.cpp)");
 }

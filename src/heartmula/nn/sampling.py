@@ -36,19 +36,22 @@ def sample_among_top_k(
     top_k: int,
     temperature: float,
     generators: list[torch.Generator | None] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Same distribution as `sample_top_k` (softmax of logits / temperature over the k best), its own noise.
+    """Same distribution as `sample_top_k` (softmax of logits / temperature over the k best), its own noise:
+    `noise` [n, min(top_k, vocab)] if given (Exponential(1) draws), else drawn here from `generators`.
 
     Float32 CPU logits [n, vocab] take the native kernel (`heartmula.nn.native`): one call instead of six torch
     operations, with the same noise paired with the same codes."""
     if temperature <= 0 or top_k == 1:
         return logits.argmax(dim=-1)
     k = min(top_k, logits.shape[-1])
-    noise = exponential_noise((*logits.shape[:-1], k), logits.dtype, logits.device, generators)
+    if noise is None:
+        noise = exponential_noise((*logits.shape[:-1], k), logits.dtype, logits.device, generators)
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2:
         kernels = native.kernels()
         if kernels is not None:
-            return kernels.sample_among_top_k(logits.contiguous(), temperature, noise)
+            return kernels.sample_among_top_k(logits.contiguous(), temperature, noise.contiguous())
     best, best_ids = torch.topk(logits, k, dim=-1)
     probs = torch.softmax(best / temperature, dim=-1)
     return best_ids.gather(-1, torch.argmax(probs / noise, dim=-1, keepdim=True)).squeeze(-1)

@@ -206,12 +206,17 @@ class Transformer(nn.Module):
                 and all(layer.runs_on_float_products() for layer in self.layers)
                 and self.norm.scale.dtype == torch.float32)
 
-    def _native_step(self, kernels, x, rope, start, key_mask) -> torch.Tensor:
+    def native_tensors(self) -> list[torch.Tensor]:
+        """The weights and caches of every layer as the native kernels read them (8 per layer, `decoding.cpp`)."""
         tensors = []
         for layer in self.layers:
             attn, mlp = layer.attn, layer.mlp
             tensors += [layer.sa_norm.scale, attn.fused_qkv.weight, attn.output_proj.weight, layer.mlp_norm.scale,
                         mlp.fused_gate_up.weight, mlp.w2.weight, attn.cache.k, attn.cache.v]
+        return tensors
+
+    def _native_step(self, kernels, x, rope, start, key_mask) -> torch.Tensor:
         c = self.config
-        return kernels.transformer_step(x.contiguous(), torch.view_as_real(rope), key_mask, start, tensors,
-                                        self.norm.scale, c.num_heads, c.num_kv_heads, c.norm_eps)
+        return kernels.transformer_step(x.contiguous(), torch.view_as_real(rope), key_mask, start,
+                                        self.native_tensors(), self.norm.scale, c.num_heads, c.num_kv_heads,
+                                        c.norm_eps)
