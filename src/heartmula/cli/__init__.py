@@ -30,8 +30,9 @@ VERB_MODULES = (
 def add_int8_option(parser: argparse.ArgumentParser) -> None:
     """`--int8/--no-int8` for the verbs that load an LM (see heartmula.song_models.int8_by_default)."""
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, help="int8 weight-only linear layers in "
-                        "the LM (CPU speed-up); default: on for the embedded default LM on a CPU in float32, off for "
-                        "other checkpoints (they run as upstream)%(default).0s")  # .0s: no "(default: None)"
+                        "the LM (a CPU speed-up where the native decoding kernels cannot be built; with them float32 "
+                        "is faster); default: on for the embedded default LM in float32 on such a CPU, off "
+                        "otherwise and for other checkpoints (they run as upstream)%(default).0s")  # .0s: no default
 
 
 def build_parser() -> argparse.ArgumentParser:
