@@ -641,14 +641,15 @@ class GenerationSession:
     def _native_local_frame(self, last_hidden, first_codes, noise) -> torch.Tensor | None:
         """Codebooks 1..K-1 [songs, K-1] in one native call (`decoding.cpp`'s local_frame: the loop of
         `_frame_from_hidden` without its ~70 small torch operations per codebook), where the local decoder, the
-        projection and the heads run on float32 products on a CPU in the default mode; None elsewhere."""
+        projection and the heads run on float32 or bfloat16 few-row products on a CPU in the default mode; None
+        elsewhere."""
         model = self.generator.model
         if self.compat or not self._native_frames or model.audio_head_int8 is not None:
             return None
         heads = model.audio_head.transpose(1, 2)  # [K-1, V, d]: contiguous in the row-major layout of from_pretrained
         if (not isinstance(model.projection, Linear) or not model.projection.few_rows_transposed
                 or not heads.is_contiguous()
-                or any(t.dtype != torch.float32
+                or any(t.dtype != last_hidden.dtype
                        for t in (model.projection.weight, heads, model.audio_embeddings.weight))
                 or not model.decoder._native_step_applies(last_hidden[:, None])):  # one token per row after step 0
             return None

@@ -1,4 +1,5 @@
-// Float32 kernels for decoding on x86 CPUs with AVX2 + FMA, built once by heartmula.nn.native.
+// Kernels for decoding on x86 CPUs with AVX2 + FMA, built once by heartmula.nn.native. Weights (and KV caches) are
+// float32 or bfloat16 (W below); activations are float32 inside, whatever the weights.
 //
 // Decoding multiplies a few rows (2-3 per song with guidance) by every weight matrix, so its speed is the speed at
 // which the weights stream from memory. torch's BLAS reads them at about half the memory bandwidth on some CPUs
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -33,60 +35,80 @@ float horizontal_sum(__m256 v) {
 // (work/scratch experiments, 512 B to 16 KB tried).
 constexpr int64_t kPrefetchAhead = 2048;
 
-// Dot products of one weight row with `R` input rows (R = 1 or 2), four independent accumulators per input row so
-// that the FMA latency does not limit the stream. `Stream`: prefetch the weights ahead (a product's long stream).
-template <int R, bool Stream = false>
-void dot_rows(const float* w, const float* const* x, int64_t k, float* out) {
+using BFloat16 = c10::BFloat16;
+
+// 8 weights as floats: a bfloat16 is the top half of a float32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const BFloat16* p) {
+  const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+}
+
+template <typename W>
+constexpr torch::ScalarType scalar_type() {
+  return std::is_same<W, float>::value ? torch::kFloat32 : torch::kBFloat16;
+}
+
+// Dot products of one weight row with `R` float input rows (R = 1 or 2), four independent accumulators per input
+// row so that the FMA latency does not limit the stream. `Stream`: prefetch the weights ahead (a product's long
+// stream).
+template <int R, bool Stream = false, typename W>
+void dot_rows(const W* w, const float* const* x, int64_t k, float* out) {
   __m256 acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
-    if (Stream) {  // two cache lines per 32 floats
-      _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchAhead), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchAhead + 16), _MM_HINT_T0);
+    if (Stream) {  // the same distance in bytes whatever the weight type; 32 weights span 1 or 2 cache lines
+      const char* ahead = reinterpret_cast<const char*>(w + i) + kPrefetchAhead * sizeof(float);
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      if (sizeof(W) == 4) _mm_prefetch(ahead + 64, _MM_HINT_T0);
     }
     __m256 wv[4];
-    for (int j = 0; j < 4; ++j) wv[j] = _mm256_loadu_ps(w + i + 8 * j);
+    for (int j = 0; j < 4; ++j) wv[j] = load8(w + i + 8 * j);
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x[r] + i + 8 * j), acc[r][j]);
   }
   for (; i + 8 <= k; i += 8) {
-    __m256 wv = _mm256_loadu_ps(w + i);
+    __m256 wv = load8(w + i);
     for (int r = 0; r < R; ++r) acc[r][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[r] + i), acc[r][0]);
   }
   for (int r = 0; r < R; ++r) {
     float sum = horizontal_sum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
-    for (int64_t t = i; t < k; ++t) sum += w[t] * x[r][t];
+    for (int64_t t = i; t < k; ++t) sum += static_cast<float>(w[t]) * x[r][t];
     out[r] = sum;
   }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  const float* rows[1] = {b};
+// a (float) . b (float or bfloat16)
+template <typename W>
+float dot(const float* a, const W* b, int64_t n) {
+  const float* rows[1] = {a};
   float sum;
-  dot_rows<1>(a, rows, n, &sum);
+  dot_rows<1>(b, rows, n, &sum);
   return sum;
 }
 
 // y += alpha * x
-void axpy(float alpha, const float* x, float* y, int64_t n) {
+template <typename W>
+void axpy(float alpha, const W* x, float* y, int64_t n) {
   const __m256 a = _mm256_set1_ps(alpha);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += alpha * x[i];
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, load8(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * static_cast<float>(x[i]);
 }
 
-void check_float_cpu(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(), name,
-              " must be a contiguous float32 CPU tensor");
+void check_cpu(const torch::Tensor& t, const char* name, torch::ScalarType type = torch::kFloat32) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == type && t.is_contiguous(), name, " must be a contiguous ",
+              type == torch::kFloat32 ? "float32" : "bfloat16", " CPU tensor");
 }
 
 // out[rows, n] = x[rows, k] @ w[n, k].T (+ bias). Each thread streams its own contiguous block of weight rows.
-void product(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, const float* bias, float* out) {
+template <typename W>
+void product(const float* x, int64_t rows, int64_t k, const W* w, int64_t n, const float* bias, float* out) {
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
-      const float* w_row = w + o * k;
+      const W* w_row = w + o * k;
       const float bias_value = bias ? bias[o] : 0.0f;
       int64_t r = 0;
       for (; r + 2 <= rows; r += 2) {
@@ -107,11 +129,12 @@ void product(const float* x, int64_t rows, int64_t k, const float* w, int64_t n,
 }
 
 // out = x * rsqrt(mean(x^2) + eps) * scale, row by row (F.rms_norm)
-void rms_norm(const float* x, int64_t rows, int64_t d, const float* scale, float eps, float* out) {
+template <typename W>
+void rms_norm(const float* x, int64_t rows, int64_t d, const W* scale, float eps, float* out) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * d;
     const float inverse = 1.0f / std::sqrt(dot(xr, xr, d) / d + eps);
-    for (int64_t i = 0; i < d; ++i) out[r * d + i] = xr[i] * inverse * scale[i];
+    for (int64_t i = 0; i < d; ++i) out[r * d + i] = xr[i] * inverse * static_cast<float>(scale[i]);
   }
 }
 
@@ -129,22 +152,30 @@ void rotate(float* x, int64_t heads, int64_t head_dim, const float* cos_sin) {
 
 }  // namespace
 
-// x [rows, k] @ weight[n, k].T (+ bias [n]) -> [rows, n]
+// x [rows, k] @ weight[n, k].T (+ bias [n]) -> [rows, n]: float32 throughout, or bfloat16 x, weight and bias (the
+// result rounded to bfloat16 once, at the end).
 torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& weight,
                               const c10::optional<torch::Tensor>& bias) {
-  check_float_cpu(x, "x");
-  check_float_cpu(weight, "weight");
+  const auto type = weight.scalar_type();
+  TORCH_CHECK(type == torch::kFloat32 || type == torch::kBFloat16, "weight must be float32 or bfloat16");
+  check_cpu(x, "x", type);
+  check_cpu(weight, "weight", type);
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "shapes do not match");
   const int64_t rows = x.size(0), k = x.size(1), n = weight.size(0);
-  const float* bias_data = nullptr;
+  torch::Tensor bias32;
   if (bias.has_value()) {
-    check_float_cpu(*bias, "bias");
+    check_cpu(*bias, "bias", type);
     TORCH_CHECK(bias->numel() == n, "bias size does not match");
-    bias_data = bias->data_ptr<float>();
+    bias32 = bias->to(torch::kFloat32);
   }
-  auto out = torch::empty({rows, n}, x.options());
-  product(x.data_ptr<float>(), rows, k, weight.data_ptr<float>(), n, bias_data, out.data_ptr<float>());
-  return out;
+  const auto x32 = x.to(torch::kFloat32);
+  auto out = torch::empty({rows, n}, x32.options());
+  const float* bias_data = bias.has_value() ? bias32.data_ptr<float>() : nullptr;
+  if (type == torch::kFloat32)
+    product(x32.data_ptr<float>(), rows, k, weight.data_ptr<float>(), n, bias_data, out.data_ptr<float>());
+  else
+    product(x32.data_ptr<float>(), rows, k, weight.data_ptr<BFloat16>(), n, bias_data, out.data_ptr<float>());
+  return out.to(type);
 }
 
 // Tensors per layer in a transformer's `layers` list, in this order.
@@ -153,26 +184,27 @@ constexpr int kTensorsPerLayer = 8;
 // A Llama-style transformer of heartmula.nn.transformer with its KV caches, read from a list of tensors
 // (checked once): per layer sa_norm scale [d], q|k|v weight [(heads + 2 kv_heads) head_dim, d], output weight
 // [d, heads head_dim], mlp_norm scale [d], gate|up weight [2 f, d], down weight [d, f], cache k and v
-// [>= batch, kv_heads, capacity, head_dim].
+// [>= batch, kv_heads, capacity, head_dim], all of one type W (float or BFloat16).
+template <typename W>
 struct Transformer {
   const std::vector<torch::Tensor>& layers;
-  const float* final_scale;
+  const W* final_scale;
   int64_t d, f, heads, kv_heads, head_dim;
   float eps;
 
   Transformer(const std::vector<torch::Tensor>& layers, const torch::Tensor& final_norm, int64_t d,
               int64_t head_dim, int64_t num_heads, int64_t num_kv_heads, double eps, int64_t batch, int64_t end)
       : layers(layers), d(d), f(0), heads(num_heads), kv_heads(num_kv_heads), head_dim(head_dim), eps(eps) {
-    check_float_cpu(final_norm, "final_scale");
+    check_cpu(final_norm, "final_scale", scalar_type<W>());
     TORCH_CHECK(final_norm.numel() == d, "final_scale must have the model width");
-    final_scale = final_norm.data_ptr<float>();
+    final_scale = final_norm.data_ptr<W>();
     TORCH_CHECK(!layers.empty() && layers.size() % kTensorsPerLayer == 0, "layers must hold 8 tensors per layer");
     TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0, "bad head counts");
     const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
     for (size_t i = 0; i < layers.size(); ++i) {
       const auto& t = layers[i];
       const int slot = i % kTensorsPerLayer;
-      if (slot < 6) check_float_cpu(t, "a layer weight");
+      if (slot < 6) check_cpu(t, "a layer weight", scalar_type<W>());
       if (slot == 4) f = t.size(0) / 2;
       bool ok;
       switch (slot) {
@@ -182,7 +214,7 @@ struct Transformer {
         case 4: ok = t.dim() == 2 && t.size(0) % 2 == 0 && t.size(1) == d; break;
         case 5: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == f; break;
         default:
-          ok = t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.dim() == 4 && t.size(0) >= batch &&
+          ok = t.device().is_cpu() && t.scalar_type() == scalar_type<W>() && t.dim() == 4 && t.size(0) >= batch &&
                t.size(1) == num_kv_heads && t.size(2) >= end && t.size(3) == head_dim && t.stride(3) == 1;
       }
       TORCH_CHECK(ok, "layer ", i / kTensorsPerLayer, " tensor ", slot, " has the wrong shape");
@@ -203,14 +235,14 @@ struct Transformer {
     for (size_t first = 0; first < layers.size(); first += kTensorsPerLayer) {
       const auto& cache_k = layers[first + 6];
       const auto& cache_v = layers[first + 7];
-      float* k_cache = cache_k.data_ptr<float>();
-      float* v_cache = cache_v.data_ptr<float>();
+      W* k_cache = cache_k.data_ptr<W>();
+      W* v_cache = cache_v.data_ptr<W>();
       const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), kt = cache_k.stride(2);
       const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vt = cache_v.stride(2);
 
       // Attention block: norm, one q|k|v product, RoPE, new K/V into the cache.
-      rms_norm(h, rows, d, layers[first].data_ptr<float>(), eps, normed.data());
-      product(normed.data(), rows, d, layers[first + 1].data_ptr<float>(), qkv_size, nullptr, qkv.data());
+      rms_norm(h, rows, d, layers[first].data_ptr<W>(), eps, normed.data());
+      product(normed.data(), rows, d, layers[first + 1].data_ptr<W>(), qkv_size, nullptr, qkv.data());
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = r / s, j = r % s;
         float* q = qkv.data() + r * qkv_size;
@@ -225,8 +257,8 @@ struct Transformer {
         std::vector<float> weights(end);
         for (int64_t task = begin; task < stop; ++task) {
           const int64_t i = task / kv_heads, g = task % kv_heads;
-          const float* keys = k_cache + i * kb + g * kh;
-          const float* values = v_cache + i * vb + g * vh;
+          const W* keys = k_cache + i * kb + g * kh;
+          const W* values = v_cache + i * vb + g * vh;
           const bool* allowed = mask ? mask + i * mask_stride : nullptr;
           for (int64_t j = 0; j < s; ++j) {
             const int64_t visible = start + j + 1;
@@ -253,18 +285,18 @@ struct Transformer {
           }
         }
       });
-      product(attended.data(), rows, q_size, layers[first + 2].data_ptr<float>(), d, nullptr, delta.data());
+      product(attended.data(), rows, q_size, layers[first + 2].data_ptr<W>(), d, nullptr, delta.data());
       for (int64_t i = 0; i < rows * d; ++i) h[i] += delta[i];
 
       // Feed-forward block: norm, one gate|up product, SwiGLU, down product.
-      rms_norm(h, rows, d, layers[first + 3].data_ptr<float>(), eps, normed.data());
-      product(normed.data(), rows, d, layers[first + 4].data_ptr<float>(), 2 * f, nullptr, gate_up.data());
+      rms_norm(h, rows, d, layers[first + 3].data_ptr<W>(), eps, normed.data());
+      product(normed.data(), rows, d, layers[first + 4].data_ptr<W>(), 2 * f, nullptr, gate_up.data());
       for (int64_t r = 0; r < rows; ++r) {
         const float* gate = gate_up.data() + r * 2 * f;
         const float* up = gate + f;
         for (int64_t c = 0; c < f; ++c) activated[r * f + c] = gate[c] / (1.0f + std::exp(-gate[c])) * up[c];
       }
-      product(activated.data(), rows, f, layers[first + 5].data_ptr<float>(), d, nullptr, delta.data());
+      product(activated.data(), rows, f, layers[first + 5].data_ptr<W>(), d, nullptr, delta.data());
       for (int64_t i = 0; i < rows * d; ++i) h[i] += delta[i];
     }
     rms_norm(h, rows, d, final_scale, eps, out);
@@ -274,13 +306,16 @@ struct Transformer {
 // The transformer over `s` new tokens of `b` sequences that continue their KV caches at slot `start`:
 // x [b, s, d] (embedded tokens) -> final-normed hidden states [b, s, d]; the new K/V are written into the caches.
 // rope [b or 1, s, head_dim / 2, 2]: (cos, sin) of each token's position. key_mask [b, >= start + s] (bool,
-// true = may attend) marks the padding slots of left-padded rows. layers: see `Transformer`.
+// true = may attend) marks the padding slots of left-padded rows. layers: see `Transformer`, of x's type (float32
+// or bfloat16: then the output is rounded to bfloat16 once, at the end).
 torch::Tensor transformer_step(const torch::Tensor& x, const torch::Tensor& rope,
                                const c10::optional<torch::Tensor>& key_mask, int64_t start,
                                const std::vector<torch::Tensor>& layers, const torch::Tensor& final_scale,
                                int64_t num_heads, int64_t num_kv_heads, double eps) {
-  check_float_cpu(x, "x");
-  check_float_cpu(rope, "rope");
+  const auto type = x.scalar_type();
+  TORCH_CHECK(type == torch::kFloat32 || type == torch::kBFloat16, "x must be float32 or bfloat16");
+  check_cpu(x, "x", type);
+  check_cpu(rope, "rope");
   TORCH_CHECK(x.dim() == 3, "x must be [batch, tokens, dim]");
   const int64_t b = x.size(0), s = x.size(1), d = x.size(2);
   TORCH_CHECK(rope.dim() == 4 && (rope.size(0) == 1 || rope.size(0) == b) && rope.size(1) == s && rope.size(3) == 2,
@@ -295,12 +330,20 @@ torch::Tensor transformer_step(const torch::Tensor& x, const torch::Tensor& rope
     mask = key_mask->data_ptr<bool>();
     mask_stride = key_mask->stride(0);
   }
-  const Transformer transformer(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, b, start + s);
-  auto hidden = x.clone();
+  auto hidden = x.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);  // the residual stream, updated in place
   auto out = torch::empty_like(hidden);
-  transformer.run(hidden.data_ptr<float>(), b, s, start, rope.data_ptr<float>(), rope.size(0) == 1 ? 0 : s * head_dim,
-                  mask, mask_stride, out.data_ptr<float>());
-  return out;
+  const int64_t rope_batch_stride = rope.size(0) == 1 ? 0 : s * head_dim;
+  if (type == torch::kFloat32) {
+    const Transformer<float> transformer(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, b, start + s);
+    transformer.run(hidden.data_ptr<float>(), b, s, start, rope.data_ptr<float>(), rope_batch_stride, mask,
+                    mask_stride, out.data_ptr<float>());
+  } else {
+    const Transformer<BFloat16> transformer(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, b,
+                                            start + s);
+    transformer.run(hidden.data_ptr<float>(), b, s, start, rope.data_ptr<float>(), rope_batch_stride, mask,
+                    mask_stride, out.data_ptr<float>());
+  }
+  return out.to(type);
 }
 
 // A draw from the softmax of a row's k best logits at `temperature`: the argmax over those k of probability /
@@ -345,8 +388,8 @@ int64_t argmax(const float* row, int64_t vocab) {
 // Token ids [n] drawn among each row's k best logits with noise [n, k]: `draw_among_top_k` row by row, in place of
 // the six torch operations of heartmula.nn.sampling.sample_among_top_k.
 torch::Tensor sample_among_top_k(const torch::Tensor& logits, double temperature, const torch::Tensor& noise) {
-  check_float_cpu(logits, "logits");
-  check_float_cpu(noise, "noise");
+  check_cpu(logits, "logits");
+  check_cpu(noise, "noise");
   TORCH_CHECK(logits.dim() == 2 && noise.dim() == 2 && noise.size(0) == logits.size(0) && noise.size(1) >= 1 &&
                   noise.size(1) <= logits.size(1), "noise must be [rows, k] with 1 <= k <= vocabulary");
   TORCH_CHECK(temperature > 0, "temperature must be > 0");
@@ -359,6 +402,54 @@ torch::Tensor sample_among_top_k(const torch::Tensor& logits, double temperature
   return ids;
 }
 
+// The loop of `local_frame` (below) for weights of type W, its arguments checked.
+template <typename W>
+void run_local_frame(const torch::Tensor& hidden, const int64_t* first, const int64_t* song_of,
+                     const torch::Tensor& guidance, const torch::Tensor& masks, const torch::Tensor& noise,
+                     double temperature, const torch::Tensor& projection, const torch::Tensor& heads,
+                     const torch::Tensor& embeddings, const float* rope, int64_t head_dim,
+                     const Transformer<W>& decoder, int64_t* out_codes) {
+  const int64_t rows = hidden.size(0), width = hidden.size(1), d = projection.size(0);
+  const int64_t songs = guidance.size(0), steps = heads.size(0), vocab = heads.size(1), k = noise.size(2);
+  const W* embedding_rows = embeddings.data_ptr<W>();
+  std::vector<float> inputs(rows * 2 * width), projected(rows * 2 * d), states(rows * 2 * d), logits(rows * vocab),
+      guided(vocab);
+  std::vector<std::pair<float, int64_t>> best;
+  const auto embed = [&](int64_t row, float* into) {
+    std::transform(embedding_rows + row * width, embedding_rows + (row + 1) * width, into,
+                   [](W value) { return static_cast<float>(value); });
+  };
+  // Step 0: two tokens per row, the backbone state and codebook 0's embedding.
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(hidden.data_ptr<float>() + r * width, width, inputs.data() + 2 * r * width);
+    embed(first[song_of[r]], inputs.data() + (2 * r + 1) * width);
+  }
+  int64_t tokens = 2, start = 0;
+  for (int64_t step = 0; step < steps; ++step) {
+    product(inputs.data(), rows * tokens, width, projection.data_ptr<W>(), d, nullptr, projected.data());
+    decoder.run(projected.data(), rows, tokens, start, rope + start * head_dim, 0, nullptr, 0, states.data());
+    // The last token's state of each row -> this codebook's logits -> each song's guided draw.
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(states.data() + ((r + 1) * tokens - 1) * d, d, projected.data() + r * d);
+    product(projected.data(), rows, d, heads.data_ptr<W>() + step * vocab * d, vocab, nullptr, logits.data());
+    for (int64_t i = 0; i < songs; ++i) {
+      std::copy_n(masks.data_ptr<float>() + step * vocab, vocab, guided.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float weight = guidance.data_ptr<float>()[i * rows + r];
+        if (weight != 0.0f) axpy(weight, logits.data() + r * vocab, guided.data(), vocab);
+      }
+      out_codes[i * steps + step] =
+          k == 0 ? argmax(guided.data(), vocab)
+                 : draw_among_top_k(guided.data(), vocab, noise.data_ptr<float>() + (i * steps + step) * k, k,
+                                    temperature, best);
+    }
+    start += tokens;
+    tokens = 1;
+    for (int64_t r = 0; r < rows; ++r)  // the code just drawn, embedded for its codebook, is the next input
+      embed((step + 1) * vocab + out_codes[song_of[r] * steps + step], inputs.data() + r * width);
+  }
+}
+
 // Codebooks 1..K-1 of one frame, the local decoder's whole loop in one call (heartmula.lm.generation's
 // `_frame_from_hidden` in the default mode): the decoder starts afresh at [backbone state, codebook 0]; after
 // each step, every song's guided logits of the next codebook (guidance [songs, rows] @ row logits + the
@@ -366,18 +457,22 @@ torch::Tensor sample_among_top_k(const torch::Tensor& logits, double temperature
 //
 // hidden [rows, D]: the backbone's last hidden state of each row; first_codes [songs]: codebook 0; row_song [rows]:
 // each row's song. masks [K - 1, V] (additive); noise [songs, K - 1, k] for sampling among the k best at
-// `temperature`, or k = 0 for the most likely code. projection [d, D]; heads [K - 1, V, d] (row-major);
-// embeddings [K V, D] (codebook c, code x at row c V + x); rope [K, head_dim / 2, 2] of positions 0..K-1; layers
-// and final_scale: the decoder (see `Transformer`, its caches for >= rows sequences of >= K slots).
-// Returns codes [songs, K - 1].
+// `temperature`, or k = 0 for the most likely code (these three and guidance in float32). projection [d, D];
+// heads [K - 1, V, d] (row-major); embeddings [K V, D] (codebook c, code x at row c V + x); rope [K, head_dim / 2,
+// 2] of positions 0..K-1; layers and final_scale: the decoder (see `Transformer`, its caches for >= rows sequences
+// of >= K slots). hidden and the weights are all float32 or all bfloat16. Returns codes [songs, K - 1].
 torch::Tensor local_frame(const torch::Tensor& hidden, const torch::Tensor& first_codes, const torch::Tensor& row_song,
                           const torch::Tensor& guidance, const torch::Tensor& masks, const torch::Tensor& noise,
                           double temperature, const torch::Tensor& projection, const torch::Tensor& heads,
                           const torch::Tensor& embeddings, const torch::Tensor& rope,
                           const std::vector<torch::Tensor>& layers, const torch::Tensor& final_scale, int64_t num_heads,
                           int64_t num_kv_heads, double eps) {
-  for (const auto* t : {&hidden, &guidance, &masks, &noise, &projection, &heads, &embeddings, &rope})
-    check_float_cpu(*t, "hidden, guidance, masks, noise, projection, heads, embeddings and rope each");
+  const auto type = projection.scalar_type();
+  TORCH_CHECK(type == torch::kFloat32 || type == torch::kBFloat16, "the weights must be float32 or bfloat16");
+  for (const auto* t : {&hidden, &projection, &heads, &embeddings})
+    check_cpu(*t, "hidden, projection, heads and embeddings each", type);
+  for (const auto* t : {&guidance, &masks, &noise, &rope})
+    check_cpu(*t, "guidance, masks, noise and rope each");
   for (const auto* t : {&first_codes, &row_song})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kInt64 && t->dim() == 1 && t->is_contiguous(),
                 "first_codes and row_song must be int64 vectors");
@@ -396,55 +491,28 @@ torch::Tensor local_frame(const torch::Tensor& hidden, const torch::Tensor& firs
   TORCH_CHECK(k == 0 || temperature > 0, "temperature must be > 0 to sample");
   TORCH_CHECK(rope.dim() == 3 && rope.size(0) >= steps + 1 && rope.size(2) == 2, "rope must be [K, head_dim / 2, 2]");
   const int64_t head_dim = 2 * rope.size(1);
-  const Transformer decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows, steps + 1);
   const int64_t* song_of = row_song.data_ptr<int64_t>();
   for (int64_t r = 0; r < rows; ++r) TORCH_CHECK(song_of[r] >= 0 && song_of[r] < songs, "row_song out of range");
   const int64_t* first = first_codes.data_ptr<int64_t>();
   for (int64_t i = 0; i < songs; ++i) TORCH_CHECK(first[i] >= 0 && first[i] < vocab, "first_codes out of range");
 
   auto codes = torch::empty({songs, steps}, first_codes.options());
-  int64_t* out_codes = codes.data_ptr<int64_t>();
-  const float* embedding_rows = embeddings.data_ptr<float>();
-  std::vector<float> inputs(rows * 2 * width), projected(rows * 2 * d), states(rows * 2 * d), logits(rows * vocab),
-      guided(vocab);
-  std::vector<std::pair<float, int64_t>> best;
-  // Step 0: two tokens per row, the backbone state and codebook 0's embedding.
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy_n(hidden.data_ptr<float>() + r * width, width, inputs.data() + 2 * r * width);
-    std::copy_n(embedding_rows + first[song_of[r]] * width, width, inputs.data() + (2 * r + 1) * width);
-  }
-  int64_t tokens = 2, start = 0;
-  for (int64_t step = 0; step < steps; ++step) {
-    product(inputs.data(), rows * tokens, width, projection.data_ptr<float>(), d, nullptr, projected.data());
-    decoder.run(projected.data(), rows, tokens, start, rope.data_ptr<float>() + start * head_dim, 0, nullptr, 0,
-                states.data());
-    // The last token's state of each row -> this codebook's logits -> each song's guided draw.
-    for (int64_t r = 0; r < rows; ++r)
-      std::copy_n(states.data() + ((r + 1) * tokens - 1) * d, d, projected.data() + r * d);
-    product(projected.data(), rows, d, heads.data_ptr<float>() + step * vocab * d, vocab, nullptr, logits.data());
-    for (int64_t i = 0; i < songs; ++i) {
-      std::copy_n(masks.data_ptr<float>() + step * vocab, vocab, guided.data());
-      for (int64_t r = 0; r < rows; ++r) {
-        const float weight = guidance.data_ptr<float>()[i * rows + r];
-        if (weight != 0.0f) axpy(weight, logits.data() + r * vocab, guided.data(), vocab);
-      }
-      out_codes[i * steps + step] =
-          k == 0 ? argmax(guided.data(), vocab)
-                 : draw_among_top_k(guided.data(), vocab, noise.data_ptr<float>() + (i * steps + step) * k, k,
-                                    temperature, best);
-    }
-    start += tokens;
-    tokens = 1;
-    for (int64_t r = 0; r < rows; ++r) {  // the code just drawn, embedded for its codebook, is the next input
-      const int64_t code = out_codes[song_of[r] * steps + step];
-      std::copy_n(embedding_rows + ((step + 1) * vocab + code) * width, width, inputs.data() + r * width);
-    }
+  const auto hidden32 = hidden.to(torch::kFloat32);
+  if (type == torch::kFloat32) {
+    const Transformer<float> decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows, steps + 1);
+    run_local_frame(hidden32, first, song_of, guidance, masks, noise, temperature, projection, heads, embeddings,
+                    rope.data_ptr<float>(), head_dim, decoder, codes.data_ptr<int64_t>());
+  } else {
+    const Transformer<BFloat16> decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows,
+                                        steps + 1);
+    run_local_frame(hidden32, first, song_of, guidance, masks, noise, temperature, projection, heads, embeddings,
+                    rope.data_ptr<float>(), head_dim, decoder, codes.data_ptr<int64_t>());
   }
   return codes;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("few_rows_linear", &few_rows_linear, "x @ weight.T (+ bias) for a few float32 rows");
+  m.def("few_rows_linear", &few_rows_linear, "x @ weight.T (+ bias) for a few rows (float32 or bfloat16)");
   m.def("transformer_step", &transformer_step,
         "a Llama-style transformer over a few new tokens with its KV cache (see decoding.cpp)");
   m.def("sample_among_top_k", &sample_among_top_k, "a draw among each row's k best logits (see decoding.cpp)");

@@ -16,27 +16,31 @@ NATIVE_ROWS = 12
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            few_rows_transposed: bool = True) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, faster for the few-row float32 products of decoding on a CPU.
+    """`F.linear(x, weight, bias)`, faster for the few-row float32 and bfloat16 products of decoding on a CPU.
 
     Decoding with guidance multiplies 2-3 rows per song by every weight matrix. torch's CPU BLAS (MKL) streams the
     weights of such an `x @ weight.T` at a fraction of the memory bandwidth on some CPUs. The native kernel
-    (`heartmula.nn.native`, x86 with AVX2) streams them at close to it; without it, the same product computed as
+    (`heartmula.nn.native`, x86 with AVX2) streams them at close to it; without it, a float32 product computed as
     `(weight @ x.T).T` decoded the issue's 36M LM 3x faster on a 2-core AMD EPYC (`bench/lm_decode.py`). Both
-    differ from F.linear by float32 rounding only (another summation order); `few_rows_transposed=False` keeps
-    F.linear's bits, which upstream's numbers need (compat mode).
+    differ from F.linear by rounding only (another summation order; the native kernel accumulates bfloat16 in
+    float32 and rounds once); `few_rows_transposed=False` keeps F.linear's bits, which upstream's numbers need
+    (compat mode).
     """
-    if (few_rows_transposed and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.numel() <= FEW_ROWS * x.shape[-1]):
-        rows = x.reshape(-1, x.shape[-1])
-        out_shape = (*x.shape[:-1], weight.shape[0])
-        if (rows.shape[0] <= NATIVE_ROWS and weight.is_contiguous() and not _needs_grad(x, weight, bias)
-                and not torch.compiler.is_compiling()):  # a compiled graph keeps torch's own operations
-            kernels = native.kernels()
-            if kernels is not None:
-                return kernels.few_rows_linear(rows.contiguous(), weight, bias).reshape(out_shape)
-        out = torch.mm(weight, rows.t()).t().contiguous().reshape(out_shape)
-        return out if bias is None else out + bias
-    return F.linear(x, weight, bias)
+    if (not few_rows_transposed or x.device.type != "cpu" or x.dtype != weight.dtype
+            or x.dtype not in (torch.float32, torch.bfloat16) or x.numel() > FEW_ROWS * x.shape[-1]):
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    if (rows.shape[0] <= NATIVE_ROWS and weight.is_contiguous() and (bias is None or bias.dtype == x.dtype)
+            and not _needs_grad(x, weight, bias)
+            and not torch.compiler.is_compiling()):  # a compiled graph keeps torch's own operations
+        kernels = native.kernels()
+        if kernels is not None:
+            return kernels.few_rows_linear(rows.contiguous(), weight, bias).reshape(out_shape)
+    if x.dtype != torch.float32:
+        return F.linear(x, weight, bias)
+    out = torch.mm(weight, rows.t()).t().contiguous().reshape(out_shape)
+    return out if bias is None else out + bias
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:

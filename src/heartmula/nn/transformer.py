@@ -128,14 +128,14 @@ class TransformerLayer(nn.Module):
         self.mlp_norm = RMSNorm(config.embed_dim, config.norm_eps)
         self.mlp = SwiGLU(config.embed_dim, config.intermediate_dim)
 
-    def runs_on_float_products(self) -> bool:
-        """Whether every product of the layer is a float32 few-row product with q/k/v and gate/up fused (not int8
-        layers, not upstream's separate F.linear products of compat mode)."""
+    def runs_on_few_row_products(self, dtype: torch.dtype) -> bool:
+        """Whether every product of the layer is a few-row product of `dtype` weights with q/k/v and gate/up fused
+        (not int8 layers, not upstream's separate F.linear products of compat mode)."""
         fused = (self.attn.fused_qkv, self.mlp.fused_gate_up)
-        return (all(f is not None and f.quantized is None and f.active() and f.weight.dtype == torch.float32
-                    for f in fused)
-                and all(isinstance(m, Linear) and m.weight.dtype == torch.float32
-                        for m in (self.attn.output_proj, self.mlp.w2)))
+        return (all(f is not None and f.quantized is None and f.active() and f.weight.dtype == dtype for f in fused)
+                and all(isinstance(m, Linear) and m.weight.dtype == dtype
+                        for m in (self.attn.output_proj, self.mlp.w2))
+                and self.sa_norm.scale.dtype == dtype and self.mlp_norm.scale.dtype == dtype)
 
     def forward(self, x, rope, start, key_mask):
         h = x + self.attn(self.sa_norm(x), rope, start, key_mask)
@@ -199,12 +199,13 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def _native_step_applies(self, x: torch.Tensor) -> bool:
-        """Whether a decoding step may run as one native call (`decoding.cpp`): a few float32 CPU rows, no autograd,
-        no compiled graph, and every layer on its fused float products (so not in compat mode, not int8)."""
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] * x.shape[1] <= NATIVE_ROWS
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and all(layer.runs_on_float_products() for layer in self.layers)
-                and self.norm.scale.dtype == torch.float32)
+        """Whether a decoding step may run as one native call (`decoding.cpp`): a few float32 or bfloat16 CPU rows,
+        no autograd, no compiled graph, and every layer on its fused products of x's type (so not in compat mode,
+        not int8)."""
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+                and x.shape[0] * x.shape[1] <= NATIVE_ROWS and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and self.norm.scale.dtype == x.dtype
+                and all(layer.runs_on_few_row_products(x.dtype) for layer in self.layers))
 
     def native_tensors(self) -> list[torch.Tensor]:
         """The weights and caches of every layer as the native kernels read them (8 per layer, `decoding.cpp`)."""
