@@ -54,34 +54,37 @@ def pack_in_huge_pages(holders: list[tuple[object, str]]) -> int:
 
     Pass `(parameter, "data")` for a Parameter: it keeps its identity, so optimizers, state dicts and fused layers
     see the same objects. Works on storages: tensors that share one (the row blocks of a fused matrix, a transposed
-    view) keep sharing it, with their offsets and strides.
+    view) keep sharing it, with their offsets and strides. Storages move one at a time, each freed once its tensors
+    point into the block, so memory peaks at the model plus its largest storage (pages of the block are only
+    backed once written).
     """
     if not huge_pages_available():
         return 0
-    storages: dict[int, torch.UntypedStorage] = {}
+    sharing: dict[int, list[tuple[object, str]]] = {}  # storage address -> the holders of its tensors
+    sizes: dict[int, int] = {}
     for obj, name in holders:
         tensor = getattr(obj, name)
         if tensor is not None and tensor.device.type == "cpu" and tensor.numel():
             storage = tensor.untyped_storage()
-            storages.setdefault(storage.data_ptr(), storage)
+            sharing.setdefault(storage.data_ptr(), []).append((obj, name))
+            sizes[storage.data_ptr()] = storage.nbytes()
     slots, total = {}, 0
-    for pointer, storage in storages.items():
-        slots[pointer] = total
-        total += -(-storage.nbytes() // _ALIGN) * _ALIGN
+    for address, nbytes in sizes.items():
+        slots[address] = total
+        total += -(-nbytes // _ALIGN) * _ALIGN
     if total < MIN_BYTES:
         return 0
     block = huge_page_buffer(total)
-    for pointer, storage in storages.items():
-        start = slots[pointer]
-        block[start : start + storage.nbytes()].copy_(torch.empty(0, dtype=torch.uint8).set_(storage))
-    base = block.storage_offset()
-    for obj, name in holders:
-        tensor = getattr(obj, name)
-        if tensor is None or tensor.untyped_storage().data_ptr() not in slots:
-            continue
-        byte_offset = base + slots[tensor.untyped_storage().data_ptr()]
-        moved = torch.empty(0, dtype=tensor.dtype).set_(
-            block.untyped_storage(), byte_offset // tensor.element_size() + tensor.storage_offset(), tensor.shape,
-            tensor.stride())
-        setattr(obj, name, moved)
+    block_storage, base = block.untyped_storage(), block.storage_offset()
+    for address, members in sharing.items():
+        start = slots[address]
+        source = getattr(*members[0]).untyped_storage()
+        block[start : start + sizes[address]].copy_(torch.empty(0, dtype=torch.uint8).set_(source))
+        del source
+        for obj, name in members:
+            tensor = getattr(obj, name)
+            moved = torch.empty(0, dtype=tensor.dtype).set_(
+                block_storage, (base + start) // tensor.element_size() + tensor.storage_offset(), tensor.shape,
+                tensor.stride())
+            setattr(obj, name, moved)
     return total
