@@ -239,6 +239,7 @@ class GenerationSession:
         self._decoder_positions = torch.arange(model.num_codebooks, device=self.device)
         self._invalid_masks = self._build_invalid_masks()
         self._native_frames = True  # the native local frame where it applies (tools intercepting _sample turn it off)
+        self._frame_guidance: torch.Tensor | None = None  # this frame's guidance matrix (default mode)
         self._last_codes: torch.Tensor | None = None
         self._history: list[torch.Tensor] = []  # every frame so far (a prompt added mid-song is re-read over them)
         self._caches: tuple[list, list] | None = None  # this session's KV caches (backbone, decoder layers)
@@ -593,17 +594,14 @@ class GenerationSession:
         return logits.index_select(0, self.uncond_rows) + delta * self.sampling.cfg_scale
 
     def _sample(self, logits: torch.Tensor, codebook: int, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Guided logits of each song -> codes [songs]; `noise`: pre-drawn sampling noise (default mode)."""
-        if self.compat:
-            guided = self._guide(logits)
-        else:
-            invalid = self._invalid_masks[codebook]
-            if codebook == 0 and self.frame_index < max(1, self.min_new_frames):
-                invalid = self._first_frame_c0_mask  # EOS masked: a song has at least one (or min_new_frames)
-            guided = torch.addmm(invalid, self._frame_guidance, logits.float())  # guidance and mask, one call
+        """Row logits -> codes [songs]; `noise`: pre-drawn sampling noise (default mode)."""
         s = self.sampling
-        if self.compat:  # upstream's sampler and random stream
-            return sample_top_k(guided, s.top_k, s.temperature, self.generators)
+        if self.compat:  # upstream's guidance operations, sampler and random stream
+            return sample_top_k(self._guide(logits), s.top_k, s.temperature, self.generators)
+        invalid = self._invalid_masks[codebook]
+        if codebook == 0 and self.frame_index < max(1, self.min_new_frames):
+            invalid = self._first_frame_c0_mask  # EOS masked: a song has at least one (or min_new_frames)
+        guided = torch.addmm(invalid, self._frame_guidance, logits.float())  # guidance and mask, one call
         return sample_among_top_k(guided, s.top_k, s.temperature, self.generators, noise)
 
     def _codebook_noise(self) -> torch.Tensor | None:
@@ -651,7 +649,7 @@ class GenerationSession:
                 or not heads.is_contiguous()
                 or any(t.dtype != last_hidden.dtype
                        for t in (model.projection.weight, heads, model.audio_embeddings.weight))
-                or not model.decoder._native_step_applies(last_hidden[:, None])):  # one token per row after step 0
+                or not model.decoder.native_step_applies(last_hidden[:, None])):  # one token per row after step 0
             return None
         kernels = native.kernels()
         if kernels is None:

@@ -1,5 +1,7 @@
-"""Optional C++ kernels for float32 decoding on x86 CPUs with AVX2 + FMA (`decoding.cpp`): the few-row products
-of `heartmula.nn.layers.linear` and a whole transformer step over a few new tokens (`heartmula.nn.transformer`).
+"""Optional C++ kernels for decoding with float32 or bfloat16 weights on x86 CPUs with AVX2 + FMA (`decoding.cpp`):
+the few-row products of `heartmula.nn.layers.linear`, a whole transformer step over a few new tokens
+(`heartmula.nn.transformer`), the top-k sampler (`heartmula.nn.sampling`) and the local decoder's loop over a
+frame's codebooks 1..K-1 (`heartmula.lm.generation`).
 
 It is compiled once per machine with torch's extension builder (g++ and ninja, about a minute; `scripts/setup.sh`
 does it ahead of time: `python3 -m heartmula.nn.native`) and cached in torch's extension folder

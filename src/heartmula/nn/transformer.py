@@ -190,7 +190,7 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """x [b, s, d]; positions [s] or [b, s] (RoPE); `start`: cache slot of x[:, 0] (None = no cache, causal)."""
         rope = self.rope_rows(positions)
-        if start is not None and self._native_step_applies(x):
+        if start is not None and self.native_step_applies(x):
             kernels = native.kernels()
             if kernels is not None:
                 return self._native_step(kernels, x, rope, start, key_mask)
@@ -198,7 +198,7 @@ class Transformer(nn.Module):
             x = layer(x, rope, start, key_mask)
         return self.norm(x)
 
-    def _native_step_applies(self, x: torch.Tensor) -> bool:
+    def native_step_applies(self, x: torch.Tensor) -> bool:
         """Whether a decoding step may run as one native call (`decoding.cpp`): a few float32 or bfloat16 CPU rows,
         no autograd, no compiled graph, and every layer on its fused products of x's type (so not in compat mode,
         not int8)."""
