@@ -120,7 +120,7 @@ def spy_on_kernel(monkeypatch, *names: str) -> list[str]:
 
 def make_transformer(heads: int, kv_heads: int, dim: int, layers: int = 2) -> Transformer:
     config = TransformerConfig(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim,
-                               intermediate_dim=3 * dim, max_seq_len=256)
+                               intermediate_dim=3 * dim, max_seq_len=1024)
     torch.manual_seed(heads * 100 + kv_heads * 10 + dim)
     model = Transformer(config)
     with torch.no_grad():
@@ -152,13 +152,13 @@ def run_with_cache(model, x, positions, start, key_mask, filled_cache, use_nativ
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(8, 2, 512), (4, 4, 96), (6, 2, 60), (4, 1, 40)])
-@pytest.mark.parametrize(("batch", "tokens", "start"), [(2, 1, 37), (3, 2, 0), (1, 1, 0), (2, 4, 9)])
+@pytest.mark.parametrize(("batch", "tokens", "start"), [(2, 1, 37), (3, 2, 0), (1, 1, 0), (2, 4, 9), (2, 1, 700)])
 def test_transformer_step_matches_torch(kernels, heads, kv_heads, dim, batch, tokens, start):
     """A decoding step in one native call = the layer-by-layer torch path: hidden states and the cache writes.
     Head sizes 64, 24, 10 and 10 cover whole and partial 8- and 32-float blocks; grouped and plain attention."""
     model = make_transformer(heads, kv_heads, dim)
     head_dim = dim // heads
-    capacity = 48
+    capacity = max(48, start + tokens + 5)
     filled = [(torch.randn(batch + 1, kv_heads, capacity, head_dim), torch.randn(batch + 1, kv_heads, capacity,
                                                                                  head_dim)) for _ in model.layers]
     x = torch.randn(batch, tokens, dim)
@@ -181,21 +181,21 @@ def test_transformer_step_only_where_it_computes_the_same(kernels):
     model.setup_cache(2, 32, torch.float32, "cpu")
     x = torch.randn(2, 1, 64)
     with torch.inference_mode():
-        assert model._native_step_applies(x)
-        assert not model._native_step_applies(torch.randn(NATIVE_ROWS + 1, 1, 64))  # a prefill: torch's products
-        assert not model._native_step_applies(x.double())
+        assert model.native_step_applies(x)
+        assert not model.native_step_applies(torch.randn(NATIVE_ROWS + 1, 1, 64))  # a prefill: torch's products
+        assert not model.native_step_applies(x.double())
         for layer in model.layers:  # compat mode: upstream's separate F.linear products
             for module in layer.modules():
                 if isinstance(module, Linear):
                     module.few_rows_transposed = False
-        assert not model._native_step_applies(x)
-    assert not make_transformer(4, 2, 64)._native_step_applies(x)  # autograd on: training
+        assert not model.native_step_applies(x)
+    assert not make_transformer(4, 2, 64).native_step_applies(x)  # autograd on: training
     unfused = Transformer(model.config).eval()
     with torch.inference_mode():
-        assert not unfused._native_step_applies(x)  # separate q/k/v: not the layout the kernel reads
+        assert not unfused.native_step_applies(x)  # separate q/k/v: not the layout the kernel reads
         quantized = make_transformer(4, 2, 64)
         quantize_linears(quantized)
-        assert not quantized._native_step_applies(x)
+        assert not quantized.native_step_applies(x)
 
 
 def test_generation_with_and_without_the_native_step(kernels, generator, monkeypatch):
@@ -347,7 +347,7 @@ def test_transformer_step_with_bfloat16_weights_matches_float32(kernels):
         layer.attn.cache.k.copy_(k)
         layer.attn.cache.v.copy_(v)
     with torch.inference_mode():
-        assert model16._native_step_applies(x)
+        assert model16.native_step_applies(x)
         got = model16(x, positions, start=30)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
