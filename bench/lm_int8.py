@@ -47,7 +47,7 @@ def forced_log_probs(generator, song: SongRequest, codes: torch.Tensor, exact_pr
     generator.model.use_upstream_products = lambda enabled: None  # the session would reset them every frame
     records = []
 
-    def forced(logits: torch.Tensor, codebook: int) -> torch.Tensor:
+    def forced(logits: torch.Tensor, codebook: int, noise: torch.Tensor | None = None) -> torch.Tensor:
         guided = session._guide(logits) + session._invalid_masks[codebook]
         records.append(torch.log_softmax(guided.clamp(min=MASKED), dim=-1)[0])
         return codes[codebook, session.frame_index].view(1)
