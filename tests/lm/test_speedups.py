@@ -1,9 +1,11 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.lm.pretrained import load_generator
+from heartmula.nn import native
 from heartmula.nn.layers import Linear, linear
 from heartmula.nn.quant import Int8Linear, quantize_int8
 
@@ -45,7 +47,11 @@ def test_compiled_steps_give_the_same_song(generator):
     assert torch.equal(generator.generate([song], sampling, 8)[0], eager)
 
 
-def test_few_row_linear_matches_f_linear():
+@pytest.mark.parametrize("transposed", [True, False])  # AMD CPUs / the others, without the native kernel
+def test_few_row_linear_matches_f_linear(transposed, monkeypatch):
+    monkeypatch.setattr("heartmula.nn.layers.TRANSPOSED_FEW_ROWS", transposed)
+    monkeypatch.setattr(native, "_loaded", None)
+    monkeypatch.setattr(native, "_tried", True)
     torch.manual_seed(0)
     weight = torch.randn(300, 64)
     for shape in [(1, 64), (3, 64), (2, 1, 64), (4, 8, 64), (5, 9, 64)]:  # the last one has more than FEW_ROWS rows

@@ -8,10 +8,27 @@ from torch import nn
 
 from heartmula.nn import native
 
-# Up to this many rows (batch x positions), a float32 product on a CPU runs as `(weight @ x.T).T` (see `linear`).
+# Up to this many rows (batch x positions), a product on a CPU may take a faster path than F.linear (see `linear`).
 FEW_ROWS = 32
 # Up to this many rows, the native kernel (heartmula.nn.native) computes it where it can be used.
 NATIVE_ROWS = 12
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+# Without the native kernel, float32 few-row products run as `(weight @ x.T).T` on AMD CPUs, where MKL (torch's
+# BLAS) reads the weights of `x @ weight.T` slowly: the 36M bench LM decoded 3x faster that way on an AVX-512 EPYC.
+# On Intel CPUs MKL's own path is the fast one: 35 frames/s against 19 on a 2-core Xeon (HEARTMULA_NATIVE=0).
+TRANSPOSED_FEW_ROWS = _cpu_vendor() == "AuthenticAMD"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -20,8 +37,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     Decoding with guidance multiplies 2-3 rows per song by every weight matrix. torch's CPU BLAS (MKL) streams the
     weights of such an `x @ weight.T` at a fraction of the memory bandwidth on some CPUs. The native kernel
-    (`heartmula.nn.native`, x86 with AVX2) streams them at close to it; without it, a float32 product computed as
-    `(weight @ x.T).T` decoded the issue's 36M LM 3x faster on a 2-core AMD EPYC (`bench/lm_decode.py`). Both
+    (`heartmula.nn.native`, x86 with AVX2) streams them at close to it; without it, on AMD CPUs, a float32 product
+    computed as `(weight @ x.T).T` decoded the issue's 36M LM 3x faster on a 2-core EPYC (`bench/lm_decode.py`;
+    see TRANSPOSED_FEW_ROWS). Both
     differ from F.linear by rounding only (another summation order; the native kernel accumulates bfloat16 in
     float32 and rounds once); `few_rows_transposed=False` keeps F.linear's bits, which upstream's numbers need
     (compat mode).
@@ -37,7 +55,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         kernels = native.kernels()
         if kernels is not None:
             return kernels.few_rows_linear(rows.contiguous(), weight, bias).reshape(out_shape)
-    if x.dtype != torch.float32:
+    if x.dtype != torch.float32 or not TRANSPOSED_FEW_ROWS:
         return F.linear(x, weight, bias)
     out = torch.mm(weight, rows.t()).t().contiguous().reshape(out_shape)
     return out if bias is None else out + bias
