@@ -49,6 +49,15 @@ constexpr torch::ScalarType scalar_type() {
   return std::is_same<W, float>::value ? torch::kFloat32 : torch::kBFloat16;
 }
 
+// f(W{}) with W = float or BFloat16, the weight type `type` names (checked by the caller).
+template <typename F>
+void with_weight_type(torch::ScalarType type, F&& f) {
+  if (type == torch::kFloat32)
+    f(float{});
+  else
+    f(BFloat16{});
+}
+
 // Dot products of one weight row with `R` float input rows (R = 1 or 2), four independent accumulators per input
 // row so that the FMA latency does not limit the stream. `Stream`: prefetch the weights ahead (a product's long
 // stream).
@@ -206,10 +215,10 @@ torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& weigh
   const auto x32 = x.to(torch::kFloat32);
   auto out = torch::empty({rows, n}, x32.options());
   const float* bias_data = bias.has_value() ? bias32.data_ptr<float>() : nullptr;
-  if (type == torch::kFloat32)
-    product(x32.data_ptr<float>(), rows, k, weight.data_ptr<float>(), n, bias_data, out.data_ptr<float>());
-  else
-    product(x32.data_ptr<float>(), rows, k, weight.data_ptr<BFloat16>(), n, bias_data, out.data_ptr<float>());
+  with_weight_type(type, [&](auto tag) {
+    using W = decltype(tag);
+    product(x32.data_ptr<float>(), rows, k, weight.data_ptr<W>(), n, bias_data, out.data_ptr<float>());
+  });
   return out.to(type);
 }
 
@@ -363,16 +372,12 @@ torch::Tensor transformer_step(const torch::Tensor& x, const torch::Tensor& rope
   auto hidden = x.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);  // the residual stream, updated in place
   auto out = torch::empty_like(hidden);
   const int64_t rope_batch_stride = rope.size(0) == 1 ? 0 : s * head_dim;
-  if (type == torch::kFloat32) {
-    const Transformer<float> transformer(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, b, start + s);
+  with_weight_type(type, [&](auto tag) {
+    const Transformer<decltype(tag)> transformer(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, b,
+                                                 start + s);
     transformer.run(hidden.data_ptr<float>(), b, s, start, rope.data_ptr<float>(), rope_batch_stride, mask,
                     mask_stride, out.data_ptr<float>());
-  } else {
-    const Transformer<BFloat16> transformer(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, b,
-                                            start + s);
-    transformer.run(hidden.data_ptr<float>(), b, s, start, rope.data_ptr<float>(), rope_batch_stride, mask,
-                    mask_stride, out.data_ptr<float>());
-  }
+  });
   return out.to(type);
 }
 
@@ -528,16 +533,12 @@ torch::Tensor local_frame(const torch::Tensor& hidden, const torch::Tensor& firs
 
   auto codes = torch::empty({songs, steps}, first_codes.options());
   const auto hidden32 = hidden.to(torch::kFloat32);
-  if (type == torch::kFloat32) {
-    const Transformer<float> decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows, steps + 1);
+  with_weight_type(type, [&](auto tag) {
+    const Transformer<decltype(tag)> decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows,
+                                             steps + 1);
     run_local_frame(hidden32, first, song_of, guidance, masks, noise, temperature, projection, heads, embeddings,
                     rope.data_ptr<float>(), head_dim, decoder, codes.data_ptr<int64_t>());
-  } else {
-    const Transformer<BFloat16> decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows,
-                                        steps + 1);
-    run_local_frame(hidden32, first, song_of, guidance, masks, noise, temperature, projection, heads, embeddings,
-                    rope.data_ptr<float>(), head_dim, decoder, codes.data_ptr<int64_t>());
-  }
+  });
   return codes;
 }
 
