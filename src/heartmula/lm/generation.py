@@ -638,7 +638,7 @@ class GenerationSession:
 
     def _native_local_frame(self, last_hidden, first_codes, noise) -> torch.Tensor | None:
         """Codebooks 1..K-1 [songs, K-1] in one native call (`decoding.cpp`'s local_frame: the loop of
-        `_frame_from_hidden` without its ~70 small torch operations per codebook), where the local decoder, the
+        `_frame_from_hidden` without its 64 small torch operations per codebook), where the local decoder, the
         projection and the heads run on float32 or bfloat16 few-row products on a CPU in the default mode; None
         elsewhere."""
         model = self.generator.model
