@@ -3,16 +3,16 @@ the few-row products of `heartmula.nn.layers.linear`, a whole transformer step o
 (`heartmula.nn.transformer`), the top-k sampler (`heartmula.nn.sampling`) and the local decoder's loop over a
 frame's codebooks 1..K-1 (`heartmula.lm.generation`).
 
-It is compiled once per machine with torch's extension builder (g++ and ninja, about a minute; `scripts/setup.sh`
-does it ahead of time: `python3 -m heartmula.nn.native`) and cached in torch's extension folder
-($TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions). Where it cannot be used (another CPU, no compiler, a
-failed build, or HEARTMULA_NATIVE=0) `kernels()` returns None and the callers keep torch's own products, with one
-warning if a build failed.
+It is compiled once per machine and environment (g++ and ninja, about a minute; `scripts/setup.sh` does it ahead of
+time: `python3 -m heartmula.nn.native`) into $TORCH_EXTENSIONS_DIR/heartmula, else ~/.cache/torch_extensions/heartmula,
+by `heartmula.nn.extension_build`: a killed build never blocks a later run. Where it cannot be used (another CPU, no
+compiler, a failed build, another process's build that takes too long, or HEARTMULA_NATIVE=0) `kernels()` returns
+None and the callers keep torch's own products, with one warning if a build failed. `status()` says which, and why
+(`heartmula doctor`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import threading
@@ -22,10 +22,20 @@ from types import ModuleType
 
 import torch
 
+from heartmula.nn.extension_build import CompiledExtension
+
 SOURCE = Path(__file__).with_name("decoding.cpp")
 _loaded: ModuleType | None = None
 _tried = False
+_failure: str | None = None
 _lock = threading.Lock()
+
+
+def extension() -> CompiledExtension:
+    """The decoding kernels' build: OpenMP, so at::parallel_for runs on torch's own thread pool."""
+    wait = float(os.environ.get("HEARTMULA_NATIVE_WAIT", "600"))
+    return CompiledExtension("heartmula_native", (SOURCE,), cflags=("-O3", "-mavx2", "-mfma", "-fopenmp"),
+                             ldflags=("-fopenmp",), wait_seconds=wait)
 
 
 def unavailable_reason() -> str | None:
@@ -40,7 +50,7 @@ def unavailable_reason() -> str | None:
 
 def kernels() -> ModuleType | None:
     """The compiled kernel's module (built on the first call if needed), or None where it cannot be used."""
-    global _loaded, _tried
+    global _loaded, _tried, _failure
     if _tried:
         return _loaded
     with _lock:  # the server's threads may all decode at once: one build
@@ -48,34 +58,30 @@ def kernels() -> ModuleType | None:
             if unavailable_reason() is None:
                 try:
                     _loaded = _build()
-                except Exception as error:  # a missing compiler or ninja, or a failed build: fall back, loudly
+                except Exception as error:  # no compiler or ninja, a failed build, a wait that timed out: fall back
                     last_line = (str(error).strip().splitlines() or [""])[-1]
+                    _failure = f"{type(error).__name__}: {last_line}"
                     warnings.warn(f"heartmula: the native CPU kernel could not be built, decoding uses torch's "
-                                  f"products ({type(error).__name__}: {last_line})", stacklevel=3)
+                                  f"products ({_failure})", stacklevel=3)
             _tried = True
     return _loaded
 
 
 def _build() -> ModuleType:
-    from torch.utils.cpp_extension import load
-
-    flags = ["-O3", "-mavx2", "-mfma", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's own thread pool
-    # The name changes with the source, the flags and torch, so a stale build is never picked up.
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags + [torch.__version__]).encode()).hexdigest()[:12]
-    name = f"heartmula_native_{digest}"
-    if not _already_built(name):
-        print("heartmula: compiling the native CPU kernel for decoding, once (about a minute)", file=sys.stderr)
-    return load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+    return extension().load()
 
 
-def _already_built(name: str) -> bool:
-    """Whether torch's extension folder holds this build (only to tell the user why the first call waits)."""
-    try:
-        from torch.utils.cpp_extension import _get_build_directory  # private: guarded, the answer is cosmetic
-
-        return any(Path(_get_build_directory(name, False)).glob(f"{name}*.so"))
-    except Exception:
-        return True
+def status() -> dict:
+    """What decoding uses, without building anything: `state` is one of "off" (with the reason), "loaded", "failed"
+    (with the error), "built" (on disk, not loaded by this process yet) or "not built" (the first song compiles it)."""
+    reason = unavailable_reason()
+    build = extension()
+    info = {"library": str(build.library)}
+    if reason is not None:
+        return {**info, "state": "off", "reason": reason}
+    if _tried:
+        return {**info, "state": "loaded"} if _loaded is not None else {**info, "state": "failed", "reason": _failure}
+    return {**info, "state": "built" if build.is_built() else "not built"}
 
 
 def main() -> int:
