@@ -24,6 +24,7 @@ VERB_MODULES = (
     "heartmula.cli.serve",
     "heartmula.cli.clap",
     "heartmula.cli.stream",
+    "heartmula.cli.doctor",
 )
 
 
