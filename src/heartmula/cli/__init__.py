@@ -36,6 +36,14 @@ def add_int8_option(parser: argparse.ArgumentParser) -> None:
                         "otherwise and for other checkpoints (they run as upstream)%(default).0s")  # .0s: no default
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """`--device` and `--dtype` for the verbs that load an LM (see heartmula.pipeline.HeartMuLaPipeline)."""
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA, else MPS, else CPU), cpu, cuda, "
+                        "cuda:1, mps")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the LM's weights; default: "
+                        "bfloat16 on CUDA (as upstream), float32 elsewhere (the codec decodes in float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="heartmula",
