@@ -50,7 +50,8 @@ def test_generate_returns_comfyui_audio_equal_to_the_pipelines_song(pipeline):
 
 def test_tag_and_transcribe_read_comfyui_audio(tmp_path):
     wav = tmp_path / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(wav), "the weather is nice today and the sun is shining"], check=True)
+    text = "the weather is nice today and the sun is shining"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(wav), text], check=True)
     speech, rate = sf.read(str(wav), dtype="float32")
     audio = {"waveform": torch.from_numpy(np.stack([speech, speech]))[None], "sample_rate": rate}
     (tags,) = NODE_CLASS_MAPPINGS["HeartMuLaTagSong"]().tag(audio, 50, 0.0)

@@ -16,7 +16,8 @@ LANGUAGES = ["auto", "en", "zh", "ja", "ko", "es"]
 def to_comfy_audio(audio: np.ndarray, sample_rate: int) -> dict:
     import torch
 
-    return {"waveform": torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None], "sample_rate": sample_rate}
+    waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+    return {"waveform": waveform, "sample_rate": sample_rate}
 
 
 def from_comfy_audio(audio: dict) -> tuple[np.ndarray, int]:
