@@ -81,7 +81,7 @@ class VoiceConfig:
     speech_rate: int = 150
     variant: str = ""
     formant_shift: float = 1.0
-    tone_depth: float = 1.0  # share of the spoken Mandarin tone contour around the note pitch (measured: 1 > 0.6 > 0)
+    tone_depth: float = 1.0  # share of the spoken Mandarin tone contour around the note pitch (1 is clearest)
     phrase_formant_shift: float = 1.0  # formant scaling of the (female) Mandarin voice; < 1 for a male timbre
 
     def espeak_voice(self, language: str) -> str:
