@@ -87,7 +87,7 @@ class VoiceConfig:
     def espeak_voice(self, language: str) -> str:
         base = VOICE_OF_LANGUAGE[language]
         # An espeak-ng variant (e.g. "f3") changes the timbre; by default our flutter-free variant is used and a
-        # female voice comes from raising the formants (formant_shift), which Whisper understood better.
+        # female voice comes from raising the formants (formant_shift), which Whisper understands better.
         return f"{base}+{self.variant}" if self.variant else base
 
 

@@ -448,7 +448,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             unconditional = rng.random() < config.uncond_prob
             tags = augment_tags(item.tags, rng, config)
             reference = None
-            # Drawn only where a reference is possible, so caches without embeddings see the same data as before.
+            # Drawn only where a reference is possible: on caches without embeddings the batches ignore reference_prob.
             if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
                 reference = item.reference
             samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
