@@ -1,5 +1,5 @@
-"""What a benchmark ran on: the CPU model matters here, since one machine kind came on different hosts whose speed
-differed twofold (`platform.processor()` only says the architecture on Linux)."""
+"""What a benchmark ran on: the CPU model matters here, since machines of one cloud instance kind may carry CPU models
+of different speed (`platform.processor()` only says the architecture on Linux)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """How fast a few-row float32 product reads its weights: the native kernel against torch's products.
 
-For the weight shapes of the issue's ~36M LM (fused q/k/v, attention output, fused gate/up, down projection,
-one codebook head) and 1-12 input rows, GB/s of weights read by `heartmula.nn.native`'s kernel, by
+For the weight shapes of the ~36M `bench-36m` LM preset (fused q/k/v, attention output, fused gate/up, down
+projection, one codebook head) and 1-12 input rows, GB/s of weights read by `heartmula.nn.native`'s kernel, by
 `(W @ x.T).T` (the fallback) and by `F.linear`, next to the machine's copy bandwidth (reads + writes counted) and
 a plain sum's read bandwidth. Each timing covers ~200 MB of distinct matrices, so the weights come from memory as
 in decoding; the methods take turns and each keeps its best of several passes.
@@ -80,7 +80,7 @@ def main() -> None:
                                   rtol=1e-4, atol=1e-4)
             methods = products(kernels, x, weights)
             best = {key: float("inf") for key in methods}
-            for _ in range(args.repeats):  # take turns, so a slow spell of the host hits all alike
+            for _ in range(args.repeats):  # take turns, so a slow spell of the machine hits all alike
                 for key, run in methods.items():
                     best[key] = min(best[key], best_seconds(run, 1))
             row = {"matrix": name, "shape": list(shape), "rows": rows,

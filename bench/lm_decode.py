@@ -4,10 +4,10 @@ run, and the ratio to the machine's weight-bandwidth roofline.
 Roofline: decoding one frame must read the backbone once, the local decoder and the projection once per codebook
 step (K-1 times), and the heads; frames/s can not exceed (memory copy bandwidth) / (those bytes). The local
 decoder's weights (23 MB here) can stay in the CPU's caches between its steps, so the JSON also gives a stricter
-roofline that counts every weight once per frame (`unique_*`: what must come from memory). The checkpoint
-is the issue's ~36M geometry (backbone 8 x 512, 8 heads / 2 KV heads, FFN 1408; decoder 2 layers of the same
+roofline that counts every weight once per frame (`unique_*`: what must come from memory). The checkpoint has the
+`bench-36m` preset's ~36M geometry (backbone 8 x 512, 8 heads / 2 KV heads, FFN 1408; decoder 2 layers of the same
 width) with the official vocabularies, written by upstream's own code when `--heartlib-src` is given. The
-implementations take turns, one song each per round, so the machine's slow spells (a shared host) hit all alike.
+implementations take turns, one song each per round, so the slow spells of a shared machine hit all alike.
 
     python bench/lm_decode.py                                   # heartmula only
     /path/to/upstream-venv/bin/python bench/lm_decode.py --heartlib-src /path/to/heartlib   # side by side

@@ -13,7 +13,7 @@ moving a slider. Measured:
 - process CPU seconds per audio second (all threads): steadier than wall time on a shared machine.
 
 By default it runs the embedded default LM and codec (what a fresh install streams with). `--model`/`--codec` take
-other checkpoints; `--random` uses random weights instead: the `bench-36m` LM preset (the issue's ~36M geometry,
+other checkpoints; `--random` uses random weights instead: the `bench-36m` LM preset (~36M parameters,
 8192 codes) and the `--codec-preset` direct-decoder codec with its codebook widened to the LM's codes (speed does
 not depend on the weights).
 

@@ -1,5 +1,5 @@
 """Streaming style-change demo: a song whose style moves from tag set A to tag set B mid-song, and the change
-measured with HeartCLAP tag similarity over time (issue #8).
+measured with HeartCLAP tag similarity over time.
 
 1. Writes a control script (OUT/controls.txt) that switches the style mix from A (the song's starting --tags) to B
    at --switch-at seconds, at once or with a --crossfade of a few seconds.

@@ -47,9 +47,8 @@ def resolve_codec(codec: str | os.PathLike | None, model: Path) -> Path:
 def int8_by_default(model_path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> bool:
     """Whether `load_lm` quantises when not told: for the embedded default LM in float32 on a CPU where the native
     decoding kernels (`heartmula.nn.native`) cannot be used, yes: there int8 decodes faster than torch's float32
-    products (1.14x on a 2-core AVX2 EPYC, `bench/lm_int8.py`) and its next-code distributions barely move (KL
-    about 0.004 nats per code). With the kernels float32 decodes about twice as fast as int8 (a 30 s song: 2.1 s
-    against 4.2 s of LM on a 2-core Xeon). Other checkpoints run in the precision asked for, as upstream."""
+    products and its next-code distributions barely move (`bench/lm_int8.py` measures both). With the kernels,
+    float32 decodes faster than int8. Other checkpoints run in the precision asked for, as upstream."""
     return (Path(model_path).resolve() == DEFAULT_LM_DIR and dtype == "float32" and str(device).startswith("cpu")
             and native.kernels() is None)
 

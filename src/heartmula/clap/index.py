@@ -153,7 +153,7 @@ class ClapIndex:
         existing = {p: r for p, r in self.db.execute("SELECT path, row FROM tracks")} if tracks else {}
         free = [r for (r,) in self.db.execute("SELECT row FROM free_rows ORDER BY row")]
         last = self.db.execute("SELECT MAX(row) FROM tracks").fetchone()[0]
-        next_row = 0 if last is None else last + 1  # (`last or -1` reused row 0 when it was the only one)
+        next_row = 0 if last is None else last + 1  # not `last or -1`: that would hand out a last row 0 again
         next_row = max([next_row] + [r + 1 for r in free])
         rows, used_free = [], []
         for track in tracks:

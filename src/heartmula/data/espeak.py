@@ -112,10 +112,10 @@ class Espeak:
         self._voice: str | None = None
 
     def reset(self) -> None:
-        """Start espeak-ng afresh: it carries pitch state from one utterance to the next (measured: the same
-        word at the same settings sounds different after words at other pitches), so a song that must render
-        the same whatever came before it starts from here. Terminate first: initialising again over a live
-        instance leaks its buffers and crashed worker processes now and then."""
+        """Start espeak-ng afresh: it carries pitch state from one utterance to the next (the same word at the
+        same settings sounds different after words at other pitches), so a song that must render the same
+        whatever came before it starts from here. Terminate first: initialising again over a live instance leaks
+        its buffers and can crash the process."""
         if getattr(self, "sample_rate", 0) > 0:
             self._lib.espeak_Terminate()
         self.sample_rate = self._lib.espeak_Initialize(

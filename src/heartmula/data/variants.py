@@ -1,9 +1,9 @@
 """Lyric variants of a corpus' sung songs: the lyrics, not the tags, must decide whether and how long a song is sung.
 
 In a rendered corpus every song tagged "male vocal" or "female vocal" has lyrics and is sung from start to end, so a
-song model can predict the voice from the tags alone and ignore the lyrics (measured on the first default LM: with
-the same tags, a prompt's lyrics gave only a little more singing than empty lyrics). Two variants of each sung song
-break that shortcut; both keep the song's tags unchanged, so only the lyrics tell them apart:
+song model can predict the voice from the tags alone and ignore the lyrics (with the same tags, a prompt's lyrics then
+give little more singing than empty lyrics). Two variants of each sung song break that shortcut; both keep the song's
+tags unchanged, so only the lyrics tell them apart:
 
     <id>-inst    the accompaniment alone (mix minus the vocal stem) with empty lyrics: no lyrics, no singing;
     <id>-lines   the first k lines of the lyrics (k drawn per song), the voice muted after the k-th line's end:

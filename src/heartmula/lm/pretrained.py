@@ -86,7 +86,7 @@ PRESETS: dict[str, dict] = {
     # A model a test builds in milliseconds: small codebooks (32 codes + specials).
     "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 64),
                  audio_vocab_size=37, audio_eos_id=33),
-    # The issue's benchmark geometry: backbone 8 x 512 (8 heads / 2 KV), FFN 1408; decoder 2 layers.
+    # The decoding benchmarks' ~36M geometry: backbone 8 x 512 (8 heads / 2 KV), FFN 1408; decoder 2 layers.
     "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 2048),
                       audio_vocab_size=8197, audio_eos_id=8193),
 }

@@ -8,9 +8,8 @@
 //
 // `transformer_step` runs a whole Llama-style transformer (heartmula.nn.transformer) over a few new tokens with
 // its KV cache: the same products, plus the norms, RoPE, attention and SwiGLU between them, in one call. Without
-// it a frame of the 36M LM runs some 2,700 small torch operations besides views (tens of microseconds
-// each once the weights have streamed through the caches): with the products skipped a frame still took 19 ms on
-// a 2-core EPYC, more than the products themselves.
+// it a frame of a small LM (the `bench-36m` preset) runs some 2,700 small torch operations besides views, whose
+// fixed costs add up to more than the products themselves.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -30,9 +29,9 @@ float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(sum);
 }
 
-// How far ahead of its reads a product asks for its weights: the hardware prefetcher alone left the few-row
-// products at 15-20 GB/s on a 2-core Xeon whose memory delivers 25-28; asking 4-8 KB ahead gave 22-28 (512 B to
-// 16 KB tried).
+// How far ahead of its reads a product asks for its weights: with the hardware prefetcher alone the few-row
+// products stay below the memory bandwidth on some CPUs; asking a few KB ahead brings them close to it
+// (`bench/few_rows_linear.py` reports their GB/s beside the copy bandwidth).
 constexpr int64_t kPrefetchBytes = 8192;
 
 using BFloat16 = c10::BFloat16;
@@ -109,7 +108,7 @@ void axpy(float alpha, const W* x, float* y, int64_t n) {
 
 // e^x for x <= 0 (a score minus the highest one), 8 at a time: 2^n e^r with x = n ln 2 + r, |r| <= ln 2 / 2, e^r by
 // its Taylor series to r^7 (relative error below 1e-7); -inf gives 0. Attention takes one exp per head and filled
-// slot: with std::exp a frame of the embedded LM took 6.6 ms after 1,400 frames, with this 6.2 ms (5.4 at first).
+// slot, so their cost grows with the song; eight at a time in registers costs less than std::exp on each.
 inline __m256 exp_non_positive(__m256 x) {
   const __m256 masked = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
   x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // 2^n stays a normal float

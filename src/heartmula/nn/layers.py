@@ -26,8 +26,8 @@ def _cpu_vendor() -> str:
 
 
 # Without the native kernel, float32 few-row products run as `(weight @ x.T).T` on AMD CPUs, where MKL (torch's
-# BLAS) reads the weights of `x @ weight.T` slowly: the 36M bench LM decoded 3x faster that way on an AVX-512 EPYC.
-# On Intel CPUs MKL's own path is the fast one: 35 frames/s against 19 on a 2-core Xeon (HEARTMULA_NATIVE=0).
+# BLAS) reads the weights of `x @ weight.T` slowly; on Intel CPUs MKL's own `x @ weight.T` is the faster path.
+# `bench/lm_decode.py` with HEARTMULA_NATIVE=0 measures decoding on this path.
 TRANSPOSED_FEW_ROWS = _cpu_vendor() == "AuthenticAMD"
 
 
@@ -38,8 +38,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Decoding with guidance multiplies 2-3 rows per song by every weight matrix. torch's CPU BLAS (MKL) streams the
     weights of such an `x @ weight.T` at a fraction of the memory bandwidth on some CPUs. The native kernel
     (`heartmula.nn.native`, x86 with AVX2) streams them at close to it; without it, on AMD CPUs, a float32 product
-    computed as `(weight @ x.T).T` decoded the issue's 36M LM 3x faster on a 2-core EPYC (`bench/lm_decode.py`;
-    see TRANSPOSED_FEW_ROWS). Both
+    is computed as `(weight @ x.T).T`, whose weights MKL streams faster there (see TRANSPOSED_FEW_ROWS). Both
     differ from F.linear by rounding only (another summation order; the native kernel accumulates bfloat16 in
     float32 and rounds once); `few_rows_transposed=False` keeps F.linear's bits, which upstream's numbers need
     (compat mode).
@@ -79,12 +78,12 @@ class FusedLinear:
     """Bias-free linear layers that read the same input (q, k, v; SwiGLU's gate and up), computed as one product.
 
     Decoding runs every layer on 2-3 rows, where each product's fixed cost rivals the reading of its weights: one
-    call in place of three or two. With int8 layers (FBGEMM quantises the input once per call) the 36M bench LM
-    decoded 1.10-1.16x faster on a 2-core AVX2 EPYC; in float32 the difference was within noise. The layers' weights
-    become row blocks of one matrix by `.data`, so the parameters keep their identity, names and values, nothing is
-    stored twice, and in-place updates (an optimizer step, `load_state_dict`) change the fused matrix too. Whatever
-    gives the first layer new storage (`.to(dtype)`, `load_state_dict(assign=True)`) turns the fusion off, which
-    `active` notices. Not an nn.Module: it owns no parameters, so state dicts and optimizers never see it.
+    call in place of three or two. Int8 layers gain most, since FBGEMM quantises the input once per call. The
+    layers' weights become row blocks of one matrix by `.data`, so the parameters keep their identity, names and
+    values, nothing is stored twice, and in-place updates (an optimizer step, `load_state_dict`) change the fused
+    matrix too. Whatever gives the first layer new storage (`.to(dtype)`, `load_state_dict(assign=True)`) turns the
+    fusion off, which `active` notices. Not an nn.Module: it owns no parameters, so state dicts and optimizers never
+    see it.
     """
 
     def __init__(self, layers: list[Linear]):

@@ -2,8 +2,8 @@
 
 Decoding reads every weight matrix once per frame (the local decoder's seven times), a few rows at a time, so its
 speed is the speed of streaming the weights from memory. With 4 KB pages a 16 MB head spans 4,096 pages whose
-translations the other matrices of the frame have pushed out of the TLB by the time it is read again; the page
-walks slowed the few-row products by up to a third on a 2-core Xeon. 2 MB pages need 512 times fewer. The weights
+translations the other matrices of the frame have pushed out of the TLB by the time it is read again, and the
+page walks stall the few-row products. 2 MB pages need 512 times fewer. The weights
 are copied into one buffer aligned to 2 MB and advised as huge pages (madvise MADV_HUGEPAGE) before its first
 write, so the kernel backs it with huge pages wherever transparent huge pages are not turned off.
 """

@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if self._packed is not None and flat.device.type == "cpu":
             # reduce_range: activations on 7 bits, as PyTorch's own x86 dynamic quantisation does. Without it,
-            # CPUs lacking VNNI (AVX2 only) saturate FBGEMM's 16-bit sums: 9% error seen on such an EPYC host.
+            # CPUs lacking VNNI (AVX2 only) saturate FBGEMM's 16-bit intermediate sums, and the outputs go wrong.
             out = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, True).to(x.dtype)
         else:
             out = F.linear(flat, self.weight.to(flat.dtype)) * self.scales.to(flat.dtype)

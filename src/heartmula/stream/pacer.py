@@ -15,8 +15,9 @@ gracefully instead of stuttering:
 Produce in the thread that loaded the models and built the session (`produce()`, or `play_realtime()` which does
 so): torch's CPU kernels use GNU OpenMP, which cuts its spin-wait to almost nothing once more of its threads exist
 than cores. A second thread running multi-threaded torch work (a producer thread beside a main thread that already
-did) therefore wakes its helpers through the kernel for every small operation; on 2 cores that made each LM frame
-about twice as slow. `start()` runs the producer in a thread for callers whose own thread must stay free.
+did) therefore wakes its helpers through the kernel for every small operation, which slows each LM frame on a
+machine with few cores (`bench/lm_threads.py` measures it). `start()` runs the producer in a thread for callers
+whose own thread must stay free.
 """
 
 from __future__ import annotations

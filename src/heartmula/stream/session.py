@@ -191,7 +191,7 @@ class StreamSession:
         """Apply `changes` right before frame `frame` is generated (scripted, reproducible control changes)."""
         if frame < self.frames_generated:
             raise HeartMuLaError(f"frame {frame} has already been generated ({self.frames_generated} so far)")
-        self._check_prompts_fit(self.controls.replace(**changes))  # checked against today's controls
+        self._check_prompts_fit(self.controls.replace(**changes))  # checked against the current controls
         with self._lock:
             self.schedule_changes.append((int(frame), dict(changes)))
             self.schedule_changes.sort(key=lambda item: item[0])

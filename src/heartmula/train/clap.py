@@ -245,7 +245,7 @@ def train_clap(
                    for it in chosen]
         tag_language = rng.choice(LANGUAGES)
         tag_prompts = [tags_prompt([t], tag_language, rng.randrange(4)) for t in vocabulary]
-        # Its own seeded stream, so that runs with the alignment off draw the same batches as before.
+        # Its own seeded stream, so the batches are the same whether the alignment is on or off.
         align = (aligned_prompts([s for _, s in prompts], random.Random(f"align-{config.seed}-{step}"),
                                  config.align_prompts) if config.align_weight > 0 else [])
 

@@ -64,7 +64,8 @@ def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
 # Model sizes for training from scratch; the audio and text vocabularies come from the codec and the tokenizer.
 LM_PRESETS: dict[str, dict] = {
     "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 16)),
-    # ~20M parameters with a 1024-code codec: fast enough to decode well under real time on 2 CPU cores.
+    # ~20M parameters with a 1024-code codec: sized to decode faster than real time on a small CPU
+    # (`bench/lm_train_presets_decode.py`).
     "small": dict(backbone=_sizes(6, 6, 2, 384, 1024, 4096), decoder=_sizes(2, 6, 2, 384, 1024, 16)),
     "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 16)),
 }
@@ -447,7 +448,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             unconditional = rng.random() < config.uncond_prob
             tags = augment_tags(item.tags, rng, config)
             reference = None
-            # Drawn only where a reference is possible, so caches without embeddings see the same data as before.
+            # Drawn only where a reference is possible: on caches without embeddings the batches ignore reference_prob.
             if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
                 reference = item.reference
             samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
