@@ -106,7 +106,11 @@ class GenerationConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GenerationConfig:
         data = read_json(path)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if not isinstance(data, dict):
+            raise HeartMuLaError(f"{path} must hold a JSON object of generation settings")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        check_field_types(cls.__dataclass_fields__, known, str(path))
+        return cls(**known)
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, {k: v for k, v in asdict(self).items() if v is not None})  # an official file stays as it was
