@@ -4,7 +4,8 @@ Serves what `HfApi.model_info`, `HfApi.list_repo_tree` and `hf_hub_download` (he
     GET  /api/models/{repo}[/revision/{rev}]   repository info: sha + siblings with sizes
     GET  /api/models/{repo}/tree/{rev}         the file list (one page)
     HEAD /{repo}/resolve/{rev}/{file}          X-Repo-Commit, ETag, Content-Length
-    GET  /{repo}/resolve/{rev}/{file}          the bytes, honouring `Range: bytes=N-` (resumed downloads)
+    GET  /{repo}/resolve/{rev}/{file}          the bytes, honouring `Range: bytes=N-` (resumed downloads);
+                                               a file in `cut_once` stops half-way once, as a dropped connection
 Unknown repositories and revisions answer 404 with the hub's X-Error-Code header, as the client expects.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +37,9 @@ class Repo:
 class HubStandIn:
     repos: dict[str, Repo] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)  # "METHOD path" of every request served
+    authorizations: set[str] = field(default_factory=set)  # Authorization headers seen
+    cut_once: set[str] = field(default_factory=set)  # files whose next GET stops half-way (a dropped connection)
+    ranges: list[str] = field(default_factory=list)  # "file: Range header" of every ranged GET
 
     def add_folder(self, repo_id: str, folder: Path, only: tuple[str, ...] | None = None) -> None:
         files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -84,6 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool):
         self.hub.requests.append(f"{self.command} {self.path}")
+        if self.headers.get("Authorization"):
+            self.hub.authorizations.add(self.headers["Authorization"])
         path = unquote(urlparse(self.path).path)
         parts = path.strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) == 4:  # info at the default branch
@@ -122,8 +129,19 @@ class _Handler(BaseHTTPRequestHandler):
         start = 0
         ranged = self.headers.get("Range", "")
         if ranged.startswith("bytes=") and not head:
+            self.hub.ranges.append(f"{name}: {ranged}")
             start = int(ranged[len("bytes="):].split("-")[0] or 0)
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        if name in self.hub.cut_once and not head:
+            self.hub.cut_once.discard(name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if head:
             self.send_response(200)
             for key, value in headers.items():

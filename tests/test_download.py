@@ -96,19 +96,49 @@ def test_second_run_fetches_nothing_and_revision_pins_a_commit(hub, hf_env, tmp_
     assert all(torch.isfinite(t).all() for t in reference.values() if t.is_floating_point())
 
 
-def test_interrupted_file_resumes(hub, hf_env, tmp_path):
+def test_token_from_the_environment_is_sent(hub, hf_env, tmp_path):
+    hf_env.setenv("HF_TOKEN", "hf_standin_token")
+    hub.authorizations.clear()
+    with running_hub(hub) as endpoint:
+        hf_env.setenv("HF_ENDPOINT", endpoint)
+        download(DownloadRequest(root=tmp_path / "ckpt"), log=lambda line: None)
+    assert hub.authorizations == {"Bearer hf_standin_token"}
+
+
+def test_dropped_connection_resumes_where_it_stopped(hub, hf_env, tmp_path):
+    import huggingface_hub.constants
+
+    # The client writes what it received in chunks of this size; the default (10 MB) exceeds a tiny shard.
+    hf_env.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 4096)
+    root = tmp_path / "ckpt"
+    repo = hub.repos[LM_RELEASES["happy-new-year"]]
+    shard = sorted(name for name in repo.files if name.endswith(".safetensors"))[0]
+    hub.cut_once.add(shard)
+    hub.ranges.clear()
+    with running_hub(hub) as endpoint:
+        hf_env.setenv("HF_ENDPOINT", endpoint)
+        try:
+            download(DownloadRequest(root=root), log=lambda line: None)
+        except HeartMuLaError as exc:  # if the client gives up, the next run resumes
+            assert "run the same command again" in str(exc)
+            download(DownloadRequest(root=root), log=lambda line: None)
+    assert len(hub.ranges) == 1 and hub.ranges[0].startswith(f"{shard}: bytes=")
+    resumed_at = int(hub.ranges[0].split("=")[1].rstrip("-"))
+    assert 0 < resumed_at <= len(repo.files[shard]) // 2  # only what was missing was fetched again
+    assert (root / "HeartMuLa-oss-3B" / shard).read_bytes() == repo.files[shard]
+    load_generator(root)
+
+
+def test_truncated_file_is_named_by_the_loader(hub, hf_env, tmp_path):
     root = tmp_path / "ckpt"
     with running_hub(hub) as endpoint:
         hf_env.setenv("HF_ENDPOINT", endpoint)
         download(DownloadRequest(root=root), log=lambda line: None)
-        index = json.loads((root / "HeartMuLa-oss-3B" / "model.safetensors.index.json").read_text())
-        shard = root / "HeartMuLa-oss-3B" / sorted(set(index["weight_map"].values()))[0]
-        shard.write_bytes(shard.read_bytes()[:1000])  # a file cut short, as after a crash
-        with pytest.raises(HeartMuLaError, match="truncated or corrupt"):
-            load_generator(root)
-        shard.unlink()
-        download(DownloadRequest(root=root), log=lambda line: None)
-    load_generator(root)
+    index = json.loads((root / "HeartMuLa-oss-3B" / "model.safetensors.index.json").read_text())
+    shard = root / "HeartMuLa-oss-3B" / sorted(set(index["weight_map"].values()))[0]
+    shard.write_bytes(shard.read_bytes()[:1000])  # cut short by something other than the client
+    with pytest.raises(HeartMuLaError, match=f"{shard}.*truncated or corrupt"):
+        load_generator(root)
 
 
 def test_folder_from_another_release_is_refused(hub, hf_env, tmp_path):
