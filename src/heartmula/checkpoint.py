@@ -51,10 +51,12 @@ def open_safetensors(path: Path, device: str | torch.device = "cpu") -> Iterator
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             yield f
-    except (SafetensorError, OSError) as exc:
+    except SafetensorError as exc:
         raise HeartMuLaError(
             f"{path} cannot be read as safetensors ({exc}): the file is truncated or corrupt; download it again"
         ) from None
+    except OSError as exc:
+        raise HeartMuLaError(f"{path} cannot be read: {exc.strerror or exc}") from None
 
 
 def _read_index(index: Path) -> dict[str, str]:
