@@ -160,3 +160,18 @@ def test_generate_after_a_build_killed_mid_compile(extensions_dir, tmp_path):
     assert song.is_file() and "compiling" in run.stderr
     assert native.extension().is_built() and not list(root.glob("build-*"))
     print(f"generate after the killed build: {time.monotonic() - started:.0f} s")
+
+
+def test_doctor_says_whether_the_kernel_is_built_loaded_or_off(extensions_dir, monkeypatch, capsys):
+    from heartmula.cli import main
+
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_loaded", None)
+    monkeypatch.setenv("HEARTMULA_NATIVE", "0")
+    assert main(["doctor"]) == 0
+    assert "native kernel: not used: turned off by HEARTMULA_NATIVE=0" in capsys.readouterr().out
+    monkeypatch.delenv("HEARTMULA_NATIVE")
+    monkeypatch.setattr(native, "unavailable_reason", lambda: None)
+    assert main(["doctor"]) == 0  # an empty extensions folder: nothing is compiled by the doctor
+    assert "native kernel: not built yet" in capsys.readouterr().out
+    assert not native.extension().is_built()

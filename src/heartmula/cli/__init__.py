@@ -25,6 +25,7 @@ VERB_MODULES = (
     "heartmula.cli.serve",
     "heartmula.cli.clap",
     "heartmula.cli.stream",
+    "heartmula.cli.doctor",
 )
 
 
@@ -34,6 +35,14 @@ def add_int8_option(parser: argparse.ArgumentParser) -> None:
                         "the LM (a CPU speed-up where the native decoding kernels cannot be built; with them float32 "
                         "is faster); default: on for the embedded default LM in float32 on such a CPU, off "
                         "otherwise and for other checkpoints (they run as upstream)%(default).0s")  # .0s: no default
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """`--device` and `--dtype` for the verbs that load an LM (see heartmula.pipeline.HeartMuLaPipeline)."""
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA, else MPS, else CPU), cpu, cuda, "
+                        "cuda:1, mps")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the LM's weights; default: "
+                        "bfloat16 on CUDA (as upstream), float32 elsewhere (the codec decodes in float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula.cli import add_int8_option
+from heartmula.cli import add_device_options, add_int8_option
 
 
 def register(verbs) -> None:
@@ -39,8 +39,7 @@ def register(verbs) -> None:
                    "HeartCLAP audio embedding fills the LM's reference-audio slot (the embedded default model was "
                    "trained with it; upstream leaves the slot empty)")
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    add_device_options(p)
     add_int8_option(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model steps (GPU; slow to start)")
     p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
@@ -55,61 +54,49 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
-    from heartmula.audio import fit_peak, load_audio, save_audio
-    from heartmula.codec.pretrained import load_codec
+    from heartmula.audio import load_audio
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
-    from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration, min_frames_for
-    from heartmula.song_models import clap_reference, load_lm, resolve_codec, resolve_lm
+    from heartmula.lm.generation import FRAME_RATE, SamplingParams
+    from heartmula.pipeline import HeartMuLaPipeline
     from heartmula.text import read_text_argument
 
     if args.no_decode and args.codes_out is None:
         raise HeartMuLaError("--no-decode needs --codes-out FILE.npy, or nothing would be written")
-    model_path = resolve_lm(args.model, args.version)
-    # find the codec before the long LM run, not after it
-    codec_path = None if args.no_decode else resolve_codec(args.codec, model_path)
     tags = read_text_argument(args.tags, "tags")
     lyrics = read_text_argument(args.lyrics, "lyrics")
     sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale,
                               lyrics_scale=args.lyrics_scale).validate()
-    max_new_frames = frames_for_duration(args.duration)
-    min_new_frames = min_frames_for(args.min_duration, args.duration)
     reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early
-    generator = load_lm(model_path, args.version, args.dtype, args.device, args.int8)
-    if args.compile:
-        generator.compile()
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    reference_embedding = None
-    if reference is not None:
+    pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
+                                             dtype=args.dtype, int8=args.int8, compile=args.compile,
+                                             decode=not args.no_decode)
+    clap = None
+    if reference is not None and args.clap:
         from heartmula.clap import load_clap
 
-        reference_embedding = clap_reference(generator.model.config.muq_dim, reference, load_clap(args.clap))
-    song = SongRequest(lyrics=lyrics, tags=tags, seed=args.seed, reference_embedding=reference_embedding)
+        clap = load_clap(args.clap)
+    request = pipe.requests(lyrics, tags, args.seed, reference, clap)[0]
     started = time.perf_counter()
-    codes = generator.generate([song], sampling, max_new_frames, compat=args.compat, progress=not args.quiet,
-                               min_new_frames=min_new_frames)[0]
-    codes_np = codes.numpy().astype(np.int64)
-    seconds = codes_np.shape[1] / 12.5
+    codes = pipe.generate_codes([request], sampling, args.duration, args.min_duration, args.compat,
+                                progress=not args.quiet)[0]
+    seconds = codes.shape[1] / FRAME_RATE
     lm_seconds = time.perf_counter() - started
     if args.codes_out is not None:
         with atomic_output(args.codes_out) as tmp:
-            np.save(tmp, codes_np)
-        print(f"wrote {args.codes_out}: {codes_np.shape[0]} codebooks x {codes_np.shape[1]} frames ({seconds:.2f} s)",
+            np.save(tmp, codes)
+        print(f"wrote {args.codes_out}: {codes.shape[0]} codebooks x {codes.shape[1]} frames ({seconds:.2f} s)",
               file=sys.stderr)
     if args.no_decode:
         print(f"language model: {lm_seconds:.1f} s of compute (RTF {lm_seconds / max(seconds, 1e-9):.2f})",
               file=sys.stderr)
         return 0
-    codec = load_codec(codec_path, args.dtype, args.device)
     started = time.perf_counter()
-    audio, rate = codec.decode(codes_np, seed=args.seed)
-    audio = fit_peak(audio)
+    song = pipe.song_from_codes(codes, lyrics, tags, args.seed)
     codec_seconds = time.perf_counter() - started
-    save_audio(args.out, audio, rate)
-    print(f"wrote {args.out}: {audio.shape[-1] / rate:.2f} s at {rate} Hz; compute {lm_seconds:.1f} s language "
+    song.save(args.out)
+    print(f"wrote {args.out}: {song.duration:.2f} s at {song.sample_rate} Hz; compute {lm_seconds:.1f} s language "
           f"model + {codec_seconds:.1f} s codec (RTF {(lm_seconds + codec_seconds) / max(seconds, 1e-9):.2f})",
           file=sys.stderr)
     return 0

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula.cli import add_int8_option
+from heartmula.cli import add_device_options, add_int8_option
 
 
 def register(verbs) -> None:
@@ -54,8 +54,7 @@ def register(verbs) -> None:
     p.add_argument("--save-state", type=Path, help="write the session state here at the end or on Ctrl-C")
     p.add_argument("--resume", type=Path, help="continue a session saved with --save-state (same model and "
                    "codec; the lyrics/tags/sampling options are then taken from the state)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps")
+    add_device_options(p)
     add_int8_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
@@ -89,9 +88,8 @@ def _open_sound_device(rate: int, channels: int, pacer):
 
 def run(args: argparse.Namespace) -> int:
     from heartmula.audio import LiveWavWriter, load_audio
-    from heartmula.codec.pretrained import load_codec
     from heartmula.errors import HeartMuLaError
-    from heartmula.song_models import load_lm, resolve_codec, resolve_lm
+    from heartmula.pipeline import HeartMuLaPipeline
     from heartmula.stream import Pacer, StreamControls, StreamSession, read_control_script
     from heartmula.text import read_text_argument
 
@@ -103,13 +101,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model_path = resolve_lm(args.model, args.version)
-    codec_path = resolve_codec(args.codec, model_path)
     script = read_control_script(args.controls) if args.controls else []
     if args.play:
         _sounddevice()  # fail before loading anything
-    generator = load_lm(model_path, args.version, args.dtype, args.device, args.int8)
-    codec = load_codec(codec_path, args.dtype, args.device)
+    pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
+                                             dtype=args.dtype, int8=args.int8)
+    generator, codec = pipe.generator, pipe.codec
     started = time.perf_counter()
     if args.resume:
         session = StreamSession.resume(generator, codec, args.resume)

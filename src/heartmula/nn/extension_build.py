@@ -141,7 +141,7 @@ class _FileLock:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
             if not told:
-                self.notify(f"heartmula: another process is compiling the native CPU kernel; waiting for it "
+                self.notify(f"heartmula: another process is building the native CPU kernel; waiting for it "
                             f"(at most {self.wait_seconds:.0f} s)")
                 told = True
             if time.monotonic() >= deadline:
