@@ -77,6 +77,10 @@ def test_download_assembles_a_root_that_generate_loads(hub, hf_env, tmp_path, ca
     assert main(["generate", "--model", str(root), "--tags", "pop", "--lyrics", "la la", "--duration", "1",
                  "--seed", "0", "--out", str(song), "--quiet"]) == 0
     assert song.stat().st_size > 44
+    from heartmula import HeartMuLaPipeline
+
+    made = HeartMuLaPipeline.from_pretrained(root)("la la", tags="pop", duration=1, seed=0)
+    assert made.codes.shape[0] == 8 and made.audio.shape[-1] > 0
 
 
 def test_second_run_fetches_nothing_and_revision_pins_a_commit(hub, hf_env, tmp_path):
