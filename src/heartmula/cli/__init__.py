@@ -16,6 +16,7 @@ from heartmula.errors import HeartMuLaError
 VERB_MODULES = (
     "heartmula.cli.generate",
     "heartmula.cli.model",
+    "heartmula.cli.download",
     "heartmula.cli.codec",
     "heartmula.cli.transcribe",
     "heartmula.cli.eval",

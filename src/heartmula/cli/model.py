@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -25,8 +26,13 @@ def register(verbs) -> None:
     init.add_argument("--shard-mb", type=int, help="split the weights into shards of at most this many MB")
     init.set_defaults(handler=run_init)
 
-    info = sub.add_parser("info", help="print a checkpoint's configuration and size")
-    info.add_argument("path", type=Path, help="checkpoint root or model folder")
+    info = sub.add_parser("info", help="print a checkpoint's configuration, size and licence",
+                          description="Print a checkpoint's configuration, size and the licence its model card "
+                          "declares, as JSON. Without a path: the embedded default model, with the licences of all "
+                          "embedded defaults (their weights are for research and non-commercial use; the heartmula "
+                          "code is Apache-2.0).")
+    info.add_argument("path", type=Path, nargs="?", help="checkpoint root or model folder (default: the embedded "
+                      "default model)")
     info.add_argument("--version", default="3B")
     info.set_defaults(handler=run_info)
     convert = sub.add_parser("convert", help="copy an LM or codec checkpoint into one folder in another dtype",
@@ -58,15 +64,17 @@ def run_info(args) -> int:
     import json
     import math
 
+    from heartmula.cards import CODE_LICENSE, default_license_lines, license_line
     from heartmula.checkpoint import tensor_shapes
     from heartmula.lm.config import HeartMuLaConfig
     from heartmula.lm.pretrained import locate_lm
+    from heartmula.song_models import DEFAULT_LM_DIR, resolve_lm
 
-    files = locate_lm(args.path, args.version)
+    files = locate_lm(resolve_lm(args.path, args.version), args.version)
     config = HeartMuLaConfig.from_file(files.model_dir / "config.json")
     shapes = tensor_shapes(files.model_dir)
     params = sum(math.prod(s) for s in shapes.values())
-    print(json.dumps({
+    info = {
         "model_dir": str(files.model_dir),
         "tokenizer": str(files.tokenizer),
         "gen_config": str(files.gen_config) if files.gen_config else None,
@@ -76,7 +84,15 @@ def run_info(args) -> int:
         "decoder": config.decoder.to_dict(),
         "audio_vocab_size": config.audio_vocab_size,
         "audio_num_codebooks": config.audio_num_codebooks,
-    }, indent=2))
+        "license": license_line(files.model_dir) or license_line(files.model_dir.parent),
+    }
+    if files.model_dir.resolve() == DEFAULT_LM_DIR:
+        info["default_model_licenses"] = default_license_lines()
+        info["code_license"] = CODE_LICENSE
+        print(f"licence: the embedded default models' weights are for research and non-commercial use only "
+              f"(terms: LICENSE.md in each folder of {DEFAULT_LM_DIR.parent}); the heartmula code is {CODE_LICENSE}",
+              file=sys.stderr)
+    print(json.dumps(info, indent=2))
     return 0
 
 

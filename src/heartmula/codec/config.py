@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from heartmula.checkpoint import read_json, split_config, write_json
+from heartmula.checkpoint import check_field_types, read_config_file, split_config, write_json
 from heartmula.errors import HeartMuLaError
 
 CODE_RATE_HZ = 12.5  # code frames per second
@@ -28,9 +28,12 @@ def config_section(cls, data: dict | None, what: str):
     """A config.json section as its dataclass (None stays None); unknown fields are an error, not ignored."""
     if data is None:
         return None
+    if not isinstance(data, dict):
+        raise HeartMuLaError(f"the {what} section must be a JSON object, not {data!r}")
     unknown = set(data) - set(cls.__dataclass_fields__)
     if unknown:
         raise HeartMuLaError(f"unknown {what} fields {sorted(unknown)}")
+    check_field_types(cls.__dataclass_fields__, data, what)
     return cls(**data)
 
 
@@ -234,7 +237,7 @@ class HeartCodecConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> HeartCodecConfig:
-        return cls.from_dict(read_json(path))
+        return read_config_file(Path(path), cls.from_dict)
 
     def to_dict(self) -> dict:
         data = {"model_type": "heartcodec", **self.extra}

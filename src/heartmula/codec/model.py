@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heartmula.checkpoint import load_state_dict, save_state_dict, tensor_shapes, validate_shapes
+from heartmula.checkpoint import build_on_meta, load_state_dict, save_state_dict, validate_tensors
 from heartmula.codec.config import HeartCodecConfig
 from heartmula.codec.convnets import CodeEncoder, DirectDecoder
 from heartmula.codec.flow import FlowMatching
@@ -167,19 +167,26 @@ class HeartCodec(nn.Module):
         return {name: tuple(t.shape) for name, t in model.official_state_dict().items()}
 
     @classmethod
+    def check_folder(cls, folder: str | os.PathLike) -> HeartCodec:
+        """Check a codec folder without reading any weights: config.json, then every tensor's name, shape and
+        dtype against the codec it describes (official naming). Returns that codec on the meta device."""
+        folder = Path(folder)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise HeartMuLaError(f"{folder} is not a HeartCodec folder: {CONFIG_FILE} is missing")
+        config = HeartCodecConfig.from_file(config_path)
+        model = build_on_meta(lambda: cls(config), config_path)
+        validate_tensors(model.official_state_dict(), folder)
+        return model
+
+    @classmethod
     def from_pretrained(
         cls, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> HeartCodec:
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file():
-            raise HeartMuLaError(f"{folder} is not a HeartCodec folder: {CONFIG_FILE} is missing")
-        config = HeartCodecConfig.from_file(folder / CONFIG_FILE)
-        validate_shapes(cls.expected_shapes(config), tensor_shapes(folder), folder)
+        model = cls.check_folder(folder)
         # Fold weight norm in float32 before casting, so a bfloat16 model folds as exactly as a float32 one.
         state = fold_weight_norm(load_state_dict(folder, dtype=torch.float32, device=device))
         state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-        with torch.device("meta"):
-            model = cls(config)
         model.load_state_dict(state, assign=True, strict=True)
         return model.eval()
 

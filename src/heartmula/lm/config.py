@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from heartmula.checkpoint import read_json, split_config, write_json
+from heartmula.checkpoint import check_field_types, read_config_file, read_json, split_config, write_json
 from heartmula.errors import HeartMuLaError
 from heartmula.nn.transformer import TransformerConfig
 
@@ -40,7 +40,11 @@ def _transformer_config(flavor: str, explicit: dict | None) -> TransformerConfig
         missing = [k for k in _TRANSFORMER_FIELDS[:6] if k not in explicit]
         if missing:
             raise HeartMuLaError(f"transformer config lacks {missing}")
-        return TransformerConfig(**explicit)
+        check_field_types(TransformerConfig.__dataclass_fields__, explicit, "transformer config")
+        try:
+            return TransformerConfig(**explicit)
+        except ValueError as exc:
+            raise HeartMuLaError(f"transformer config: {exc}") from None
     if flavor not in FLAVORS:
         raise HeartMuLaError(f"unknown model flavor {flavor!r}; known: {', '.join(FLAVORS)}")
     return FLAVORS[flavor]
@@ -76,7 +80,7 @@ class HeartMuLaConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> HeartMuLaConfig:
-        return cls.from_dict(read_json(path))
+        return read_config_file(Path(path), cls.from_dict)
 
     def to_dict(self) -> dict:
         data = {"model_type": "heartmula", **self.extra}
@@ -102,7 +106,11 @@ class GenerationConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GenerationConfig:
         data = read_json(path)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if not isinstance(data, dict):
+            raise HeartMuLaError(f"{path} must hold a JSON object of generation settings")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        check_field_types(cls.__dataclass_fields__, known, str(path))
+        return cls(**known)
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, {k: v for k, v in asdict(self).items() if v is not None})  # an official file stays as it was

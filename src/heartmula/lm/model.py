@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from heartmula.checkpoint import load_state_dict, save_state_dict, tensor_shapes, validate_shapes
+from heartmula.checkpoint import build_on_meta, load_state_dict, save_state_dict, validate_tensors
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import HeartMuLaConfig
 from heartmula.nn.layers import Linear, linear
@@ -140,20 +140,26 @@ class HeartMuLa(nn.Module):
         return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
     @classmethod
+    def check_folder(cls, folder: str | os.PathLike) -> HeartMuLa:
+        """Check a model folder without reading any weights: config.json, then every tensor's name, shape and
+        dtype against the model it describes. Returns that model on the meta device."""
+        folder = Path(folder)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise HeartMuLaError(f"{folder} is not a HeartMuLa model folder: {CONFIG_FILE} is missing")
+        config = HeartMuLaConfig.from_file(config_path)
+        model = build_on_meta(lambda: cls(config), config_path)
+        validate_tensors(model.state_dict(), folder)
+        return model
+
+    @classmethod
     def from_pretrained(
         cls,
         folder: str | os.PathLike,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ) -> HeartMuLa:
-        folder = Path(folder)
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            raise HeartMuLaError(f"{folder} is not a HeartMuLa model folder: {CONFIG_FILE} is missing")
-        config = HeartMuLaConfig.from_file(config_path)
-        validate_shapes(cls.expected_shapes(config), tensor_shapes(folder), folder)
-        with torch.device("meta"):
-            model = cls(config)
+        model = cls.check_folder(folder)
         state = load_state_dict(folder, dtype=dtype, device=device)
         model.load_state_dict(state, assign=True, strict=True)
         model.use_row_major_heads()

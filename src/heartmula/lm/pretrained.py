@@ -55,6 +55,33 @@ def locate_lm(path: str | os.PathLike, version: str = DEFAULT_VERSION) -> LMFile
     return LMFiles(model_dir, tokenizer, gen_config)
 
 
+def _gen_config_for(files: LMFiles) -> GenerationConfig:
+    return GenerationConfig.from_file(files.gen_config) if files.gen_config else GenerationConfig()
+
+
+def _check_vocab(files: LMFiles, tokenizer: TextTokenizer, text_vocab_size: int) -> None:
+    if tokenizer.vocab_size > text_vocab_size:
+        raise HeartMuLaError(
+            f"tokenizer {files.tokenizer} has {tokenizer.vocab_size} tokens but the model only "
+            f"{text_vocab_size} text embeddings: wrong tokenizer for this model"
+        )
+
+
+def _read_tokenizer(files: LMFiles, gen_config: GenerationConfig) -> TextTokenizer:
+    return TextTokenizer.from_file(files.tokenizer, gen_config.text_bos_id, gen_config.text_eos_id)
+
+
+def check_lm(path: str | os.PathLike, version: str = DEFAULT_VERSION) -> LMFiles:
+    """What `load_generator` checks, without reading any weights (folder layout, config, every tensor's name,
+    shape and dtype from the file headers, tokenizer and gen_config): seconds for a 3B checkpoint."""
+    files = locate_lm(path, version)
+    gen_config = _gen_config_for(files)
+    tokenizer = _read_tokenizer(files, gen_config)
+    model = HeartMuLa.check_folder(files.model_dir)
+    _check_vocab(files, tokenizer, model.config.text_vocab_size)
+    return files
+
+
 def load_generator(
     path: str | os.PathLike,
     version: str = DEFAULT_VERSION,
@@ -62,14 +89,10 @@ def load_generator(
     device: str | torch.device = "cpu",
 ) -> HeartMuLaGenerator:
     files = locate_lm(path, version)
-    gen_config = GenerationConfig.from_file(files.gen_config) if files.gen_config else GenerationConfig()
-    tokenizer = TextTokenizer.from_file(files.tokenizer, gen_config.text_bos_id, gen_config.text_eos_id)
+    gen_config = _gen_config_for(files)
+    tokenizer = _read_tokenizer(files, gen_config)
     model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
-    if tokenizer.vocab_size > model.config.text_vocab_size:
-        raise HeartMuLaError(
-            f"tokenizer {files.tokenizer} has {tokenizer.vocab_size} tokens but the model only "
-            f"{model.config.text_vocab_size} text embeddings: wrong tokenizer for this model"
-        )
+    _check_vocab(files, tokenizer, model.config.text_vocab_size)
     model.fuse_projections()
     model.pack_weights_in_huge_pages()
     return HeartMuLaGenerator(model, tokenizer, gen_config)
