@@ -145,6 +145,7 @@ def test_core_install_makes_and_streams_a_song_with_the_embedded_models(core_env
     (["serve", "--port", "8123"], "heartmula serve", "serve"),
     (["eval", "lyrics", "--ref", "a.txt", "--hyp", "b.txt", "--language", "en"], "heartmula eval lyrics", "eval"),
     (["data", "build", "--out", "corpus", "--items", "1"], "heartmula data build", "data"),
+    (["tag", "song.wav"], "heartmula tag", "clap"),
 ])
 def test_core_install_names_the_missing_extra_without_a_traceback(core_env, tmp_path, args, feature, extra):
     env, _ = core_env

