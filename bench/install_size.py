@@ -4,7 +4,8 @@ For each install (`core` = `pip install .`, and the extras named with --extras),
 CPU torch wheel first (as scripts/setup.sh installs it), then this checkout. Reported per install: the size of
 site-packages with torch alone and after this package (`du`, MiB), the distributions installed, and for the core
 install a 5 s song from the embedded models (`heartmula generate --duration 5`): the first run compiles the native
-decoding kernel, the second is timed as a user would see it.
+decoding kernel, the second is timed as a user would see it (with the machine's load average, since other
+processes on the same cores slow it down).
 
     python bench/install_size.py                  # core and all; writes bench/results/install_size.json
     python bench/install_size.py --extras ""      # core only
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ def timed_song(venv: Path, folder: Path) -> dict:
     summary = result.stderr.strip().splitlines()[-1].split(": ", 1)[-1]  # "5.04 s at 24000 Hz; compute ..."
     return {"command": "python -m heartmula generate --duration 5 --seed 0 --out song.wav --quiet",
             "wall_seconds": round(time.perf_counter() - started, 1), "summary": summary,
+            "load_average_1min": round(os.getloadavg()[0], 2),  # other processes sharing the CPUs slow the song
             "audio_bytes": out.stat().st_size}
 
 
