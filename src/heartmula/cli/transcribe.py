@@ -63,6 +63,9 @@ def output_paths(inputs: list[str], files: list[Path], out: Path, fmt: str) -> l
 
 
 def run(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("transcribe", "faster_whisper", feature="heartmula transcribe")
     from tqdm import tqdm
 
     from heartmula.errors import HeartMuLaError

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from heartmula.data.manifest import SPLITS, parse_tags
+from heartmula.extras import require
 from heartmula.files import atomic_output
 
 
@@ -116,6 +117,7 @@ def build_speed_markdown(log_path: str | os.PathLike, item_ids: set[int] | None 
 
 
 def _plot(stats: dict, path: Path) -> None:
+    require("data", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

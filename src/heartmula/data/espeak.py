@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import missing_extra_message
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_INITIALIZE_DONT_EXIT = 0x8000
@@ -52,8 +53,8 @@ def find_espeak() -> EspeakLibrary:
     path = ctypes.util.find_library("espeak-ng")
     data = next((d for d in SYSTEM_DATA_DIRS if Path(d, "phontab").is_file()), None)
     if path is None or data is None:
-        raise HeartMuLaError("espeak-ng is not installed: run `bash scripts/setup.sh` (it installs the espeakng-loader "
-                             "wheel and Debian's espeak-ng)")
+        raise HeartMuLaError(missing_extra_message("data", "the singing voice", "espeak-ng is not installed; the "
+                                                   "extra brings it as the espeakng-loader wheel"))
     return EspeakLibrary(path, data, "system")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 
 LANGUAGES = ("en", "zh", "ja", "ko", "es")
 LANGUAGE_NAMES = {"en": "english", "zh": "chinese", "ja": "japanese", "ko": "korean", "es": "spanish"}
@@ -83,10 +84,9 @@ def vocabulary(language: str) -> tuple[tuple[Word, ...], np.ndarray]:
     often, as in real lyrics, without letting 'the' fill every line)."""
     if language not in LANGUAGES:
         raise HeartMuLaError(f"language {language!r} is not one of {', '.join(LANGUAGES)}")
-    try:
-        import wordfreq
-    except ImportError:
-        raise HeartMuLaError("wordfreq is not installed: run `bash scripts/setup.sh`") from None
+    require("data", "wordfreq")
+    import wordfreq
+
     words: list[Word] = []
     for text in wordfreq.top_n_list(language, VOCABULARY_SIZE):
         word = _singable_word(language, text)
@@ -151,6 +151,7 @@ def japanese_kana(text: str) -> str | None:
     """Reading of a Japanese word in hiragana, or None when the dictionary cannot read it."""
     if not re.fullmatch(r"[\u3040-\u30ff\u4e00-\u9fff]{1,6}", text):
         return None
+    require("data", "pyopenjtalk")
     import pyopenjtalk
 
     reading = pyopenjtalk.g2p(text, kana=True)

@@ -13,6 +13,7 @@ import soundfile as sf
 
 from heartmula.data.arrangement import Arrangement
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 
 TICKS_PER_QUARTER = 480
 
@@ -39,6 +40,7 @@ def available_soundfonts() -> list[Soundfont]:
 
 
 def write_midi(arrangement: Arrangement, path: Path) -> None:
+    require("data", "mido")
     import mido
 
     spq = 60.0 / arrangement.tempo

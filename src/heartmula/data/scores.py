@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 
 # License notes per collection (recorded in every manifest row).
 COLLECTION_LICENSES = {
@@ -56,6 +57,7 @@ class Piece:
 @functools.lru_cache(maxsize=1)
 def catalogue() -> tuple[WorkRef, ...]:
     """Every work the corpus builder may draw from, in a fixed order (the seed indexes into it)."""
+    require("data", "music21")
     from music21 import corpus
 
     works: list[WorkRef] = []
@@ -74,6 +76,7 @@ def catalogue() -> tuple[WorkRef, ...]:
 
 def load_piece(work: WorkRef) -> Piece:
     """Parse one work into notes; raises HeartMuLaError when it is unusable as a song."""
+    require("data", "music21")
     from music21 import corpus, expressions, meter
 
     try:

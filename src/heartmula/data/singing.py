@@ -22,6 +22,7 @@ import numpy as np
 
 from heartmula.data.espeak import VOICE_OF_LANGUAGE, Espeak
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import missing_extra_message
 
 FRAME_MS = 5.0
 
@@ -35,7 +36,7 @@ def load_pyworld():
         return pyworld
     except ModuleNotFoundError as exc:
         if exc.name != "pkg_resources":
-            raise HeartMuLaError("pyworld is not installed: run `bash scripts/setup.sh`") from None
+            raise HeartMuLaError(missing_extra_message("data", "the singing voice", str(exc))) from None
     spec = importlib.util.find_spec("pyworld")
     package_dir = Path(spec.submodule_search_locations[0])
     extension = next(package_dir.glob("pyworld*.so"), None) or next(package_dir.glob("pyworld*.pyd"))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.extras import require
+
 
 def codebook_usage(codes: np.ndarray) -> list[dict]:
     """Per codebook: distinct codes used and the perplexity of their distribution (codebook collapse shows here)."""
@@ -37,6 +39,7 @@ def log_mel(audio: np.ndarray, rate: int, n_mels: int = 128) -> np.ndarray:
 
 def plot_roundtrip(original: np.ndarray, decoded: np.ndarray, rate: int, title: str, path: Path) -> None:
     """Log-mel spectrograms of original (top) and decoded (bottom) on one colour scale, as a PNG."""
+    require("eval", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

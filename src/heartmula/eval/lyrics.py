@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import missing_extra_message, require
 
 RECIPE = "heartmula-lyrics-v1"
 LANGUAGES = ("en", "es", "zh", "ja", "ko")
@@ -89,6 +90,7 @@ def chinese_number(n: int) -> str:
 def spell_number(n: int, language: str) -> str:
     if language == "zh":
         return chinese_number(n)
+    require("eval", "num2words")
     from num2words import num2words
 
     return num2words(n, lang=language)
@@ -96,6 +98,7 @@ def spell_number(n: int, language: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _traditional_to_simplified():
+    require("eval", "opencc")
     import opencc
 
     return opencc.OpenCC("t2s")
@@ -121,8 +124,8 @@ def _espeak(language: str):
         from phonemizer.backend import EspeakBackend
         from phonemizer.backend.espeak.wrapper import EspeakWrapper
     except ImportError:
-        raise HeartMuLaError("PER needs phonemizer and espeakng-loader: run `bash scripts/setup.sh` "
-                             "(or pass --no-per)") from None
+        raise HeartMuLaError(missing_extra_message("eval", "the phoneme error rate (PER)", "phonemizer and "
+                                                   "espeakng-loader; or pass --no-per")) from None
     EspeakWrapper.set_library(espeakng_loader.get_library_path())
     EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
     quiet = logging.getLogger("heartmula.phonemizer")
@@ -135,7 +138,7 @@ def _pyopenjtalk():
     try:
         import pyopenjtalk
     except ImportError:
-        raise HeartMuLaError("Japanese scoring needs pyopenjtalk-plus: run `bash scripts/setup.sh`") from None
+        raise HeartMuLaError(missing_extra_message("eval", "Japanese scoring", "pyopenjtalk-plus")) from None
     return pyopenjtalk
 
 
@@ -193,6 +196,7 @@ class EditCounts:
 
 
 def edit_counts(reference: list[str], hypothesis: list[str]) -> EditCounts:
+    require("eval", "rapidfuzz")
     from rapidfuzz.distance import Levenshtein
 
     counts = EditCounts(reference_length=len(reference))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 
 REPORT_VERSION = "heartmula-report-v1"
 LANGUAGES = ("en", "zh", "ja", "ko", "es")
@@ -792,6 +793,7 @@ def build_report(config: ReportConfig) -> dict:
 
 # --- plots and Markdown --------------------------------------------------------------------------------------------
 def write_plots(report: dict, folder: Path) -> None:
+    require("eval", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 
 FROM_TAGS = "ballad,piano,strings,calm,slow"
 TO_TAGS = "electronic,synthesizer,synth bass,drums,energetic,fast"
@@ -143,6 +144,7 @@ def summarize(result: dict, switch_at: float, switch_end: float | None = None, b
 def plot_curves(result: dict, summary: dict, path: str | Path, labels: dict[str, str] | None = None,
                 title: str = "HeartCLAP tag similarity over time") -> Path:
     """PNG: the similarity curves (top) and their difference B - A (bottom), the switch marked."""
+    require("eval", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -24,6 +24,7 @@ import torch
 
 from heartmula.audio import load_audio
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 
 SAMPLE_RATE = 16000
 MAX_LABEL_TOKENS = 448  # Whisper's decoder positions
@@ -181,6 +182,7 @@ def _learning_rate_factor(step: int, config: TranscriberTrainConfig) -> float:
 
 def train_transcriber(manifests: list[str | os.PathLike], out_dir: str | os.PathLike,
                       config: TranscriberTrainConfig | None = None, progress: bool = False) -> TrainReport:
+    require("train", "transformers")
     from tqdm import tqdm
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 from heartmula.transcribe.models import ModelLocation
 from heartmula.transcribe.result import Segment, Word
 
@@ -58,6 +59,7 @@ class CTranslate2Backend:
     name = "ctranslate2"
 
     def __init__(self, location: ModelLocation, compute_type: str = "int8", device: str = "cpu", threads: int = 0):
+        require("transcribe", "faster_whisper")
         from faster_whisper import WhisperModel
 
         try:
@@ -108,6 +110,8 @@ class TransformersBackend:
 
     def __init__(self, location: ModelLocation, dtype: str = "float32", device: str = "cpu", threads: int = 0):
         import torch
+
+        require("transcribe", "transformers")
         from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
         from transformers.utils import logging as transformers_logging
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 from heartmula.files import atomic_output
 
 # CTranslate2 DataType enum values -> numpy dtypes (bfloat16 is read as raw uint16 and widened below).
@@ -183,6 +184,7 @@ def is_current_conversion(folder: Path) -> bool:
 def convert_ct2_to_transformers(ct2_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write a transformers Whisper folder (safetensors, config, generation config, tokenizer, feature
     extractor) from a CTranslate2 Whisper folder. Returns out_dir."""
+    require("transcribe", "transformers")
     from transformers import (
         WhisperConfig,
         WhisperFeatureExtractor,

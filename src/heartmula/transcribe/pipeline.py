@@ -17,6 +17,7 @@ import numpy as np
 
 from heartmula.audio import load_audio, resample
 from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 from heartmula.transcribe.backends import CHUNK_SECONDS, SAMPLE_RATE, DecodingOptions, load_backend
 from heartmula.transcribe.models import locate_model
 from heartmula.transcribe.result import Segment, Transcript, Word
@@ -50,6 +51,7 @@ class TranscribeConfig:
 
 def vocal_regions(audio: np.ndarray, threshold: float, min_pause: float) -> list[tuple[int, int]]:
     """Sample ranges where a voice is active (silero VAD), each at most one Whisper window long."""
+    require("transcribe", "faster_whisper")
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     options = VadOptions(threshold=threshold, min_silence_duration_ms=int(min_pause * 1000), speech_pad_ms=400,
