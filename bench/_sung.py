@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heartmula.data.manifest import read_manifest
+from heartmula.manifest import read_manifest
 
 
 def song_arguments(parser: argparse.ArgumentParser, songs: int, results: Path) -> None:

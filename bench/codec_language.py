@@ -19,8 +19,8 @@ from _machine import machine
 
 from heartmula.audio import load_audio
 from heartmula.codec import load_codec
-from heartmula.data.manifest import read_manifest
 from heartmula.eval.report import heard_language
+from heartmula.manifest import read_manifest
 from heartmula.song_models import resolve_codec, resolve_lm
 from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
 

@@ -40,10 +40,10 @@ from _machine import machine
 from tqdm import tqdm
 
 from heartmula.codec.pretrained import load_codec
-from heartmula.data.manifest import parse_lyrics_sections
 from heartmula.data.variants import ACCOMPANIMENT_SUFFIX
 from heartmula.eval.report import paired_summary, select_prompts
 from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
+from heartmula.manifest import parse_lyrics_sections
 from heartmula.song_models import load_lm, resolve_codec, resolve_lm
 from heartmula.transcribe.pipeline import voiced_seconds
 

@@ -13,7 +13,7 @@ from conftest import TINY_ITEMS, tiny_config
 from heartmula.audio import load_audio
 from heartmula.data.corpus import build_corpus, build_item
 from heartmula.data.lyrics import LANGUAGE_NAMES, LANGUAGES
-from heartmula.data.manifest import REQUIRED_FIELDS, parse_lyrics_sections, parse_tags, read_manifest
+from heartmula.manifest import REQUIRED_FIELDS, parse_lyrics_sections, parse_tags, read_manifest
 
 
 def _md5(path):

@@ -7,7 +7,7 @@ import soundfile as sf
 
 from heartmula.cli import main
 from heartmula.data.importer import guess_language
-from heartmula.data.manifest import parse_lyrics_sections, parse_tags, read_manifest
+from heartmula.manifest import parse_lyrics_sections, parse_tags, read_manifest
 
 
 def _tone(seconds, rate, freq=220.0):

@@ -19,9 +19,9 @@ from heartmula.data.lyrics import (
     text_source,
     vocabulary,
 )
-from heartmula.data.manifest import read_manifest, write_manifest
 from heartmula.data.scores import catalogue
 from heartmula.errors import HeartMuLaError
+from heartmula.manifest import read_manifest, write_manifest
 
 
 def test_no_work_in_two_splits_of_the_tiny_build(tiny_corpus):
@@ -108,7 +108,7 @@ def test_profanity_never_reaches_lyrics():
 
 
 def test_intelligibility_sample_takes_the_first_sung_items_per_language():
-    from heartmula.data.intelligibility import intelligibility_markdown, sample_vocal_rows
+    from heartmula.eval.intelligibility import intelligibility_markdown, sample_vocal_rows
 
     rows = [{"id": f"s-{i:03d}", "language": LANGUAGES[i % 5] if i % 6 else None, "vocals": "v.flac" if i % 6 else None,
              "lyrics": "[verse]\nla" if i % 6 else ""} for i in range(40)]

@@ -7,9 +7,9 @@ import pytest
 
 from heartmula.audio import load_audio
 from heartmula.cli import main
-from heartmula.data.manifest import parse_lyrics_sections, read_manifest
 from heartmula.data.variants import FADE_SECONDS, VariantConfig, make_lyric_variants
 from heartmula.errors import HeartMuLaError
+from heartmula.manifest import parse_lyrics_sections, read_manifest
 
 QUANTUM = 2 / 2**15  # two 16-bit steps: the mix and the stem were each rounded once
 

@@ -13,8 +13,8 @@ import torch
 
 from heartmula.audio import save_audio
 from heartmula.codec.pretrained import write_random_codec
-from heartmula.data.manifest import write_manifest
 from heartmula.errors import HeartMuLaError
+from heartmula.manifest import write_manifest
 from heartmula.train.token_cache import load_cache, read_index, tokenize_manifest
 
 LANGUAGES = {

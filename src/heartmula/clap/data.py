@@ -15,9 +15,9 @@ import torch
 from heartmula.clap.config import HeartCLAPConfig
 from heartmula.clap.model import HeartCLAP
 from heartmula.clap.prompts import normalise_tag
-from heartmula.data.manifest import parse_tags
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.manifest import parse_tags
 
 
 @dataclass

@@ -284,7 +284,7 @@ class Source:
 
 def collect_sources(target: str | os.PathLike) -> list[Source]:
     """Audio files of a folder (recursively), one audio file, or the rows of a corpus manifest."""
-    from heartmula.data.manifest import MANIFEST_NAME, read_manifest
+    from heartmula.manifest import MANIFEST_NAME, read_manifest
 
     target = Path(target)
     if target.is_file() and target.suffix == ".jsonl" or (target.is_dir() and (target / MANIFEST_NAME).is_file()):

@@ -145,8 +145,8 @@ def run_card(args: argparse.Namespace) -> int:
 
     require("data", "matplotlib", feature="heartmula data card")
     from heartmula.data.card import build_speed_markdown, write_data_card
-    from heartmula.data.intelligibility import intelligibility_markdown
-    from heartmula.data.manifest import manifest_path, read_manifest
+    from heartmula.eval.intelligibility import intelligibility_markdown
+    from heartmula.manifest import manifest_path, read_manifest
 
     path = manifest_path(args.manifest)
     rows = read_manifest(path, absolute_paths=False)
@@ -167,9 +167,9 @@ def run_ceiling(args: argparse.Namespace) -> int:
 
     require("transcribe", "faster_whisper", feature="heartmula data ceiling")
     require("eval", "rapidfuzz", "num2words", "opencc", feature="heartmula data ceiling")
-    from heartmula.data.intelligibility import intelligibility_markdown, measure_intelligibility
-    from heartmula.data.manifest import read_manifest
+    from heartmula.eval.intelligibility import intelligibility_markdown, measure_intelligibility
     from heartmula.files import atomic_output
+    from heartmula.manifest import read_manifest
 
     rows = read_manifest(args.manifest)
     result = measure_intelligibility(rows, args.per_language, args.model, progress=not args.quiet)

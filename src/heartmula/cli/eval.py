@@ -79,9 +79,9 @@ def run_clap(args: argparse.Namespace) -> int:
     import torch
 
     from heartmula.clap import load_clap
-    from heartmula.data.manifest import read_manifest
     from heartmula.eval.clap_metrics import evaluate_clap
     from heartmula.files import atomic_output
+    from heartmula.manifest import read_manifest
 
     torch.set_num_threads(args.threads)
     model = load_clap(args.model)

@@ -6,9 +6,9 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from heartmula.data.manifest import SPLITS, parse_tags
 from heartmula.extras import require
 from heartmula.files import atomic_output
+from heartmula.manifest import SPLITS, parse_tags
 
 
 def corpus_statistics(rows: list[dict]) -> dict:

@@ -21,12 +21,12 @@ import numpy as np
 from heartmula.audio import resample, save_audio
 from heartmula.data.arrangement import CHORALE_STYLES, STYLE_BY_NAME, STYLES, Arrangement, arrange
 from heartmula.data.lyrics import LANGUAGE_NAMES, LANGUAGES, LyricWriter, text_source
-from heartmula.data.manifest import MANIFEST_NAME, write_manifest
 from heartmula.data.render import available_soundfonts, render_arrangement
 from heartmula.data.scores import COLLECTION_LICENSES, Piece, WorkRef, catalogue, load_piece
 from heartmula.data.singing import Note, Singer, SungUnit, VoiceConfig
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.manifest import MANIFEST_NAME, write_manifest
 
 KEY_NAMES = ("c", "c#", "d", "eb", "e", "f", "f#", "g", "ab", "a", "bb", "b")
 VOICE_LICENSE = "espeak-ng voice data (GPL-3.0; synthesized audio is not covered) + WORLD vocoder (BSD-3-Clause)"

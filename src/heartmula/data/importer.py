@@ -15,9 +15,9 @@ from pathlib import Path
 
 from heartmula.audio import load_audio, save_audio
 from heartmula.data.corpus import split_of_work
-from heartmula.data.manifest import MANIFEST_NAME, write_manifest
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.manifest import MANIFEST_NAME, write_manifest
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma", ".webm")
 DEFAULT_LICENSE = "user-provided; license not stated (pass --license)"

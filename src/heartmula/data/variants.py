@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from heartmula.audio import load_audio, save_audio
-from heartmula.data.manifest import SPLITS, manifest_path, read_manifest, write_manifest
 from heartmula.errors import HeartMuLaError
+from heartmula.manifest import SPLITS, manifest_path, read_manifest, write_manifest
 
 FADE_SECONDS = 0.04  # the muted voice fades out this fast: the next line may start right at the cut
 ACCOMPANIMENT_SUFFIX = "-inst"  # id (and audio name) of a sung song's accompaniment-only variant: <id>-inst

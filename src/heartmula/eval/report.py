@@ -710,7 +710,7 @@ def build_report(config: ReportConfig) -> dict:
         ceiling, ceiling_source = _read_ceiling(config.ceiling), str(config.ceiling)
     corpus_rows = None
     if config.corpus is not None:
-        from heartmula.data.manifest import read_manifest
+        from heartmula.manifest import read_manifest
 
         corpus_rows = read_manifest(config.corpus)
     model_path = resolve_lm(config.model, config.version)
@@ -731,7 +731,7 @@ def build_report(config: ReportConfig) -> dict:
         songs = [s for s in songs if not s["id"].endswith(NO_LYRICS_SUFFIX)]
         vectors = _measure(config, prompts, songs, tmp)
         if corpus_rows is not None and ceiling is None:
-            from heartmula.data.intelligibility import measure_intelligibility
+            from heartmula.eval.intelligibility import measure_intelligibility
 
             wanted = {p.language for p in prompts if p.language}
             rows = [r for r in corpus_rows if r.get("language") in wanted]

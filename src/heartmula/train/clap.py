@@ -38,10 +38,10 @@ from heartmula.clap.config import HeartCLAPConfig
 from heartmula.clap.data import Item, embed_items, load_items
 from heartmula.clap.model import HeartCLAP
 from heartmula.clap.prompts import LANGUAGES, tags_prompt, training_prompt
-from heartmula.data.manifest import read_manifest
 from heartmula.errors import HeartMuLaError
 from heartmula.eval.clap_metrics import retrieval_metrics
 from heartmula.files import atomic_output
+from heartmula.manifest import read_manifest
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"

@@ -37,9 +37,9 @@ from heartmula.audio import load_audio, resample
 from heartmula.codec.config import LATENT_PER_CODE, VoiceConfig
 from heartmula.codec.model import HeartCodec
 from heartmula.codec.voice import LOG_F0_SCALE, LOG_POWER_SCALE, VoiceDecoder, band_centres_mel, hz_to_mel
-from heartmula.data.manifest import read_manifest
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.manifest import read_manifest
 from heartmula.train.codec import CodecTrainConfig, training_losses, update_codebooks
 from heartmula.train.state import load_training_state, save_training_state
 

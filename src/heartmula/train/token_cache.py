@@ -90,7 +90,7 @@ def tokenize_manifest(
     from the audio already loaded for the codec; cached items that lack one get it from their audio alone."""
     from heartmula.audio import load_audio
     from heartmula.codec.pretrained import load_codec, locate_codec
-    from heartmula.data.manifest import read_manifest
+    from heartmula.manifest import read_manifest
 
     rows = read_manifest(manifest)
     if limit is not None:
