@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-SONG = {"lyrics": "[verse]\nhello river\n\n[chorus]\nla la la", "tags": "pop,piano", "duration": 0.5, "seed": 3}
+SONG = {"lyrics": "[verse]\nhello river\n\n[chorus]\nla la la", "tags": "pop,piano", "duration": 1.0, "seed": 3}
 
 
 def wait_for(client, job_id: str, timeout: float = 120.0, statuses=("done", "failed")) -> dict:
