@@ -91,8 +91,9 @@ class FullLengthSongs:
     """A model loader whose songs run their whole requested length (a random-weight model ends songs at random),
     so a test can act while one is being generated."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, frame_seconds: float = 0.0):
         self.root = root
+        self.frame_seconds = frame_seconds  # extra time per frame, to stand in for a big model
 
     def __call__(self):
         from heartmula.codec.pretrained import load_codec
@@ -104,6 +105,14 @@ class FullLengthSongs:
         def full_length(*args, **kwargs):
             session = start(*args, **kwargs)
             session.min_new_frames = session.max_new_frames + 1
+            if self.frame_seconds:
+                next_frame = session.next_frame
+
+                def slow_frame():
+                    time.sleep(self.frame_seconds)
+                    return next_frame()
+
+                session.next_frame = slow_frame
             return session
 
         generator.start = full_length

@@ -12,7 +12,8 @@ from serve_helpers import SONG, wait_for, wait_until
 from starlette.websockets import WebSocketDisconnect
 
 from heartmula.serve.app import STATIC_DIR
-from heartmula.serve.auth import SESSION_COOKIE, redact_token
+
+SESSION_COOKIE = "heartmula_session"
 
 TOKEN = "s3cret-token-value"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -73,6 +74,8 @@ def test_tokens_in_urls_are_redacted_from_the_access_log(server_factory, tmp_pat
     log = (tmp_path / "server.log").read_text()
     assert "/api/songs?" in log and "token=[redacted]" in log
     assert TOKEN not in log
+    from heartmula.serve.auth import redact_token
+
     assert redact_token("/x?limit=5&token=abc&q=1") == "/x?limit=5&token=[redacted]&q=1"
 
 

@@ -10,8 +10,9 @@ import pytest
 import soundfile as sf
 from serve_helpers import SONG, Gate, set_database_full, wait_for, wait_until
 
-from heartmula.serve.jobs import JobStore, write_song_files
-from heartmula.serve.storage import DISK_FULL, READ_ONLY, StorageError, storage_cause
+from heartmula.serve.jobs import JobStore
+
+DISK_FULL, READ_ONLY = "disk full", "read-only"
 
 
 def ready(client) -> None:
@@ -19,7 +20,7 @@ def ready(client) -> None:
 
 
 def test_a_full_database_answers_503_json_naming_the_cause(make_client, model_root):
-    c = make_client(store_retry_seconds=0.1, load_models=Gate(model_root))  # (no model: jobs stay queued)
+    c = make_client(load_models=Gate(model_root))  # (no model: jobs stay queued)
     store = c.app.state.store
     set_database_full(store, True)
     try:
@@ -64,6 +65,9 @@ def test_a_full_disk_fails_the_job_with_the_cause_and_leaves_no_files(make_clien
 
 
 def test_song_files_land_together_or_not_at_all(tmp_path, monkeypatch):
+    from heartmula.serve.jobs import write_song_files
+    from heartmula.serve.storage import StorageError
+
     folder = tmp_path / "song"
     codes, audio = np.zeros((8, 5), dtype=np.int64), np.zeros((2, 480), dtype=np.float32)
     full_disk(monkeypatch, [])
@@ -79,6 +83,8 @@ def test_song_files_land_together_or_not_at_all(tmp_path, monkeypatch):
 def test_storage_causes_are_named():
     import sqlite3
 
+    from heartmula.serve.storage import storage_cause
+
     assert storage_cause(OSError(errno.ENOSPC, "No space left on device")) == DISK_FULL
     assert storage_cause(OSError(errno.EROFS, "Read-only file system")) == READ_ONLY
     assert storage_cause(sqlite3.OperationalError("attempt to write a readonly database")) == READ_ONLY
@@ -90,13 +96,14 @@ def test_storage_causes_are_named():
 def test_uploads_live_in_one_folder_that_a_start_empties(make_client, tmp_path, monkeypatch):
     data = tmp_path / "data"
     store = JobStore(data)
-    (store.uploads_dir / "tmpcrash").mkdir()
-    (store.uploads_dir / "tmpcrash" / "upload.wav").write_bytes(b"x" * 1000)  # a crash mid-upload
+    uploads = data / "uploads"
+    (uploads / "tmpcrash").mkdir(parents=True)
+    (uploads / "tmpcrash" / "upload.wav").write_bytes(b"x" * 1000)  # a crash mid-upload
     (data / "tmpk2j3h4g5").mkdir()  # where older versions put uploads
     (data / "tmpk2j3h4g5" / "example.bin").write_bytes(b"x" * 1000)
     store.close()
     c = make_client(data_dir=data)
-    assert list(store.uploads_dir.iterdir()) == [] and not (data / "tmpk2j3h4g5").exists()
+    assert list(uploads.iterdir()) == [] and not (data / "tmpk2j3h4g5").exists()
 
     import heartmula.audio
 
@@ -111,5 +118,5 @@ def test_uploads_live_in_one_folder_that_a_start_empties(make_client, tmp_path, 
     sf.write(wav, np.zeros(1600, dtype=np.float32), 16000, format="WAV")
     response = c.post("/api/transcribe", files={"file": ("a.wav", wav.getvalue(), "audio/wav")})
     assert response.status_code == 422
-    assert seen and seen[0].parent.parent == store.uploads_dir
-    assert list(store.uploads_dir.iterdir()) == []  # removed once answered
+    assert seen and seen[0].parent.parent == uploads
+    assert list(uploads.iterdir()) == []  # removed once answered

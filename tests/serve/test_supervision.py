@@ -17,7 +17,7 @@ def generating(client, job_id: str) -> bool:
 
 
 def test_a_database_that_turns_read_only_mid_job_is_contained_and_reported(make_client):
-    c = make_client(store_retry_seconds=0.2)
+    c = make_client()
     store, worker = c.app.state.store, c.app.state.worker
     ready(c)
     decode = worker.codec.decode
@@ -47,7 +47,7 @@ def test_a_database_that_turns_read_only_mid_job_is_contained_and_reported(make_
 
 
 def test_an_exception_anywhere_in_a_batch_leaves_the_worker_running(make_client):
-    c = make_client(store_retry_seconds=0.2)
+    c = make_client()
     store, worker = c.app.state.store, c.app.state.worker
     ready(c)
     fail = store.fail
@@ -81,12 +81,13 @@ def test_health_turns_503_when_the_worker_thread_is_gone(make_client):
 
 def test_a_graceful_stop_requeues_without_counting_an_attempt(make_client, model_root, tmp_path):
     data = tmp_path / "stops"
-    c = make_client(load_models=FullLengthSongs(model_root), data_dir=data)
+    slow = FullLengthSongs(model_root, frame_seconds=0.05)  # 60 s of song: longer than a stop waits (10 s)
+    c = make_client(load_models=slow, data_dir=data)
     job = c.post("/api/songs", json=dict(SONG, duration=60.0)).json()
     for _ in range(MAX_ATTEMPTS + 1):  # more stops than a crashing job is allowed
         wait_until(lambda client=c: generating(client, job["id"]), what="the song to be generated")
         c.__exit__(None, None, None)  # lifespan shutdown, as uvicorn runs it on SIGTERM
-        c = make_client(load_models=FullLengthSongs(model_root), data_dir=data, max_batch=1)
+        c = make_client(load_models=slow, data_dir=data)
         again = c.get(f"/api/songs/{job['id']}").json()
         assert again["status"] in ("queued", "running") and again["attempts"] <= 1, again
         assert c.app.state.recovery["requeued"] == [] and c.app.state.recovery["failed"] == []
