@@ -598,6 +598,7 @@ class SongWorker:
 
     def _settle_failures(self) -> None:
         for job_id, reason in list(self.owed_failures.items()):
+            shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)  # again: the folder may have been read-only
             self.store.fail(job_id, reason)  # a StorageError leaves it owed; the loop reports and retries
             del self.owed_failures[job_id]
 
