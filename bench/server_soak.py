@@ -323,7 +323,7 @@ def summarize(tally: Tally, final: dict, left: list[str], seconds: float, in_pro
     reasons: dict[str, int] = {}
     for job in final.values():
         if job.get("status") == "failed":
-            tally.count(reasons, job["message"].split(":")[0][:80])
+            tally.count(reasons, job["message"][:100])
     return {
         "mode": "in-process" if in_process else "process",
         "root_faults": getattr(server, "root_faults", None),
