@@ -3,11 +3,16 @@
 Crash safety, in order of events for one job:
 1. `create` inserts a row `queued` (committed before the HTTP answer, so an accepted job survives a crash);
 2. `claim_batch` marks the oldest queued job and compatible ones `running` and counts an attempt;
-3. the worker writes codes.npy and song.wav under songs/<id>/ through atomic_output (temp name, then rename);
+3. the worker writes codes.npy and song.wav under songs/<id>/ to temp names, then renames both (write_song_files);
 4. `finish` marks the row `done` only after both files are in place.
 A `kill -9` anywhere leaves either a `done` row whose files are complete, or a `running` row that `recover` puts
 back in the queue (or fails with a reason once a job has been interrupted MAX_ATTEMPTS times: a job that keeps
-killing the server must not do so forever). Leftover temp files and folders of deleted jobs are swept at start.
+killing the server must not do so forever). A graceful stop re-queues the batch in hand without counting an
+attempt. Leftover temp files, folders of deleted jobs and uploads are swept at start.
+
+Storage failures: a statement that fails for lack of storage is retried briefly, then raised as StorageError naming
+the cause. A job whose files or row cannot be written is failed with that cause; if even the failure cannot be
+recorded, the worker keeps it owed and records it once the store works again (see SongWorker).
 """
 
 from __future__ import annotations
