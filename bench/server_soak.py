@@ -79,6 +79,7 @@ class ProcessServer:
         self.data = self.mount / "data"
         self.log = folder / "server.log"
         self.proc: subprocess.Popen | None = None
+        self._client = httpx.Client(base_url=self.url, timeout=60)
 
     @staticmethod
     def _run(*command: str) -> bool:
@@ -98,7 +99,7 @@ class ProcessServer:
         raise RuntimeError(f"the server did not start:\n{self.log.read_text()[-3000:]}")
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        return self._client
 
     def pid(self) -> int:
         return self.proc.pid
@@ -132,6 +133,7 @@ class ProcessServer:
 
     def close(self) -> None:
         self.stop()
+        self._client.close()
         if self.root_faults:
             self._run("umount", "-l", str(self.mount))
 
@@ -222,13 +224,16 @@ class InProcessServer:
 # --- the run ----------------------------------------------------------------------------------------------------------
 def submit(server, tally: Tally, rng: random.Random) -> None:
     body = dict(SONG, seed=rng.randrange(2**31), duration=round(rng.uniform(1.0, 2.0), 2))
+    last = ""
     for _ in range(60):
         try:
             response = server.client().post("/api/songs", json=body)
-        except httpx.HTTPError:  # a restart in progress
+        except httpx.HTTPError as exc:  # a restart in progress
             tally.count(tally.refused, "no answer")
+            last = repr(exc)
             time.sleep(0.5)
             continue
+        last = response.text[:300]
         if response.status_code == 201:
             tally.submitted.append(response.json()["id"])
             return
@@ -236,7 +241,7 @@ def submit(server, tally: Tally, rng: random.Random) -> None:
         if response.status_code != 503 or "cause" not in response.json():
             raise AssertionError(f"a submit got {response.status_code}: {response.text[:300]}")
         time.sleep(0.3)
-    raise AssertionError("submits kept failing")
+    raise AssertionError(f"submits kept failing: {last}")
 
 
 def upload_garbage(server) -> None:
