@@ -20,7 +20,8 @@ def ready(client) -> None:
 
 
 def test_a_full_database_answers_503_json_naming_the_cause(make_client, model_root):
-    c = make_client(load_models=Gate(model_root))  # (no model: jobs stay queued)
+    gate = Gate(model_root)  # no model yet: jobs stay queued
+    c = make_client(load_models=gate)
     store = c.app.state.store
     set_database_full(store, True)
     try:
@@ -30,6 +31,7 @@ def test_a_full_database_answers_503_json_naming_the_cause(make_client, model_ro
     assert refused.status_code == 503 and refused.headers["content-type"] == "application/json"
     assert refused.json()["cause"] == DISK_FULL and "disk full" in refused.json()["detail"]
     assert c.post("/api/songs", json=SONG).status_code == 201
+    gate.event.set()
 
 
 def full_disk(monkeypatch, calls: list) -> None:
