@@ -271,7 +271,8 @@ def wait_quiet(server, ids: list[str], timeout: float) -> dict[str, dict]:
 def leftovers(data: Path, jobs: dict[str, dict]) -> list[str]:
     """Temp files, uploads, and song folders that no finished job owns."""
     found = [str(p) for p in data.rglob("*") if ".part" in p.name or p.name.startswith("tmp")]
-    found += [str(p) for p in (data / "uploads").iterdir()]
+    uploads = data / "uploads"
+    found += [str(p) for p in uploads.iterdir()] if uploads.is_dir() else []
     done = {i for i, j in jobs.items() if j.get("status") == "done"}
     found += [str(p) for p in (data / "songs").iterdir() if p.name not in done]
     return found
