@@ -279,7 +279,8 @@ def leftovers(data: Path, jobs: dict[str, dict]) -> list[str]:
 
 
 def one_round(server, tally: Tally, rng: random.Random, jobs: int, fault_rate: float, hold: float) -> None:
-    """Submit `jobs` songs and one garbage upload; maybe a fault meanwhile (a restart before them)."""
+    """Submit `jobs` songs and one garbage upload, maybe with a fault meanwhile (a restart before them); wait for
+    the songs to end, then sample the server's memory (so each sample follows the same amount of work)."""
     kind = rng.choice(server.kinds()) if rng.random() < fault_rate else None
     fault = None
     if kind in ("kill", "restart"):
@@ -294,6 +295,7 @@ def one_round(server, tally: Tally, rng: random.Random, jobs: int, fault_rate: f
         fault.join()
     if kind is not None:
         tally.count(tally.faults, kind)
+    wait_quiet(server, tally.submitted[-jobs:], timeout=300)
     tally.rss.append((server.pid(), round(rss_mb(server.pid()), 1)))
 
 
