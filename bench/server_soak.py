@@ -338,17 +338,19 @@ def summarize(tally: Tally, final: dict, left: list[str], seconds: float, in_pro
         "jobs": len(tally.submitted), "outcome": outcome, "failed_reasons": reasons,
         "stuck": stuck, "failed_without_reason": unexplained, "leftovers": left[:20],
         "faults": tally.faults, "submit_refusals": tally.refused,
-        "rss_growth_mb": rss_growth(tally.rss), "rss_samples": tally.rss, "seconds": round(seconds, 1),
+        "rss_growth_mb": rss_growth(tally.rss), "rss_growth_second_half_mb": rss_growth(tally.rss, 0.5),
+        "rss_samples": tally.rss, "seconds": round(seconds, 1),
     }
 
 
-def rss_growth(samples: list[tuple[int, float]]) -> float:
-    """Largest growth within one server process, from its second sample (after warm-up) to its last."""
+def rss_growth(samples: list[tuple[int, float]], start: float = 0.0) -> float:
+    """Largest growth within one server process, from the sample at fraction `start` of its run (the second sample
+    when 0) to its last."""
     by_pid: dict[int, list[float]] = {}
     for pid, mb in samples:
         by_pid.setdefault(pid, []).append(mb)
     runs = [values for values in by_pid.values() if len(values) >= 3]
-    return round(max((values[-1] - values[1] for values in runs), default=0.0), 1)
+    return round(max((v[-1] - v[max(1, int(start * len(v)))] for v in runs), default=0.0), 1)
 
 
 def main() -> int:
