@@ -10,7 +10,12 @@ Two ways to run it, both on loopback with tiny random-weight models made on the 
   writes failing with ENOSPC).
 
     python bench/server_soak.py --jobs 200                      # writes bench/results/server_soak.json
+    python bench/server_soak.py --jobs 600 --fault-rate 0 --jobs-per-round 10 \
+        --out bench/results/server_soak_no_faults.json          # memory over a long run without restarts
     python bench/server_soak.py --jobs 20 --in-process --out -
+
+Each round submits a few songs (a fault may strike meanwhile), waits for them to end and samples the server's
+resident memory; `rss_growth_second_half_mb` is the growth over the second half of each server process's run.
 """
 
 from __future__ import annotations
