@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-SONG = {"lyrics": "[verse]\nhello river\n\n[chorus]\nla la la", "tags": "pop,piano", "duration": 0.5, "seed": 3}
+SONG = {"lyrics": "[verse]\nhello river\n\n[chorus]\nla la la", "tags": "pop,piano", "duration": 1.0, "seed": 3}
 
 
 def wait_for(client, job_id: str, timeout: float = 120.0, statuses=("done", "failed")) -> dict:
@@ -85,3 +85,58 @@ class Gate:
 
         self.event.wait(60)
         return load_generator(self.root), load_codec(self.root)
+
+
+class FullLengthSongs:
+    """A model loader whose songs run their whole requested length (a random-weight model ends songs at random),
+    so a test can act while one is being generated."""
+
+    def __init__(self, root: Path, frame_seconds: float = 0.0):
+        self.root = root
+        self.frame_seconds = frame_seconds  # extra time per frame, to stand in for a big model
+
+    def __call__(self):
+        from heartmula.codec.pretrained import load_codec
+        from heartmula.lm.pretrained import load_generator
+
+        generator = load_generator(self.root)
+        start = generator.start
+
+        def full_length(*args, **kwargs):
+            session = start(*args, **kwargs)
+            session.min_new_frames = session.max_new_frames + 1
+            if self.frame_seconds:
+                next_frame = session.next_frame
+
+                def slow_frame():
+                    time.sleep(self.frame_seconds)
+                    return next_frame()
+
+                session.next_frame = slow_frame
+            return session
+
+        generator.start = full_length
+        return generator, load_codec(self.root)
+
+
+def set_read_only(store, on: bool) -> None:
+    """The job database refuses writes (SQLITE_READONLY) like a file on a read-only mount."""
+    with store._lock:
+        store._db.execute(f"PRAGMA query_only = {int(on)}")
+
+
+def set_database_full(store, on: bool) -> None:
+    """The job database cannot grow (SQLITE_FULL) like a file on a full disk."""
+    with store._lock:
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0] if on else 1 << 30
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def wait_until(condition, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

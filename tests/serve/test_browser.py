@@ -163,3 +163,28 @@ def test_live_stream_with_a_slider_change(live_server, browser, model_root):
                "the live song in the library")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def test_with_a_token_media_and_downloads_work_without_the_token_in_any_url(server_factory, browser):
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    token = "browser-" + uuid.uuid4().hex
+    server = server_factory("--token", token).start()
+    bearer = {"Authorization": f"Bearer {token}"}
+    job = httpx.post(f"{server.url}/api/songs", json={"tags": "pop", "duration": 1.0, "seed": 5, "title": "Tokened"},
+                     headers=bearer).json()
+    browser.get(server.url + "/")
+    find = browser.find_element
+    wait_until(lambda: find(By.ID, "token-box").is_displayed(), 60, "the token box")
+    find(By.ID, "token").send_keys(token + Keys.TAB)
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#library li.song"), 60, "the library")
+    fetch = """const done = arguments[arguments.length - 1];
+        fetch(arguments[0]).then(r => done(r.status), e => done(String(e)));"""
+    wait_until(lambda: httpx.get(f"{server.url}/api/songs/{job['id']}", headers=bearer).json()["status"] == "done",
+               120, "the song")
+    assert browser.execute_async_script(fetch, f"/api/songs/{job['id']}/audio") == 200  # the session cookie
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly: out of the page's reach
+    links = browser.execute_script("return [...document.querySelectorAll('a, audio')].map(e => e.href || e.src)")
+    assert not any(token in (link or "") for link in links)

@@ -16,7 +16,7 @@ CLIENTS = 24
 def client_session(url: str, index: int, results: dict, errors: list) -> None:
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
-            body = dict(SONG, seed=1000 + index, title=f"crowd {index}", duration=0.5 + 0.04 * (index % 3))
+            body = dict(SONG, seed=1000 + index, title=f"crowd {index}", duration=1.0 + 0.04 * (index % 3))
             created = http.post("/api/songs", json=body)
             assert created.status_code == 201, created.text
             job_id = created.json()["id"]

@@ -85,10 +85,12 @@ def test_random_requests_never_cause_server_errors(fuzz_client, data):
         kwargs["files"] = {"file": (data.draw(st.text(max_size=20)) or "f", data.draw(st.binary(max_size=2000)))}
         kwargs["data"] = {"language": data.draw(st.text(max_size=5))}
     response = fuzz_client.request(method.upper(), url, **kwargs)
-    assert response.status_code < 500, (method, url, kwargs, response.status_code, response.text[:300])
+    unavailable = path == "/api/health" and response.status_code == 503  # this server has no models, and says so
+    assert response.status_code < 500 or unavailable, (method, url, kwargs, response.status_code, response.text[:300])
 
 
 def test_still_serving_after_fuzzing(fuzz_client):
-    assert fuzz_client.get("/api/health").status_code == 200
+    health = fuzz_client.get("/api/health")
+    assert health.status_code == 503 and "could not be loaded" in health.json()["problem"]
     assert fuzz_client.post("/api/songs", json=SONG).status_code == 201
     assert fuzz_client.get("/api/songs").status_code == 200  # (the fuzzer may well have deleted the finished song)

@@ -34,6 +34,9 @@ def register(verbs) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser pages from ORIGIN (e.g. http://localhost:3000) to call the API; "
                    "repeatable; default: CORS off")
+    p.add_argument("--allowed-hosts", default="", metavar="HOSTS",
+                   help="comma-separated Host header values to answer (e.g. music.example.org,localhost; "
+                   "*.example.org matches subdomains); default: any")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (transcription)")
     p.add_argument("--max-duration", type=float, default=300.0, help="longest song a job may ask for, seconds")
     p.add_argument("--max-batch", type=int, default=4, help="most queued songs generated together in one LM "
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(
         data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
         device=args.device, int8=args.int8, token=args.token or os.environ.get(TOKEN_ENV) or None,
-        cors_origins=args.cors_origin,
+        cors_origins=args.cors_origin, allowed_hosts=[h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
         max_batch=args.max_batch, transcribe_model=args.transcribe_model, clap_model=args.clap_model,
     )

@@ -1,90 +1,52 @@
-"""The HTTP/WebSocket API and the web page, one FastAPI app.
+"""The HTTP/WebSocket API and the web page, one FastAPI app assembled from the routers of this package.
 
     app = create_app(ServeConfig(data_dir="data", model="ckpt"))      # then: uvicorn.run(app)
 
 Endpoints (all under /api; JSON unless noted; the OpenAPI spec is at /openapi.json):
-    GET    /api/health                      model state, features, whether a token is needed (no auth)
-    POST   /api/songs                       queue a song job -> 201 {job}
+    GET    /api/health                      worker and model state, features, whether a token is needed (no auth);
+                                            503 with a reason when the worker cannot work
+    POST   /api/session                     trade the bearer token for a session cookie (media, WebSocket)
+    POST   /api/songs                       queue a song job -> 201 {job}                          (songs.py)
     GET    /api/songs?q=&status=&limit=     the library, newest first; q searches title, tags and lyrics
     GET    /api/songs/{id}                  one job: status, progress, result
     DELETE /api/songs/{id}                  delete a song (stops it if it is being generated)
     GET    /api/songs/{id}/audio?format=    wav | flac | mp3
     GET    /api/songs/{id}/codes            the codec codes, int64 [8, T] .npy
-    POST   /api/transcribe                  multipart upload -> timed lyrics
+    POST   /api/transcribe                  multipart upload -> timed lyrics                      (uploads.py)
+    GET    /api/search, POST /api/search/audio, GET /api/songs/{id}/similar: library search (HeartCLAP)
     GET    /api/tags                        tag suggestions for the page
-    WS     /api/stream                      live generation with control messages (when heartmula.stream exists)
+    WS     /api/stream                      live generation with control messages (live.py)
+Storage failures (read-only, disk full) answer 503 {"detail": "...: disk full", "cause": "disk full"}.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
-import re
-import secrets
-import tempfile
-import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi import Path as PathParam
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from heartmula import __version__
 from heartmula.errors import HeartMuLaError
-from heartmula.serve.jobs import AUDIO_FILE, CODES_FILE, ID_PATTERN, STATUSES, JobStore, SongWorker
+from heartmula.serve import songs, uploads
+from heartmula.serve.auth import SESSION_COOKIE, Auth, AuthMiddleware, PageHeadersMiddleware, redact_tokens_in_logs
+from heartmula.serve.config import ServeConfig, Services, services
+from heartmula.serve.jobs import STATUSES, JobStore, SongWorker
+from heartmula.serve.songs import SongCreate
+from heartmula.serve.storage import StorageError, storage_cause
 
 STATIC_DIR = Path(__file__).with_name("static")
-MAX_LYRICS_CHARS = 20_000
-MAX_TAGS_CHARS = 1_000
 JSON_BODY_LIMIT = 1 << 20  # 1 MiB: far above any valid song request, far below a memory problem
-MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # rates an MP3 can carry
-AUDIO_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
 TOKEN_ENV = "HEARTMULA_TOKEN"
-JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="32 lowercase hex digits")]
-
-
-@dataclass
-class ServeConfig:
-    data_dir: str | Path = "heartmula-data"
-    model: str | Path | None = None  # LM root or folder; None = the embedded default
-    version: str = "3B"
-    codec: str | Path | None = None  # default: HeartCodec-oss/ beside the LM, or the embedded codec
-    dtype: str = "float32"
-    device: str = "cpu"
-    int8: bool | None = None  # int8 LM weights; None: heartmula.song_models.int8_by_default
-    token: str | None = None  # bearer token; None = no auth
-    cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
-    max_upload_bytes: int = 50 << 20
-    max_duration: float = 300.0  # seconds per song job
-    max_batch: int = 4
-    max_stream_seconds: float = 300.0
-    transcribe_model: str | None = None  # None = the embedded default (Whisper base)
-    clap_model: str | Path | None = None  # library search by text/example; None = the shipped HeartCLAP, if any
-    max_transcribe_seconds: float = 20 * 60.0
-
-    def model_path(self) -> Path:
-        from heartmula.song_models import resolve_lm
-
-        return resolve_lm(self.model, self.version)
-
-    def codec_path(self) -> Path:
-        from heartmula.song_models import resolve_codec
-
-        return resolve_codec(self.codec, self.model_path())
-
-    def check(self) -> None:
-        """Fail before the server starts when the model folders are wrong (not minutes later in a log)."""
-        self.codec_path()  # resolves the LM too
-        if self.clap_model is not None and not (Path(self.clap_model) / "config.json").is_file():
-            raise HeartMuLaError(f"--clap-model {self.clap_model} is not a HeartCLAP folder (no config.json)")
+Svc = Annotated[Services, Depends(services)]
 
 
 def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
@@ -99,86 +61,31 @@ def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
     return load
 
 
-# --- request and response bodies ----------------------------------------------------------------------------------
-class SongCreate(BaseModel):
-    """A song job. Empty lyrics make an instrumental; tags may carry weights: "jazz:0.7,electronic:0.3"."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    lyrics: str = Field("", max_length=MAX_LYRICS_CHARS, description="lyrics with [verse]/[chorus] section tags")
-    tags: str = Field("", max_length=MAX_TAGS_CHARS, description="comma-separated tags, optional TAG:WEIGHT")
-    duration: float = Field(30.0, gt=0, allow_inf_nan=False, description="seconds (at most the server's limit)")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="null = a random seed (reported back)")
-    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
-    top_k: int = Field(50, ge=1, le=100_000)
-    cfg_scale: float = Field(1.5, ge=0, le=20, allow_inf_nan=False)
-    title: str = Field("", max_length=200)
-
-
-class JobOut(BaseModel):
-    id: str
-    kind: str
-    status: Literal["queued", "running", "done", "failed"]
-    title: str
-    progress: float
-    message: str
-    attempts: int
-    created: float
-    started: float | None
-    finished: float | None
-    request: dict
-    result: dict
-
-
-class JobList(BaseModel):
-    songs: list[JobOut]
-    total: int
+class WorkerOut(BaseModel):
+    alive: bool
+    busy: bool
+    heartbeat_age: float
+    queued: int
+    running: int
+    problem: str
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # ok | unavailable (then the answer is a 503 and `problem` says why)
+    problem: str
     version: str
     model: str
     model_error: str
+    worker: WorkerOut
     auth_required: bool
     features: dict[str, bool]
+    min_duration: float
     max_duration: float
     max_upload_bytes: int
 
 
-class TimedWord(BaseModel):
-    start: float
-    end: float
-    text: str
-
-
-class TimedLine(BaseModel):
-    start: float
-    end: float
-    text: str
-    section: int
-    words: list[TimedWord]
-
-
-class TranscriptOut(BaseModel):
-    language: str
-    duration: float
-    text: str
-    lrc: str
-    segments: list[TimedLine]
-
-
 class Tags(BaseModel):
     tags: list[str]
-
-
-class SearchHit(BaseModel):
-    score: float
-    song: JobOut
-
-
-class SearchResult(BaseModel):
-    hits: list[SearchHit]
 
 
 # --- body size limit ----------------------------------------------------------------------------------------------
@@ -231,10 +138,6 @@ class BodyLimitMiddleware:
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40]
-
-
 def stream_available() -> bool:
     try:
         from heartmula.stream import StreamControls, StreamSession  # noqa: F401
@@ -243,60 +146,82 @@ def stream_available() -> bool:
     return True
 
 
-def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = None) -> FastAPI:
-    token = config.token or os.environ.get(TOKEN_ENV) or None
-    store = JobStore(config.data_dir)
-    recovery = store.recover()
-    model_lock = threading.Lock()
-    from heartmula.serve.search import LibrarySearch, default_clap_dir
+def build_services(config: ServeConfig, load_models: Callable[[], tuple] | None = None) -> Services:
+    from heartmula.serve.search import BACKFILL, LibrarySearch, default_clap_dir
 
+    store = JobStore(config.data_dir, retry_seconds=config.store_retry_seconds)
+    recovery = store.recover()
     clap_dir = config.clap_model or default_clap_dir()
+    worker: SongWorker | None = None
 
     def on_model_thread(fn, *args):
         """Embeddings run in the worker's thread once it serves (one thread computes: see SongWorker)."""
         return worker.call(fn, *args).result() if worker.state == "ready" else fn(*args)
 
     search = LibrarySearch(store, clap_dir, on_model_thread) if clap_dir else None
+    worker = SongWorker(store, load_models or default_model_loader(config), config.max_batch,
+                        after_finish=search.enqueue if search else None,
+                        on_ready=(lambda: search.enqueue(BACKFILL)) if search else None,
+                        stall_seconds=config.stall_seconds)
+    token = config.token or os.environ.get(TOKEN_ENV) or None
+    return Services(config=config, store=store, worker=worker, auth=Auth(token, config.session_seconds),
+                    search=search, recovery=recovery)
 
-    def index_song(job_id: str) -> None:
-        search.enqueue(job_id)
 
-    def index_backlog() -> None:
-        from heartmula.serve.search import BACKFILL
-
-        search.enqueue(BACKFILL)
-
-    worker = SongWorker(store, load_models or default_model_loader(config), config.max_batch, model_lock,
-                        after_finish=index_song if search else None, on_ready=index_backlog if search else None)
-    transcriber_lock = threading.Lock()
-    transcribers: dict = {}
-    convert_lock = threading.Lock()
+def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = None) -> FastAPI:
+    svc = build_services(config, load_models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()
+        svc.worker.start()
         yield
-        worker.stop()
-        if search is not None:
-            search.stop()
-        store.close()
+        svc.worker.stop()
+        if svc.search is not None:
+            svc.search.stop()
+        svc.store.close()
 
     app = FastAPI(
         title="heartmula", version=__version__, lifespan=lifespan,
         description="Song generation jobs, downloads, transcription and live streaming. Send "
-        "`Authorization: Bearer TOKEN` (or `?token=TOKEN`) when the server runs with a token.",
+        "`Authorization: Bearer TOKEN` when the server runs with a token (`?token=TOKEN` works too but puts the "
+        "token in URLs; a browser page trades it for a session cookie at POST /api/session).",
         docs_url=None, redoc_url=None,  # the bundled API explorers load scripts from a CDN; the spec is enough
     )
-    app.state.store, app.state.worker, app.state.recovery, app.state.model_lock = store, worker, recovery, model_lock
+    app.state.services = svc
+    app.state.store, app.state.worker, app.state.recovery = svc.store, svc.worker, svc.recovery
     app.state.config = config
-    app.add_middleware(BodyLimitMiddleware, json_limit=JSON_BODY_LIMIT, upload_limit=config.max_upload_bytes,
-                       upload_paths=("/api/transcribe", "/api/search/audio"))
+    add_middleware(app, config, svc.auth)
+    add_error_handlers(app)
+    add_page(app)
+    app.include_router(router)
+    app.include_router(songs.router)
+    app.include_router(uploads.router)
+    if stream_available():
+        from heartmula.serve.live import router as live_router
+
+        app.include_router(live_router)
+    redact_tokens_in_logs()
+    return app
+
+
+def add_middleware(app: FastAPI, config: ServeConfig, auth: Auth) -> None:
+    """Outermost last: host check, then auth (before any body is read), then the body limit, then CORS."""
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(BodyLimitMiddleware, json_limit=JSON_BODY_LIMIT, upload_limit=config.max_upload_bytes,
+                       upload_paths=uploads.UPLOAD_PATHS)
+    app.add_middleware(AuthMiddleware, auth=auth)
+    app.add_middleware(PageHeadersMiddleware)
+    if config.allowed_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
+
+
+def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         # Only where and what: echoing the input back could repeat megabytes of lyrics, or hold a NaN that is
@@ -309,24 +234,23 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     async def user_error(request: Request, exc: HeartMuLaError):
         return JSONResponse({"detail": str(exc)}, 422)
 
-    def authorized(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong token: send Authorization: Bearer TOKEN",
-                                headers={"WWW-Authenticate": "Bearer"})
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError):
+        return storage_response(exc.cause, str(exc))
 
-    auth = [Depends(authorized)]
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        cause = storage_cause(exc)
+        if cause is not None:
+            return storage_response(cause, f"the server cannot write its data: {cause}")
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, 500)
 
-    def job_or_404(job_id: str):
-        job = store.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no song {job_id}")
-        return job
 
-    # --- page --------------------------------------------------------------------------------------------------
+def storage_response(cause: str, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail, "cause": cause}, 503, headers={"Retry-After": "5"})
+
+
+def add_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
@@ -337,189 +261,46 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # --- api ---------------------------------------------------------------------------------------------------
-    @app.get("/api/health", response_model=Health)
-    def health():
-        return Health(
-            status="ok", version=__version__, model=worker.state, model_error=worker.error,
-            auth_required=token is not None,
-            features={"stream": stream_available(), "search": search is not None, "transcribe": True},
-            max_duration=config.max_duration, max_upload_bytes=config.max_upload_bytes,
-        )
 
-    @app.get("/api/tags", response_model=Tags, dependencies=auth)
-    def tags():
-        try:
-            from heartmula.clap.prompts import known_tags
-
-            return Tags(tags=sorted(known_tags()))
-        except (ImportError, OSError, KeyError, ValueError):
-            return Tags(tags=["pop", "rock", "jazz", "electronic", "folk", "piano", "guitar", "happy", "sad"])
-
-    @app.post("/api/songs", response_model=JobOut, status_code=201, dependencies=auth)
-    def create_song(body: SongCreate):
-        from heartmula.text import parse_tag_prompts
-
-        if body.duration > config.max_duration:
-            raise HTTPException(422, f"duration {body.duration} s is over this server's limit of "
-                                     f"{config.max_duration} s")
-        if body.tags.strip():
-            parse_tag_prompts(body.tags)  # weights are checked now, not when the job runs
-        request = body.model_dump()
-        if request["seed"] is None:
-            request["seed"] = secrets.randbelow(2**31)
-        first_line = next((ln.strip() for ln in body.lyrics.splitlines() if ln.strip() and "[" not in ln), "")
-        title = body.title.strip() or first_line[:60] or body.tags.strip()[:60] or "untitled"
-        return store.create("song", request, title).public()
-
-    @app.get("/api/songs", response_model=JobList, dependencies=auth)
-    def list_songs(
-        q: Annotated[str, Query(max_length=200, description="text in the title, tags or lyrics")] = "",
-        status: Annotated[Literal["queued", "running", "done", "failed"] | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    ):
-        jobs, total = store.list(q, status, limit, offset)
-        return JobList(songs=[j.public() for j in jobs], total=total)
-
-    @app.get("/api/songs/{job_id}", response_model=JobOut, dependencies=auth)
-    def get_song(job_id: JobId):
-        return job_or_404(job_id).public()
-
-    @app.delete("/api/songs/{job_id}", status_code=204, dependencies=auth)
-    def delete_song(job_id: JobId):
-        if not store.delete(job_id):
-            raise HTTPException(404, f"no song {job_id}")
-        if search is not None:
-            search.remove(job_id)
-        return Response(status_code=204)
-
-    @app.get("/api/songs/{job_id}/audio", dependencies=auth, response_class=FileResponse,
-             responses={200: {"content": {t: {} for t in AUDIO_TYPES.values()}}, 409: {"description": "not done"}})
-    def song_audio(job_id: JobId, format: Annotated[Literal["wav", "flac", "mp3"], Query()] = "wav"):
-        job = job_or_404(job_id)
-        if job.status != "done":
-            raise HTTPException(409, f"song {job_id} is {job.status}; audio exists once it is done")
-        folder = store.job_dir(job_id)
-        path = folder / AUDIO_FILE
-        if format != "wav":
-            path = folder / f"song.{format}"
-            with convert_lock:
-                if not path.is_file():
-                    _convert(folder / AUDIO_FILE, path)
-        name = f"{_slug(job.title) or 'song'}-{job_id[:8]}.{format}"
-        return FileResponse(path, media_type=AUDIO_TYPES[format], filename=name)
-
-    @app.get("/api/songs/{job_id}/codes", dependencies=auth, response_class=FileResponse,
-             responses={200: {"content": {"application/octet-stream": {}}}, 409: {"description": "not done"}})
-    def song_codes(job_id: JobId):
-        job = job_or_404(job_id)
-        if job.status != "done":
-            raise HTTPException(409, f"song {job_id} is {job.status}; codes exist once it is done")
-        path = store.job_dir(job_id) / CODES_FILE
-        if not path.is_file():
-            raise HTTPException(404, f"song {job_id} has no codes (it was recorded from a live stream)")
-        name = f"{_slug(job.title) or 'song'}-{job_id[:8]}.npy"
-        return FileResponse(path, media_type="application/octet-stream", filename=name)
-
-    @app.post("/api/transcribe", response_model=TranscriptOut, dependencies=auth)
-    def transcribe(
-        file: Annotated[UploadFile, File(description="an audio file (wav, flac, mp3, ogg, m4a, ...)")],
-        language: Annotated[str | None, Form(pattern=r"^[a-z]{2,3}$", description="e.g. en; empty = detect")] = None,
-    ):
-        from heartmula.audio import load_audio
-        from heartmula.transcribe import TranscribeConfig, Transcriber
-        from heartmula.transcribe.result import to_lrc
-
-        suffix = Path(file.filename or "").suffix.lower()
-        suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".bin"
-        with tempfile.TemporaryDirectory(dir=store.data_dir) as tmp:
-            path = Path(tmp) / f"upload{suffix}"
-            with open(path, "wb") as out:
-                while chunk := file.file.read(1 << 20):
-                    out.write(chunk)
-            try:
-                audio, rate = load_audio(path)
-            except HeartMuLaError:
-                raise HTTPException(422, "the upload is not audio this server can read") from None
-            except Exception:
-                raise HTTPException(422, "the upload is not audio this server can read") from None
-        seconds = audio.shape[-1] / rate
-        if seconds > config.max_transcribe_seconds:
-            raise HTTPException(413, f"{seconds:.0f} s of audio; this server transcribes at most "
-                                     f"{config.max_transcribe_seconds:.0f} s")
-        with transcriber_lock:  # one model in memory, one transcription at a time
-            key = (config.transcribe_model, language)
-            if key not in transcribers:
-                transcribers.clear()
-                transcribers[key] = Transcriber(TranscribeConfig(model=config.transcribe_model, language=language))
-            transcript = transcribers[key].transcribe_array(audio[:2], rate, file.filename or "upload")
-        segments = [
-            TimedLine(start=s.start, end=s.end, text=s.text.strip(), section=s.section,
-                      words=[TimedWord(start=w.start, end=w.end, text=w.text) for w in s.words])
-            for s in transcript.segments
-        ]
-        return TranscriptOut(language=transcript.language, duration=transcript.duration, text=transcript.text,
-                             lrc=to_lrc(transcript), segments=segments)
-
-    def need_search() -> LibrarySearch:
-        if search is None:
-            raise HTTPException(404, "library search needs a HeartCLAP model: start the server with --clap-model DIR")
-        return search
-
-    def hits(found: list[tuple[str, float]]) -> SearchResult:
-        jobs = {job.id: job for job in store.list(ids=[i for i, _ in found], limit=len(found) or 1)[0]}
-        return SearchResult(hits=[SearchHit(score=score, song=jobs[i].public()) for i, score in found if i in jobs])
-
-    @app.get("/api/search", response_model=SearchResult, dependencies=auth)
-    def search_text(
-        q: Annotated[str, Query(min_length=1, max_length=500, description="a description in any language")],
-        k: Annotated[int, Query(ge=1, le=200)] = 20,
-    ):
-        """Songs whose sound matches a description (HeartCLAP), best first."""
-        return hits(need_search().by_text(q, k))
-
-    @app.post("/api/search/audio", response_model=SearchResult, dependencies=auth)
-    def search_audio(
-        file: Annotated[UploadFile, File(description="an example: songs that sound like it come first")],
-        k: Annotated[int, Form(ge=1, le=200)] = 20,
-    ):
-        engine = need_search()
-        with tempfile.TemporaryDirectory(dir=store.data_dir) as tmp:
-            path = Path(tmp) / "example.bin"
-            with open(path, "wb") as out:
-                while chunk := file.file.read(1 << 20):
-                    out.write(chunk)
-            try:
-                found = engine.by_audio_file(path, k)
-            except HeartMuLaError:
-                raise HTTPException(422, "the upload is not audio this server can read") from None
-        return hits(found)
-
-    @app.get("/api/songs/{job_id}/similar", response_model=SearchResult, dependencies=auth)
-    def similar_songs(job_id: JobId, k: Annotated[int, Query(ge=1, le=200)] = 10):
-        engine = need_search()
-        job_or_404(job_id)
-        found = engine.similar(job_id, k)
-        if found is None:
-            raise HTTPException(409, f"song {job_id} is not in the search index yet (it is indexed once done)")
-        return hits(found)
-
-    if stream_available():
-        from heartmula.serve.live import add_stream_endpoint
-
-        add_stream_endpoint(app, store, worker, config, token)
-    return app
+# --- health, session, tags ----------------------------------------------------------------------------------------
+router = APIRouter(prefix="/api")
 
 
-def _convert(wav: Path, out: Path) -> None:
-    from heartmula.audio import load_audio, resample, save_audio
+@router.get("/health", response_model=Health, responses={503: {"model": Health, "description": "cannot work"}})
+def health(svc: Svc):
+    worker = svc.worker.health()
+    config = svc.config
+    body = Health(
+        status="unavailable" if worker.problem else "ok", problem=worker.problem, version=__version__,
+        model=svc.worker.state, model_error=svc.worker.error,
+        worker=WorkerOut(alive=worker.alive, busy=worker.busy, heartbeat_age=worker.heartbeat_age,
+                         queued=worker.queued, running=worker.running, problem=worker.problem),
+        auth_required=svc.auth.required,
+        features={"stream": stream_available(), "search": svc.search is not None, "transcribe": True},
+        min_duration=config.min_duration, max_duration=config.max_duration, max_upload_bytes=config.max_upload_bytes,
+    )
+    return JSONResponse(body.model_dump(), 503 if worker.problem else 200)
 
-    audio, rate = load_audio(wav)
-    if out.suffix == ".mp3" and rate not in MP3_RATES:
-        target = next((r for r in MP3_RATES if r >= rate), MP3_RATES[-1])
-        audio, rate = resample(audio, rate, target), target
-    save_audio(out, audio, rate)
+
+@router.post("/session", status_code=204)
+def session(request: Request, svc: Svc):
+    """A session cookie for the page: audio, downloads and the WebSocket then need no token in their URLs."""
+    response = Response(status_code=204)
+    if svc.auth.required:
+        value, max_age = svc.auth.new_session()
+        response.set_cookie(SESSION_COOKIE, value, max_age=max_age, path="/api", httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+    return response
+
+
+@router.get("/tags", response_model=Tags)
+def tags():
+    try:
+        from heartmula.clap.prompts import known_tags
+
+        return Tags(tags=sorted(known_tags()))
+    except (ImportError, OSError, KeyError, ValueError):
+        return Tags(tags=["pop", "rock", "jazz", "electronic", "folk", "piano", "guitar", "happy", "sad"])
 
 
 def openapi_json(app: FastAPI) -> str:

@@ -17,17 +17,19 @@ long (plus the engine's own latency); the page schedules chunks back to back wit
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 
 import numpy as np
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from heartmula.errors import HeartMuLaError
-from heartmula.serve.jobs import AUDIO_FILE, CODES_FILE, JobStore, SongWorker, write_codes
+from heartmula.serve.auth import origin_allowed
+from heartmula.serve.config import Services
+from heartmula.serve.jobs import JobStore, SongWorker, write_song_files
+from heartmula.serve.storage import StorageError
 
 LEAD_SECONDS = 2.0
 MAX_STREAMS = 2  # concurrent live streams; each takes a full share of the model
@@ -64,73 +66,84 @@ def _problem(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
-def add_stream_endpoint(app: FastAPI, store: JobStore, worker: SongWorker, config, token: str | None) -> None:
-    active = {"streams": 0}
+router = APIRouter()
 
-    @app.websocket("/api/stream")
-    async def stream(ws: WebSocket):
-        if token is not None:
-            header = ws.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else ws.query_params.get("token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                await ws.close(code=1008, reason="missing or wrong token")
-                return
-        await ws.accept()
 
-        async def error(message: str) -> None:
-            await ws.send_json({"type": "error", "message": message})
+class _Client:
+    """The socket's JSON side: error reports and validated incoming objects."""
 
-        async def receive() -> dict | None:
-            """The next JSON object from the client; None after a message that was not one (reported)."""
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", 1000))
-            text = message.get("text")
-            if text is None or len(text) > MAX_MESSAGE_BYTES:
-                await error(f"send JSON text messages of at most {MAX_MESSAGE_BYTES} bytes")
-                return None
-            try:
-                data = json.loads(text)
-            except ValueError:
-                await error("a message was not valid JSON")
-                return None
-            if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-                await error('every message is a JSON object with a "type"')
-                return None
-            return data
+    def __init__(self, ws: WebSocket):
+        self.ws = ws
 
+    async def error(self, message: str) -> None:
+        await self.ws.send_json({"type": "error", "message": message})
+
+    async def receive(self) -> dict | None:
+        """The next JSON object from the client; None after a message that was not one (reported)."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        if text is None or len(text) > MAX_MESSAGE_BYTES:
+            await self.error(f"send JSON text messages of at most {MAX_MESSAGE_BYTES} bytes")
+            return None
         try:
-            if worker.state != "ready":
-                await error(f"the model is not ready ({worker.state}{': ' + worker.error if worker.error else ''})")
-                await ws.close()
-                return
-            start = None
-            while start is None:
-                data = await receive()
-                if data is None:
-                    continue
-                if data["type"] != "start":
-                    await error('send {"type": "start", ...} first')
-                    continue
-                try:
-                    start = StreamStart.model_validate_json(json.dumps(data))  # JSON rules: arrays are pairs
-                except ValidationError as exc:
-                    await error(_problem(exc))
-                    continue
-                if start.max_seconds > config.max_stream_seconds:
-                    await error(f"max_seconds is over this server's limit of {config.max_stream_seconds} s")
-                    start = None
-            if active["streams"] >= MAX_STREAMS:
-                await error(f"{MAX_STREAMS} live streams are running; try again when one ends")
-                await ws.close()
-                return
-            active["streams"] += 1
+            data = json.loads(text)
+        except ValueError:
+            await self.error("a message was not valid JSON")
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            await self.error('every message is a JSON object with a "type"')
+            return None
+        return data
+
+    async def start_message(self, max_seconds: float) -> StreamStart:
+        while True:
+            data = await self.receive()
+            if data is None:
+                continue
+            if data["type"] != "start":
+                await self.error('send {"type": "start", ...} first')
+                continue
             try:
-                await _run(ws, start, store, worker, receive, error)
-            finally:
-                active["streams"] -= 1
-        except WebSocketDisconnect:
+                start = StreamStart.model_validate_json(json.dumps(data))  # JSON rules: arrays are pairs
+            except ValidationError as exc:
+                await self.error(_problem(exc))
+                continue
+            if start.max_seconds > max_seconds:
+                await self.error(f"max_seconds is over this server's limit of {max_seconds} s")
+                continue
+            return start
+
+
+@router.websocket("/api/stream")
+async def stream(ws: WebSocket):
+    """The token was checked by the auth middleware; the Origin is checked here (a page elsewhere must not drive
+    this server with its listener's cookie)."""
+    svc: Services = ws.app.state.services
+    worker = svc.worker
+    if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), svc.config.cors_origins):
+        await ws.close(code=1008, reason="origin not allowed")
+        return
+    await ws.accept()
+    client = _Client(ws)
+    try:
+        if worker.state != "ready":
+            await client.error(f"the model is not ready ({worker.state}{': ' + worker.error if worker.error else ''})")
+            await ws.close()
             return
+        start = await client.start_message(svc.config.max_stream_seconds)
+        if svc.live_streams >= MAX_STREAMS:
+            await client.error(f"{MAX_STREAMS} live streams are running; try again when one ends")
+            await ws.close()
+            return
+        svc.live_streams += 1
+        try:
+            await _run(ws, start, svc.store, worker, client.receive, client.error)
+        finally:
+            svc.live_streams -= 1
+    except WebSocketDisconnect:
+        return
 
 
 async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongWorker, receive, error) -> None:
@@ -216,9 +229,12 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
         await on_worker(worker, session.close)
     song_id = None
     if start.save and pieces:  # what was heard is kept, even when the listener left early
-        song_id = await run_in_threadpool(_save, store, start, seed, np.concatenate(pieces, axis=1),
-                                          session.sample_rate, codes)
-        await run_in_threadpool(worker._hook, worker.after_finish, song_id)
+        try:
+            song_id = await run_in_threadpool(_save, store, start, seed, np.concatenate(pieces, axis=1),
+                                              session.sample_rate, codes)
+            await run_in_threadpool(worker._hook, worker.after_finish, song_id)
+        except StorageError as exc:
+            problem = f"the stream was not saved: {exc}"
     if not disconnected:
         if problem:
             await error(problem)
@@ -234,14 +250,21 @@ async def on_worker(worker: SongWorker, fn, *args, **kwargs):
 
 def _save(store: JobStore, start: StreamStart, seed: int, audio: np.ndarray, rate: int, codes: np.ndarray) -> str:
     """Keep a finished live stream in the library, written like a job's results (files first, then `done`)."""
-    from heartmula.audio import save_audio
+    import shutil
 
     request = start.model_dump(exclude={"type", "save"}) | {"seed": seed, "duration": start.max_seconds}
     title = start.title.strip() or "live: " + (", ".join(t for t, _ in start.prompts if t) or "untitled")[:50]
     job = store.create("stream", request, title[:200], status="running")
     folder = store.job_dir(job.id)
-    write_codes(folder / CODES_FILE, codes)
-    save_audio(folder / AUDIO_FILE, audio, rate)
-    store.finish(job.id, {"seconds": round(audio.shape[1] / rate, 3), "sample_rate": rate,
-                          "channels": int(audio.shape[0]), "frames": int(codes.shape[-1]), "batch_size": 1})
+    try:
+        write_song_files(folder, codes, audio, rate)
+        store.finish(job.id, {"seconds": round(audio.shape[1] / rate, 3), "sample_rate": rate,
+                              "channels": int(audio.shape[0]), "frames": int(codes.shape[-1]), "batch_size": 1})
+    except StorageError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            store.fail(job.id, f"cannot store the stream: {exc.cause}")
+        except StorageError:  # the next start fails the row (a stream left running)
+            pass
+        raise
     return job.id

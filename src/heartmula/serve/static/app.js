@@ -6,10 +6,9 @@ const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
 const state = { health: null, token: localStorage.getItem("heartmula-token") || "", active: new Set() };
 
 // --- API helpers --------------------------------------------------------------------------------------------------
-function withToken(url) {
-  if (!state.token) return url;
-  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(state.token);
-}
+// The token goes in the Authorization header only. Audio, downloads and the live stream cannot send headers: they
+// use a session cookie (HttpOnly, short-lived) that POST /api/session sets, so no URL ever carries the token.
+const SESSION_REFRESH_MS = 20 * 60 * 1000;
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -31,8 +30,14 @@ async function api(path, options = {}) {
   return response.status === 204 ? null : response.json();
 }
 
-const audioUrl = (id, format = "wav") => withToken(`/api/songs/${id}/audio?format=${format}`);
-const codesUrl = (id) => withToken(`/api/songs/${id}/codes`);
+const audioUrl = (id, format = "wav") => `/api/songs/${id}/audio?format=${format}`;
+const codesUrl = (id) => `/api/songs/${id}/codes`;
+
+async function openSession() {
+  if (!state.health || !state.health.auth_required || !state.token) return;
+  try { await api("/api/session", { method: "POST" }); } catch (e) { /* a wrong token shows the token box */ }
+}
+setInterval(openSession, SESSION_REFRESH_MS);
 
 // --- tabs -----------------------------------------------------------------------------------------------------------
 function showTab(name, refresh = true) {
@@ -305,7 +310,7 @@ function playChunk(buffer) {
 function startStream() {
   const prompts = currentPrompts();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(withToken(`${scheme}://${location.host}/api/stream`));
+  const socket = new WebSocket(`${scheme}://${location.host}/api/stream`);
   socket.binaryType = "arraybuffer";
   live.socket = socket;
   live.context = live.context || new AudioContext();
@@ -389,22 +394,24 @@ $("#token").value = state.token;
 $("#token").addEventListener("change", () => {
   state.token = $("#token").value.trim();
   localStorage.setItem("heartmula-token", state.token);
-  loadTags();
-  refreshLibrary();
+  openSession().then(() => { loadTags(); refreshLibrary(); });
 });
 
 async function checkHealth() {
   try {
-    const health = await api("/api/health");
+    const health = await (await fetch("/api/health")).json();  // a 503 still carries the state and the reason
+    const first = !state.health;
     state.health = health;
     $("#token-box").hidden = !health.auth_required;
+    if (first) await openSession();
     const model = health.model === "ready" ? "model ready" : health.model === "loading" ? "loading the model..."
       : "model error: " + health.model_error;
-    $("#server-status").textContent = `heartmula ${health.version} · ${model}`;
+    const problem = health.problem && health.model !== "error" ? " · server problem: " + health.problem : "";
+    $("#server-status").textContent = `heartmula ${health.version} · ${model}${problem}`;
     $("#by-sound-box").hidden = $("#example-form").hidden = !health.features.search;
     $("#live").hidden = !health.features.stream;
     $("#live-unavailable").hidden = health.features.stream;
-    if (health.model === "loading") setTimeout(checkHealth, 2000);
+    if (health.model === "loading" || health.problem) setTimeout(checkHealth, 2000);
   } catch (e) {
     $("#server-status").textContent = "server unreachable";
     setTimeout(checkHealth, 3000);
@@ -413,6 +420,4 @@ async function checkHealth() {
 
 styleRow("pop,piano", 0.7);
 styleRow("electronic", 0.3);
-checkHealth();
-loadTags();
-refreshLibrary();
+checkHealth().then(() => { loadTags(); refreshLibrary(); });
