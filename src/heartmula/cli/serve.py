@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from heartmula.cli import add_int8_option
+from heartmula.cli import add_device_options, add_int8_option
 
 
 def register(verbs) -> None:
@@ -26,8 +26,7 @@ def register(verbs) -> None:
                    "gen_config.json) or a model folder")
     p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
     p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    add_device_options(p)
     add_int8_option(p)
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: the "
                    "HEARTMULA_TOKEN environment variable; unset = no auth)")

@@ -51,12 +51,11 @@ Svc = Annotated[Services, Depends(services)]
 
 def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
     def load():
-        from heartmula.codec.pretrained import load_codec
-        from heartmula.song_models import load_lm
+        from heartmula.pipeline import HeartMuLaPipeline
 
-        generator = load_lm(config.model_path(), config.version, config.dtype, config.device, config.int8)
-        codec = load_codec(config.codec_path(), config.dtype, config.device)
-        return generator, codec
+        pipe = HeartMuLaPipeline.from_pretrained(config.model, version=config.version, codec=config.codec,
+                                                 device=config.device, dtype=config.dtype, int8=config.int8)
+        return pipe.generator, pipe.codec
 
     return load
 

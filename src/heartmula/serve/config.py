@@ -23,8 +23,8 @@ class ServeConfig:
     model: str | Path | None = None  # LM root or folder; None = the embedded default
     version: str = "3B"
     codec: str | Path | None = None  # default: HeartCodec-oss/ beside the LM, or the embedded codec
-    dtype: str = "float32"
-    device: str = "cpu"
+    dtype: str | None = None  # the LM's weights; None: bfloat16 on CUDA, float32 elsewhere (heartmula.pipeline)
+    device: str = "auto"  # auto: CUDA, else MPS, else the CPU
     int8: bool | None = None  # int8 LM weights; None: heartmula.song_models.int8_by_default
     token: str | None = None  # bearer token; None = no auth
     cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
