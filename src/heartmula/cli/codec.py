@@ -13,7 +13,7 @@ def _add_model(p) -> None:
     p.add_argument("--model", help="checkpoint root (with HeartCodec-oss/) or a codec folder (default: the codec "
                    "shipped in heartmula/defaults/codec)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, mps")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA, else MPS, else CPU), cpu, cuda, mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -50,8 +50,9 @@ def register(verbs) -> None:
 
 def _load(args):
     from heartmula.codec import load_codec
+    from heartmula.pipeline import resolve_device
 
-    return load_codec(args.model, dtype=args.dtype, device=args.device)
+    return load_codec(args.model, dtype=args.dtype, device=resolve_device(args.device))
 
 
 def run_encode(args: argparse.Namespace) -> int:
