@@ -78,7 +78,7 @@ class HeartMuLaPipeline:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, version: str = "3B",
-                        codec: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        codec: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         dtype: str | None = None, int8: bool | None = None, compile: bool = False,
                         decode: bool = True) -> HeartMuLaPipeline:
         """Load a pipeline.
@@ -86,8 +86,10 @@ class HeartMuLaPipeline:
         model: a checkpoint root in the official layout (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json,
             HeartCodec-oss/), a model folder, or None for the embedded default models.
         codec: a codec folder or root; default HeartCodec-oss/ beside the LM, or the embedded codec with the
-            embedded LM. device: "cpu", "cuda", "cuda:1", "mps" or "auto". dtype: of the LM's weights; default
-            bfloat16 on CUDA, float32 elsewhere (the codec always decodes in float32, as upstream).
+            embedded LM.
+        device: "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:1" or "mps".
+        dtype: of the LM's weights; default bfloat16 on CUDA, float32 elsewhere (the codec always decodes in float32,
+            as upstream).
         int8: int8 weight-only LM layers; None: on only for the embedded LM on a CPU without the native kernels.
         decode: False skips finding a codec (codes only).
         """
