@@ -153,6 +153,12 @@ def register_voice(actions) -> None:
                    "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
                    "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
     p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
+    p.add_argument("--phonetic", action="store_true",
+                   help="--train-codes: the encoder also reads the embedded Whisper encoder's features (cached per "
+                   "item) and codebook 0 is distilled towards them, so the codes keep the sung words")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="--phonetic: codebook 0 distillation loss")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop with a checkpoint after this many minutes of training; run again to resume")
     p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and feature-extraction processes")
     p.add_argument("--seed", type=int, default=0)
@@ -167,7 +173,8 @@ def run_voice(args: argparse.Namespace) -> int:
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
-                              voice_weight=args.voice_weight)
+                              voice_weight=args.voice_weight, phonetic=args.phonetic,
+                              distill_weight=args.distill_weight, max_minutes=args.max_minutes)
     report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
           f"items; last {report['last']}; wrote {args.out}")

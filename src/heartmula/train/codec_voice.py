@@ -13,8 +13,14 @@ reaches back through the codes (straight-through), so the codes themselves learn
 and their language), which the mix losses alone leave to the accompaniment. Codes change: re-tokenize the corpus
 and retrain the LM after it.
 
+With `phonetic` (and `train_codes`) the encoder also reads phonetic features (`heartmula.codec.phonetic`: the
+embedded Whisper encoder's, cached per item with the mix), and codebook 0 is distilled towards them: a linear head
+on its straight-through vector is scored by cosine distance to the features at the code rate, so the first
+codebook, the one the LM's backbone predicts, carries the words.
+
 Layout of --out: `features/<id>.npz` (the cached inputs and targets, `features-audio/` with `train_codes`: the
-mix instead of the latent; resumable), the codec folder itself
+mix instead of the latent, `features-phonetic/` with `phonetic`: the mix and its phonetic features; resumable),
+the codec folder itself
 (config.json with `spectral.voice`, weights; it loads as a codec at every checkpoint), `train_state.*`, and
 `train_log.jsonl`.
 """
@@ -34,8 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from heartmula.audio import load_audio, resample
-from heartmula.codec.config import LATENT_PER_CODE, VoiceConfig
+from heartmula.codec.config import LATENT_PER_CODE, PhoneticConfig, VoiceConfig
 from heartmula.codec.model import HeartCodec
+from heartmula.codec.phonetic import code_rate, distillation_loss
+from heartmula.codec.pretrained import codec_with_phonetic
 from heartmula.codec.voice import LOG_F0_SCALE, LOG_POWER_SCALE, VoiceDecoder, band_centres_mel, hz_to_mel
 from heartmula.data.manifest import read_manifest
 from heartmula.errors import HeartMuLaError
@@ -46,6 +54,7 @@ from heartmula.train.state import load_training_state, save_training_state
 LOG_FILE = "train_log.jsonl"
 FEATURES = "features"
 AUDIO_FEATURES = "features-audio"
+PHONETIC_FEATURES = "features-phonetic"
 # Music losses of `train_codes`: those the default codec's joint stages trained with (its MODEL_CARD), so the mix
 # keeps sounding as it did while the voice loss reshapes the codes. The codebooks of a trained codec follow the
 # encoder slowly and none is re-seeded: with a few segments per step, a rare but meaningful code looks dead.
@@ -73,6 +82,10 @@ class VoiceTrainConfig:
     voice: VoiceConfig | None = None  # None: the branch sizes of VoiceConfig()
     train_codes: bool = False  # train encoder, codebooks and decoder with the branch (codes change)
     voice_weight: float = 1.0  # train_codes: the voice loss against the codec's music losses
+    phonetic: bool = False  # train_codes: the encoder reads phonetic features (Whisper), codebook 0 is distilled
+    distill_weight: float = 1.0  # phonetic: the distillation loss of codebook 0
+    phonetic_model: str = "base"  # phonetic: an embedded Whisper model's name or a transformers Whisper folder
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much time; run again to resume
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
@@ -121,7 +134,7 @@ def voice_targets(vocals: np.ndarray | None, frames: int, sample_rate: int, hop:
 
 def _item_features(job: tuple) -> str:
     """Worker: one manifest row -> features/<id>.npz (skipped when present). Returns the id."""
-    row, codec_dir, out_dir, seconds, bands, store_audio = job
+    row, codec_dir, out_dir, seconds, bands, store_audio, phonetic_model = job
     path = Path(out_dir) / f"{row['id']}.npz"
     if path.is_file():
         return row["id"]
@@ -140,6 +153,9 @@ def _item_features(job: tuple) -> str:
     if store_audio:  # the model input is the mix itself (16-bit)
         inputs = {"mix": (np.clip(mix[0, :length], -1, 1) * 32767).astype(np.int16)}
         frames = length // spectral.hop_length
+        if phonetic_model is not None:
+            inputs["phonetic"] = cached_phonetic_features(phonetic_model, mix[:, :length], rate,
+                                                          codec.config.samples_per_latent)
     else:
         with torch.no_grad():
             codes = torch.from_numpy(codec.encode(mix[:, :length], rate))
@@ -153,6 +169,16 @@ def _item_features(job: tuple) -> str:
     return row["id"]
 
 
+def cached_phonetic_features(model: str, mix: np.ndarray, rate: int, samples_per_latent: int) -> np.ndarray:
+    """[latent frames, feature_dim] float16: the phonetic features of a mono mix [1, S] (S a multiple of
+    `samples_per_latent`), as the codec's encoder reads them."""
+    from heartmula.codec.phonetic import load_whisper_features, phonetic_features
+
+    features = phonetic_features(load_whisper_features(model), torch.from_numpy(mix[None].astype(np.float32)),
+                                 rate, samples_per_latent)
+    return features[0].t().numpy().astype(np.float16)
+
+
 _CODEC: dict = {}
 
 
@@ -163,9 +189,9 @@ def _worker_codec(folder: str) -> HeartCodec:
 
 
 def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float, bands: int, workers: int,
-                   progress: bool, store_audio: bool = False) -> None:
+                   progress: bool, store_audio: bool = False, phonetic_model: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(row, str(codec_dir), str(out), seconds, bands, store_audio) for row in rows
+    jobs = [(row, str(codec_dir), str(out), seconds, bands, store_audio, phonetic_model) for row in rows
             if not (out / f"{row['id']}.npz").is_file()]
     if not jobs:
         return
@@ -196,9 +222,11 @@ def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.
                     start_multiple: int = 1):
     """`count` random windows of `frames` latent frames (starting at a multiple of `start_multiple`) -> (inputs,
     targets [B, frames * repeat]). Inputs: the cached latent [B, C, frames], or with `samples_per_frame` the mix
-    [B, 1, frames * samples_per_frame] in [-1, 1]."""
+    [B, 1, frames * samples_per_frame] in [-1, 1]. Items with phonetic features add them to the targets as
+    "phonetic" [B, feature_dim, frames] (the window's, at the latent rate)."""
     key, unit = ("mix", samples_per_frame) if samples_per_frame else ("latent", 1)
-    inputs, targets = [], {k: [] for k in ("f0", "harmonic", "noise")}
+    names = ("f0", "harmonic", "noise", "phonetic") if "phonetic" in items[0] else ("f0", "harmonic", "noise")
+    inputs, targets = [], {k: [] for k in names}
     for _ in range(count):
         item = items[rng.integers(len(items))]
         starts = max(1, (len(item[key]) // unit - frames) // start_multiple + 1)
@@ -206,10 +234,14 @@ def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.
         value = item[key][start * unit: (start + frames) * unit]
         inputs.append(np.pad(value, [(0, frames * unit - len(value))] + [(0, 0)] * (value.ndim - 1)))
         for name in targets:
-            value = item[name][start * repeat: (start + frames) * repeat]
-            pad = [(0, frames * repeat - len(value))] + [(0, 0)] * (value.ndim - 1)
-            targets[name].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if name != "f0" else 0.0))
+            per = 1 if name == "phonetic" else repeat
+            value = item[name][start * per: (start + frames) * per]
+            pad = [(0, frames * per - len(value))] + [(0, 0)] * (value.ndim - 1)
+            targets[name].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if name not in ("f0", "phonetic")
+                                        else 0.0))
     targets = {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()}
+    if "phonetic" in targets:
+        targets["phonetic"] = targets["phonetic"].transpose(1, 2)
     if samples_per_frame:
         return torch.from_numpy(np.stack(inputs).astype(np.float32) / 32767)[:, None], targets
     return torch.from_numpy(np.stack(inputs)).transpose(1, 2), targets
@@ -242,26 +274,83 @@ def codec_with_voice(codec: HeartCodec, voice: VoiceConfig, seed: int) -> HeartC
 
 
 def _source_codec(codec_dir, config: VoiceTrainConfig) -> HeartCodec:
-    """The codec to train: `codec_dir` with a fresh branch, or (train_codes, no branch sizes given) with its own."""
+    """The codec to train: `codec_dir` with a fresh branch, or (train_codes, no branch sizes given) with its own;
+    with `phonetic`, extended to read phonetic features."""
     codec = HeartCodec.from_pretrained(codec_dir)
-    if config.train_codes and config.voice is None and codec.config.spectral.voice is not None:
+    if not (config.train_codes and config.voice is None and codec.config.spectral.voice is not None):
+        codec = codec_with_voice(codec, config.voice or VoiceConfig(), config.seed)
+    if not config.phonetic:
         return codec
-    return codec_with_voice(codec, config.voice or VoiceConfig(), config.seed)
+    from heartmula.codec.phonetic import whisper_folder
+
+    width = json.loads((whisper_folder(config.phonetic_model) / "config.json").read_text())["d_model"]
+    return codec_with_phonetic(codec, PhoneticConfig(model=config.phonetic_model, feature_dim=width))
 
 
-def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig):
+def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, phonetic=None):
     """(voice parameters, music loss or None, codes, residuals) for a batch: from cached latents, or with
-    `train_codes` from the mix through the code path."""
+    `train_codes` from the mix through the code path (`phonetic`: the mix's phonetic features [B, D, L]). With
+    phonetic features the music loss includes the distillation of codebook 0 (logged as "distill")."""
     voice = codec.scalar_model.decoder.voice
     if not config.train_codes:
         return voice.parameters_from_latent(inputs), None, None, None
     decoder = codec.scalar_model.decoder
     decoder.render_voice = False
     try:
-        music, parts, codes, residuals, predicted = training_losses(codec, inputs, JOINT_CODEC_LOSSES)
+        music, parts, codes, residuals, predicted = training_losses(codec, inputs, JOINT_CODEC_LOSSES, phonetic)
     finally:
         decoder.render_voice = True
+    if phonetic is not None:
+        distill = codebook0_distillation(codec, codes, residuals, phonetic)
+        music = music + config.distill_weight * distill
+        parts["distill"] = float(distill.detach())
     return voice.parameters_from_latent(predicted.transpose(1, 2)), (music, parts), codes, residuals
+
+
+def codebook0_distillation(codec: HeartCodec, codes: torch.Tensor, residuals: list[torch.Tensor],
+                           phonetic: torch.Tensor) -> torch.Tensor:
+    """Cosine distance between the phonetic head's reading of codebook 0 and the phonetic features at the code
+    rate. Codebook 0's vector passes its gradient straight through to the encoder (the EMA codebook then follows
+    the encoder), as in Mimi's distillation of its semantic codebook."""
+    first = residuals[0]  # [B, T, codebook_dim]: what codebook 0 quantises
+    chosen = codec.flow_matching.vq_embed.layers[0].codebook[codes[..., 0]]
+    straight_through = first + (chosen - first).detach()
+    return distillation_loss(codec.phonetic_head(straight_through), code_rate(phonetic))
+
+
+def _train_step(codec: HeartCodec, trained: torch.nn.Module, optimizer, params, batch, step: int,
+                config: VoiceTrainConfig, generator: torch.Generator) -> dict:
+    """One optimiser step on a batch from `sample_segments`; returns the log record."""
+    began = time.perf_counter()
+    trained.train()
+    inputs, target = batch
+    predicted, music, codes, residuals = _predict(codec, inputs, config, target.get("phonetic"))
+    losses = voice_losses(predicted, target)
+    loss = sum(losses.values())
+    if music is not None:
+        loss = music[0] + config.voice_weight * loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    record = {"step": step + 1, "loss": round(loss.item(), 4), **{k: round(v.item(), 4) for k, v in losses.items()}}
+    if music is not None:
+        record.update({k: round(music[1][k], 4) for k in ("token_mel", "mel", "latent_mse", "distill")
+                       if k in music[1]})
+        record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
+    record["seconds"] = round(time.perf_counter() - began, 3)
+    return record
+
+
+@torch.no_grad()
+def _validate(codec: HeartCodec, batch, config: VoiceTrainConfig) -> dict:
+    """Validation losses of the codec (in eval mode) on a fixed batch."""
+    inputs, target = batch
+    predicted, music, _, _ = _predict(codec, inputs, config, target.get("phonetic"))
+    record = {k: round(float(v), 4) for k, v in voice_losses(predicted, target).items()}
+    if music is not None:
+        record.update({k: round(music[1][k], 4) for k in ("token_mel", "distill") if k in music[1]})
+    return record
 
 
 def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: str | os.PathLike,
@@ -277,10 +366,15 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     val_rows = [r for r in rows if r["split"] == "val"]
     if not train_rows:
         raise HeartMuLaError(f"{manifest} has no train items")
+    if config.phonetic and not config.train_codes:
+        raise HeartMuLaError("phonetic features train the codes: use --phonetic with --train-codes")
     state = out / "train_state.json"
-    if state.is_file() and json.loads(state.read_text())["config"].get("train_codes", False) != config.train_codes:
-        raise HeartMuLaError(f"{out} holds a run {'without' if config.train_codes else 'with'} --train-codes: "
-                             "resume it the same way, or choose another --out")
+    if state.is_file():
+        earlier = json.loads(state.read_text())["config"]
+        for option in ("train_codes", "phonetic"):
+            if earlier.get(option, False) != getattr(config, option):
+                raise HeartMuLaError(f"{out} holds a run {'without' if getattr(config, option) else 'with'} "
+                                     f"--{option.replace('_', '-')}: resume it the same way, or choose another --out")
     if (out / "config.json").is_file():
         codec = HeartCodec.from_pretrained(out)
         if codec.config.spectral.voice is None:
@@ -292,9 +386,10 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
     trained: torch.nn.Module = codec if config.train_codes else voice
     bands = voice.config.bands
-    features = out / (AUDIO_FEATURES if config.train_codes else FEATURES)
+    features = out / (PHONETIC_FEATURES if config.phonetic else AUDIO_FEATURES if config.train_codes else FEATURES)
+    phonetic_model = codec.config.phonetic.model if config.phonetic else None
     build_features(train_rows + val_rows, Path(codec_dir), features, config.seconds_per_item, bands,
-                   config.threads, progress, store_audio=config.train_codes)
+                   config.threads, progress, store_audio=config.train_codes, phonetic_model=phonetic_model)
     train_items = load_features(features, [r["id"] for r in train_rows])
     val_items = load_features(features, [r["id"] for r in val_rows])
 
@@ -317,40 +412,19 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
 
         bar = tqdm(total=config.steps, initial=start, desc="train voice", unit="step")
     record: dict = {}
+    began_run = time.monotonic()
     for step in range(start, config.steps):
-        began = time.perf_counter()
         cosine = 0.5 * (1 + np.cos(np.pi * step / max(1, config.steps)))
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
                 config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
-        trained.train()
-        inputs, target = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng,
-                                         **segments)
-        predicted, music, codes, residuals = _predict(codec, inputs, config)
-        losses = voice_losses(predicted, target)
-        loss = sum(losses.values())
-        if music is not None:
-            loss = music[0] + config.voice_weight * loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        record = {"step": step + 1, "loss": round(loss.item(), 4),
-                  **{k: round(v.item(), 4) for k, v in losses.items()}}
-        if music is not None:
-            record.update({k: round(music[1][k], 4) for k in ("token_mel", "mel", "latent_mse")})
-            record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
-        record["seconds"] = round(time.perf_counter() - began, 3)
-        last = step + 1 == config.steps
-        if (step + 1) % config.eval_every == 0 or last:
+        batch = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng, **segments)
+        record = _train_step(codec, trained, optimizer, params, batch, step, config, generator)
+        out_of_time = config.max_minutes is not None and time.monotonic() - began_run > 60 * config.max_minutes
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps or out_of_time:
             codec.eval()
             if val_batch is not None:
-                with torch.no_grad():
-                    predicted, music, _, _ = _predict(codec, val_batch[0], config)
-                    val = voice_losses(predicted, val_batch[1])
-                record["val"] = {k: round(float(v), 4) for k, v in val.items()}
-                if music is not None:
-                    record["val"]["token_mel"] = round(music[1]["token_mel"], 4)
+                record["val"] = _validate(codec, val_batch, config)
             codec.save_pretrained(out)
             save_training_state(out, trained, optimizer, step + 1, config)
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
@@ -358,7 +432,9 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=record["loss"])
+        if out_of_time:
+            break
     if bar is not None:
         bar.close()
-    return {"steps": config.steps, "resumed_from": start, "last": record,
+    return {"steps": record.get("step", start), "resumed_from": start, "last": record,
             "train_items": len(train_items), "val_items": len(val_items), "config": asdict(config)}
