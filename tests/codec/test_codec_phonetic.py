@@ -115,10 +115,12 @@ def test_phonetic_training_caches_features_distils_and_resumes(tmp_path):
                 progress=False)
     config = VoiceTrainConfig(steps=40, batch_size=4, segment_frames=16, learning_rate=3e-3, threads=1,
                               eval_every=20, train_codes=True, phonetic=True, phonetic_model=str(whisper),
-                              distill_weight=3.0)
+                              distill_weight=3.0, stem_fraction=0.5)
     report = train_voice(manifest, source, tmp_path / "phonetic", config, progress=False)
     cached = np.load(tmp_path / "phonetic" / "features-phonetic" / "song0.npz")
     assert cached["phonetic"].shape == (len(cached["mix"]) // 192, 8)  # one row per 40 ms latent frame
+    assert cached["phonetic_vocals"].shape == cached["phonetic"].shape and len(cached["vocals"]) == len(cached["mix"])
+    assert "vocals" not in np.load(tmp_path / "phonetic" / "features-phonetic" / "song2.npz")  # the instrumental
     log = [json.loads(line) for line in (tmp_path / "phonetic" / "train_log.jsonl").read_text().splitlines()]
     assert "distill" in log[-1]["val"] and report["train_items"] == 2
     assert np.mean([r["distill"] for r in log[-5:]]) < np.mean([r["distill"] for r in log[:5]])

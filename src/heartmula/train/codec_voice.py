@@ -55,6 +55,7 @@ LOG_FILE = "train_log.jsonl"
 FEATURES = "features"
 AUDIO_FEATURES = "features-audio"
 PHONETIC_FEATURES = "features-phonetic"
+PHONETIC_OF = {"mix": "phonetic", "vocals": "phonetic_vocals"}  # cached input -> its phonetic features
 # Music losses of `train_codes`: those the default codec's joint stages trained with (its MODEL_CARD), so the mix
 # keeps sounding as it did while the voice loss reshapes the codes. The codebooks of a trained codec follow the
 # encoder slowly and none is re-seeded: with a few segments per step, a rare but meaningful code looks dead.
@@ -86,6 +87,7 @@ class VoiceTrainConfig:
     distill_weight: float = 1.0  # phonetic: the distillation loss of codebook 0
     phonetic_model: str = "base"  # phonetic: an embedded Whisper model's name or a transformers Whisper folder
     max_minutes: float | None = None  # stop (with a checkpoint) after this much time; run again to resume
+    stem_fraction: float = 0.0  # train_codes: share of segments whose input is the vocal stem alone, not the mix
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
@@ -153,9 +155,13 @@ def _item_features(job: tuple) -> str:
     if store_audio:  # the model input is the mix itself (16-bit)
         inputs = {"mix": (np.clip(mix[0, :length], -1, 1) * 32767).astype(np.int16)}
         frames = length // spectral.hop_length
+        if vocals is not None:  # a second input: the stem alone (`stem_fraction`)
+            inputs["vocals"] = (np.clip(vocals, -1, 1) * 32767).astype(np.int16)
         if phonetic_model is not None:
-            inputs["phonetic"] = cached_phonetic_features(phonetic_model, mix[:, :length], rate,
-                                                          codec.config.samples_per_latent)
+            for key, audio in (("mix", mix[:, :length]), ("vocals", None if vocals is None else vocals[None])):
+                if audio is not None:
+                    inputs[PHONETIC_OF[key]] = cached_phonetic_features(phonetic_model, audio, rate,
+                                                                        codec.config.samples_per_latent)
     else:
         with torch.no_grad():
             codes = torch.from_numpy(codec.encode(mix[:, :length], rate))
@@ -210,38 +216,42 @@ def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float,
 
 # --- training -----------------------------------------------------------------------------------------------------
 def load_features(folder: Path, ids: list[str]) -> list[dict[str, np.ndarray]]:
-    """Cached items; a 16-bit mix stays 16-bit (in memory it is half the size of float32)."""
+    """Cached items; 16-bit audio and float16 phonetic features stay as they are (half the memory of float32)."""
+    compact = ("mix", "vocals", *PHONETIC_OF.values())
     items = []
     for item_id in ids:
         with np.load(folder / f"{item_id}.npz") as data:
-            items.append({k: data[k] if k == "mix" else data[k].astype(np.float32) for k in data.files})
+            items.append({k: data[k] if k in compact else data[k].astype(np.float32) for k in data.files})
     return items
 
 
 def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.Generator, samples_per_frame=None,
-                    start_multiple: int = 1):
+                    start_multiple: int = 1, stem_fraction: float = 0.0):
     """`count` random windows of `frames` latent frames (starting at a multiple of `start_multiple`) -> (inputs,
     targets [B, frames * repeat]). Inputs: the cached latent [B, C, frames], or with `samples_per_frame` the mix
-    [B, 1, frames * samples_per_frame] in [-1, 1]. Items with phonetic features add them to the targets as
+    [B, 1, frames * samples_per_frame] in [-1, 1]; with `stem_fraction`, that share of the windows of sung items
+    takes the vocal stem instead of the mix. Items with phonetic features add those of the input to the targets as
     "phonetic" [B, feature_dim, frames] (the window's, at the latent rate)."""
     key, unit = ("mix", samples_per_frame) if samples_per_frame else ("latent", 1)
     names = ("f0", "harmonic", "noise", "phonetic") if "phonetic" in items[0] else ("f0", "harmonic", "noise")
     inputs, targets = [], {k: [] for k in names}
     for _ in range(count):
         item = items[rng.integers(len(items))]
+        source = "vocals" if stem_fraction and "vocals" in item and rng.random() < stem_fraction else key
         starts = max(1, (len(item[key]) // unit - frames) // start_multiple + 1)
         start = int(rng.integers(0, starts)) * start_multiple
-        value = item[key][start * unit: (start + frames) * unit]
+        value = item[source][start * unit: (start + frames) * unit]
         inputs.append(np.pad(value, [(0, frames * unit - len(value))] + [(0, 0)] * (value.ndim - 1)))
         for name in targets:
             per = 1 if name == "phonetic" else repeat
-            value = item[name][start * per: (start + frames) * per]
+            stored = PHONETIC_OF.get(source, name) if name == "phonetic" else name
+            value = item[stored][start * per: (start + frames) * per]
             pad = [(0, frames * per - len(value))] + [(0, 0)] * (value.ndim - 1)
             targets[name].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if name not in ("f0", "phonetic")
                                         else 0.0))
     targets = {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()}
     if "phonetic" in targets:
-        targets["phonetic"] = targets["phonetic"].transpose(1, 2)
+        targets["phonetic"] = targets["phonetic"].float().transpose(1, 2)
     if samples_per_frame:
         return torch.from_numpy(np.stack(inputs).astype(np.float32) / 32767)[:, None], targets
     return torch.from_numpy(np.stack(inputs)).transpose(1, 2), targets
@@ -418,7 +428,8 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
                 config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
-        batch = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng, **segments)
+        batch = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng, **segments,
+                                stem_fraction=config.stem_fraction)
         record = _train_step(codec, trained, optimizer, params, batch, step, config, generator)
         out_of_time = config.max_minutes is not None and time.monotonic() - began_run > 60 * config.max_minutes
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps or out_of_time:
