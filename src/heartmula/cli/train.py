@@ -159,6 +159,11 @@ def register_voice(actions) -> None:
     p.add_argument("--distill-weight", type=float, default=1.0, help="--phonetic: codebook 0 distillation loss")
     p.add_argument("--stem-fraction", type=float, default=0.0,
                    help="--train-codes: share of training segments whose input is the vocal stem alone")
+    p.add_argument("--autoencoder-weight", type=float, default=1.0,
+                   help="--train-codes: music losses of the latent autoencoder alone (0 skips that pass)")
+    p.add_argument("--exclude-id", action="append", default=[],
+                   help="a manifest item id never to train on (repeatable), e.g. the songs bench/codec_lyrics.py "
+                   "measures")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop with a checkpoint after this many minutes of training; run again to resume")
     p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
@@ -177,7 +182,8 @@ def run_voice(args: argparse.Namespace) -> int:
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
                               voice_weight=args.voice_weight, phonetic=args.phonetic,
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,
-                              stem_fraction=args.stem_fraction)
+                              stem_fraction=args.stem_fraction, autoencoder_weight=args.autoencoder_weight,
+                              exclude_ids=tuple(args.exclude_id))
     report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
           f"items; last {report['last']}; wrote {args.out}")

@@ -88,6 +88,8 @@ class VoiceTrainConfig:
     phonetic_model: str = "base"  # phonetic: an embedded Whisper model's name or a transformers Whisper folder
     max_minutes: float | None = None  # stop (with a checkpoint) after this much time; run again to resume
     stem_fraction: float = 0.0  # train_codes: share of segments whose input is the vocal stem alone, not the mix
+    autoencoder_weight: float = 1.0  # train_codes: the music losses of the latent autoencoder (0 skips that pass)
+    exclude_ids: tuple[str, ...] = ()  # manifest items never trained on (e.g. the songs a benchmark measures)
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
@@ -307,7 +309,8 @@ def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, 
     decoder = codec.scalar_model.decoder
     decoder.render_voice = False
     try:
-        music, parts, codes, residuals, predicted = training_losses(codec, inputs, JOINT_CODEC_LOSSES, phonetic)
+        losses = replace(JOINT_CODEC_LOSSES, autoencoder_weight=config.autoencoder_weight)
+        music, parts, codes, residuals, predicted = training_losses(codec, inputs, losses, phonetic)
     finally:
         decoder.render_voice = True
     if phonetic is not None:
@@ -371,7 +374,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     out = Path(out)
     torch.set_num_threads(max(1, config.threads))
     torch.manual_seed(config.seed)
-    rows = read_manifest(manifest)
+    rows = [r for r in read_manifest(manifest) if r["id"] not in config.exclude_ids]
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     if not train_rows:
