@@ -137,3 +137,16 @@ def test_phonetic_training_caches_features_distils_and_resumes(tmp_path):
                     progress=False)
     with pytest.raises(HeartMuLaError, match="--train-codes"):
         train_voice(manifest, source, tmp_path / "other", VoiceTrainConfig(phonetic=True), progress=False)
+
+
+def test_phonetic_codec_decodes_and_streams_as_its_source_does():
+    base = codec_with_voice(HeartCodec(PRESETS["tiny-harmonic"]()).init_weights(1), TINY_VOICE, seed=0)
+    extended = codec_with_phonetic(base, PhoneticConfig(model="unused", feature_dim=8))
+    with torch.no_grad():
+        extended.scalar_model.encoder.phonetic_in.weight.normal_()  # the encoder differs, the decoder does not
+    codes = torch.randint(0, base.config.codebook_size, (base.config.num_quantizers, 12))
+    audio, _ = extended.decode(codes)
+    np.testing.assert_array_equal(audio, base.decode(codes)[0])
+    stream = extended.stream()
+    pieces = [stream.push(codes[:, i: i + 5]) for i in range(0, codes.shape[1], 5)] + [stream.flush()]
+    np.testing.assert_allclose(torch.cat(pieces, dim=-1).numpy(), audio, atol=1e-4 * np.abs(audio).max() + 1e-7)
