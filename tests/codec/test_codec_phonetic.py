@@ -113,16 +113,25 @@ def test_phonetic_training_caches_features_distils_and_resumes(tmp_path):
     train_voice(manifest, write_random_codec(tmp_path / "codec", preset="tiny-harmonic", seed=2), source,
                 VoiceTrainConfig(steps=2, batch_size=2, segment_frames=16, threads=1, voice=TINY_VOICE),
                 progress=False)
+    from heartmula.audio import save_audio
+
+    (tmp_path / "extra").mkdir()
+    for name in ("tune", "held out"):  # instrumental recordings beside the corpus; one of them held out
+        tone = 0.2 * np.sin(2 * np.pi * 220 * np.arange(3 * 4800) / 4800)
+        save_audio(tmp_path / "extra" / f"{name}.wav", tone[None].astype(np.float32), 4800)
     config = VoiceTrainConfig(steps=40, batch_size=4, segment_frames=16, learning_rate=3e-3, threads=1,
                               eval_every=20, train_codes=True, phonetic=True, phonetic_model=str(whisper),
-                              distill_weight=3.0, stem_fraction=0.5)
+                              distill_weight=3.0, stem_fraction=0.5, extra_audio=(str(tmp_path / "extra"),),
+                              extra_exclude=("held",), extra_share=0.3)
     report = train_voice(manifest, source, tmp_path / "phonetic", config, progress=False)
     cached = np.load(tmp_path / "phonetic" / "features-phonetic" / "song0.npz")
     assert cached["phonetic"].shape == (len(cached["mix"]) // 192, 8)  # one row per 40 ms latent frame
     assert cached["phonetic_vocals"].shape == cached["phonetic"].shape and len(cached["vocals"]) == len(cached["mix"])
     assert "vocals" not in np.load(tmp_path / "phonetic" / "features-phonetic" / "song2.npz")  # the instrumental
+    extras = sorted(p.name for p in (tmp_path / "phonetic" / "features-phonetic").glob("extra-*"))
+    assert extras == ["extra-tune.npz"]
     log = [json.loads(line) for line in (tmp_path / "phonetic" / "train_log.jsonl").read_text().splitlines()]
-    assert "distill" in log[-1]["val"] and report["train_items"] == 2
+    assert "distill" in log[-1]["val"] and report["train_items"] == 3  # two songs and the extra recording
     assert np.mean([r["distill"] for r in log[-5:]]) < np.mean([r["distill"] for r in log[:5]])
     trained = HeartCodec.from_pretrained(tmp_path / "phonetic")
     assert trained.config.phonetic == PhoneticConfig(model=str(whisper), feature_dim=8)

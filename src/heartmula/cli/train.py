@@ -164,6 +164,12 @@ def register_voice(actions) -> None:
     p.add_argument("--exclude-id", action="append", default=[],
                    help="a manifest item id never to train on (repeatable), e.g. the songs bench/codec_lyrics.py "
                    "measures")
+    p.add_argument("--extra-audio", action="append", default=[], metavar="PATH",
+                   help="--train-codes: instrumental recordings (files or folders) to train on beside the corpus "
+                   "(repeatable); their voice target is silence")
+    p.add_argument("--extra-exclude", action="append", default=[], metavar="WORD",
+                   help="leave out extra recordings whose path contains WORD (repeatable; held-out recordings)")
+    p.add_argument("--extra-share", type=float, default=0.2, help="share of training segments from --extra-audio")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop with a checkpoint after this many minutes of training; run again to resume")
     p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
@@ -183,7 +189,8 @@ def run_voice(args: argparse.Namespace) -> int:
                               voice_weight=args.voice_weight, phonetic=args.phonetic,
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,
                               stem_fraction=args.stem_fraction, autoencoder_weight=args.autoencoder_weight,
-                              exclude_ids=tuple(args.exclude_id))
+                              exclude_ids=tuple(args.exclude_id), extra_audio=tuple(args.extra_audio),
+                              extra_exclude=tuple(args.extra_exclude), extra_share=args.extra_share)
     report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
           f"items; last {report['last']}; wrote {args.out}")

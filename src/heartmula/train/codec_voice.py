@@ -90,6 +90,11 @@ class VoiceTrainConfig:
     stem_fraction: float = 0.0  # train_codes: share of segments whose input is the vocal stem alone, not the mix
     autoencoder_weight: float = 1.0  # train_codes: the music losses of the latent autoencoder (0 skips that pass)
     exclude_ids: tuple[str, ...] = ()  # manifest items never trained on (e.g. the songs a benchmark measures)
+    # train_codes: instrumental recordings (files or folders) trained on beside the corpus (voice target: silence),
+    # drawn for `extra_share` of the segments, minus files whose path contains an `extra_exclude` string
+    extra_audio: tuple[str, ...] = ()
+    extra_exclude: tuple[str, ...] = ()
+    extra_share: float = 0.2
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
@@ -228,17 +233,17 @@ def load_features(folder: Path, ids: list[str]) -> list[dict[str, np.ndarray]]:
 
 
 def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.Generator, samples_per_frame=None,
-                    start_multiple: int = 1, stem_fraction: float = 0.0):
+                    start_multiple: int = 1, stem_fraction: float = 0.0, weights: np.ndarray | None = None):
     """`count` random windows of `frames` latent frames (starting at a multiple of `start_multiple`) -> (inputs,
     targets [B, frames * repeat]). Inputs: the cached latent [B, C, frames], or with `samples_per_frame` the mix
     [B, 1, frames * samples_per_frame] in [-1, 1]; with `stem_fraction`, that share of the windows of sung items
-    takes the vocal stem instead of the mix. Items with phonetic features add those of the input to the targets as
-    "phonetic" [B, feature_dim, frames] (the window's, at the latent rate)."""
+    takes the vocal stem instead of the mix. Items are drawn alike, or by `weights`. Items with phonetic features
+    add those of the input to the targets as "phonetic" [B, feature_dim, frames] (the window's, at 25 Hz)."""
     key, unit = ("mix", samples_per_frame) if samples_per_frame else ("latent", 1)
     names = ("f0", "harmonic", "noise", "phonetic") if "phonetic" in items[0] else ("f0", "harmonic", "noise")
     inputs, targets = [], {k: [] for k in names}
     for _ in range(count):
-        item = items[rng.integers(len(items))]
+        item = items[rng.integers(len(items)) if weights is None else rng.choice(len(items), p=weights)]
         source = "vocals" if stem_fraction and "vocals" in item and rng.random() < stem_fraction else key
         starts = max(1, (len(item[key]) // unit - frames) // start_multiple + 1)
         start = int(rng.integers(0, starts)) * start_multiple
@@ -283,6 +288,19 @@ def codec_with_voice(codec: HeartCodec, voice: VoiceConfig, seed: int) -> HeartC
     model = HeartCodec(new_config)
     model.load_state_dict(codec.state_dict(), strict=False)
     return model.eval()
+
+
+def _extra_rows(config: VoiceTrainConfig) -> list[dict]:
+    """Manifest-like rows (no vocals) for the extra instrumental recordings."""
+    if not config.extra_audio:
+        return []
+    if not config.train_codes:
+        raise HeartMuLaError("extra recordings train the codes: use --extra-audio with --train-codes")
+    from heartmula.train.codec import audio_files
+
+    files = audio_files(list(config.extra_audio), tuple(config.extra_exclude))
+    return [{"id": "extra-" + "_".join(f.stem.split()), "audio": str(f), "vocals": None, "split": "train"}
+            for f in files]
 
 
 def _source_codec(codec_dir, config: VoiceTrainConfig) -> HeartCodec:
@@ -403,7 +421,15 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     phonetic_model = codec.config.phonetic.model if config.phonetic else None
     build_features(train_rows + val_rows, Path(codec_dir), features, config.seconds_per_item, bands,
                    config.threads, progress, store_audio=config.train_codes, phonetic_model=phonetic_model)
-    train_items = load_features(features, [r["id"] for r in train_rows])
+    extra_rows = _extra_rows(config)
+    if extra_rows:
+        build_features(extra_rows, Path(codec_dir), features, config.seconds_per_item, bands, config.threads,
+                       progress, store_audio=True, phonetic_model=phonetic_model)
+    train_items = load_features(features, [r["id"] for r in train_rows + extra_rows])
+    weights = None
+    if extra_rows:
+        weights = np.array([(1 - config.extra_share) / len(train_rows)] * len(train_rows)
+                           + [config.extra_share / len(extra_rows)] * len(extra_rows))
     val_items = load_features(features, [r["id"] for r in val_rows])
 
     params = [p for p in trained.parameters() if p.requires_grad]
@@ -432,7 +458,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
                 config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
         batch = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng, **segments,
-                                stem_fraction=config.stem_fraction)
+                                stem_fraction=config.stem_fraction, weights=weights)
         record = _train_step(codec, trained, optimizer, params, batch, step, config, generator)
         out_of_time = config.max_minutes is not None and time.monotonic() - began_run > 60 * config.max_minutes
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps or out_of_time:
