@@ -182,12 +182,12 @@ def _item_features(job: tuple) -> str:
     return row["id"]
 
 
-def cached_phonetic_features(model: str, mix: np.ndarray, rate: int, samples_per_latent: int) -> np.ndarray:
-    """[latent frames, feature_dim] float16: the phonetic features of a mono mix [1, S] (S a multiple of
-    `samples_per_latent`), as the codec's encoder reads them."""
+def cached_phonetic_features(model: str, audio: np.ndarray, rate: int, samples_per_latent: int) -> np.ndarray:
+    """[latent frames, feature_dim] float16: the phonetic features of mono audio [1, S] (a mix or a stem; S a
+    multiple of `samples_per_latent`), as the codec's encoder reads them."""
     from heartmula.codec.phonetic import load_whisper_features, phonetic_features
 
-    features = phonetic_features(load_whisper_features(model), torch.from_numpy(mix[None].astype(np.float32)),
+    features = phonetic_features(load_whisper_features(model), torch.from_numpy(audio[None].astype(np.float32)),
                                  rate, samples_per_latent)
     return features[0].t().numpy().astype(np.float16)
 
