@@ -11,6 +11,10 @@ and the codes do not, the token bottleneck (or the decoder from codes) is what l
     python bench/codec_lyrics.py work/corpus10h            # writes bench/results/codec_lyrics.json
     python bench/codec_lyrics.py work/corpus10h --codec CODEC --language es
     python bench/codec_lyrics.py work/corpus10h --splits val,test --codec default CODEC   # side by side
+
+A training checkpoint is a codec folder (`heartmula train voice --out DIR` writes one at every checkpoint), so
+`--codec DIR` measures it while it trains; `--skip-latent` leaves out the latent-only version (faster). The
+judge is fixed: the embedded multilingual Whisper base, language forced, the normaliser of heartmula.eval.lyrics.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def main() -> None:
     song_arguments(parser, songs=4, results=RESULTS)
     parser.add_argument("--codec", nargs="+", default=["default"],
                         help="codec roots or folders, side by side ('default': the embedded default codec)")
+    parser.add_argument("--skip-latent", action="store_true", help="leave out the latent-only round trip")
     args = parser.parse_args()
     manifest, rows = sung_rows(args)
     codecs = {name: load_codec(resolve_codec(None, resolve_lm(None, "3B")) if name == "default" else name)
@@ -66,7 +71,8 @@ def main() -> None:
             versions = {"original": (audio, rate)}
             for name, codec in codecs.items():
                 suffix = "" if len(codecs) == 1 else f" ({name})"
-                versions["latent only" + suffix] = (latent_round_trip(codec, audio, rate), codec.sample_rate)
+                if not args.skip_latent:
+                    versions["latent only" + suffix] = (latent_round_trip(codec, audio, rate), codec.sample_rate)
                 versions["codec" + suffix] = codec.decode(codec.encode(audio, rate))
             for version, (signal, signal_rate) in versions.items():
                 text = transcriber.transcribe_array(signal, signal_rate).text

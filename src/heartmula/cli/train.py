@@ -156,6 +156,25 @@ def register_voice(actions) -> None:
                    "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
                    "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
     p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
+    p.add_argument("--phonetic", action="store_true",
+                   help="--train-codes: the encoder also reads the embedded Whisper encoder's features (cached per "
+                   "item) and codebook 0 is distilled towards them, so the codes keep the sung words")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="--phonetic: codebook 0 distillation loss")
+    p.add_argument("--stem-fraction", type=float, default=0.0,
+                   help="--train-codes: share of training segments whose input is the vocal stem alone")
+    p.add_argument("--autoencoder-weight", type=float, default=1.0,
+                   help="--train-codes: music losses of the latent autoencoder alone (0 skips that pass)")
+    p.add_argument("--exclude-id", action="append", default=[],
+                   help="a manifest item id never to train on (repeatable), e.g. the songs bench/codec_lyrics.py "
+                   "measures")
+    p.add_argument("--extra-audio", action="append", default=[], metavar="PATH",
+                   help="--train-codes: instrumental recordings (files or folders) to train on beside the corpus "
+                   "(repeatable); their voice target is silence")
+    p.add_argument("--extra-exclude", action="append", default=[], metavar="WORD",
+                   help="leave out extra recordings whose path contains WORD (repeatable; held-out recordings)")
+    p.add_argument("--extra-share", type=float, default=0.2, help="share of training segments from --extra-audio")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop with a checkpoint after this many minutes of training; run again to resume")
     p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and feature-extraction processes")
     p.add_argument("--seed", type=int, default=0)
@@ -170,7 +189,11 @@ def run_voice(args: argparse.Namespace) -> int:
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
-                              voice_weight=args.voice_weight)
+                              voice_weight=args.voice_weight, phonetic=args.phonetic,
+                              distill_weight=args.distill_weight, max_minutes=args.max_minutes,
+                              stem_fraction=args.stem_fraction, autoencoder_weight=args.autoencoder_weight,
+                              exclude_ids=tuple(args.exclude_id), extra_audio=tuple(args.extra_audio),
+                              extra_exclude=tuple(args.extra_exclude), extra_share=args.extra_share)
     report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
           f"items; last {report['last']}; wrote {args.out}")

@@ -6,7 +6,9 @@ Extensions (all optional, absent from official files):
   the code embedding straight to the latent: no iterative solver, fast on CPU);
 - `direct_decoder`: sizes of that net; `code_encoder`: sizes of the trainable audio -> codes mapping;
 - `waveform_codec`: "sq" (the official scalar-quantised waveform codec) or "istft" (codec/spectral.py: mono, layers
-  at the STFT frame rate, inverse-STFT output; sized by the `spectral` section).
+  at the STFT frame rate, inverse-STFT output; sized by the `spectral` section);
+- `phonetic`: the spectral encoder also reads a pre-trained speech encoder's features (codec/phonetic.py), so the
+  codes carry the sung words.
 """
 
 from __future__ import annotations
@@ -111,6 +113,24 @@ class SpectralConfig:
 
 
 @dataclass
+class PhoneticConfig:
+    """Phonetic features the spectral encoder reads beside its own analysis (codec/phonetic.py)."""
+
+    # The speech encoder: an embedded Whisper model name of heartmula.transcribe ("base"), or a transformers
+    # Whisper folder. Its last encoder layer (50 frames/s) is averaged to the latent rate (25 frames/s).
+    model: str = "base"
+    feature_dim: int = 512  # width of its features (Whisper base: 512)
+
+    def __post_init__(self):
+        if self.feature_dim < 1:
+            raise HeartMuLaError("phonetic feature_dim must be at least 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> PhoneticConfig | None:
+        return config_section(cls, data, "phonetic config")
+
+
+@dataclass
 class HeartCodecConfig:
     # residual vector quantiser
     dim: int = 512
@@ -149,6 +169,7 @@ class HeartCodecConfig:
     code_encoder: ConvNetConfig | None = None
     waveform_codec: str = "sq"
     spectral: SpectralConfig | None = None
+    phonetic: PhoneticConfig | None = None
     extra: dict = field(default_factory=dict, repr=False)  # other config.json keys, written back unchanged
 
     def __post_init__(self):
@@ -158,6 +179,8 @@ class HeartCodecConfig:
             self.code_encoder = ConvNetConfig.from_dict(self.code_encoder)
         if isinstance(self.spectral, dict):
             self.spectral = SpectralConfig.from_dict(self.spectral)
+        if isinstance(self.phonetic, dict):
+            self.phonetic = PhoneticConfig.from_dict(self.phonetic)
 
     # --- derived sizes ----------------------------------------------------------------------------------------
     @property
@@ -203,6 +226,8 @@ class HeartCodecConfig:
             raise HeartMuLaError("decoder_type 'direct' needs a direct_decoder section in config.json")
         if self.waveform_codec not in WAVEFORM_CODECS:
             raise HeartMuLaError(f"codec waveform_codec {self.waveform_codec!r} is not one of {WAVEFORM_CODECS}")
+        if self.phonetic is not None and self.waveform_codec != "istft":
+            raise HeartMuLaError("phonetic features need the spectral waveform codec (waveform_codec 'istft')")
         if self.waveform_codec == "istft":
             if self.spectral is None:
                 raise HeartMuLaError("waveform_codec 'istft' needs a spectral section in config.json")

@@ -39,6 +39,9 @@ class HeartCodec(nn.Module):
             self.direct_decoder = DirectDecoder(config.dim, config.latent_dim, config.direct_decoder)
         if config.code_encoder is not None:
             self.code_encoder = CodeEncoder(config.latent_dim, config.dim, config.code_encoder)
+        if config.phonetic is not None:
+            # Training only (distillation of codebook 0 towards the phonetic features); decoding never reads it.
+            self.phonetic_head = nn.Linear(config.codebook_dim, config.phonetic.feature_dim)
 
     @property
     def sample_rate(self) -> int:
@@ -76,11 +79,26 @@ class HeartCodec(nn.Module):
         audio = self.scalar_model.flush_decoder(cache, batch * channels, self.dtype, self.device)
         return audio.reshape(batch, channels, -1)
 
-    def audio_to_latent(self, audio: torch.Tensor) -> torch.Tensor:
-        """audio [B, C, samples] (a multiple of 1920) -> tanh latent [B, samples / 1920, C*128]."""
+    def audio_to_latent(self, audio: torch.Tensor, phonetic: torch.Tensor | None = None) -> torch.Tensor:
+        """audio [B, C, samples] (a multiple of 1920) -> tanh latent [B, samples / 1920, C*128].
+
+        A codec with a `phonetic` section also reads phonetic features [B, feature_dim, L] (codec/phonetic.py);
+        when they are not given, its speech encoder computes them from `audio`."""
         b, channels, samples = audio.shape
-        latent = self.scalar_model.encode(audio.reshape(b * channels, 1, samples))  # [B*C, 128, L]
+        if self.config.phonetic is None:
+            latent = self.scalar_model.encode(audio.reshape(b * channels, 1, samples))  # [B*C, 128, L]
+        else:
+            if phonetic is None:
+                phonetic = self.phonetic_features(audio)
+            latent = self.scalar_model.encode(audio, phonetic)  # the spectral codec is mono: C = 1
         return latent.reshape(b, channels, latent.shape[1], -1).permute(0, 3, 1, 2).reshape(b, latent.shape[-1], -1)
+
+    def phonetic_features(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio [B, 1, samples] -> the speech encoder's features [B, feature_dim, samples / samples_per_latent]."""
+        from heartmula.codec.phonetic import load_whisper_features, phonetic_features
+
+        extract = load_whisper_features(self.config.phonetic.model)
+        return phonetic_features(extract, audio, self.sample_rate, self.config.samples_per_latent)
 
     def latent_to_codes(self, latent: torch.Tensor) -> torch.Tensor:
         """tanh latent [B, 2T, C*128] -> codes [B, 8, T]."""

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from heartmula.checkpoint import parse_dtype
-from heartmula.codec.config import ConvNetConfig, HeartCodecConfig, SpectralConfig, tiny_config
+from heartmula.codec.config import (
+    ConvNetConfig,
+    HeartCodecConfig,
+    PhoneticConfig,
+    SpectralConfig,
+    VoiceConfig,
+    tiny_config,
+)
 from heartmula.codec.model import CONFIG_FILE, HeartCodec
 from heartmula.errors import HeartMuLaError
 
@@ -109,6 +117,39 @@ def tiny_spectral_config() -> HeartCodecConfig:
     ).validate()
 
 
+def phonetic_24k_config() -> HeartCodecConfig:
+    """harmonic-24k with the voice branch and phonetic features (Whisper base) in the encoder: the codes keep the
+    sung words (codec/phonetic.py). Decoding costs what the default codec's does; encoding also runs Whisper."""
+    config = harmonic_24k_config()
+    config.spectral.voice = VoiceConfig()
+    config.phonetic = PhoneticConfig()
+    return config.validate()
+
+
+def tiny_phonetic_config() -> HeartCodecConfig:
+    """tiny-harmonic with a small voice branch and 8-wide phonetic features (tests pass their own features)."""
+    config = tiny_harmonic_config()
+    config.spectral.voice = VoiceConfig(hidden_dim=16, num_blocks=1, frame_blocks=1, kernel_size=3, bands=4,
+                                        max_harmonics=4)
+    config.phonetic = PhoneticConfig(feature_dim=8)
+    return config.validate()
+
+
+def codec_with_phonetic(codec: HeartCodec, phonetic: PhoneticConfig | None = None) -> HeartCodec:
+    """A copy of a spectral codec whose encoder also reads phonetic features; their projection starts at zero,
+    so the copy encodes exactly as `codec` does until it is trained. A codec that reads them is returned as is."""
+    if codec.config.phonetic is not None:
+        return codec
+    config = replace(codec.config, phonetic=phonetic or PhoneticConfig()).validate()
+    model = HeartCodec(config).init_weights()
+    missing, _ = model.load_state_dict(codec.state_dict(), strict=False)
+    if any(not name.startswith(("scalar_model.encoder.phonetic_in.", "phonetic_head.")) for name in missing):
+        raise HeartMuLaError(f"cannot extend this codec with phonetic features (missing {missing})")
+    model.scalar_model.encoder.phonetic_in.weight.data.zero_()
+    model.scalar_model.encoder.phonetic_in.bias.data.zero_()
+    return model.eval()
+
+
 PRESETS = {
     "tiny": tiny_config,
     "tiny-direct": lambda: tiny_config("direct", with_encoder=True),
@@ -120,6 +161,8 @@ PRESETS = {
     "tiny-spectral": tiny_spectral_config,
     "harmonic-24k": harmonic_24k_config,
     "tiny-harmonic": tiny_harmonic_config,
+    "phonetic-24k": phonetic_24k_config,
+    "tiny-phonetic": tiny_phonetic_config,
 }
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from heartmula.codec.convnets import ResidualConv
 from heartmula.codec.sq_codec import Conv
 from heartmula.codec.voice import VoiceDecoder
+from heartmula.errors import HeartMuLaError
 
 DILATIONS = (1, 2, 4, 1, 2, 4, 1, 2)
 LOG_MAGNITUDE_CENTRE, LOG_MAGNITUDE_SCALE = 5.0, 4.0
@@ -123,14 +124,24 @@ class SpectralEncoder(nn.Module):
                                            for d in DILATIONS[: s.num_blocks - s.num_blocks // 2])
         self.norm = nn.LayerNorm(s.hidden_dim)
         self.conv_out = nn.Conv1d(s.hidden_dim, latent_channels, 3, padding=1)
+        if config.phonetic is not None:
+            # Phonetic features join at the latent rate: adding a projection there is concatenating them to the
+            # analysis and projecting both. Zero at first, so an extended codec starts as the one it came from.
+            self.phonetic_in = nn.Conv1d(config.phonetic.feature_dim, s.hidden_dim, 1)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """[B, 1, S] (S a multiple of the latent hop) -> tanh latent [B, C, S / (stride * hop)]."""
+    def forward(self, audio: torch.Tensor, phonetic: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 1, S] (S a multiple of the latent hop) -> tanh latent [B, C, S / (stride * hop)]; `phonetic`
+        [B, feature_dim, S / (stride * hop)]: the phonetic features (codec/phonetic.py) of an encoder that reads
+        them."""
         x = self.conv_in(self.features(audio[:, 0]))
 
         for block in self.frame_blocks:
             x = block(x)
         x = self.down(F.gelu(x))[..., : audio.shape[-1] // (self.hop * self.stride)]
+        if hasattr(self, "phonetic_in"):
+            if phonetic is None:
+                raise HeartMuLaError("this codec's encoder reads phonetic features: pass them (codec/phonetic.py)")
+            x = x + self.phonetic_in(phonetic.to(x.dtype))
         for block in self.latent_blocks:
             x = block(x)
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)  # bounded input to the tanh: it must not saturate
@@ -251,8 +262,8 @@ class SpectralModel(nn.Module):
         self.encoder = SpectralEncoder(config, config.latent_hidden_dim)
         self.decoder = SpectralDecoder(config, config.latent_hidden_dim)
 
-    def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.encoder(audio)
+    def encode(self, audio: torch.Tensor, phonetic: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(audio, phonetic)
 
     def decode(self, latent: torch.Tensor, cache: dict | None = None, snap: bool = True) -> torch.Tensor:
         """latent [B, C, frames] -> [B, 1, frames * hop]; no grid to snap to (`snap` is accepted and ignored)."""

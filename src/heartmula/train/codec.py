@@ -209,12 +209,14 @@ def audio_losses(estimate: torch.Tensor, audio: torch.Tensor, codec: HeartCodec,
     return stft, mel, wave, total
 
 
-def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainConfig):
+def training_losses(codec: HeartCodec, audio: torch.Tensor, config: CodecTrainConfig,
+                    phonetic: torch.Tensor | None = None):
     """(weighted total, logged parts, codes, RVQ residuals, the latent the direct decoder predicts from the codes
-    [B, L, D]: what `encode -> decode` decodes, so further losses on it train the whole code path)."""
+    [B, L, D]: what `encode -> decode` decodes, so further losses on it train the whole code path).
+    `phonetic` [B, feature_dim, L]: cached phonetic features of `audio`, for a codec that reads them."""
     # The SQ decoder was trained on the 19-level grid (and decode snaps to it); the spectral codec has no grid.
     grid = round_with_straight_through if codec.config.waveform_codec == "sq" else (lambda x: x)
-    latent = codec.audio_to_latent(audio)  # [B, L, D]
+    latent = codec.audio_to_latent(audio, phonetic)  # [B, L, D]
     stft = mel = wave = autoencoder = torch.zeros(())
     if config.autoencoder_weight:  # 0 skips the pass (end-to-end training needs only the path through the codes)
         reconstruction = codec.latent_to_audio(grid(latent), snap=False)

@@ -13,8 +13,14 @@ reaches back through the codes (straight-through), so the codes themselves learn
 and their language), which the mix losses alone leave to the accompaniment. Codes change: re-tokenize the corpus
 and retrain the LM after it.
 
+With `phonetic` (and `train_codes`) the encoder also reads phonetic features (`heartmula.codec.phonetic`: the
+embedded Whisper encoder's, cached per item with the mix), and codebook 0 is distilled towards them: a linear head
+on its straight-through vector is scored by cosine distance to the features at the code rate, so the first
+codebook, the one the LM's backbone predicts, carries the words.
+
 Layout of --out: `features/<id>.npz` (the cached inputs and targets, `features-audio/` with `train_codes`: the
-mix instead of the latent; resumable), the codec folder itself
+mix instead of the latent, `features-phonetic/` with `phonetic`: the mix and its phonetic features; resumable),
+the codec folder itself
 (config.json with `spectral.voice`, weights; it loads as a codec at every checkpoint), `train_state.*`, and
 `train_log.jsonl`.
 """
@@ -34,8 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from heartmula.audio import load_audio, resample
-from heartmula.codec.config import LATENT_PER_CODE, VoiceConfig
+from heartmula.codec.config import LATENT_PER_CODE, PhoneticConfig, VoiceConfig
 from heartmula.codec.model import HeartCodec
+from heartmula.codec.phonetic import code_rate, distillation_loss
+from heartmula.codec.pretrained import codec_with_phonetic
 from heartmula.codec.voice import LOG_F0_SCALE, LOG_POWER_SCALE, VoiceDecoder, band_centres_mel, hz_to_mel
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
@@ -46,6 +54,8 @@ from heartmula.train.state import load_training_state, save_training_state
 LOG_FILE = "train_log.jsonl"
 FEATURES = "features"
 AUDIO_FEATURES = "features-audio"
+PHONETIC_FEATURES = "features-phonetic"
+PHONETIC_OF = {"mix": "phonetic", "vocals": "phonetic_vocals"}  # cached input -> its phonetic features
 # Music losses of `train_codes`: those the default codec's joint stages trained with (its MODEL_CARD), so the mix
 # keeps sounding as it did while the voice loss reshapes the codes. The codebooks of a trained codec follow the
 # encoder slowly and none is re-seeded: with a few segments per step, a rare but meaningful code looks dead.
@@ -73,6 +83,18 @@ class VoiceTrainConfig:
     voice: VoiceConfig | None = None  # None: the branch sizes of VoiceConfig()
     train_codes: bool = False  # train encoder, codebooks and decoder with the branch (codes change)
     voice_weight: float = 1.0  # train_codes: the voice loss against the codec's music losses
+    phonetic: bool = False  # train_codes: the encoder reads phonetic features (Whisper), codebook 0 is distilled
+    distill_weight: float = 1.0  # phonetic: the distillation loss of codebook 0
+    phonetic_model: str = "base"  # phonetic: an embedded Whisper model's name or a transformers Whisper folder
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much time; run again to resume
+    stem_fraction: float = 0.0  # train_codes: share of segments whose input is the vocal stem alone, not the mix
+    autoencoder_weight: float = 1.0  # train_codes: the music losses of the latent autoencoder (0 skips that pass)
+    exclude_ids: tuple[str, ...] = ()  # manifest items never trained on (e.g. the songs a benchmark measures)
+    # train_codes: instrumental recordings (files or folders) trained on beside the corpus (voice target: silence),
+    # drawn for `extra_share` of the segments, minus files whose path contains an `extra_exclude` string
+    extra_audio: tuple[str, ...] = ()
+    extra_exclude: tuple[str, ...] = ()
+    extra_share: float = 0.2
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
@@ -121,7 +143,7 @@ def voice_targets(vocals: np.ndarray | None, frames: int, sample_rate: int, hop:
 
 def _item_features(job: tuple) -> str:
     """Worker: one manifest row -> features/<id>.npz (skipped when present). Returns the id."""
-    row, codec_dir, out_dir, seconds, bands, store_audio = job
+    row, codec_dir, out_dir, seconds, bands, store_audio, phonetic_model = job
     path = Path(out_dir) / f"{row['id']}.npz"
     if path.is_file():
         return row["id"]
@@ -140,6 +162,13 @@ def _item_features(job: tuple) -> str:
     if store_audio:  # the model input is the mix itself (16-bit)
         inputs = {"mix": (np.clip(mix[0, :length], -1, 1) * 32767).astype(np.int16)}
         frames = length // spectral.hop_length
+        if vocals is not None:  # a second input: the stem alone (`stem_fraction`)
+            inputs["vocals"] = (np.clip(vocals, -1, 1) * 32767).astype(np.int16)
+        if phonetic_model is not None:
+            for key, audio in (("mix", mix[:, :length]), ("vocals", None if vocals is None else vocals[None])):
+                if audio is not None:
+                    inputs[PHONETIC_OF[key]] = cached_phonetic_features(phonetic_model, audio, rate,
+                                                                        codec.config.samples_per_latent)
     else:
         with torch.no_grad():
             codes = torch.from_numpy(codec.encode(mix[:, :length], rate))
@@ -153,6 +182,16 @@ def _item_features(job: tuple) -> str:
     return row["id"]
 
 
+def cached_phonetic_features(model: str, audio: np.ndarray, rate: int, samples_per_latent: int) -> np.ndarray:
+    """[latent frames, feature_dim] float16: the phonetic features of mono audio [1, S] (a mix or a stem; S a
+    multiple of `samples_per_latent`), as the codec's encoder reads them."""
+    from heartmula.codec.phonetic import load_whisper_features, phonetic_features
+
+    features = phonetic_features(load_whisper_features(model), torch.from_numpy(audio[None].astype(np.float32)),
+                                 rate, samples_per_latent)
+    return features[0].t().numpy().astype(np.float16)
+
+
 _CODEC: dict = {}
 
 
@@ -163,9 +202,9 @@ def _worker_codec(folder: str) -> HeartCodec:
 
 
 def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float, bands: int, workers: int,
-                   progress: bool, store_audio: bool = False) -> None:
+                   progress: bool, store_audio: bool = False, phonetic_model: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(row, str(codec_dir), str(out), seconds, bands, store_audio) for row in rows
+    jobs = [(row, str(codec_dir), str(out), seconds, bands, store_audio, phonetic_model) for row in rows
             if not (out / f"{row['id']}.npz").is_file()]
     if not jobs:
         return
@@ -184,32 +223,42 @@ def build_features(rows: list[dict], codec_dir: Path, out: Path, seconds: float,
 
 # --- training -----------------------------------------------------------------------------------------------------
 def load_features(folder: Path, ids: list[str]) -> list[dict[str, np.ndarray]]:
-    """Cached items; a 16-bit mix stays 16-bit (in memory it is half the size of float32)."""
+    """Cached items; 16-bit audio and float16 phonetic features stay as they are (half the memory of float32)."""
+    compact = ("mix", "vocals", *PHONETIC_OF.values())
     items = []
     for item_id in ids:
         with np.load(folder / f"{item_id}.npz") as data:
-            items.append({k: data[k] if k == "mix" else data[k].astype(np.float32) for k in data.files})
+            items.append({k: data[k] if k in compact else data[k].astype(np.float32) for k in data.files})
     return items
 
 
 def sample_segments(items, count: int, frames: int, repeat: int, rng: np.random.Generator, samples_per_frame=None,
-                    start_multiple: int = 1):
+                    start_multiple: int = 1, stem_fraction: float = 0.0, weights: np.ndarray | None = None):
     """`count` random windows of `frames` latent frames (starting at a multiple of `start_multiple`) -> (inputs,
     targets [B, frames * repeat]). Inputs: the cached latent [B, C, frames], or with `samples_per_frame` the mix
-    [B, 1, frames * samples_per_frame] in [-1, 1]."""
+    [B, 1, frames * samples_per_frame] in [-1, 1]; with `stem_fraction`, that share of the windows of sung items
+    takes the vocal stem instead of the mix. Items are drawn alike, or by `weights`. Items with phonetic features
+    add those of the input to the targets as "phonetic" [B, feature_dim, frames] (the window's, at 25 Hz)."""
     key, unit = ("mix", samples_per_frame) if samples_per_frame else ("latent", 1)
-    inputs, targets = [], {k: [] for k in ("f0", "harmonic", "noise")}
+    names = ("f0", "harmonic", "noise", "phonetic") if "phonetic" in items[0] else ("f0", "harmonic", "noise")
+    inputs, targets = [], {k: [] for k in names}
     for _ in range(count):
-        item = items[rng.integers(len(items))]
+        item = items[rng.integers(len(items)) if weights is None else rng.choice(len(items), p=weights)]
+        source = "vocals" if stem_fraction and "vocals" in item and rng.random() < stem_fraction else key
         starts = max(1, (len(item[key]) // unit - frames) // start_multiple + 1)
         start = int(rng.integers(0, starts)) * start_multiple
-        value = item[key][start * unit: (start + frames) * unit]
+        value = item[source][start * unit: (start + frames) * unit]
         inputs.append(np.pad(value, [(0, frames * unit - len(value))] + [(0, 0)] * (value.ndim - 1)))
         for name in targets:
-            value = item[name][start * repeat: (start + frames) * repeat]
-            pad = [(0, frames * repeat - len(value))] + [(0, 0)] * (value.ndim - 1)
-            targets[name].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if name != "f0" else 0.0))
+            per = 1 if name == "phonetic" else repeat
+            stored = PHONETIC_OF.get(source, name) if name == "phonetic" else name
+            value = item[stored][start * per: (start + frames) * per]
+            pad = [(0, frames * per - len(value))] + [(0, 0)] * (value.ndim - 1)
+            targets[name].append(np.pad(value, pad, constant_values=LOG_POWER_FLOOR if name not in ("f0", "phonetic")
+                                        else 0.0))
     targets = {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()}
+    if "phonetic" in targets:
+        targets["phonetic"] = targets["phonetic"].float().transpose(1, 2)
     if samples_per_frame:
         return torch.from_numpy(np.stack(inputs).astype(np.float32) / 32767)[:, None], targets
     return torch.from_numpy(np.stack(inputs)).transpose(1, 2), targets
@@ -241,27 +290,98 @@ def codec_with_voice(codec: HeartCodec, voice: VoiceConfig, seed: int) -> HeartC
     return model.eval()
 
 
+def _extra_rows(config: VoiceTrainConfig) -> list[dict]:
+    """Manifest-like rows (no vocals) for the extra instrumental recordings."""
+    if not config.extra_audio:
+        return []
+    if not config.train_codes:
+        raise HeartMuLaError("extra recordings train the codes: use --extra-audio with --train-codes")
+    from heartmula.train.codec import audio_files
+
+    files = audio_files(list(config.extra_audio), tuple(config.extra_exclude))
+    return [{"id": "extra-" + "_".join(f.stem.split()), "audio": str(f), "vocals": None, "split": "train"}
+            for f in files]
+
+
 def _source_codec(codec_dir, config: VoiceTrainConfig) -> HeartCodec:
-    """The codec to train: `codec_dir` with a fresh branch, or (train_codes, no branch sizes given) with its own."""
+    """The codec to train: `codec_dir` with a fresh branch, or (train_codes, no branch sizes given) with its own;
+    with `phonetic`, extended to read phonetic features."""
     codec = HeartCodec.from_pretrained(codec_dir)
-    if config.train_codes and config.voice is None and codec.config.spectral.voice is not None:
+    if not (config.train_codes and config.voice is None and codec.config.spectral.voice is not None):
+        codec = codec_with_voice(codec, config.voice or VoiceConfig(), config.seed)
+    if not config.phonetic:
         return codec
-    return codec_with_voice(codec, config.voice or VoiceConfig(), config.seed)
+    from heartmula.codec.phonetic import whisper_folder
+
+    width = json.loads((whisper_folder(config.phonetic_model) / "config.json").read_text())["d_model"]
+    return codec_with_phonetic(codec, PhoneticConfig(model=config.phonetic_model, feature_dim=width))
 
 
-def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig):
+def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, phonetic=None):
     """(voice parameters, music loss or None, codes, residuals) for a batch: from cached latents, or with
-    `train_codes` from the mix through the code path."""
+    `train_codes` from the mix through the code path (`phonetic`: the mix's phonetic features [B, D, L]). With
+    phonetic features the music loss includes the distillation of codebook 0 (logged as "distill")."""
     voice = codec.scalar_model.decoder.voice
     if not config.train_codes:
         return voice.parameters_from_latent(inputs), None, None, None
     decoder = codec.scalar_model.decoder
     decoder.render_voice = False
     try:
-        music, parts, codes, residuals, predicted = training_losses(codec, inputs, JOINT_CODEC_LOSSES)
+        losses = replace(JOINT_CODEC_LOSSES, autoencoder_weight=config.autoencoder_weight)
+        music, parts, codes, residuals, predicted = training_losses(codec, inputs, losses, phonetic)
     finally:
         decoder.render_voice = True
+    if phonetic is not None:
+        distill = codebook0_distillation(codec, codes, residuals, phonetic)
+        music = music + config.distill_weight * distill
+        parts["distill"] = float(distill.detach())
     return voice.parameters_from_latent(predicted.transpose(1, 2)), (music, parts), codes, residuals
+
+
+def codebook0_distillation(codec: HeartCodec, codes: torch.Tensor, residuals: list[torch.Tensor],
+                           phonetic: torch.Tensor) -> torch.Tensor:
+    """Cosine distance between the phonetic head's reading of codebook 0 and the phonetic features at the code
+    rate. Codebook 0's vector passes its gradient straight through to the encoder (the EMA codebook then follows
+    the encoder), as in Mimi's distillation of its semantic codebook."""
+    first = residuals[0]  # [B, T, codebook_dim]: what codebook 0 quantises
+    chosen = codec.flow_matching.vq_embed.layers[0].codebook[codes[..., 0]]
+    straight_through = first + (chosen - first).detach()
+    return distillation_loss(codec.phonetic_head(straight_through), code_rate(phonetic))
+
+
+def _train_step(codec: HeartCodec, trained: torch.nn.Module, optimizer, params, batch, step: int,
+                config: VoiceTrainConfig, generator: torch.Generator) -> dict:
+    """One optimiser step on a batch from `sample_segments`; returns the log record."""
+    began = time.perf_counter()
+    trained.train()
+    inputs, target = batch
+    predicted, music, codes, residuals = _predict(codec, inputs, config, target.get("phonetic"))
+    losses = voice_losses(predicted, target)
+    loss = sum(losses.values())
+    if music is not None:
+        loss = music[0] + config.voice_weight * loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    record = {"step": step + 1, "loss": round(loss.item(), 4), **{k: round(v.item(), 4) for k, v in losses.items()}}
+    if music is not None:
+        record.update({k: round(music[1][k], 4) for k in ("token_mel", "mel", "latent_mse", "distill")
+                       if k in music[1]})
+        record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
+    record["seconds"] = round(time.perf_counter() - began, 3)
+    return record
+
+
+@torch.no_grad()
+def _validate(codec: HeartCodec, batch, config: VoiceTrainConfig) -> dict:
+    """Validation losses of the codec (in eval mode) on a fixed batch."""
+    inputs, target = batch
+    predicted, music, _, _ = _predict(codec, inputs, config, target.get("phonetic"))
+    record = {k: round(float(v), 4) for k, v in voice_losses(predicted, target).items()}
+    if music is not None:
+        record.update({k: round(music[1][k], 4) for k in ("token_mel", "distill") if k in music[1]})
+    return record
 
 
 def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: str | os.PathLike,
@@ -272,15 +392,20 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     out = Path(out)
     torch.set_num_threads(max(1, config.threads))
     torch.manual_seed(config.seed)
-    rows = read_manifest(manifest)
+    rows = [r for r in read_manifest(manifest) if r["id"] not in config.exclude_ids]
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     if not train_rows:
         raise HeartMuLaError(f"{manifest} has no train items")
+    if config.phonetic and not config.train_codes:
+        raise HeartMuLaError("phonetic features train the codes: use --phonetic with --train-codes")
     state = out / "train_state.json"
-    if state.is_file() and json.loads(state.read_text())["config"].get("train_codes", False) != config.train_codes:
-        raise HeartMuLaError(f"{out} holds a run {'without' if config.train_codes else 'with'} --train-codes: "
-                             "resume it the same way, or choose another --out")
+    if state.is_file():
+        earlier = json.loads(state.read_text())["config"]
+        for option in ("train_codes", "phonetic"):
+            if earlier.get(option, False) != getattr(config, option):
+                raise HeartMuLaError(f"{out} holds a run {'without' if getattr(config, option) else 'with'} "
+                                     f"--{option.replace('_', '-')}: resume it the same way, or choose another --out")
     if (out / "config.json").is_file():
         codec = HeartCodec.from_pretrained(out)
         if codec.config.spectral.voice is None:
@@ -292,10 +417,19 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
     trained: torch.nn.Module = codec if config.train_codes else voice
     bands = voice.config.bands
-    features = out / (AUDIO_FEATURES if config.train_codes else FEATURES)
+    features = out / (PHONETIC_FEATURES if config.phonetic else AUDIO_FEATURES if config.train_codes else FEATURES)
+    phonetic_model = codec.config.phonetic.model if config.phonetic else None
     build_features(train_rows + val_rows, Path(codec_dir), features, config.seconds_per_item, bands,
-                   config.threads, progress, store_audio=config.train_codes)
-    train_items = load_features(features, [r["id"] for r in train_rows])
+                   config.threads, progress, store_audio=config.train_codes, phonetic_model=phonetic_model)
+    extra_rows = _extra_rows(config)
+    if extra_rows:
+        build_features(extra_rows, Path(codec_dir), features, config.seconds_per_item, bands, config.threads,
+                       progress, store_audio=True, phonetic_model=phonetic_model)
+    train_items = load_features(features, [r["id"] for r in train_rows + extra_rows])
+    weights = None
+    if extra_rows:
+        weights = np.array([(1 - config.extra_share) / len(train_rows)] * len(train_rows)
+                           + [config.extra_share / len(extra_rows)] * len(extra_rows))
     val_items = load_features(features, [r["id"] for r in val_rows])
 
     params = [p for p in trained.parameters() if p.requires_grad]
@@ -317,40 +451,20 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
 
         bar = tqdm(total=config.steps, initial=start, desc="train voice", unit="step")
     record: dict = {}
+    began_run = time.monotonic()
     for step in range(start, config.steps):
-        began = time.perf_counter()
         cosine = 0.5 * (1 + np.cos(np.pi * step / max(1, config.steps)))
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
                 config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
-        trained.train()
-        inputs, target = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng,
-                                         **segments)
-        predicted, music, codes, residuals = _predict(codec, inputs, config)
-        losses = voice_losses(predicted, target)
-        loss = sum(losses.values())
-        if music is not None:
-            loss = music[0] + config.voice_weight * loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        record = {"step": step + 1, "loss": round(loss.item(), 4),
-                  **{k: round(v.item(), 4) for k, v in losses.items()}}
-        if music is not None:
-            record.update({k: round(music[1][k], 4) for k in ("token_mel", "mel", "latent_mse")})
-            record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
-        record["seconds"] = round(time.perf_counter() - began, 3)
-        last = step + 1 == config.steps
-        if (step + 1) % config.eval_every == 0 or last:
+        batch = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng, **segments,
+                                stem_fraction=config.stem_fraction, weights=weights)
+        record = _train_step(codec, trained, optimizer, params, batch, step, config, generator)
+        out_of_time = config.max_minutes is not None and time.monotonic() - began_run > 60 * config.max_minutes
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps or out_of_time:
             codec.eval()
             if val_batch is not None:
-                with torch.no_grad():
-                    predicted, music, _, _ = _predict(codec, val_batch[0], config)
-                    val = voice_losses(predicted, val_batch[1])
-                record["val"] = {k: round(float(v), 4) for k, v in val.items()}
-                if music is not None:
-                    record["val"]["token_mel"] = round(music[1]["token_mel"], 4)
+                record["val"] = _validate(codec, val_batch, config)
             codec.save_pretrained(out)
             save_training_state(out, trained, optimizer, step + 1, config)
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
@@ -358,7 +472,9 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=record["loss"])
+        if out_of_time:
+            break
     if bar is not None:
         bar.close()
-    return {"steps": config.steps, "resumed_from": start, "last": record,
+    return {"steps": record.get("step", start), "resumed_from": start, "last": record,
             "train_items": len(train_items), "val_items": len(val_items), "config": asdict(config)}
