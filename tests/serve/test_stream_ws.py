@@ -138,3 +138,21 @@ def test_a_listener_leaving_mid_stream_frees_the_server(live_server):
             message = ws.recv(timeout=60)
             messages.append(json.loads(message) if isinstance(message, str) else message)
     assert messages[0]["type"] == "started" and any(isinstance(m, bytes) for m in messages)
+
+
+def test_a_stream_frees_its_slot_before_it_is_saved(client, monkeypatch):
+    from heartmula.serve import live
+
+    services, slots_while_saving = client.app.state.services, []
+    save = live._save
+
+    def recording_save(*args):
+        slots_while_saving.append(services.live_streams)
+        return save(*args)
+
+    monkeypatch.setattr(live, "_save", recording_save)
+    with client.websocket_connect("/api/stream?token=tok") as ws:
+        ws.send_json(dict(START, max_seconds=1.0))
+        started = ws.receive_json()
+        messages_until_end(ws, started["channels"])
+    assert slots_while_saving == [0]  # the model was free and the slot given back before the save began

@@ -138,15 +138,24 @@ async def stream(ws: WebSocket):
             await ws.close()
             return
         svc.live_streams += 1
+        released = False
+
+        def release_slot() -> None:  # once the model is free: saving the stream does not hold a slot
+            nonlocal released
+            if not released:
+                released = True
+                svc.live_streams -= 1
+
         try:
-            await _run(ws, start, svc.store, worker, client.receive, client.error)
+            await _run(ws, start, svc.store, worker, client.receive, client.error, release_slot)
         finally:
-            svc.live_streams -= 1
+            release_slot()
     except WebSocketDisconnect:
         return
 
 
-async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongWorker, receive, error) -> None:
+async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongWorker, receive, error,
+               release_slot) -> None:
     import secrets
 
     from heartmula.stream import StreamControls, StreamSession
@@ -227,6 +236,7 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
                 disconnected = True
         codes = await on_worker(worker, session.codes)
         await on_worker(worker, session.close)
+        release_slot()
     song_id = None
     if start.save and pieces:  # what was heard is kept, even when the listener left early
         try:
