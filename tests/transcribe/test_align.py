@@ -143,7 +143,7 @@ def test_audio_without_a_voice_is_a_clear_error(aligner, tmp_path, kind):
     audio = {"silence": np.zeros(10 * 16000), "noise": rng.normal(0, 0.3, 10 * 16000),
              "one sample": np.array([0.5])}[kind].astype(np.float32)
     path = save_audio(tmp_path / "input.wav", audio, 16000)
-    with pytest.raises(HeartMuLaError, match="no singing or speech heard|no words heard"):
+    with pytest.raises(HeartMuLaError, match="no singing or speech heard"):
         aligner.align(path, LYRICS)
 
 

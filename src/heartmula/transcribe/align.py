@@ -46,10 +46,13 @@ class AlignConfig:
     word_similarity: float = 0.6  # words at least this similar (rapidfuzz ratio / 100) count as heard
     prompt: bool = True  # condition Whisper on the lyrics expected in each chunk (ctranslate2 backend)
     snap_to_voice: bool = True  # move word starts that fall in a pause to where the voice begins
+    max_no_speech: float = 0.2  # transcribed lines whose window Whisper rates likelier silence than this are dropped
 
     def validate(self) -> AlignConfig:
-        if not 0.0 <= self.min_confidence <= self.low_confidence <= 1.0 or not 0 < self.word_similarity <= 1:
-            raise HeartMuLaError("need 0 <= min_confidence <= low_confidence <= 1 and 0 < word_similarity <= 1")
+        if not 0.0 <= self.min_confidence <= self.low_confidence <= 1.0 or not 0 < self.word_similarity <= 1 or \
+                not 0.0 <= self.max_no_speech <= 1.0:
+            raise HeartMuLaError("need 0 <= min_confidence <= low_confidence <= 1, 0 < word_similarity <= 1 and "
+                                 "0 <= max_no_speech <= 1")
         return self
 
 
@@ -313,19 +316,21 @@ class Aligner:
             raise HeartMuLaError(f"the lyrics for {name} have no lines to align (only blank lines or [section] "
                                  "headers)")
         audio = audio if audio.ndim == 2 else audio[None]
-        voiced = voice_onsets(self.transcriber.prepare_audio(audio, sample_rate), self.transcriber.config.vad_threshold)
-        if not voiced:  # checked first: prompted with lyrics, Whisper can write them over silence or noise
-            raise HeartMuLaError(f"no singing or speech heard in {name} ({audio.shape[-1] / sample_rate:.1f} s): "
-                                 "nothing to align the lyrics to")
         prompt = self.config.prompt and self.transcriber.backend.name == "ctranslate2"
         transcript = self.transcriber.transcribe_array(
             audio, sample_rate, name, prompt_for=(lambda times, i: lyric_prompts(lines, times, i)) if prompt else None)
+        # Prompted with lyrics, Whisper writes them over silence or noise too, but rates such a window as likely
+        # no speech; sung windows rate near 0.
+        transcript.segments = [s for s in transcript.segments if s.no_speech_prob <= self.config.max_no_speech]
         if not transcript.words():
-            raise HeartMuLaError(f"no words heard in {name} ({transcript.duration:.1f} s): nothing to align the "
-                                 "lyrics to")
+            raise HeartMuLaError(f"no singing or speech heard in {name} ({transcript.duration:.1f} s): nothing to "
+                                 "align the lyrics to")
+        voiced = None
+        if self.config.snap_to_voice:
+            voiced = voice_onsets(self.transcriber.prepare_audio(audio, sample_rate),
+                                  self.transcriber.config.vad_threshold)
         language = self.transcriber.config.language or transcript.language
-        placed = place_lines(lines, transcript, uses_characters(lines, language), language, self.config,
-                             voiced if self.config.snap_to_voice else None)
+        placed = place_lines(lines, transcript, uses_characters(lines, language), language, self.config, voiced)
         return Alignment(name, language, round(transcript.duration, 3), placed, transcript.text,
                          self.transcriber.location.name)
 
