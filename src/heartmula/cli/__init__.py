@@ -19,6 +19,7 @@ VERB_MODULES = (
     "heartmula.cli.download",
     "heartmula.cli.codec",
     "heartmula.cli.transcribe",
+    "heartmula.cli.align",
     "heartmula.cli.eval",
     "heartmula.cli.train",
     "heartmula.cli.data",

@@ -36,6 +36,9 @@ class DecodingOptions:
     # The fallback temperatures sample; seeded, a run that transcribes the same files in the same order gives the
     # same text (unseeded, an unclear song read differently from run to run). None: not seeded.
     seed: int | None = 0
+    # Text the decoder is conditioned on as preceding context (Whisper's initial prompt), e.g. the lyrics expected
+    # in the chunk: it biases spelling and vocabulary towards them. ctranslate2 only.
+    prompt: str | None = None
 
     def validate(self) -> DecodingOptions:
         if self.beam_size < 1:
@@ -93,7 +96,7 @@ class CTranslate2Backend:
             log_prob_threshold=options.log_prob_threshold, no_speech_threshold=options.no_speech_threshold,
             # Each chunk is one song phrase group; feeding the previous text back spreads hallucinations.
             condition_on_previous_text=False, word_timestamps=options.word_timestamps, vad_filter=False,
-            max_new_tokens=options.max_new_tokens,
+            max_new_tokens=options.max_new_tokens, initial_prompt=options.prompt,
         )
         out = []
         for s in segments:
@@ -160,6 +163,8 @@ class TransformersBackend:
         return {token.strip("<|>"): p for token, p in zip(lang_to_id, probs)}
 
     def transcribe_chunk(self, audio: np.ndarray, language: str | None, options: DecodingOptions) -> list[Segment]:
+        if options.prompt:
+            raise HeartMuLaError("prompting with text runs on the ctranslate2 backend only")
         features, mask = self._inputs(audio)
         word_times = options.word_timestamps and self.has_alignment_heads
         kwargs = dict(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +204,11 @@ class Transcriber:
         regions = vocal_regions(mono, self.config.vad_threshold, self.config.min_pause)
         return group_regions(regions, max_samples), [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in regions]
 
-    def transcribe_array(self, audio: np.ndarray, sample_rate: int, name: str = "<array>",
-                         progress=None) -> Transcript:
+    def transcribe_array(self, audio: np.ndarray, sample_rate: int, name: str = "<array>", progress=None,
+                         prompt_for: Callable[[list[tuple[float, float]], int], str | None] | None = None
+                         ) -> Transcript:
+        """`prompt_for(chunk_times, index)`, if given, returns the text to condition the decoding of chunk `index`
+        on (chunk_times: every chunk's (start, end) in seconds)."""
         config = self.config
         mono = self.prepare_audio(audio if audio.ndim == 2 else audio[None], sample_rate)
         duration = len(mono) / SAMPLE_RATE
@@ -216,10 +220,14 @@ class Transcriber:
         else:
             language, probability = "", 0.0  # no voice anywhere: nothing to detect
         segments: list[Segment] = []
-        for start, end in chunks:
+        chunk_times = [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in chunks]
+        for index, (start, end) in enumerate(chunks):
             offset = start / SAMPLE_RATE
             chunk_end = end / SAMPLE_RATE
-            for segment in self.backend.transcribe_chunk(mono[start:end], language or None, config.decoding):
+            options = config.decoding
+            if prompt_for is not None:
+                options = replace(options, prompt=prompt_for(chunk_times, index))
+            for segment in self.backend.transcribe_chunk(mono[start:end], language or None, options):
                 segment.start = min(segment.start + offset, chunk_end)
                 segment.end = min(max(segment.end + offset, segment.start), chunk_end)
                 for word in segment.words:

@@ -1,0 +1,108 @@
+"""Forced-alignment accuracy of `heartmula align` against the corpus' known line timings, on held-out songs.
+
+For each language, up to --per-language songs of the val and test splits (instrumentals skipped) are aligned on
+their mix with their own lyrics and language. A line's onset error is |aligned start - known start|; lines
+flagged unsung count as misses (every corpus line is sung) and are not in the error statistics.
+
+    python bench/align_accuracy.py --corpus work/corpus10h [--per-language 4] [--no-prompt]
+        [--out bench/results/align_accuracy.json]
+
+The corpus folder holds manifest.jsonl, or items/*.json while it is being built (same rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _machine import machine
+
+from heartmula.errors import HeartMuLaError
+from heartmula.transcribe import TranscribeConfig
+from heartmula.transcribe.align import AlignConfig, Aligner, read_lyrics
+
+
+def held_out_rows(corpus: Path) -> list[dict]:
+    manifest = corpus / "manifest.jsonl"
+    if manifest.is_file():
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((corpus / "items").glob("*.json"))]
+    return [r for r in rows if r["split"] in ("val", "test") and r["timing"] and r["language"]]
+
+
+def pick(rows: list[dict], per_language: int) -> list[dict]:
+    by_language: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["id"]):
+        by_language.setdefault(row["language"], [])
+        if len(by_language[row["language"]]) < per_language:
+            by_language[row["language"]].append(row)
+    return [row for language in sorted(by_language) for row in by_language[language]]
+
+
+def song_errors(aligner: Aligner, corpus: Path, row: dict) -> dict:
+    lines = read_lyrics(row["lyrics"])
+    if [text for _, text in lines] != [t["text"] for t in row["timing"]]:
+        raise ValueError(f"{row['id']}: the lyrics' lines differ from the timed lines")
+    started = time.perf_counter()
+    try:
+        result = aligner.align(corpus / row["audio"], row["lyrics"])
+    except HeartMuLaError as exc:  # nothing heard: every line is a miss
+        return {"id": row["id"], "language": row["language"], "split": row["split"], "lines": len(lines),
+                "unsung_flagged": len(lines), "low_flagged": 0, "onset_errors": [], "error": str(exc),
+                "seconds": round(time.perf_counter() - started, 1), "duration": row["duration"]}
+    errors = [abs(line.start - known["start"]) for line, known in zip(result.lines, row["timing"])
+              if line.start is not None]
+    return {"id": row["id"], "language": row["language"], "split": row["split"], "lines": len(lines),
+            "unsung_flagged": sum(line.status == "unsung" for line in result.lines),
+            "low_flagged": sum(line.status == "low" for line in result.lines),
+            "onset_errors": [round(e, 3) for e in errors], "seconds": round(time.perf_counter() - started, 1),
+            "duration": row["duration"]}
+
+
+def summary(songs: list[dict]) -> dict:
+    errors = np.array([e for s in songs for e in s["onset_errors"]])
+    lines = sum(s["lines"] for s in songs)
+    return {"songs": len(songs), "lines": lines, "timed_lines": len(errors),
+            "unsung_flagged_share": round(sum(s["unsung_flagged"] for s in songs) / max(lines, 1), 3),
+            "median_onset_error": round(float(np.median(errors)), 3) if len(errors) else None,
+            "p90_onset_error": round(float(np.percentile(errors, 90)), 3) if len(errors) else None,
+            "share_within_0.5s": round(float(np.mean(errors <= 0.5)), 3) if len(errors) else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--per-language", type=int, default=4)
+    parser.add_argument("--no-prompt", action="store_true", help="do not condition Whisper on the lyrics")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "align_accuracy.json")
+    args = parser.parse_args()
+    rows = pick(held_out_rows(args.corpus), args.per_language)
+    songs = []
+    for row in rows:
+        aligner = Aligner(TranscribeConfig(model="base", threads=args.threads, language=row["language"], vad=False),
+                          AlignConfig(prompt=not args.no_prompt))
+        songs.append(song_errors(aligner, args.corpus, row))
+        print(row["id"], row["language"], summary(songs[-1:]), file=sys.stderr)
+    languages = sorted({s["language"] for s in songs})
+    result = {
+        "command": "python bench/align_accuracy.py " + " ".join(sys.argv[1:]),
+        "method": "embedded Whisper base (int8), language given, lyrics prompt " + ("off" if args.no_prompt else "on")
+        + "; Needleman-Wunsch over normalised words (characters for zh/ja); mixes of val+test songs",
+        "per_language": {language: summary([s for s in songs if s["language"] == language]) for language in languages},
+        "all": summary(songs), "songs": songs, "machine": machine(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps({k: result[k] for k in ("per_language", "all")}, indent=1), file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
