@@ -73,6 +73,8 @@ def test_sources_list_each_file_once_and_vouch_for_vocal_and_language(real_folde
     assert tagged.known_categories() == {"vocal", "language", "genre"}
     with pytest.raises(HeartMuLaError, match="not a folder"):
         parse_source(str(real_folders / "missing"))
+    with pytest.raises(HeartMuLaError, match="not installed|dpkg-query"):
+        parse_source("deb:no-such-package-of-music")
     (real_folders / "empty").mkdir(exist_ok=True)
     with pytest.raises(HeartMuLaError, match="no audio files"):
         source_rows(parse_source(str(real_folders / "empty")))
