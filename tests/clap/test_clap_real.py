@@ -21,7 +21,6 @@ from heartmula.train.clap import ClapTrainConfig, tag_targets, train_clap, unkno
 from heartmula.train.clap_augment import FLOOR, AugmentConfig, augment_clip, mel_centres, mix_voice
 
 
-
 def tone_song(seconds: float, rate: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
