@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 # Corpus engine: fluidsynth + General MIDI soundfonts (rendering), espeak-ng (singing voice fallback library),
 # g++ (pyworld, the WORLD vocoder, is built from its source distribution; also the native decoding kernel), fortunes/
 # fortunes-es/fortunes-zh (lyric text: English/Spanish sayings and verse, Tang and Song poems).
+# HeartCLAP real instrumental music: wesnoth-1.16-music, hyperrogue-music, drascula-music (training),
+# singularity-music, fb-music-high, asc-music (held out: `heartmula eval clap --real deb:PACKAGE`).
 # Server tests: chromium + chromium-driver (the page is tested in a real headless browser through Selenium).
 # The names are Debian's; without apt-get they are listed for installing by hand with the system's own tool.
-APT_PACKAGES=(ffmpeg libportaudio2 fluidsynth fluid-soundfont-gm timgm6mb-soundfont espeak-ng g++ fortunes fortunes-es fortunes-zh singularity-music chromium chromium-driver)
+APT_PACKAGES=(ffmpeg libportaudio2 fluidsynth fluid-soundfont-gm timgm6mb-soundfont espeak-ng g++ fortunes fortunes-es fortunes-zh singularity-music wesnoth-1.16-music hyperrogue-music drascula-music fb-music-high asc-music chromium chromium-driver)
 if command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
   missing=()
   for pkg in "${APT_PACKAGES[@]}"; do

@@ -73,19 +73,18 @@ def tags_embedding(tags: str | list[str], model: HeartCLAP | None = None, langua
 
 
 def tag_scores(audio, tags: list[str] | None = None, sample_rate: int | None = None,
-               model: HeartCLAP | None = None, language: str = "en") -> list[tuple[str, float]]:
+               model: HeartCLAP | None = None, language: str = "en", gate_languages: bool = True
+               ) -> list[tuple[str, float]]:
     """Zero-shot tagging: (tag, probability) for every tag (default: the tag vocabulary), most likely first.
 
     The probability is the sigmoid of the cosine under the scale and bias learned by the per-tag training loss, so
     0.5 is the model's own yes/no line (calibrated on the training corpus' tags; other tags are ranked usefully
-    but their probabilities are rougher)."""
-    import torch
+    but their probabilities are rougher). Language tags are gated on the voice: p(language | voice) * p(voice)
+    (`heartmula.clap.tagging`); `gate_languages=False` gives the ungated score."""
+    from heartmula.clap.tagging import tag_probabilities
 
     model = model or load_clap()
     tags = list(tags) if tags else known_tags()
     vector = _audio_embedding(model, audio, sample_rate)
-    text = model.embed_text([tags_prompt([t], language) for t in tags])
-    cosine = torch.from_numpy(text @ vector)
-    scale = model.logit_scale.detach().clamp(max=float(np.log(100.0))).exp()
-    probability = torch.sigmoid(scale * cosine + model.tag_bias.detach())
+    probability = tag_probabilities(model, vector[None], tags, language, gate_languages)[0]
     return sorted(zip(tags, probability.tolist()), key=lambda x: -x[1])

@@ -28,6 +28,10 @@ class Item:
     lyrics: str
     mel: np.ndarray  # [n_mels, T] float16
     chroma: np.ndarray  # [12, T] float16
+    # Tag categories the item's tags settle (None: all of them, as for corpus songs whose tags are complete). A real
+    # recording labelled only "instrumental" settles vocal and language, not genre or key.
+    known: frozenset[str] | None = None
+    vocals: str | None = None  # path of the item's vocal stem, if the manifest has one
 
 
 def _cache_key(config: HeartCLAPConfig) -> str:
@@ -61,8 +65,9 @@ def load_items(rows: list[dict], model: HeartCLAP, cache_dir: Path, progress: bo
             with atomic_output(path) as tmp:
                 np.savez(tmp, mel=mel.numpy().astype(np.float16), chroma=chroma.numpy().astype(np.float16))
         with np.load(path, allow_pickle=False) as data:
+            known = frozenset(row["known"]) if row.get("known") is not None else None
             items.append(Item(row["id"], frozenset(tags), tags, row.get("lyrics") or "", data["mel"],
-                              data["chroma"]))
+                              data["chroma"], known, row.get("vocals")))
     return items, skipped
 
 

@@ -57,10 +57,15 @@ def register_clap(actions) -> None:
         description="Embed the held-out songs (split val/test) of corpus manifests with a HeartCLAP model and report "
         "text->audio and audio->text R@1/5/10 and mAP@10 (full tag lists and 3-tag prompts, each language, beside "
         "random baselines), zero-shot tag ROC-AUC / PR-AUC, cross-lingual top-10 agreement (en/zh/ja/ko/es) and "
-        "tag-similarity of own vs. other songs' tags.",
+        "tag-similarity of own vs. other songs' tags, and the calibration (ECE) of tag probabilities. With --real: "
+        "on folders of real recordings, the share of instrumental tracks given a vocal or a language tag, and "
+        "retrieval among the real tracks for the tags the folders vouch for.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("manifest", type=Path, nargs="+", help="manifest.jsonl files or corpus folders")
+    p.add_argument("manifest", type=Path, nargs="*", help="manifest.jsonl files or corpus folders")
+    p.add_argument("--real", action="append", default=[], metavar="FOLDER[=TAGS]", help="a folder of real recordings "
+                   "that all have TAGS (comma-separated; default: instrumental); repeat for more folders. Keep "
+                   "folders the model was trained on out")
     p.add_argument("--model", type=Path, help="HeartCLAP folder (default: the shipped checkpoint)")
     p.add_argument("--splits", default="val,test", help="comma-separated splits that count as held out")
     p.add_argument("--gallery", choices=("all", "held-out"), default="all", help="songs searched for the "
@@ -79,16 +84,60 @@ def run_clap(args: argparse.Namespace) -> int:
     import torch
 
     from heartmula.clap import load_clap
+    from heartmula.errors import HeartMuLaError
     from heartmula.eval.clap_metrics import evaluate_clap
     from heartmula.files import atomic_output
     from heartmula.manifest import read_manifest
 
+    if not args.manifest and not args.real:
+        raise HeartMuLaError("give corpus manifests, --real folders, or both")
     torch.set_num_threads(args.threads)
     model = load_clap(args.model)
-    rows = [row for m in args.manifest for row in read_manifest(m)]
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    report = evaluate_clap(model, rows, splits, args.cache, args.gallery, progress=not args.quiet)
+    report = {}
+    if args.manifest:
+        rows = [row for m in args.manifest for row in read_manifest(m)]
+        splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+        report = evaluate_clap(model, rows, splits, args.cache, args.gallery, progress=not args.quiet)
+        _print_corpus_report(report)
+    if args.real:
+        report["real"] = _real_report(model, args)
+    if args.json:
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
 
+
+def _real_report(model, args: argparse.Namespace) -> dict:
+    import tempfile
+
+    from heartmula.clap.real_music import parse_source
+    from heartmula.eval.clap_real import evaluate_real_music
+
+    sources = [parse_source(s) for s in args.real]
+    with tempfile.TemporaryDirectory() as tmp:
+        real = evaluate_real_music(model, sources, args.cache or Path(tmp), progress=not args.quiet)
+
+    def rates(r):
+        return f"vocal >= 0.5 {100 * r['vocal_rate']:.0f}%, language >= 0.5 {100 * r['language_rate']:.0f}%"
+
+    print(f"real tracks: {real['tracks']} ({len(real['skipped'])} skipped)")
+    for name, entry in real["sources"].items():
+        if "gated" in entry:
+            print(f"  {name} ({entry['tracks']} instrumental tracks): {rates(entry['gated'])} "
+                  f"(language ungated {100 * entry['ungated']['language_rate']:.0f}%)")
+    if "gated" in real:
+        print(f"real instrumental tracks ({real['instrumental_tracks']}): {rates(real['gated'])}; language ungated "
+              f"{100 * real['ungated']['language_rate']:.0f}%; instrumental >= 0.5 "
+              f"{100 * real['instrumental_tag_rate']:.0f}%")
+    for tag, metrics in real["retrieval"].items():
+        print(f"real text->audio '{tag}' ({metrics['relevant']} relevant): R@1 {metrics['R@1']:.3f} R@10 "
+              f"{metrics['R@10']:.3f} mAP@10 {metrics['mAP@10']:.3f} ROC-AUC {metrics['roc_auc']:.3f} (random "
+              f"mAP@10 {metrics['random']['mAP@10']:.3f})")
+    return real
+
+
+def _print_corpus_report(report: dict) -> None:
     def line(name, metrics):
         return f"{name:28s} " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
 
@@ -111,11 +160,8 @@ def run_clap(args: argparse.Namespace) -> int:
     sim = report["tag_similarity"]
     print(f"tag similarity: own tags {sim['own_tags_mean']:.3f}, another song's tags {sim['other_song_tags_mean']:.3f}"
           f", own higher for {100 * sim['own_above_other']:.0f}% of songs")
-    if args.json:
-        with atomic_output(args.json) as tmp:
-            tmp.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    print(f"tag probability calibration: ECE {report['calibration']['ece']:.3f} over "
+          f"{report['calibration']['predictions']} (song, tag) pairs")
 
 
 def register_report(actions) -> None:

@@ -224,6 +224,15 @@ def register_clap(actions) -> None:
     p.add_argument("--text-only", action="store_true", help="train only the text projection (and the temperature "
                    "and tag bias) against fixed whole-song embeddings from the current audio tower; start from a "
                    "trained model by copying its config.json and model.safetensors into --out")
+    p.add_argument("--real", action="append", default=[], metavar="FOLDER[=TAGS]", help="a folder of real "
+                   "recordings that all have TAGS (default: instrumental) to train on; repeat for more folders")
+    p.add_argument("--eval-real", action="append", default=[], metavar="FOLDER[=TAGS]", help="a held-out folder of "
+                   "real instrumental recordings whose vocal/language false-positive rates go in the log")
+    p.add_argument("--real-share", type=float, default=0.15, help="share of each batch that is --real clips")
+    p.add_argument("--mix-share", type=float, default=0.15, help="share of each batch that is a corpus vocal stem "
+                   "over a --real clip (tagged with the voice's vocal and language tags)")
+    p.add_argument("--augment-rate", type=float, default=0.0, help="share of clips heard through a random room, EQ, "
+                   "band limit, noise floor and level (heartmula.train.clap_augment)")
     p.add_argument("--eval-every", type=int, default=100, help="steps between held-out retrieval metrics")
     p.add_argument("--save-every", type=int, default=50, help="steps between saves (resume points)")
     p.add_argument("--max-minutes", type=float, help="stop and save after this much wall time")
@@ -240,13 +249,16 @@ def run_clap(args: argparse.Namespace) -> int:
     import torch
 
     from heartmula.train.clap import ClapTrainConfig, train_clap
+    from heartmula.train.clap_augment import AugmentConfig
 
     torch.set_num_threads(args.threads)
     config = ClapTrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.lr, tag_weight=args.tag_weight, keep_tags=args.keep_tags,
                              align_weight=args.align_weight, text_only=args.text_only, warmup_steps=args.warmup_steps,
                              eval_every=args.eval_every, save_every=args.save_every, max_minutes=args.max_minutes,
-                             seed=args.seed)
+                             seed=args.seed, real_sources=tuple(args.real), eval_real=tuple(args.eval_real),
+                             real_share=args.real_share, mix_share=args.mix_share,
+                             augment=AugmentConfig(rate=args.augment_rate))
     report = train_clap(args.manifest, args.out, config, progress=not args.quiet)
     for item_id, reason in report["skipped"]:
         print(f"skipped {item_id}: {reason}")

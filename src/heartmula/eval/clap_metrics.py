@@ -117,6 +117,23 @@ def tag_metrics(scores: np.ndarray, labels: np.ndarray, tag_names: list[str]) ->
             "tags": len(per_tag), "per_tag": per_tag}
 
 
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    """Expected calibration error of binary probabilities (any shape, flattened): the mean over equal-width
+    probability bins of |mean predicted - share positive|, weighted by the share of predictions in the bin."""
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    ece, table = 0.0, []
+    for b in range(bins):
+        mask = which == b
+        if not mask.any():
+            continue
+        predicted, observed = float(probs[mask].mean()), float(labels[mask].mean())
+        ece += mask.mean() * abs(predicted - observed)
+        table.append({"bin": b, "count": int(mask.sum()), "predicted": predicted, "observed": observed})
+    return {"ece": float(ece), "bins": table, "predictions": int(probs.size)}
+
+
 def top_k_overlap(a: np.ndarray, b: np.ndarray) -> float:
     """Share of items two top-k lists have in common."""
     return len(set(a.tolist()) & set(b.tolist())) / max(len(a), 1)
@@ -151,7 +168,9 @@ def evaluate_clap(model, rows: list[dict], held_out_splits=("val", "test"), cach
     - tags: zero-shot ROC-AUC / PR-AUC per tag on held-out songs (single-tag English prompts), macro mean;
     - cross-lingual: the same description (full tag list and 3-tag subset of each held-out song) in en/zh/ja/ko/es
       against `gallery` ("all": every song of the manifests; "held-out"), mean top-10 overlap over language pairs;
-    - tag adherence: `tag_similarity` of each held-out song with its own tags vs. tags of another held-out song.
+    - tag adherence: `tag_similarity` of each held-out song with its own tags vs. tags of another held-out song;
+    - calibration: expected calibration error of the tag probabilities that `heartmula tag` prints (language tags
+      gated on the voice) over every (held-out song, corpus tag) pair.
     """
     import random
     import tempfile
@@ -159,6 +178,7 @@ def evaluate_clap(model, rows: list[dict], held_out_splits=("val", "test"), cach
 
     from heartmula.clap.data import embed_items, load_items
     from heartmula.clap.prompts import LANGUAGES, tags_prompt
+    from heartmula.clap.tagging import tag_probabilities
 
     held_rows = [r for r in rows if r["split"] in held_out_splits]
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,6 +230,7 @@ def evaluate_clap(model, rows: list[dict], held_out_splits=("val", "test"), cach
     tags = tag_metrics(audio @ tag_text.T, labels, vocabulary)
     report["tags"] = {k: v for k, v in tags.items() if k != "per_tag"}
     report["tags_per_tag"] = tags["per_tag"]
+    report["calibration"] = expected_calibration_error(tag_probabilities(model, audio, vocabulary), labels)
 
     own = np.sum(audio * full_en, axis=1)
     shuffled = [(i + 1 + rng.randrange(len(held) - 1)) % len(held) for i in range(len(held))]

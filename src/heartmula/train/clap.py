@@ -27,7 +27,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +37,25 @@ import torch.nn.functional as F
 from heartmula.clap.config import HeartCLAPConfig
 from heartmula.clap.data import Item, embed_items, load_items
 from heartmula.clap.model import HeartCLAP
-from heartmula.clap.prompts import LANGUAGES, tags_prompt, training_prompt
+from heartmula.clap.prompts import LANGUAGES, known_tags, normalise_tag, tag_categories, tags_prompt, training_prompt
+from heartmula.clap.real_music import parse_source, source_rows
+from heartmula.clap.tagging import tag_probabilities
 from heartmula.errors import HeartMuLaError
 from heartmula.eval.clap_metrics import retrieval_metrics
+from heartmula.eval.clap_real import false_positive_rates
 from heartmula.files import atomic_output
-from heartmula.manifest import read_manifest
+from heartmula.manifest import parse_tags, read_manifest
+from heartmula.train.clap_augment import AugmentConfig, augment_batch, mean_power, mix_voice
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
 DATA_FILE = "training_data.json"
 FEATURE_DIR = "features"
 HELD_OUT_SPLITS = ("val", "test")
+# What a vocal stem tells about its song: who sings and in which language (nothing of genre, instruments or key).
+VOICE_CATEGORIES = ("vocal", "language")
+# Logit of pairs whose match the labels cannot settle (kept out of the softmax; finite so that 0 * logit stays 0).
+IGNORED_LOGIT = -1e4
 
 
 @dataclass
@@ -71,6 +79,14 @@ class ClapTrainConfig:
     save_every: int = 50
     max_minutes: float | None = None  # stop (and save) after this much wall time; rerun to continue
     seed: int = 0
+    # Real recordings (`FOLDER` or `FOLDER=tag,tag`, default tag "instrumental"; heartmula.clap.real_music): a
+    # `real_share` of each batch are their clips, a `mix_share` are their clips with a corpus vocal stem on top
+    # (the voice's tags: vocal gender and language). `eval_real` sources are scored in the log, never trained on.
+    real_sources: tuple[str, ...] = ()
+    eval_real: tuple[str, ...] = ()
+    real_share: float = 0.15
+    mix_share: float = 0.15
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 def crop(item: Item, frames: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +108,31 @@ def positives(prompt_tags: list[frozenset[str]], items: list[Item]) -> torch.Ten
             for j, item in enumerate(items):
                 pos[i, j] |= stated <= item.tags
     return pos
+
+
+def unknown_pairs(prompt_tags: list[frozenset[str]], items: list[Item]) -> torch.Tensor:
+    """[prompts, clips] bool: pairs the clip's labels cannot settle. A clip whose tags cover only some categories
+    (`Item.known`: a real recording known to be instrumental) neither fits nor misses a prompt whose tags in those
+    categories it has but that also states tags of other categories ("instrumental, piano")."""
+    categories = tag_categories()
+    out = torch.zeros(len(prompt_tags), len(items), dtype=torch.bool)
+    for j, item in enumerate(items):
+        if item.known is None:
+            continue
+        for i, stated in enumerate(prompt_tags):
+            settled = {t for t in stated if categories.get(t) in item.known}
+            out[i, j] = i != j and settled <= item.tags and len(settled) < len(stated)
+    return out
+
+
+def tag_targets(items: list[Item], vocabulary: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([clips, tags] labels, [clips, tags] weights): a tag of a category the clip's labels do not cover has weight
+    0 (unknown, not absent)."""
+    categories = tag_categories()
+    labels = torch.tensor([[t in it.tags for t in vocabulary] for it in items], dtype=torch.float32)
+    weights = torch.tensor([[it.known is None or categories.get(t) in it.known for t in vocabulary]
+                            for it in items], dtype=torch.float32)
+    return labels, weights
 
 
 def multi_positive_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -119,6 +160,60 @@ def aligned_prompts(tag_sets: list[frozenset[str]], rng: random.Random, count: i
         template = rng.randrange(4)
         out += [tags_prompt(tags, lang, template) for lang in LANGUAGES]
     return out
+
+
+def voice_row(row: dict) -> dict | None:
+    """A manifest row's vocal stem as a row of its own: tagged with the song's vocal and language tags only."""
+    if not row.get("vocals"):
+        return None
+    categories = tag_categories()
+    tags = [t for t in parse_tags(row.get("tags") or "") if categories.get(normalise_tag(t)) in VOICE_CATEGORIES]
+    return {"id": f"{row['id']}.vocals", "audio": row["vocals"], "tags": ",".join(tags), "lyrics": row.get("lyrics"),
+            "known": list(VOICE_CATEGORIES), "split": row["split"]}
+
+
+def mixed_item(backing: Item, voice: Item, frames: int, rng: random.Random, augment: AugmentConfig) -> Item:
+    """A crop of `voice` (the loudest of three tries, so that it is sung) over a crop of `backing`."""
+    back = crop(backing, frames, rng)
+    sung = max((crop(voice, frames, rng) for _ in range(3)), key=lambda c: mean_power(c[0].astype(np.float32)))
+    mel, chroma = mix_voice(back, sung, rng.uniform(*augment.voice_db))
+    return Item(f"{voice.id}+{backing.id}", voice.tags, voice.tag_list, voice.lyrics, mel.astype(np.float16),
+                chroma.astype(np.float16), voice.known)
+
+
+def step_items(pools: dict[str, list[Item]], batch: int, frames: int, rng: random.Random,
+               config: ClapTrainConfig) -> list[Item]:
+    """The step's clips: corpus songs, real recordings (`real_share`) and voices over real backing (`mix_share`)."""
+    real, voices = pools.get("real", []), pools.get("voices", [])
+    n_real = min(len(real), round(batch * config.real_share)) if real else 0
+    n_mix = round(batch * config.mix_share) if real and voices else 0
+    chosen = rng.sample(pools["corpus"], min(len(pools["corpus"]), batch - n_real - n_mix))
+    chosen += rng.sample(real, n_real)
+    chosen += [mixed_item(rng.choice(real), rng.choice(voices), frames, rng, config.augment) for _ in range(n_mix)]
+    return chosen
+
+
+def real_pools(rows: list[dict], model: HeartCLAP, config: ClapTrainConfig, cache_dir: Path,
+               progress: bool) -> tuple[dict, list]:
+    """Feature-cached real recordings (training and held-out) and corpus vocal stems, with the skipped files."""
+    pools, skipped = {}, []
+    for name, sources, split in (("real", config.real_sources, "train"), ("eval_real", config.eval_real, "real")):
+        if sources:
+            real_rows = [r for s in sources for r in source_rows(parse_source(s), split)]
+            pools[name], more = load_items(real_rows, model, cache_dir, progress)
+            skipped += more
+    if config.real_sources and config.mix_share > 0:
+        voices = [v for v in map(voice_row, rows) if v and v["split"] == "train" and v["tags"]]
+        pools["voices"], more = load_items(voices, model, cache_dir, progress)
+        skipped += more
+    return pools, skipped
+
+
+def real_metrics(model: HeartCLAP, items: list[Item]) -> dict:
+    """Gated vocal / language false-positive rates on held-out real instrumental recordings."""
+    audio = embed_items(model, items)
+    rates = false_positive_rates(tag_probabilities(model, audio, known_tags()), known_tags())
+    return {f"real_{k}": v for k, v in rates.items()}
 
 
 def held_out_metrics(model: HeartCLAP, items: list[Item]) -> dict:
@@ -175,22 +270,8 @@ def _log(out: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def train_clap(
-    manifests: list[str | os.PathLike], out: str | os.PathLike, config: ClapTrainConfig | None = None,
-    progress: bool = True, model_config: HeartCLAPConfig | None = None,
-) -> dict:
-    from tqdm import tqdm
-
-    config = config or ClapTrainConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [row for m in manifests for row in read_manifest(m)]
-    train_rows = [r for r in rows if r["split"] == "train"]
-    held_rows = [r for r in rows if r["split"] in HELD_OUT_SPLITS]
-    if not train_rows:
-        raise HeartMuLaError("the manifests have no rows with split 'train'; build a corpus with `heartmula data "
-                             "build` or import songs with `heartmula data import`")
-
+def _model_and_optimizer(out: Path, config: ClapTrainConfig, model_config: HeartCLAPConfig | None):
+    """The model (resumed from `out` when it holds one), its optimiser and the step to continue from."""
     resumed_from = 0
     if (out / "config.json").is_file():
         model = HeartCLAP.from_pretrained(out)
@@ -211,24 +292,95 @@ def train_clap(
             optimizer.load_state_dict(state["optimizer"])
         # else: a new stage trains other parameters (--text-only after joint training): its moments start fresh
         resumed_from = int(state["step"])
+    return model, optimizer, resumed_from
+
+
+def _write_training_data(out: Path, manifests, rows, pools: dict, skipped: list, vocabulary, config,
+                         frame_rate: float) -> None:
+    hours = {name: sum(it.mel.shape[1] for it in items) / frame_rate / 3600 for name, items in pools.items()}
+    (out / DATA_FILE).write_text(json.dumps({
+        "manifests": [str(m) for m in manifests], "train_items": len(pools["corpus"]),
+        "held_out_items": len(pools["held"]), "skipped": skipped, "tags": vocabulary,
+        "train_config": asdict(config), "licenses": sorted({r["license"] for r in rows}),
+        "train_hours": sum(r["duration"] for r in rows if r["split"] == "train") / 3600,
+        "real_tracks": len(pools.get("real", [])), "real_hours": hours.get("real", 0.0),
+        "vocal_stems": len(pools.get("voices", [])), "eval_real_tracks": len(pools.get("eval_real", [])),
+    }, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def _step_loss(model: HeartCLAP, chosen: list[Item], vocabulary: list[str], rng: random.Random, step: int,
+               config: ClapTrainConfig, fixed_audio: torch.Tensor | None, row_of: dict) -> tuple[torch.Tensor, dict]:
+    """The training loss of one step's clips and its parts."""
+    frames = model.config.clip_frames
+    crops = [crop(it, frames, rng) for it in chosen]
+    mel = torch.from_numpy(np.stack([c[0] for c in crops]).astype(np.float32))
+    mel += torch.tensor([rng.uniform(-config.gain_jitter, config.gain_jitter) for _ in chosen])[:, None, None]
+    if config.augment.rate > 0:
+        mel = augment_batch(mel, rng, model.config, config.augment)
+    chroma = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.float32))
+    prompts = [training_prompt(it.tag_list, it.lyrics, rng, config.keep_tags, config.lyrics_rate)
+               for it in chosen]
+    tag_language = rng.choice(LANGUAGES)
+    tag_prompts = [tags_prompt([t], tag_language, rng.randrange(4)) for t in vocabulary]
+    # Its own seeded stream, so the batches are the same whether the alignment is on or off.
+    align = (aligned_prompts([s for _, s in prompts], random.Random(f"align-{config.seed}-{step}"),
+                             config.align_prompts) if config.align_weight > 0 else [])
+    if fixed_audio is None:
+        audio = model.audio_embedding(mel, chroma)
+    else:
+        audio = fixed_audio[[row_of[it.id] for it in chosen]]
+    # One call to the sentence encoder per step: each call has a fixed cost well above that of a sentence.
+    sentences = model.encode_sentences([p for p, _ in prompts] + tag_prompts + align)
+    text = model.text_embedding(sentences[: len(prompts)])
+    scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
+    stated = [s for _, s in prompts]
+    logits = (scale * text @ audio.T).masked_fill(unknown_pairs(stated, chosen), IGNORED_LOGIT)
+    contrastive = multi_positive_nce(logits, positives(stated, chosen))
+    tag_text = model.text_embedding(sentences[len(prompts) : len(prompts) + len(tag_prompts)])
+    labels, weights = tag_targets(chosen, vocabulary)
+    tag_loss = F.binary_cross_entropy_with_logits(scale * audio @ tag_text.T + model.tag_bias, labels,
+                                                  weight=weights, reduction="sum") / weights.sum().clamp(min=1.0)
+    loss = contrastive + config.tag_weight * tag_loss
+    spread = torch.zeros(())
+    if align:
+        aligned = model.text_embedding(sentences[len(prompts) + len(tag_prompts) :])
+        spread = cross_lingual_spread(aligned.view(-1, len(LANGUAGES), aligned.shape[-1]))
+        loss = loss + config.align_weight * spread
+    return loss, {"contrastive": contrastive.item(), "tag": tag_loss.item(), "spread": spread.item(),
+                  "scale": scale.item()}
+
+
+def train_clap(
+    manifests: list[str | os.PathLike], out: str | os.PathLike, config: ClapTrainConfig | None = None,
+    progress: bool = True, model_config: HeartCLAPConfig | None = None,
+) -> dict:
+    from tqdm import tqdm
+
+    config = config or ClapTrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row for m in manifests for row in read_manifest(m)]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    held_rows = [r for r in rows if r["split"] in HELD_OUT_SPLITS]
+    if not train_rows:
+        raise HeartMuLaError("the manifests have no rows with split 'train'; build a corpus with `heartmula data "
+                             "build` or import songs with `heartmula data import`")
+    model, optimizer, resumed_from = _model_and_optimizer(out, config, model_config)
 
     cache_dir = Path(os.environ.get("HEARTMULA_CLAP_FEATURES", out / FEATURE_DIR))
     train_items, skipped = load_items(train_rows, model, cache_dir, progress)
     held_items, held_skipped = load_items(held_rows, model, cache_dir, progress)
-    skipped += held_skipped
+    pools, real_skipped = real_pools(rows, model, config, cache_dir, progress)
+    pools.update(corpus=train_items, held=held_items)
+    skipped += held_skipped + real_skipped
     if len(train_items) < 2:
         raise HeartMuLaError(f"only {len(train_items)} usable training songs (tagged and readable); need >= 2")
-    vocabulary = sorted({t for it in train_items for t in it.tags})
-    (out / DATA_FILE).write_text(json.dumps({
-        "manifests": [str(m) for m in manifests], "train_items": len(train_items), "held_out_items": len(held_items),
-        "skipped": skipped, "tags": vocabulary, "train_config": asdict(config),
-        "licenses": sorted({r["license"] for r in rows}),
-        "train_hours": sum(r["duration"] for r in train_rows) / 3600,
-    }, indent=1, ensure_ascii=False), encoding="utf-8")
+    vocabulary = sorted({t for it in train_items + pools.get("real", []) for t in it.tags})
+    _write_training_data(out, manifests, rows, pools, skipped, vocabulary, config,
+                         model.config.sample_rate / model.config.hop_length)
 
     fixed_audio = _fixed_audio_embeddings(model, train_items, out) if config.text_only else None
     row_of = {it.id: i for i, it in enumerate(train_items)}
-    frames = model.config.clip_frames
     batch = min(config.batch_size, len(train_items))
     started = time.time()
     step = resumed_from
@@ -236,39 +388,10 @@ def train_clap(
     bar = tqdm(total=config.steps, initial=step, desc="train clap", disable=not progress)
     while step < config.steps:
         rng = random.Random(config.seed * 1_000_003 + step)
-        chosen = rng.sample(train_items, batch)
-        crops = [crop(it, frames, rng) for it in chosen]
-        mel = torch.from_numpy(np.stack([c[0] for c in crops]).astype(np.float32))
-        mel += torch.tensor([rng.uniform(-config.gain_jitter, config.gain_jitter) for _ in chosen])[:, None, None]
-        chroma = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.float32))
-        prompts = [training_prompt(it.tag_list, it.lyrics, rng, config.keep_tags, config.lyrics_rate)
-                   for it in chosen]
-        tag_language = rng.choice(LANGUAGES)
-        tag_prompts = [tags_prompt([t], tag_language, rng.randrange(4)) for t in vocabulary]
-        # Its own seeded stream, so the batches are the same whether the alignment is on or off.
-        align = (aligned_prompts([s for _, s in prompts], random.Random(f"align-{config.seed}-{step}"),
-                                 config.align_prompts) if config.align_weight > 0 else [])
-
+        chosen = step_items(pools, batch, model.config.clip_frames, rng, config)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
-        if fixed_audio is None:
-            audio = model.audio_embedding(mel, chroma)
-        else:
-            audio = fixed_audio[[row_of[it.id] for it in chosen]]
-        # One call to the sentence encoder per step: each call has a fixed cost well above that of a sentence.
-        sentences = model.encode_sentences([p for p, _ in prompts] + tag_prompts + align)
-        text = model.text_embedding(sentences[: len(prompts)])
-        scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
-        contrastive = multi_positive_nce(scale * text @ audio.T, positives([s for _, s in prompts], chosen))
-        tag_text = model.text_embedding(sentences[len(prompts) : len(prompts) + len(tag_prompts)])
-        labels = torch.tensor([[t in it.tags for t in vocabulary] for it in chosen], dtype=torch.float32)
-        tag_loss = F.binary_cross_entropy_with_logits(scale * audio @ tag_text.T + model.tag_bias, labels)
-        loss = contrastive + config.tag_weight * tag_loss
-        spread = torch.zeros(())
-        if align:
-            aligned = model.text_embedding(sentences[len(prompts) + len(tag_prompts) :])
-            spread = cross_lingual_spread(aligned.view(-1, len(LANGUAGES), aligned.shape[-1]))
-            loss = loss + config.align_weight * spread
+        loss, parts = _step_loss(model, chosen, vocabulary, rng, step, config, fixed_audio, row_of)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -278,11 +401,11 @@ def train_clap(
         first_loss = last_loss if first_loss is None else first_loss
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}")
-        record = {"step": step, "loss": last_loss, "contrastive": contrastive.item(), "tag": tag_loss.item(),
-                  "spread": spread.item(),
-                  "lr": _lr(step - 1, config), "scale": scale.item(), "elapsed_s": round(time.time() - started, 1)}
-        if held_items and (step % config.eval_every == 0 or step == config.steps):
-            record.update(held_out_metrics(model, held_items))
+        record = {"step": step, "loss": last_loss, **parts, "lr": _lr(step - 1, config),
+                  "elapsed_s": round(time.time() - started, 1)}
+        if step % config.eval_every == 0 or step == config.steps:
+            record.update(held_out_metrics(model, held_items) if held_items else {})
+            record.update(real_metrics(model, pools["eval_real"]) if pools.get("eval_real") else {})
             model.train()
         _log(out, record)
         out_of_time = config.max_minutes is not None and time.time() - started > 60 * config.max_minutes
