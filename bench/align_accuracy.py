@@ -93,13 +93,16 @@ def main() -> int:
     result = {
         "command": "python bench/align_accuracy.py " + " ".join(sys.argv[1:]),
         "method": "embedded Whisper base (int8), language given, lyrics prompt " + ("off" if args.no_prompt else "on")
-        + "; Needleman-Wunsch over normalised words (characters for zh/ja); mixes of val+test songs",
+        + "; Needleman-Wunsch over normalised words (characters for zh/ja), then forced alignment of the known "
+        "lines and line starts snapped to note onsets; mixes of val+test songs (settings chosen on val and train "
+        "songs, test reported apart)",
         "per_language": {language: summary([s for s in songs if s["language"] == language]) for language in languages},
+        "per_split": {split: summary([s for s in songs if s["split"] == split]) for split in ("val", "test")},
         "all": summary(songs), "songs": songs, "machine": machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    print(json.dumps({k: result[k] for k in ("per_language", "all")}, indent=1), file=sys.stderr)
+    print(json.dumps({k: result[k] for k in ("per_language", "per_split", "all")}, indent=1), file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

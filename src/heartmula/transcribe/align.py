@@ -28,9 +28,17 @@ import numpy as np
 from heartmula.audio import load_audio
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
-from heartmula.transcribe.backends import SAMPLE_RATE
+from heartmula.transcribe.backends import CHUNK_SECONDS, SAMPLE_RATE
 from heartmula.transcribe.pipeline import NO_SPACE_LANGUAGES, TranscribeConfig, Transcriber
 from heartmula.transcribe.result import Transcript, _lrc_time, _srt_time
+from heartmula.transcribe.retime import (
+    CONTEXT_WORDS,
+    forced_word_times,
+    line_groups,
+    onset_envelope,
+    onset_peaks,
+    snap_to_onset,
+)
 
 ALIGN_FORMATS = ("lrc", "srt", "json")
 _SECTION_HEADER = re.compile(r"^\s*\[[^\]\n]*\]\s*$")
@@ -47,12 +55,17 @@ class AlignConfig:
     prompt: bool = True  # condition Whisper on the lyrics expected in each chunk (ctranslate2 backend)
     snap_to_voice: bool = True  # move word starts that fall in a pause to where the voice begins
     max_no_speech: float = 0.2  # transcribed lines whose window Whisper rates likelier silence than this are dropped
+    forced: bool = True  # retime heard lines by forced alignment of their own text (ctranslate2 backend)
+    window_margin: float = 1.0  # seconds of audio before and after a group of lines in a forced-alignment window
+    onset_radius: float = 0.8  # a line start moves to the strongest note onset at most this far before (0: off)
+    onset_after: float = 0.1  # ... or this far after it (forced alignment starts a line late rather than early)
+    onset_min_height: float = 0.3  # onsets weaker than this share of the song's strong onsets are ignored
 
     def validate(self) -> AlignConfig:
         if not 0.0 <= self.min_confidence <= self.low_confidence <= 1.0 or not 0 < self.word_similarity <= 1 or \
-                not 0.0 <= self.max_no_speech <= 1.0:
-            raise HeartMuLaError("need 0 <= min_confidence <= low_confidence <= 1, 0 < word_similarity <= 1 and "
-                                 "0 <= max_no_speech <= 1")
+                not 0.0 <= self.max_no_speech <= 1.0 or self.window_margin < 0 or self.onset_radius < 0:
+            raise HeartMuLaError("need 0 <= min_confidence <= low_confidence <= 1, 0 < word_similarity <= 1, "
+                                 "0 <= max_no_speech <= 1, window_margin >= 0 and onset_radius >= 0")
         return self
 
 
@@ -70,7 +83,7 @@ class AlignedLine:
     section: str
     start: float | None  # None for an unsung line
     end: float | None
-    confidence: float  # share of the line's units matched to the transcript, 0..1
+    confidence: float  # share of the line's letters in units matched to the transcript, 0..1
     status: str  # "sung", "low" (heard in part) or "unsung" (not heard: no times)
     words: list[AlignedWord] = field(default_factory=list)
 
@@ -149,7 +162,8 @@ def line_words(line: str, characters: bool, language: str) -> list[tuple[str, li
 def transcript_units(transcript: Transcript, characters: bool, language: str) -> list[tuple[str, float, float]]:
     """(unit, start, end) of the transcribed words; a word's span is shared evenly by its units."""
     units = []
-    for word in transcript.words():
+    # a zero-length word was clamped to the end of its chunk: decoded past the audio, an echo of the prompt
+    for word in (w for w in transcript.words() if w.end > w.start):
         normal = normalize_unit(word.text, language)
         pieces = [ch for ch in normal if not ch.isspace()] if characters else normal.split()
         step = (word.end - word.start) / max(len(pieces), 1)
@@ -182,7 +196,10 @@ def needleman_wunsch(scores: np.ndarray, gap: float = GAP_SCORE) -> list[tuple[i
         without_left = np.concatenate([[total[i, 0]], np.maximum(diagonal, up)])
         # the best over "k cells from the left, then j - k left moves" is a running maximum
         total[i] = offsets + np.maximum.accumulate(without_left - offsets)
-        move[i, 1:] = np.where(total[i, 1:] > without_left[1:] + 1e-9, 2, np.where(diagonal >= up, 0, 1))
+        # ties go left (a transcribed unit left unpaired at the end): of equal alignments the traceback keeps
+        # the one that pairs the lyrics with the earliest occurrence, as a repeated line's first hearing is
+        # likelier sung than an echo of the prompt
+        move[i, 1:] = np.where(total[i, :-1] + gap >= total[i, 1:] - 1e-9, 2, np.where(diagonal >= up, 0, 1))
     pairs, i, j = [], rows, cols
     while i > 0 and j > 0:
         if move[i, j] == 0:
@@ -277,7 +294,9 @@ def place_lines(lines: list[tuple[str, str]], transcript: Transcript, characters
     out, previous_end = [], 0.0
     for n, (section, text) in enumerate(lines):
         line_units = [u for u in units if u.line == n]
-        confidence = sum(u.heard is not None for u in line_units) / max(len(line_units), 1)
+        # weighted by length: a line heard only in its shortest word ("a", "아") is weak evidence of the line
+        confidence = sum(len(u.text) for u in line_units if u.heard is not None) / max(
+            sum(len(u.text) for u in line_units), 1)
         status = "unsung" if confidence < config.min_confidence or confidence == 0 else (
             "low" if confidence < config.low_confidence else "sung")
         if status == "unsung":
@@ -298,6 +317,50 @@ def place_lines(lines: list[tuple[str, str]], transcript: Transcript, characters
         previous_end = times[-1][1]
         out.append(AlignedLine(text, section, words[0].start, words[-1].end, round(confidence, 3), status, words))
     return out
+
+
+def retime_lines(placed: list[AlignedLine], backend, mono: np.ndarray, language: str, characters: bool,
+                 config: AlignConfig) -> None:
+    """Second pass, in place: the words of every group of timed lines forced-aligned in one window around them
+    (opened by the preceding lyric line's last words), then each line start moved to the nearest note onset."""
+    duration = len(mono) / SAMPLE_RATE
+    spans = [(line.start, line.end) if line.start is not None else None for line in placed]
+    if config.forced and hasattr(backend, "force_align"):
+        for group in line_groups(spans, config.window_margin):
+            previous = [w.text for w in placed[group[0] - 1].words] if group[0] else []
+            context = previous[-(3 if characters else CONTEXT_WORDS):]
+            # the first text token is aligned from the window's first frame: the margin is given to the context
+            # words; without context the window opens where the first pass heard the line begin
+            start = max(spans[group[0]][0] - (config.window_margin if context else 0.0), 0.0)
+            end = min(spans[group[-1]][1] + config.window_margin, start + CHUNK_SECONDS, duration)
+            words = [[w.text for w in placed[k].words] for k in group]
+            for k, times in zip(group, forced_word_times(backend, mono, language, words, context, start, end,
+                                                         characters)):
+                for word, (a, b) in zip(placed[k].words, times):
+                    word.start, word.end = a, b
+    peaks = onset_peaks(onset_envelope(mono)) if config.onset_radius > 0 else None
+    timed = [line for line in placed if line.start is not None and line.words]
+    for line in timed:
+        if peaks is not None:
+            first = line.words[0]
+            first.start = snap_to_onset(first.start, peaks, config.onset_radius, config.onset_min_height,
+                                        config.onset_after)
+            first.end = max(first.end, first.start)
+    _make_lines_monotonic(timed)
+
+
+def _make_lines_monotonic(timed: list[AlignedLine]) -> None:
+    """Word starts never step back; a line ends where the next one starts at the latest; times rounded to ms."""
+    last_start = 0.0
+    for n, line in enumerate(timed):
+        next_start = timed[n + 1].words[0].start if n + 1 < len(timed) else None
+        for word in line.words:
+            word.start = max(word.start, last_start)
+            word.end = max(word.end, word.start)
+            if next_start is not None and next_start >= word.start:
+                word.end = min(word.end, next_start)
+            word.start, word.end, last_start = round(word.start, 3), round(word.end, 3), word.start
+        line.start, line.end = line.words[0].start, line.words[-1].end
 
 
 class Aligner:
@@ -325,12 +388,12 @@ class Aligner:
         if not transcript.words():
             raise HeartMuLaError(f"no singing or speech heard in {name} ({transcript.duration:.1f} s): nothing to "
                                  "align the lyrics to")
-        voiced = None
-        if self.config.snap_to_voice:
-            voiced = voice_onsets(self.transcriber.prepare_audio(audio, sample_rate),
-                                  self.transcriber.config.vad_threshold)
+        mono = self.transcriber.prepare_audio(audio, sample_rate)
+        voiced = voice_onsets(mono, self.transcriber.config.vad_threshold) if self.config.snap_to_voice else None
         language = self.transcriber.config.language or transcript.language
-        placed = place_lines(lines, transcript, uses_characters(lines, language), language, self.config, voiced)
+        characters = uses_characters(lines, language)
+        placed = place_lines(lines, transcript, characters, language, self.config, voiced)
+        retime_lines(placed, self.transcriber.backend, mono, language, characters, self.config)
         return Alignment(name, language, round(transcript.duration, 3), placed, transcript.text,
                          self.transcriber.location.name)
 

@@ -105,6 +105,31 @@ class CTranslate2Backend:
                                float(s.no_speech_prob), float(s.compression_ratio)))
         return out
 
+    def force_align(self, audio: np.ndarray, language: str | None, pieces: list[str]) -> list[tuple[float, float]]:
+        """(start, end) in seconds of each text piece in one chunk of at most 30 s, by dynamic time warping over
+        the cross-attention of Whisper's alignment heads while the decoder reads the given text (no decoding).
+        Pieces are joined as written: a piece carries its own leading space or separator."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(self.model.hf_tokenizer, self.multilingual, task="transcribe",
+                              language=language if self.multilingual else None)
+        token_pieces = [tokenizer.encode(piece) for piece in pieces]
+        tokens = [t for piece in token_pieces for t in piece]
+        if not tokens:
+            return [(0.0, 0.0)] * len(pieces)
+        features = self.model.feature_extractor(audio)
+        frames = min(features.shape[-1], self.model.feature_extractor.nb_max_frames)
+        features = np.pad(features[:, :frames], ((0, 0), (0, self.model.feature_extractor.nb_max_frames - frames)))
+        encoded = self.model.encode(features)
+        result = self.model.model.align(encoded, tokenizer.sot_sequence, [tokens], frames)[0]
+        text_index = np.array([pair[0] for pair in result.alignments])
+        time_index = np.array([pair[1] for pair in result.alignments])
+        jumps = np.pad(np.diff(text_index), (1, 0), constant_values=1).astype(bool)
+        token_times = np.append(time_index[jumps] / self.model.tokens_per_second, frames / 100.0)
+        bounds = np.cumsum([0] + [len(piece) for piece in token_pieces])
+        return [(float(token_times[min(a, len(token_times) - 1)]), float(token_times[min(b, len(token_times) - 1)]))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
 
 class TransformersBackend:
     """transformers' WhisperForConditionalGeneration: any Hugging Face Whisper folder, e.g. HeartTranscriptor-oss."""
