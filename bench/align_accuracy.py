@@ -5,7 +5,10 @@ their mix with their own lyrics and language. A line's onset error is |aligned s
 flagged unsung count as misses (every corpus line is sung) and are not in the error statistics.
 
     python bench/align_accuracy.py --corpus work/corpus10h [--per-language 4] [--no-prompt]
-        [--out bench/results/align_accuracy.json]
+        [--out bench/results/align_accuracy.json] [--resume]
+
+The result is rewritten after every song ("complete": false until the last); --resume keeps the songs that an
+interrupted run of the same method measured.
 
 The corpus folder holds manifest.jsonl, or items/*.json while it is being built (same rows).
 """
@@ -74,34 +77,62 @@ def summary(songs: list[dict]) -> dict:
             "share_within_0.5s": round(float(np.mean(errors <= 0.5)), 3) if len(errors) else None}
 
 
+METHOD = ("embedded Whisper base (int8), language given, lyrics prompt {prompt}; Needleman-Wunsch over normalised "
+          "words (characters for zh/ja), then forced alignment of the known lines and line starts snapped to note "
+          "onsets; mixes of val+test songs (settings chosen on val and train songs, test reported apart)")
+
+
+def write_result(args: argparse.Namespace, songs: list[dict], planned: int) -> None:
+    """The result so far (written after every song, so that an interrupted run keeps what it measured)."""
+    languages = sorted({s["language"] for s in songs})
+    command = [a for a in sys.argv[1:] if a != "--resume"]
+    result = {
+        "command": "python bench/align_accuracy.py " + " ".join(command),
+        "method": METHOD.format(prompt="off" if args.no_prompt else "on"),
+        "complete": len(songs) == planned, "songs_planned": planned,
+        "per_language": {language: summary([s for s in songs if s["language"] == language]) for language in languages},
+        "per_split": {split: summary([s for s in songs if s["split"] == split]) for split in ("val", "test")},
+        "all": summary(songs), "songs": songs, "machine": machine(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".partial")
+    partial.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    partial.replace(args.out)
+
+
+def earlier_songs(args: argparse.Namespace) -> dict[str, dict]:
+    """Songs measured by an interrupted run of the same method (--resume)."""
+    if not args.resume or not args.out.is_file():
+        return {}
+    earlier = json.loads(args.out.read_text(encoding="utf-8"))
+    if earlier.get("method") != METHOD.format(prompt="off" if args.no_prompt else "on"):
+        return {}
+    return {song["id"]: song for song in earlier["songs"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--per-language", type=int, default=4)
     parser.add_argument("--no-prompt", action="store_true", help="do not condition Whisper on the lyrics")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="keep the songs an interrupted run already measured")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "align_accuracy.json")
     args = parser.parse_args()
     rows = pick(held_out_rows(args.corpus), args.per_language)
+    done = earlier_songs(args)
     songs = []
     for row in rows:
+        if row["id"] in done:
+            songs.append(done[row["id"]])
+            continue
         aligner = Aligner(TranscribeConfig(model="base", threads=args.threads, language=row["language"], vad=False),
                           AlignConfig(prompt=not args.no_prompt))
         songs.append(song_errors(aligner, args.corpus, row))
         print(row["id"], row["language"], summary(songs[-1:]), file=sys.stderr)
-    languages = sorted({s["language"] for s in songs})
-    result = {
-        "command": "python bench/align_accuracy.py " + " ".join(sys.argv[1:]),
-        "method": "embedded Whisper base (int8), language given, lyrics prompt " + ("off" if args.no_prompt else "on")
-        + "; Needleman-Wunsch over normalised words (characters for zh/ja), then forced alignment of the known "
-        "lines and line starts snapped to note onsets; mixes of val+test songs (settings chosen on val and train "
-        "songs, test reported apart)",
-        "per_language": {language: summary([s for s in songs if s["language"] == language]) for language in languages},
-        "per_split": {split: summary([s for s in songs if s["split"] == split]) for split in ("val", "test")},
-        "all": summary(songs), "songs": songs, "machine": machine(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        write_result(args, songs, len(rows))
+    write_result(args, songs, len(rows))
+    result = json.loads(args.out.read_text(encoding="utf-8"))
     print(json.dumps({k: result[k] for k in ("per_language", "per_split", "all")}, indent=1), file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

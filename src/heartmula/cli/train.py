@@ -31,6 +31,14 @@ def register_transcriber(actions) -> None:
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only (less memory, faster)")
     p.add_argument("--max-seconds", type=float, default=30.0, help="clips longer than this are cut (Whisper "
                    "sees 30 s at most)")
+    p.add_argument("--split", help="use only manifest rows of this split (e.g. train)")
+    p.add_argument("--exclude-voice", action="append", default=[], metavar="LANGUAGE-GENDER",
+                   help="never train on this voice (e.g. ja-female), to keep it for testing; repeatable")
+    p.add_argument("--sources", default="audio", help="comma-separated manifest audio keys: audio (mixes), "
+                   "vocals (stems)")
+    p.add_argument("--save-every", type=int, default=100, help="steps between resumable checkpoints (a rerun "
+                   "with the same settings resumes)")
+    p.add_argument("--export-ct2", type=Path, help="also write an int8 CTranslate2 folder here (for faster-whisper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -46,11 +54,16 @@ def run_transcriber(args: argparse.Namespace) -> int:
     config = TranscriberTrainConfig(
         model=args.model, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         warmup_steps=args.warmup_steps, freeze_encoder=args.freeze_encoder, max_seconds=args.max_seconds,
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, split=args.split, exclude_voices=tuple(args.exclude_voice),
+        sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()), save_every=args.save_every,
     )
     report = train_transcriber(args.manifest, args.out, config, progress=not args.quiet)
     print(f"trained {report.steps} steps on {report.items} items: loss {report.first_loss:.3f} -> "
           f"{report.last_loss:.3f}; wrote {args.out}")
+    if args.export_ct2:
+        from heartmula.transcribe.convert import export_ctranslate2
+
+        print(f"wrote {export_ctranslate2(args.out, args.export_ct2)} (CTranslate2, int8)")
     return 0
 
 

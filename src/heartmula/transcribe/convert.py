@@ -215,3 +215,27 @@ def convert_ct2_to_transformers(ct2_dir: str | os.PathLike, out_dir: str | os.Pa
         WhisperFeatureExtractor(feature_size=config_dict["num_mel_bins"]).save_pretrained(out_dir)
         tmp_marker.write_text(json.dumps({"source": str(ct2_dir), "converter_version": CONVERTER_VERSION}))
     return out_dir
+
+
+def export_ctranslate2(folder: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8") -> Path:
+    """A transformers Whisper folder (e.g. a fine-tuned one) -> a CTranslate2 folder that faster-whisper and
+    `heartmula transcribe --model OUT` run; int8 weights by default. Written beside OUT, then renamed into place."""
+    require("transcribe", "ctranslate2", feature="the CTranslate2 export")
+    from ctranslate2.converters import TransformersConverter
+
+    folder, out_dir = Path(folder), Path(out_dir)
+    if not (folder / "config.json").is_file():
+        raise HeartMuLaError(f"{folder} is not a transformers Whisper folder (no config.json)")
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    copy = [name for name in ("tokenizer.json", "preprocessor_config.json") if (folder / name).is_file()]
+    try:
+        TransformersConverter(str(folder), copy_files=copy).convert(str(partial), quantization=quantization,
+                                                                    force=True)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise HeartMuLaError(f"cannot export {folder} to CTranslate2: {exc}") from None
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    return out_dir
