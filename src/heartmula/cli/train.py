@@ -169,6 +169,9 @@ def register_voice(actions) -> None:
                    "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
                    "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
     p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
+    p.add_argument("--voiced-envelope-weight", type=float, default=0.0, help="adds this times the harmonic "
+                   "envelope's L1 on voiced frames alone to the voice loss (the envelope is what keeps the words; "
+                   "the plain L1 averages it with silent and instrumental frames)")
     p.add_argument("--phonetic", action="store_true",
                    help="--train-codes: the encoder also reads the embedded Whisper encoder's features (cached per "
                    "item) and codebook 0 is distilled towards them, so the codes keep the sung words")
@@ -202,7 +205,8 @@ def run_voice(args: argparse.Namespace) -> int:
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
-                              voice_weight=args.voice_weight, phonetic=args.phonetic,
+                              voice_weight=args.voice_weight, voiced_envelope_weight=args.voiced_envelope_weight,
+                              phonetic=args.phonetic,
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,
                               stem_fraction=args.stem_fraction, autoencoder_weight=args.autoencoder_weight,
                               exclude_ids=tuple(args.exclude_id), extra_audio=tuple(args.extra_audio),
@@ -285,7 +289,7 @@ def run_clap(args: argparse.Namespace) -> int:
 LM_DEFAULTS = dict(preset="small", version="3B", steps=1000, batch_size=4, context=1024, min_frames=32,
                    learning_rate=6e-4, warmup_steps=50, weight_decay=0.05, decoder_fraction=0.25, uncond_prob=0.1,
                    tag_drop_prob=0.15, all_tags_drop_prob=0.1, vocab_size=4096, eval_every=50, save_every=50, seed=0,
-                   reference_prob=0.5)
+                   reference_prob=0.5, align_weight=0.0, align_heads=2)
 
 
 def register_lm(actions) -> None:
@@ -323,6 +327,12 @@ def register_lm(actions) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (matrices only)")
     p.add_argument("--decoder-fraction", type=float, default=d.decoder_fraction, help="fraction of frames the "
                    "local decoder trains on per step (saves compute; the backbone sees all frames)")
+    p.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the lyric alignment loss: "
+                   "rows that predict a sung frame attend to the lyric line sung there (needs a cache tokenized "
+                   "from a manifest with line timings, e.g. `heartmula data build`); 0 = off")
+    p.add_argument("--align-layer", type=int, default=None, help="backbone layer of the alignment loss; the middle "
+                   "one when not given")
+    p.add_argument("--align-heads", type=int, default=d.align_heads, help="query heads of that layer it aligns")
     p.add_argument("--uncond-prob", type=float, default=d.uncond_prob, help="probability that a sample is "
                    "unconditional (all text replaced by the null embedding), for classifier-free guidance")
     p.add_argument("--tag-drop-prob", type=float, default=d.tag_drop_prob, help="probability of dropping each tag")
@@ -361,6 +371,7 @@ def run_lm(args: argparse.Namespace) -> int:
         preset=args.preset, version=args.version, steps=args.steps, batch_size=args.batch_size,
         context=args.context, min_frames=args.min_frames, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
+        align_weight=args.align_weight, align_layer=args.align_layer, align_heads=args.align_heads,
         tag_drop_prob=args.tag_drop_prob, all_tags_drop_prob=args.all_tags_drop_prob,
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         reference_prob=args.reference_prob, init_from=_init_from(args.init_from),
