@@ -16,8 +16,9 @@ def register(verbs) -> None:
         "align",
         help="time known lyrics to a song (karaoke LRC, SRT, JSON)",
         description="Forced alignment of known lyrics: Whisper transcribes the song prompted with the lyrics, the "
-        "lyric words are aligned to the heard words in order (a repeated chorus lands on its own occurrence), and "
-        "words not heard are timed between heard neighbours. Every line gets a confidence (share of its words "
+        "lyric words are aligned to the heard words in order (a repeated chorus lands on its own occurrence), then "
+        "the heard lines are retimed by forced alignment of their own words and each line start moves to the "
+        "nearest note onset. Every line gets a confidence (share of its words "
         "heard); lines not heard are flagged unsung and get no times (left out of LRC and SRT, kept in JSON). "
         "Without --out the result is printed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
