@@ -7,7 +7,28 @@ To add a trainer (codec, lm, clap, ...), write `register_<what>(actions)` that a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import io
 from pathlib import Path
+
+
+def on_every_rank(handler):
+    """A handler that also runs under `torchrun --nproc_per_node N -m heartmula train ...`: each process joins the
+    group (heartmula.train.distributed) and only rank 0 prints."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from heartmula.train.distributed import launched_by_torchrun, session
+
+        if not launched_by_torchrun():
+            return handler(args)
+        with session(getattr(args, "device", "cpu")) as ranks:
+            quiet = contextlib.nullcontext() if ranks.is_main else contextlib.redirect_stdout(io.StringIO())
+            with quiet:
+                return handler(args)
+
+    return run
 
 
 def register_transcriber(actions) -> None:
@@ -107,7 +128,7 @@ def register_codec(actions) -> None:
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_codec)
+    p.set_defaults(handler=on_every_rank(run_codec))
 
 
 def run_codec(args: argparse.Namespace) -> int:
@@ -239,7 +260,7 @@ def register_clap(actions) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_clap)
+    p.set_defaults(handler=on_every_rank(run_clap))
 
 
 def run_clap(args: argparse.Namespace) -> int:
@@ -327,7 +348,7 @@ def register_lm(actions) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the data order")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_lm)
+    p.set_defaults(handler=on_every_rank(run_lm))
 
 
 def _init_from(name: str | None) -> str | None:

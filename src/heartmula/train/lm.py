@@ -46,6 +46,7 @@ from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
+from heartmula.train.distributed import Ranks, barrier, current_ranks, data_parallel, mean_across_ranks
 from heartmula.train.state import load_training_state, save_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
 from heartmula.train.token_cache import CachedItem, load_cache
@@ -203,28 +204,40 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
 
 
 def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch."""
-    k = model.num_codebooks
-    hidden, targets = embed_samples(model, samples)
-    out = model.backbone(hidden, torch.arange(hidden.shape[1]))
-    c0_loss = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100)
+              generator: torch.Generator | None = None, ranks: Ranks | None = None) -> tuple[torch.Tensor, dict]:
+    """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch.
 
-    # Local decoder on a random subset of the frames.
-    batch_index = torch.cat([torch.full((len(s.frame_rows),), i) for i, s in enumerate(samples)])
+    With `ranks` of several processes, `samples` is the global batch (drawn alike on every rank) and this rank runs
+    only its slice: its losses are its share of the global sums times the world size, so that the average that DDP
+    takes of the ranks' gradients is the gradient of the global means. The decoder's frames are chosen over the
+    global batch, so the choice is the same whatever the number of processes."""
+    ranks = ranks or Ranks()
+    k = model.num_codebooks
+    owner = torch.cat([torch.full((len(s.frame_rows),), i) for i, s in enumerate(samples)])
     rows = torch.cat([s.frame_rows for s in samples])
     codes = torch.cat([s.frame_codes for s in samples])
-    if decoder_fraction < 1.0:
+    if decoder_fraction < 1.0:  # the local decoder trains on a random subset of the frames
         keep = max(1, round(decoder_fraction * len(rows)))
         chosen = torch.randperm(len(rows), generator=generator)[:keep]
-        batch_index, rows, codes = batch_index[chosen], rows[chosen], codes[chosen]
-    states = out[batch_index, rows]  # [N, D]: the state that predicted each frame's codebook 0
+        owner, rows, codes = owner[chosen], rows[chosen], codes[chosen]
+    c0_count = sum(int((s.c0_targets != -100).sum()) for s in samples)
+    decoder_count = len(rows) * (k - 1)
+    mine = owner % ranks.world == ranks.rank
+    owner, rows, codes = owner[mine] // ranks.world, rows[mine], codes[mine]
+
+    hidden, targets = embed_samples(model, ranks.slice(samples))
+    out = model.backbone(hidden, torch.arange(hidden.shape[1]))
+    c0_sum = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100,
+                             reduction="sum")
+    states = out[owner, rows]  # [N, D]: the state that predicted each frame's codebook 0
     offsets = model.config.audio_vocab_size * torch.arange(k - 1)
     previous = model.audio_embeddings(codes[:, : k - 1] + offsets)  # [N, K-1, D]: emb of c0..c(K-2)
     decoder_in = model.projection(torch.cat([states[:, None], previous], dim=1))  # [N, K, Ddec]
     decoded = model.decoder(decoder_in, torch.arange(k))
     logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
-    decoder_loss = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
+    decoder_sum = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten(), reduction="sum")
+    c0_loss = c0_sum * (ranks.world / max(1, c0_count))
+    decoder_loss = decoder_sum * (ranks.world / max(1, decoder_count))
     total = c0_loss + decoder_loss
     return total, {"c0": float(c0_loss.detach()), "dec": float(decoder_loss.detach())}
 
@@ -342,6 +355,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         torch.set_num_threads(config.threads)
     if not 0.0 <= config.reference_prob <= 1.0:
         raise HeartMuLaError(f"--reference-prob must lie in [0, 1], got {config.reference_prob}")
+    ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
+    ranks.check_batch(config.batch_size)
     cache, out = Path(cache), Path(out)
     index, items = load_cache(cache)
     codec = index["codec"]
@@ -377,7 +392,11 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         if model.num_codebooks != codec["num_codebooks"]:
             raise HeartMuLaError(f"{source} predicts {model.num_codebooks} codebooks, the cache's codec has "
                                  f"{codec['num_codebooks']}; {advice}")
-    tokenizer = _prepare_tokenizer(out, train_items, config, init)
+    if ranks.is_main:  # the other ranks read the tokenizer that rank 0 trained or copied
+        tokenizer = _prepare_tokenizer(out, train_items, config, init)
+    barrier()
+    if not ranks.is_main:
+        tokenizer = _prepare_tokenizer(out, train_items, config, init)
     gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
                                   audio_eos_id=codec["codebook_size"] + 1, empty_id=0)
     if model is None:
@@ -385,7 +404,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
                           config.seed)
     if tokenizer.vocab_size > model.config.text_vocab_size:
         raise HeartMuLaError(f"tokenizer has {tokenizer.vocab_size} tokens, the model {model.config.text_vocab_size}")
-    gen_config.save(out / GEN_CONFIG_FILE)
+    if ranks.is_main:
+        gen_config.save(out / GEN_CONFIG_FILE)
     if config.context > model.config.backbone.max_seq_len:
         raise HeartMuLaError(f"--context {config.context} exceeds the backbone's {model.config.backbone.max_seq_len}")
 
@@ -402,16 +422,17 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     if not train_items:
         raise HeartMuLaError(f"every item's prompt leaves fewer than {config.min_frames} frames in a context of "
                              f"{config.context}; raise --context")
-    with atomic_output(data_path) as tmp:  # what the checkpoint was trained on (licenses travel with the data)
-        tmp.write_text(json.dumps({"cache": str(cache.resolve()), "codec": codec, "codec_fingerprint":
-                                   codec["fingerprint"], "train_items": len(train_items), "val_items": len(val_items),
-                                   "skipped_long_prompts": skipped,
-                                   # the CLAP model whose embeddings the reference slot learned: use it to embed
-                                   # reference audio at generation time (stream --reference-audio --clap DIR)
-                                   "clap": index.get("clap"), "reference_prob": config.reference_prob,
-                                   "init_from": _recorded_init(data_path, init),
-                                   "train_items_with_reference": sum(i.reference is not None for i in train_items)},
-                                  indent=1, ensure_ascii=False))
+    if ranks.is_main:  # what the checkpoint was trained on (licenses travel with the data)
+        with atomic_output(data_path) as tmp:
+            tmp.write_text(json.dumps({
+                "cache": str(cache.resolve()), "codec": codec, "codec_fingerprint": codec["fingerprint"],
+                "train_items": len(train_items), "val_items": len(val_items), "skipped_long_prompts": skipped,
+                # the CLAP model whose embeddings the reference slot learned: use it to embed reference audio at
+                # generation time (stream --reference-audio --clap DIR)
+                "clap": index.get("clap"), "reference_prob": config.reference_prob,
+                "init_from": _recorded_init(data_path, init),
+                "train_items_with_reference": sum(i.reference is not None for i in train_items)},
+                indent=1, ensure_ascii=False))
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -425,14 +446,15 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     # Longer songs are drawn more often: every frame of the corpus is about equally likely to be seen.
     weights = [i.codes.shape[1] for i in train_items]
 
+    step_losses = data_parallel(model, lm_losses, ranks)
     bar = None
-    if progress:
+    if progress and ranks.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc="train lm", unit="step")
     model.train()
     log_path = out / LOG_FILE
-    if log_path.is_file():  # steps logged after the last checkpoint are trained again: drop their old records
+    if log_path.is_file() and ranks.is_main:  # steps logged after the last checkpoint are trained again: drop
         kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line)["step"] <= start_step]
         with atomic_output(log_path) as tmp:
@@ -452,19 +474,22 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
                 reference = item.reference
             samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
-        loss, parts = lm_losses(model, samples, config.decoder_fraction, generator)
+        loss, parts = step_losses(samples, config.decoder_fraction, generator, ranks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        record = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in
-                  parts.items()}, "lr": round(lr, 7), "grad_norm": round(float(grad_norm), 3),
+        parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
+        record = {"step": step + 1, **{k: round(v, 4) for k, v in parts.items()}, "lr": round(lr, 7),
+                  "grad_norm": round(float(grad_norm), 3),
                   "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2),
                   "references": sum(s.reference is not None for s in samples)}
         if report.first_loss is None:
             report.first_loss = record["loss"]
         report.last_loss = record["loss"]
         last_step = step + 1 == config.steps
+        if not ranks.is_main:
+            continue
         if val_items and (last_step or (step + 1) % config.eval_every == 0):
             val = validation_loss(model, builder, val_items, config, config.batch_size)
             record.update(val)
@@ -482,7 +507,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             model.train()
     if bar is not None:
         bar.close()
-    if start_step >= config.steps or not (model_dir / CONFIG_FILE).is_file():
+    if ranks.is_main and (start_step >= config.steps or not (model_dir / CONFIG_FILE).is_file()):
         _save_state(out, model_dir, model, optimizer, max(start_step, config.steps), config)
     model.eval()
+    barrier()  # every rank returns once rank 0 has written the last checkpoint
     return report
