@@ -101,6 +101,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextlib.contextmanager
+def main_rank_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writes a cache or a tokenizer), then the other ranks (which read it)."""
+    ranks = current_ranks()
+    if not ranks.is_main:
+        barrier()
+    yield
+    if ranks.is_main:
+        barrier()
+
+
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of `values` over the ranks (the values themselves for one process)."""
     values = values.detach().clone()
@@ -117,15 +128,51 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     return {key: float(v) / current_ranks().world for key, v in zip(values, total)}
 
 
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` [n, ...] concatenated on dim 0 in rank order, without gradients."""
+    if not current_ranks().distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(current_ranks().world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def in_batch_order(gathered: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Rows gathered in rank order (rank 0's slice, rank 1's, ...) put back in the global batch's order: row i of
+    the batch is row i // world of rank i % world's slice."""
+    if not ranks.distributed:
+        return gathered
+    per_rank = gathered.shape[0] // ranks.world
+    order = torch.tensor([(i % ranks.world) * per_rank + i // ranks.world for i in range(gathered.shape[0])])
+    return gathered[order]
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather on dim 0 whose backward hands each rank the sum over ranks of the gradient of its own rows (each
+    rank's loss reads every rank's rows)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ranks = current_ranks()
+        ctx.rows, ctx.rank = tensor.shape[0], ranks.rank
+        parts = [torch.empty_like(tensor) for _ in range(ranks.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's `tensor` [n, ...] on dim 0, in rank order; gradients flow back to each rank's part
-    (for losses over the whole batch, such as a contrastive loss's in-batch negatives)."""
-    ranks = current_ranks()
-    if not ranks.distributed:
+    (for losses over the whole batch, such as a contrastive loss's in-batch negatives). With DDP's average over the
+    ranks, the gradient is that of one process computing the loss on the whole batch."""
+    if not current_ranks().distributed:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return _GatherRows.apply(tensor)
 
 
 class LossModule(nn.Module):
@@ -141,9 +188,11 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, *args, **kwargs)
 
 
-def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, fsdp: bool = False) -> nn.Module:
+def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, fsdp: bool = False,
+                  find_unused_parameters: bool = False) -> nn.Module:
     """A module whose forward is `loss_fn(model, ...)`: wrapped in DistributedDataParallel (or FSDP with `fsdp`)
-    when several processes run, as is otherwise."""
+    when several processes run, as is otherwise. `find_unused_parameters` for models with trainable parameters that
+    a step may not use (DDP then marks them ready itself)."""
     step = LossModule(model, loss_fn)
     if fsdp:
         if not ranks.distributed:
@@ -154,7 +203,7 @@ def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, fsdp: bool 
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [ranks.local_rank] if next(model.parameters()).is_cuda else None
-    return DistributedDataParallel(step, device_ids=device_ids)
+    return DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 def transformer_layers(model: nn.Module) -> list[nn.Module]:
@@ -181,5 +230,5 @@ def unwrapped(module: nn.Module) -> nn.Module:
 
 
 __all__ = ["COLLECTIVE_TIMEOUT", "LossModule", "Ranks", "barrier", "current_ranks", "data_parallel", "device_for",
-           "gather_with_grad", "launched_by_torchrun", "mean_across_ranks", "session", "shard_fully",
-           "sum_across_ranks", "transformer_layers", "unwrapped"]
+           "gather", "gather_with_grad", "in_batch_order", "launched_by_torchrun", "main_rank_first",
+           "mean_across_ranks", "session", "shard_fully", "sum_across_ranks", "transformer_layers", "unwrapped"]

@@ -46,7 +46,7 @@ from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
-from heartmula.train.distributed import Ranks, barrier, current_ranks, data_parallel, mean_across_ranks
+from heartmula.train.distributed import Ranks, barrier, current_ranks, data_parallel, main_rank_first, mean_across_ranks
 from heartmula.train.state import load_training_state, save_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
 from heartmula.train.token_cache import CachedItem, load_cache
@@ -392,10 +392,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         if model.num_codebooks != codec["num_codebooks"]:
             raise HeartMuLaError(f"{source} predicts {model.num_codebooks} codebooks, the cache's codec has "
                                  f"{codec['num_codebooks']}; {advice}")
-    if ranks.is_main:  # the other ranks read the tokenizer that rank 0 trained or copied
-        tokenizer = _prepare_tokenizer(out, train_items, config, init)
-    barrier()
-    if not ranks.is_main:
+    with main_rank_first():  # the other ranks read the tokenizer that rank 0 trained or copied
         tokenizer = _prepare_tokenizer(out, train_items, config, init)
     gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
                                   audio_eos_id=codec["codebook_size"] + 1, empty_id=0)
