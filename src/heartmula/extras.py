@@ -24,6 +24,7 @@ EXTRAS = {
     "eval": "the evaluation recipes",
     "train": "training",
     "play": "playback through a sound device",
+    "scale": "running beyond one machine (Ray batch generation, the Qdrant library index)",
 }
 
 

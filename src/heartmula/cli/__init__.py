@@ -26,6 +26,7 @@ VERB_MODULES = (
     "heartmula.cli.serve",
     "heartmula.cli.clap",
     "heartmula.cli.stream",
+    "heartmula.cli.batch",
     "heartmula.cli.doctor",
 )
 
