@@ -44,6 +44,8 @@ def register(verbs) -> None:
                    "default: the embedded base")
     p.add_argument("--clap-model", help="HeartCLAP folder for searching the library by text or example; "
                    "default: the shipped HeartCLAP when installed, else search by text in titles/tags/lyrics only")
+    p.add_argument("--search-index", metavar="LOCATION", help="where the library search index lives: default "
+                   "DATA/clap-index/; or a Qdrant collection, qdrant://HOST:PORT/COLLECTION (the 'scale' extra)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=run)
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origin, allowed_hosts=[h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
         max_batch=args.max_batch, transcribe_model=args.transcribe_model, clap_model=args.clap_model,
+        search_index=args.search_index,
     )
     config.check()
     if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):

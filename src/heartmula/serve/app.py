@@ -157,7 +157,7 @@ def build_services(config: ServeConfig, load_models: Callable[[], tuple] | None 
         """Embeddings run in the worker's thread once it serves (one thread computes: see SongWorker)."""
         return worker.call(fn, *args).result() if worker.state == "ready" else fn(*args)
 
-    search = LibrarySearch(store, clap_dir, on_model_thread) if clap_dir else None
+    search = LibrarySearch(store, clap_dir, on_model_thread, config.search_index) if clap_dir else None
     worker = SongWorker(store, load_models or default_model_loader(config), config.max_batch,
                         after_finish=search.enqueue if search else None,
                         on_ready=(lambda: search.enqueue(BACKFILL)) if search else None,
