@@ -95,3 +95,37 @@ def test_global_batch_must_divide_among_the_ranks():
     assert Ranks(1, 2).slice([0, 1, 2, 3]) == [1, 3]
     with pytest.raises(HeartMuLaError, match="multiple of the 3 processes"):
         Ranks(0, 3).check_batch(4)
+
+
+def test_fsdp_plan_of_the_3b_lm_on_the_meta_device():
+    """The 3B geometry sharded over 8 ranks (a fake process group: shapes only, no weights, no communication)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor, Shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from heartmula.lm.config import HeartMuLaConfig
+    from heartmula.lm.model import HeartMuLa
+    from heartmula.train.distributed import LossModule, shard_fully, transformer_layers
+    from heartmula.train.lm import lm_losses
+
+    with torch.device("meta"):
+        model = HeartMuLa(HeartMuLaConfig())  # the release's llama-3B backbone and 300M decoder
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    total = sum(p.numel() for p in model.parameters())
+    dist.init_process_group("fake", store=FakeStore(), rank=3, world_size=8)
+    try:
+        step = shard_fully(LossModule(model, lm_losses), mesh=init_device_mesh("cpu", (8,)))
+        units = transformer_layers(model)
+        assert len(units) == 28 + 3 and all(isinstance(u, FSDPModule) for u in units)
+        local = 0
+        for name, param in step.named_parameters():
+            assert isinstance(param, DTensor) and param.placements == (Shard(0),) and param.is_meta
+            rows = shapes[name.removeprefix("model.")][0]
+            per_rank = -(-rows // 8)
+            assert param.to_local().shape[0] == max(0, min(per_rank, rows - 3 * per_rank))
+            local += param.to_local().numel()
+    finally:
+        dist.destroy_process_group()
+    assert 3.9e9 < total < 4.0e9 and local < 1.01 * total / 8

@@ -85,11 +85,11 @@ class QdrantIndex:
     """A library index in a Qdrant collection (created with `dim` when missing and `create`)."""
 
     def __init__(self, location: str, dim: int | None = None, model: str | None = None, create: bool = True):
+        self.location = location
+        self.client, self.collection = connect(location)  # names the 'scale' extra when qdrant-client is missing
         from qdrant_client import models
 
-        self.location = location
         self.models = models
-        self.client, self.collection = connect(location)
         self.meta_collection = f"{self.collection}-meta"
         meta = self._read_meta()
         if meta is None:
