@@ -331,6 +331,12 @@ def register_lm(actions) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (matrices only)")
     p.add_argument("--decoder-fraction", type=float, default=d.decoder_fraction, help="fraction of frames the "
                    "local decoder trains on per step (saves compute; the backbone sees all frames)")
+    p.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the lyric alignment loss: "
+                   "rows that predict a sung frame attend to the lyric line sung there (needs a cache tokenized "
+                   "from a manifest with line timings, e.g. `heartmula data build`); 0 = off")
+    p.add_argument("--align-layer", type=int, default=None, help="backbone layer of the alignment loss (default: "
+                   "the middle one)")
+    p.add_argument("--align-heads", type=int, default=d.align_heads, help="query heads of that layer it aligns")
     p.add_argument("--uncond-prob", type=float, default=d.uncond_prob, help="probability that a sample is "
                    "unconditional (all text replaced by the null embedding), for classifier-free guidance")
     p.add_argument("--tag-drop-prob", type=float, default=d.tag_drop_prob, help="probability of dropping each tag")
@@ -369,6 +375,7 @@ def run_lm(args: argparse.Namespace) -> int:
         preset=args.preset, version=args.version, steps=args.steps, batch_size=args.batch_size,
         context=args.context, min_frames=args.min_frames, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
+        align_weight=args.align_weight, align_layer=args.align_layer, align_heads=args.align_heads,
         tag_drop_prob=args.tag_drop_prob, all_tags_drop_prob=args.all_tags_drop_prob,
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         reference_prob=args.reference_prob, init_from=_init_from(args.init_from),
