@@ -293,7 +293,7 @@ def run_clap(args: argparse.Namespace) -> int:
 LM_DEFAULTS = dict(preset="small", version="3B", steps=1000, batch_size=4, context=1024, min_frames=32,
                    learning_rate=6e-4, warmup_steps=50, weight_decay=0.05, decoder_fraction=0.25, uncond_prob=0.1,
                    tag_drop_prob=0.15, all_tags_drop_prob=0.1, vocab_size=4096, eval_every=50, save_every=50, seed=0,
-                   reference_prob=0.5)
+                   reference_prob=0.5, align_weight=0.0, align_heads=2)
 
 
 def register_lm(actions) -> None:
@@ -334,8 +334,8 @@ def register_lm(actions) -> None:
     p.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the lyric alignment loss: "
                    "rows that predict a sung frame attend to the lyric line sung there (needs a cache tokenized "
                    "from a manifest with line timings, e.g. `heartmula data build`); 0 = off")
-    p.add_argument("--align-layer", type=int, default=None, help="backbone layer of the alignment loss (default: "
-                   "the middle one)")
+    p.add_argument("--align-layer", type=int, default=None, help="backbone layer of the alignment loss; the middle "
+                   "one when not given")
     p.add_argument("--align-heads", type=int, default=d.align_heads, help="query heads of that layer it aligns")
     p.add_argument("--uncond-prob", type=float, default=d.uncond_prob, help="probability that a sample is "
                    "unconditional (all text replaced by the null embedding), for classifier-free guidance")
