@@ -12,7 +12,8 @@ How the trainers use it:
   submodules, and DDP synchronises only what runs inside its wrapped module's forward);
 - rank 0 alone writes checkpoints, logs and reports; checkpoints hold the whole model and optimizer state keyed by
   parameter name, so a run resumes with any number of processes;
-- `shard_fully` applies FSDP (one unit per transformer layer) for models that do not fit one device, e.g. the 3B LM.
+- `shard_fully` is the FSDP plan (one unit per transformer layer) for models that do not fit one device, e.g. the
+  3B LM; it is checked on the meta device, and the trainers do not use it yet.
 """
 
 from __future__ import annotations
@@ -68,13 +69,6 @@ def current_ranks() -> Ranks:
     if not (dist.is_available() and dist.is_initialized()):
         return Ranks()
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def device_for(ranks: Ranks, device: str = "cpu") -> torch.device:
-    """CUDA ranks use the GPU of their local rank; CPU ranks share the CPU."""
-    if str(device).startswith("cuda") and ranks.distributed:
-        return torch.device("cuda", ranks.local_rank)
-    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -188,16 +182,11 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, *args, **kwargs)
 
 
-def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, fsdp: bool = False,
-                  find_unused_parameters: bool = False) -> nn.Module:
-    """A module whose forward is `loss_fn(model, ...)`: wrapped in DistributedDataParallel (or FSDP with `fsdp`)
-    when several processes run, as is otherwise. `find_unused_parameters` for models with trainable parameters that
-    a step may not use (DDP then marks them ready itself)."""
+def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, find_unused_parameters: bool = False) -> nn.Module:
+    """A module whose forward is `loss_fn(model, ...)`: wrapped in DistributedDataParallel when several processes
+    run, as is otherwise. `find_unused_parameters` for models with trainable parameters that a step may not use
+    (DDP then marks them ready itself)."""
     step = LossModule(model, loss_fn)
-    if fsdp:
-        if not ranks.distributed:
-            raise HeartMuLaError("--fsdp shards the model over several processes: start them with torchrun")
-        return shard_fully(step)
     if not ranks.distributed:
         return step
     from torch.nn.parallel import DistributedDataParallel
@@ -222,13 +211,6 @@ def shard_fully(model: nn.Module, mesh=None) -> nn.Module:
     return fully_shard(model, mesh=mesh)
 
 
-def unwrapped(module: nn.Module) -> nn.Module:
-    """The model inside DDP / LossModule wrappers (what checkpoints store)."""
-    while hasattr(module, "module") or isinstance(module, LossModule):
-        module = module.model if isinstance(module, LossModule) else module.module
-    return module
-
-
-__all__ = ["COLLECTIVE_TIMEOUT", "LossModule", "Ranks", "barrier", "current_ranks", "data_parallel", "device_for",
+__all__ = ["COLLECTIVE_TIMEOUT", "LossModule", "Ranks", "barrier", "current_ranks", "data_parallel",
            "gather", "gather_with_grad", "in_batch_order", "launched_by_torchrun", "main_rank_first",
-           "mean_across_ranks", "session", "shard_fully", "sum_across_ranks", "transformer_layers", "unwrapped"]
+           "mean_across_ranks", "session", "shard_fully", "sum_across_ranks", "transformer_layers"]
