@@ -13,8 +13,8 @@ A track is one point: its id is a UUID made from the track's path, its vector th
 the embeddings are normalised, so scores equal the folder index's cosines), its payload the track's metadata, its
 folders (so that removing a folder is one filtered delete) and the model fingerprint. The collection's format,
 dimension and model fingerprint live in a companion collection `<COLLECTION>-meta`; a library built with one
-HeartCLAP model refuses vectors and queries of another, and searches also filter on the model, so vectors of two
-models never mix.
+HeartCLAP model refuses vectors and queries of another, and searches on a server also filter on the model, so
+vectors of two models never mix.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class QdrantIndex:
 
     def __init__(self, location: str, dim: int | None = None, model: str | None = None, create: bool = True):
         self.location = location
+        self.local = location.startswith("qdrant-local:")
         self.client, self.collection = connect(location)  # names the 'scale' extra when qdrant-client is missing
         from qdrant_client import models
 
@@ -119,7 +120,7 @@ class QdrantIndex:
         if not self.client.collection_exists(self.collection):
             self.client.create_collection(self.collection, vectors_config=models.VectorParams(
                 size=dim, distance=models.Distance.DOT))
-            for field in () if self.location.startswith("qdrant-local:") else ("path", "folders", "model"):
+            for field in () if self.local else ("path", "folders", "model"):
                 self.client.create_payload_index(self.collection, field, models.PayloadSchemaType.KEYWORD)
         self.client.create_collection(self.meta_collection, vectors_config=models.VectorParams(
             size=1, distance=models.Distance.DOT))
@@ -224,8 +225,12 @@ class QdrantIndex:
             return []
         models = self.models
         must_not = [models.HasIdCondition(has_id=[point_id(str(p)) for p in exclude])] if exclude else []
+        # Servers filter on the indexed model field for free; local mode would test every point in Python, and
+        # there the collection's recorded model (checked on open and on every add) already keeps models apart.
+        must = [] if self.local else self._model_filter()
+        query_filter = models.Filter(must=must, must_not=must_not) if must or must_not else None
         found = self.client.query_points(self.collection, query=query.tolist(), limit=k, with_payload=True,
-                                         query_filter=models.Filter(must=self._model_filter(), must_not=must_not))
+                                         query_filter=query_filter)
         return [Hit(float(p.score), self._track(p.payload)) for p in found.points]
 
     def close(self) -> None:
