@@ -104,7 +104,7 @@ def test_killed_run_resumes_on_ray_with_the_songs_of_generate(checkpoint, reques
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = run_batch(requests_file, out, BatchOptions(model=str(checkpoint), device="cpu", batch_size=2),
-                            ray_address="local", workers=2, timeouts=RayTimeouts(start=120, batch=120))
+                            ray_address="local", workers=2, timeouts=RayTimeouts(start=300, batch=300))
     finally:
         ray.shutdown()
     assert (summary.skipped, summary.done, summary.failed) == (2, 4, 0)
