@@ -81,7 +81,8 @@ def main() -> None:
         same = all(np.array_equal(np.load(tmp / "here" / r["codes"]), np.load(tmp / "ray" / r["codes"]))
                    for r in read_manifest(tmp / "here").values())
     result = {
-        "command": "python bench/scale_ray_overhead.py", "machine": machine(),
+        "command": "python bench/scale_ray_overhead.py" + (f" --songs {args.songs}" if args.songs != 24 else ""),
+        "machine": machine(),
         "load_average_1min": round(os.getloadavg()[0], 1), "songs": args.songs, "song_seconds": args.duration,
         "batch_size": 1, "ray_workers": 1, "in_process": here, "ray_local": on_ray,
         "ray_init_seconds": round(init_seconds, 2),
