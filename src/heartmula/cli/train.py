@@ -435,7 +435,97 @@ def run_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_ACTIONS = (register_transcriber, register_codec, register_voice, register_clap, register_lm, register_lora)
+def register_prefer(actions) -> None:
+    p = actions.add_parser(
+        "prefer", aliases=["dpo"],
+        help="preference-tune an LM (DPO) towards songs that follow their tags",
+        description="Rounds of: sample --songs-per-prompt songs per training prompt from the current model, score "
+        "each with rewards (HeartCLAP tag similarity, onset tempo against the tempo tag, spectral flatness against "
+        "the drums tag, voiced share when lyrics are given), pair the best with the worst song of each prompt, and "
+        "train with DPO against the frozen starting model, as a LoRA adapter (default) or the whole model (--full). "
+        "--out holds the adapter (PEFT layout: `--lora OUT` generates with it), each round's songs and rewards, and "
+        "prefer_log.jsonl (every reward separately). Running again with the same --out resumes; --eval-seeds "
+        "compares base and tuned model on the quality report's held-out prompts (eval.json), with two tempo "
+        "judges that are not rewards.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--from", dest="base", default="default", metavar="ROOT_OR_DIR", help="the model to tune: a "
+                   "checkpoint root or model folder, or `default` for the embedded default LM")
+    p.add_argument("--out", type=Path, required=True, help="folder of the run (created, or resumed)")
+    p.add_argument("--version", default="3B")
+    p.add_argument("--codec", help="codec that decodes the samples (default: beside the LM / the embedded one)")
+    p.add_argument("--rounds", type=int, default=3, help="sample-and-train rounds (counting resumed ones)")
+    p.add_argument("--prompts", type=int, default=24, help="training prompts (styles x slow/fast x drums, some "
+                   "sung)")
+    p.add_argument("--songs-per-prompt", type=int, default=4, help="K songs sampled per prompt and round")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each sampled song")
+    p.add_argument("--epochs", type=int, default=2, help="passes over a round's pairs")
+    p.add_argument("--pair-batch", type=int, default=4, help="pairs per optimiser step")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO beta (strength of the pull to the reference)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--full", action="store_true", help="train every parameter (against a frozen copy) instead of "
+                   "a LoRA adapter")
+    add_lora_shape_options(p)
+    p.add_argument("--weights", default="tag=1,tempo=1,drums=0.5,voice=0.5", help="weight of each reward in the "
+                   "ranking (rewards are z-scored among a prompt's songs first)")
+    p.add_argument("--min-margin", type=float, default=0.5, help="pairs whose weighted score gap is smaller are "
+                   "not used")
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="guidance the songs are sampled with")
+    p.add_argument("--eval-seeds", type=int, default=0, help="after training, generate each held-out prompt with "
+                   "this many seeds from base and tuned model and write OUT/eval.json (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=run_prefer)
+
+
+def _weights(text: str) -> dict:
+    from heartmula.errors import HeartMuLaError
+
+    weights = {}
+    for part in _names(text):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise HeartMuLaError(f"--weights takes name=number pairs (tag, tempo, drums, voice), got {part!r}"
+                                 ) from None
+    unknown = sorted(set(weights) - {"tag", "tempo", "drums", "voice"})
+    if unknown:
+        raise HeartMuLaError(f"--weights: unknown rewards {unknown}; known: tag, tempo, drums, voice")
+    return weights
+
+
+def run_prefer(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("train", "peft", feature="heartmula train prefer")
+    import json
+
+    from heartmula.files import atomic_output
+    from heartmula.train.prefer import PreferConfig, evaluate_against_base, train_prefer, training_prompts
+
+    config = PreferConfig(
+        rounds=args.rounds, songs_per_prompt=args.songs_per_prompt, seconds=args.seconds, epochs=args.epochs,
+        pair_batch=args.pair_batch, beta=args.beta, learning_rate=args.lr, lora=not args.full, rank=args.rank,
+        alpha=args.alpha, dropout=args.dropout, targets=_names(args.targets), parts=_names(args.parts),
+        weights=_weights(args.weights), min_margin=args.min_margin, cfg_scale=args.cfg_scale, version=args.version,
+        codec=args.codec, seed=args.seed, threads=args.threads,
+    )
+    base = _init_from(args.base)
+    state = train_prefer(base, args.out, config, training_prompts(args.prompts, args.seed), not args.quiet)
+    print(f"{state['round']} rounds done ({state['step']} DPO steps); wrote {args.out}")
+    if args.eval_seeds > 0:
+        results = evaluate_against_base(base, args.out, config, list(range(args.eval_seeds)))
+        with atomic_output(args.out / "eval.json") as tmp:
+            tmp.write_text(json.dumps(results, indent=1))
+        for name, result in results.items():
+            print(name, json.dumps(result["summary"]), f"LM RTF {result['lm_rtf']:.3f}")
+    return 0
+
+
+TRAIN_ACTIONS = (register_transcriber, register_codec, register_voice, register_clap, register_lm, register_lora,
+                 register_prefer)
 
 
 def register(verbs) -> None:
