@@ -218,6 +218,14 @@ def run_transformer(transformer, x: torch.Tensor, positions: torch.Tensor, check
 def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
               generator: torch.Generator | None = None, checkpoint: bool = False) -> tuple[torch.Tensor, dict]:
     """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch."""
+    c0_loss, decoder_loss = lm_loss_terms(model, samples, decoder_fraction, generator, checkpoint)
+    return c0_loss + decoder_loss, {"c0": float(c0_loss.detach()), "dec": float(decoder_loss.detach())}
+
+
+def lm_loss_terms(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
+                  generator: torch.Generator | None = None, checkpoint: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of `lm_losses` as tensors (codebook 0, codebooks 1..K-1)."""
     k = model.num_codebooks
     hidden, targets = embed_samples(model, samples)
     out = run_transformer(model.backbone, hidden, torch.arange(hidden.shape[1]), checkpoint)
@@ -237,9 +245,7 @@ def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
     decoder_in = model.projection(torch.cat([states[:, None], previous], dim=1))  # [N, K, Ddec]
     decoded = run_transformer(model.decoder, decoder_in, torch.arange(k), checkpoint)
     logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
-    decoder_loss = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
-    total = c0_loss + decoder_loss
-    return total, {"c0": float(c0_loss.detach()), "dec": float(decoder_loss.detach())}
+    return c0_loss, F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
 
 
 def new_model(preset: str, text_vocab: int, codebook_size: int, num_codebooks: int, seed: int) -> HeartMuLa:
