@@ -85,16 +85,23 @@ def test_lora_trains_resumes_and_merges_at_load(cache, base, tmp_path):
     loaded = PeftModel.from_pretrained(model, str(adapter))
     assert any("lora_A" in name for name, _ in loaded.named_parameters())
 
+    with open(adapter / "train_log.jsonl", "a") as log:  # as if stopped after logging step 7, before saving it
+        log.write(json.dumps({"step": 7, "loss": 99.0}) + "\n")
     assert main(["train", "lora", str(cache), "--from", str(base), "--out", str(adapter), "--steps", "8",
                  *LORA_ARGS]) == 0  # resumes from step 6
     log = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == list(range(1, 9))
+    assert [r["step"] for r in log] == list(range(1, 9)) and 99.0 not in [r["loss"] for r in log]
     assert json.loads((adapter / "train_state.json").read_text())["step"] == 8
 
     plain = _codes(load_generator(base))
     adapted = _codes(load_generator(base, lora=adapter))
     assert not torch.equal(plain, adapted)
     assert torch.equal(_codes(load_generator(base, lora=adapter, lora_scale=0.0)), plain)
+
+    from heartmula.pipeline import HeartMuLaPipeline
+
+    pipe = HeartMuLaPipeline.from_pretrained(base, device="cpu", decode=False, lora=adapter)
+    assert torch.equal(_codes(pipe.generator), adapted)
 
     merged = tmp_path / "merged"
     assert main(["model", "merge-lora", str(base), "--lora", str(adapter), "--out", str(merged)]) == 0
@@ -148,6 +155,12 @@ def test_bad_adapters_are_refused_with_a_clear_error(cache, base, tmp_path, caps
     write_random_root(wider, "bench-36m", seed=1)
     with pytest.raises(HeartMuLaError, match="does not fit"):
         load_generator(wider, lora=adapter)
+
+    from heartmula.codec.pretrained import DEFAULT_CODEC_DIR
+    from heartmula.serve.config import ServeConfig
+
+    with pytest.raises(HeartMuLaError, match="not a LoRA adapter folder"):
+        ServeConfig(model=base, codec=DEFAULT_CODEC_DIR, lora=empty).check()
 
     code = main(["generate", "--model", str(base), "--lora", str(empty), "--no-decode", "--codes-out",
                  str(tmp_path / "x.npy"), "--duration", "1", "--quiet"])

@@ -30,7 +30,7 @@ from heartmula.lm.model import HeartMuLa
 from heartmula.lm.pretrained import LMFiles, locate_lm
 from heartmula.text import TextTokenizer
 from heartmula.train.lm import AUDIO_SPECIALS, LMTrainConfig, SampleBuilder, augment_tags, lm_losses
-from heartmula.train.state import load_training_state, save_training_state
+from heartmula.train.state import load_training_state, save_training_state, trim_log
 from heartmula.train.token_cache import load_cache
 
 LOG_FILE = "train_log.jsonl"
@@ -179,6 +179,7 @@ def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     start = load_training_state(out, peft_model, optimizer)
+    trim_log(out / LOG_FILE, start)
     report = LoraTrainReport(config.steps, start, trainable_parameters(peft_model), len(train_items))
     rng = random.Random(config.seed * 1_000_003 + start)
     generator = torch.Generator().manual_seed(config.seed + start)
