@@ -90,11 +90,14 @@ def test_dpo_raises_the_chosen_margin_and_resumes(tmp_path, lora):
     assert steps[-1]["dpo_loss"] < steps[0]["dpo_loss"] and steps[-1]["margin"] > steps[0]["margin"]
     assert log[0]["pairs"] == 2 and set(log[0]["rewards"]) == {"tag", "tempo", "drums", "voice"}
 
+    with open(out / "prefer_log.jsonl", "a") as log:  # as if stopped in round 2 before it was saved
+        log.write(json.dumps({"round": 1, "songs": 4, "pairs": 2}) + "\n" + json.dumps({"step": 7}) + "\n")
     config.rounds = 2
     assert train_prefer(base, out, config, prompts, progress=False) == {"round": 2, "step": 12}
     log = [json.loads(line) for line in (out / "prefer_log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "step" in r]
-    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert [r["step"] for r in steps] == list(range(1, 13)) and "dpo_loss" in steps[6]
+    assert [r["round"] for r in log if "round" in r] == [0, 1]
     assert steps[6]["margin"] > steps[0]["margin"]  # round 2 starts from the tuned model, not the base
     assert (out / ("adapter_model.safetensors" if lora else "policy/HeartMuLa-oss-3B/model.safetensors")).is_file()
 

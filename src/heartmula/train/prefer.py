@@ -297,7 +297,9 @@ def reward_summary(songs: list[ScoredSong], pairs: list[tuple[int, int]]) -> dic
 
 def _train_pairs(state: PolicyState, optimizer, samples, pairs, config: PreferConfig, rng: random.Random,
                  log, step: int) -> int:
-    reference = state.reference_logprobs(samples)
+    paired = sorted({i for pair in pairs for i in pair})
+    reference = torch.zeros(len(samples))
+    reference[paired] = state.reference_logprobs([samples[i] for i in paired])
     state.network.train()
     for _ in range(config.epochs):
         order = list(pairs)
@@ -318,6 +320,16 @@ def _train_pairs(state: PolicyState, optimizer, samples, pairs, config: PreferCo
     return step
 
 
+def _trim_log(path: Path, rounds: int, step: int) -> None:
+    """Drop the records of a round that was interrupted: it runs again from its start."""
+    if not path.is_file():
+        return
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [r for r in records if r.get("round", -1) < rounds and r.get("step", 0) <= step]
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
 def train_prefer(base: str | os.PathLike, out: str | os.PathLike, config: PreferConfig | None = None,
                  prompts: list[PreferPrompt] | None = None, progress: bool = True) -> dict:
     """Run (or resume) preference rounds on `prompts` (default: `training_prompts()`); returns the last state."""
@@ -335,6 +347,7 @@ def train_prefer(base: str | os.PathLike, out: str | os.PathLike, config: Prefer
     step = load_training_state(out, state.model, optimizer)
     recorded = json.loads((out / STATE_JSON).read_text()) if (out / STATE_JSON).is_file() else {"round": 0}
     rng = random.Random(config.seed + recorded["round"])
+    _trim_log(out / LOG_FILE, recorded["round"], step)
 
     def log(record: dict) -> None:
         with open(out / LOG_FILE, "a", encoding="utf-8") as handle:
