@@ -102,7 +102,7 @@ def main() -> None:
     cache = prepare_cache(args.work, songs)
     adapter = args.work / "adapter"
     config = LoraTrainConfig(rank=args.rank, alpha=2.0 * args.rank, steps=args.steps, batch_size=4, context=512,
-                             learning_rate=1e-3, save_every=25, eval_every=1000, threads=args.threads)
+                             learning_rate=1e-3, save_every=5, eval_every=1000, threads=args.threads)
     started = time.perf_counter()
     report = train_lora(cache, DEFAULT_LM_DIR, adapter, config, progress=False)
     train_seconds = time.perf_counter() - started
