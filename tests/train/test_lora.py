@@ -183,3 +183,12 @@ def test_3b_geometry_trainable_parameters_on_the_meta_device():
     assert estimate["lora_modules"] == 7 * (28 + 3)
     assert 3.0e9 < estimate["base_parameters"] < 4.5e9
     assert estimate["total_gb"] < 24 < estimate["without_checkpointing_gb"]
+
+
+def test_generate_stream_and_serve_take_a_lora_option():
+    from heartmula.cli import build_parser
+
+    parser = build_parser()
+    for verb in ("generate", "stream", "serve"):
+        args = parser.parse_args([verb, "--lora", "adapter", "--lora-scale", "0.5"])
+        assert (args.lora, args.lora_scale) == ("adapter", 0.5)
