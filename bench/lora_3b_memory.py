@@ -14,10 +14,28 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from heartmula.lm.config import HeartMuLaConfig
-from heartmula.train.lm import Sample, lm_loss_terms
+from heartmula.train.lm import Sample, embed_samples, run_transformer
 from heartmula.train.lora_memory import lora_memory_estimate, lora_on_meta
+
+
+def checkpointed_loss(model, samples: list[Sample]) -> torch.Tensor:
+    """The training loss of `heartmula.train.lm.lm_losses` (every frame through the decoder) with gradient
+    checkpointing, kept as a tensor (meta tensors have no values to report)."""
+    k = model.num_codebooks
+    hidden, targets = embed_samples(model, samples)
+    out = run_transformer(model.backbone, hidden, torch.arange(hidden.shape[1]), checkpoint=True)
+    c0 = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100)
+    batch = torch.cat([torch.full((len(s.frame_rows),), i) for i, s in enumerate(samples)])
+    states = out[batch, torch.cat([s.frame_rows for s in samples])]
+    codes = torch.cat([s.frame_codes for s in samples])
+    previous = model.audio_embeddings(codes[:, : k - 1] + model.config.audio_vocab_size * torch.arange(k - 1))
+    decoded = run_transformer(model.decoder, model.projection(torch.cat([states[:, None], previous], dim=1)),
+                              torch.arange(k), checkpoint=True)
+    logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)
+    return c0 + F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
 
 
 def meta_training_step(config: HeartMuLaConfig, rank: int, batch_size: int, context: int) -> dict:
@@ -34,7 +52,7 @@ def meta_training_step(config: HeartMuLaConfig, rank: int, batch_size: int, cont
             rows = torch.arange(prompt - 1, context - 1)
             samples.append(Sample(tokens, tokens.bool(), 0, targets, rows, torch.zeros(len(rows), k, dtype=torch.long),
                                   False))
-        loss = sum(lm_loss_terms(model, samples, 1.0, checkpoint=True))
+        loss = checkpointed_loss(model, samples)
         loss.backward()
     grads = [p for p in peft_model.parameters() if p.requires_grad]
     return {"loss_shape": list(loss.shape), "adapter_tensors": len(grads),

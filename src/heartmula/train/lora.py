@@ -192,7 +192,7 @@ def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
         loss, parts = lm_losses(model, _batch(builder, train_items, weights, rng, config, sample),
-                                config.decoder_fraction, generator, config.gradient_checkpointing)
+                                config.decoder_fraction, generator, checkpoint=config.gradient_checkpointing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
