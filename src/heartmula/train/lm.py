@@ -241,11 +241,25 @@ def _alignment_recorder(model: HeartMuLa, layer: int | None, heads: int) -> Atte
     return AttentionRecorder(layers[index].attn)
 
 
+def run_transformer(transformer, x: torch.Tensor, positions: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """`transformer(x, positions)` without a cache; `checkpoint` keeps only each layer's input for the backward pass
+    and computes the layer again there (gradient checkpointing: activation memory of one layer, not all)."""
+    if not checkpoint:
+        return transformer(x, positions)
+    from torch.utils.checkpoint import checkpoint as recompute
+
+    rope = transformer.rope_rows(positions)
+    for layer in transformer.layers:
+        x = recompute(layer, x, rope, None, None, use_reentrant=False)
+    return transformer.norm(x)
+
+
 def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
               generator: torch.Generator | None = None, align_weight: float = 0.0, align_layer: int | None = None,
-              align_heads: int = 2, ranks: Ranks | None = None) -> tuple[torch.Tensor, dict]:
+              align_heads: int = 2, checkpoint: bool = False, ranks: Ranks | None = None) -> tuple[torch.Tensor, dict]:
     """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch, plus
     `align_weight` x the lyric alignment loss of layer `align_layer` (None: the middle one) when it is on.
+    `checkpoint`: gradient checkpointing of both transformers (`run_transformer`).
 
     With `ranks` of several processes, `samples` is the global batch (drawn alike on every rank) and this rank runs
     only its slice: its losses are its share of the global sums times the world size, so that the average that DDP
@@ -271,7 +285,7 @@ def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
     align = alignment_targets(samples) if align_weight > 0 else None
     recorder = _alignment_recorder(model, align_layer, align_heads) if align is not None else None
     try:
-        out = model.backbone(hidden, torch.arange(hidden.shape[1]))
+        out = run_transformer(model.backbone, hidden, torch.arange(hidden.shape[1]), checkpoint)
     finally:
         if recorder is not None:
             recorder.remove()
@@ -281,7 +295,7 @@ def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
     offsets = model.config.audio_vocab_size * torch.arange(k - 1)
     previous = model.audio_embeddings(codes[:, : k - 1] + offsets)  # [N, K-1, D]: emb of c0..c(K-2)
     decoder_in = model.projection(torch.cat([states[:, None], previous], dim=1))  # [N, K, Ddec]
-    decoded = model.decoder(decoder_in, torch.arange(k))
+    decoded = run_transformer(model.decoder, decoder_in, torch.arange(k), checkpoint)
     logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
     decoder_sum = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten(), reduction="sum")
     c0_loss = c0_sum * (ranks.world / max(1, c0_count))
@@ -528,7 +542,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
                 reference = item.reference
             samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
         loss, parts = step_losses(samples, config.decoder_fraction, generator, config.align_weight,
-                                  config.align_layer, config.align_heads, ranks)
+                                  config.align_layer, config.align_heads, ranks=ranks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
