@@ -58,7 +58,6 @@ def test_requests_are_checked(tmp_path, requests_file):
     assert [len(b) for b in plan_batches(requests, 2)] == [2, 2, 1, 1]  # song-3's sampling differs
     bad = tmp_path / "bad.jsonl"
     for line, message in [('{"id": "a", "colour": 1}', "unknown request fields"),
-                          ('{"id": "a", "lora": "adapter/"}', "LoRA adapter"),
                           ('{"id": "a", "sampling": {"top_k": 0}}', "top_k"),
                           ('{"id": "a"}\n{"id": "a"}', "appears twice"), ("[1]", "JSON object")]:
         bad.write_text(line + "\n", encoding="utf-8")
@@ -136,10 +135,13 @@ def test_killed_run_resumes_on_ray_with_the_songs_of_generate(checkpoint, reques
 def test_cli_records_failures_and_runs_in_process(checkpoint, tmp_path, capsys):
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps({"id": "long", "lyrics": "x", "duration": 1e6}) + "\n"
-                        + json.dumps({"id": "ok", "duration": 1.0, "seed": 1}) + "\n", encoding="utf-8")
+                        + json.dumps({"id": "ok", "duration": 1.0, "seed": 1}) + "\n"
+                        + json.dumps({"id": "adapted", "duration": 1.0, "lora": str(tmp_path / "no-adapter")}) + "\n",
+                        encoding="utf-8")
     out = tmp_path / "songs"
     code = main(["batch", str(requests), "--out", str(out), "--model", str(checkpoint), "--device", "cpu"])
     manifest = read_manifest(out)
     assert code == 1 and manifest["ok"]["status"] == "done"
     assert manifest["long"]["status"] == "failed" and manifest["long"]["error"].startswith("generation failed")
-    assert "1 songs made, 1 failed, 0 already done" in capsys.readouterr().out
+    assert manifest["adapted"]["status"] == "failed" and "no-adapter" in manifest["adapted"]["error"]
+    assert "1 songs made, 2 failed, 0 already done" in capsys.readouterr().out

@@ -6,8 +6,8 @@
      "sampling": {"temperature": 1.0, "top_k": 50, "cfg_scale": 1.5}, "min_duration": 0}
 
 Only `id`-less lines get an id (their line number); a missing seed is derived from the id, so a re-run makes the
-same song. `lora` (a path) is accepted in the format, but the pipeline has no LoRA adapters to apply, so requests
-that name one are refused before anything runs.
+same song. `lora` names a LoRA adapter folder (`heartmula train lora`) that the worker merges into its LM, as
+`heartmula generate --lora` does; requests with different adapters never share a batch.
 
 A worker holds one HeartMuLaPipeline and generates batches of compatible requests (same duration, sampling and
 adapter), so songs are the same alone or in a batch. Workers return codes and audio; this process writes
@@ -48,7 +48,7 @@ class BatchRequest:
     min_duration: float = 0.0  # the song does not end before this
     seed: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    lora: str | None = None  # a LoRA adapter folder (refused: the pipeline applies none)
+    lora: str | None = None  # a LoRA adapter folder merged into the LM for this song
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share a batch."""
@@ -113,10 +113,6 @@ def read_requests(path: str | os.PathLike) -> list[BatchRequest]:
         seen.add(request.id)
         if request.duration <= 0 or request.min_duration > request.duration:
             raise HeartMuLaError(f"{request.id}: duration must be > 0 and at least min_duration")
-    with_lora = [r.id for r in requests if r.lora]
-    if with_lora:
-        raise HeartMuLaError(f"requests {', '.join(with_lora[:5])} name a LoRA adapter, but this pipeline applies "
-                             "none: drop the `lora` field")
     return requests
 
 
@@ -150,13 +146,29 @@ def plan_batches(requests: Iterable[BatchRequest], batch_size: int) -> list[list
 
 
 class SongWorker:
-    """One pipeline; turns a batch of requests into results (codes, audio) or failures. A Ray actor when on Ray."""
+    """One pipeline; turns a batch of requests into results (codes, audio) or failures. A Ray actor when on Ray.
+    A batch with a LoRA adapter runs on a second pipeline with the adapter merged in (kept for the next batch of
+    the same adapter)."""
 
     def __init__(self, options: BatchOptions):
+        self.options = options
+        self.pipe = self._load(None)
+        self.adapted: tuple[str, object] | None = None  # (adapter path, its pipeline)
+
+    def _load(self, lora: str | None):
         from heartmula.pipeline import HeartMuLaPipeline
 
-        self.pipe = HeartMuLaPipeline.from_pretrained(options.model, version=options.version, codec=options.codec,
-                                                      device=options.device, dtype=options.dtype, int8=options.int8)
+        o = self.options
+        return HeartMuLaPipeline.from_pretrained(o.model, version=o.version, codec=o.codec, device=o.device,
+                                                 dtype=o.dtype, int8=o.int8, lora=lora)
+
+    def _pipeline_for(self, lora: str | None):
+        if lora is None:
+            return self.pipe
+        if self.adapted is None or self.adapted[0] != lora:
+            self.adapted = None  # the previous adapter's LM goes before the next one loads
+            self.adapted = (lora, self._load(lora))
+        return self.adapted[1]
 
     def device(self) -> str:
         return str(self.pipe.device)
@@ -165,16 +177,17 @@ class SongWorker:
         first = batch[0]
         began = time.perf_counter()
         try:
-            codes = self.pipe.generate_codes([SongRequest(lyrics=r.lyrics, tags=r.tags, seed=r.seed) for r in batch],
+            pipe = self._pipeline_for(first.lora)
+            codes = pipe.generate_codes([SongRequest(lyrics=r.lyrics, tags=r.tags, seed=r.seed) for r in batch],
                                              first.sampling, first.duration, first.min_duration)
-        except (HeartMuLaError, RuntimeError, ValueError) as exc:
+        except (HeartMuLaError, OSError, RuntimeError, ValueError) as exc:  # a bad adapter, too long a song, ...
             return [failure_record(r, f"generation failed: {exc}") for r in batch]
         share = (time.perf_counter() - began) / len(batch)
         results = []
         for request, song_codes in zip(batch, codes):
             try:
                 started = time.perf_counter()
-                audio, rate = self.pipe.decode(song_codes, request.seed)
+                audio, rate = pipe.decode(song_codes, request.seed)
                 results.append({"id": request.id, "status": "done", "codes": song_codes, "audio": audio,
                                 "sample_rate": rate, "seed": request.seed,
                                 "compute_seconds": round(share + time.perf_counter() - started, 3)})

@@ -14,7 +14,8 @@ def register(verbs) -> None:
         "batch",
         help="make many songs from a JSONL file of requests, here or on a Ray cluster",
         description="Generate one song per line of REQUESTS.jsonl ({\"id\", \"lyrics\", \"tags\", \"duration\", "
-        "\"seed\", \"sampling\": {\"temperature\", \"top_k\", \"cfg_scale\", \"lyrics_scale\"}, \"min_duration\"}) "
+        "\"seed\", \"sampling\": {\"temperature\", \"top_k\", \"cfg_scale\", \"lyrics_scale\"}, \"min_duration\", "
+        "\"lora\": adapter folder}) "
         "into DIR: <id>.wav, <id>.npy and manifest.jsonl (path, codes, seconds, or the failure's reason). Running "
         "again skips finished ids and retries failed ones. Requests with the same duration and sampling share a "
         "batch; a song is the same alone or in a batch.",
