@@ -186,20 +186,10 @@ class HeartMuLaPipeline:
         return check_prompt_codes(codes, self.generator, str(path))
 
     def _encode(self, audio, rate: int) -> np.ndarray:
-        """Audio -> codes of its whole frames (a partial last frame would end the prompt in padding)."""
         if self.codec_path is None:
             raise HeartMuLaError("continuing from audio needs the codec to encode it; this pipeline was loaded with "
                                  "decode=False (continue from codes, .npy, instead)")
-        if not self.codec.can_encode:
-            raise HeartMuLaError(f"the codec {self.codec_path} has no encoder, so it cannot turn audio into codes to "
-                                 "continue: continue from the song's codes (.npy, `generate --codes-out`) or use a "
-                                 "codec with an encoder (the embedded default has one)")
-        audio = np.asarray(audio, dtype=np.float32)
-        whole = int(audio.shape[-1] / rate * FRAME_RATE + 1e-6)
-        if whole < 1:
-            raise HeartMuLaError(f"the audio to continue is shorter than one frame ({1 / FRAME_RATE:.2f} s)")
-        codes = self.codec.encode(audio, rate)[:, :whole]
-        return check_prompt_codes(codes, self.generator, "the encoded audio")
+        return encode_prompt(self.codec, self.generator, audio, rate)
 
     def requests(self, lyrics, tags, seed, reference_audio=None, clap=None, prompt=None) -> list[SongRequest]:
         """SongRequests from one value or parallel lists (a single value is used for every song); `clap`: the
@@ -273,6 +263,20 @@ def check_prompt_codes(codes, generator, what: str = "the codes to continue") ->
         raise HeartMuLaError(f"{what}: codes must lie in [0, {size}) for this model, found {low}..{high}; they come "
                              "from a codec with another codebook size")
     return codes.astype(np.int64)
+
+
+def encode_prompt(codec, generator, audio, rate: int) -> np.ndarray:
+    """Audio [C, N] -> codes [8, T] of its whole frames to continue (a partial last frame would end the prompt in
+    padding); a codec without an encoder is a HeartMuLaError that says what to do instead."""
+    if not codec.can_encode:
+        raise HeartMuLaError("this codec has no encoder, so it cannot turn audio into codes to continue: continue "
+                             "from the song's codes (.npy, `generate --codes-out`) or use a codec with an encoder "
+                             "(the embedded default has one)")
+    audio = np.asarray(audio, dtype=np.float32)
+    whole = int(audio.shape[-1] / rate * FRAME_RATE + 1e-6)
+    if whole < 1:
+        raise HeartMuLaError(f"the audio to continue is shorter than one frame ({1 / FRAME_RATE:.2f} s)")
+    return check_prompt_codes(codec.encode(audio, rate)[:, :whole], generator, "the encoded audio")
 
 
 def keep_seconds(codes: np.ndarray, from_seconds: float | None) -> np.ndarray:
