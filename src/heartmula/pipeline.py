@@ -222,9 +222,7 @@ class HeartMuLaPipeline:
             torch.manual_seed(requests[0].seed)  # what torch draws outside the songs' own generators
         codes = self.generator.generate(list(requests), sampling, max_new_frames, compat=compat, progress=progress,
                                         min_new_frames=min_new_frames)
-        return [np.concatenate([np.zeros((c.shape[0], 0), np.int64) if r.audio_codes is None
-                                else r.audio_codes.numpy().astype(np.int64), c.numpy().astype(np.int64)], axis=1)
-                for c, r in zip(codes, requests)]
+        return [_after_prompt(r.audio_codes, c) for c, r in zip(codes, requests)]
 
     def decode(self, codes: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, int]:
         """Codes [8, frames] -> (audio float32 [channels, samples] with its peak at most -0.2 dBFS, sample rate)."""
@@ -312,7 +310,13 @@ def check_fits_context(generator, request: SongRequest, duration: float) -> None
     kept, fit = prompt_frames / FRAME_RATE, math.floor(room / FRAME_RATE * 10) / 10
     raise HeartMuLaError(f"the kept {kept:.1f} s of the song, the lyrics and the tags take {used} of the model's "
                          f"{generator.model.config.backbone.max_seq_len} positions: at most {fit:.1f} s of new music "
-                         "fit; ask for less, or keep fewer seconds (from_seconds)")
+                         "fit; ask for less, or keep fewer seconds of the song")
+
+
+def _after_prompt(prompt: torch.Tensor | None, new: torch.Tensor) -> np.ndarray:
+    """A song's codes: the kept frames (if any) unchanged, then the new ones."""
+    new = new.numpy().astype(np.int64)
+    return new if prompt is None else np.concatenate([prompt.numpy().astype(np.int64), new], axis=1)
 
 
 def _frames(codes) -> int:
