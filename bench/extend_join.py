@@ -1,7 +1,7 @@
 """Is the join of a continued song audible? Spectral flux at the join against the song's own flux.
 
     python bench/extend_join.py                  # the embedded default models; writes bench/results/extend_join.json
-    python bench/extend_join.py --seeds 0 1 2 --joins 6 12 --seconds 20 --plot docs/extend-join.png
+    python bench/extend_join.py --seeds 0 1 2 --joins 5 10 --seconds 14 --jobs 3 --plot docs/extend-join.png
 
 For every seed: a song of exactly `--seconds` seconds, then for every join T the song continued from T (its first T
 seconds kept, the rest made anew, another seed). Spectral flux: the half-wave rectified increase of the log-magnitude
@@ -98,6 +98,26 @@ def variants(pipe, song, join: float, seed: int, fade_ms: float, wav: Path) -> d
     }
 
 
+def seed_cases(args, seed: int) -> list[dict]:
+    """One song for `seed` and its continuation from every join (run in a worker process of its own)."""
+    import torch
+
+    from heartmula import HeartMuLaPipeline
+
+    torch.set_num_threads(args.threads)
+    pipe = HeartMuLaPipeline.from_pretrained(args.model, device="cpu")
+    song = pipe(LYRICS, tags=TAGS, duration=args.seconds, min_duration=args.seconds, seed=seed)
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = song.save(Path(tmp) / "song.wav")
+        for join in args.joins:
+            case = {"seed": seed, "continuation_seed": seed + 1000,
+                    **variants(pipe, song, join, seed + 1000, args.fade_ms, wav)}
+            print(json.dumps({k: v for k, v in case.items() if not k.startswith("_")}), flush=True)
+            cases.append(case)
+    return cases
+
+
 def plot(example: dict, cases: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -143,28 +163,20 @@ def main() -> int:
     parser.add_argument("--fade-ms", type=float, default=80.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "extend-join.png")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = parser.parse_args()
-    import torch
-
-    from heartmula import HeartMuLaPipeline
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
     began = time.perf_counter()
-    pipe = HeartMuLaPipeline.from_pretrained(args.model, device="cpu")
-    cases = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            song = pipe(LYRICS, tags=TAGS, duration=args.seconds, min_duration=args.seconds, seed=seed)
-            wav = song.save(Path(tmp) / f"song{seed}.wav")
-            for join in args.joins:
-                case = {"seed": seed, "continuation_seed": seed + 1000,
-                        **variants(pipe, song, join, seed + 1000, args.fade_ms, wav)}
-                cases.append(case)
-                print(json.dumps({k: v for k, v in case.items() if not k.startswith("_")}), flush=True)
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        cases = [case for found in pool.map(partial(seed_cases, args), args.seeds) for case in found]
     plot(cases[0], cases, args.plot)
     report = {
         "command": "python bench/extend_join.py " + " ".join(sys.argv[1:]),
         "model": args.model or "embedded default LM + codec", "machine": machine(),
-        "torch_threads": torch.get_num_threads(),
+        "processes": args.jobs, "torch_threads_per_process": args.threads,
         "lyrics": LYRICS, "tags": TAGS, "song_seconds": args.seconds, "fade_ms": args.fade_ms,
         "flux": {"stft_points": WINDOW, "hop_seconds": HOP, "join_neighbourhood_seconds": NEIGHBOURHOOD},
         "summary": summary(cases), "cases": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cases],
