@@ -7,7 +7,9 @@ For every seed: a song of exactly `--seconds` seconds, then for every join T the
 seconds kept, the rest made anew, another seed). Spectral flux: the half-wave rectified increase of the log-magnitude
 STFT (2048-point Hann window, 10 ms hop) from one STFT frame to the next, summed over frequency. The join's flux is the
 largest within 40 ms of the join; it is compared with the 95th percentile of the continued song's own flux (all of its
-STFT frames away from the join). `no_join` is the control: the same score at the same time of the original song,
+STFT frames away from the join). `rank`: the share of the song's other neighbourhoods of the same width whose
+largest flux is below the join's (0.5 on average for a moment like any other; 1: the sharpest change of the song).
+`no_join` is the control: the same score at the same time of the original song,
 where nothing was joined (a maximum over a neighbourhood exceeds a single frame's 95th percentile by chance, often).
 Ways of making the continued audio, side by side:
 - `one_decode`: prompt codes + new codes decoded in one pass (what heartmula does);
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import stft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,11 +54,17 @@ def spectral_flux(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def join_score(audio: np.ndarray, rate: int, join: float) -> dict:
+    """The join's flux against the song's 95th percentile, and its rank among the song's other neighbourhoods."""
     times, flux = spectral_flux(audio, rate)
     near = np.abs(times - join) <= NEIGHBOURHOOD
     p95 = float(np.percentile(flux[~near], 95))
     at_join = float(flux[near].max())
-    return {"join_flux": round(at_join, 3), "song_p95_flux": round(p95, 3), "ratio": round(at_join / p95, 4)}
+    width = int(near.sum())
+    window_max = sliding_window_view(flux, width).max(axis=1)  # every neighbourhood of the join's size
+    centres = times[width // 2: width // 2 + len(window_max)]
+    elsewhere = window_max[np.abs(centres - join) > 2 * NEIGHBOURHOOD]
+    return {"join_flux": round(at_join, 3), "song_p95_flux": round(p95, 3), "ratio": round(at_join / p95, 4),
+            "rank": round(float((elsewhere < at_join).mean()), 4)}
 
 
 def crossfade(original: np.ndarray, decoded: np.ndarray, join_sample: int, fade: int) -> np.ndarray:
@@ -149,8 +158,10 @@ def summary(cases: list[dict]) -> dict:
     out = {}
     for name in NAMES:
         ratios = np.array([case[name]["ratio"] for case in cases])
+        ranks = np.array([case[name]["rank"] for case in cases])
         out[name] = {"median_ratio": round(float(np.median(ratios)), 4), "max_ratio": round(float(ratios.max()), 4),
-                     "joins_within_p95": int((ratios <= 1.0).sum()), "joins": len(ratios)}
+                     "joins_within_p95": int((ratios <= 1.0).sum()), "joins": len(ratios),
+                     "mean_rank": round(float(ranks.mean()), 4), "max_rank": round(float(ranks.max()), 4)}
     return out
 
 
