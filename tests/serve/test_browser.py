@@ -194,6 +194,7 @@ def test_extend_a_library_song(live_server, browser):
                                    "title": title}).json()
     source = wait_until(lambda: (j := httpx.get(f"{api}/{source['id']}").json())["status"] == "done" and j, 120,
                         "the song to extend")
+    browser.get_log("browser")  # drained: what earlier tests' pages logged is not this page's
     browser.get(live_server.url + "/")
     find = browser.find_element
     wait_until(lambda: "model ready" in find(By.ID, "server-status").text, 60, "the model to be ready")
