@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula.cli import add_device_options, add_int8_option
+from heartmula.cli import add_device_options, add_int8_option, add_lora_options
 
 
 def register(verbs) -> None:
@@ -47,6 +47,7 @@ def register(verbs) -> None:
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
     add_device_options(p)
     add_int8_option(p)
+    add_lora_options(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model steps (GPU; slow to start)")
     p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
                    "(undecodable codes may be sampled, frame 0 is never checked for EOS)")
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early
     pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
                                              dtype=args.dtype, int8=args.int8, compile=args.compile,
+                                             lora=args.lora, lora_scale=args.lora_scale,
                                              decode=not args.no_decode)
     clap = None
     if reference is not None and args.clap:

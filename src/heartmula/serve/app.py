@@ -55,7 +55,8 @@ def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
         from heartmula.pipeline import HeartMuLaPipeline
 
         pipe = HeartMuLaPipeline.from_pretrained(config.model, version=config.version, codec=config.codec,
-                                                 device=config.device, dtype=config.dtype, int8=config.int8)
+                                                 device=config.device, dtype=config.dtype, int8=config.int8,
+                                                 lora=config.lora, lora_scale=config.lora_scale)
         return pipe.generator, pipe.codec
 
     return load
