@@ -17,6 +17,7 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.generation import HeartMuLaGenerator
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
+from heartmula.lm.quantized import is_quantized_folder, load_quantized
 from heartmula.text import TextTokenizer, byte_level_tokenizer
 
 DEFAULT_VERSION = "3B"
@@ -87,14 +88,23 @@ def load_generator(
     version: str = DEFAULT_VERSION,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    quant: str | None = None,
 ) -> HeartMuLaGenerator:
+    """The generator of a checkpoint; `quant` ("int8", "int4"): weight-only quantised while it loads, one weight at a
+    time (`heartmula.lm.quantized`; a quantised folder loads as such without it)."""
     files = locate_lm(path, version)
     gen_config = _gen_config_for(files)
     tokenizer = _read_tokenizer(files, gen_config)
-    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
+    if quant is not None or is_quantized_folder(files.model_dir):
+        if str(device) != "cpu":
+            raise HeartMuLaError("int8 / int4 weights run on the CPU's native kernels: use --device cpu")
+        model = load_quantized(files.model_dir, quant, parse_dtype(dtype))
+        model.pack_weights_in_huge_pages()
+    else:
+        model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
+        model.fuse_projections()
+        model.pack_weights_in_huge_pages()
     _check_vocab(files, tokenizer, model.config.text_vocab_size)
-    model.fuse_projections()
-    model.pack_weights_in_huge_pages()
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 
 
