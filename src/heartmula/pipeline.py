@@ -80,7 +80,7 @@ class HeartMuLaPipeline:
     def from_pretrained(cls, model: str | os.PathLike | None = None, *, version: str = "3B",
                         codec: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         dtype: str | None = None, int8: bool | None = None, compile: bool = False,
-                        decode: bool = True) -> HeartMuLaPipeline:
+                        decode: bool = True, quant: str | None = None) -> HeartMuLaPipeline:
         """Load a pipeline.
 
         model: a checkpoint root in the official layout (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json,
@@ -92,12 +92,14 @@ class HeartMuLaPipeline:
             as upstream).
         int8: int8 weight-only LM layers; None: on only for the embedded LM on a CPU without the native kernels.
         decode: False skips finding a codec (codes only).
+        quant: "int8" or "int4": weight-only quantised LM weights on the CPU's native kernels, quantised one tensor at
+            a time while the checkpoint loads (docs/quantization.md); a quantised folder loads as such without it.
         """
         model_path = resolve_lm(model, version)
         codec_path = resolve_codec(codec, model_path) if decode else None  # a wrong folder fails before the LM loads
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
-        generator = load_lm(model_path, version, dtype, str(device), int8)
+        generator = load_lm(model_path, version, dtype, str(device), int8, quant)
         if compile:
             generator.compile()
         return cls(generator, codec_path, device, dtype, model_path)

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = ServeConfig(
         data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
-        device=args.device, int8=args.int8, token=args.token or os.environ.get(TOKEN_ENV) or None,
+        device=args.device, int8=args.int8, quant=args.quant, token=args.token or os.environ.get(TOKEN_ENV) or None,
         cors_origins=args.cors_origin, allowed_hosts=[h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
         max_batch=args.max_batch, transcribe_model=args.transcribe_model, clap_model=args.clap_model,

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.play:
         _sounddevice()  # fail before loading anything
     pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
-                                             dtype=args.dtype, int8=args.int8)
+                                             dtype=args.dtype, int8=args.int8,
+                                             quant=args.quant)
     generator, codec = pipe.generator, pipe.codec
     started = time.perf_counter()
     if args.resume:

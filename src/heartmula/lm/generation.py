@@ -30,7 +30,6 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import GenerationConfig
 from heartmula.lm.model import HeartMuLa
 from heartmula.nn import native
-from heartmula.nn.layers import Linear
 from heartmula.nn.sampling import exponential_noise, sample_among_top_k, sample_top_k
 from heartmula.text import TagPrompt, TextTokenizer, parse_tag_prompts, validate_weights
 

@@ -97,9 +97,11 @@ def install(model: HeartMuLa, layer_of: Callable[[str], QuantizedLinear], read: 
     model.audio_head = torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
     model.text_embeddings = QuantizedEmbedding(layer_of("text_embeddings.weight"), dtype)
     model.audio_embeddings = QuantizedEmbedding(layer_of("audio_embeddings.weight"), dtype)
-    for name, param in list(model.named_parameters()):
+    for name, _ in list(model.named_parameters()):
         if name != "audio_head":  # own storage: no view keeps a packed block of float weights alive
-            param.data = read(name, ()).to(dtype).clone()
+            owner, _, attribute = name.rpartition(".")
+            value = read(name, ()).to(dtype).clone()
+            setattr(model.get_submodule(owner), attribute, torch.nn.Parameter(value, requires_grad=False))
     return model.eval()
 
 
@@ -114,9 +116,7 @@ def quantize_model(model: HeartMuLa, quant: str, dtype: torch.dtype | None = Non
     def read(name: str, index: tuple) -> torch.Tensor:
         return state[name][index]
 
-    install(model, quantizing(read, shapes, quant), read, dtype)
-    del state
-    return model
+    return install(model, quantizing(read, shapes, quant), read, dtype)
 
 
 def _folder_reader(folder: Path) -> Reader:

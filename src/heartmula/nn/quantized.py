@@ -65,19 +65,28 @@ class RowSource:
         return cls(tensor.shape[0], tensor.shape[1], lambda start, stop: tensor[start:stop])
 
 
+def _half_at_least(values: torch.Tensor) -> torch.Tensor:
+    """`values` in float16, rounded up where rounding to nearest went down (a scale then never clips the group's
+    largest weight); zeros become 1 (a group of zeros: any scale)."""
+    half = values.half()
+    below = half.float() < values
+    half = torch.where(below, torch.nextafter(half, torch.full_like(half, float("inf"))), half)
+    return torch.where(half == 0, torch.ones_like(half), half)
+
+
 def _quantize_chunk(chunk: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, ...]:
     rows, columns = chunk.shape
     grouped = chunk.float().reshape(rows, columns // group, group)
     if bits == 8:
-        scales = (grouped.abs().amax(-1) / 127).half()
-        divisor = scales.float().clamp(min=torch.finfo(torch.float16).tiny)[..., None]
-        q = torch.round(grouped / divisor).clamp(-127, 127).to(torch.int8)
+        scales = _half_at_least(grouped.abs().amax(-1) / 127)
+        q = torch.round(grouped / scales.float()[..., None]).clamp(-127, 127).to(torch.int8)
         return q.reshape(rows, columns), scales, _EMPTY
     low, high = grouped.amin(-1), grouped.amax(-1)
     offsets = low.half()
-    scales = ((high - offsets.float()) / 15).half()
-    divisor = scales.float().clamp(min=torch.finfo(torch.float16).tiny)[..., None]
-    q = torch.round((grouped - offsets.float()[..., None]) / divisor).clamp(0, 15).to(torch.uint8)
+    offsets = torch.where(offsets.float() > low, torch.nextafter(offsets, torch.full_like(offsets, -float("inf"))),
+                          offsets)  # at most the minimum: q >= 0 reaches it
+    scales = _half_at_least((high - offsets.float()) / 15)
+    q = torch.round((grouped - offsets.float()[..., None]) / scales.float()[..., None]).clamp(0, 15).to(torch.uint8)
     blocks = q.reshape(rows, columns // BLOCK, 2, BLOCK // 2)
     packed = blocks[:, :, 0] | (blocks[:, :, 1] << 4)
     return packed.reshape(rows, columns // 2), scales, offsets

@@ -1,11 +1,11 @@
 // Few-row products with int8 and int4 weights (weight_matrix.h) for decoding on x86 CPUs.
 //
 // At 4 bits two cores must turn some 40 billion weights per second into products to keep up with the memory, more
-// than float arithmetic on the dequantised weights does on two cores. So each 64-column block of an input row is
-// rounded once per product to 16-bit integers with its own scale (at most 2^-16 of the block's largest value away,
-// 256 times finer than bfloat16), and the weights meet it in integer multiply-adds: `vpdpwssd` (AVX-512 VNNI, 32
-// weights per instruction) where the CPU has it, else AVX2's `vpmaddwd`. Each group's integer sum is exact; the
-// scales apply once per group in float32.
+// than float arithmetic on the dequantised weights does on two cores. So each group of an input row (the columns
+// that share a weight scale) is rounded once per product to 16-bit integers with its own scale (at most 2^-16 of
+// the group's largest value away, 256 times finer than bfloat16), and the weights meet it in integer multiply-adds:
+// `vpdpwssd` (AVX-512 VNNI, 32 weights per instruction) where the CPU has it, else AVX2's `vpmaddwd`. Each group's
+// integer sum is exact; the scales apply once per group in float32.
 #include "weight_matrix.h"
 
 #include <ATen/Parallel.h>
@@ -19,36 +19,37 @@
 
 namespace {
 
-constexpr int64_t kBlock = 64;            // columns per packed block and per rounding scale of the input
+constexpr int64_t kBlock = 64;            // columns per packed block
 constexpr int64_t kPrefetchBytes = 4096;  // how far ahead of its reads a product asks for its weights
 constexpr int kMaxRows = 4;               // input rows that share one pass over the weights
 
-// Input rows rounded to 16-bit integers, one scale per block of 64 columns; `sums`: each group's float sum (for
-// int4's offsets).
+// Input rows rounded to 16-bit integers, one scale per group of the weights' columns; `sums`: each group's float
+// sum (for int4's offsets).
 struct RoundedRows {
   std::vector<int16_t> values;  // [rows, k]
-  std::vector<float> scales;    // [rows, k / 64]
+  std::vector<float> scales;    // [rows, groups]
   std::vector<float> sums;      // [rows, groups]
-  int64_t k, blocks, groups;
+  int64_t k, groups;
 };
 
 RoundedRows round_rows(const float* x, int64_t rows, int64_t k, int64_t group) {
-  RoundedRows out{std::vector<int16_t>(rows * k), std::vector<float>(rows * (k / kBlock)),
-                  std::vector<float>(rows * (k / group)), k, k / kBlock, k / group};
+  const int64_t groups = k / group;
+  RoundedRows out{std::vector<int16_t>(rows * k), std::vector<float>(rows * groups), std::vector<float>(rows * groups),
+                  k, groups};
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t b = 0; b < out.blocks; ++b) {
-      const float* xb = x + r * k + b * kBlock;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xg = x + r * k + g * group;
       float largest = 0.0f, sum = 0.0f;
-      for (int64_t i = 0; i < kBlock; ++i) {
-        largest = std::max(largest, std::fabs(xb[i]));
-        sum += xb[i];
+      for (int64_t i = 0; i < group; ++i) {
+        largest = std::max(largest, std::fabs(xg[i]));
+        sum += xg[i];
       }
       const float scale = largest / 32767.0f;
       const float inverse = largest > 0.0f ? 1.0f / scale : 0.0f;
-      for (int64_t i = 0; i < kBlock; ++i)
-        out.values[r * k + b * kBlock + i] = static_cast<int16_t>(std::lrintf(xb[i] * inverse));
-      out.scales[r * out.blocks + b] = scale;
-      out.sums[r * out.groups + b * kBlock / group] += sum;
+      for (int64_t i = 0; i < group; ++i)
+        out.values[r * k + g * group + i] = static_cast<int16_t>(std::lrintf(xg[i] * inverse));
+      out.scales[r * groups + g] = scale;
+      out.sums[r * groups + g] = sum;
     }
   }
   return out;
@@ -94,31 +95,38 @@ inline float sum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Row `o` of m times R rounded input rows (from `first`): out[r] = sum over blocks of weight scale x input scale x
-// the block's integer dot product, + each group's offset x the input's group sum (int4).
+// Row `o` of m times R rounded input rows (from `first`): out[r] = sum over groups of weight scale x input scale x
+// the group's integer dot product (exact in int32: at most 128 / 32 multiply-adds of two products per lane).
 template <int R, WeightFormat F>
 __attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,f16c,fma"))) void dot_rows_avx512(
     const WeightMatrix& m, int64_t o, const RoundedRows& x, int64_t first, float* out) {
   const int64_t k = m.k, per_group = m.group / kBlock, groups = m.groups();
   const uint8_t* w = m.data + o * m.row_bytes();
   const int64_t block_bytes = F == WeightFormat::kInt4 ? 32 : 64;
+  const int16_t* xr[R];
+  const float* xs[R];
   __m512 total[R];
-  for (int r = 0; r < R; ++r) total[r] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x.values.data() + (first + r) * k;
+    xs[r] = x.scales.data() + (first + r) * groups;
+    total[r] = _mm512_setzero_ps();
+  }
   for (int64_t g = 0; g < groups; ++g) {
-    const float weight_scale = half_to_float(m.scales[o * groups + g]);
+    __m512i acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
     for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
       const uint8_t* wb = w + b * block_bytes;
       _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
       __m512i low, high;
       widen64<F>(wb, low, high);
       for (int r = 0; r < R; ++r) {
-        const int16_t* xb = x.values.data() + (first + r) * k + b * kBlock;
-        __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512(xb));
-        acc = _mm512_dpwssd_epi32(acc, high, _mm512_loadu_si512(xb + 32));
-        const float scale = weight_scale * x.scales[(first + r) * x.blocks + b];
-        total[r] = _mm512_fmadd_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(acc), total[r]);
+        acc[r] = _mm512_dpwssd_epi32(acc[r], low, _mm512_loadu_si512(xr[r] + b * kBlock));
+        acc[r] = _mm512_dpwssd_epi32(acc[r], high, _mm512_loadu_si512(xr[r] + b * kBlock + 32));
       }
     }
+    const float weight_scale = half_to_float(m.scales[o * groups + g]);
+    for (int r = 0; r < R; ++r)
+      total[r] = _mm512_fmadd_ps(_mm512_set1_ps(weight_scale * xs[r][g]), _mm512_cvtepi32_ps(acc[r]), total[r]);
   }
   for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(total[r]);
 }
@@ -128,35 +136,57 @@ void dot_rows_avx2(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64
   const int64_t k = m.k, per_group = m.group / kBlock, groups = m.groups();
   const uint8_t* w = m.data + o * m.row_bytes();
   const int64_t block_bytes = F == WeightFormat::kInt4 ? 32 : 64;
+  const int16_t* xr[R];
+  const float* xs[R];
   __m256 total[R];
-  for (int r = 0; r < R; ++r) total[r] = _mm256_setzero_ps();
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x.values.data() + (first + r) * k;
+    xs[r] = x.scales.data() + (first + r) * groups;
+    total[r] = _mm256_setzero_ps();
+  }
   for (int64_t g = 0; g < groups; ++g) {
-    const float weight_scale = half_to_float(m.scales[o * groups + g]);
+    __m256i acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
     for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
       const uint8_t* wb = w + b * block_bytes;
       _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
       __m256i quarters[4];
       widen64<F>(wb, quarters);
-      for (int r = 0; r < R; ++r) {
-        const int16_t* xb = x.values.data() + (first + r) * k + b * kBlock;
-        __m256i acc = _mm256_setzero_si256();
-        for (int q = 0; q < 4; ++q)
-          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(quarters[q], _mm256_loadu_si256(
-                                                                         reinterpret_cast<const __m256i*>(xb + 16 * q))));
-        const float scale = weight_scale * x.scales[(first + r) * x.blocks + b];
-        total[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(acc), total[r]);
-      }
+      for (int r = 0; r < R; ++r)
+        for (int q = 0; q < 4; ++q) {
+          const auto* xq = reinterpret_cast<const __m256i*>(xr[r] + b * kBlock + 16 * q);
+          acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(quarters[q], _mm256_loadu_si256(xq)));
+        }
     }
+    const float weight_scale = half_to_float(m.scales[o * groups + g]);
+    for (int r = 0; r < R; ++r)
+      total[r] = _mm256_fmadd_ps(_mm256_set1_ps(weight_scale * xs[r][g]), _mm256_cvtepi32_ps(acc[r]), total[r]);
   }
   for (int r = 0; r < R; ++r) out[r] = sum8(total[r]);
+}
+
+// sum over g of offsets[g] (float16) x sums[g]: int4's offsets times the input's group sums.
+float offset_dot(const at::Half* offsets, const float* sums, int64_t groups) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    const __m256 values = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(offsets + g)));
+    acc = _mm256_fmadd_ps(values, _mm256_loadu_ps(sums + g), acc);
+  }
+  float total = sum8(acc);
+  for (; g < groups; ++g) total += half_to_float(offsets[g]) * sums[g];
+  return total;
 }
 
 // Whether to take the AVX-512 VNNI products: where the CPU has them, unless HEARTMULA_NATIVE_AVX512=0 (the AVX2
 // products on the same machine, for tests).
 bool has_avx512_vnni() {
-  static const bool supported = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
-                                __builtin_cpu_supports("avx512dq") &&
-                                std::string(std::getenv("HEARTMULA_NATIVE_AVX512") ? std::getenv("HEARTMULA_NATIVE_AVX512") : "1") != "0";
+  static const bool supported = [] {
+    const char* setting = std::getenv("HEARTMULA_NATIVE_AVX512");
+    const bool allowed = setting == nullptr || std::string(setting) != "0";
+    return allowed && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512dq");
+  }();
   return supported;
 }
 
@@ -168,10 +198,8 @@ void dot_rows(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64_t fi
     dot_rows_avx2<R, F>(m, o, x, first, out);
   if (F == WeightFormat::kInt4) {
     const int64_t groups = m.groups();
-    for (int r = 0; r < R; ++r) {
-      const float* sums = x.sums.data() + (first + r) * groups;
-      for (int64_t g = 0; g < groups; ++g) out[r] += half_to_float(m.offsets[o * groups + g]) * sums[g];
-    }
+    for (int r = 0; r < R; ++r) out[r] += offset_dot(m.offsets + o * groups, x.sums.data() + (first + r) * groups,
+                                                      groups);
   }
 }
 

@@ -54,7 +54,8 @@ def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
         from heartmula.pipeline import HeartMuLaPipeline
 
         pipe = HeartMuLaPipeline.from_pretrained(config.model, version=config.version, codec=config.codec,
-                                                 device=config.device, dtype=config.dtype, int8=config.int8)
+                                                 device=config.device, dtype=config.dtype, int8=config.int8,
+                                                 quant=config.quant)
         return pipe.generator, pipe.codec
 
     return load
