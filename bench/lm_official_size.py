@@ -17,6 +17,7 @@ and measured with its peak resident memory; then the bfloat16 model, on the nati
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -149,6 +150,7 @@ def quantized_rows(args, folder: Path, bandwidth: float) -> tuple[list[dict], fl
                      roofline_frames_per_s=round(bandwidth / bytes_per_frame, 2))
     quantized["fraction_of_roofline"] = round(quantized["frames_per_s"] / quantized["roofline_frames_per_s"], 2)
     del generator
+    gc.collect()
     generator = official_size_generator(torch.bfloat16, folder)
     reference = measure(generator, args.frames, weight_bytes_per_frame(generator.model, 2), "bfloat16")
     quantized["speed_vs_bfloat16"] = round(reference["seconds_per_frame"] / quantized["seconds_per_frame"], 2)
