@@ -200,6 +200,9 @@ class HeartMuLa(nn.Module):
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int | None = None) -> None:
+        if self.audio_head_quantized is not None:
+            raise HeartMuLaError("this model holds int8 / int4 weights: save it with heartmula.lm.quantized."
+                                 "save_quantized (`heartmula model quantize`)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_state_dict(self.state_dict(), folder, max_shard_bytes=max_shard_bytes)
