@@ -132,8 +132,8 @@ def test_kernel_rejects_what_it_cannot_read(kernels):
     with pytest.raises(RuntimeError, match="shapes do not match"):
         kernels.few_rows_quantized_linear(torch.randn(2, 64), data, scales, offsets)
     with pytest.raises(RuntimeError, match="multiple of 64"):
-        kernels.few_rows_quantized_linear(torch.randn(2, 128), data, scales.repeat(1, 2).contiguous(),
-                                          offsets.repeat(1, 2).contiguous())
+        kernels.few_rows_quantized_linear(torch.randn(2, 128), data, scales.repeat(1, 4).contiguous(),
+                                          offsets.repeat(1, 4).contiguous())
 
 
 def quantized_transformer(bits: int) -> Transformer:
@@ -195,7 +195,8 @@ def test_saved_folder_loads_the_same_model(quantized_root, tiny_root):
     stored = load_file(quantized_root / WEIGHTS_FILE)
     assert stored["backbone.layers.0.attn.q_proj.weight.qdata"].dtype == torch.uint8
     assert stored["text_embeddings.weight.qdata"].dtype == torch.int8  # embeddings at int8
-    assert not any(v.dtype == torch.float32 and v.numel() > 1000 for v in stored.values())
+    floats = {name for name, v in stored.items() if v.is_floating_point() and v.dtype != torch.float16}
+    assert floats and all(name.endswith(".scale") or name.startswith(("muq_linear", "unconditional")) for name in floats)
     loaded = load_generator(quantized_root)
     in_memory = load_generator(tiny_root, quant="int4")
     assert all(torch.equal(a, b) for a, b in zip(song_codes(loaded), song_codes(in_memory)))
@@ -235,6 +236,6 @@ def test_folder_with_missing_scales_says_so(quantized_root, tmp_path):
         load_generator(broken)
 
 
-def test_quantize_refuses_an_existing_destination(tiny_root, tmp_path):
-    with pytest.raises(HeartMuLaError, match="already exists"):
-        cli_main(["model", "quantize", str(tiny_root), "--to", str(tmp_path), "--quant", "int8"])
+def test_quantize_refuses_an_existing_destination(tiny_root, tmp_path, capsys):
+    assert cli_main(["model", "quantize", str(tiny_root), "--to", str(tmp_path), "--quant", "int8"]) == 2
+    assert "already exists" in capsys.readouterr().err
