@@ -196,7 +196,8 @@ def test_saved_folder_loads_the_same_model(quantized_root, tiny_root):
     assert stored["backbone.layers.0.attn.q_proj.weight.qdata"].dtype == torch.uint8
     assert stored["text_embeddings.weight.qdata"].dtype == torch.int8  # embeddings at int8
     floats = {name for name, v in stored.items() if v.is_floating_point() and v.dtype != torch.float16}
-    assert floats and all(name.endswith(".scale") or name.startswith(("muq_linear", "unconditional")) for name in floats)
+    assert floats and all(name.endswith(".scale") or name.startswith(("muq_linear", "unconditional"))
+                          for name in floats)
     loaded = load_generator(quantized_root)
     in_memory = load_generator(tiny_root, quant="int4")
     assert all(torch.equal(a, b) for a, b in zip(song_codes(loaded), song_codes(in_memory)))

@@ -31,6 +31,7 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.nn.layers import FusedLinear
+from heartmula.nn.memory import release_free_memory
 from heartmula.nn.quantized import QuantizedEmbedding, QuantizedLinear, RowSource, bits_of
 
 QUANT_FILE = "quantization.json"
@@ -102,6 +103,7 @@ def install(model: HeartMuLa, layer_of: Callable[[str], QuantizedLinear], read: 
             owner, _, attribute = name.rpartition(".")
             value = read(name, ()).to(dtype).clone()
             setattr(model.get_submodule(owner), attribute, torch.nn.Parameter(value, requires_grad=False))
+    release_free_memory()
     return model.eval()
 
 
