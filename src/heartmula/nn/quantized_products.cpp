@@ -20,7 +20,7 @@
 namespace {
 
 constexpr int64_t kBlock = 64;            // columns per packed block
-constexpr int64_t kPrefetchBytes = 4096;  // how far ahead of its reads a product asks for its weights
+constexpr int64_t kPrefetchBytes = 8192;  // how far ahead of its reads a product asks for its weights
 constexpr int kMaxRows = 4;               // input rows that share one pass over the weights
 
 // Input rows rounded to 16-bit integers, one scale per group of the weights' columns; `sums`: each group's float
@@ -116,7 +116,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,f16c,fma"))) void do
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
     for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
       const uint8_t* wb = w + b * block_bytes;
-      _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
+      if (block_bytes == 64 || b % 2 == 0)  // once per cache line
+        _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
       __m512i low, high;
       widen64<F>(wb, low, high);
       for (int r = 0; r < R; ++r) {
@@ -149,7 +150,8 @@ void dot_rows_avx2(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
     for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
       const uint8_t* wb = w + b * block_bytes;
-      _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
+      if (block_bytes == 64 || b % 2 == 0)  // once per cache line
+        _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
       __m256i quarters[4];
       widen64<F>(wb, quarters);
       for (int r = 0; r < R; ++r)
