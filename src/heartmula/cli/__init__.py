@@ -41,6 +41,14 @@ def add_int8_option(parser: argparse.ArgumentParser) -> None:
                         "written by `heartmula model quantize` loads as such without it")
 
 
+def add_lora_options(parser: argparse.ArgumentParser) -> None:
+    """`--lora DIR` and `--lora-scale S` for the verbs that load an LM (see heartmula.lm.lora)."""
+    parser.add_argument("--lora", metavar="DIR", help="a LoRA adapter folder (`heartmula train lora`, PEFT layout: "
+                        "adapter_config.json + adapter_model.safetensors) merged into the LM's weights at load")
+    parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="multiply the adapter's update "
+                        "by S (0 = the base model, 1 = as trained)")
+
+
 def add_device_options(parser: argparse.ArgumentParser) -> None:
     """`--device` and `--dtype` for the verbs that load an LM (see heartmula.pipeline.HeartMuLaPipeline)."""
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA, else MPS, else CPU), cpu, cuda, "

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from heartmula.cli import add_device_options, add_int8_option
+from heartmula.cli import add_device_options, add_int8_option, add_lora_options
 
 
 def register(verbs) -> None:
@@ -28,6 +28,7 @@ def register(verbs) -> None:
     p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
     add_device_options(p)
     add_int8_option(p)
+    add_lora_options(p)
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: the "
                    "HEARTMULA_TOKEN environment variable; unset = no auth)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = ServeConfig(
         data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
-        device=args.device, int8=args.int8, quant=args.quant, token=args.token or os.environ.get(TOKEN_ENV) or None,
+        device=args.device, int8=args.int8, quant=args.quant, lora=args.lora, lora_scale=args.lora_scale,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
         cors_origins=args.cors_origin, allowed_hosts=[h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
         max_batch=args.max_batch, transcribe_model=args.transcribe_model, clap_model=args.clap_model,

@@ -6,7 +6,8 @@ Endpoints (all under /api; JSON unless noted; the OpenAPI spec is at /openapi.js
     GET    /api/health                      worker and model state, features, whether a token is needed (no auth);
                                             503 with a reason when the worker cannot work
     POST   /api/session                     trade the bearer token for a session cookie (media, WebSocket)
-    POST   /api/songs                       queue a song job -> 201 {job}                          (songs.py)
+    POST   /api/songs                       queue a song job -> 201 {job}; continue_from: continue a song (songs.py)
+    POST   /api/songs/import                a recording into the library, to continue it             (uploads.py)
     GET    /api/songs?q=&status=&limit=     the library, newest first; q searches title, tags and lyrics
     GET    /api/songs/{id}                  one job: status, progress, result
     DELETE /api/songs/{id}                  delete a song (stops it if it is being generated)
@@ -55,6 +56,7 @@ def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
 
         pipe = HeartMuLaPipeline.from_pretrained(config.model, version=config.version, codec=config.codec,
                                                  device=config.device, dtype=config.dtype, int8=config.int8,
+                                                 lora=config.lora, lora_scale=config.lora_scale,
                                                  quant=config.quant)
         return pipe.generator, pipe.codec
 

@@ -27,6 +27,8 @@ class ServeConfig:
     device: str = "auto"  # auto: CUDA, else MPS, else the CPU
     int8: bool | None = None  # int8 LM weights; None: heartmula.song_models.int8_by_default
     quant: str | None = None  # "int8" / "int4": weight-only quantised LM on the native kernels (heartmula.lm.quantized)
+    lora: str | Path | None = None  # a LoRA adapter folder merged into the LM at load (heartmula.lm.lora)
+    lora_scale: float = 1.0  # the adapter's update is multiplied by this
     token: str | None = None  # bearer token; None = no auth
     cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
     allowed_hosts: list[str] = field(default_factory=list)  # Host header values served; empty = any
@@ -57,6 +59,10 @@ class ServeConfig:
         self.codec_path()  # resolves the LM too
         if self.clap_model is not None and not (Path(self.clap_model) / "config.json").is_file():
             raise HeartMuLaError(f"--clap-model {self.clap_model} is not a HeartCLAP folder (no config.json)")
+        if self.lora is not None:
+            from heartmula.lm.lora import read_adapter
+
+            read_adapter(self.lora)
 
 
 @dataclass

@@ -240,17 +240,31 @@ def _alignment_recorder(model: HeartMuLa, layer: int | None, heads: int) -> Atte
     return AttentionRecorder(layers[index].attn)
 
 
+def run_transformer(transformer, x: torch.Tensor, positions: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """`transformer(x, positions)` without a cache; `checkpoint` keeps only each layer's input for the backward pass
+    and computes the layer again there (gradient checkpointing: activation memory of one layer, not all)."""
+    if not checkpoint:
+        return transformer(x, positions)
+    from torch.utils.checkpoint import checkpoint as recompute
+
+    rope = transformer.rope_rows(positions)
+    for layer in transformer.layers:
+        x = recompute(layer, x, rope, None, None, use_reentrant=False)
+    return transformer.norm(x)
+
+
 def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
               generator: torch.Generator | None = None, align_weight: float = 0.0, align_layer: int | None = None,
-              align_heads: int = 2) -> tuple[torch.Tensor, dict]:
+              align_heads: int = 2, checkpoint: bool = False) -> tuple[torch.Tensor, dict]:
     """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch, plus
-    `align_weight` x the lyric alignment loss of layer `align_layer` (None: the middle one) when it is on."""
+    `align_weight` x the lyric alignment loss of layer `align_layer` (None: the middle one) when it is on.
+    `checkpoint`: gradient checkpointing of both transformers (`run_transformer`)."""
     k = model.num_codebooks
     hidden, targets = embed_samples(model, samples)
     align = alignment_targets(samples) if align_weight > 0 else None
     recorder = _alignment_recorder(model, align_layer, align_heads) if align is not None else None
     try:
-        out = model.backbone(hidden, torch.arange(hidden.shape[1]))
+        out = run_transformer(model.backbone, hidden, torch.arange(hidden.shape[1]), checkpoint)
     finally:
         if recorder is not None:
             recorder.remove()
@@ -268,7 +282,7 @@ def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
     offsets = model.config.audio_vocab_size * torch.arange(k - 1)
     previous = model.audio_embeddings(codes[:, : k - 1] + offsets)  # [N, K-1, D]: emb of c0..c(K-2)
     decoder_in = model.projection(torch.cat([states[:, None], previous], dim=1))  # [N, K, Ddec]
-    decoded = model.decoder(decoder_in, torch.arange(k))
+    decoded = run_transformer(model.decoder, decoder_in, torch.arange(k), checkpoint)
     logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
     decoder_loss = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
     total = c0_loss + decoder_loss
