@@ -85,7 +85,7 @@ class HeartMuLaPipeline:
                         codec: str | os.PathLike | None = None, device: str | torch.device = "auto",
                         dtype: str | None = None, int8: bool | None = None, compile: bool = False,
                         decode: bool = True, lora: str | os.PathLike | None = None,
-                        lora_scale: float = 1.0) -> HeartMuLaPipeline:
+                        lora_scale: float = 1.0, quant: str | None = None) -> HeartMuLaPipeline:
         """Load a pipeline.
 
         model: a checkpoint root in the official layout (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json,
@@ -99,12 +99,14 @@ class HeartMuLaPipeline:
         decode: False skips finding a codec (codes only).
         lora: a LoRA adapter folder (`heartmula train lora`, PEFT layout) merged into the LM's weights at load, its
             update times `lora_scale` (0 = the base model, 1 = as trained).
+        quant: "int8" or "int4": weight-only quantised LM weights on the CPU's native kernels, quantised one tensor at
+            a time while the checkpoint loads (docs/quantization.md); a quantised folder loads as such without it.
         """
         model_path = resolve_lm(model, version)
         codec_path = resolve_codec(codec, model_path) if decode else None  # a wrong folder fails before the LM loads
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
-        generator = load_lm(model_path, version, dtype, str(device), int8, lora, lora_scale)
+        generator = load_lm(model_path, version, dtype, str(device), int8, lora, lora_scale, quant)
         if compile:
             generator.compile()
         return cls(generator, codec_path, device, dtype, model_path)

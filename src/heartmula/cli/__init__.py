@@ -37,6 +37,9 @@ def add_int8_option(parser: argparse.ArgumentParser) -> None:
                         "the LM (a CPU speed-up where the native decoding kernels cannot be built; with them float32 "
                         "is faster); default: on for the embedded default LM in float32 on such a CPU, off "
                         "otherwise and for other checkpoints (they run as upstream)%(default).0s")  # .0s: no default
+    parser.add_argument("--quant", choices=["int8", "int4"], help="weight-only int8 or int4 LM weights on the CPU's "
+                        "native kernels, quantised while the checkpoint loads (docs/quantization.md); a folder "
+                        "written by `heartmula model quantize` loads as such without it")
 
 
 def add_lora_options(parser: argparse.ArgumentParser) -> None:

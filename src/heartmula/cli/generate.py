@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                               lyrics_scale=args.lyrics_scale).validate()
     reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early
     pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
-                                             dtype=args.dtype, int8=args.int8, compile=args.compile,
+                                             dtype=args.dtype, int8=args.int8, quant=args.quant, compile=args.compile,
                                              lora=args.lora, lora_scale=args.lora_scale,
                                              decode=not args.no_decode)
     clap = None

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = ServeConfig(
         data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
-        device=args.device, int8=args.int8, lora=args.lora, lora_scale=args.lora_scale,
+        device=args.device, int8=args.int8, quant=args.quant, lora=args.lora, lora_scale=args.lora_scale,
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         cors_origins=args.cors_origin, allowed_hosts=[h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,

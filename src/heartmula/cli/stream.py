@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         _sounddevice()  # fail before loading anything
     pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
                                              dtype=args.dtype, int8=args.int8, lora=args.lora,
-                                             lora_scale=args.lora_scale)
+                                             lora_scale=args.lora_scale, quant=args.quant)
     generator, codec = pipe.generator, pipe.codec
     started = time.perf_counter()
     if args.resume:

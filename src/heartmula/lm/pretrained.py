@@ -18,6 +18,7 @@ from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.generation import HeartMuLaGenerator
 from heartmula.lm.lora import merge_lora, read_adapter
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
+from heartmula.lm.quantized import is_quantized_folder, load_quantized
 from heartmula.text import TextTokenizer, byte_level_tokenizer
 
 DEFAULT_VERSION = "3B"
@@ -90,18 +91,28 @@ def load_generator(
     device: str | torch.device = "cpu",
     lora: str | os.PathLike | None = None,
     lora_scale: float = 1.0,
+    quant: str | None = None,
 ) -> HeartMuLaGenerator:
     """`lora`: a LoRA adapter folder (PEFT layout) merged into the weights, times `lora_scale`, before anything
-    else reads them (`heartmula.lm.lora`)."""
+    else reads them (`heartmula.lm.lora`). `quant` ("int8", "int4"): weight-only quantised while it loads, one
+    weight at a time (`heartmula.lm.quantized`; a quantised folder loads as such without it)."""
     files = locate_lm(path, version)
     gen_config = _gen_config_for(files)
     tokenizer = _read_tokenizer(files, gen_config)
     adapter = read_adapter(lora) if lora is not None else None  # a bad adapter fails before the weights load
-    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
+    if quant is not None or is_quantized_folder(files.model_dir):
+        if adapter is not None:
+            raise HeartMuLaError("a LoRA adapter merges into float weights: load without --quant, or quantise "
+                                 "the merged model")
+        if str(device) != "cpu":
+            raise HeartMuLaError("int8 / int4 weights run on the CPU's native kernels: use --device cpu")
+        model = load_quantized(files.model_dir, quant, parse_dtype(dtype))
+    else:
+        model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
+        if adapter is not None:
+            merge_lora(model, adapter, lora_scale)
+        model.fuse_projections()
     _check_vocab(files, tokenizer, model.config.text_vocab_size)
-    if adapter is not None:
-        merge_lora(model, adapter, lora_scale)
-    model.fuse_projections()
     model.pack_weights_in_huge_pages()
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 

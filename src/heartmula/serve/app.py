@@ -56,7 +56,8 @@ def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
 
         pipe = HeartMuLaPipeline.from_pretrained(config.model, version=config.version, codec=config.codec,
                                                  device=config.device, dtype=config.dtype, int8=config.int8,
-                                                 lora=config.lora, lora_scale=config.lora_scale)
+                                                 lora=config.lora, lora_scale=config.lora_scale,
+                                                 quant=config.quant)
         return pipe.generator, pipe.codec
 
     return load

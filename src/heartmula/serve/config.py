@@ -26,6 +26,7 @@ class ServeConfig:
     dtype: str | None = None  # the LM's weights; None: bfloat16 on CUDA, float32 elsewhere (heartmula.pipeline)
     device: str = "auto"  # auto: CUDA, else MPS, else the CPU
     int8: bool | None = None  # int8 LM weights; None: heartmula.song_models.int8_by_default
+    quant: str | None = None  # "int8" / "int4": weight-only quantised LM on the native kernels (heartmula.lm.quantized)
     lora: str | Path | None = None  # a LoRA adapter folder merged into the LM at load (heartmula.lm.lora)
     lora_scale: float = 1.0  # the adapter's update is multiplied by this
     token: str | None = None  # bearer token; None = no auth
