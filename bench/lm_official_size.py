@@ -8,12 +8,18 @@ this measures how close decoding comes to the memory bandwidth at the size users
 
     python bench/lm_official_size.py                  # bfloat16
     python bench/lm_official_size.py --dtype float32
+    python bench/lm_official_size.py --quant int4     # int4 weights (heartmula.nn.quantized), then bfloat16
+
+With --quant the quantised model is built first, one tensor at a time from random rows (it never exists in float32),
+and measured with its peak resident memory; then the bfloat16 model, on the native kernels, for the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +35,7 @@ from lm_decode import LYRICS, TAGS, copy_bandwidth, weight_bytes_per_frame  # no
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig  # noqa: E402
 from heartmula.lm.generation import HeartMuLaGenerator, SamplingParams, SongRequest  # noqa: E402
 from heartmula.lm.model import HeartMuLa  # noqa: E402
+from heartmula.lm.quantized import install, quantizing  # noqa: E402
 from heartmula.nn import native  # noqa: E402
 from heartmula.text import TextTokenizer, byte_level_tokenizer  # noqa: E402
 
@@ -54,6 +61,56 @@ def official_size_generator(dtype: torch.dtype, folder: Path) -> HeartMuLaGenera
                               GenerationConfig(text_bos_id=256, text_eos_id=257))
 
 
+def random_reader(model: HeartMuLa):
+    """read(name, index) of `heartmula.lm.quantized`: N(0, 0.02) values (norm scales 1), drawn for the rows asked
+    for only, the same for the same rows."""
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+    def read(name: str, index: tuple) -> torch.Tensor:
+        shape = torch.empty(shapes[name], device="meta")[index].shape
+        if name.endswith(".scale"):
+            return torch.ones(shape)
+        seed = sum(ord(c) * 31 ** i for i, c in enumerate(f"{name}{index}")) % 2**31
+        return torch.empty(shape).normal_(0, 0.02, generator=torch.Generator().manual_seed(seed))
+
+    return read, shapes
+
+
+def official_size_quantized(quant: str, folder: Path) -> HeartMuLaGenerator:
+    """The default (3B) configuration with random int8 / int4 weights, quantised one block of rows at a time."""
+    with torch.device("meta"):
+        model = HeartMuLa(HeartMuLaConfig())
+    read, shapes = random_reader(model)
+    install(model, quantizing(read, shapes, quant), read, torch.float32)
+    model.pack_weights_in_huge_pages()
+    tokenizer = byte_level_tokenizer()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return HeartMuLaGenerator(model, TextTokenizer.from_file(folder / "tokenizer.json", 256, 257),
+                              GenerationConfig(text_bos_id=256, text_eos_id=257))
+
+
+def quantized_bytes_per_frame(model: HeartMuLa) -> int:
+    """Bytes of quantised weights a frame reads: the backbone and codebook 0's head once, the decoder and the
+    projection once per codebook 1..K-1, the heads once each."""
+    def size(layer) -> int:
+        return sum(t.numel() * t.element_size() for t in layer.native_tensors())
+
+    def transformer(t) -> int:
+        return sum(size(layer.attn.fused_qkv.quantized) + size(layer.attn.output_proj)
+                   + size(layer.mlp.fused_gate_up.quantized) + size(layer.mlp.w2) for layer in t.layers)
+
+    steps = model.num_codebooks - 1
+    return (transformer(model.backbone) + size(model.codebook0_head)
+            + steps * (transformer(model.decoder) + size(model.projection)) + size(model.audio_head_quantized))
+
+
+def peak_rss_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
 def seconds_per_frame(generator: HeartMuLaGenerator, frames: int) -> tuple[float, float]:
     """(prefill seconds, seconds per frame after it) of one guided song."""
     song = SongRequest(lyrics=LYRICS, tags=TAGS, seed=0)
@@ -71,47 +128,77 @@ def seconds_per_frame(generator: HeartMuLaGenerator, frames: int) -> tuple[float
     return prefill, per_frame
 
 
+def measure(generator: HeartMuLaGenerator, frames: int, bytes_per_frame: float, label: str) -> dict:
+    prefill, per_frame = seconds_per_frame(generator, frames)
+    row = {"weights": label, "path": "native" if native.kernels() is not None else "torch",
+           "prefill_s": round(prefill, 2), "seconds_per_frame": round(per_frame, 3),
+           "frames_per_s": round(1 / per_frame, 2), "rtf": round(per_frame * 12.5, 2),
+           "weight_gb_per_frame": round(bytes_per_frame / 1e9, 2),
+           "weight_gb_per_s": round(bytes_per_frame / per_frame / 1e9, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def quantized_rows(args, folder: Path, bandwidth: float) -> tuple[list[dict], float]:
+    """The quantised model's row (with its peak RSS and roofline) and the bfloat16 model's, measured in turn."""
+    start = time.perf_counter()
+    generator = official_size_quantized(args.quant, folder)
+    built = time.perf_counter() - start
+    bytes_per_frame = quantized_bytes_per_frame(generator.model)
+    quantized = measure(generator, args.frames, bytes_per_frame, args.quant)
+    quantized.update(build_seconds=round(built, 1), peak_rss_gb=round(peak_rss_gb(), 2),
+                     roofline_frames_per_s=round(bandwidth / bytes_per_frame, 2))
+    quantized["fraction_of_roofline"] = round(quantized["frames_per_s"] / quantized["roofline_frames_per_s"], 2)
+    del generator
+    gc.collect()
+    generator = official_size_generator(torch.bfloat16, folder)
+    reference = measure(generator, args.frames, weight_bytes_per_frame(generator.model, 2), "bfloat16")
+    quantized["speed_vs_bfloat16"] = round(reference["seconds_per_frame"] / quantized["seconds_per_frame"], 2)
+    return [quantized, reference], sum(p.numel() for p in generator.model.parameters())
+
+
+def float_rows(args, folder: Path, dtype: torch.dtype) -> tuple[list[dict], float]:
+    """The float model on the native kernels and on torch's own operations (`HEARTMULA_NATIVE=0`'s path)."""
+    generator = official_size_generator(dtype, folder)
+    bytes_per_frame = weight_bytes_per_frame(generator.model, torch.finfo(dtype).bits / 8)
+    rows = []
+    for path in ("native", "torch"):
+        if path == "native" and native.kernels() is None:
+            continue
+        saved = native._loaded
+        if path == "torch":
+            native._loaded = None  # what HEARTMULA_NATIVE=0 does
+        try:
+            rows.append(measure(generator, args.frames, bytes_per_frame, args.dtype))
+        finally:
+            native._loaded = saved
+        rows[-1]["path"] = path
+    return rows, sum(p.numel() for p in generator.model.parameters())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--quant", choices=["int8", "int4"], help="measure int8 / int4 weights against bfloat16")
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="bench/results/lm_official_size.json")
+    parser.add_argument("--out", help="default bench/results/lm_official_size[_QUANT].json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-
+    bandwidth = copy_bandwidth()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        generator = official_size_generator(dtype, Path(tmp))
-        built = time.perf_counter() - start
-        bytes_per_frame = weight_bytes_per_frame(generator.model, torch.finfo(dtype).bits / 8)
-        bandwidth = copy_bandwidth()
-        rows = []
-        for path in ("native", "torch"):
-            kernels = native.kernels()
-            if path == "native" and kernels is None:
-                continue
-            saved = native._loaded
-            if path == "torch":
-                native._loaded = None  # what HEARTMULA_NATIVE=0 does
-            try:
-                prefill, per_frame = seconds_per_frame(generator, args.frames)
-            finally:
-                native._loaded = saved
-            rows.append({"path": path, "prefill_s": round(prefill, 2), "seconds_per_frame": round(per_frame, 3),
-                         "rtf": round(per_frame * 12.5, 2),
-                         "weight_gb_per_s": round(bytes_per_frame / per_frame / 1e9, 1)})
-            print(json.dumps(rows[-1]))
-
+        if args.quant:
+            rows, parameters = quantized_rows(args, Path(tmp), bandwidth)
+        else:
+            rows, parameters = float_rows(args, Path(tmp), getattr(torch, args.dtype))
     result = {"machine": {**machine(), "threads": args.threads, "torch": torch.__version__,
-                          "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2)},
-              "model": f"HeartMuLa-oss-3B geometry, random weights, {args.dtype}, CFG 1.5, top-k 50",
-              "parameters_billions": round(sum(p.numel() for p in generator.model.parameters()) / 1e9, 2),
-              "weight_gb_per_frame": round(bytes_per_frame / 1e9, 2), "build_seconds": round(built, 1),
-              "results": rows}
+                          "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+                          "load_average_1_5_15_at_start": [round(x, 2) for x in load]},
+              "model": "HeartMuLa-oss-3B geometry, random weights, CFG 1.5, top-k 50",
+              "parameters_billions": round(parameters / 1e9, 2), "results": rows}
     print(json.dumps(result, indent=2))
-    out = Path(args.out)
+    out = Path(args.out or f"bench/results/lm_official_size{'_' + args.quant if args.quant else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -216,18 +216,18 @@ def test_transformer_step_rejects_what_it_cannot_read(kernels):
     model.setup_cache(2, 16, torch.float32, "cpu")
     x = torch.randn(2, 1, 64)
     rope = torch.view_as_real(model.rope_rows(torch.tensor([3])))
-    layer = model.layers[0]
-    tensors = [layer.sa_norm.scale, layer.attn.fused_qkv.weight, layer.attn.output_proj.weight, layer.mlp_norm.scale,
-               layer.mlp.fused_gate_up.weight, layer.mlp.w2.weight, layer.attn.cache.k, layer.attn.cache.v]
+    tensors = model.layers[0].native_tensors()
     args = (model.norm.scale, 4, 2, 1e-5)
     with torch.inference_mode():
         assert kernels.transformer_step(x, rope, None, 3, tensors, *args).shape == (2, 1, 64)
-        with pytest.raises(RuntimeError, match="8 tensors per layer"):
-            kernels.transformer_step(x, rope, None, 3, tensors[:7], *args)
-        with pytest.raises(RuntimeError, match="layer 0 tensor 2 has the wrong shape"):
-            kernels.transformer_step(x, rope, None, 3, tensors[:2] + [tensors[2][:, :32].contiguous()] + tensors[3:],
+        with pytest.raises(RuntimeError, match="16 tensors per layer"):
+            kernels.transformer_step(x, rope, None, 3, tensors[:15], *args)
+        with pytest.raises(RuntimeError, match="layer 0: a weight has the wrong shape"):
+            kernels.transformer_step(x, rope, None, 3, tensors[:4] + [tensors[4][:, :32].contiguous()] + tensors[5:],
                                      *args)
-        with pytest.raises(RuntimeError, match="layer 0 tensor 6 has the wrong shape"):  # the cache is full
+        with pytest.raises(RuntimeError, match="float weights take no scales"):
+            kernels.transformer_step(x, rope, None, 3, tensors[:5] + [torch.ones(2)] + tensors[6:], *args)
+        with pytest.raises(RuntimeError, match="layer 0: a KV cache has the wrong shape"):  # the cache is full
             kernels.transformer_step(x, rope, None, 16, tensors, *args)
         with pytest.raises(RuntimeError, match="key_mask"):
             kernels.transformer_step(x, rope, torch.ones(2, 3, dtype=torch.bool), 3, tensors, *args)
@@ -292,12 +292,12 @@ def test_local_frame_rejects_what_it_cannot_read(kernels, generator):
     rows, songs = len(session.rows), 1
     decoder = model.decoder
     c = decoder.config
-    heads = model.audio_head.transpose(1, 2)
+    projection, heads, embeddings = model.local_frame_weights(model.dtype)
     rope = torch.view_as_real(decoder.rope_rows(session._decoder_positions))[0]
     args = dict(hidden=torch.randn(rows, c.embed_dim), first_codes=torch.zeros(songs, dtype=torch.long),
                 row_song=session.row_song, guidance=session._guidance_matrix(), masks=session._later_masks,
-                noise=torch.ones(songs, 7, 3), temperature=1.0, projection=model.projection.weight, heads=heads,
-                embeddings=model.audio_embeddings.weight, rope=rope, layers=decoder.native_tensors(),
+                noise=torch.ones(songs, 7, 3), temperature=1.0, projection=projection, heads=heads,
+                embeddings=embeddings, rope=rope, layers=decoder.native_tensors(),
                 final_scale=decoder.norm.scale, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, eps=c.norm_eps)
     with torch.inference_mode():
         codes = kernels.local_frame(*args.values())
@@ -307,7 +307,8 @@ def test_local_frame_rejects_what_it_cannot_read(kernels, generator):
                                 (dict(noise=torch.ones(songs, 6, 3)), "noise must be"),
                                 (dict(guidance=torch.ones(songs, rows + 1)), "guidance must be"),
                                 (dict(masks=session._later_masks[:, :5]), "masks"),
-                                (dict(embeddings=model.audio_embeddings.weight[:10]), "embeddings"),
+                                (dict(embeddings=[embeddings[0][:10], *embeddings[1:]]), "embeddings"),
+                                (dict(heads=heads[:2]), "heads must be"),
                                 (dict(temperature=0.0), "temperature")]:
             with pytest.raises(RuntimeError, match=message):
                 kernels.local_frame(*{**args, **change}.values())
@@ -372,8 +373,8 @@ def test_local_frame_with_bfloat16_weights_agrees_with_float32(kernels, tiny_roo
         c = decoder.config
         codes = kernels.local_frame(
             hidden.to(model.dtype), torch.tensor([3]), session.row_song, session._guidance_matrix(),
-            session._later_masks, torch.empty(1, 7, 0), 1.0, model.projection.weight, model.audio_head.transpose(1, 2),
-            model.audio_embeddings.weight, torch.view_as_real(decoder.rope_rows(session._decoder_positions))[0],
+            session._later_masks, torch.empty(1, 7, 0), 1.0, *model.local_frame_weights(model.dtype),
+            torch.view_as_real(decoder.rope_rows(session._decoder_positions))[0],
             decoder.native_tensors(), decoder.norm.scale, c.num_heads, c.num_kv_heads, c.norm_eps)
         session.close()
         return codes

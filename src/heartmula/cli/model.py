@@ -48,6 +48,30 @@ def register(verbs) -> None:
     convert.add_argument("--version", default="3B")
     convert.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     convert.set_defaults(handler=run_convert)
+    quantize = sub.add_parser("quantize", help="write an LM checkpoint with int8 or int4 weights",
+                              description="Write DIR/config.json + quantization.json + model.safetensors (int8 or "
+                              "int4 weights with float16 scales per group of 128 columns; docs/quantization.md) + "
+                              "tokenizer.json + gen_config.json, a folder that `--model DIR` loads as such. The "
+                              "checkpoint is read one tensor at a time: a 3B model never exists in float32.",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    quantize.add_argument("root", type=Path, help="LM checkpoint root or model folder (float weights)")
+    quantize.add_argument("--to", type=Path, required=True, dest="dest", help="new folder (must not exist)")
+    quantize.add_argument("--quant", choices=["int8", "int4"], default="int4")
+    quantize.add_argument("--version", default="3B")
+    quantize.set_defaults(handler=run_quantize)
+    merge = sub.add_parser("merge-lora", help="merge a LoRA adapter into an LM and write the merged checkpoint",
+                           description="Add a LoRA adapter's update (`heartmula train lora`, PEFT layout) into the "
+                           "LM's weights and write OUT/HeartMuLa-oss-<version>/, OUT/tokenizer.json and "
+                           "OUT/gen_config.json: a checkpoint root that generates as `--model ROOT --lora DIR` does, "
+                           "without the adapter. Pass --codec when generating from it (the codec is not copied).",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    merge.add_argument("root", help="LM checkpoint root or model folder, or `default` for the embedded default LM")
+    merge.add_argument("--lora", type=Path, required=True, help="adapter folder")
+    merge.add_argument("--lora-scale", type=float, default=1.0, help="multiply the adapter's update by this")
+    merge.add_argument("--out", type=Path, required=True, help="new folder (must not exist)")
+    merge.add_argument("--version", default="3B")
+    merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    merge.set_defaults(handler=run_merge_lora)
     p.set_defaults(handler=lambda args: p.print_help() or 2)
 
 
@@ -140,3 +164,42 @@ def _is_codec_folder(path: Path) -> bool:
 
     config = path / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("model_type") == "heartcodec"
+
+
+def run_quantize(args) -> int:
+    import shutil
+    import tempfile
+
+    from heartmula.errors import HeartMuLaError
+    from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, locate_lm
+    from heartmula.lm.quantized import load_quantized, save_quantized
+
+    if args.dest.exists():
+        raise HeartMuLaError(f"{args.dest} already exists: choose a new folder")
+    files = locate_lm(args.root, args.version)
+    model = load_quantized(files.model_dir, args.quant)
+    args.dest.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the destination, then renamed: an interrupted run leaves no half folder under the real name.
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.dest.name}.", dir=args.dest.parent))
+    try:
+        save_quantized(model, staging, args.quant)
+        shutil.copy(files.tokenizer, staging / TOKENIZER_FILE)
+        if files.gen_config is not None:
+            shutil.copy(files.gen_config, staging / GEN_CONFIG_FILE)
+        staging.chmod(0o755)
+        staging.rename(args.dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(f.stat().st_size for f in args.dest.iterdir()) / 1e6
+    print(f"wrote {args.dest} ({args.quant}, {size:.1f} MB)")
+    return 0
+
+
+def run_merge_lora(args) -> int:
+    from heartmula.lm.pretrained import write_merged_root
+    from heartmula.song_models import resolve_lm
+
+    root = resolve_lm(None if args.root == "default" else args.root, args.version)
+    folder = write_merged_root(root, args.lora, args.out, args.version, args.lora_scale, args.dtype)
+    print(f"wrote {folder}")
+    return 0

@@ -30,7 +30,6 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import GenerationConfig
 from heartmula.lm.model import HeartMuLa
 from heartmula.nn import native
-from heartmula.nn.layers import Linear
 from heartmula.nn.sampling import exponential_noise, sample_among_top_k, sample_top_k
 from heartmula.text import TagPrompt, TextTokenizer, parse_tag_prompts, validate_weights
 
@@ -639,17 +638,13 @@ class GenerationSession:
     def _native_local_frame(self, last_hidden, first_codes, noise) -> torch.Tensor | None:
         """Codebooks 1..K-1 [songs, K-1] in one native call (`decoding.cpp`'s local_frame: the loop of
         `_frame_from_hidden` without its 64 small torch operations per codebook), where the local decoder, the
-        projection and the heads run on float32 or bfloat16 few-row products on a CPU in the default mode; None
-        elsewhere."""
+        projection and the heads run on float32, bfloat16 or int8 / int4 few-row products on a CPU in the default
+        mode; None elsewhere."""
         model = self.generator.model
-        if self.compat or not self._native_frames or model.audio_head_int8 is not None:
+        if self.compat or not self._native_frames:
             return None
-        heads = model.audio_head.transpose(1, 2)  # [K-1, V, d]: contiguous in the row-major layout of from_pretrained
-        if (not isinstance(model.projection, Linear) or not model.projection.few_rows_transposed
-                or not heads.is_contiguous()
-                or any(t.dtype != last_hidden.dtype
-                       for t in (model.projection.weight, heads, model.audio_embeddings.weight))
-                or not model.decoder.native_step_applies(last_hidden[:, None])):  # one token per row after step 0
+        weights = model.local_frame_weights(last_hidden.dtype)
+        if weights is None or not model.decoder.native_step_applies(last_hidden[:, None]):  # one token per row
             return None
         kernels = native.kernels()
         if kernels is None:
@@ -661,8 +656,8 @@ class GenerationSession:
         rope = torch.view_as_real(decoder.rope_rows(self._decoder_positions))[0]
         return kernels.local_frame(
             last_hidden.contiguous(), first_codes, self.row_song, self._frame_guidance, self._later_masks, noise,
-            self.sampling.temperature, model.projection.weight, heads, model.audio_embeddings.weight, rope,
-            decoder.native_tensors(), decoder.norm.scale, c.num_heads, c.num_kv_heads, c.norm_eps)
+            self.sampling.temperature, *weights, rope, decoder.native_tensors(), decoder.norm.scale, c.num_heads,
+            c.num_kv_heads, c.norm_eps)
 
     def _prefill(self) -> torch.Tensor:
         model = self.generator.model

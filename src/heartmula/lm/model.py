@@ -18,6 +18,7 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import HeartMuLaConfig
 from heartmula.nn.layers import Linear, linear
 from heartmula.nn.memory import pack_in_huge_pages
+from heartmula.nn.quantized import QuantizedEmbedding, QuantizedLinear, native_matrix
 from heartmula.nn.transformer import Transformer
 
 CONFIG_FILE = "config.json"
@@ -40,6 +41,8 @@ class HeartMuLa(nn.Module):
         self.audio_head = nn.Parameter(torch.empty(codebooks - 1, decoder_dim, vocab))
         self.muq_linear = nn.Linear(config.muq_dim, dim)
         self.audio_head_int8: nn.ModuleList | None = None  # set by heartmula.nn.quant.quantize_int8
+        # audio_head as one [(K-1) V, decoder_dim] int8 / int4 layer, set by heartmula.lm.quantized
+        self.audio_head_quantized: nn.Module | None = None
         self.upstream_products = False  # see use_upstream_products
 
     @property
@@ -48,11 +51,12 @@ class HeartMuLa(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.text_embeddings.weight.dtype
+        """The activations' dtype (that of the norms, which stay unquantised)."""
+        return self.backbone.norm.scale.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.text_embeddings.weight.device
+        return self.backbone.norm.scale.device
 
     # --- embeddings -------------------------------------------------------------------------------------------
     def unconditional_embedding(self) -> torch.Tensor:
@@ -79,8 +83,30 @@ class HeartMuLa(nn.Module):
         """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
         if self.audio_head_int8 is not None:
             return self.audio_head_int8[codebook - 1](decoder_hidden)
+        if self.audio_head_quantized is not None:
+            vocab = self.config.audio_vocab_size
+            return self.audio_head_quantized.row_block((codebook - 1) * vocab, codebook * vocab)(decoder_hidden)
         return linear(decoder_hidden, self.audio_head[codebook - 1].t(),
                       few_rows_transposed=not self.upstream_products)
+
+    def local_frame_weights(self, dtype: torch.dtype) -> list[list[torch.Tensor]] | None:
+        """Projection [d, D], heads [(K-1) V, d] and audio embeddings [K V, D] as the native local frame reads them
+        (`heartmula.nn.quantized.native_matrix`), or None where one of them is in another form (FBGEMM int8, a
+        column-major head layout, upstream's products, float weights of a dtype other than `dtype`)."""
+        if self.audio_head_int8 is not None or self.upstream_products:
+            return None
+        projection = self.projection if isinstance(self.projection, QuantizedLinear) else self.projection.weight
+        if self.audio_head_quantized is not None:
+            heads = self.audio_head_quantized
+        else:  # [K-1, V, d] in the row-major layout of from_pretrained
+            heads = self.audio_head.transpose(1, 2)
+            heads = heads.reshape(-1, heads.shape[-1]) if heads.is_contiguous() else None
+        embeddings = self.audio_embeddings
+        embeddings = embeddings.table if isinstance(embeddings, QuantizedEmbedding) else embeddings.weight
+        matrices = [native_matrix(m) for m in (projection, heads, embeddings) if m is not None]
+        if len(matrices) < 3 or any(m is None or (m[0].is_floating_point() and m[0].dtype != dtype) for m in matrices):
+            return None
+        return matrices
 
     def use_upstream_products(self, enabled: bool) -> None:
         """Compute the linear layers exactly as F.linear (upstream's bits, for compat mode) or, by default, with
@@ -110,13 +136,21 @@ class HeartMuLa(nn.Module):
         """Move the weights decoding streams (transformers, projection, heads, fused matrices) into one block of huge
         pages (`heartmula.nn.memory`; CPU, Linux). Same parameters, names and values. Returns the bytes moved."""
         holders: list[tuple[object, str]] = []
+
+        def add_quantized(layer) -> None:
+            holders.extend((layer, name) for name in ("data", "scales", "offsets"))
+
         for name, module in self.named_modules():
-            if name.endswith("embeddings") or name == "muq_linear":  # a few rows read per frame, once per song
+            if "embeddings" in name or name == "muq_linear":  # a few rows read per frame, once per song
                 continue
             holders += [(param, "data") for param in module.parameters(recurse=False)]
+            if isinstance(module, QuantizedLinear):
+                add_quantized(module)
             for fused in (getattr(module, "fused_qkv", None), getattr(module, "fused_gate_up", None)):
                 if fused is not None and fused.weight is not None:
                     holders.append((fused, "weight"))
+                if fused is not None and isinstance(fused.quantized, QuantizedLinear):
+                    add_quantized(fused.quantized)
         return pack_in_huge_pages(holders)
 
     # --- weights ----------------------------------------------------------------------------------------------
@@ -166,6 +200,9 @@ class HeartMuLa(nn.Module):
         return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_bytes: int | None = None) -> None:
+        if self.audio_head_quantized is not None:
+            raise HeartMuLaError("this model holds int8 / int4 weights: save it with heartmula.lm.quantized."
+                                 "save_quantized (`heartmula model quantize`)")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_state_dict(self.state_dict(), folder, max_shard_bytes=max_shard_bytes)

@@ -16,7 +16,9 @@ from heartmula.checkpoint import parse_dtype
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.generation import HeartMuLaGenerator
+from heartmula.lm.lora import merge_lora, read_adapter
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
+from heartmula.lm.quantized import is_quantized_folder, load_quantized
 from heartmula.text import TextTokenizer, byte_level_tokenizer
 
 DEFAULT_VERSION = "3B"
@@ -87,13 +89,30 @@ def load_generator(
     version: str = DEFAULT_VERSION,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    lora: str | os.PathLike | None = None,
+    lora_scale: float = 1.0,
+    quant: str | None = None,
 ) -> HeartMuLaGenerator:
+    """`lora`: a LoRA adapter folder (PEFT layout) merged into the weights, times `lora_scale`, before anything
+    else reads them (`heartmula.lm.lora`). `quant` ("int8", "int4"): weight-only quantised while it loads, one
+    weight at a time (`heartmula.lm.quantized`; a quantised folder loads as such without it)."""
     files = locate_lm(path, version)
     gen_config = _gen_config_for(files)
     tokenizer = _read_tokenizer(files, gen_config)
-    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
+    adapter = read_adapter(lora) if lora is not None else None  # a bad adapter fails before the weights load
+    if quant is not None or is_quantized_folder(files.model_dir):
+        if adapter is not None:
+            raise HeartMuLaError("a LoRA adapter merges into float weights: load without --quant, or quantise "
+                                 "the merged model")
+        if str(device) != "cpu":
+            raise HeartMuLaError("int8 / int4 weights run on the CPU's native kernels: use --device cpu")
+        model = load_quantized(files.model_dir, quant, parse_dtype(dtype))
+    else:
+        model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
+        if adapter is not None:
+            merge_lora(model, adapter, lora_scale)
+        model.fuse_projections()
     _check_vocab(files, tokenizer, model.config.text_vocab_size)
-    model.fuse_projections()
     model.pack_weights_in_huge_pages()
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 
@@ -149,3 +168,38 @@ def write_random_root(
     tokenizer.save(str(root / TOKENIZER_FILE))
     gen_config.save(root / GEN_CONFIG_FILE)
     return model_dir
+
+
+def write_merged_root(
+    path: str | os.PathLike,
+    lora: str | os.PathLike,
+    out: str | os.PathLike,
+    version: str = DEFAULT_VERSION,
+    lora_scale: float = 1.0,
+    dtype: str | torch.dtype = "float32",
+) -> Path:
+    """Merge a LoRA adapter into a checkpoint and write the result as an official-layout root (OUT/HeartMuLa-oss-
+    <version>/, tokenizer.json, gen_config.json) that loads like any other; returns the model folder. `out` must not
+    exist; it appears only when complete."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    if out.exists():
+        raise HeartMuLaError(f"{out} already exists: choose a new folder")
+    files = locate_lm(path, version)
+    adapter = read_adapter(lora)
+    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype))
+    merge_lora(model, adapter, lora_scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging.chmod(0o755)
+        model.save_pretrained(staging / f"HeartMuLa-oss-{version}")
+        shutil.copy(files.tokenizer, staging / TOKENIZER_FILE)
+        if files.gen_config is not None:
+            shutil.copy(files.gen_config, staging / GEN_CONFIG_FILE)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / f"HeartMuLa-oss-{version}"

@@ -10,6 +10,9 @@
 // its KV cache: the same products, plus the norms, RoPE, attention and SwiGLU between them, in one call. Without
 // it a frame of a small LM (the `bench-36m` preset) runs some 2,700 small torch operations besides views, whose
 // fixed costs add up to more than the products themselves.
+//
+// Any weight matrix of a transformer or of the local frame may instead hold int8 or int4 weights (weight_matrix.h,
+// products in quantized_products.cpp); the norms and KV caches are then of type W.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -19,6 +22,8 @@
 #include <cmath>
 #include <type_traits>
 #include <vector>
+
+#include "weight_matrix.h"
 
 namespace {
 
@@ -171,6 +176,21 @@ void product(const float* x, int64_t rows, int64_t k, const W* w, int64_t n, con
   });
 }
 
+// out[rows, n] = x[rows, m.k] @ m.T (+ bias), whatever m's format.
+void product(const float* x, int64_t rows, const WeightMatrix& m, const float* bias, float* out) {
+  switch (m.format) {
+    case WeightFormat::kFloat32:
+      return product(x, rows, m.k, reinterpret_cast<const float*>(m.data), m.n, bias, out);
+    case WeightFormat::kBFloat16:
+      return product(x, rows, m.k, reinterpret_cast<const BFloat16*>(m.data), m.n, bias, out);
+    default:
+      quantized_product(x, rows, m, out);
+      if (bias)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t o = 0; o < m.n; ++o) out[r * m.n + o] += bias[o];
+  }
+}
+
 // out = x * rsqrt(mean(x^2) + eps) * scale, row by row (F.rms_norm)
 template <typename W>
 void rms_norm(const float* x, int64_t rows, int64_t d, const W* scale, float eps, float* out) {
@@ -221,16 +241,22 @@ torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& weigh
   return out.to(type);
 }
 
-// Tensors per layer in a transformer's `layers` list, in this order.
-constexpr int kTensorsPerLayer = 8;
+// Tensors per layer in a transformer's `layers` list, in this order: sa_norm scale, q|k|v (3: see `kMatrixSlots`),
+// output (3), mlp_norm scale, gate|up (3), down (3), cache k, cache v.
+constexpr int kTensorsPerLayer = 16;
+// Where each of a layer's four weight matrices starts: (data, scales, offsets) as `weight_matrix` takes them.
+constexpr int kMatrixSlots[4] = {1, 4, 8, 11};
+constexpr int kSaNorm = 0, kMlpNorm = 7, kCacheK = 14, kCacheV = 15;
 
 // A Llama-style transformer of heartmula.nn.transformer with its KV caches, read from a list of tensors
 // (checked once): per layer sa_norm scale [d], q|k|v weight [(heads + 2 kv_heads) head_dim, d], output weight
 // [d, heads head_dim], mlp_norm scale [d], gate|up weight [2 f, d], down weight [d, f], cache k and v
-// [>= batch, kv_heads, capacity, head_dim], all of one type W (float or BFloat16).
+// [>= batch, kv_heads, capacity, head_dim]. The norms and caches are of type W (float or BFloat16); each weight is
+// of type W too, or int8 / int4 (weight_matrix.h).
 template <typename W>
 struct Transformer {
   const std::vector<torch::Tensor>& layers;
+  std::vector<WeightMatrix> matrices;  // 4 per layer: q|k|v, output, gate|up, down
   const W* final_scale;
   int64_t d, f, heads, kv_heads, head_dim;
   float eps;
@@ -241,26 +267,34 @@ struct Transformer {
     check_cpu(final_norm, "final_scale", scalar_type<W>());
     TORCH_CHECK(final_norm.numel() == d, "final_scale must have the model width");
     final_scale = final_norm.data_ptr<W>();
-    TORCH_CHECK(!layers.empty() && layers.size() % kTensorsPerLayer == 0, "layers must hold 8 tensors per layer");
+    TORCH_CHECK(!layers.empty() && layers.size() % kTensorsPerLayer == 0, "layers must hold 16 tensors per layer");
     TORCH_CHECK(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0, "bad head counts");
-    const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const auto& t = layers[i];
-      const int slot = i % kTensorsPerLayer;
-      if (slot < 6) check_cpu(t, "a layer weight", scalar_type<W>());
-      if (slot == 4) f = t.size(0) / 2;
-      bool ok;
-      switch (slot) {
-        case 0: case 3: ok = t.numel() == d; break;
-        case 1: ok = t.dim() == 2 && t.size(0) == q_size + 2 * kv_size && t.size(1) == d; break;
-        case 2: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == q_size; break;
-        case 4: ok = t.dim() == 2 && t.size(0) % 2 == 0 && t.size(1) == d; break;
-        case 5: ok = t.dim() == 2 && t.size(0) == d && t.size(1) == f; break;
-        default:
-          ok = t.device().is_cpu() && t.scalar_type() == scalar_type<W>() && t.dim() == 4 && t.size(0) >= batch &&
-               t.size(1) == num_kv_heads && t.size(2) >= end && t.size(3) == head_dim && t.stride(3) == 1;
-      }
-      TORCH_CHECK(ok, "layer ", i / kTensorsPerLayer, " tensor ", slot, " has the wrong shape");
+    for (size_t first = 0; first < layers.size(); first += kTensorsPerLayer) check_layer(first, batch, end);
+  }
+
+  void check_layer(size_t first, int64_t batch, int64_t end) {
+    const int64_t layer = first / kTensorsPerLayer, q_size = heads * head_dim, kv_size = kv_heads * head_dim;
+    for (const int slot : {kSaNorm, kMlpNorm}) {
+      check_cpu(layers[first + slot], "a norm scale", scalar_type<W>());
+      TORCH_CHECK(layers[first + slot].numel() == d, "layer ", layer, ": a norm scale must have the model width");
+    }
+    WeightMatrix m[4];
+    for (int i = 0; i < 4; ++i) {
+      const size_t at = first + kMatrixSlots[i];
+      m[i] = weight_matrix(layers[at], layers[at + 1], layers[at + 2], "a layer weight");
+      TORCH_CHECK(m[i].quantized() || layers[at].scalar_type() == scalar_type<W>(), "layer ", layer,
+                  ": float weights must be of the norms' type");
+      matrices.push_back(m[i]);
+    }
+    f = m[2].n / 2;
+    const bool ok = m[0].n == q_size + 2 * kv_size && m[0].k == d && m[1].n == d && m[1].k == q_size &&
+                    m[2].n % 2 == 0 && m[2].k == d && m[3].n == d && m[3].k == f;
+    TORCH_CHECK(ok, "layer ", layer, ": a weight has the wrong shape");
+    for (const int slot : {kCacheK, kCacheV}) {
+      const auto& t = layers[first + slot];
+      TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == scalar_type<W>() && t.dim() == 4 && t.size(0) >= batch &&
+                      t.size(1) == kv_heads && t.size(2) >= end && t.size(3) == head_dim && t.stride(3) == 1,
+                  "layer ", layer, ": a KV cache has the wrong shape or type");
     }
   }
 
@@ -276,16 +310,17 @@ struct Transformer {
     std::vector<float> normed(rows * d), qkv(rows * qkv_size), attended(rows * q_size), delta(rows * d),
         gate_up(rows * 2 * f), activated(rows * f);
     for (size_t first = 0; first < layers.size(); first += kTensorsPerLayer) {
-      const auto& cache_k = layers[first + 6];
-      const auto& cache_v = layers[first + 7];
+      const WeightMatrix* weights = matrices.data() + 4 * (first / kTensorsPerLayer);
+      const auto& cache_k = layers[first + kCacheK];
+      const auto& cache_v = layers[first + kCacheV];
       W* k_cache = cache_k.data_ptr<W>();
       W* v_cache = cache_v.data_ptr<W>();
       const int64_t kb = cache_k.stride(0), kh = cache_k.stride(1), kt = cache_k.stride(2);
       const int64_t vb = cache_v.stride(0), vh = cache_v.stride(1), vt = cache_v.stride(2);
 
       // Attention block: norm, one q|k|v product, RoPE, new K/V into the cache.
-      rms_norm(h, rows, d, layers[first].data_ptr<W>(), eps, normed.data());
-      product(normed.data(), rows, d, layers[first + 1].data_ptr<W>(), qkv_size, nullptr, qkv.data());
+      rms_norm(h, rows, d, layers[first + kSaNorm].data_ptr<W>(), eps, normed.data());
+      product(normed.data(), rows, weights[0], nullptr, qkv.data());
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = r / s, j = r % s;
         float* q = qkv.data() + r * qkv_size;
@@ -323,18 +358,18 @@ struct Transformer {
           }
         }
       });
-      product(attended.data(), rows, q_size, layers[first + 2].data_ptr<W>(), d, nullptr, delta.data());
+      product(attended.data(), rows, weights[1], nullptr, delta.data());
       for (int64_t i = 0; i < rows * d; ++i) h[i] += delta[i];
 
       // Feed-forward block: norm, one gate|up product, SwiGLU, down product.
-      rms_norm(h, rows, d, layers[first + 3].data_ptr<W>(), eps, normed.data());
-      product(normed.data(), rows, d, layers[first + 4].data_ptr<W>(), 2 * f, nullptr, gate_up.data());
+      rms_norm(h, rows, d, layers[first + kMlpNorm].data_ptr<W>(), eps, normed.data());
+      product(normed.data(), rows, weights[2], nullptr, gate_up.data());
       for (int64_t r = 0; r < rows; ++r) {
         const float* gate = gate_up.data() + r * 2 * f;
         const float* up = gate + f;
         for (int64_t c = 0; c < f; ++c) activated[r * f + c] = gate[c] / (1.0f + std::exp(-gate[c])) * up[c];
       }
-      product(activated.data(), rows, f, layers[first + 5].data_ptr<W>(), d, nullptr, delta.data());
+      product(activated.data(), rows, weights[3], nullptr, delta.data());
       for (int64_t i = 0; i < rows * d; ++i) h[i] += delta[i];
     }
     rms_norm(h, rows, d, final_scale, eps, out);
@@ -344,8 +379,8 @@ struct Transformer {
 // The transformer over `s` new tokens of `b` sequences that continue their KV caches at slot `start`:
 // x [b, s, d] (embedded tokens) -> final-normed hidden states [b, s, d]; the new K/V are written into the caches.
 // rope [b or 1, s, head_dim / 2, 2]: (cos, sin) of each token's position. key_mask [b, >= start + s] (bool,
-// true = may attend) marks the padding slots of left-padded rows. layers: see `Transformer`, of x's type (float32
-// or bfloat16: then the output is rounded to bfloat16 once, at the end).
+// true = may attend) marks the padding slots of left-padded rows. layers: see `Transformer`, its norms and caches of
+// x's type (float32 or bfloat16: then the output is rounded to bfloat16 once, at the end).
 torch::Tensor transformer_step(const torch::Tensor& x, const torch::Tensor& rope,
                                const c10::optional<torch::Tensor>& key_mask, int64_t start,
                                const std::vector<torch::Tensor>& layers, const torch::Tensor& final_scale,
@@ -436,23 +471,24 @@ torch::Tensor sample_among_top_k(const torch::Tensor& logits, double temperature
   return ids;
 }
 
-// The loop of `local_frame` (below) for weights of type W, its arguments checked.
+// The weights of the local frame besides the decoder's: projection [d, D], heads [(K - 1) V, d] (codebook c's head
+// at rows (c - 1) V..), embeddings [K V, D] (codebook c, code x at row c V + x).
+struct LocalFrameWeights {
+  WeightMatrix projection, heads, embeddings;
+};
+
+// The loop of `local_frame` (below), its arguments checked.
 template <typename W>
 void run_local_frame(const torch::Tensor& hidden, const int64_t* first, const int64_t* song_of,
                      const torch::Tensor& guidance, const torch::Tensor& masks, const torch::Tensor& noise,
-                     double temperature, const torch::Tensor& projection, const torch::Tensor& heads,
-                     const torch::Tensor& embeddings, const float* rope, int64_t head_dim,
+                     double temperature, const LocalFrameWeights& weights, const float* rope, int64_t head_dim,
                      const Transformer<W>& decoder, int64_t* out_codes) {
-  const int64_t rows = hidden.size(0), width = hidden.size(1), d = projection.size(0);
-  const int64_t songs = guidance.size(0), steps = heads.size(0), vocab = heads.size(1), k = noise.size(2);
-  const W* embedding_rows = embeddings.data_ptr<W>();
+  const int64_t rows = hidden.size(0), width = hidden.size(1), d = weights.projection.n;
+  const int64_t songs = guidance.size(0), steps = masks.size(0), vocab = masks.size(1), k = noise.size(2);
   std::vector<float> inputs(rows * 2 * width), projected(rows * 2 * d), states(rows * 2 * d), logits(rows * vocab),
       guided(vocab);
   std::vector<std::pair<float, int64_t>> best;
-  const auto embed = [&](int64_t row, float* into) {
-    std::transform(embedding_rows + row * width, embedding_rows + (row + 1) * width, into,
-                   [](W value) { return static_cast<float>(value); });
-  };
+  const auto embed = [&](int64_t row, float* into) { dequantize_row(weights.embeddings, row, into); };
   // Step 0: two tokens per row, the backbone state and codebook 0's embedding.
   for (int64_t r = 0; r < rows; ++r) {
     std::copy_n(hidden.data_ptr<float>() + r * width, width, inputs.data() + 2 * r * width);
@@ -460,12 +496,14 @@ void run_local_frame(const torch::Tensor& hidden, const int64_t* first, const in
   }
   int64_t tokens = 2, start = 0;
   for (int64_t step = 0; step < steps; ++step) {
-    product(inputs.data(), rows * tokens, width, projection.data_ptr<W>(), d, nullptr, projected.data());
+    product(inputs.data(), rows * tokens, weights.projection, nullptr, projected.data());
     decoder.run(projected.data(), rows, tokens, start, rope + start * head_dim, 0, nullptr, 0, states.data());
     // The last token's state of each row -> this codebook's logits -> each song's guided draw.
     for (int64_t r = 0; r < rows; ++r)
       std::copy_n(states.data() + ((r + 1) * tokens - 1) * d, d, projected.data() + r * d);
-    product(projected.data(), rows, d, heads.data_ptr<W>() + step * vocab * d, vocab, nullptr, logits.data());
+    WeightMatrix head = weights.heads.rows_from(step * vocab);
+    head.n = vocab;
+    product(projected.data(), rows, head, nullptr, logits.data());
     for (int64_t i = 0; i < songs; ++i) {
       std::copy_n(masks.data_ptr<float>() + step * vocab, vocab, guided.data());
       for (int64_t r = 0; r < rows; ++r) {
@@ -484,6 +522,14 @@ void run_local_frame(const torch::Tensor& hidden, const int64_t* first, const in
   }
 }
 
+// A matrix of the local frame from (data, scales, offsets): float weights must be of the hidden state's type.
+WeightMatrix frame_matrix(const std::vector<torch::Tensor>& parts, torch::ScalarType type, const char* what) {
+  TORCH_CHECK(parts.size() == 3, what, " must be (data, scales, offsets)");
+  const WeightMatrix m = weight_matrix(parts[0], parts[1], parts[2], what);
+  TORCH_CHECK(m.quantized() || parts[0].scalar_type() == type, what, ": float weights must be of hidden's type");
+  return m;
+}
+
 // Codebooks 1..K-1 of one frame, the local decoder's whole loop in one call (heartmula.lm.generation's
 // `_frame_from_hidden` in the default mode): the decoder starts afresh at [backbone state, codebook 0]; after
 // each step, every song's guided logits of the next codebook (guidance [songs, rows] @ row logits + the
@@ -492,33 +538,35 @@ void run_local_frame(const torch::Tensor& hidden, const int64_t* first, const in
 // hidden [rows, D]: the backbone's last hidden state of each row; first_codes [songs]: codebook 0; row_song [rows]:
 // each row's song. masks [K - 1, V] (additive); noise [songs, K - 1, k] for sampling among the k best at
 // `temperature`, or k = 0 for the most likely code (these three and guidance in float32). projection [d, D];
-// heads [K - 1, V, d] (row-major); embeddings [K V, D] (codebook c, code x at row c V + x); rope [K, head_dim / 2,
-// 2] of positions 0..K-1; layers and final_scale: the decoder (see `Transformer`, its caches for >= rows sequences
-// of >= K slots). hidden and the weights are all float32 or all bfloat16. Returns codes [songs, K - 1].
+// heads [(K - 1) V, d]; embeddings [K V, D] (codebook c, code x at row c V + x), each as (data, scales, offsets)
+// (weight_matrix.h); rope [K, head_dim / 2, 2] of positions 0..K-1; layers and final_scale: the decoder (see
+// `Transformer`, its caches for >= rows sequences of >= K slots). hidden, the norms, the caches and any float
+// weights are all float32 or all bfloat16. Returns codes [songs, K - 1].
 torch::Tensor local_frame(const torch::Tensor& hidden, const torch::Tensor& first_codes, const torch::Tensor& row_song,
                           const torch::Tensor& guidance, const torch::Tensor& masks, const torch::Tensor& noise,
-                          double temperature, const torch::Tensor& projection, const torch::Tensor& heads,
-                          const torch::Tensor& embeddings, const torch::Tensor& rope,
-                          const std::vector<torch::Tensor>& layers, const torch::Tensor& final_scale, int64_t num_heads,
-                          int64_t num_kv_heads, double eps) {
-  const auto type = projection.scalar_type();
-  TORCH_CHECK(type == torch::kFloat32 || type == torch::kBFloat16, "the weights must be float32 or bfloat16");
-  for (const auto* t : {&hidden, &projection, &heads, &embeddings})
-    check_cpu(*t, "hidden, projection, heads and embeddings each", type);
+                          double temperature, const std::vector<torch::Tensor>& projection,
+                          const std::vector<torch::Tensor>& heads, const std::vector<torch::Tensor>& embeddings,
+                          const torch::Tensor& rope, const std::vector<torch::Tensor>& layers,
+                          const torch::Tensor& final_scale, int64_t num_heads, int64_t num_kv_heads, double eps) {
+  const auto type = hidden.scalar_type();
+  TORCH_CHECK(type == torch::kFloat32 || type == torch::kBFloat16, "hidden must be float32 or bfloat16");
+  check_cpu(hidden, "hidden", type);
+  const LocalFrameWeights weights{frame_matrix(projection, type, "projection"), frame_matrix(heads, type, "heads"),
+                                  frame_matrix(embeddings, type, "embeddings")};
   for (const auto* t : {&guidance, &masks, &noise, &rope})
     check_cpu(*t, "guidance, masks, noise and rope each");
   for (const auto* t : {&first_codes, &row_song})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kInt64 && t->dim() == 1 && t->is_contiguous(),
                 "first_codes and row_song must be int64 vectors");
-  TORCH_CHECK(hidden.dim() == 2 && projection.dim() == 2 && projection.size(1) == hidden.size(1),
+  TORCH_CHECK(hidden.dim() == 2 && weights.projection.k == hidden.size(1),
               "hidden [rows, D] and projection [d, D] do not match");
-  const int64_t rows = hidden.size(0), width = hidden.size(1), d = projection.size(0);
-  const int64_t songs = first_codes.size(0), steps = heads.size(0), vocab = heads.size(1), k = noise.size(2);
+  const int64_t rows = hidden.size(0), width = hidden.size(1), d = weights.projection.n;
+  TORCH_CHECK(masks.dim() == 2, "masks must be [K - 1, V]");
+  const int64_t songs = first_codes.size(0), steps = masks.size(0), vocab = masks.size(1), k = noise.size(2);
   TORCH_CHECK(row_song.size(0) == rows && guidance.dim() == 2 && guidance.size(0) == songs &&
                   guidance.size(1) == rows, "guidance must be [songs, rows] and row_song [rows]");
-  TORCH_CHECK(heads.dim() == 3 && heads.size(2) == d && masks.dim() == 2 && masks.size(0) == steps &&
-                  masks.size(1) == vocab, "heads must be [K - 1, V, d] and masks [K - 1, V]");
-  TORCH_CHECK(embeddings.dim() == 2 && embeddings.size(0) == (steps + 1) * vocab && embeddings.size(1) == width,
+  TORCH_CHECK(weights.heads.n == steps * vocab && weights.heads.k == d, "heads must be [(K - 1) V, d]");
+  TORCH_CHECK(weights.embeddings.n == (steps + 1) * vocab && weights.embeddings.k == width,
               "embeddings must be [K V, D]");
   TORCH_CHECK(noise.dim() == 3 && noise.size(0) == songs && noise.size(1) == steps && k <= vocab,
               "noise must be [songs, K - 1, k]");
@@ -535,10 +583,37 @@ torch::Tensor local_frame(const torch::Tensor& hidden, const torch::Tensor& firs
   with_weight_type(type, [&](auto tag) {
     const Transformer<decltype(tag)> decoder(layers, final_scale, d, head_dim, num_heads, num_kv_heads, eps, rows,
                                              steps + 1);
-    run_local_frame(hidden32, first, song_of, guidance, masks, noise, temperature, projection, heads, embeddings,
-                    rope.data_ptr<float>(), head_dim, decoder, codes.data_ptr<int64_t>());
+    run_local_frame(hidden32, first, song_of, guidance, masks, noise, temperature, weights, rope.data_ptr<float>(),
+                    head_dim, decoder, codes.data_ptr<int64_t>());
   });
   return codes;
+}
+
+// x [rows, k] (float32) @ the int8 or int4 weight [n, k] (weight_matrix.h) -> float32 [rows, n].
+torch::Tensor few_rows_quantized_linear(const torch::Tensor& x, const torch::Tensor& data, const torch::Tensor& scales,
+                                        const torch::Tensor& offsets) {
+  check_cpu(x, "x");
+  const WeightMatrix m = weight_matrix(data, scales, offsets, "weight");
+  TORCH_CHECK(m.quantized(), "weight must be int8 or int4 (uint8)");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == m.k, "shapes do not match");
+  auto out = torch::empty({x.size(0), m.n}, x.options());
+  quantized_product(x.data_ptr<float>(), x.size(0), m, out.data_ptr<float>());
+  return out;
+}
+
+// Rows `rows` [m] (int64) of the weight [n, k] (weight_matrix.h), dequantised -> float32 [m, k].
+torch::Tensor dequantized_rows(const torch::Tensor& data, const torch::Tensor& scales, const torch::Tensor& offsets,
+                               const torch::Tensor& rows) {
+  const WeightMatrix m = weight_matrix(data, scales, offsets, "weight");
+  TORCH_CHECK(rows.device().is_cpu() && rows.scalar_type() == torch::kInt64 && rows.dim() == 1 && rows.is_contiguous(),
+              "rows must be an int64 vector");
+  auto out = torch::empty({rows.size(0), m.k}, torch::dtype(torch::kFloat32));
+  for (int64_t i = 0; i < rows.size(0); ++i) {
+    const int64_t row = rows.data_ptr<int64_t>()[i];
+    TORCH_CHECK(row >= 0 && row < m.n, "row out of range");
+    dequantize_row(m, row, out.data_ptr<float>() + i * m.k);
+  }
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -547,4 +622,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "a Llama-style transformer over a few new tokens with its KV cache (see decoding.cpp)");
   m.def("sample_among_top_k", &sample_among_top_k, "a draw among each row's k best logits (see decoding.cpp)");
   m.def("local_frame", &local_frame, "codebooks 1..K-1 of a frame: the local decoder's loop (see decoding.cpp)");
+  m.def("few_rows_quantized_linear", &few_rows_quantized_linear, "x @ weight.T for int8 / int4 weights");
+  m.def("dequantized_rows", &dequantized_rows, "rows of an int8 / int4 weight as float32");
 }

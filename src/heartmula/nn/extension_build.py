@@ -56,6 +56,7 @@ class CompiledExtension:
     cflags: tuple[str, ...] = ()
     ldflags: tuple[str, ...] = ()
     wait_seconds: float = 600.0  # how long to wait for another process's build before giving up
+    headers: tuple[Path, ...] = ()  # files the sources include: part of the digest, not compiled
     root: Path = field(default_factory=extensions_root)
 
     @property
@@ -70,7 +71,7 @@ class CompiledExtension:
         """A hash of everything a build depends on: two builds with the same digest are interchangeable."""
         from torch.utils.cpp_extension import include_paths
 
-        parts = [source.read_bytes() for source in self.sources]
+        parts = [source.read_bytes() for source in self.sources + self.headers]
         parts += [" ".join(self.cflags + self.ldflags).encode(), torch.__version__.encode(),
                   (sys.implementation.cache_tag or "").encode(), str(sysconfig.get_config_var("EXT_SUFFIX")).encode(),
                   "\n".join(include_paths() + [sysconfig.get_paths()["include"]]).encode()]

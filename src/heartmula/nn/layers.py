@@ -94,7 +94,14 @@ class FusedLinear:
             layer.weight.data = self.weight[start : start + layer.out_features]
             start += layer.out_features
         self._first = layers[0]
-        self.quantized: nn.Module | None = None  # an int8 layer over the fused matrix (heartmula.nn.quant)
+        self.quantized: nn.Module | None = None  # an int8 / int4 layer over the fused matrix (heartmula.nn.quant*)
+
+    @classmethod
+    def of_quantized(cls, quantized: nn.Module, sizes: list[int]) -> FusedLinear:
+        """The fusion of layers that exist only quantised (their float weights were never loaded)."""
+        fused = cls.__new__(cls)
+        fused.weight, fused.sizes, fused._first, fused.quantized = None, list(sizes), None, quantized
+        return fused
 
     def active(self) -> bool:
         """Whether to take the fused product: always once quantised; in float, while the layers still share the

@@ -24,7 +24,8 @@ import torch
 
 from heartmula.nn.extension_build import CompiledExtension
 
-SOURCE = Path(__file__).with_name("decoding.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("decoding.cpp", "quantized_products.cpp"))
+HEADERS = (Path(__file__).with_name("weight_matrix.h"),)
 _loaded: ModuleType | None = None
 _tried = False
 _failure: str | None = None
@@ -34,8 +35,8 @@ _lock = threading.Lock()
 def extension() -> CompiledExtension:
     """The decoding kernels' build: OpenMP, so at::parallel_for runs on torch's own thread pool."""
     wait = float(os.environ.get("HEARTMULA_NATIVE_WAIT", "600"))
-    return CompiledExtension("heartmula_native", (SOURCE,), cflags=("-O3", "-mavx2", "-mfma", "-fopenmp"),
-                             ldflags=("-fopenmp",), wait_seconds=wait)
+    return CompiledExtension("heartmula_native", SOURCES, cflags=("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"),
+                             ldflags=("-fopenmp",), wait_seconds=wait, headers=HEADERS)
 
 
 def unavailable_reason() -> str | None:

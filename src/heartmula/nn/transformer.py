@@ -15,6 +15,7 @@ from torch import nn
 
 from heartmula.nn import native
 from heartmula.nn.layers import NATIVE_ROWS, FusedLinear, Linear, RMSNorm, SwiGLU
+from heartmula.nn.quantized import QuantizedLinear, native_matrix
 from heartmula.nn.rope import apply_rope, inverse_frequencies, rope_table
 
 
@@ -129,13 +130,31 @@ class TransformerLayer(nn.Module):
         self.mlp = SwiGLU(config.embed_dim, config.intermediate_dim)
 
     def runs_on_few_row_products(self, dtype: torch.dtype) -> bool:
-        """Whether every product of the layer is a few-row product of `dtype` weights with q/k/v and gate/up fused
-        (not int8 layers, not upstream's separate F.linear products of compat mode)."""
+        """Whether every product of the layer is a few-row product of `dtype` or int8 / int4 weights
+        (`heartmula.nn.quantized`) with q/k/v and gate/up fused (not FBGEMM's int8 layers, not upstream's separate
+        F.linear products of compat mode), and its norms are of `dtype`."""
         fused = (self.attn.fused_qkv, self.mlp.fused_gate_up)
-        return (all(f is not None and f.quantized is None and f.active() and f.weight.dtype == dtype for f in fused)
-                and all(isinstance(m, Linear) and m.weight.dtype == dtype
+        return (all(f is not None and (isinstance(f.quantized, QuantizedLinear)
+                                       or (f.quantized is None and f.active() and f.weight.dtype == dtype))
+                    for f in fused)
+                and all(isinstance(m, QuantizedLinear) or (isinstance(m, Linear) and m.weight.dtype == dtype)
                         for m in (self.attn.output_proj, self.mlp.w2))
                 and self.sa_norm.scale.dtype == dtype and self.mlp_norm.scale.dtype == dtype)
+
+    def native_tensors(self) -> list[torch.Tensor]:
+        """The layer's norms, weights (3 tensors each: `heartmula.nn.quantized.native_matrix`) and caches, 16 in
+        the order of `decoding.cpp`."""
+        attn, mlp = self.attn, self.mlp
+
+        def matrix(fused_or_linear) -> list[torch.Tensor]:
+            if isinstance(fused_or_linear, FusedLinear):
+                quantized = fused_or_linear.quantized
+                return native_matrix(quantized if quantized is not None else fused_or_linear.weight)
+            return native_matrix(fused_or_linear if isinstance(fused_or_linear, QuantizedLinear)
+                                 else fused_or_linear.weight)
+
+        return [self.sa_norm.scale, *matrix(attn.fused_qkv), *matrix(attn.output_proj), self.mlp_norm.scale,
+                *matrix(mlp.fused_gate_up), *matrix(mlp.w2), attn.cache.k, attn.cache.v]
 
     def forward(self, x, rope, start, key_mask):
         h = x + self.attn(self.sa_norm(x), rope, start, key_mask)
@@ -200,21 +219,16 @@ class Transformer(nn.Module):
 
     def native_step_applies(self, x: torch.Tensor) -> bool:
         """Whether a decoding step may run as one native call (`decoding.cpp`): a few float32 or bfloat16 CPU rows,
-        no autograd, no compiled graph, and every layer on its fused products of x's type (so not in compat mode,
-        not int8)."""
+        no autograd, no compiled graph, and every layer on its fused products of x's type or of int8 / int4 weights
+        (so not in compat mode, not FBGEMM's int8)."""
         return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
                 and x.shape[0] * x.shape[1] <= NATIVE_ROWS and not torch.is_grad_enabled()
                 and not torch.compiler.is_compiling() and self.norm.scale.dtype == x.dtype
                 and all(layer.runs_on_few_row_products(x.dtype) for layer in self.layers))
 
     def native_tensors(self) -> list[torch.Tensor]:
-        """The weights and caches of every layer as the native kernels read them (8 per layer, `decoding.cpp`)."""
-        tensors = []
-        for layer in self.layers:
-            attn, mlp = layer.attn, layer.mlp
-            tensors += [layer.sa_norm.scale, attn.fused_qkv.weight, attn.output_proj.weight, layer.mlp_norm.scale,
-                        mlp.fused_gate_up.weight, mlp.w2.weight, attn.cache.k, attn.cache.v]
-        return tensors
+        """The weights and caches of every layer as the native kernels read them (16 per layer, `decoding.cpp`)."""
+        return [tensor for layer in self.layers for tensor in layer.native_tensors()]
 
     def _native_step(self, kernels, x, rope, start, key_mask) -> torch.Tensor:
         c = self.config

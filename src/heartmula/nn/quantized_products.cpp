@@ -1,0 +1,302 @@
+// Few-row products with int8 and int4 weights (weight_matrix.h) for decoding on x86 CPUs.
+//
+// At 4 bits two cores must turn some 40 billion weights per second into products to keep up with the memory, more
+// than float arithmetic on the dequantised weights does on two cores. So each group of an input row (the columns
+// that share a weight scale) is rounded once per product to 16-bit integers with its own scale (at most 2^-16 of
+// the group's largest value away, 256 times finer than bfloat16), and the weights meet it in integer multiply-adds:
+// `vpdpwssd` (AVX-512 VNNI, 32 weights per instruction) where the CPU has it, else AVX2's `vpmaddwd`. Each group's
+// integer sum is exact; the scales apply once per group in float32.
+#include "weight_matrix.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 64;            // columns per packed block
+constexpr int64_t kPrefetchBytes = 8192;  // how far ahead of its reads a product asks for its weights
+constexpr int kMaxRows = 4;               // input rows that share one pass over the weights
+
+// Input rows rounded to 16-bit integers, one scale per group of the weights' columns; `sums`: each group's float
+// sum (for int4's offsets).
+struct RoundedRows {
+  std::vector<int16_t> values;  // [rows, k]
+  std::vector<float> scales;    // [rows, groups]
+  std::vector<float> sums;      // [rows, groups]
+  int64_t k, groups;
+};
+
+RoundedRows round_rows(const float* x, int64_t rows, int64_t k, int64_t group) {
+  const int64_t groups = k / group;
+  RoundedRows out{std::vector<int16_t>(rows * k), std::vector<float>(rows * groups), std::vector<float>(rows * groups),
+                  k, groups};
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xg = x + r * k + g * group;
+      float largest = 0.0f, sum = 0.0f;
+      for (int64_t i = 0; i < group; ++i) {
+        largest = std::max(largest, std::fabs(xg[i]));
+        sum += xg[i];
+      }
+      const float scale = largest / 32767.0f;
+      const float inverse = largest > 0.0f ? 1.0f / scale : 0.0f;
+      for (int64_t i = 0; i < group; ++i)
+        out.values[r * k + g * group + i] = static_cast<int16_t>(std::lrintf(xg[i] * inverse));
+      out.scales[r * groups + g] = scale;
+      out.sums[r * groups + g] = sum;
+    }
+  }
+  return out;
+}
+
+inline float half_to_float(at::Half h) { return _cvtsh_ss(h.x); }
+
+// The int8 or int4 weights of one 64-column block as 16-bit integers, in column order: `low` columns 0..31, `high`
+// 32..63 (AVX-512), or four quarters of 16 (AVX2).
+template <WeightFormat F>
+__attribute__((target("avx512f,avx512bw"))) inline void widen64(const uint8_t* w, __m512i& low, __m512i& high) {
+  if (F == WeightFormat::kInt4) {
+    const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    low = _mm512_and_si512(wide, _mm512_set1_epi16(15));
+    high = _mm512_srli_epi16(wide, 4);
+  } else {
+    low = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    high = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32)));
+  }
+}
+
+template <WeightFormat F>
+inline void widen64(const uint8_t* w, __m256i quarters[4]) {
+  if (F == WeightFormat::kInt4) {
+    const __m256i first = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+    const __m256i second = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
+    const __m256i nibble = _mm256_set1_epi16(15);
+    quarters[0] = _mm256_and_si256(first, nibble);
+    quarters[1] = _mm256_and_si256(second, nibble);
+    quarters[2] = _mm256_srli_epi16(first, 4);
+    quarters[3] = _mm256_srli_epi16(second, 4);
+  } else {
+    for (int q = 0; q < 4; ++q)
+      quarters[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * q)));
+  }
+}
+
+// The float32 sum of an AVX2 vector / of the block-scaled integer sums.
+inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// Row `o` of m times R rounded input rows (from `first`): out[r] = sum over groups of weight scale x input scale x
+// the group's integer dot product (exact in int32: at most 128 / 32 multiply-adds of two products per lane).
+template <int R, WeightFormat F>
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,f16c,fma"))) void dot_rows_avx512(
+    const WeightMatrix& m, int64_t o, const RoundedRows& x, int64_t first, float* out) {
+  const int64_t k = m.k, per_group = m.group / kBlock, groups = m.groups();
+  const uint8_t* w = m.data + o * m.row_bytes();
+  const int64_t block_bytes = F == WeightFormat::kInt4 ? 32 : 64;
+  const int16_t* xr[R];
+  const float* xs[R];
+  __m512 total[R];
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x.values.data() + (first + r) * k;
+    xs[r] = x.scales.data() + (first + r) * groups;
+    total[r] = _mm512_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
+      const uint8_t* wb = w + b * block_bytes;
+      if (block_bytes == 64 || b % 2 == 0)  // once per cache line
+        _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
+      __m512i low, high;
+      widen64<F>(wb, low, high);
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm512_dpwssd_epi32(acc[r], low, _mm512_loadu_si512(xr[r] + b * kBlock));
+        acc[r] = _mm512_dpwssd_epi32(acc[r], high, _mm512_loadu_si512(xr[r] + b * kBlock + 32));
+      }
+    }
+    const float weight_scale = half_to_float(m.scales[o * groups + g]);
+    for (int r = 0; r < R; ++r)
+      total[r] = _mm512_fmadd_ps(_mm512_set1_ps(weight_scale * xs[r][g]), _mm512_cvtepi32_ps(acc[r]), total[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(total[r]);
+}
+
+template <int R, WeightFormat F>
+void dot_rows_avx2(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64_t first, float* out) {
+  const int64_t k = m.k, per_group = m.group / kBlock, groups = m.groups();
+  const uint8_t* w = m.data + o * m.row_bytes();
+  const int64_t block_bytes = F == WeightFormat::kInt4 ? 32 : 64;
+  const int16_t* xr[R];
+  const float* xs[R];
+  __m256 total[R];
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x.values.data() + (first + r) * k;
+    xs[r] = x.scales.data() + (first + r) * groups;
+    total[r] = _mm256_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+    for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
+      const uint8_t* wb = w + b * block_bytes;
+      if (block_bytes == 64 || b % 2 == 0)  // once per cache line
+        _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes, _MM_HINT_T0);
+      __m256i quarters[4];
+      widen64<F>(wb, quarters);
+      for (int r = 0; r < R; ++r)
+        for (int q = 0; q < 4; ++q) {
+          const auto* xq = reinterpret_cast<const __m256i*>(xr[r] + b * kBlock + 16 * q);
+          acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(quarters[q], _mm256_loadu_si256(xq)));
+        }
+    }
+    const float weight_scale = half_to_float(m.scales[o * groups + g]);
+    for (int r = 0; r < R; ++r)
+      total[r] = _mm256_fmadd_ps(_mm256_set1_ps(weight_scale * xs[r][g]), _mm256_cvtepi32_ps(acc[r]), total[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = sum8(total[r]);
+}
+
+// sum over g of offsets[g] (float16) x sums[g]: int4's offsets times the input's group sums.
+float offset_dot(const at::Half* offsets, const float* sums, int64_t groups) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    const __m256 values = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(offsets + g)));
+    acc = _mm256_fmadd_ps(values, _mm256_loadu_ps(sums + g), acc);
+  }
+  float total = sum8(acc);
+  for (; g < groups; ++g) total += half_to_float(offsets[g]) * sums[g];
+  return total;
+}
+
+// Whether to take the AVX-512 VNNI products: where the CPU has them, unless HEARTMULA_NATIVE_AVX512=0 (the AVX2
+// products on the same machine, for tests).
+bool has_avx512_vnni() {
+  static const bool supported = [] {
+    const char* setting = std::getenv("HEARTMULA_NATIVE_AVX512");
+    const bool allowed = setting == nullptr || std::string(setting) != "0";
+    return allowed && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512dq");
+  }();
+  return supported;
+}
+
+template <int R, WeightFormat F>
+void dot_rows(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64_t first, float* out) {
+  if (has_avx512_vnni())
+    dot_rows_avx512<R, F>(m, o, x, first, out);
+  else
+    dot_rows_avx2<R, F>(m, o, x, first, out);
+  if (F == WeightFormat::kInt4) {
+    const int64_t groups = m.groups();
+    for (int r = 0; r < R; ++r) out[r] += offset_dot(m.offsets + o * groups, x.sums.data() + (first + r) * groups,
+                                                      groups);
+  }
+}
+
+// Rows first..first+count-1 (count <= kMaxRows) of the output for weight row o.
+template <WeightFormat F>
+void dot_some_rows(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64_t first, int64_t count,
+                   float* sums) {
+  switch (count) {
+    case 1: dot_rows<1, F>(m, o, x, first, sums); break;
+    case 2: dot_rows<2, F>(m, o, x, first, sums); break;
+    case 3: dot_rows<3, F>(m, o, x, first, sums); break;
+    default: dot_rows<4, F>(m, o, x, first, sums);
+  }
+}
+
+template <WeightFormat F>
+void product_of(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
+  const RoundedRows rounded = round_rows(x, rows, m.k, m.group);
+  at::parallel_for(0, m.n, 16, [&](int64_t begin, int64_t end) {
+    float sums[kMaxRows];
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t first = 0; first < rows; first += kMaxRows) {
+        const int64_t count = std::min<int64_t>(kMaxRows, rows - first);
+        dot_some_rows<F>(m, o, rounded, first, count, sums);
+        for (int64_t r = 0; r < count; ++r) out[(first + r) * m.n + o] = sums[r];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void quantized_product(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
+  if (m.format == WeightFormat::kInt4)
+    product_of<WeightFormat::kInt4>(x, rows, m, out);
+  else
+    product_of<WeightFormat::kInt8>(x, rows, m, out);
+}
+
+void dequantize_row(const WeightMatrix& m, int64_t row, float* out) {
+  const uint8_t* w = m.data + row * m.row_bytes();
+  if (m.format == WeightFormat::kFloat32) {
+    std::copy_n(reinterpret_cast<const float*>(w), m.k, out);
+    return;
+  }
+  if (m.format == WeightFormat::kBFloat16) {
+    const auto* values = reinterpret_cast<const c10::BFloat16*>(w);
+    for (int64_t i = 0; i < m.k; ++i) out[i] = static_cast<float>(values[i]);
+    return;
+  }
+  const int64_t groups = m.groups();
+  for (int64_t i = 0; i < m.k; ++i) {
+    const int64_t g = i / m.group;
+    const float scale = static_cast<float>(m.scales[row * groups + g]);
+    if (m.format == WeightFormat::kInt8) {
+      out[i] = scale * static_cast<float>(static_cast<int8_t>(w[i]));
+    } else {
+      const int64_t block = i / kBlock, t = i % kBlock;
+      const uint8_t byte = w[block * 32 + t % 32];
+      const int q = t < 32 ? (byte & 15) : (byte >> 4);
+      out[i] = scale * static_cast<float>(q) + static_cast<float>(m.offsets[row * groups + g]);
+    }
+  }
+}
+
+WeightMatrix weight_matrix(const torch::Tensor& data, const torch::Tensor& scales, const torch::Tensor& offsets,
+                           const char* what) {
+  TORCH_CHECK(data.device().is_cpu() && data.dim() == 2 && data.is_contiguous(), what,
+              " must be a contiguous 2-d CPU tensor");
+  WeightMatrix m;
+  m.data = static_cast<const uint8_t*>(data.data_ptr());
+  m.n = data.size(0);
+  const auto type = data.scalar_type();
+  if (type == torch::kFloat32 || type == torch::kBFloat16) {
+    TORCH_CHECK(scales.numel() == 0 && offsets.numel() == 0, what, ": float weights take no scales");
+    m.format = type == torch::kFloat32 ? WeightFormat::kFloat32 : WeightFormat::kBFloat16;
+    m.k = data.size(1);
+    return m;
+  }
+  TORCH_CHECK(type == torch::kInt8 || type == torch::kUInt8, what, " must be float32, bfloat16, int8 or uint8 (int4)");
+  m.format = type == torch::kInt8 ? WeightFormat::kInt8 : WeightFormat::kInt4;
+  m.k = type == torch::kInt8 ? data.size(1) : 2 * data.size(1);
+  const bool int4 = m.format == WeightFormat::kInt4;
+  TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == torch::kFloat16 && scales.dim() == 2 &&
+                  scales.is_contiguous() && scales.size(0) == m.n && scales.size(1) > 0 && m.k % scales.size(1) == 0,
+              what, ": scales must be a contiguous float16 [rows, groups] CPU tensor");
+  m.group = m.k / scales.size(1);
+  TORCH_CHECK(m.group % kBlock == 0, what, ": a group must be a multiple of 64 columns");
+  m.scales = scales.data_ptr<at::Half>();
+  if (int4) {
+    TORCH_CHECK(offsets.device().is_cpu() && offsets.scalar_type() == torch::kFloat16 && offsets.is_contiguous() &&
+                    offsets.sizes() == scales.sizes(), what, ": int4 offsets must be float16, shaped as the scales");
+    m.offsets = offsets.data_ptr<at::Half>();
+  } else {
+    TORCH_CHECK(offsets.numel() == 0, what, ": int8 weights take no offsets");
+  }
+  return m;
+}
