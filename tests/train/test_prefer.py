@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from heartmula.errors import HeartMuLaError
-from heartmula.eval.preference import PreferPrompt, fourier_tempo, onset_rate, summarise, tempo_reward
+from heartmula.eval.preference import fourier_tempo, onset_rate, summarise, tempo_reward
+from heartmula.eval.report import Prompt
 
 pytest.importorskip("peft")
 
@@ -78,7 +79,7 @@ def test_dpo_raises_the_chosen_margin_and_resumes(tmp_path, lora):
     base = tmp_path / "base"
     write_random_root(base, "tiny", seed=0)
     out = tmp_path / "run"
-    prompts = [PreferPrompt("a", "pop,fast"), PreferPrompt("b", "ballad,slow", "[verse]\nla la")]
+    prompts = [Prompt("a", None, "pop,fast"), Prompt("b", "en", "ballad,slow", "[verse]\nla la")]
     for r in range(2):  # rounds written beforehand: the run trains on them without sampling
         _synthetic_round(out / "rounds" / f"{r:03d}", len(prompts), seed=0)
     config = PreferConfig(rounds=1, songs_per_prompt=2, epochs=6, pair_batch=2, learning_rate=3e-3, rank=4,
@@ -129,7 +130,7 @@ def test_sequence_logprobs_match_the_training_loss():
     model = HeartMuLa(config).init_weights(0)
     builder = SampleBuilder(tokenizer, GenerationConfig(audio_eos_id=33), 8, 256)
     codes = np.random.default_rng(0).integers(0, 32, size=(8, 10))
-    sample = song_samples(builder, [PreferPrompt("a", "pop")], [ScoredSong(0, 0, codes, {})])[0]
+    sample = song_samples(builder, [Prompt("a", None, "pop")], [ScoredSong(0, 0, codes, {})])[0]
     with torch.no_grad():
         total = float(sequence_logprobs(model, [sample])[0])
         _, parts = lm_losses(model, [sample], 1.0)

@@ -16,33 +16,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from heartmula.eval.report import estimate_tempo, onset_strength, pairwise_win_rate, spectral_flatness
+from heartmula.eval.report import Prompt, estimate_tempo, onset_strength, pairwise_win_rate, spectral_flatness
 
 TEMPO_RANGES = {"slow": (40.0, 80.0), "moderate": (80.0, 115.0), "fast": (115.0, 220.0)}
 REWARDS = ("tag", "tempo", "drums", "voice")
-
-
-@dataclass(frozen=True)
-class PreferPrompt:
-    id: str
-    tags: str
-    lyrics: str = ""
-
-    @property
-    def tag_list(self) -> list[str]:
-        return [t.strip() for t in self.tags.split(",") if t.strip()]
-
-    @property
-    def tempo(self) -> str | None:
-        return next((t for t in self.tag_list if t in TEMPO_RANGES), None)
-
-    @property
-    def drums(self) -> bool:
-        return "drums" in self.tag_list
 
 
 def tempo_reward(bpm: float, tempo_tag: str | None) -> float | None:
@@ -61,7 +41,7 @@ def voiced_share(audio: np.ndarray, rate: int) -> float:
     return voiced_seconds(audio, rate) / max(audio.shape[-1] / rate, 1e-9)
 
 
-def song_rewards(audio: np.ndarray, rate: int, prompt: PreferPrompt, clap) -> dict[str, float | None]:
+def song_rewards(audio: np.ndarray, rate: int, prompt: Prompt, clap) -> dict[str, float | None]:
     """The four rewards of one song ([channels, samples]); None where a reward does not apply to the prompt."""
     from heartmula.clap import tag_similarity
 
@@ -103,7 +83,7 @@ def onset_rate(audio: np.ndarray, rate: int, min_gap: float = 0.07) -> float:
     return kept / (len(envelope) / frame_rate)
 
 
-def song_measures(audio: np.ndarray, rate: int, prompt: PreferPrompt, partner: PreferPrompt, clap) -> dict:
+def song_measures(audio: np.ndarray, rate: int, prompt: Prompt, partner: Prompt, clap) -> dict:
     """What the held-out evaluation reads from one song: CLAP own vs a partner prompt's tags, both tempi, the onset
     rate, flatness and the voiced share."""
     from heartmula.clap import audio_embedding, tags_embedding
@@ -144,7 +124,7 @@ def summarise(songs: list[dict]) -> dict:
     }
 
 
-def evaluate_pipeline(pipe, prompts: list[PreferPrompt], seeds: list[int], seconds: float, clap,
+def evaluate_pipeline(pipe, prompts: list[Prompt], seeds: list[int], seconds: float, clap,
                       cfg_scale: float = 1.5) -> dict:
     """Generate every prompt with every seed (one batch per prompt), decode, measure; returns the summary, the
     songs' measures and the LM's real-time factor."""

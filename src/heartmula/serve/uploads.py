@@ -84,13 +84,7 @@ def transcribe(
     file: Annotated[UploadFile, File(description="an audio file (wav, flac, mp3, ogg, m4a, ...)")],
     language: Annotated[str | None, Form(pattern=r"^[a-z]{2,3}$", description="e.g. en; empty = detect")] = None,
 ):
-    from heartmula.audio import load_audio
-
-    with saved_upload(svc, file, f"upload{_upload_suffix(file)}") as path:
-        try:
-            audio, rate = load_audio(path)
-        except Exception:  # HeartMuLaError or whatever the decoder raises on garbage
-            raise HTTPException(422, NOT_AUDIO) from None
+    audio, rate = uploaded_audio(svc, file)
     seconds = audio.shape[-1] / rate
     limit = svc.config.max_transcribe_seconds
     if seconds > limit:
@@ -117,6 +111,18 @@ def _transcript(svc: Services, audio, rate: int, language: str | None, name: str
                          lrc=to_lrc(transcript), segments=segments)
 
 
+def uploaded_audio(svc: Services, file: UploadFile):
+    """(audio [channels, samples], rate) of an uploaded file, saved under its own suffix for the decoder; 422 when
+    it is not audio."""
+    from heartmula.audio import load_audio
+
+    with saved_upload(svc, file, f"upload{_upload_suffix(file)}") as path:
+        try:
+            return load_audio(path)
+        except Exception:  # HeartMuLaError or whatever the decoder raises on garbage
+            raise HTTPException(422, NOT_AUDIO) from None
+
+
 def _upload_suffix(file: UploadFile) -> str:
     suffix = Path(file.filename or "").suffix.lower()
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".bin"
@@ -131,14 +137,9 @@ def import_song(
 ):
     """A recording as a done library song: its audio as uploaded, its codes from the codec's encoder (a codec
     without one answers 422). Continue it with POST /api/songs {"continue_from": id}."""
-    from heartmula.audio import load_audio
     from heartmula.pipeline import encode_prompt
 
-    with saved_upload(svc, file, f"upload{_upload_suffix(file)}") as path:
-        try:
-            audio, rate = load_audio(path)
-        except Exception:  # HeartMuLaError or whatever the decoder raises on garbage
-            raise HTTPException(422, NOT_AUDIO) from None
+    audio, rate = uploaded_audio(svc, file)
     seconds = audio.shape[-1] / rate
     if seconds > svc.config.max_duration:
         raise HTTPException(413, f"{seconds:.0f} s of audio; this server imports at most "
