@@ -16,20 +16,10 @@ import pytest
 from heartmula.batch import BatchOptions, plan_batches, read_manifest, read_requests, run_batch
 from heartmula.batch_ray import RayTimeouts, check_reachable
 from heartmula.cli import main
-from heartmula.codec.pretrained import write_random_codec
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.pretrained import write_random_root
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = {"temperature": 0.0}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("batch_root")
-    write_random_root(path, "tiny", seed=3)
-    write_random_codec(path / "HeartCodec-oss", "tiny", seed=0)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +33,9 @@ def requests_file(tmp_path_factory):
     return path
 
 
-def _generate_codes(checkpoint: Path, request, tmp_path: Path) -> np.ndarray:
+def _generate_codes(song_root: Path, request, tmp_path: Path) -> np.ndarray:
     out = tmp_path / f"{request.id}.npy"
-    args = ["generate", "--model", str(checkpoint), "--lyrics", request.lyrics, "--tags", request.tags,
+    args = ["generate", "--model", str(song_root), "--lyrics", request.lyrics, "--tags", request.tags,
             "--duration", str(request.duration), "--min-duration", str(request.min_duration), "--seed",
             str(request.seed), "--topk", str(request.sampling.top_k), "--cfg-scale", str(request.sampling.cfg_scale),
             "--device", "cpu", "--no-decode", "--codes-out", str(out), "--quiet"]
@@ -101,12 +91,12 @@ run_batch(sys.argv[1], sys.argv[2], BatchOptions(model=sys.argv[3], device="cpu"
 """
 
 
-def test_killed_run_resumes_on_ray_with_the_songs_of_generate(checkpoint, requests_file, tmp_path):
+def test_killed_run_resumes_on_ray_with_the_songs_of_generate(song_root, requests_file, tmp_path):
     ray = pytest.importorskip("ray", reason="the 'scale' extra (ray) is not installed")
     out = tmp_path / "songs"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLER), str(requests_file), str(out),
-                             str(checkpoint)], env=env, capture_output=True, text=True, timeout=300)
+                             str(song_root)], env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     first = read_manifest(out)
     assert sorted(first) == ["song-0", "song-1"] and all(r["status"] == "done" for r in first.values())
@@ -114,7 +104,7 @@ def test_killed_run_resumes_on_ray_with_the_songs_of_generate(checkpoint, reques
 
     start_local_ray(ray)
     try:
-        summary = run_batch(requests_file, out, BatchOptions(model=str(checkpoint), device="cpu", batch_size=2),
+        summary = run_batch(requests_file, out, BatchOptions(model=str(song_root), device="cpu", batch_size=2),
                             ray_address="local", workers=2, timeouts=RayTimeouts(start=300, batch=300))
     finally:
         ray.shutdown()
@@ -127,19 +117,19 @@ def test_killed_run_resumes_on_ray_with_the_songs_of_generate(checkpoint, reques
     for request in read_requests(requests_file):
         record = manifest[request.id]
         codes = np.load(out / record["codes"])
-        np.testing.assert_array_equal(codes, _generate_codes(checkpoint, request, tmp_path))
+        np.testing.assert_array_equal(codes, _generate_codes(song_root, request, tmp_path))
         assert record["seconds"] == pytest.approx(codes.shape[1] / 12.5)
         assert (out / record["path"]).stat().st_size > 1000
 
 
-def test_cli_records_failures_and_runs_in_process(checkpoint, tmp_path, capsys):
+def test_cli_records_failures_and_runs_in_process(song_root, tmp_path, capsys):
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps({"id": "long", "lyrics": "x", "duration": 1e6}) + "\n"
                         + json.dumps({"id": "ok", "duration": 1.0, "seed": 1}) + "\n"
                         + json.dumps({"id": "adapted", "duration": 1.0, "lora": str(tmp_path / "no-adapter")}) + "\n",
                         encoding="utf-8")
     out = tmp_path / "songs"
-    code = main(["batch", str(requests), "--out", str(out), "--model", str(checkpoint), "--device", "cpu"])
+    code = main(["batch", str(requests), "--out", str(out), "--model", str(song_root), "--device", "cpu"])
     manifest = read_manifest(out)
     assert code == 1 and manifest["ok"]["status"] == "done"
     assert manifest["long"]["status"] == "failed" and manifest["long"]["error"].startswith("generation failed")

@@ -8,23 +8,14 @@ from heartmula import HeartMuLaError, HeartMuLaPipeline
 from heartmula.cli import main
 from heartmula.codec.config import tiny_config
 from heartmula.codec.model import HeartCodec
-from heartmula.codec.pretrained import write_random_codec
 from heartmula.lm.pretrained import write_random_root
 
 LYRICS = "[verse]\nhello river\n\n[chorus]\nla la la"
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    path = tmp_path_factory.mktemp("extend_root")
-    write_random_root(path, "tiny", seed=3)
-    write_random_codec(path / "HeartCodec-oss", "tiny", seed=0)
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipe(root):
-    return HeartMuLaPipeline.from_pretrained(root, device="cpu")
+def pipe(song_root):
+    return HeartMuLaPipeline.from_pretrained(song_root, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +126,10 @@ def test_audio_is_encoded_and_continued(encoder_pipe, tmp_path):
     assert np.array_equal(kept.codes[:, :12], expected[:, :12])
 
 
-def test_cli_continues_codes_and_writes_every_frame(root, pipe, song, tmp_path):
+def test_cli_continues_codes_and_writes_every_frame(song_root, pipe, song, tmp_path):
     np.save(tmp_path / "song.npy", song.codes)
     out, codes_out = tmp_path / "longer.wav", tmp_path / "longer.npy"
-    assert main(["generate", "--model", str(root), "--continue", str(tmp_path / "song.npy"), "--from-seconds",
+    assert main(["generate", "--model", str(song_root), "--continue", str(tmp_path / "song.npy"), "--from-seconds",
                  "1.6", "--lyrics", LYRICS, "--tags", "pop", "--duration", "1", "--seed", "2", "--out", str(out),
                  "--codes-out", str(codes_out), "--quiet"]) == 0
     expected = pipe(LYRICS, tags="pop", continue_from=song.codes, from_seconds=1.6, duration=1.0, seed=2)
@@ -146,15 +137,15 @@ def test_cli_continues_codes_and_writes_every_frame(root, pipe, song, tmp_path):
     assert sf.info(str(out)).frames == expected.audio.shape[1]
 
 
-def test_cli_errors_leave_no_files(root, song, tmp_path, capsys):
+def test_cli_errors_leave_no_files(song_root, song, tmp_path, capsys):
     np.save(tmp_path / "song.npy", song.codes)
     outputs = ["--out", str(tmp_path / "longer.wav"), "--codes-out", str(tmp_path / "longer.npy"), "--quiet"]
-    assert main(["generate", "--model", str(root), "--continue", str(tmp_path / "song.npy"), "--from-seconds", "99",
-                 *outputs]) == 2
+    assert main(["generate", "--model", str(song_root), "--continue", str(tmp_path / "song.npy"),
+                 "--from-seconds", "99", *outputs]) == 2
     assert "beyond the end of the song" in capsys.readouterr().err
-    assert main(["generate", "--model", str(root), "--from-seconds", "1", *outputs]) == 2
+    assert main(["generate", "--model", str(song_root), "--from-seconds", "1", *outputs]) == 2
     assert "--from-seconds needs --continue" in capsys.readouterr().err
-    assert main(["generate", "--model", str(root), "--continue", str(tmp_path / "song.npy"), "--duration", "900",
+    assert main(["generate", "--model", str(song_root), "--continue", str(tmp_path / "song.npy"), "--duration", "900",
                  *outputs]) == 2
     assert "of new music fit" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["song.npy"]

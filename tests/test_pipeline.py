@@ -5,7 +5,6 @@ import torch
 
 from heartmula import HeartMuLaError, HeartMuLaPipeline, Song
 from heartmula.cli import main
-from heartmula.codec.pretrained import write_random_codec
 from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
 from heartmula.lm.pretrained import write_random_root
 from heartmula.pipeline import default_dtype, resolve_device
@@ -13,21 +12,13 @@ from heartmula.song_models import load_lm
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pipeline_root")
-    write_random_root(path, "tiny", seed=3)
-    write_random_codec(path / "HeartCodec-oss", "tiny", seed=0)
-    return path
+def pipe(song_root):
+    return HeartMuLaPipeline.from_pretrained(song_root, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def pipe(root):
-    return HeartMuLaPipeline.from_pretrained(root, device="cpu")
-
-
-def codes_the_direct_way(root, lyrics, tags, seed, duration, compat=False):
+def codes_the_direct_way(song_root, lyrics, tags, seed, duration, compat=False):
     """The LM called directly, as the CLI did before the pipeline existed."""
-    generator = load_lm(root, "3B", "float32", "cpu")
+    generator = load_lm(song_root, "3B", "float32", "cpu")
     torch.manual_seed(seed)
     request = SongRequest(lyrics=lyrics, tags=tags, seed=seed)
     codes = generator.generate([request], SamplingParams(), frames_for_duration(duration), compat=compat)[0]
@@ -35,16 +26,16 @@ def codes_the_direct_way(root, lyrics, tags, seed, duration, compat=False):
 
 
 @pytest.mark.parametrize("compat", [False, True])
-def test_pipeline_codes_are_bit_identical_to_the_direct_path(root, pipe, compat):
-    expected = codes_the_direct_way(root, "[verse]\nla la la", "pop,piano", 7, 2.0, compat)
+def test_pipeline_codes_are_bit_identical_to_the_direct_path(song_root, pipe, compat):
+    expected = codes_the_direct_way(song_root, "[verse]\nla la la", "pop,piano", 7, 2.0, compat)
     request = pipe.requests("[verse]\nla la la", "pop,piano", 7)
     got = pipe.generate_codes(request, duration=2.0, compat=compat)[0]
     assert got.dtype == np.int64 and np.array_equal(got, expected)
 
 
-def test_the_cli_writes_the_pipelines_codes_and_audio(root, pipe, tmp_path):
+def test_the_cli_writes_the_pipelines_codes_and_audio(song_root, pipe, tmp_path):
     out, codes_out = tmp_path / "song.wav", tmp_path / "song.npy"
-    assert main(["generate", "--model", str(root), "--tags", "rock", "--lyrics", "hey", "--duration", "1.5",
+    assert main(["generate", "--model", str(song_root), "--tags", "rock", "--lyrics", "hey", "--duration", "1.5",
                  "--seed", "4", "--out", str(out), "--codes-out", str(codes_out), "--quiet"]) == 0
     song = pipe("hey", tags="rock", duration=1.5, seed=4)
     assert np.array_equal(np.load(codes_out), song.codes)

@@ -12,16 +12,6 @@ from heartmula.nn.transformer import Transformer, TransformerConfig
 
 
 @pytest.fixture
-def kernels():
-    reason = native.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"native kernels not used here: {reason}")
-    built = native.kernels()
-    assert built is not None, "this CPU can use the native kernels, but they did not build"
-    return built
-
-
-@pytest.fixture
 def fresh_loader(monkeypatch):
     """The loader as if nothing had been built in this process yet."""
     monkeypatch.setattr(native, "_tried", False)

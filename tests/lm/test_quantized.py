@@ -20,16 +20,6 @@ from heartmula.nn.quantized import BLOCK, QuantizedLinear, RowSource, dequantize
 from heartmula.nn.transformer import Transformer, TransformerConfig
 
 
-@pytest.fixture
-def kernels():
-    reason = native.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"native kernels not used here: {reason}")
-    built = native.kernels()
-    assert built is not None, "this CPU can use the native kernels, but they did not build"
-    return built
-
-
 def spy_on_kernel(monkeypatch, *names) -> list[str]:
     calls, real = [], native.kernels()
 
