@@ -58,12 +58,8 @@ def load_lm(model_path: str | os.PathLike, version: str = "3B", dtype: str = "fl
     """`load_generator`, with int8 weight-only linear layers when `int8` says so (None: `int8_by_default`)."""
     from heartmula.lm.pretrained import load_generator
 
-    generator = load_generator(model_path, version, dtype, device)
-    if int8_by_default(model_path, dtype, device) if int8 is None else int8:
-        from heartmula.nn.quant import quantize_int8
-
-        quantize_int8(generator.model)
-    return generator
+    quantized = int8_by_default(model_path, dtype, device) if int8 is None else int8
+    return load_generator(model_path, version, dtype, device, weights="int8" if quantized else "float")
 
 
 def clap_reference(slot_dim: int, reference_audio: tuple, clap=None):

@@ -40,7 +40,6 @@ class HeartMuLa(nn.Module):
         self.audio_head = nn.Parameter(torch.empty(codebooks - 1, decoder_dim, vocab))
         self.muq_linear = nn.Linear(config.muq_dim, dim)
         self.audio_head_int8: nn.ModuleList | None = None  # set by heartmula.nn.quant.quantize_int8
-        self.upstream_products = False  # see use_upstream_products
 
     @property
     def num_codebooks(self) -> int:
@@ -75,22 +74,27 @@ class HeartMuLa(nn.Module):
         columns = torch.cat([audio, text.unsqueeze(-2)], dim=-2)
         return (columns * mask.unsqueeze(-1)).sum(dim=2, dtype=columns.dtype)
 
+    def embed_prompt_rows(self, tokens: torch.Tensor, mask: torch.Tensor, unconditional: torch.Tensor | None,
+                          references: list[torch.Tensor | None], slots: list[int]) -> torch.Tensor:
+        """`embed_rows` with each row's reference-audio slot filled, as training and generation both need it:
+        muq_linear(reference) (of zeros where the reference is None, as upstream) in conditional rows, the null text
+        in unconditional ones. references: one [muq_dim] or None per row; slots: the slot's index in each row."""
+        hidden = self.embed_rows(tokens, mask, unconditional)
+        vectors = torch.stack([
+            torch.zeros(self.config.muq_dim) if r is None else torch.as_tensor(r, dtype=torch.float32).reshape(-1)
+            for r in references
+        ]).to(hidden.device, self.dtype)
+        slot_values = self.muq_linear(vectors)
+        if unconditional is not None:
+            slot_values = torch.where(unconditional[:, None], self.unconditional_embedding(), slot_values)
+        index = (torch.arange(len(references), device=hidden.device), torch.tensor(slots, device=hidden.device))
+        return hidden.index_put(index, slot_values.to(hidden.dtype))
+
     def codebook_logits(self, codebook: int, decoder_hidden: torch.Tensor) -> torch.Tensor:
         """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
         if self.audio_head_int8 is not None:
             return self.audio_head_int8[codebook - 1](decoder_hidden)
-        return linear(decoder_hidden, self.audio_head[codebook - 1].t(),
-                      few_rows_transposed=not self.upstream_products)
-
-    def use_upstream_products(self, enabled: bool) -> None:
-        """Compute the linear layers exactly as F.linear (upstream's bits, for compat mode) or, by default, with
-        the faster few-row product of `heartmula.nn.layers.linear` (float32 rounding differs)."""
-        if enabled == self.upstream_products:
-            return
-        self.upstream_products = enabled
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.few_rows_transposed = not enabled
+        return linear(decoder_hidden, self.audio_head[codebook - 1].t())
 
     def use_row_major_heads(self) -> None:
         """Store audio_head as [.., vocab, dim] in memory (same values, same shape and name).

@@ -14,6 +14,7 @@ import torch
 
 from heartmula.checkpoint import parse_dtype
 from heartmula.errors import HeartMuLaError
+from heartmula.lm.backends import prepare_for_decoding
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
 from heartmula.lm.generation import HeartMuLaGenerator
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
@@ -87,14 +88,16 @@ def load_generator(
     version: str = DEFAULT_VERSION,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    weights: str = "float",
 ) -> HeartMuLaGenerator:
+    """A generator for the checkpoint at `path`, its model transformed for decoding with weight format `weights`
+    (`heartmula.lm.backends.WEIGHT_FORMATS`)."""
     files = locate_lm(path, version)
     gen_config = _gen_config_for(files)
     tokenizer = _read_tokenizer(files, gen_config)
     model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
     _check_vocab(files, tokenizer, model.config.text_vocab_size)
-    model.fuse_projections()
-    model.pack_weights_in_huge_pages()
+    prepare_for_decoding(model, weights)
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 
 

@@ -167,7 +167,7 @@ class StreamSession:
 
     def codes(self) -> np.ndarray:
         """All code frames generated so far, int64 [K, frames]."""
-        frames = self.lm._history[: self.frames_generated]
+        frames = self.lm.history[: self.frames_generated]
         if not frames:
             return np.zeros((self.generator.model.num_codebooks, 0), dtype=np.int64)
         return torch.stack([f[0] for f in frames], dim=1).cpu().numpy().astype(np.int64)

@@ -180,7 +180,7 @@ class SampleBuilder:
 def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone input [b, L, D] (right-padded) and codebook-0 targets [b, L] of a batch.
 
-    Rows embed as in generation (`GenerationSession._embed_prompts`): masked column sums; the reference slot holds
+    Rows embed as in generation (`HeartMuLa.embed_prompt_rows`): masked column sums; the reference slot holds
     muq_linear(reference), muq_linear(zeros) without one; unconditional samples have the null embedding in every
     text column and in the slot."""
     b, k = len(samples), model.num_codebooks
@@ -193,13 +193,9 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
         mask[i, : len(s.tokens)] = s.mask
         targets[i, : len(s.tokens)] = s.c0_targets
     unconditional = torch.tensor([s.unconditional for s in samples])
-    hidden = model.embed_rows(tokens, mask, unconditional)
-    references = torch.stack([torch.zeros(model.config.muq_dim) if s.reference is None
-                              else s.reference.float().reshape(-1) for s in samples]).to(hidden.dtype)
-    slot_values = model.muq_linear(references)
-    slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
-    slots = torch.tensor([s.slot for s in samples])
-    return hidden.index_put((torch.arange(b), slots), slot_values), targets
+    hidden = model.embed_prompt_rows(tokens, mask, unconditional, [s.reference for s in samples],
+                                     [s.slot for s in samples])
+    return hidden, targets
 
 
 def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
