@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
 
@@ -44,7 +45,6 @@ INSTRUMENTAL = "instrumental"
 # Headline lyric unit per language: words where the script separates them, characters where it does not (ko words
 # are space-separated, but syllable blocks carry the sound, and a one-block slip should not cost a whole word).
 HEADLINE_UNIT = {"en": "wer", "es": "wer", "zh": "cer", "ja": "cer", "ko": "cer"}
-FRAME_RATE = 12.5  # LM frames per second of audio
 NO_LYRICS_SUFFIX = "-nolyrics"  # id suffix of a vocal prompt's song generated again with empty lyrics
 
 

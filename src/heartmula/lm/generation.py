@@ -27,20 +27,19 @@ from dataclasses import replace
 
 import torch
 
+from heartmula.constants import FRAME_MS, FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.backends import local_frame_kernel, native_local_frame
 from heartmula.lm.config import GenerationConfig
 from heartmula.lm.guidance import Guidance
 from heartmula.lm.inference_state import InferenceState
 from heartmula.lm.model import HeartMuLa
-from heartmula.lm.prompts import PromptRow, checked_audio_codes, frame_rows, text_prompt
+from heartmula.lm.prompts import PromptRow, PromptRowBuilder, frame_rows, text_prompt
 from heartmula.lm.requests import FrameStep, SongRequest
 from heartmula.lm.samplers import DefaultSampler, SamplingParams, UpstreamSampler
 from heartmula.lm.session_state import session_from_state, session_state_dict
 from heartmula.nn.layers import upstream_products
-from heartmula.text import TagPrompt, TextTokenizer, validate_weights
-
-FRAME_RATE = 12.5  # frames per second; one frame is 80 ms
+from heartmula.text import TextTokenizer, validate_weights
 
 __all__ = ["FRAME_RATE", "FrameStep", "GenerationSession", "HeartMuLaGenerator", "SamplingParams", "SongRequest",
            "frames_for_duration", "min_frames_for"]
@@ -50,7 +49,7 @@ def frames_for_duration(seconds: float) -> int:
     """Frames generated after the prefill frame for an upstream `max_audio_length_ms` of `seconds`."""
     if not seconds > 0:
         raise HeartMuLaError(f"duration must be > 0 seconds, got {seconds}")
-    return int(seconds * 1000) // 80
+    return int(seconds * 1000) // FRAME_MS
 
 
 def min_frames_for(min_seconds: float, max_seconds: float) -> int:
@@ -160,7 +159,9 @@ class GenerationSession:
         if lyrics_guided is None:  # twin rows without lyrics for sung songs when a lyrics scale is set
             lyrics_guided = sampling.lyrics_scale is not None and any(s.lyrics.strip() for s in songs)
         self.lyrics_guided = lyrics_guided
-        self.rows = self._layout_rows([song.tag_prompts() for song in songs])
+        self.row_builder = PromptRowBuilder(generator.tokenizer, self.model.num_codebooks, generator.codebook_size,
+                                            generator.gen_config.empty_id, songs, lyrics_guided)
+        self.rows = self.row_builder.layout([song.tag_prompts() for song in songs], self.guided)
         self._check_context(max(len(r.tokens) for r in self.rows), "prompt")
         generators = [None if song.seed is None else torch.Generator(device=self.device).manual_seed(song.seed)
                       for song in songs]
@@ -185,33 +186,6 @@ class GenerationSession:
         return self.sampler.generators
 
     # --- prompt rows ------------------------------------------------------------------------------------------
-    def _layout_rows(self, prompts: list[list[TagPrompt]]) -> list[PromptRow]:
-        rows = []
-        for s in range(len(self.songs)):
-            weights = validate_weights([p.weight for p in prompts[s]])
-            for prompt, weight in zip(prompts[s], weights):
-                rows.append(self._make_row(s, prompt.tags, weight, False))
-                if self._has_twins(s):
-                    rows.append(self._make_row(s, prompt.tags, weight, False, without_lyrics=True))
-        if self.guided:
-            # The null row only needs the prompt's length: every text column embeds as the null text.
-            for s in range(len(self.songs)):
-                rows.append(self._make_row(s, prompts[s][0].tags, 0.0, True))
-        return rows
-
-    def _has_twins(self, song: int) -> bool:
-        return self.lyrics_guided and bool(self.songs[song].lyrics.strip())
-
-    def _make_row(self, song: int, tags: str, weight: float, unconditional: bool, without_lyrics: bool = False):
-        """Prompt rows [tags, reference slot, lyrics] followed by the song's audio prompt, if any."""
-        tokens, mask, slot = self.generator.build_prompt(tags, "" if without_lyrics else self.songs[song].lyrics)
-        audio = self.songs[song].audio_codes
-        if audio is not None:
-            codes = checked_audio_codes(audio, self.model.num_codebooks, self.generator.codebook_size)
-            audio_tokens, audio_mask = frame_rows(codes, self.generator.gen_config.empty_id)
-            tokens, mask = torch.cat([tokens, audio_tokens]), torch.cat([mask, audio_mask])
-        return PromptRow(song, tokens, mask, slot, unconditional, weight, tags, without_lyrics)
-
     def _check_context(self, longest: int, what: str) -> None:
         max_seq_len = self.model.config.backbone.max_seq_len
         if longest + self.max_new_frames > max_seq_len:
@@ -382,14 +356,14 @@ class GenerationSession:
         if len(weights) != current + 1:
             raise HeartMuLaError(f"song {song} will have {current + 1} tag prompts, got {len(weights)} weights")
         normalised = validate_weights([float(w) for w in weights])
-        row = self._make_row(song, tags, 0.0, False)
+        row = self.row_builder.row(song, tags, 0.0, False)
         max_seq_len = self.model.config.backbone.max_seq_len
         if len(row.tokens) + self.max_new_frames > max_seq_len:
             raise HeartMuLaError(f"tag prompt {tags!r} makes the prompt too long for the model's context "
                                  f"({len(row.tokens)} + {self.max_new_frames} frames > {max_seq_len})")
         new_rows = [row]
-        if self._has_twins(song):
-            new_rows.append(self._make_row(song, tags, 0.0, False, without_lyrics=True))
+        if self.row_builder.has_twins(song):
+            new_rows.append(self.row_builder.row(song, tags, 0.0, False, without_lyrics=True))
         for new_row in new_rows:
             if self.frame_index > 0:
                 self._add_row_to_state(new_row)

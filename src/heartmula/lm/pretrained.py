@@ -15,7 +15,7 @@ import torch
 from heartmula.checkpoint import parse_dtype
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.backends import prepare_for_decoding
-from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.generation import HeartMuLaGenerator
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.text import TextTokenizer, byte_level_tokenizer
@@ -102,19 +102,11 @@ def load_generator(
 
 
 # --- fresh checkpoints ------------------------------------------------------------------------------------------
-def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
-    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
-                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
-
-
-# Random-weight presets in the official format: tests, benchmarks, and a starting point for training.
+# Random-weight presets in the official format: tests, benchmarks, and a starting point for training. The audio
+# vocabulary is the codebook plus 5 special ids, EOS the first of them, as in the release (8192 codes, EOS 8193).
 PRESETS: dict[str, dict] = {
-    # A model a test builds in milliseconds: small codebooks (32 codes + specials).
-    "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 64),
-                 audio_vocab_size=37, audio_eos_id=33),
-    # The decoding benchmarks' ~36M geometry: backbone 8 x 512 (8 heads / 2 KV), FFN 1408; decoder 2 layers.
-    "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 2048),
-                      audio_vocab_size=8197, audio_eos_id=8193),
+    "tiny": dict(**GEOMETRIES["tiny"], audio_vocab_size=37, audio_eos_id=33),  # 32 codes
+    "bench-36m": dict(**GEOMETRIES["bench-36m"], audio_vocab_size=8197, audio_eos_id=8193),
 }
 
 

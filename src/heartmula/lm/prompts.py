@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from heartmula.errors import HeartMuLaError
-from heartmula.text import TextTokenizer
+from heartmula.text import TagPrompt, TextTokenizer, validate_weights
 
 
 @dataclass
@@ -57,3 +57,41 @@ def checked_audio_codes(codes, num_codebooks: int, codebook_size: int) -> torch.
         raise HeartMuLaError(f"audio prompt codes must lie in [0, {codebook_size}): encode the audio with a codec "
                              "whose codebook matches this model")
     return codes.long().cpu()
+
+
+class PromptRowBuilder:
+    """The rows of a batch of songs: one per tag prompt, a lyrics-free twin of each for sung songs when the lyrics
+    are guided, and one unconditional row per song when guided."""
+
+    def __init__(self, tokenizer: TextTokenizer, num_codebooks: int, codebook_size: int, empty_id: int, songs: list,
+                 lyrics_guided: bool):
+        self.tokenizer, self.num_codebooks, self.codebook_size = tokenizer, num_codebooks, codebook_size
+        self.empty_id, self.songs, self.lyrics_guided = empty_id, songs, lyrics_guided
+
+    def layout(self, prompts: list[list[TagPrompt]], guided: bool) -> list[PromptRow]:
+        rows = []
+        for s in range(len(self.songs)):
+            weights = validate_weights([p.weight for p in prompts[s]])
+            for prompt, weight in zip(prompts[s], weights):
+                rows.append(self.row(s, prompt.tags, weight, False))
+                if self.has_twins(s):
+                    rows.append(self.row(s, prompt.tags, weight, False, without_lyrics=True))
+        if guided:
+            # The null row only needs the prompt's length: every text column embeds as the null text.
+            for s in range(len(self.songs)):
+                rows.append(self.row(s, prompts[s][0].tags, 0.0, True))
+        return rows
+
+    def has_twins(self, song: int) -> bool:
+        return self.lyrics_guided and bool(self.songs[song].lyrics.strip())
+
+    def row(self, song: int, tags: str, weight: float, unconditional: bool, without_lyrics: bool = False):
+        """Prompt rows [tags, reference slot, lyrics] followed by the song's audio prompt, if any."""
+        lyrics = "" if without_lyrics else self.songs[song].lyrics
+        tokens, mask, slot = text_prompt(self.tokenizer, self.num_codebooks, tags, lyrics)
+        audio = self.songs[song].audio_codes
+        if audio is not None:
+            codes = checked_audio_codes(audio, self.num_codebooks, self.codebook_size)
+            audio_tokens, audio_mask = frame_rows(codes, self.empty_id)
+            tokens, mask = torch.cat([tokens, audio_tokens]), torch.cat([mask, audio_mask])
+        return PromptRow(song, tokens, mask, slot, unconditional, weight, tags, without_lyrics)

@@ -87,7 +87,8 @@ def check_request(svc: Services, body: SongCreate) -> None:
 
 
 def check_fits_context(generator, lyrics: str, tag_prompts: list[str], duration: float) -> None:
-    from heartmula.lm.generation import FRAME_RATE, frames_for_duration
+    from heartmula.constants import FRAME_RATE
+    from heartmula.lm.generation import frames_for_duration
 
     max_seq_len = generator.model.config.backbone.max_seq_len
     longest = max(len(generator.build_prompt(tags, lyrics)[0]) for tags in tag_prompts)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.generation import FRAME_RATE, GenerationSession, SongRequest, frames_for_duration, min_frames_for
+from heartmula.lm.generation import GenerationSession, SongRequest, frames_for_duration, min_frames_for
 from heartmula.song_models import clap_reference
 from heartmula.stream.controls import StreamControls, parse_prompts
 from heartmula.stream.decoding import DirectAudioStream, FlowAudioStream
@@ -28,7 +29,8 @@ _locks_guard = threading.Lock()
 
 
 def model_lock(model) -> threading.Lock:
-    """One lock per model: sessions sharing a model take turns frame by frame (their KV caches are their own)."""
+    """One lock per model: sessions sharing a model take turns frame by frame. Their KV caches are their own, so
+    the turns only keep concurrent songs from splitting the cores (and torch's thread pool) between them."""
     with _locks_guard:
         lock = _model_locks.get(model)
         if lock is None:

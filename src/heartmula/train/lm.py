@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
-from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
@@ -56,19 +56,8 @@ DATA_FILE = "training_data.json"
 AUDIO_SPECIALS = 5
 
 
-def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
-    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
-                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
-
-
 # Model sizes for training from scratch; the audio and text vocabularies come from the codec and the tokenizer.
-LM_PRESETS: dict[str, dict] = {
-    "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 16)),
-    # ~20M parameters with a 1024-code codec: sized to decode faster than real time on a small CPU
-    # (`bench/lm_train_presets_decode.py`).
-    "small": dict(backbone=_sizes(6, 6, 2, 384, 1024, 4096), decoder=_sizes(2, 6, 2, 384, 1024, 16)),
-    "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 16)),
-}
+LM_PRESETS: dict[str, dict] = GEOMETRIES
 
 
 @dataclass
