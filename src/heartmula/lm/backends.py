@@ -22,12 +22,34 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.model import HeartMuLa
 from heartmula.nn import native
 from heartmula.nn.layers import Linear
+from heartmula.nn.memory import pack_in_huge_pages
 from heartmula.nn.quant import quantize_int8
 
 
+def fuse_projections(model: HeartMuLa) -> None:
+    """One product per layer for q, k, v and one for the gate and up projections, in backbone and decoder
+    (`heartmula.nn.layers.FusedLinear`: same parameters, names and values; faster decoding)."""
+    model.backbone.fuse_projections()
+    model.decoder.fuse_projections()
+
+
+def pack_weights_in_huge_pages(model: HeartMuLa) -> int:
+    """Move the weights decoding streams (transformers, projection, heads, fused matrices) into one block of huge
+    pages (`heartmula.nn.memory`; CPU, Linux). Same parameters, names and values. Returns the bytes moved."""
+    holders: list[tuple[object, str]] = []
+    for name, module in model.named_modules():
+        if name.endswith("embeddings") or name == "muq_linear":  # a few rows read per frame, once per song
+            continue
+        holders += [(param, "data") for param in module.parameters(recurse=False)]
+        for fused in (getattr(module, "fused_qkv", None), getattr(module, "fused_gate_up", None)):
+            if fused is not None and fused.weight is not None:
+                holders.append((fused, "weight"))
+    return pack_in_huge_pages(holders)
+
+
 def _float_weights(model: HeartMuLa) -> None:
-    model.fuse_projections()
-    model.pack_weights_in_huge_pages()
+    fuse_projections(model)
+    pack_weights_in_huge_pages(model)
 
 
 def _int8_weights(model: HeartMuLa) -> None:

@@ -17,7 +17,6 @@ from heartmula.checkpoint import build_on_meta, load_state_dict, save_state_dict
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import HeartMuLaConfig
 from heartmula.nn.layers import Linear, linear
-from heartmula.nn.memory import pack_in_huge_pages
 from heartmula.nn.transformer import Transformer
 
 CONFIG_FILE = "config.json"
@@ -103,25 +102,6 @@ class HeartMuLa(nn.Module):
         CPU as a matmul against a [dim, vocab] matrix.
         """
         self.audio_head.data = self.audio_head.data.transpose(1, 2).contiguous().transpose(1, 2)
-
-    def fuse_projections(self) -> None:
-        """One product per layer for q, k, v and one for the gate and up projections, in backbone and decoder
-        (`heartmula.nn.layers.FusedLinear`: same parameters, names and values; faster decoding)."""
-        self.backbone.fuse_projections()
-        self.decoder.fuse_projections()
-
-    def pack_weights_in_huge_pages(self) -> int:
-        """Move the weights decoding streams (transformers, projection, heads, fused matrices) into one block of huge
-        pages (`heartmula.nn.memory`; CPU, Linux). Same parameters, names and values. Returns the bytes moved."""
-        holders: list[tuple[object, str]] = []
-        for name, module in self.named_modules():
-            if name.endswith("embeddings") or name == "muq_linear":  # a few rows read per frame, once per song
-                continue
-            holders += [(param, "data") for param in module.parameters(recurse=False)]
-            for fused in (getattr(module, "fused_qkv", None), getattr(module, "fused_gate_up", None)):
-                if fused is not None and fused.weight is not None:
-                    holders.append((fused, "weight"))
-        return pack_in_huge_pages(holders)
 
     # --- weights ----------------------------------------------------------------------------------------------
     @torch.no_grad()
