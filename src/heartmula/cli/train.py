@@ -272,7 +272,7 @@ def run_clap(args: argparse.Namespace) -> int:
 LM_DEFAULTS = dict(preset="small", version="3B", steps=1000, batch_size=4, context=1024, min_frames=32,
                    learning_rate=6e-4, warmup_steps=50, weight_decay=0.05, decoder_fraction=0.25, uncond_prob=0.1,
                    tag_drop_prob=0.15, all_tags_drop_prob=0.1, vocab_size=4096, eval_every=50, save_every=50, seed=0,
-                   reference_prob=0.5)
+                   reference_prob=0.5, align_weight=0.0, align_heads=2)
 
 
 def register_lm(actions) -> None:
@@ -310,6 +310,12 @@ def register_lm(actions) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (matrices only)")
     p.add_argument("--decoder-fraction", type=float, default=d.decoder_fraction, help="fraction of frames the "
                    "local decoder trains on per step (saves compute; the backbone sees all frames)")
+    p.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the lyric alignment loss: "
+                   "rows that predict a sung frame attend to the lyric line sung there (needs a cache tokenized "
+                   "from a manifest with line timings, e.g. `heartmula data build`); 0 = off")
+    p.add_argument("--align-layer", type=int, default=None, help="backbone layer of the alignment loss; the middle "
+                   "one when not given")
+    p.add_argument("--align-heads", type=int, default=d.align_heads, help="query heads of that layer it aligns")
     p.add_argument("--uncond-prob", type=float, default=d.uncond_prob, help="probability that a sample is "
                    "unconditional (all text replaced by the null embedding), for classifier-free guidance")
     p.add_argument("--tag-drop-prob", type=float, default=d.tag_drop_prob, help="probability of dropping each tag")
@@ -348,6 +354,7 @@ def run_lm(args: argparse.Namespace) -> int:
         preset=args.preset, version=args.version, steps=args.steps, batch_size=args.batch_size,
         context=args.context, min_frames=args.min_frames, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
+        align_weight=args.align_weight, align_layer=args.align_layer, align_heads=args.align_heads,
         tag_drop_prob=args.tag_drop_prob, all_tags_drop_prob=args.all_tags_drop_prob,
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         reference_prob=args.reference_prob, init_from=_init_from(args.init_from),

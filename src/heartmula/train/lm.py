@@ -46,9 +46,16 @@ from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
+from heartmula.train.lyric_alignment import (
+    AlignmentTargets,
+    AttentionRecorder,
+    frame_line_targets,
+    line_attention_loss,
+    line_token_spans,
+)
 from heartmula.train.state import load_training_state, save_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
-from heartmula.train.token_cache import CachedItem, load_cache
+from heartmula.train.token_cache import FRAME_RATE, CachedItem, load_cache
 
 LOG_FILE = "train_log.jsonl"
 DATA_FILE = "training_data.json"
@@ -74,6 +81,9 @@ class LMTrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     decoder_fraction: float = 0.25  # fraction of the frames the local decoder trains on per step
+    align_weight: float = 0.0  # weight of the lyric alignment loss (train/lyric_alignment.py); 0 = off
+    align_layer: int | None = None  # backbone layer whose attention is aligned; None = the middle layer
+    align_heads: int = 2  # its first query heads that are aligned
     uncond_prob: float = 0.1  # classifier-free guidance: whole-sample text dropout
     tag_drop_prob: float = 0.15  # each tag dropped independently
     all_tags_drop_prob: float = 0.1  # all tags dropped (an empty <tag></tag>)
@@ -101,6 +111,10 @@ class Sample:
     frame_codes: torch.Tensor  # [n, K]
     unconditional: bool
     reference: torch.Tensor | None = None  # [muq_dim] embedding for the reference slot; None = empty (zeros)
+    # lyric alignment: which frames of the crop are sung, and the prompt rows [first, end) of their line
+    sung_frames: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    line_first: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    line_end: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
 
 def augment_tags(tags: str, rng: random.Random, config: LMTrainConfig) -> str:
@@ -162,8 +176,13 @@ class SampleBuilder:
         if ends:
             targets[length - 1] = self.gen_config.audio_eos_id
         rows = torch.arange(prompt - 1, prompt - 1 + n)
-        return Sample(tokens, mask, len(tag_ids), targets, rows, codes.clone(), unconditional,
-                      None if unconditional else reference)
+        sample = Sample(tokens, mask, len(tag_ids), targets, rows, codes.clone(), unconditional,
+                        None if unconditional else reference)
+        if item.timing and not unconditional:
+            spans = line_token_spans(self.tokenizer, item.lyrics, item.timing)
+            sample.sung_frames, sample.line_first, sample.line_end = frame_line_targets(
+                spans, start, n, FRAME_RATE, lyric_row=len(tag_ids) + 1)
+        return sample
 
 
 def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,12 +206,39 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
     return hidden, targets
 
 
+def alignment_targets(samples: list[Sample]) -> AlignmentTargets | None:
+    """The rows of a batch that predict a sung frame, with their line's prompt rows; None when none is sung."""
+    batch = torch.cat([torch.full((len(s.sung_frames),), i) for i, s in enumerate(samples)])
+    if not len(batch):
+        return None
+    return AlignmentTargets(batch, torch.cat([s.frame_rows[s.sung_frames] for s in samples]),
+                            torch.cat([s.line_first for s in samples]), torch.cat([s.line_end for s in samples]))
+
+
+def _alignment_recorder(model: HeartMuLa, layer: int | None, heads: int) -> AttentionRecorder:
+    layers = model.backbone.layers
+    index = len(layers) // 2 if layer is None else layer
+    if not 0 <= index < len(layers):
+        raise HeartMuLaError(f"align layer {layer} does not exist: the backbone has layers 0-{len(layers) - 1}")
+    if not 1 <= heads <= layers[index].attn.num_heads:
+        raise HeartMuLaError(f"align heads must be 1-{layers[index].attn.num_heads}, got {heads}")
+    return AttentionRecorder(layers[index].attn)
+
+
 def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch."""
+              generator: torch.Generator | None = None, align_weight: float = 0.0, align_layer: int | None = None,
+              align_heads: int = 2) -> tuple[torch.Tensor, dict]:
+    """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch, plus
+    `align_weight` x the lyric alignment loss of layer `align_layer` (None: the middle one) when it is on."""
     k = model.num_codebooks
     hidden, targets = embed_samples(model, samples)
-    out = model.backbone(hidden, torch.arange(hidden.shape[1]))
+    align = alignment_targets(samples) if align_weight > 0 else None
+    recorder = _alignment_recorder(model, align_layer, align_heads) if align is not None else None
+    try:
+        out = model.backbone(hidden, torch.arange(hidden.shape[1]))
+    finally:
+        if recorder is not None:
+            recorder.remove()
     c0_loss = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100)
 
     # Local decoder on a random subset of the frames.
@@ -211,7 +257,12 @@ def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
     logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
     decoder_loss = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
     total = c0_loss + decoder_loss
-    return total, {"c0": float(c0_loss.detach()), "dec": float(decoder_loss.detach())}
+    parts = {"c0": float(c0_loss.detach()), "dec": float(decoder_loss.detach())}
+    if recorder is not None:
+        align_loss = line_attention_loss(recorder.attention, recorder.inputs, align, align_heads)
+        total = total + align_weight * align_loss
+        parts["align"] = float(align_loss.detach())
+    return total, parts
 
 
 def new_model(preset: str, text_vocab: int, codebook_size: int, num_codebooks: int, seed: int) -> HeartMuLa:
@@ -437,7 +488,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
                 reference = item.reference
             samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
-        loss, parts = lm_losses(model, samples, config.decoder_fraction, generator)
+        loss, parts = lm_losses(model, samples, config.decoder_fraction, generator, config.align_weight,
+                                config.align_layer, config.align_heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -126,6 +126,10 @@ def tokenize_manifest(
     todo = [r for r in rows if r["id"] not in index["items"]
             or (clap_model is not None and "clap_shard" not in index["items"][r["id"]])]
     report.reused = sum(1 for r in rows if r["id"] in index["items"])
+    for row in rows:  # caches written before line timings were kept get them without re-encoding
+        meta = index["items"].get(row["id"])
+        if meta is not None and "timing" not in meta:
+            meta["timing"] = line_timing(row)
     next_shard = {prefix: 1 + max((int(p.stem.split("-")[1]) for p in out.glob(f"{prefix}-*.safetensors")),
                                   default=-1) for prefix in ("shard", "clap")}
     pending: dict[str, torch.Tensor] = {}
@@ -176,6 +180,7 @@ def tokenize_manifest(
                     "lyrics": row.get("lyrics") or "", "tags": row.get("tags") or "",
                     "language": row.get("language"), "split": row.get("split", "train"),
                     "n_frames": int(codes.shape[1]), "duration": row.get("duration"),
+                    "timing": line_timing(row),
                 }
                 report.encoded.append(row["id"])
                 report.frames += int(codes.shape[1])
@@ -191,6 +196,12 @@ def tokenize_manifest(
     if bar is not None:
         bar.close()
     return report
+
+
+def line_timing(row: dict) -> list[dict]:
+    """The sung lines of a manifest row as {text, start, end} (its syllables left out)."""
+    return [{"text": line["text"], "start": line["start"], "end": line["end"]}
+            for line in row.get("timing") or [] if line.get("text")]
 
 
 def _open_clap(clap: str | os.PathLike, index: dict, out: Path):
@@ -221,6 +232,7 @@ class CachedItem:
     language: str | None
     split: str
     reference: torch.Tensor | None = None  # float [embed_dim] CLAP audio embedding of the song, if the cache has it
+    timing: list[dict] = field(default_factory=list)  # sung lines {text, start, end} (s), when the corpus knows them
 
 
 def load_cache(cache: str | os.PathLike, split: str | None = None) -> tuple[dict, list[CachedItem]]:
@@ -241,6 +253,6 @@ def load_cache(cache: str | os.PathLike, split: str | None = None) -> tuple[dict
             meta = index["items"][item_id]
             reference = embeddings[item_id].float() if meta.get("clap_shard") else None
             items.append(CachedItem(item_id, tensors[item_id].long(), meta["lyrics"], meta["tags"],
-                                    meta["language"], meta["split"], reference))
+                                    meta["language"], meta["split"], reference, meta.get("timing") or []))
     items.sort(key=lambda item: item.id)
     return index, items
