@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
@@ -55,7 +56,7 @@ from heartmula.train.lyric_alignment import (
 )
 from heartmula.train.state import load_training_state, save_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
-from heartmula.train.token_cache import FRAME_RATE, CachedItem, load_cache
+from heartmula.train.token_cache import CachedItem, load_cache
 
 LOG_FILE = "train_log.jsonl"
 DATA_FILE = "training_data.json"
