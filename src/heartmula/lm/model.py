@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from heartmula.checkpoint import build_on_meta, load_state_dict, save_state_dict, validate_tensors
-from heartmula.errors import HeartMuLaError
+from heartmula.checkpoint import check_model_folder, load_state_dict, save_state_dict
 from heartmula.lm.config import HeartMuLaConfig
 from heartmula.nn.layers import Linear, linear
 from heartmula.nn.transformer import Transformer
@@ -127,14 +126,7 @@ class HeartMuLa(nn.Module):
     def check_folder(cls, folder: str | os.PathLike) -> HeartMuLa:
         """Check a model folder without reading any weights: config.json, then every tensor's name, shape and
         dtype against the model it describes. Returns that model on the meta device."""
-        folder = Path(folder)
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            raise HeartMuLaError(f"{folder} is not a HeartMuLa model folder: {CONFIG_FILE} is missing")
-        config = HeartMuLaConfig.from_file(config_path)
-        model = build_on_meta(lambda: cls(config), config_path)
-        validate_tensors(model.state_dict(), folder)
-        return model
+        return check_model_folder(folder, "HeartMuLa model", HeartMuLaConfig.from_file, cls, lambda m: m.state_dict())
 
     @classmethod
     def from_pretrained(
