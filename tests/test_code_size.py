@@ -17,7 +17,6 @@ NOT_YET_SPLIT = {
     "heartmula/cli/data.py:register",
     "heartmula/train/codec_voice.py:train_voice",
     "heartmula/train/codec.py:train_codec",
-    "heartmula/stream/session.py:StreamSession",
 }
 
 
