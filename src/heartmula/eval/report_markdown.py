@@ -126,6 +126,11 @@ def _singing_lines(singing: dict | None) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
+    lines = _songs_lines(report) + _lyrics_lines(report) + _tag_lines(report) + _codec_lines(report)
+    return "\n".join(lines + _speed_lines(report))
+
+
+def _songs_lines(report: dict) -> list[str]:
     settings, models, songs = report["settings"], report["models"], report["songs"]
     lines = [
         "# Quality report", "",
@@ -149,7 +154,12 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| [{s['id']}]({s['audio']}) | {s['language'] or 'instrumental'} | {s['tags']} | "
                      f"{s['seconds']:.1f} | {_f(s['rms_dbfs'], 1)} | {_f(s['peak_dbfs'], 1)} | "
                      f"{100 * s['clipped_fraction']:.2f}% |")
+    return lines
 
+
+def _lyrics_lines(report: dict) -> list[str]:
+    songs = report["songs"]
+    lines: list[str] = []
     lyrics = report["lyrics"]
     lines += ["", "## 2. Lyric error rate", "",
               f"Each vocal song transcribed by the project's transcriber (embedded Whisper base, language given) and "
@@ -186,7 +196,34 @@ def render_markdown(report: dict) -> str:
     else:
         lines.append("No vocal songs in this run.")
     lines += ["", "![lyric error rate per language](plots/lyrics.png)"]
+    return lines
 
+
+def _clap_cell(c, unit):
+    if not c or not c.get("songs"):
+        return "n/a"
+    return (f"{_f(c['own_mean'])} vs {_f(c['shuffled_mean'])} (diff {_f(c['mean_difference'])}, d_z "
+            f"{_f(c['cohens_dz'], 2)}, own higher for {100 * c['own_above_shuffled']:.0f}% of {c['songs']} "
+            f"{unit})")
+
+def _search_cell(c):
+    if not c or not c.get("prompts"):
+        return "n/a"
+    return (f"win rate {_f(c['mean_win_rate'], 2)} (d {_f(c['cohens_d'], 2)}, above 0.5 for "
+            f"{100 * c['above_chance']:.0f}% of {c['prompts']} prompts); own song first for "
+            f"{100 * c['top1']:.0f}% (chance {100 * c['top1_chance']:.0f}%)")
+
+def _group_cell(g, digits, unit=""):
+    if not g:
+        return "n/a"
+    means = ", ".join(f"{k} {_f(v['mean'], digits)} (n={v['songs']})" for k, v in g["groups"].items()
+                      if v["songs"])
+    return f"{means}; difference {_f(g['difference'], digits, unit)}, win rate {_f(g['win_rate'], 2)}"
+
+
+def _tag_lines(report: dict) -> list[str]:
+    songs = report["songs"]
+    lines: list[str] = []
     tags = report["tags"]
     clap = tags["clap"]
     reference = tags.get("corpus_reference")
@@ -201,37 +238,16 @@ def render_markdown(report: dict) -> str:
               "| measure | generated songs | corpus songs (reference) | corpus songs through the codec |",
               "|---|---|---|---|"]
 
-    def clap_cell(c, unit):
-        if not c or not c.get("songs"):
-            return "n/a"
-        return (f"{_f(c['own_mean'])} vs {_f(c['shuffled_mean'])} (diff {_f(c['mean_difference'])}, d_z "
-                f"{_f(c['cohens_dz'], 2)}, own higher for {100 * c['own_above_shuffled']:.0f}% of {c['songs']} "
-                f"{unit})")
-
-    def search_cell(c):
-        if not c or not c.get("prompts"):
-            return "n/a"
-        return (f"win rate {_f(c['mean_win_rate'], 2)} (d {_f(c['cohens_d'], 2)}, above 0.5 for "
-                f"{100 * c['above_chance']:.0f}% of {c['prompts']} prompts); own song first for "
-                f"{100 * c['top1']:.0f}% (chance {100 * c['top1_chance']:.0f}%)")
-
-    def group_cell(g, digits, unit=""):
-        if not g:
-            return "n/a"
-        means = ", ".join(f"{k} {_f(v['mean'], digits)} (n={v['songs']})" for k, v in g["groups"].items()
-                          if v["songs"])
-        return f"{means}; difference {_f(g['difference'], digits, unit)}, win rate {_f(g['win_rate'], 2)}"
-
     ref = reference or {}
     coded = ref.get("codec_round_trip") or {}
-    lines += [f"| HeartCLAP similarity, own vs shuffled tags | {clap_cell(clap, 'prompts')} | "
-              f"{clap_cell(ref.get('clap'), 'songs')} | {clap_cell(coded.get('clap'), 'songs')} |",
-              f"| HeartCLAP text -> song search, own songs vs the others | {search_cell(tags.get('text_search'))} | "
-              f"{search_cell(ref.get('text_search'))} | {search_cell(coded.get('text_search'))} |",
-              f"| estimated tempo (BPM) by tempo tag | {group_cell(tags['tempo'], 1, ' BPM')} | "
-              f"{group_cell(ref.get('tempo'), 1, ' BPM')} | {group_cell(coded.get('tempo'), 1, ' BPM')} |",
-              f"| spectral flatness, drums vs no drums | {group_cell(tags['drums'], 4)} | "
-              f"{group_cell(ref.get('drums'), 4)} | {group_cell(coded.get('drums'), 4)} |", ""]
+    lines += [f"| HeartCLAP similarity, own vs shuffled tags | {_clap_cell(clap, 'prompts')} | "
+              f"{_clap_cell(ref.get('clap'), 'songs')} | {_clap_cell(coded.get('clap'), 'songs')} |",
+              f"| HeartCLAP text -> song search, own songs vs the others | {_search_cell(tags.get('text_search'))} | "
+              f"{_search_cell(ref.get('text_search'))} | {_search_cell(coded.get('text_search'))} |",
+              f"| estimated tempo (BPM) by tempo tag | {_group_cell(tags['tempo'], 1, ' BPM')} | "
+              f"{_group_cell(ref.get('tempo'), 1, ' BPM')} | {_group_cell(coded.get('tempo'), 1, ' BPM')} |",
+              f"| spectral flatness, drums vs no drums | {_group_cell(tags['drums'], 4)} | "
+              f"{_group_cell(ref.get('drums'), 4)} | {_group_cell(coded.get('drums'), 4)} |", ""]
     if reference:
         lines += [f"Corpus reference: the first {reference['songs']} held-out (val/test) songs of the corpus by id, "
                   f"first {reference['seconds']:g} s each. The tempo estimate is within 4% of the corpus' true "
@@ -262,7 +278,11 @@ def render_markdown(report: dict) -> str:
               "against the corpus reference. **Instrument** (`spectral_flatness`): drum hits are broadband noise, "
               "pitched instruments and voice are harmonic, so songs whose tags include drums should be flatter; it "
               "cannot tell a piano from a guitar.", "", "![signal features by tag](plots/signal.png)"]
+    return lines
 
+
+def _codec_lines(report: dict) -> list[str]:
+    lines: list[str] = []
     codec = report["codec"]
     lines += ["", "## 4. Codec reconstruction", ""]
     if codec["files"]:
@@ -283,7 +303,11 @@ def render_markdown(report: dict) -> str:
         lines += [""] + [f"![{f['file']}]({f['plot']})" for f in codec["files"]]
     else:
         lines.append("Not measured: pass held-out recordings with `--codec-audio FILE ...`.")
+    return lines
 
+
+def _speed_lines(report: dict) -> list[str]:
+    lines: list[str] = []
     speed = report["speed"]
     lines += ["", "## 5. Speed", "",
               "Wall-clock seconds per second of generated audio (RTF; under 1 is faster than real time), songs "
@@ -294,4 +318,4 @@ def render_markdown(report: dict) -> str:
               f"{speed['audio_seconds']:.1f} | {speed['lm_seconds']:.1f} | "
               f"{speed['decode_seconds']:.1f} | {_f(speed['lm_rtf'])} | {_f(speed['decode_rtf'])} | "
               f"{_f(speed['total_rtf'])} |", ""]
-    return "\n".join(lines)
+    return lines
