@@ -13,7 +13,6 @@ NOT_YET_SPLIT = {
     "heartmula/train/token_cache.py:tokenize_manifest",
     "heartmula/cli/stream.py:run",
     "heartmula/serve/live.py:_run",
-    "heartmula/cli/data.py:register",
     "heartmula/train/codec_voice.py:train_voice",
     "heartmula/train/codec.py:train_codec",
 }
