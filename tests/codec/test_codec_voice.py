@@ -194,3 +194,23 @@ def test_voice_training_of_the_codes_moves_them_and_reduces_the_voice_loss(tmp_p
     with pytest.raises(HeartMuLaError, match="with --train-codes"):  # the other mode would mix up the state
         train_voice(manifest, source, tmp_path / "joint", VoiceTrainConfig(**{**config.__dict__, "train_codes": False}),
                     progress=False)
+
+
+def test_voiced_envelope_loss_scores_only_voiced_frames():
+    from heartmula.train.codec_voice import VoiceTrainConfig, voice_losses, weighted_voice_loss
+
+    frames, bands = 10, 4
+    target = {"f0": torch.tensor([[200.0] * 5 + [0.0] * 5]), "harmonic": torch.full((1, frames, bands), -10.0),
+              "noise": torch.full((1, frames, bands), -12.0)}
+    predicted = {"log_f0": torch.full((1, frames), float(np.log(200.0))), "voicing": torch.zeros(1, frames),
+                 "harmonic": target["harmonic"].clone(), "noise": target["noise"].clone()}
+    predicted["harmonic"][:, 5:] += 8.0  # wrong only where nothing is voiced
+    losses = voice_losses(predicted, target)
+    assert float(losses["harmonic"]) == pytest.approx(0.5 * 8.0 / 4.0)  # half the frames off by 8 nats, 4-nat units
+    assert float(losses["harmonic_voiced"]) == 0.0
+    predicted["harmonic"][:, :5] += 4.0  # now the voiced frames too
+    losses = voice_losses(predicted, target)
+    assert float(losses["harmonic_voiced"]) == pytest.approx(1.0)
+    plain = weighted_voice_loss(losses, VoiceTrainConfig())
+    weighted = weighted_voice_loss(losses, VoiceTrainConfig(voiced_envelope_weight=3.0))
+    assert float(weighted - plain) == pytest.approx(3.0 * 1.0)

@@ -156,6 +156,9 @@ def register_voice(actions) -> None:
                    "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
                    "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
     p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
+    p.add_argument("--voiced-envelope-weight", type=float, default=0.0, help="adds this times the harmonic "
+                   "envelope's L1 on voiced frames alone to the voice loss (the envelope is what keeps the words; "
+                   "the plain L1 averages it with silent and instrumental frames)")
     p.add_argument("--phonetic", action="store_true",
                    help="--train-codes: the encoder also reads the embedded Whisper encoder's features (cached per "
                    "item) and codebook 0 is distilled towards them, so the codes keep the sung words")
@@ -189,7 +192,8 @@ def run_voice(args: argparse.Namespace) -> int:
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
-                              voice_weight=args.voice_weight, phonetic=args.phonetic,
+                              voice_weight=args.voice_weight, voiced_envelope_weight=args.voiced_envelope_weight,
+                              phonetic=args.phonetic,
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,
                               stem_fraction=args.stem_fraction, autoencoder_weight=args.autoencoder_weight,
                               exclude_ids=tuple(args.exclude_id), extra_audio=tuple(args.extra_audio),

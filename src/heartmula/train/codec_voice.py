@@ -83,6 +83,7 @@ class VoiceTrainConfig:
     voice: VoiceConfig | None = None  # None: the branch sizes of VoiceConfig()
     train_codes: bool = False  # train encoder, codebooks and decoder with the branch (codes change)
     voice_weight: float = 1.0  # train_codes: the voice loss against the codec's music losses
+    voiced_envelope_weight: float = 0.0  # the harmonic envelope's L1 on voiced frames only, added to the voice loss
     phonetic: bool = False  # train_codes: the encoder reads phonetic features (Whisper), codebook 0 is distilled
     distill_weight: float = 1.0  # phonetic: the distillation loss of codebook 0
     phonetic_model: str = "base"  # phonetic: an embedded Whisper model's name or a transformers Whisper folder
@@ -273,9 +274,17 @@ def voice_losses(predicted: dict[str, torch.Tensor], target: dict[str, torch.Ten
     f0_error = (predicted["log_f0"] - log_f0).abs() / LOG_F0_SCALE
     losses["f0"] = (f0_error * voiced).sum() / voiced.sum().clamp_min(1)
     for key in ("harmonic", "noise"):
-        error = predicted[key].clamp_min(LOG_POWER_FLOOR) - target[key].clamp_min(LOG_POWER_FLOOR)
-        losses[key] = error.abs().mean() / LOG_POWER_SCALE
+        error = (predicted[key].clamp_min(LOG_POWER_FLOOR) - target[key].clamp_min(LOG_POWER_FLOOR)).abs()
+        losses[key] = error.mean() / LOG_POWER_SCALE
+        if key == "harmonic":  # where it is heard: the voiced frames (`bench/voice_oracle.py`)
+            voiced_error = (error * voiced[..., None]).sum() / (voiced.sum() * error.shape[-1]).clamp_min(1)
+            losses["harmonic_voiced"] = voiced_error / LOG_POWER_SCALE
     return losses
+
+
+def weighted_voice_loss(losses: dict[str, torch.Tensor], config: VoiceTrainConfig) -> torch.Tensor:
+    """The voice loss to optimise: every term once, the voiced frames' harmonic envelope x its weight."""
+    return sum(v * (config.voiced_envelope_weight if k == "harmonic_voiced" else 1.0) for k, v in losses.items())
 
 
 def codec_with_voice(codec: HeartCodec, voice: VoiceConfig, seed: int) -> HeartCodec:
@@ -357,7 +366,7 @@ def _train_step(codec: HeartCodec, trained: torch.nn.Module, optimizer, params, 
     inputs, target = batch
     predicted, music, codes, residuals = _predict(codec, inputs, config, target.get("phonetic"))
     losses = voice_losses(predicted, target)
-    loss = sum(losses.values())
+    loss = weighted_voice_loss(losses, config)
     if music is not None:
         loss = music[0] + config.voice_weight * loss
     optimizer.zero_grad(set_to_none=True)
