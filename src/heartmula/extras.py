@@ -22,8 +22,9 @@ EXTRAS = {
     "serve": "the web server",
     "data": "the corpus builder",
     "eval": "the evaluation recipes",
-    "train": "training",
+    "train": "training (LoRA and preference tuning included)",
     "play": "playback through a sound device",
+    "scale": "running beyond one machine (Ray batch generation, the Qdrant library index)",
 }
 
 

@@ -54,12 +54,14 @@ def int8_by_default(model_path: str | os.PathLike, dtype: str = "float32", devic
 
 
 def load_lm(model_path: str | os.PathLike, version: str = "3B", dtype: str = "float32", device: str = "cpu",
-            int8: bool | None = None):
-    """`load_generator`, with int8 weight-only linear layers when `int8` says so (None: `int8_by_default`)."""
+            int8: bool | None = None, lora: str | os.PathLike | None = None, lora_scale: float = 1.0):
+    """`load_generator`, with int8 weight-only linear layers when `int8` says so (None: `int8_by_default`) and a
+    LoRA adapter merged into the weights first when `lora` names one."""
     from heartmula.lm.pretrained import load_generator
 
     quantized = int8_by_default(model_path, dtype, device) if int8 is None else int8
-    return load_generator(model_path, version, dtype, device, weights="int8" if quantized else "float")
+    return load_generator(model_path, version, dtype, device, lora, lora_scale,
+                          weights="int8" if quantized else "float")
 
 
 def clap_reference(slot_dim: int, reference_audio: tuple, clap=None):

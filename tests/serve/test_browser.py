@@ -179,3 +179,53 @@ def test_with_a_token_media_and_downloads_work_without_the_token_in_any_url(serv
     assert browser.execute_script("return document.cookie") == ""  # HttpOnly: out of the page's reach
     links = browser.execute_script("return [...document.querySelectorAll('a, audio')].map(e => e.href || e.src)")
     assert not any(token in (link or "") for link in links)
+
+
+def test_extend_a_library_song(live_server, browser):
+    import io
+
+    import httpx
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    api = live_server.url + "/api/songs"
+    title = f"Source {uuid.uuid4().hex[:6]}"
+    source = httpx.post(api, json={"lyrics": "[verse]\nla la la", "tags": "jazz", "duration": 2.0, "seed": 11,
+                                   "title": title}).json()
+    source = wait_until(lambda: (j := httpx.get(f"{api}/{source['id']}").json())["status"] == "done" and j, 120,
+                        "the song to extend")
+    browser.get_log("browser")  # drained: what earlier tests' pages logged is not this page's
+    browser.get(live_server.url + "/")
+    find = browser.find_element
+    wait_until(lambda: "model ready" in find(By.ID, "server-status").text, 60, "the model to be ready")
+    find(By.CSS_SELECTOR, '#tabs [data-tab="library"]').click()
+    find(By.ID, "search").send_keys(title.split()[-1])
+    # One script call finds and clicks: the library re-renders while it refreshes (stale elements).
+    click = f"""const b = document.querySelector('#library li[data-id="{source['id']}"] button.extend');
+        if (b) b.click(); return !!b;"""
+    wait_until(lambda: browser.execute_script(click), 30, "the Extend button of the song")
+
+    assert find(By.ID, "tab-compose").is_displayed() and find(By.ID, "extend-box").is_displayed()
+    assert find(By.ID, "extend-title").text == title
+    assert find(By.ID, "lyrics").get_property("value") == "[verse]\nla la la"
+    assert find(By.ID, "tags").get_property("value") == "jazz"
+    kept = float(find(By.ID, "from-seconds").get_property("value"))
+    assert kept == pytest.approx(source["result"]["frames"] * 0.08)  # the whole song by default
+    assert find(By.ID, "create").text == "Extend song"
+    duration = find(By.ID, "duration")
+    duration.clear()
+    duration.send_keys("1")
+    create = find(By.ID, "create")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", create)  # clear of the player bar
+    create.click()
+    wait_until(lambda: "done" in find(By.ID, "job-state").text, 120, "the extended song")
+    assert not find(By.ID, "extend-box").is_displayed() and find(By.ID, "create").text == "Create song"
+
+    songs = httpx.get(api, params={"limit": 500}).json()["songs"]
+    extended = next(s for s in songs if s["request"].get("continue_from") == source["id"])
+    assert extended["status"] == "done" and extended["title"] == f"{title} (continued from {kept:g} s)"
+    codes = [np.load(io.BytesIO(httpx.get(f"{api}/{job['id']}/codes").content)) for job in (source, extended)]
+    frames = source["result"]["frames"]
+    assert extended["result"]["prompt_frames"] == frames and np.array_equal(codes[1][:, :frames], codes[0])
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors

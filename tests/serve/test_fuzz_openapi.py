@@ -23,7 +23,8 @@ SCALARS = st.one_of(
 JSONISH = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8),
                                                                                            inner, max_size=3),
                        max_leaves=6)
-SONG_FIELDS = ["lyrics", "tags", "duration", "seed", "temperature", "top_k", "cfg_scale", "title"]
+SONG_FIELDS = ["lyrics", "tags", "duration", "seed", "temperature", "top_k", "cfg_scale", "title", "continue_from",
+               "from_seconds"]
 SONG_BODIES = st.dictionaries(st.sampled_from([*SONG_FIELDS, "extra"]), JSONISH, max_size=8)
 PATH_VALUES = st.one_of(st.text(max_size=40), st.from_regex(r"[0-9a-f]{32}", fullmatch=True),
                         st.sampled_from(["..", "%2e%2e", "a/b", "..%2F..%2Fjobs.sqlite3"]))
@@ -81,11 +82,12 @@ def test_random_requests_never_cause_server_errors(fuzz_client, data):
         body = json.dumps(data.draw(SONG_BODIES)).encode() if data.draw(st.booleans()) else data.draw(st.binary())
         kwargs["content"] = body
         kwargs["headers"] = {"Content-Type": data.draw(st.sampled_from(["application/json", "text/plain"]))}
-    elif path == "/api/transcribe":
+    elif path in ("/api/transcribe", "/api/songs/import"):
         kwargs["files"] = {"file": (data.draw(st.text(max_size=20)) or "f", data.draw(st.binary(max_size=2000)))}
         kwargs["data"] = {"language": data.draw(st.text(max_size=5))}
     response = fuzz_client.request(method.upper(), url, **kwargs)
-    unavailable = path == "/api/health" and response.status_code == 503  # this server has no models, and says so
+    # this server has no models, and says so
+    unavailable = path in ("/api/health", "/api/songs/import") and response.status_code == 503
     assert response.status_code < 500 or unavailable, (method, url, kwargs, response.status_code, response.text[:300])
 
 

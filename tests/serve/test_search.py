@@ -18,8 +18,13 @@ def clap_dir(tmp_path_factory):
     return folder
 
 
-def test_search_by_text_example_and_similar(make_client, clap_dir):
-    client = make_client(clap_model=clap_dir)
+@pytest.mark.parametrize("backend", ["folder", "qdrant"])
+def test_search_by_text_example_and_similar(make_client, clap_dir, tmp_path, backend):
+    location = None
+    if backend == "qdrant":
+        pytest.importorskip("qdrant_client", reason="the 'scale' extra (qdrant-client) is not installed")
+        location = f"qdrant-local:{tmp_path / 'qdrant'}"
+    client = make_client(clap_model=clap_dir, search_index=location)
     assert client.get("/api/health").json()["features"]["search"] is True
     jobs = [wait_for(client, client.post("/api/songs", json=dict(SONG, seed=s, title=f"t{s}", duration=1.0)).json()
                      ["id"]) for s in (1, 2, 3)]

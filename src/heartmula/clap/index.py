@@ -229,6 +229,14 @@ class ClapIndex:
         self._valid = np.zeros(used, dtype=bool)
         self._valid[rows] = True
 
+    def pages(self, size: int = 1024) -> Iterator[tuple[list[Track], np.ndarray]]:
+        """(tracks, their vectors [n, dim]) a page at a time: every track once (for export)."""
+        tracks = list(self.tracks())
+        matrix = np.load(self.vectors_path, mmap_mode="r") if tracks else None
+        for start in range(0, len(tracks), size):
+            page = tracks[start : start + size]
+            yield page, np.asarray(matrix[[t.row for t in page]], dtype=np.float32)
+
     def vector(self, path: str) -> np.ndarray | None:
         track = self.get(path)
         if track is None:
@@ -272,6 +280,37 @@ class ClapIndex:
 
     def close(self) -> None:
         self.db.close()
+
+
+def open_index(location: str | os.PathLike, dim: int | None = None, model: str | None = None,
+               create: bool = True):
+    """The library index at `location`: a folder (ClapIndex, the default), or a Qdrant collection
+    (`qdrant://HOST:PORT/COLLECTION`, `qdrant-local:FOLDER`; see heartmula.clap.qdrant_index). Both offer add,
+    remove, search, get, vector, tracks, pages, check_model, set_model and close."""
+    from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
+
+    if is_qdrant_location(location):
+        return QdrantIndex(str(location), dim=dim, model=model, create=create)
+    return ClapIndex(location, dim=dim, model=model, create=create)
+
+
+def export_index(source, target, progress: bool = True) -> int:
+    """Copy every track and vector of `source` into `target` (any two backends), without embedding again; the
+    target takes the source's model fingerprint and refuses a source of another model. Returns the tracks copied."""
+    from tqdm import tqdm
+
+    if source.dim != target.dim:
+        raise HeartMuLaError(f"the source holds {source.dim}-d vectors, the target {target.dim}-d")
+    if len(target):
+        target.check_model(source.model)
+    copied = 0
+    with tqdm(total=len(source), desc="export", unit="track", disable=not progress) as bar:
+        for tracks, vectors in source.pages():
+            target.add(tracks, vectors)
+            copied += len(tracks)
+            bar.update(len(tracks))
+    target.set_model(source.model)
+    return copied
 
 
 # -- what to index --

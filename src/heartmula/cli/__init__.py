@@ -26,6 +26,7 @@ VERB_MODULES = (
     "heartmula.cli.serve",
     "heartmula.cli.clap",
     "heartmula.cli.stream",
+    "heartmula.cli.batch",
     "heartmula.cli.doctor",
 )
 
@@ -36,6 +37,14 @@ def add_int8_option(parser: argparse.ArgumentParser) -> None:
                         "the LM (a CPU speed-up where the native decoding kernels cannot be built; with them float32 "
                         "is faster); default: on for the embedded default LM in float32 on such a CPU, off "
                         "otherwise and for other checkpoints (they run as upstream)%(default).0s")  # .0s: no default
+
+
+def add_lora_options(parser: argparse.ArgumentParser) -> None:
+    """`--lora DIR` and `--lora-scale S` for the verbs that load an LM (see heartmula.lm.lora)."""
+    parser.add_argument("--lora", metavar="DIR", help="a LoRA adapter folder (`heartmula train lora`, PEFT layout: "
+                        "adapter_config.json + adapter_model.safetensors) merged into the LM's weights at load")
+    parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="multiply the adapter's update "
+                        "by S (0 = the base model, 1 = as trained)")
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,8 @@ def _add_model(p) -> None:
 
 
 def _add_index(p, required: bool = True) -> None:
-    p.add_argument("--index", type=Path, required=required, help="index folder (index.sqlite + vectors.npy)")
+    p.add_argument("--index", required=required, help="index folder (index.sqlite + vectors.npy), or a Qdrant "
+                   "collection: qdrant://HOST:PORT/COLLECTION or qdrant-local:FOLDER (needs the 'scale' extra)")
 
 
 def _load(args):
@@ -33,10 +34,10 @@ def _load(args):
 
 def _load_for_query(args):
     """The model and an existing index built with that same model (an index from another model is refused)."""
-    from heartmula.clap.index import ClapIndex
+    from heartmula.clap.index import open_index
 
     model, model_id = _load(args)
-    index = ClapIndex(args.index, dim=model.config.embed_dim, create=False)
+    index = open_index(args.index, dim=model.config.embed_dim, create=False)
     index.check_model(model_id)
     return model, index
 
@@ -93,6 +94,16 @@ def register_index(verbs) -> None:
     _add_model(ri)
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
     ri.set_defaults(handler=run_index_reindex)
+
+    ex = actions.add_parser("export", help="copy an index into another backend (e.g. Qdrant) without embedding again",
+                            description="Copy every track and its stored vector from --index into --to, keeping "
+                            "the model fingerprint (a target built with another HeartCLAP model is refused). --to: "
+                            "qdrant://HOST:PORT/COLLECTION, qdrant-local:FOLDER, or an index folder.",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_index(ex)
+    ex.add_argument("--to", required=True, help="the target index")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar")
+    ex.set_defaults(handler=run_index_export)
     p.set_defaults(handler=lambda args: p.print_help() or 2)
 
 
@@ -104,10 +115,10 @@ def _print_report(report) -> None:
 
 
 def run_index_add(args: argparse.Namespace) -> int:
-    from heartmula.clap.index import AddReport, ClapIndex, add_sources, collect_sources
+    from heartmula.clap.index import AddReport, add_sources, collect_sources, open_index
 
     model, model_id = _load(args)
-    index = ClapIndex(args.index, dim=model.config.embed_dim, model=model_id)
+    index = open_index(args.index, dim=model.config.embed_dim, model=model_id)
     if len(index) and not args.reindex:
         index.check_model(model_id)
     total = AddReport(skipped=[])
@@ -125,9 +136,9 @@ def run_index_add(args: argparse.Namespace) -> int:
 
 
 def run_index_remove(args: argparse.Namespace) -> int:
-    from heartmula.clap.index import ClapIndex
+    from heartmula.clap.index import open_index
 
-    index = ClapIndex(args.index, create=False)
+    index = open_index(args.index, create=False)
     paths = [str(p.resolve()) if p.exists() else str(p) for p in args.path]
     removed = index.remove(paths)
     print(f"removed {removed} track(s); {len(index)} left in {args.index}")
@@ -135,9 +146,9 @@ def run_index_remove(args: argparse.Namespace) -> int:
 
 
 def run_index_list(args: argparse.Namespace) -> int:
-    from heartmula.clap.index import ClapIndex
+    from heartmula.clap.index import open_index
 
-    index = ClapIndex(args.index, create=False)
+    index = open_index(args.index, create=False)
     tracks = list(index.tracks())
     if args.json:
         print(json.dumps([{"path": t.path, "title": t.title, "tags": t.tags, "duration": t.duration}
@@ -151,11 +162,25 @@ def run_index_list(args: argparse.Namespace) -> int:
 
 
 def run_index_reindex(args: argparse.Namespace) -> int:
-    from heartmula.clap.index import ClapIndex, reindex_all
+    from heartmula.clap.index import open_index, reindex_all
 
     model, model_id = _load(args)
-    index = ClapIndex(args.index, dim=model.config.embed_dim, create=False)
+    index = open_index(args.index, dim=model.config.embed_dim, create=False)
     _print_report(reindex_all(index, model, model_id, progress=not args.quiet))
+    return 0
+
+
+def run_index_export(args: argparse.Namespace) -> int:
+    from heartmula.clap.index import export_index, open_index
+
+    source = open_index(args.index, create=False)
+    target = open_index(args.to, dim=source.dim, model=source.model)
+    try:
+        copied = export_index(source, target, progress=not args.quiet)
+    finally:
+        source.close()
+        target.close()
+    print(f"copied {copied} tracks from {args.index} to {args.to} (model {source.model or 'unrecorded'})")
     return 0
 
 

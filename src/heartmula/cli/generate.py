@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula.cli import add_device_options, add_int8_option
+from heartmula.cli import add_device_options, add_int8_option, add_lora_options
 
 
 def register(verbs) -> None:
@@ -24,7 +24,8 @@ def register(verbs) -> None:
     p.add_argument("--tags", default="", help="comma-separated style tags, e.g. 'pop,piano,happy'; weighted "
                    "prompt mix: 'jazz:0.7,electronic:0.3' or 'jazz,piano:0.7|electronic:0.3'")
     p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
-    p.add_argument("--duration", type=float, default=30.0, help="maximum song length in seconds")
+    p.add_argument("--duration", type=float, default=30.0, help="maximum song length in seconds (with --continue: "
+                   "of the new music after the kept part)")
     p.add_argument("--min-duration", type=float, default=0.0, help="the song does not end before this many seconds "
                    "(0: the model decides when to end, as upstream; set it to --duration for an exact length)")
     p.add_argument("--topk", type=int, default=50, help="sample among the k most likely codes (1 = greedy)")
@@ -38,9 +39,15 @@ def register(verbs) -> None:
     p.add_argument("--reference-audio", type=Path, help="a recording whose style the song should follow: its "
                    "HeartCLAP audio embedding fills the LM's reference-audio slot (the embedded default model was "
                    "trained with it; upstream leaves the slot empty)")
+    p.add_argument("--continue", dest="continue_from", type=Path, metavar="SONG", help="continue a song: its codes "
+                   "(.npy as --codes-out writes them) or its audio (encoded with the codec, which needs an "
+                   "encoder); its frames start the new song unchanged")
+    p.add_argument("--from-seconds", type=float, metavar="T", help="with --continue: keep the first T seconds of the "
+                   "song and make the rest anew (default: keep all of it and add to its end)")
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
     add_device_options(p)
     add_int8_option(p)
+    add_lora_options(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model steps (GPU; slow to start)")
     p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
                    "(undecodable codes may be sampled, frame 0 is never checked for EOS)")
@@ -65,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_decode and args.codes_out is None:
         raise HeartMuLaError("--no-decode needs --codes-out FILE.npy, or nothing would be written")
+    if args.from_seconds is not None and args.continue_from is None:
+        raise HeartMuLaError("--from-seconds needs --continue SONG: the song whose first seconds are kept")
     tags = read_text_argument(args.tags, "tags")
     lyrics = read_text_argument(args.lyrics, "lyrics")
     sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale,
@@ -72,13 +81,15 @@ def run(args: argparse.Namespace) -> int:
     reference = load_audio(args.reference_audio) if args.reference_audio else None  # bad audio fails here, early
     pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
                                              dtype=args.dtype, int8=args.int8, compile=args.compile,
+                                             lora=args.lora, lora_scale=args.lora_scale,
                                              decode=not args.no_decode)
     clap = None
     if reference is not None and args.clap:
         from heartmula.clap import load_clap
 
         clap = load_clap(args.clap)
-    request = pipe.requests(lyrics, tags, args.seed, reference, clap)[0]
+    prompt = None if args.continue_from is None else pipe.prompt_codes(args.continue_from, args.from_seconds)
+    request = pipe.requests(lyrics, tags, args.seed, reference, clap, prompt=prompt)[0]
     started = time.perf_counter()
     codes = pipe.generate_codes([request], sampling, args.duration, args.min_duration, args.compat,
                                 progress=not args.quiet)[0]
@@ -94,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     started = time.perf_counter()
-    song = pipe.song_from_codes(codes, lyrics, tags, args.seed)
+    song = pipe.song_from_codes(codes, lyrics, tags, args.seed, 0 if prompt is None else prompt.shape[1])
     codec_seconds = time.perf_counter() - started
     song.save(args.out)
     print(f"wrote {args.out}: {song.duration:.2f} s at {song.sample_rate} Hz; compute {lm_seconds:.1f} s language "

@@ -48,6 +48,19 @@ def register(verbs) -> None:
     convert.add_argument("--version", default="3B")
     convert.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     convert.set_defaults(handler=run_convert)
+    merge = sub.add_parser("merge-lora", help="merge a LoRA adapter into an LM and write the merged checkpoint",
+                           description="Add a LoRA adapter's update (`heartmula train lora`, PEFT layout) into the "
+                           "LM's weights and write OUT/HeartMuLa-oss-<version>/, OUT/tokenizer.json and "
+                           "OUT/gen_config.json: a checkpoint root that generates as `--model ROOT --lora DIR` does, "
+                           "without the adapter. Pass --codec when generating from it (the codec is not copied).",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    merge.add_argument("root", help="LM checkpoint root or model folder, or `default` for the embedded default LM")
+    merge.add_argument("--lora", type=Path, required=True, help="adapter folder")
+    merge.add_argument("--lora-scale", type=float, default=1.0, help="multiply the adapter's update by this")
+    merge.add_argument("--out", type=Path, required=True, help="new folder (must not exist)")
+    merge.add_argument("--version", default="3B")
+    merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    merge.set_defaults(handler=run_merge_lora)
     p.set_defaults(handler=lambda args: p.print_help() or 2)
 
 
@@ -140,3 +153,13 @@ def _is_codec_folder(path: Path) -> bool:
 
     config = path / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("model_type") == "heartcodec"
+
+
+def run_merge_lora(args) -> int:
+    from heartmula.lm.pretrained import write_merged_root
+    from heartmula.song_models import resolve_lm
+
+    root = resolve_lm(None if args.root == "default" else args.root, args.version)
+    folder = write_merged_root(root, args.lora, args.out, args.version, args.lora_scale, args.dtype)
+    print(f"wrote {folder}")
+    return 0

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from heartmula.cli import add_device_options, add_int8_option
+from heartmula.cli import add_device_options, add_int8_option, add_lora_options
 
 
 def register(verbs) -> None:
@@ -28,6 +28,7 @@ def register(verbs) -> None:
     p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
     add_device_options(p)
     add_int8_option(p)
+    add_lora_options(p)
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: the "
                    "HEARTMULA_TOKEN environment variable; unset = no auth)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -44,6 +45,8 @@ def register(verbs) -> None:
                    "default: the embedded base")
     p.add_argument("--clap-model", help="HeartCLAP folder for searching the library by text or example; "
                    "default: the shipped HeartCLAP when installed, else search by text in titles/tags/lyrics only")
+    p.add_argument("--search-index", metavar="LOCATION", help="where the library search index lives: default "
+                   "DATA/clap-index/; or a Qdrant collection, qdrant://HOST:PORT/COLLECTION (the 'scale' extra)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=run)
@@ -68,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = ServeConfig(
         data_dir=args.data, model=args.model, version=args.version, codec=args.codec, dtype=args.dtype,
-        device=args.device, int8=args.int8, token=args.token or os.environ.get(TOKEN_ENV) or None,
+        device=args.device, int8=args.int8, lora=args.lora, lora_scale=args.lora_scale,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
         cors_origins=args.cors_origin, allowed_hosts=[h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_duration=args.max_duration,
         max_batch=args.max_batch, transcribe_model=args.transcribe_model, clap_model=args.clap_model,
+        search_index=args.search_index,
     )
     config.check()
     if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula.cli import add_device_options, add_int8_option
+from heartmula.cli import add_device_options, add_int8_option, add_lora_options
 
 
 def register(verbs) -> None:
@@ -56,6 +56,7 @@ def register(verbs) -> None:
                    "codec; the lyrics/tags/sampling options are then taken from the state)")
     add_device_options(p)
     add_int8_option(p)
+    add_lora_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if args.play:
         _sounddevice()  # fail before loading anything
     pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
-                                             dtype=args.dtype, int8=args.int8)
+                                             dtype=args.dtype, int8=args.int8, lora=args.lora,
+                                             lora_scale=args.lora_scale)
     generator, codec = pipe.generator, pipe.codec
     started = time.perf_counter()
     if args.resume:

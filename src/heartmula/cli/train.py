@@ -7,7 +7,28 @@ To add a trainer (codec, lm, clap, ...), write `register_<what>(actions)` that a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import io
 from pathlib import Path
+
+
+def on_every_rank(handler):
+    """A handler that also runs under `torchrun --nproc_per_node N -m heartmula train ...`: each process joins the
+    group (heartmula.train.distributed) and only rank 0 prints."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from heartmula.train.distributed import launched_by_torchrun, session
+
+        if not launched_by_torchrun():
+            return handler(args)
+        with session(getattr(args, "device", "cpu")) as ranks:
+            quiet = contextlib.nullcontext() if ranks.is_main else contextlib.redirect_stdout(io.StringIO())
+            with quiet:
+                return handler(args)
+
+    return run
 
 
 def register_transcriber(actions) -> None:
@@ -107,7 +128,7 @@ def register_codec(actions) -> None:
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_codec)
+    p.set_defaults(handler=on_every_rank(run_codec))
 
 
 def run_codec(args: argparse.Namespace) -> int:
@@ -243,7 +264,7 @@ def register_clap(actions) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_clap)
+    p.set_defaults(handler=on_every_rank(run_clap))
 
 
 def run_clap(args: argparse.Namespace) -> int:
@@ -337,7 +358,7 @@ def register_lm(actions) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the data order")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run_lm)
+    p.set_defaults(handler=on_every_rank(run_lm))
 
 
 def _init_from(name: str | None) -> str | None:
@@ -372,7 +393,171 @@ def run_lm(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_ACTIONS = (register_transcriber, register_codec, register_voice, register_clap, register_lm)
+def register_lora(actions) -> None:
+    p = actions.add_parser(
+        "lora",
+        help="fine-tune a HeartMuLa LM with LoRA adapters on a token cache",
+        description="Train low-rank adapters (peft LoRA) of a HeartMuLa model's backbone and local-decoder "
+        "projections on a token cache (`heartmula data tokenize`, made with the base model's codec); the base "
+        "weights stay frozen. --out becomes an adapter folder in PEFT's layout (adapter_config.json + "
+        "adapter_model.safetensors) that `heartmula generate/stream/serve --lora OUT` merges at load and "
+        "`heartmula model merge-lora` bakes into a checkpoint. Running again with the same --out resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("cache", type=Path, help="token cache folder from `heartmula data tokenize`")
+    p.add_argument("--from", dest="base", required=True, metavar="ROOT_OR_DIR", help="the base model: a checkpoint "
+                   "root or model folder, or `default` for the embedded default LM")
+    p.add_argument("--out", type=Path, required=True, help="adapter folder (created, or resumed)")
+    p.add_argument("--version", default="3B", help="model folder HeartMuLa-oss-<version> of a checkpoint root")
+    add_lora_shape_options(p)
+    p.add_argument("--steps", type=int, default=300, help="train until this step (counting resumed steps)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--context", type=int, default=512, help="rows per sample: prompt + frames (12.5 per second)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the adapter (after warm-up)")
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--decoder-fraction", type=float, default=0.5, help="fraction of frames the local decoder "
+                   "trains on per step")
+    p.add_argument("--uncond-prob", type=float, default=0.1, help="share of unconditional samples (keeps "
+                   "classifier-free guidance working)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in the backward "
+                   "pass: activation memory of one layer instead of all (large models)")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between validation losses (val split)")
+    p.add_argument("--save-every", type=int, default=25, help="steps between saved adapters (resume points)")
+    p.add_argument("--max-minutes", type=float, help="stop and save after this much wall time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_lora)
+
+
+def add_lora_shape_options(p) -> None:
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank r")
+    p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha: the update is scaled by alpha / rank")
+    p.add_argument("--dropout", type=float, default=0.05, help="dropout on the adapters' input")
+    p.add_argument("--targets", default="q_proj,k_proj,v_proj,output_proj,w1,w2,w3", help="comma-separated "
+                   "projection names inside each layer to adapt (attention q/k/v/output, SwiGLU w1 gate, w2 down, "
+                   "w3 up)")
+    p.add_argument("--parts", default="backbone,decoder", help="which transformers to adapt: backbone, decoder or "
+                   "both")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def run_lora(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("train", "peft", feature="heartmula train lora")
+    from heartmula.train.lora import LoraTrainConfig, train_lora
+
+    config = LoraTrainConfig(
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=_names(args.targets),
+        parts=_names(args.parts), version=args.version, steps=args.steps, batch_size=args.batch_size,
+        context=args.context, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+        decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
+        gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every, eval_every=args.eval_every,
+        max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
+    )
+    report = train_lora(args.cache, _init_from(args.base), args.out, config, progress=not args.quiet)
+    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
+    print(f"trained {report.trainable / 1e6:.2f}M adapter parameters to step {report.steps} (resumed from "
+          f"{report.resumed_from}) on {report.items} songs: loss {report.first_loss} -> {report.last_loss}{val}; "
+          f"wrote {args.out}")
+    return 0
+
+
+def register_prefer(actions) -> None:
+    p = actions.add_parser(
+        "prefer", aliases=["dpo"],
+        help="preference-tune an LM (DPO) towards songs that follow their tags",
+        description="Rounds of: sample --songs-per-prompt songs per training prompt from the current model, score "
+        "each with rewards (HeartCLAP tag similarity, onset tempo against the tempo tag, spectral flatness against "
+        "the drums tag, voiced share when lyrics are given), pair the best with the worst song of each prompt, and "
+        "train with DPO against the frozen starting model, as a LoRA adapter (default) or the whole model (--full). "
+        "--out holds the adapter (PEFT layout: `--lora OUT` generates with it), each round's songs and rewards, and "
+        "prefer_log.jsonl (every reward separately). Running again with the same --out resumes; --eval-seeds "
+        "compares base and tuned model on the quality report's held-out prompts (eval.json), with two tempo "
+        "judges that are not rewards.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--from", dest="base", default="default", metavar="ROOT_OR_DIR", help="the model to tune: a "
+                   "checkpoint root or model folder, or `default` for the embedded default LM")
+    p.add_argument("--out", type=Path, required=True, help="folder of the run (created, or resumed)")
+    p.add_argument("--version", default="3B")
+    p.add_argument("--codec", help="codec that decodes the samples (default: beside the LM / the embedded one)")
+    p.add_argument("--rounds", type=int, default=3, help="sample-and-train rounds (counting resumed ones)")
+    p.add_argument("--prompts", type=int, default=24, help="training prompts (styles x slow/fast x drums, some "
+                   "sung)")
+    p.add_argument("--songs-per-prompt", type=int, default=4, help="K songs sampled per prompt and round")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each sampled song")
+    p.add_argument("--epochs", type=int, default=2, help="passes over a round's pairs")
+    p.add_argument("--pair-batch", type=int, default=4, help="pairs per optimiser step")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO beta (strength of the pull to the reference)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--full", action="store_true", help="train every parameter (against a frozen copy) instead of "
+                   "a LoRA adapter")
+    add_lora_shape_options(p)
+    p.add_argument("--weights", default="tag=1,tempo=1,drums=0.5,voice=0.5", help="weight of each reward in the "
+                   "ranking (rewards are z-scored among a prompt's songs first)")
+    p.add_argument("--min-margin", type=float, default=0.5, help="pairs whose weighted score gap is smaller are "
+                   "not used")
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="guidance the songs are sampled with")
+    p.add_argument("--eval-seeds", type=int, default=0, help="after training, generate each held-out prompt with "
+                   "this many seeds from base and tuned model and write OUT/eval.json (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=run_prefer)
+
+
+def _weights(text: str) -> dict:
+    from heartmula.errors import HeartMuLaError
+
+    weights = {}
+    for part in _names(text):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise HeartMuLaError(f"--weights takes name=number pairs (tag, tempo, drums, voice), got {part!r}"
+                                 ) from None
+    unknown = sorted(set(weights) - {"tag", "tempo", "drums", "voice"})
+    if unknown:
+        raise HeartMuLaError(f"--weights: unknown rewards {unknown}; known: tag, tempo, drums, voice")
+    return weights
+
+
+def run_prefer(args: argparse.Namespace) -> int:
+    from heartmula.extras import require
+
+    require("train", "peft", feature="heartmula train prefer")
+    import json
+
+    from heartmula.files import atomic_output
+    from heartmula.train.prefer import PreferConfig, evaluate_against_base, train_prefer, training_prompts
+
+    config = PreferConfig(
+        rounds=args.rounds, songs_per_prompt=args.songs_per_prompt, seconds=args.seconds, epochs=args.epochs,
+        pair_batch=args.pair_batch, beta=args.beta, learning_rate=args.lr, lora=not args.full, rank=args.rank,
+        alpha=args.alpha, dropout=args.dropout, targets=_names(args.targets), parts=_names(args.parts),
+        weights=_weights(args.weights), min_margin=args.min_margin, cfg_scale=args.cfg_scale, version=args.version,
+        codec=args.codec, seed=args.seed, threads=args.threads,
+    )
+    base = _init_from(args.base)
+    state = train_prefer(base, args.out, config, training_prompts(args.prompts, args.seed), not args.quiet)
+    print(f"{state['round']} rounds done ({state['step']} DPO steps); wrote {args.out}")
+    if args.eval_seeds > 0:
+        results = evaluate_against_base(base, args.out, config, list(range(args.eval_seeds)))
+        with atomic_output(args.out / "eval.json") as tmp:
+            tmp.write_text(json.dumps(results, indent=1))
+        for name, result in results.items():
+            print(name, json.dumps(result["summary"]), f"LM RTF {result['lm_rtf']:.3f}")
+    return 0
+
+
+TRAIN_ACTIONS = (register_transcriber, register_codec, register_voice, register_clap, register_lm, register_lora,
+                 register_prefer)
 
 
 def register(verbs) -> None:

@@ -17,6 +17,7 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.backends import prepare_for_decoding
 from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.generation import HeartMuLaGenerator
+from heartmula.lm.lora import merge_lora, read_adapter
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.text import TextTokenizer, byte_level_tokenizer
 
@@ -88,15 +89,21 @@ def load_generator(
     version: str = DEFAULT_VERSION,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    lora: str | os.PathLike | None = None,
+    lora_scale: float = 1.0,
     weights: str = "float",
 ) -> HeartMuLaGenerator:
-    """A generator for the checkpoint at `path`, its model transformed for decoding with weight format `weights`
-    (`heartmula.lm.backends.WEIGHT_FORMATS`)."""
+    """A generator for the checkpoint at `path`. `lora`: a LoRA adapter folder (PEFT layout) merged into the weights,
+    times `lora_scale`, before anything else reads them (`heartmula.lm.lora`); then the model is transformed for
+    decoding with weight format `weights` (`heartmula.lm.backends.WEIGHT_FORMATS`)."""
     files = locate_lm(path, version)
     gen_config = _gen_config_for(files)
     tokenizer = _read_tokenizer(files, gen_config)
+    adapter = read_adapter(lora) if lora is not None else None  # a bad adapter fails before the weights load
     model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
     _check_vocab(files, tokenizer, model.config.text_vocab_size)
+    if adapter is not None:
+        merge_lora(model, adapter, lora_scale)
     prepare_for_decoding(model, weights)
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 
@@ -144,3 +151,38 @@ def write_random_root(
     tokenizer.save(str(root / TOKENIZER_FILE))
     gen_config.save(root / GEN_CONFIG_FILE)
     return model_dir
+
+
+def write_merged_root(
+    path: str | os.PathLike,
+    lora: str | os.PathLike,
+    out: str | os.PathLike,
+    version: str = DEFAULT_VERSION,
+    lora_scale: float = 1.0,
+    dtype: str | torch.dtype = "float32",
+) -> Path:
+    """Merge a LoRA adapter into a checkpoint and write the result as an official-layout root (OUT/HeartMuLa-oss-
+    <version>/, tokenizer.json, gen_config.json) that loads like any other; returns the model folder. `out` must not
+    exist; it appears only when complete."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    if out.exists():
+        raise HeartMuLaError(f"{out} already exists: choose a new folder")
+    files = locate_lm(path, version)
+    adapter = read_adapter(lora)
+    model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype))
+    merge_lora(model, adapter, lora_scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging.chmod(0o755)
+        model.save_pretrained(staging / f"HeartMuLa-oss-{version}")
+        shutil.copy(files.tokenizer, staging / TOKENIZER_FILE)
+        if files.gen_config is not None:
+            shutil.copy(files.gen_config, staging / GEN_CONFIG_FILE)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / f"HeartMuLa-oss-{version}"

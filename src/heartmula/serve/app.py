@@ -6,7 +6,8 @@ Endpoints (all under /api; JSON unless noted; the OpenAPI spec is at /openapi.js
     GET    /api/health                      worker and model state, features, whether a token is needed (no auth);
                                             503 with a reason when the worker cannot work
     POST   /api/session                     trade the bearer token for a session cookie (media, WebSocket)
-    POST   /api/songs                       queue a song job -> 201 {job}                          (songs.py)
+    POST   /api/songs                       queue a song job -> 201 {job}; continue_from: continue a song (songs.py)
+    POST   /api/songs/import                a recording into the library, to continue it             (uploads.py)
     GET    /api/songs?q=&status=&limit=     the library, newest first; q searches title, tags and lyrics
     GET    /api/songs/{id}                  one job: status, progress, result
     DELETE /api/songs/{id}                  delete a song (stops it if it is being generated)
@@ -54,7 +55,8 @@ def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
         from heartmula.pipeline import HeartMuLaPipeline
 
         pipe = HeartMuLaPipeline.from_pretrained(config.model, version=config.version, codec=config.codec,
-                                                 device=config.device, dtype=config.dtype, int8=config.int8)
+                                                 device=config.device, dtype=config.dtype, int8=config.int8,
+                                                 lora=config.lora, lora_scale=config.lora_scale)
         return pipe.generator, pipe.codec
 
     return load
@@ -157,7 +159,7 @@ def build_services(config: ServeConfig, load_models: Callable[[], tuple] | None 
         """Embeddings run in the worker's thread once it serves (one thread computes: see SongWorker)."""
         return worker.call(fn, *args).result() if worker.state == "ready" else fn(*args)
 
-    search = LibrarySearch(store, clap_dir, on_model_thread) if clap_dir else None
+    search = LibrarySearch(store, clap_dir, on_model_thread, config.search_index) if clap_dir else None
     worker = SongWorker(store, load_models or default_model_loader(config), config.max_batch,
                         after_finish=search.enqueue if search else None,
                         on_ready=(lambda: search.enqueue(BACKFILL)) if search else None,

@@ -26,6 +26,8 @@ class ServeConfig:
     dtype: str | None = None  # the LM's weights; None: bfloat16 on CUDA, float32 elsewhere (heartmula.pipeline)
     device: str = "auto"  # auto: CUDA, else MPS, else the CPU
     int8: bool | None = None  # int8 LM weights; None: heartmula.song_models.int8_by_default
+    lora: str | Path | None = None  # a LoRA adapter folder merged into the LM at load (heartmula.lm.lora)
+    lora_scale: float = 1.0  # the adapter's update is multiplied by this
     token: str | None = None  # bearer token; None = no auth
     cors_origins: list[str] = field(default_factory=list)  # empty = CORS off
     allowed_hosts: list[str] = field(default_factory=list)  # Host header values served; empty = any
@@ -36,6 +38,7 @@ class ServeConfig:
     max_stream_seconds: float = 300.0
     transcribe_model: str | None = None  # None = the embedded default (Whisper base)
     clap_model: str | Path | None = None  # library search by text/example; None = the shipped HeartCLAP, if any
+    search_index: str | None = None  # the search index: None = DATA/clap-index/; or qdrant://HOST:PORT/COLLECTION
     max_transcribe_seconds: float = 20 * 60.0
     session_seconds: float = 3600.0  # lifetime of the page's session cookie (media and WebSocket without a token)
     store_retry_seconds: float = 2.0  # how long a job-database write is retried before answering 503
@@ -56,6 +59,10 @@ class ServeConfig:
         self.codec_path()  # resolves the LM too
         if self.clap_model is not None and not (Path(self.clap_model) / "config.json").is_file():
             raise HeartMuLaError(f"--clap-model {self.clap_model} is not a HeartCLAP folder (no config.json)")
+        if self.lora is not None:
+            from heartmula.lm.lora import read_adapter
+
+            read_adapter(self.lora)
 
 
 @dataclass

@@ -368,6 +368,20 @@ def write_song_files(folder: Path, codes: np.ndarray | None, audio: np.ndarray, 
         raise
 
 
+def prompt_codes(store: JobStore, request: dict) -> np.ndarray | None:
+    """The frames [8, T] a job continues (the kept start of the library song `continue_from`), or None."""
+    from heartmula.pipeline import keep_seconds
+
+    source = request.get("continue_from")
+    if source is None:
+        return None
+    try:
+        codes = np.load(store.job_dir(source) / CODES_FILE, allow_pickle=False)
+    except FileNotFoundError:
+        raise HeartMuLaError(f"the song to continue ({source}) is gone: it was deleted") from None
+    return keep_seconds(codes.astype(np.int64), request.get("from_seconds"))
+
+
 # --- the worker ------------------------------------------------------------------------------------------------
 LM_SHARE = 0.9  # share of a job's progress bar spent in the language model; the codec takes the rest
 
@@ -608,12 +622,17 @@ class SongWorker:
             del self.owed_failures[job_id]
 
     def _generate(self, jobs: list[Job]) -> None:
+        import torch
+
         from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
 
         started = time.time()
         temperature, top_k, cfg_scale = sampling_key(jobs[0].request)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, cfg_scale=cfg_scale)
-        songs = [SongRequest(lyrics=j.request["lyrics"], tags=j.request["tags"], seed=j.request["seed"]) for j in jobs]
+        prompts = [prompt_codes(self.store, j.request) for j in jobs]
+        songs = [SongRequest(lyrics=j.request["lyrics"], tags=j.request["tags"], seed=j.request["seed"],
+                             audio_codes=None if prompt is None else torch.from_numpy(prompt))
+                 for j, prompt in zip(jobs, prompts)]
         frames = [frames_for_duration(float(j.request["duration"])) + 1 for j in jobs]  # + the prefill frame
         session = self.generator.start(songs, sampling, max_new_frames=max(frames) - 1)
         try:
@@ -630,8 +649,11 @@ class SongWorker:
                 raise WorkerStopping
             if alive[i] and self.store.set_progress(job.id, LM_SHARE, "decoding audio"):
                 song_codes = codes[i, :, : min(lengths[i], frames[i])].numpy()
-                self._decode_and_store(job, song_codes, started,
-                                       {"batch_size": len(jobs), "lm_seconds": round(lm_seconds, 3)})
+                kept = 0 if prompts[i] is None else prompts[i].shape[1]
+                if kept:  # the kept frames first, unchanged; one decode of all (the codec decodes across the join)
+                    song_codes = np.concatenate([prompts[i], song_codes], axis=1)
+                self._decode_and_store(job, song_codes, started, {"batch_size": len(jobs), "prompt_frames": kept,
+                                                                  "lm_seconds": round(lm_seconds, 3)})
 
     def _frame_loop(self, session, jobs: list[Job], frames: list[int]):
         """Frames until every song ended or reached its length -> (codes [songs, K, T], which jobs still exist)."""

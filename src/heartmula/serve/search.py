@@ -30,12 +30,15 @@ def default_clap_dir() -> Path | None:
 
 
 class LibrarySearch:
-    def __init__(self, store: JobStore, model_dir: str | os.PathLike, compute: Callable | None = None):
+    def __init__(self, store: JobStore, model_dir: str | os.PathLike, compute: Callable | None = None,
+                 location: str | None = None):
         self.store = store
         self.model_dir = Path(model_dir)
         # compute(fn, *args) -> fn(*args): where embeddings run (the server's model thread, see SongWorker)
         self.compute = compute or (lambda fn, *args: fn(*args))
         self.folder = store.data_dir / "clap-index"
+        # where the index lives: DATA/clap-index/, or a Qdrant collection (heartmula.clap.index.open_index)
+        self.location = location or str(self.folder)
         self._lock = threading.RLock()
         self._model = None
         self._fingerprint = ""
@@ -75,9 +78,9 @@ class LibrarySearch:
             return self._model
 
     def _index(self):
-        from heartmula.clap.index import ClapIndex
+        from heartmula.clap.index import open_index
 
-        index = ClapIndex(self.folder, dim=self.model().config.embed_dim, model=self._fingerprint)
+        index = open_index(self.location, dim=self.model().config.embed_dim, model=self._fingerprint)
         index.check_model(self._fingerprint)
         return index
 
@@ -101,7 +104,7 @@ class LibrarySearch:
             self.remove(job_id)
 
     def remove(self, job_id: str) -> None:
-        if not self.folder.is_dir():
+        if self.location == str(self.folder) and not self.folder.is_dir():
             return
         with self._lock:
             index = self._index()

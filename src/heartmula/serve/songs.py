@@ -42,6 +42,10 @@ class SongCreate(BaseModel):
     top_k: int = Field(50, ge=1, le=100_000)
     cfg_scale: float = Field(1.5, ge=0, le=20, allow_inf_nan=False)
     title: str = Field("", max_length=200)
+    continue_from: str | None = Field(None, pattern=ID_PATTERN, description="a done library song's id: the new song "
+                                      "starts with its codes, unchanged, and continues it for `duration` seconds")
+    from_seconds: float | None = Field(None, ge=0, allow_inf_nan=False, description="with continue_from: keep only "
+                                       "its first seconds and make the rest anew (default: all of it)")
 
 
 class JobOut(BaseModel):
@@ -69,8 +73,9 @@ def _slug(text: str) -> str:
 
 
 def check_request(svc: Services, body: SongCreate) -> None:
-    """Refuse now what the worker could not do later: lengths out of range, bad tag weights, a prompt plus
-    duration over the model's context (checked once the model is loaded)."""
+    """Refuse now what the worker could not do later: lengths out of range, bad tag weights, a song to continue
+    that is not there or too short, a prompt plus duration over the model's context (checked once the model is
+    loaded)."""
     from heartmula.text import parse_tag_prompts
 
     config = svc.config
@@ -81,25 +86,48 @@ def check_request(svc: Services, body: SongCreate) -> None:
         raise HTTPException(422, f"duration {body.duration} s is over this server's limit of "
                                  f"{config.max_duration} s")
     prompts = parse_tag_prompts(body.tags) if body.tags.strip() else None  # weights checked now, not at run time
+    prompt_frames = check_song_to_continue(svc, body)
     generator = svc.worker.generator if svc.worker.state == "ready" else None
     if generator is not None:
-        check_fits_context(generator, body.lyrics, [p.tags for p in prompts] if prompts else [""], body.duration)
+        check_fits_context(generator, body.lyrics, [p.tags for p in prompts] if prompts else [""], body.duration,
+                           prompt_frames)
 
 
-def check_fits_context(generator, lyrics: str, tag_prompts: list[str], duration: float) -> None:
+def check_song_to_continue(svc: Services, body: SongCreate) -> int:
+    """Frames the job keeps of the song it continues (0: a new song)."""
+    from heartmula.serve.jobs import prompt_codes
+
+    if body.continue_from is None:
+        if body.from_seconds is not None:
+            raise HTTPException(422, "from_seconds needs continue_from: the song whose start is kept")
+        return 0
+    source = svc.store.get(body.continue_from)
+    if source is None:
+        raise HTTPException(404, f"no song {body.continue_from} to continue")
+    if source.status != "done":
+        raise HTTPException(409, f"song {body.continue_from} is {source.status}; it can be continued once it is done")
+    if not (svc.store.job_dir(source.id) / CODES_FILE).is_file():
+        raise HTTPException(409, f"song {source.id} has no codes to continue")
+    return prompt_codes(svc.store, body.model_dump()).shape[1]  # from_seconds beyond its end: a HeartMuLaError
+
+
+def check_fits_context(generator, lyrics: str, tag_prompts: list[str], duration: float, prompt_frames: int = 0):
     from heartmula.constants import FRAME_RATE
     from heartmula.lm.generation import frames_for_duration
 
     max_seq_len = generator.model.config.backbone.max_seq_len
-    longest = max(len(generator.build_prompt(tags, lyrics)[0]) for tags in tag_prompts)
+    longest = max(len(generator.build_prompt(tags, lyrics)[0]) for tags in tag_prompts) + prompt_frames
     frames = frames_for_duration(duration)
     if longest + frames > max_seq_len:
         room = math.floor(max(0, max_seq_len - longest) / FRAME_RATE * 10) / 10  # rounded down: it must fit
+        what = "the lyrics and tags" if not prompt_frames else \
+            f"the kept {prompt_frames / FRAME_RATE:.1f} s of the song, the lyrics and the tags"
         if room < 1.0:
-            raise HTTPException(422, f"the lyrics and tags take {longest} of the model's {max_seq_len} positions, "
-                                     "leaving no room for a song: shorten them")
-        raise HTTPException(422, f"with these lyrics and tags ({longest} of the model's {max_seq_len} positions) a "
-                                 f"song can last at most {room:.1f} s; ask for less or shorten the lyrics")
+            raise HTTPException(422, f"{what} take {longest} of the model's {max_seq_len} positions, leaving no room "
+                                     "for more music: " + ("keep fewer seconds" if prompt_frames else "shorten them"))
+        raise HTTPException(422, f"with {what} ({longest} of the model's {max_seq_len} positions) at most "
+                                 f"{room:.1f} s of new music fit; ask for less"
+                                 + (", or keep fewer seconds" if prompt_frames else " or shorten the lyrics"))
 
 
 @router.post("", response_model=JobOut, status_code=201)
@@ -110,6 +138,10 @@ def create_song(body: SongCreate, svc: Svc):
         request["seed"] = secrets.randbelow(2**31)
     first_line = next((ln.strip() for ln in body.lyrics.splitlines() if ln.strip() and "[" not in ln), "")
     title = body.title.strip() or first_line[:60] or body.tags.strip()[:60] or "untitled"
+    if body.continue_from is not None and not body.title.strip():
+        source = svc.store.get(body.continue_from)
+        kept = "" if body.from_seconds is None else f" from {body.from_seconds:g} s"
+        title = f"{source.title if source else title} (continued{kept})"[:200]
     return svc.store.create("song", request, title).public()
 
 

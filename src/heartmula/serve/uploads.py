@@ -1,4 +1,5 @@
-"""Routes that take an uploaded file: transcription and library search by example (and search by text).
+"""Routes that take an uploaded file: transcription, library search by example (and search by text), and audio
+imported into the library (to continue it).
 
 Every upload is written under DATA/uploads/ (one temporary folder per request, removed when it is answered);
 the store empties that folder at start, so a crash mid-upload leaves nothing behind for long.
@@ -20,10 +21,10 @@ from heartmula.errors import HeartMuLaError
 from heartmula.serve.config import Services, services
 from heartmula.serve.search import LibrarySearch
 from heartmula.serve.songs import JobId, JobOut
-from heartmula.serve.storage import as_storage_error
+from heartmula.serve.storage import StorageError, as_storage_error
 
 Svc = Annotated[Services, Depends(services)]
-UPLOAD_PATHS = ("/api/transcribe", "/api/search/audio")
+UPLOAD_PATHS = ("/api/transcribe", "/api/search/audio", "/api/songs/import")
 NOT_AUDIO = "the upload is not audio this server can read"
 
 router = APIRouter(prefix="/api")
@@ -85,9 +86,7 @@ def transcribe(
 ):
     from heartmula.audio import load_audio
 
-    suffix = Path(file.filename or "").suffix.lower()
-    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".bin"
-    with saved_upload(svc, file, f"upload{suffix}") as path:
+    with saved_upload(svc, file, f"upload{_upload_suffix(file)}") as path:
         try:
             audio, rate = load_audio(path)
         except Exception:  # HeartMuLaError or whatever the decoder raises on garbage
@@ -116,6 +115,66 @@ def _transcript(svc: Services, audio, rate: int, language: str | None, name: str
     ]
     return TranscriptOut(language=transcript.language, duration=transcript.duration, text=transcript.text,
                          lrc=to_lrc(transcript), segments=segments)
+
+
+def _upload_suffix(file: UploadFile) -> str:
+    suffix = Path(file.filename or "").suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".bin"
+
+
+# --- audio imported into the library ------------------------------------------------------------------------------
+@router.post("/songs/import", response_model=JobOut, status_code=201, tags=["songs"])
+def import_song(
+    svc: Svc,
+    file: Annotated[UploadFile, File(description="a recording to continue (wav, flac, mp3, ...)")],
+    title: Annotated[str, Form(max_length=200)] = "",
+):
+    """A recording as a done library song: its audio as uploaded, its codes from the codec's encoder (a codec
+    without one answers 422). Continue it with POST /api/songs {"continue_from": id}."""
+    from heartmula.audio import load_audio
+    from heartmula.pipeline import encode_prompt
+
+    with saved_upload(svc, file, f"upload{_upload_suffix(file)}") as path:
+        try:
+            audio, rate = load_audio(path)
+        except Exception:  # HeartMuLaError or whatever the decoder raises on garbage
+            raise HTTPException(422, NOT_AUDIO) from None
+    seconds = audio.shape[-1] / rate
+    if seconds > svc.config.max_duration:
+        raise HTTPException(413, f"{seconds:.0f} s of audio; this server imports at most "
+                                 f"{svc.config.max_duration:.0f} s")
+    worker = svc.worker
+    if worker.state != "ready":
+        raise HTTPException(503, f"the model is not ready ({worker.state}): try again shortly")
+    codes = worker.call(encode_prompt, worker.codec, worker.generator, audio, rate).result()  # no encoder: 422
+    name = title.strip() or Path(file.filename or "").stem[:60] or "imported"
+    job_id = store_import(svc.store, name, audio[:2], rate, codes)
+    if svc.search is not None:
+        svc.search.enqueue(job_id)
+    return svc.job_or_404(job_id).public()
+
+
+def store_import(store, title: str, audio, rate: int, codes) -> str:
+    """Written like a job's results: files first, then `done`; on a storage failure nothing is left."""
+    import shutil
+
+    from heartmula.serve.jobs import write_song_files
+
+    request = {"lyrics": "", "tags": "", "duration": round(audio.shape[-1] / rate, 3), "seed": None}
+    job = store.create("import", request, title[:200], status="running")
+    folder = store.job_dir(job.id)
+    try:
+        write_song_files(folder, codes, audio, rate)
+        store.finish(job.id, {"seconds": round(audio.shape[-1] / rate, 3), "sample_rate": rate,
+                              "channels": int(audio.shape[0]), "frames": int(codes.shape[-1])})
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            store.delete(job.id)
+        except StorageError:  # the next start fails the row it left running
+            pass
+        raise
+    return job.id
 
 
 # --- library search -----------------------------------------------------------------------------------------------

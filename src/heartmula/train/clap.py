@@ -46,6 +46,16 @@ from heartmula.eval.clap_real import false_positive_rates
 from heartmula.files import atomic_output
 from heartmula.manifest import parse_tags, read_manifest
 from heartmula.train.clap_augment import AugmentConfig, augment_batch, mean_power, mix_voice
+from heartmula.train.distributed import (
+    barrier,
+    current_ranks,
+    data_parallel,
+    gather_with_grad,
+    in_batch_order,
+    main_rank_first,
+    mean_across_ranks,
+    sum_across_ranks,
+)
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
@@ -325,8 +335,10 @@ def _step_loss(model: HeartCLAP, chosen: list[Item], vocabulary: list[str], rng:
     # Its own seeded stream, so the batches are the same whether the alignment is on or off.
     align = (aligned_prompts([s for _, s in prompts], random.Random(f"align-{config.seed}-{step}"),
                              config.align_prompts) if config.align_weight > 0 else [])
-    if fixed_audio is None:
-        audio = model.audio_embedding(mel, chroma)
+    if fixed_audio is None:  # each rank embeds its slice of the clips; the loss sees the whole batch
+        ranks = current_ranks()
+        mine = model.audio_embedding(mel[ranks.rank :: ranks.world], chroma[ranks.rank :: ranks.world])
+        audio = in_batch_order(gather_with_grad(mine), ranks)
     else:
         audio = fixed_audio[[row_of[it.id] for it in chosen]]
     # One call to the sentence encoder per step: each call has a fixed cost well above that of a sentence.
@@ -366,22 +378,30 @@ def train_clap(
         raise HeartMuLaError("the manifests have no rows with split 'train'; build a corpus with `heartmula data "
                              "build` or import songs with `heartmula data import`")
     model, optimizer, resumed_from = _model_and_optimizer(out, config, model_config)
+    ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
+    progress = progress and ranks.is_main
 
     cache_dir = Path(os.environ.get("HEARTMULA_CLAP_FEATURES", out / FEATURE_DIR))
-    train_items, skipped = load_items(train_rows, model, cache_dir, progress)
-    held_items, held_skipped = load_items(held_rows, model, cache_dir, progress)
-    pools, real_skipped = real_pools(rows, model, config, cache_dir, progress)
+    with main_rank_first():  # rank 0 writes the feature cache, the others read it
+        train_items, skipped = load_items(train_rows, model, cache_dir, progress)
+        held_items, held_skipped = load_items(held_rows, model, cache_dir, progress)
+        pools, real_skipped = real_pools(rows, model, config, cache_dir, progress)
     pools.update(corpus=train_items, held=held_items)
     skipped += held_skipped + real_skipped
     if len(train_items) < 2:
         raise HeartMuLaError(f"only {len(train_items)} usable training songs (tagged and readable); need >= 2")
     vocabulary = sorted({t for it in train_items + pools.get("real", []) for t in it.tags})
-    _write_training_data(out, manifests, rows, pools, skipped, vocabulary, config,
-                         model.config.sample_rate / model.config.hop_length)
+    if ranks.is_main:
+        _write_training_data(out, manifests, rows, pools, skipped, vocabulary, config,
+                             model.config.sample_rate / model.config.hop_length)
 
-    fixed_audio = _fixed_audio_embeddings(model, train_items, out) if config.text_only else None
+    with main_rank_first():
+        fixed_audio = _fixed_audio_embeddings(model, train_items, out) if config.text_only else None
     row_of = {it.id: i for i, it in enumerate(train_items)}
     batch = min(config.batch_size, len(train_items))
+    ranks.check_batch(batch)
+    # --text-only leaves the audio tower out of the step
+    step_loss = data_parallel(model, _step_loss, ranks, find_unused_parameters=True)
     started = time.time()
     step = resumed_from
     first_loss = last_loss = None
@@ -391,30 +411,35 @@ def train_clap(
         chosen = step_items(pools, batch, model.config.clip_frames, rng, config)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
-        loss, parts = _step_loss(model, chosen, vocabulary, rng, step, config, fixed_audio, row_of)
+        loss, parts = step_loss(chosen, vocabulary, rng, step, config, fixed_audio, row_of)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
-        last_loss = loss.item()
+        parts = mean_across_ranks({"loss": loss.item(), **parts})  # the same on every rank: the loss is global
+        last_loss = parts.pop("loss")
         first_loss = last_loss if first_loss is None else first_loss
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.3f}")
         record = {"step": step, "loss": last_loss, **parts, "lr": _lr(step - 1, config),
                   "elapsed_s": round(time.time() - started, 1)}
-        if step % config.eval_every == 0 or step == config.steps:
+        if ranks.is_main and (step % config.eval_every == 0 or step == config.steps):
             record.update(held_out_metrics(model, held_items) if held_items else {})
             record.update(real_metrics(model, pools["eval_real"]) if pools.get("eval_real") else {})
             model.train()
-        _log(out, record)
-        out_of_time = config.max_minutes is not None and time.time() - started > 60 * config.max_minutes
-        if step % config.save_every == 0 or step == config.steps or out_of_time:
+        if ranks.is_main:
+            _log(out, record)
+        # every rank stops at the same step: rank 0's clock decides
+        out_of_time = bool(sum_across_ranks(torch.tensor(ranks.is_main and config.max_minutes is not None
+                                                         and time.time() - started > 60 * config.max_minutes)))
+        if ranks.is_main and (step % config.save_every == 0 or step == config.steps or out_of_time):
             _save(model, optimizer, step, out)
         if out_of_time:
             break
     bar.close()
-    if step == resumed_from:  # nothing to do: still write a loadable model
+    if step == resumed_from and ranks.is_main:  # nothing to do: still write a loadable model
         model.save_pretrained(out)
+    barrier()  # every rank returns once rank 0 has written the last checkpoint
     return {"steps": step, "resumed_from": resumed_from, "first_loss": first_loss, "last_loss": last_loss,
             "train_items": len(train_items), "held_out_items": len(held_items), "skipped": skipped}

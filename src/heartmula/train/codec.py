@@ -38,6 +38,14 @@ from heartmula.codec.sq_codec import round_with_straight_through
 from heartmula.errors import HeartMuLaError
 from heartmula.eval.codec_metrics import mel_distance, multi_resolution_stft_distance
 from heartmula.files import atomic_output
+from heartmula.train.distributed import (
+    barrier,
+    current_ranks,
+    data_parallel,
+    gather,
+    main_rank_first,
+    mean_across_ranks,
+)
 from heartmula.train.state import load_training_state, save_training_state
 
 AUDIO_CACHE = "train_audio.npz"
@@ -340,8 +348,11 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     if start_step == 0 and config.init_from:
         codec.flow_matching.vq_embed.resync_ema()
 
+    ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
+    ranks.check_batch(config.batch_size)
     files = sourced_audio_files(audio_paths, exclude)
-    clips, sources = cached_corpus(out, files, codec.config, config, progress)
+    with main_rank_first():  # rank 0 writes the audio cache, the others read it
+        clips, sources = cached_corpus(out, files, codec.config, config, progress and ranks.is_main)
     weights = clip_weights(clips, sources, config.source_weights)
     rng = np.random.default_rng(config.seed + start_step)
     generator = torch.Generator().manual_seed(config.seed + start_step)
@@ -351,13 +362,16 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         spread_latent(codec, sample_batch(clips, 8, samples, np.random.default_rng(config.seed + 1)))
 
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / DATA_FILE) as tmp:  # what the checkpoint was trained on (licenses travel with data)
-        tmp.write_text(json.dumps({"files": [str(f) for f, _ in files], "source_weights": config.source_weights,
-                                   "max_minutes": config.max_minutes,
-                                   "clip_seconds": config.clip_seconds, "excluded": list(exclude)}, indent=2))
+    if ranks.is_main:  # what the checkpoint was trained on (licenses travel with data)
+        with atomic_output(out / DATA_FILE) as tmp:
+            tmp.write_text(json.dumps({"files": [str(f) for f, _ in files], "source_weights": config.source_weights,
+                                       "max_minutes": config.max_minutes,
+                                       "clip_seconds": config.clip_seconds, "excluded": list(exclude)}, indent=2))
 
+    # The codec has modules that direct training does not use (the flow-matching estimator).
+    step_losses = data_parallel(codec, training_losses, ranks, find_unused_parameters=True)
     bar = None
-    if progress:
+    if progress and ranks.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc="train codec", unit="step")
@@ -366,22 +380,27 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     first = None
     for step in range(start_step, config.steps):
         began = time.perf_counter()
-        audio = sample_batch(clips, config.batch_size, samples, rng, weights)
+        audio = ranks.slice(sample_batch(clips, config.batch_size, samples, rng, weights))
         cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, config.steps))))
         lr = config.learning_rate * min(1.0, (step + 1) / 20) * (config.final_lr_fraction
                                                                   + (1 - config.final_lr_fraction) * cosine)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, parts, codes, residuals, _ = training_losses(codec, audio, config)
+        loss, parts, codes, residuals, _ = step_losses(audio, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        if not config.decoder_only:
-            parts["codes_used"] = update_codebooks(codec, codes, residuals, step, config, generator)
-        parts = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 5) for k, v in parts.items()},
+        parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
+        if not config.decoder_only:  # every rank makes the same EMA step from the whole batch's codes
+            parts["codes_used"] = update_codebooks(codec, gather(codes), [gather(r) for r in residuals], step, config,
+                                                   generator)
+        parts = {"step": step + 1, **{k: round(v, 5) for k, v in parts.items()},
                  "seconds": round(time.perf_counter() - began, 2)}
+        parts["loss"] = round(parts["loss"], 4)
         first = first or parts
+        if not ranks.is_main:
+            continue
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(json.dumps(parts) + "\n")
         if bar is not None:
@@ -393,9 +412,10 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
             _set_training_mode(codec, config)
     if bar is not None:
         bar.close()
-    if start_step >= config.steps:
+    if start_step >= config.steps and ranks.is_main:
         codec.eval()
         _save_state(out, optimizer, start_step, codec, config)
     codec.eval()
+    barrier()  # every rank returns once rank 0 has written the last checkpoint
     return {"steps": config.steps, "resumed_from": start_step, "first": first, "last": parts,
             "files": [str(f) for f, _ in files]}

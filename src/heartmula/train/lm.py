@@ -47,6 +47,7 @@ from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
+from heartmula.train.distributed import Ranks, barrier, current_ranks, data_parallel, main_rank_first, mean_across_ranks
 from heartmula.train.lyric_alignment import (
     AlignmentTargets,
     AttentionRecorder,
@@ -226,43 +227,74 @@ def _alignment_recorder(model: HeartMuLa, layer: int | None, heads: int) -> Atte
     return AttentionRecorder(layers[index].attn)
 
 
+def run_transformer(transformer, x: torch.Tensor, positions: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """`transformer(x, positions)` without a cache; `checkpoint` keeps only each layer's input for the backward pass
+    and computes the layer again there (gradient checkpointing: activation memory of one layer, not all)."""
+    if not checkpoint:
+        return transformer(x, positions)
+    from torch.utils.checkpoint import checkpoint as recompute
+
+    rope = transformer.rope_rows(positions)
+    for layer in transformer.layers:
+        x = recompute(layer, x, rope, None, None, use_reentrant=False)
+    return transformer.norm(x)
+
+
 def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
               generator: torch.Generator | None = None, align_weight: float = 0.0, align_layer: int | None = None,
-              align_heads: int = 2) -> tuple[torch.Tensor, dict]:
+              align_heads: int = 2, checkpoint: bool = False, ranks: Ranks | None = None) -> tuple[torch.Tensor, dict]:
     """Mean CE of codebook 0 (backbone) + mean CE of codebooks 1..K-1 (local decoder) over a batch, plus
-    `align_weight` x the lyric alignment loss of layer `align_layer` (None: the middle one) when it is on."""
+    `align_weight` x the lyric alignment loss of layer `align_layer` (None: the middle one) when it is on.
+    `checkpoint`: gradient checkpointing of both transformers (`run_transformer`).
+
+    With `ranks` of several processes, `samples` is the global batch (drawn alike on every rank) and this rank runs
+    only its slice: its losses are its share of the global sums times the world size, so that the average that DDP
+    takes of the ranks' gradients is the gradient of the global means. The decoder's frames are chosen over the
+    global batch, so the choice is the same whatever the number of processes."""
+    ranks = ranks or Ranks()
     k = model.num_codebooks
+    owner = torch.cat([torch.full((len(s.frame_rows),), i) for i, s in enumerate(samples)])
+    rows = torch.cat([s.frame_rows for s in samples])
+    codes = torch.cat([s.frame_codes for s in samples])
+    if decoder_fraction < 1.0:  # the local decoder trains on a random subset of the frames
+        keep = max(1, round(decoder_fraction * len(rows)))
+        chosen = torch.randperm(len(rows), generator=generator)[:keep]
+        owner, rows, codes = owner[chosen], rows[chosen], codes[chosen]
+    c0_count = sum(int((s.c0_targets != -100).sum()) for s in samples)
+    decoder_count = len(rows) * (k - 1)
+    sung_count = sum(len(s.sung_frames) for s in samples)
+    mine = owner % ranks.world == ranks.rank
+    owner, rows, codes = owner[mine] // ranks.world, rows[mine], codes[mine]
+    samples = ranks.slice(samples)
+
     hidden, targets = embed_samples(model, samples)
     align = alignment_targets(samples) if align_weight > 0 else None
     recorder = _alignment_recorder(model, align_layer, align_heads) if align is not None else None
     try:
-        out = model.backbone(hidden, torch.arange(hidden.shape[1]))
+        out = run_transformer(model.backbone, hidden, torch.arange(hidden.shape[1]), checkpoint)
     finally:
         if recorder is not None:
             recorder.remove()
-    c0_loss = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100)
-
-    # Local decoder on a random subset of the frames.
-    batch_index = torch.cat([torch.full((len(s.frame_rows),), i) for i, s in enumerate(samples)])
-    rows = torch.cat([s.frame_rows for s in samples])
-    codes = torch.cat([s.frame_codes for s in samples])
-    if decoder_fraction < 1.0:
-        keep = max(1, round(decoder_fraction * len(rows)))
-        chosen = torch.randperm(len(rows), generator=generator)[:keep]
-        batch_index, rows, codes = batch_index[chosen], rows[chosen], codes[chosen]
-    states = out[batch_index, rows]  # [N, D]: the state that predicted each frame's codebook 0
+    c0_sum = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100,
+                             reduction="sum")
+    states = out[owner, rows]  # [N, D]: the state that predicted each frame's codebook 0
     offsets = model.config.audio_vocab_size * torch.arange(k - 1)
     previous = model.audio_embeddings(codes[:, : k - 1] + offsets)  # [N, K-1, D]: emb of c0..c(K-2)
     decoder_in = model.projection(torch.cat([states[:, None], previous], dim=1))  # [N, K, Ddec]
-    decoded = model.decoder(decoder_in, torch.arange(k))
+    decoded = run_transformer(model.decoder, decoder_in, torch.arange(k), checkpoint)
     logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
-    decoder_loss = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten())
+    decoder_sum = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten(), reduction="sum")
+    c0_loss = c0_sum * (ranks.world / max(1, c0_count))
+    decoder_loss = decoder_sum * (ranks.world / max(1, decoder_count))
     total = c0_loss + decoder_loss
     parts = {"c0": float(c0_loss.detach()), "dec": float(decoder_loss.detach())}
-    if recorder is not None:
-        align_loss = line_attention_loss(recorder.attention, recorder.inputs, align, align_heads)
+    if recorder is not None:  # a mean over the sung rows: this rank's share of the global mean
+        share = len(align.batch) * ranks.world / max(1, sung_count)
+        align_loss = line_attention_loss(recorder.attention, recorder.inputs, align, align_heads) * share
         total = total + align_weight * align_loss
         parts["align"] = float(align_loss.detach())
+    elif align_weight > 0 and ranks.distributed:
+        parts["align"] = 0.0  # every rank logs the same keys (mean_across_ranks)
     return total, parts
 
 
@@ -379,6 +411,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         torch.set_num_threads(config.threads)
     if not 0.0 <= config.reference_prob <= 1.0:
         raise HeartMuLaError(f"--reference-prob must lie in [0, 1], got {config.reference_prob}")
+    ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
+    ranks.check_batch(config.batch_size)
     cache, out = Path(cache), Path(out)
     index, items = load_cache(cache)
     codec = index["codec"]
@@ -414,7 +448,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         if model.num_codebooks != codec["num_codebooks"]:
             raise HeartMuLaError(f"{source} predicts {model.num_codebooks} codebooks, the cache's codec has "
                                  f"{codec['num_codebooks']}; {advice}")
-    tokenizer = _prepare_tokenizer(out, train_items, config, init)
+    with main_rank_first():  # the other ranks read the tokenizer that rank 0 trained or copied
+        tokenizer = _prepare_tokenizer(out, train_items, config, init)
     gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
                                   audio_eos_id=codec["codebook_size"] + 1, empty_id=0)
     if model is None:
@@ -422,7 +457,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
                           config.seed)
     if tokenizer.vocab_size > model.config.text_vocab_size:
         raise HeartMuLaError(f"tokenizer has {tokenizer.vocab_size} tokens, the model {model.config.text_vocab_size}")
-    gen_config.save(out / GEN_CONFIG_FILE)
+    if ranks.is_main:
+        gen_config.save(out / GEN_CONFIG_FILE)
     if config.context > model.config.backbone.max_seq_len:
         raise HeartMuLaError(f"--context {config.context} exceeds the backbone's {model.config.backbone.max_seq_len}")
 
@@ -439,16 +475,17 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     if not train_items:
         raise HeartMuLaError(f"every item's prompt leaves fewer than {config.min_frames} frames in a context of "
                              f"{config.context}; raise --context")
-    with atomic_output(data_path) as tmp:  # what the checkpoint was trained on (licenses travel with the data)
-        tmp.write_text(json.dumps({"cache": str(cache.resolve()), "codec": codec, "codec_fingerprint":
-                                   codec["fingerprint"], "train_items": len(train_items), "val_items": len(val_items),
-                                   "skipped_long_prompts": skipped,
-                                   # the CLAP model whose embeddings the reference slot learned: use it to embed
-                                   # reference audio at generation time (stream --reference-audio --clap DIR)
-                                   "clap": index.get("clap"), "reference_prob": config.reference_prob,
-                                   "init_from": _recorded_init(data_path, init),
-                                   "train_items_with_reference": sum(i.reference is not None for i in train_items)},
-                                  indent=1, ensure_ascii=False))
+    if ranks.is_main:  # what the checkpoint was trained on (licenses travel with the data)
+        with atomic_output(data_path) as tmp:
+            tmp.write_text(json.dumps({
+                "cache": str(cache.resolve()), "codec": codec, "codec_fingerprint": codec["fingerprint"],
+                "train_items": len(train_items), "val_items": len(val_items), "skipped_long_prompts": skipped,
+                # the CLAP model whose embeddings the reference slot learned: use it to embed reference audio at
+                # generation time (stream --reference-audio --clap DIR)
+                "clap": index.get("clap"), "reference_prob": config.reference_prob,
+                "init_from": _recorded_init(data_path, init),
+                "train_items_with_reference": sum(i.reference is not None for i in train_items)},
+                indent=1, ensure_ascii=False))
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -462,14 +499,15 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     # Longer songs are drawn more often: every frame of the corpus is about equally likely to be seen.
     weights = [i.codes.shape[1] for i in train_items]
 
+    step_losses = data_parallel(model, lm_losses, ranks)
     bar = None
-    if progress:
+    if progress and ranks.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc="train lm", unit="step")
     model.train()
     log_path = out / LOG_FILE
-    if log_path.is_file():  # steps logged after the last checkpoint are trained again: drop their old records
+    if log_path.is_file() and ranks.is_main:  # steps logged after the last checkpoint are trained again: drop
         kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line)["step"] <= start_step]
         with atomic_output(log_path) as tmp:
@@ -489,20 +527,23 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
                 reference = item.reference
             samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
-        loss, parts = lm_losses(model, samples, config.decoder_fraction, generator, config.align_weight,
-                                config.align_layer, config.align_heads)
+        loss, parts = step_losses(samples, config.decoder_fraction, generator, config.align_weight,
+                                  config.align_layer, config.align_heads, ranks=ranks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        record = {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in
-                  parts.items()}, "lr": round(lr, 7), "grad_norm": round(float(grad_norm), 3),
+        parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
+        record = {"step": step + 1, **{k: round(v, 4) for k, v in parts.items()}, "lr": round(lr, 7),
+                  "grad_norm": round(float(grad_norm), 3),
                   "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2),
                   "references": sum(s.reference is not None for s in samples)}
         if report.first_loss is None:
             report.first_loss = record["loss"]
         report.last_loss = record["loss"]
         last_step = step + 1 == config.steps
+        if not ranks.is_main:
+            continue
         if val_items and (last_step or (step + 1) % config.eval_every == 0):
             val = validation_loss(model, builder, val_items, config, config.batch_size)
             record.update(val)
@@ -520,7 +561,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             model.train()
     if bar is not None:
         bar.close()
-    if start_step >= config.steps or not (model_dir / CONFIG_FILE).is_file():
+    if ranks.is_main and (start_step >= config.steps or not (model_dir / CONFIG_FILE).is_file()):
         _save_state(out, model_dir, model, optimizer, max(start_step, config.steps), config)
     model.eval()
+    barrier()  # every rank returns once rank 0 has written the last checkpoint
     return report

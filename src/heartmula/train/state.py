@@ -40,3 +40,13 @@ def load_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Opti
         name, slot = key.split("::")
         optimizer.state[params[name]][slot] = value
     return int(json.loads((out / STATE_JSON).read_text())["step"])
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` from a JSON-lines log (trained again after a resume)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -3,7 +3,10 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
-const state = { health: null, token: localStorage.getItem("heartmula-token") || "", active: new Set() };
+const state = {
+  health: null, token: localStorage.getItem("heartmula-token") || "", active: new Set(),
+  extending: null,  // the library song the compose form continues (POST /api/songs continue_from), or null
+};
 
 // --- API helpers --------------------------------------------------------------------------------------------------
 // The token goes in the Authorization header only. Audio, downloads and the live stream cannot send headers: they
@@ -107,6 +110,10 @@ $("#compose").addEventListener("submit", async (event) => {
     temperature: Number($("#temperature").value), top_k: Math.round(Number($("#top_k").value)),
     cfg_scale: Number($("#cfg_scale").value),
   };
+  if (state.extending) {
+    body.continue_from = state.extending.id;
+    body.from_seconds = Number($("#from-seconds").value);
+  }
   $("#create").disabled = true;
   try {
     const job = await api("/api/songs", {
@@ -114,6 +121,7 @@ $("#compose").addEventListener("submit", async (event) => {
     });
     $("#job").hidden = false;
     $("#job-title").textContent = job.title;
+    stopExtending();
     followJob(job.id);
   } catch (e) {
     $("#compose-error").textContent = e.message;
@@ -136,6 +144,43 @@ async function followJob(id) {
   state.active.delete(id);
   refreshLibrary();
 }
+
+// --- extend: continue a library song -------------------------------------------------------------------------------
+function extendSong(job) {
+  state.extending = job;
+  const seconds = (job.result.frames * 0.08).toFixed(2);  // 12.5 frames per second
+  $("#lyrics").value = (job.request && job.request.lyrics) || "";
+  $("#tags").value = (job.request && job.request.tags) || "";
+  $("#extend-title").textContent = job.title;
+  $("#from-seconds").value = seconds;
+  $("#from-seconds").max = seconds;
+  $("#extend-box").hidden = false;
+  $("#duration-label").textContent = "Seconds to add";
+  $("#create").textContent = "Extend song";
+  showTab("compose");
+}
+
+function stopExtending() {
+  state.extending = null;
+  $("#extend-box").hidden = true;
+  $("#duration-label").textContent = "Duration (s)";
+  $("#create").textContent = "Create song";
+}
+$("#extend-cancel").addEventListener("click", stopExtending);
+
+$("#import-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = $("#import-file").files[0];
+  if (!file) { $("#import-state").textContent = "choose an audio file first"; return; }
+  const form = new FormData();
+  form.append("file", file);
+  $("#import-state").textContent = "importing...";
+  try {
+    const job = await api("/api/songs/import", { method: "POST", body: form });
+    $("#import-state").textContent = `added "${job.title}": press Extend on it`;
+  } catch (e) { $("#import-state").textContent = e.message; }
+  refreshLibrary();
+});
 
 // --- library --------------------------------------------------------------------------------------------------------
 let searchTimer = null;
@@ -169,6 +214,14 @@ function songItem(job) {
     p.textContent = "Play";
     p.addEventListener("click", () => play(job));
     actions.append(p);
+    if (job.result && job.result.frames) {  // a song with codes can be continued
+      const more = document.createElement("button");
+      more.type = "button";
+      more.className = "extend";
+      more.textContent = "Extend";
+      more.addEventListener("click", () => extendSong(job));
+      actions.append(more);
+    }
     if (state.health && state.health.features.search) {
       const like = document.createElement("button");
       like.type = "button";

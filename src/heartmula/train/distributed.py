@@ -1,0 +1,216 @@
+"""Training on several processes: `torchrun --nproc_per_node N -m heartmula train lm|clap|codec ...`.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `session()` joins the process group
+through env:// (gloo on CPU, NCCL on CUDA) and leaves it at the end. Without WORLD_SIZE > 1 nothing is started and
+`current_ranks()` is the single process (rank 0 of 1), so the trainers have one code path.
+
+How the trainers use it:
+- every rank draws the same global batch with the same seeded RNG and computes its slice `batch[rank::world]`
+  (`Ranks.slice`); the rank builds and runs only its own samples' tensors, and one step with N processes equals
+  one step of one process with the same global batch;
+- gradients are averaged by DistributedDataParallel around a `LossModule` (the trainers' losses call several
+  submodules, and DDP synchronises only what runs inside its wrapped module's forward);
+- rank 0 alone writes checkpoints, logs and reports; checkpoints hold the whole model and optimizer state keyed by
+  parameter name, so a run resumes with any number of processes;
+- `shard_fully` is the FSDP plan (one unit per transformer layer) for models that do not fit one device, e.g. the
+  3B LM; it is checked on the meta device, and the trainers do not use it yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from heartmula.errors import HeartMuLaError
+
+# Joining the group and every collective wait at most this long for the other ranks: a missing or stuck rank ends
+# the run with an error instead of a hang.
+COLLECTIVE_TIMEOUT = timedelta(minutes=float(os.environ.get("HEARTMULA_DIST_TIMEOUT_MINUTES", "30")))
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes checkpoints, logs and progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def slice(self, batch: list) -> list:
+        """This rank's share of a global batch (every world-th item from its rank)."""
+        return batch[self.rank :: self.world]
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size % self.world:
+            raise HeartMuLaError(f"--batch-size {batch_size} is the global batch; it must be a multiple of the "
+                                 f"{self.world} processes")
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def current_ranks() -> Ranks:
+    """This process's place in the running group (rank 0 of 1 when no group runs)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def session(device: str = "cpu") -> Iterator[Ranks]:
+    """Join the torchrun process group for the duration of a command (a no-op for one process)."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        yield current_ranks()
+        return
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise HeartMuLaError(f"WORLD_SIZE is set but {name} is not: start several processes with torchrun")
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, init_method="env://", timeout=COLLECTIVE_TIMEOUT)
+    try:
+        yield current_ranks()
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if current_ranks().distributed:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_rank_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. writes a cache or a tokenizer), then the other ranks (which read it)."""
+    ranks = current_ranks()
+    if not ranks.is_main:
+        barrier()
+    yield
+    if ranks.is_main:
+        barrier()
+
+
+def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `values` over the ranks (the values themselves for one process)."""
+    values = values.detach().clone()
+    if current_ranks().distributed:
+        dist.all_reduce(values)
+    return values
+
+
+def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the ranks (for logging a loss that every rank computed on its slice)."""
+    if not current_ranks().distributed:
+        return values
+    total = sum_across_ranks(torch.tensor(list(values.values()), dtype=torch.float64))
+    return {key: float(v) / current_ranks().world for key, v in zip(values, total)}
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` [n, ...] concatenated on dim 0 in rank order, without gradients."""
+    if not current_ranks().distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(current_ranks().world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def in_batch_order(gathered: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Rows gathered in rank order (rank 0's slice, rank 1's, ...) put back in the global batch's order: row i of
+    the batch is row i // world of rank i % world's slice."""
+    if not ranks.distributed:
+        return gathered
+    per_rank = gathered.shape[0] // ranks.world
+    order = torch.tensor([(i % ranks.world) * per_rank + i // ranks.world for i in range(gathered.shape[0])])
+    return gathered[order]
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather on dim 0 whose backward hands each rank the sum over ranks of the gradient of its own rows (each
+    rank's loss reads every rank's rows)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ranks = current_ranks()
+        ctx.rows, ctx.rank = tensor.shape[0], ranks.rank
+        parts = [torch.empty_like(tensor) for _ in range(ranks.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `tensor` [n, ...] on dim 0, in rank order; gradients flow back to each rank's part
+    (for losses over the whole batch, such as a contrastive loss's in-batch negatives). With DDP's average over the
+    ranks, the gradient is that of one process computing the loss on the whole batch."""
+    if not current_ranks().distributed:
+        return tensor
+    return _GatherRows.apply(tensor)
+
+
+class LossModule(nn.Module):
+    """`loss_fn(model, *args)` as the forward of a module that holds `model`, so that DDP and FSDP see the whole
+    step: their hooks run around forward, while the trainers' losses call several submodules of the model."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, *args, **kwargs):
+        return self.loss_fn(self.model, *args, **kwargs)
+
+
+def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, find_unused_parameters: bool = False) -> nn.Module:
+    """A module whose forward is `loss_fn(model, ...)`: wrapped in DistributedDataParallel when several processes
+    run, as is otherwise. `find_unused_parameters` for models with trainable parameters that a step may not use
+    (DDP then marks them ready itself)."""
+    step = LossModule(model, loss_fn)
+    if not ranks.distributed:
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ranks.local_rank] if next(model.parameters()).is_cuda else None
+    return DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+
+
+def transformer_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a model (members of every nn.ModuleList named `layers`): FSDP's units."""
+    return [layer for name, module in model.named_modules() if name.endswith("layers")
+            and isinstance(module, nn.ModuleList) for layer in module]
+
+
+def shard_fully(model: nn.Module, mesh=None) -> nn.Module:
+    """FSDP (fully_shard): each transformer layer is one unit, the rest (embeddings, heads) the root unit. Works on
+    the meta device, so the plan of a model too big for one host can be checked before any weight exists."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in transformer_layers(model):
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+__all__ = ["COLLECTIVE_TIMEOUT", "LossModule", "Ranks", "barrier", "current_ranks", "data_parallel",
+           "gather", "gather_with_grad", "in_batch_order", "launched_by_torchrun", "main_rank_first",
+           "mean_across_ranks", "session", "shard_fully", "sum_across_ranks", "transformer_layers"]

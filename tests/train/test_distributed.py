@@ -1,0 +1,139 @@
+"""Training on several processes (torchrun, gloo on CPU): two processes give the losses of one process with the same
+global batch, a run resumes with another number of processes, and the FSDP plan of the 3B LM on the meta device."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from heartmula.audio import save_audio
+from heartmula.cli import main
+from heartmula.codec.pretrained import write_random_codec
+from heartmula.manifest import write_manifest
+from heartmula.train.distributed import Ranks
+from heartmula.train.token_cache import tokenize_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+LYRICS = ["[verse]\nthe night is young", "[verse]\nsing it loud and clear", "[chorus]\nla la la", ""]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Six songs of 2-3 s tokenized with a tiny random codec."""
+    root = tmp_path_factory.mktemp("dist_corpus")
+    rows = []
+    for i in range(6):
+        seconds = 2.0 + i % 2
+        t = np.arange(int(seconds * 16000)) / 16000
+        tone = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)).astype(np.float32)
+        save_audio(root / f"s{i}.flac", np.stack([tone, tone]), 16000)
+        rows.append({"id": f"s{i}", "audio": f"s{i}.flac", "vocals": None, "lyrics": LYRICS[i % 4], "timing": [],
+                     "language": "en", "tags": f"pop,{'happy' if i % 2 else 'sad'}", "duration": seconds,
+                     "sample_rate": 16000, "source": {"corpus": "test"}, "license": "test",
+                     "split": "val" if i == 5 else "train"})
+    write_manifest(root / "manifest.jsonl", rows)
+    codec = write_random_codec(root / "codec", "tiny-direct", seed=0)
+    tokenize_manifest(root / "manifest.jsonl", codec, root / "cache", progress=False)
+    return root / "cache"
+
+
+def _args(cache: Path, out: Path, steps: int, tokenizer: Path | None) -> list[str]:
+    args = ["train", "lm", str(cache), "--out", str(out), "--preset", "tiny", "--steps", str(steps),
+            "--batch-size", "4", "--context", "96", "--min-frames", "8", "--save-every", "5", "--eval-every", "10",
+            "--warmup-steps", "3", "--vocab-size", "300", "--threads", "1", "--quiet"]
+    return args + (["--tokenizer", str(tokenizer)] if tokenizer else [])
+
+
+def _torchrun(processes: int, args: list[str]) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(processes), "-m", "heartmula", *args]
+    # its own process group, so that a timeout ends torchrun's workers too, not only torchrun
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    assert process.returncode == 0, stderr[-3000:]
+    assert stdout.count("trained") == 1, stdout  # only rank 0 reports
+
+
+def _losses(out: Path) -> np.ndarray:
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    return np.array([[r["loss"], r["c0"], r["dec"], r["grad_norm"]] for r in records])
+
+
+def test_two_gloo_processes_train_as_one_with_the_same_global_batch(cache, tmp_path):
+    single = tmp_path / "single"
+    assert main(_args(cache, single, 20, None)) == 0
+    tokenizer = single / "tokenizer.json"
+    pair = tmp_path / "pair"
+    _torchrun(2, _args(cache, pair, 20, tokenizer))
+    np.testing.assert_allclose(_losses(pair), _losses(single), atol=2e-3)
+    assert _losses(single)[-1, 0] < _losses(single)[0, 0]
+    from safetensors.torch import load_file
+
+    weights = [load_file(str(next((o / "HeartMuLa-oss-3B").glob("*.safetensors")))) for o in (single, pair)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=1e-4, rtol=1e-3)
+
+    # Resume with another world size: 2 processes to step 10, then 1 process to 20, equals 1 + 1.
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    _torchrun(2, _args(cache, split, 10, tokenizer))
+    assert main(_args(cache, split, 20, tokenizer)) == 0
+    assert main(_args(cache, whole, 10, tokenizer)) == 0
+    assert main(_args(cache, whole, 20, tokenizer)) == 0
+    np.testing.assert_allclose(_losses(split), _losses(whole), atol=2e-3)
+
+
+def test_global_batch_must_divide_among_the_ranks():
+    from heartmula.errors import HeartMuLaError
+
+    assert Ranks(1, 2).slice([0, 1, 2, 3]) == [1, 3]
+    with pytest.raises(HeartMuLaError, match="multiple of the 3 processes"):
+        Ranks(0, 3).check_batch(4)
+
+
+def test_fsdp_plan_of_the_3b_lm_on_the_meta_device():
+    """The 3B geometry sharded over 8 ranks (a fake process group: shapes only, no weights, no communication)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor, Shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from heartmula.lm.config import HeartMuLaConfig
+    from heartmula.lm.model import HeartMuLa
+    from heartmula.train.distributed import LossModule, shard_fully, transformer_layers
+    from heartmula.train.lm import lm_losses
+
+    with torch.device("meta"):
+        model = HeartMuLa(HeartMuLaConfig())  # the release's llama-3B backbone and 300M decoder
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    total = sum(p.numel() for p in model.parameters())
+    dist.init_process_group("fake", store=FakeStore(), rank=3, world_size=8)
+    try:
+        step = shard_fully(LossModule(model, lm_losses), mesh=init_device_mesh("cpu", (8,)))
+        units = transformer_layers(model)
+        assert len(units) == 28 + 3 and all(isinstance(u, FSDPModule) for u in units)
+        local = 0
+        for name, param in step.named_parameters():
+            assert isinstance(param, DTensor) and param.placements == (Shard(0),) and param.is_meta
+            rows = shapes[name.removeprefix("model.")][0]
+            per_rank = -(-rows // 8)
+            assert param.to_local().shape[0] == max(0, min(per_rank, rows - 3 * per_rank))
+            local += param.to_local().numel()
+    finally:
+        dist.destroy_process_group()
+    assert 3.9e9 < total < 4.0e9 and local < 1.01 * total / 8
