@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 from lm_decode import LYRICS, TAGS, copy_bandwidth, weight_bytes_per_frame  # noqa: E402
 
+from heartmula.lm.backends import fuse_projections, pack_weights_in_huge_pages  # noqa: E402
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig  # noqa: E402
 from heartmula.lm.generation import HeartMuLaGenerator, SamplingParams, SongRequest  # noqa: E402
 from heartmula.lm.model import HeartMuLa  # noqa: E402
@@ -53,8 +54,8 @@ def official_size_generator(dtype: torch.dtype, folder: Path) -> HeartMuLaGenera
             param.data = values.to(dtype)
     model.use_row_major_heads()
     model.eval()
-    model.fuse_projections()
-    model.pack_weights_in_huge_pages()
+    fuse_projections(model)
+    pack_weights_in_huge_pages(model)
     tokenizer = byte_level_tokenizer()
     tokenizer.save(str(folder / "tokenizer.json"))
     return HeartMuLaGenerator(model, TextTokenizer.from_file(folder / "tokenizer.json", 256, 257),
@@ -82,7 +83,7 @@ def official_size_quantized(quant: str, folder: Path) -> HeartMuLaGenerator:
         model = HeartMuLa(HeartMuLaConfig())
     read, shapes = random_reader(model)
     install(model, quantizing(read, shapes, quant), read, torch.float32)
-    model.pack_weights_in_huge_pages()
+    pack_weights_in_huge_pages(model)
     tokenizer = byte_level_tokenizer()
     tokenizer.save(str(folder / "tokenizer.json"))
     return HeartMuLaGenerator(model, TextTokenizer.from_file(folder / "tokenizer.json", 256, 257),

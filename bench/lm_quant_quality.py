@@ -52,7 +52,7 @@ def measure(path, songs: list[SongRequest], frames: int, dtype: str = "float32")
         forced.append((song, codes, reference))
     del generator
     for name in FORMATS:
-        generator = load_generator(path, quant=name)
+        generator = load_generator(path, weights=name)
         for song, codes, reference in forced:
             rows[name].append(compare(reference, forced_log_probs(generator, song, codes), codes))
         del generator

@@ -40,9 +40,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
-from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
@@ -56,7 +57,7 @@ from heartmula.train.lyric_alignment import (
 )
 from heartmula.train.state import load_training_state, save_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
-from heartmula.train.token_cache import FRAME_RATE, CachedItem, load_cache
+from heartmula.train.token_cache import CachedItem, load_cache
 
 LOG_FILE = "train_log.jsonl"
 DATA_FILE = "training_data.json"
@@ -64,19 +65,8 @@ DATA_FILE = "training_data.json"
 AUDIO_SPECIALS = 5
 
 
-def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
-    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
-                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
-
-
 # Model sizes for training from scratch; the audio and text vocabularies come from the codec and the tokenizer.
-LM_PRESETS: dict[str, dict] = {
-    "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 16)),
-    # ~20M parameters with a 1024-code codec: sized to decode faster than real time on a small CPU
-    # (`bench/lm_train_presets_decode.py`).
-    "small": dict(backbone=_sizes(6, 6, 2, 384, 1024, 4096), decoder=_sizes(2, 6, 2, 384, 1024, 16)),
-    "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 16)),
-}
+LM_PRESETS: dict[str, dict] = GEOMETRIES
 
 
 @dataclass
@@ -200,7 +190,7 @@ class SampleBuilder:
 def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone input [b, L, D] (right-padded) and codebook-0 targets [b, L] of a batch.
 
-    Rows embed as in generation (`GenerationSession._embed_prompts`): masked column sums; the reference slot holds
+    Rows embed as in generation (`HeartMuLa.embed_prompt_rows`): masked column sums; the reference slot holds
     muq_linear(reference), muq_linear(zeros) without one; unconditional samples have the null embedding in every
     text column and in the slot."""
     b, k = len(samples), model.num_codebooks
@@ -213,13 +203,9 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
         mask[i, : len(s.tokens)] = s.mask
         targets[i, : len(s.tokens)] = s.c0_targets
     unconditional = torch.tensor([s.unconditional for s in samples])
-    hidden = model.embed_rows(tokens, mask, unconditional)
-    references = torch.stack([torch.zeros(model.config.muq_dim) if s.reference is None
-                              else s.reference.float().reshape(-1) for s in samples]).to(hidden.dtype)
-    slot_values = model.muq_linear(references)
-    slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
-    slots = torch.tensor([s.slot for s in samples])
-    return hidden.index_put((torch.arange(b), slots), slot_values), targets
+    hidden = model.embed_prompt_rows(tokens, mask, unconditional, [s.reference for s in samples],
+                                     [s.slot for s in samples])
+    return hidden, targets
 
 
 def alignment_targets(samples: list[Sample]) -> AlignmentTargets | None:

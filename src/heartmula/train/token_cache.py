@@ -30,12 +30,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from heartmula.checkpoint import safetensors_files
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 
 INDEX_FILE = "index.json"
 FORMAT = "heartmula-token-cache-1"
-FRAME_RATE = 12.5
 
 
 def codec_fingerprint(folder: str | os.PathLike) -> str:
