@@ -14,7 +14,6 @@ NOT_YET_SPLIT = {
     "heartmula/serve/live.py:_run",
     "heartmula/train/codec_voice.py:train_voice",
     "heartmula/train/codec.py:train_codec",
-    "heartmula/train/clap.py:train_clap",
 }
 
 
