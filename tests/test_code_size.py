@@ -11,7 +11,6 @@ NOT_YET_SPLIT = {
     "heartmula/eval/report.py:build_report",
     "heartmula/train/lm.py:train_lm",
     "heartmula/train/token_cache.py:tokenize_manifest",
-    "heartmula/serve/live.py:_run",
     "heartmula/train/codec_voice.py:train_voice",
     "heartmula/train/codec.py:train_codec",
 }
