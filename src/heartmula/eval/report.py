@@ -377,13 +377,8 @@ def _codec_section(config: ReportConfig, codec, tmp: Path) -> dict:
             "codebooks": codec.config.num_quantizers, "codebook_size": codec.config.codebook_size}
 
 
-def build_report(config: ReportConfig) -> dict:
-    """Run everything and publish the report folder at config.out; returns the report (as in report.json)."""
-    import torch
-
-    from heartmula.song_models import resolve_codec, resolve_lm
-
-    # Every check that can fail on user input runs before the minutes of generation.
+def _checked_inputs(config: ReportConfig) -> tuple[list[Prompt], Path]:
+    """The prompts and the output folder, once every setting a user can get wrong is checked."""
     prompts = select_prompts(config.languages, config.quick)
     if not config.seconds > 0:
         raise HeartMuLaError(f"--duration must be > 0 seconds, got {config.seconds}")
@@ -396,6 +391,71 @@ def build_report(config: ReportConfig) -> dict:
     for path in config.codec_audio:
         if not Path(path).is_file():
             raise HeartMuLaError(f"--codec-audio file {path} does not exist")
+    return prompts, out
+
+
+def _staging_folder(out: Path) -> Path:
+    """A new folder beside `out` to write the report into, once the ones left by killed runs are removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run (not by one still running)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir()
+    return tmp
+
+
+def _measured_ceiling(config: ReportConfig, prompts: list[Prompt], corpus_rows: list[dict], tmp: Path):
+    """The intelligibility ceiling measured on the corpus's sung stems (saved as ceiling.json) and its source."""
+    from heartmula.eval.intelligibility import measure_intelligibility
+
+    wanted = {p.language for p in prompts if p.language}
+    rows = [r for r in corpus_rows if r.get("language") in wanted]
+    ceiling = measure_intelligibility(rows, config.ceiling_items, config.transcriber, progress=config.progress)
+    (tmp / "ceiling.json").write_text(json.dumps(ceiling, ensure_ascii=False, indent=1), encoding="utf-8")
+    return ceiling, (f"computed now on {config.corpus} ({config.ceiling_items} sung stems per language; "
+                     "saved as ceiling.json, reusable with --ceiling)")
+
+
+def _corpus_reference(config: ReportConfig, corpus_rows: list[dict] | None, clap, codec) -> dict | None:
+    """The tag and lyrics measures of real corpus songs, for comparison (None without --corpus)."""
+    import torch
+
+    if corpus_rows is None or config.reference_items <= 0:
+        return None
+    from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
+
+    transcriber = Transcriber(TranscribeConfig(model=config.transcriber, threads=config.threads))
+    torch.set_num_threads(config.threads)
+    return corpus_reference(corpus_rows, config.reference_items, clap, progress=config.progress, codec=codec,
+                            transcriber=transcriber)
+
+
+def _speed_section(songs: list[dict], threads: int, lm_int8: bool) -> dict:
+    audio_seconds = sum(s["seconds"] for s in songs)
+    lm_seconds, decode_seconds = sum(s["lm_seconds"] for s in songs), sum(s["decode_seconds"] for s in songs)
+    return {"threads": threads, "lm_int8": lm_int8, "audio_seconds": audio_seconds,
+            "lm_seconds": lm_seconds, "decode_seconds": decode_seconds,
+            "lm_rtf": lm_seconds / audio_seconds if audio_seconds else None,
+            "decode_rtf": decode_seconds / audio_seconds if audio_seconds else None,
+            "total_rtf": (lm_seconds + decode_seconds) / audio_seconds if audio_seconds else None}
+
+
+def _write_report(report: dict, tmp: Path) -> None:
+    write_plots(report, tmp / "plots")
+    (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")  # last: its presence = complete
+
+
+def build_report(config: ReportConfig) -> dict:
+    """Run everything and publish the report folder at config.out; returns the report (as in report.json)."""
+    import torch
+
+    from heartmula.song_models import resolve_codec, resolve_lm
+
+    # Every check that can fail on user input runs before the minutes of generation.
+    prompts, out = _checked_inputs(config)
     ceiling, ceiling_source = None, None
     if config.ceiling is not None:
         ceiling, ceiling_source = _read_ceiling(config.ceiling), str(config.ceiling)
@@ -408,13 +468,7 @@ def build_report(config: ReportConfig) -> dict:
     codec_path = resolve_codec(config.codec, model_path)
 
     torch.set_num_threads(config.threads)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run (not by one still running)
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and process_alive(int(pid))):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir()
+    tmp = _staging_folder(out)
     try:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         songs, codec, parameters, sampling = _generate(config, prompts, tmp, model_path, codec_path)
@@ -422,15 +476,7 @@ def build_report(config: ReportConfig) -> dict:
         songs = [s for s in songs if not s["id"].endswith(NO_LYRICS_SUFFIX)]
         vectors = _measure(config, prompts, songs, tmp)
         if corpus_rows is not None and ceiling is None:
-            from heartmula.eval.intelligibility import measure_intelligibility
-
-            wanted = {p.language for p in prompts if p.language}
-            rows = [r for r in corpus_rows if r.get("language") in wanted]
-            ceiling = measure_intelligibility(rows, config.ceiling_items, config.transcriber,
-                                              progress=config.progress)
-            (tmp / "ceiling.json").write_text(json.dumps(ceiling, ensure_ascii=False, indent=1), encoding="utf-8")
-            ceiling_source = f"computed now on {config.corpus} ({config.ceiling_items} sung stems per language; " \
-                             "saved as ceiling.json, reusable with --ceiling)"
+            ceiling, ceiling_source = _measured_ceiling(config, prompts, corpus_rows, tmp)
         # CTranslate2 may reset the OpenMP thread count torch shares; the codec timings below must use --threads.
         torch.set_num_threads(config.threads)
         threads, lm_int8 = parameters.pop("threads"), parameters.pop("lm_int8")
@@ -438,20 +484,11 @@ def build_report(config: ReportConfig) -> dict:
 
         clap = load_clap(config.clap_model)
         text_search = text_search_summary(vectors, [s["tags"] for s in songs], clap)
-        reference = None
-        if corpus_rows is not None and config.reference_items > 0:
-            from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
-
-            transcriber = Transcriber(TranscribeConfig(model=config.transcriber, threads=config.threads))
-            torch.set_num_threads(config.threads)
-            reference = corpus_reference(corpus_rows, config.reference_items, clap, progress=config.progress,
-                                         codec=codec, transcriber=transcriber)
+        reference = _corpus_reference(config, corpus_rows, clap, codec)
         lyrics = _lyrics_section(songs, ceiling)
         lyrics["ceiling_source"] = ceiling_source
         lyrics["sung_language"] = sung_language_summary(songs)
         lyrics["singing"] = singing_contrast(songs, without_lyrics, tmp) if config.lyrics_contrast else None
-        audio_seconds = sum(s["seconds"] for s in songs)
-        lm_seconds, decode_seconds = sum(s["lm_seconds"] for s in songs), sum(s["decode_seconds"] for s in songs)
         report = {
             "version": REPORT_VERSION, "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": config.command,
@@ -465,16 +502,10 @@ def build_report(config: ReportConfig) -> dict:
             "tags": {**tag_summaries(prompt_means(songs)), "songs_per_prompt": config.seeds,
                      "text_search": text_search, "corpus_reference": reference},
             "codec": _codec_section(config, codec, tmp),
-            "speed": {"threads": threads, "lm_int8": lm_int8, "audio_seconds": audio_seconds,
-                      "lm_seconds": lm_seconds, "decode_seconds": decode_seconds,
-                      "lm_rtf": lm_seconds / audio_seconds if audio_seconds else None,
-                      "decode_rtf": decode_seconds / audio_seconds if audio_seconds else None,
-                      "total_rtf": (lm_seconds + decode_seconds) / audio_seconds if audio_seconds else None},
+            "speed": _speed_section(songs, threads, lm_int8),
         }
         report = finite_or_none(report)
-        write_plots(report, tmp / "plots")
-        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")  # last: its presence = complete
+        _write_report(report, tmp)
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
