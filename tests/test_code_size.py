@@ -10,7 +10,6 @@ MAX_CLASS_LINES = 300
 NOT_YET_SPLIT = {
     "heartmula/train/lm.py:train_lm",
     "heartmula/train/token_cache.py:tokenize_manifest",
-    "heartmula/train/codec.py:train_codec",
 }
 
 
