@@ -370,6 +370,9 @@ def register_lm(actions) -> None:
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the data order")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the weights, gradients and optimizer "
+                   "state over the processes (FSDP, one unit per transformer layer) instead of holding them whole "
+                   "in each (DDP); checkpoints stay whole files (no effect in one process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=on_every_rank(run_lm))
 
@@ -397,6 +400,7 @@ def run_lm(args: argparse.Namespace) -> int:
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         reference_prob=args.reference_prob, init_from=_init_from(args.init_from),
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
+        fsdp=args.fsdp,
     )
     report = train_lm(args.cache, args.out, config, progress=not args.quiet)
     val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
