@@ -38,7 +38,8 @@ def model_lock(model) -> threading.Lock:
 
 @dataclass
 class AudioChunk:
-    """Audio of whole code frames [first_frame, first_frame + frames) of the song (80 ms each)."""
+    """Audio of whole code frames [first_frame, first_frame + frames) of the song (80 ms each); the frames of a
+    played prompt (`play_prompt`) come first and count."""
 
     audio: np.ndarray  # float32 [channels, samples], samples = frames * samples_per_frame
     sample_rate: int
@@ -68,6 +69,10 @@ class StreamSession:
 
     Controls (`update`, `schedule`) apply from the next frame generated; see the package docstring for the
     latency this implies. Thread-safe: one thread may iterate chunks while another calls `update`.
+
+    A prompt (`prompt_codes` or `prompt_audio`) is continued. By default it is only the codec decoder's context
+    (the listener has just heard it); with `play_prompt` its audio comes first, decoded with the new frames in one
+    stream, so the chunks make the whole continued song.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class StreamSession:
         reference_audio: tuple[np.ndarray, int] | None = None,
         clap=None,
         min_seconds: float = 0.0,
+        play_prompt: bool = False,
     ):
         if isinstance(controls, dict):
             controls = StreamControls.from_dict(controls)
@@ -140,12 +146,16 @@ class StreamSession:
         self._pending = np.zeros((self.channels, 0), dtype=np.float32)
         self._skip = 0  # decoder output samples that belong to the audio prompt (context only, not played)
         self.emitted_frames = 0
+        self.played_prompt_frames = 0  # frames of the prompt handed out as audio before the generated ones
         self.lm_done = False
         self.finished = False
         self.closed = False
         self.degradations: list[str] = []
         self._lock = threading.RLock()
-        if prompt_codes is not None:
+        if prompt_codes is not None and play_prompt:
+            self.played_prompt_frames = prompt_codes.shape[1]
+            self._take(self.decoder.push(prompt_codes))
+        elif prompt_codes is not None:
             context = prompt_codes[:, -PROMPT_CONTEXT_FRAMES:]
             self._skip = context.shape[1] * self.samples_per_frame
             self._take(self.decoder.push(context))
@@ -305,7 +315,9 @@ class StreamSession:
         samples = frames * self.samples_per_frame
         audio, self._pending = self._pending[:, :samples], self._pending[:, samples:]
         first = self.emitted_frames
-        versions = tuple(self.frame_versions[first : first + frames])
+        generated = first - self.played_prompt_frames  # negative within a played prompt (controls version 0)
+        versions = (0,) * min(frames, max(0, -generated)) + \
+            tuple(self.frame_versions[max(0, generated) : max(0, generated + frames)])
         self.emitted_frames += frames
         final = final and self._pending.shape[1] < self.samples_per_frame
         if final:
@@ -368,7 +380,8 @@ class StreamSession:
                 controls=self.controls.to_dict(), controls_version=self.controls_version,
                 frame_versions=self.frame_versions, applied_at=list(self.applied_at.items()),
                 schedule=[[f, _jsonable(c)] for f, c in self.schedule_changes], skip=self._skip,
-                emitted_frames=self.emitted_frames, lm_done=self.lm_done, finished=self.finished,
+                emitted_frames=self.emitted_frames, played_prompt_frames=self.played_prompt_frames,
+                lm_done=self.lm_done, finished=self.finished,
                 degradations=self.degradations,
             )
         data = save(tensors, metadata={"heartmula.stream": json.dumps(meta)})
@@ -410,6 +423,7 @@ class StreamSession:
         session.applied_at = {int(v): int(f) for v, f in meta["applied_at"]}
         session.schedule_changes = [(int(f), _from_jsonable(c)) for f, c in meta["schedule"]]
         session._skip, session.emitted_frames = meta["skip"], meta["emitted_frames"]
+        session.played_prompt_frames = meta.get("played_prompt_frames", 0)
         session.lm_done, session.finished = meta["lm_done"], meta["finished"]
         session.degradations = list(meta["degradations"])
         return session
