@@ -47,9 +47,10 @@ def cache(tmp_path_factory):
     return root / "cache"
 
 
-def _args(cache: Path, out: Path, steps: int, tokenizer: Path | None) -> list[str]:
+def _args(cache: Path, out: Path, steps: int, tokenizer: Path | None, eval_every: int = 10) -> list[str]:
     args = ["train", "lm", str(cache), "--out", str(out), "--preset", "tiny", "--steps", str(steps),
-            "--batch-size", "4", "--context", "96", "--min-frames", "8", "--save-every", "5", "--eval-every", "10",
+            "--batch-size", "4", "--context", "96", "--min-frames", "8", "--save-every", "5", "--eval-every",
+            str(eval_every),
             "--warmup-steps", "3", "--vocab-size", "300", "--threads", "1", "--quiet"]
     return args + (["--tokenizer", str(tokenizer)] if tokenizer else [])
 
@@ -110,13 +111,15 @@ def test_fsdp_on_two_gloo_processes_trains_as_one_process_and_saves_whole_checkp
     from heartmula.lm.pretrained import load_generator
 
     single = tmp_path / "single"
-    assert main(_args(cache, single, 10, None)) == 0
+    assert main(_args(cache, single, 10, None, eval_every=4)) == 0
     tokenizer = single / "tokenizer.json"
     sharded = tmp_path / "sharded"
-    _torchrun(2, _args(cache, sharded, 10, tokenizer) + ["--fsdp"])
+    _torchrun(2, _args(cache, sharded, 10, tokenizer, eval_every=4) + ["--fsdp"])
     np.testing.assert_allclose(_losses(sharded), _losses(single), atol=2e-3)
-    sharded_log = (sharded / "train_log.jsonl").read_text().splitlines()
-    assert "val_loss" in json.loads(sharded_log[-1])  # validation ran through the sharded model
+    validation = [{r["step"]: r["val_loss"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
+                   if "val_loss" in r} for out in (single, sharded)]
+    assert list(validation[1]) == [4, 8, 10]  # through the sharded model, during the run too
+    np.testing.assert_allclose(list(validation[1].values()), list(validation[0].values()), atol=2e-3)
     expected = _weights(single)
     saved = _weights(sharded)
     assert saved.keys() == expected.keys()

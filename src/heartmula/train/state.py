@@ -48,16 +48,23 @@ def load_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Opti
     state of any number of processes loads into any other."""
     if not (out / STATE_FILE).is_file():
         return 0
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
     params = dict(model.named_parameters())
     for key, value in load_file(str(out / STATE_FILE)).items():
         name, slot = key.split("::")
-        param = params[name]
-        if isinstance(param, DTensor) and value.shape == param.shape:  # not AdamW's scalar step
-            value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
-        optimizer.state[param][slot] = value
+        optimizer.state[params[name]][slot] = _shard_like(value, params[name])
     return int(json.loads((out / STATE_JSON).read_text())["step"])
+
+
+def _shard_like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a whole optimizer tensor of a parameter sharded by FSDP (a DTensor); scalars (AdamW's
+    step) and the tensors of whole parameters as they are."""
+    if not torch.distributed.is_available():
+        return value
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor) or value.shape != param.shape:
+        return value
+    return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
 
 
 def trim_log(path: Path, step: int) -> None:
