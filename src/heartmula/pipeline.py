@@ -141,11 +141,7 @@ class HeartMuLaPipeline:
         continue_from: a song to continue (see `prompt_codes`; one for every song of a batch); its frames come out
         unchanged at the start of the new song's codes. from_seconds: keep only its first seconds.
         """
-        prompt = None
-        if continue_from is not None:
-            prompt = self.prompt_codes(continue_from, from_seconds)
-        elif from_seconds is not None:
-            raise HeartMuLaError("from_seconds needs continue_from: the song whose start is kept")
+        prompt = self.continuation_prompt(continue_from, from_seconds)
         requests = self.requests(lyrics, tags, seed, reference_audio, prompt=prompt)
         codes = self.generate_codes(requests, SamplingParams(temperature, top_k, cfg_scale, lyrics_scale),
                                     duration, min_duration, compat, progress)
@@ -163,6 +159,14 @@ class HeartMuLaPipeline:
             tags = song.tags if tags is None else tags
         return self(lyrics or "", tags or "", duration=duration, continue_from=song, from_seconds=from_seconds,
                     **options)
+
+    def continuation_prompt(self, continue_from, from_seconds: float | None = None) -> np.ndarray | None:
+        """`prompt_codes(continue_from, from_seconds)`, or None when there is nothing to continue."""
+        if continue_from is not None:
+            return self.prompt_codes(continue_from, from_seconds)
+        if from_seconds is not None:
+            raise HeartMuLaError("from_seconds needs continue_from: the song whose start is kept")
+        return None
 
     def prompt_codes(self, source, from_seconds: float | None = None) -> np.ndarray:
         """The frames [8, T] int64 a continuation starts from: a Song; codes [8, T] (numpy or torch); a .npy file of
@@ -245,12 +249,20 @@ class HeartMuLaPipeline:
                     prompt_frames=prompt_frames)
 
     def stream(self, lyrics: str = "", tags: str = "", *, duration: float = 30.0, seed: int | None = None,
-               **session_options):
+               continue_from=None, from_seconds: float | None = None, **session_options):
         """A `heartmula.stream.StreamSession`: iterate it for audio chunks (`chunk.audio` [channels, samples]) as
-        they are made; `session.update(prompts=..., cfg_scale=...)` steers it live. Options as StreamSession's."""
+        they are made; `session.update(prompts=..., cfg_scale=...)` steers it live. Options as StreamSession's.
+
+        continue_from, from_seconds: as for a call; the stream plays the kept frames first, then `duration` seconds
+        of new music, the codes that a call with the same seed makes."""
         from heartmula.stream import StreamControls, StreamSession
 
         controls = session_options.pop("controls", None) or StreamControls(prompts=tags)
+        prompt = self.continuation_prompt(continue_from, from_seconds)
+        if prompt is not None:
+            request = SongRequest(lyrics=lyrics, tags=list(controls.prompts), audio_codes=prompt)
+            check_fits_context(self.generator, request, duration)
+            session_options.update(prompt_codes=prompt, play_prompt=True)
         return StreamSession(self.generator, self.codec, lyrics=lyrics, controls=controls, seed=seed,
                              max_seconds=duration, **session_options)
 

@@ -1,10 +1,12 @@
 """Training on several processes (torchrun, gloo on CPU): two processes give the losses of one process with the same
-global batch, a run resumes with another number of processes, and the FSDP plan of the 3B LM on the meta device."""
+global batch, with DDP and with FSDP (`--fsdp`); a run resumes with another number of processes; the FSDP plan of
+the 3B LM on the meta device."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,9 +47,10 @@ def cache(tmp_path_factory):
     return root / "cache"
 
 
-def _args(cache: Path, out: Path, steps: int, tokenizer: Path | None) -> list[str]:
+def _args(cache: Path, out: Path, steps: int, tokenizer: Path | None, eval_every: int = 10) -> list[str]:
     args = ["train", "lm", str(cache), "--out", str(out), "--preset", "tiny", "--steps", str(steps),
-            "--batch-size", "4", "--context", "96", "--min-frames", "8", "--save-every", "5", "--eval-every", "10",
+            "--batch-size", "4", "--context", "96", "--min-frames", "8", "--save-every", "5", "--eval-every",
+            str(eval_every),
             "--warmup-steps", "3", "--vocab-size", "300", "--threads", "1", "--quiet"]
     return args + (["--tokenizer", str(tokenizer)] if tokenizer else [])
 
@@ -94,6 +97,46 @@ def test_two_gloo_processes_train_as_one_with_the_same_global_batch(cache, tmp_p
     assert main(_args(cache, split, 20, tokenizer)) == 0
     assert main(_args(cache, whole, 10, tokenizer)) == 0
     assert main(_args(cache, whole, 20, tokenizer)) == 0
+    np.testing.assert_allclose(_losses(split), _losses(whole), atol=2e-3)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(next((out / "HeartMuLa-oss-3B").glob("*.safetensors"))))
+
+
+def test_fsdp_on_two_gloo_processes_trains_as_one_process_and_saves_whole_checkpoints(cache, tmp_path):
+    from heartmula.lm.generation import SamplingParams, SongRequest
+    from heartmula.lm.pretrained import load_generator
+
+    single = tmp_path / "single"
+    assert main(_args(cache, single, 10, None, eval_every=4)) == 0
+    tokenizer = single / "tokenizer.json"
+    sharded = tmp_path / "sharded"
+    _torchrun(2, _args(cache, sharded, 10, tokenizer, eval_every=4) + ["--fsdp"])
+    np.testing.assert_allclose(_losses(sharded), _losses(single), atol=2e-3)
+    validation = [{r["step"]: r["val_loss"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
+                   if "val_loss" in r} for out in (single, sharded)]
+    assert list(validation[1]) == [4, 8, 10]  # through the sharded model, during the run too
+    np.testing.assert_allclose(list(validation[1].values()), list(validation[0].values()), atol=2e-3)
+    expected = _weights(single)
+    saved = _weights(sharded)
+    assert saved.keys() == expected.keys()
+    for name, value in expected.items():  # whole tensors, not one rank's shard
+        torch.testing.assert_close(saved[name], value, atol=1e-4, rtol=1e-3)
+
+    # The whole checkpoint loads in one process without torch.distributed.
+    generator = load_generator(sharded)
+    codes = generator.generate([SongRequest(LYRICS[0], "pop,sad", seed=1)], SamplingParams(cfg_scale=1.5), 6)
+    assert codes[0].shape[0] == 8 and 1 <= codes[0].shape[1] <= 7
+
+    # Resume from 1 process into 2 sharded ones: each rank takes its shard of the saved optimizer state.
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(_args(cache, whole, 5, tokenizer)) == 0
+    shutil.copytree(whole, split)
+    assert main(_args(cache, whole, 10, tokenizer)) == 0
+    _torchrun(2, _args(cache, split, 10, tokenizer) + ["--fsdp"])
     np.testing.assert_allclose(_losses(split), _losses(whole), atol=2e-3)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from heartmula import __version__
 from heartmula.errors import HeartMuLaError
@@ -48,6 +49,22 @@ def add_lora_options(parser: argparse.ArgumentParser) -> None:
                         "adapter_config.json + adapter_model.safetensors) merged into the LM's weights at load")
     parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="multiply the adapter's update "
                         "by S (0 = the base model, 1 = as trained)")
+
+
+def add_continue_options(parser: argparse.ArgumentParser) -> None:
+    """`--continue SONG` and `--from-seconds T` for the verbs that make a song (see HeartMuLaPipeline.prompt_codes);
+    `check_continue_options` checks them before anything loads."""
+    parser.add_argument("--continue", dest="continue_from", type=Path, metavar="SONG", help="continue a song: its "
+                        "codes (.npy as --codes-out writes them) or its audio (encoded with the codec, which needs "
+                        "an encoder); its frames start the new song unchanged")
+    parser.add_argument("--from-seconds", type=float, metavar="T", help="with --continue: keep the first T seconds "
+                        "of the song and make the rest anew (default: keep all of it and add to its end)")
+
+
+def check_continue_options(args: argparse.Namespace) -> None:
+    """Refuse `--from-seconds` without `--continue` before anything loads."""
+    if args.from_seconds is not None and args.continue_from is None:
+        raise HeartMuLaError("--from-seconds needs --continue SONG: the song whose first seconds are kept")
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula.cli import add_device_options, add_int8_option, add_lora_options
+from heartmula.cli import (
+    add_continue_options,
+    add_device_options,
+    add_int8_option,
+    add_lora_options,
+    check_continue_options,
+)
 
 
 def register(verbs) -> None:
@@ -39,11 +45,7 @@ def register(verbs) -> None:
     p.add_argument("--reference-audio", type=Path, help="a recording whose style the song should follow: its "
                    "HeartCLAP audio embedding fills the LM's reference-audio slot (the embedded default model was "
                    "trained with it; upstream leaves the slot empty)")
-    p.add_argument("--continue", dest="continue_from", type=Path, metavar="SONG", help="continue a song: its codes "
-                   "(.npy as --codes-out writes them) or its audio (encoded with the codec, which needs an "
-                   "encoder); its frames start the new song unchanged")
-    p.add_argument("--from-seconds", type=float, metavar="T", help="with --continue: keep the first T seconds of the "
-                   "song and make the rest anew (default: keep all of it and add to its end)")
+    add_continue_options(p)
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
     add_device_options(p)
     add_int8_option(p)
@@ -72,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_decode and args.codes_out is None:
         raise HeartMuLaError("--no-decode needs --codes-out FILE.npy, or nothing would be written")
-    if args.from_seconds is not None and args.continue_from is None:
-        raise HeartMuLaError("--from-seconds needs --continue SONG: the song whose first seconds are kept")
+    check_continue_options(args)
     tags = read_text_argument(args.tags, "tags")
     lyrics = read_text_argument(args.lyrics, "lyrics")
     sampling = SamplingParams(temperature=args.temperature, top_k=args.topk, cfg_scale=args.cfg_scale,
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         from heartmula.clap import load_clap
 
         clap = load_clap(args.clap)
-    prompt = None if args.continue_from is None else pipe.prompt_codes(args.continue_from, args.from_seconds)
+    prompt = pipe.continuation_prompt(args.continue_from, args.from_seconds)
     request = pipe.requests(lyrics, tags, args.seed, reference, clap, prompt=prompt)[0]
     started = time.perf_counter()
     codes = pipe.generate_codes([request], sampling, args.duration, args.min_duration, args.compat,

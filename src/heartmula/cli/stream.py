@@ -7,7 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from heartmula.cli import add_device_options, add_int8_option, add_lora_options
+from heartmula.cli import (
+    add_continue_options,
+    add_device_options,
+    add_int8_option,
+    add_lora_options,
+    check_continue_options,
+)
 
 
 def register(verbs) -> None:
@@ -29,14 +35,16 @@ def register(verbs) -> None:
     p.add_argument("--topk", type=int, default=50, help="sample among the k most likely codes")
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance (1 = off)")
     p.add_argument("--seed", type=int, help="random seed: the same seed and control file give the same song")
-    p.add_argument("--duration", type=float, default=60.0, help="maximum song length in seconds")
+    p.add_argument("--duration", type=float, default=60.0, help="maximum song length in seconds (with --continue: "
+                   "of the new music after the kept part)")
     p.add_argument("--min-duration", type=float, default=0.0, help="the song does not end before this many seconds "
                    "(0: the model decides when to end)")
     p.add_argument("--controls", type=Path, help="scripted control changes: a .json list of {\"at\": seconds, "
                    "controls...} or a text file of lines 'TIME key=value ...' (TIME as 12.5, 12.5s or f150; keys: "
                    "prompts, temperature, top_k, cfg_scale); see heartmula.stream.controls")
+    add_continue_options(p)
     p.add_argument("--prompt-audio", type=Path, help="continue from this audio (encoded by the codec, which needs "
-                   "an encoder); it is not played again")
+                   "an encoder) as from audio just heard: it is not played again (--continue plays the kept part)")
     p.add_argument("--reference-audio", type=Path, help="style reference: this audio's HeartCLAP embedding goes "
                    "into the LM's reference-audio slot")
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
@@ -87,9 +95,9 @@ def _open_sound_device(rate: int, channels: int, pacer):
         raise HeartMuLaError(f"--play: no usable sound device ({exc}); drop --play and open the --out file") from None
 
 
-def _new_session(args: argparse.Namespace, generator, codec):
+def _new_session(args: argparse.Namespace, pipe):
     from heartmula.audio import load_audio
-    from heartmula.stream import StreamControls, StreamSession
+    from heartmula.stream import StreamControls
     from heartmula.text import read_text_argument
 
     controls = StreamControls(prompts=read_text_argument(args.tags, "tags"), temperature=args.temperature,
@@ -101,11 +109,11 @@ def _new_session(args: argparse.Namespace, generator, codec):
 
         clap = load_clap(args.clap)
         reference_audio = load_audio(args.reference_audio)
-    return StreamSession(generator, codec, lyrics=read_text_argument(args.lyrics, "lyrics"),
-                         controls=controls, seed=args.seed, max_seconds=args.duration,
-                         min_seconds=args.min_duration,
-                         chunk_frames=args.chunk_frames, lookahead_frames=args.lookahead_frames,
-                         prompt_audio=prompt_audio, reference_audio=reference_audio, clap=clap)
+    return pipe.stream(read_text_argument(args.lyrics, "lyrics"), controls=controls, seed=args.seed,
+                       duration=args.duration, continue_from=args.continue_from,
+                       from_seconds=args.from_seconds, min_seconds=args.min_duration,
+                       chunk_frames=args.chunk_frames, lookahead_frames=args.lookahead_frames,
+                       prompt_audio=prompt_audio, reference_audio=reference_audio, clap=clap)
 
 
 def _play(session, lookahead_seconds: float, write) -> None:
@@ -131,12 +139,17 @@ def _play(session, lookahead_seconds: float, write) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from heartmula.audio import LiveWavWriter
+    from heartmula.constants import FRAME_RATE
     from heartmula.errors import HeartMuLaError
     from heartmula.pipeline import HeartMuLaPipeline
     from heartmula.stream import StreamSession, read_control_script
 
     if args.out.suffix.lower() != ".wav":
         raise HeartMuLaError(f"--out must be a .wav file (it stays readable while it grows), got {args.out}")
+    check_continue_options(args)
+    if args.continue_from is not None and (args.prompt_audio or args.resume):
+        raise HeartMuLaError("--continue starts a new stream from a song: give it without --prompt-audio and "
+                             "--resume")
     if args.threads is not None and args.threads < 1:
         raise HeartMuLaError(f"--threads must be at least 1, got {args.threads}")
     if args.threads:
@@ -149,12 +162,11 @@ def run(args: argparse.Namespace) -> int:
     pipe = HeartMuLaPipeline.from_pretrained(args.model, version=args.version, codec=args.codec, device=args.device,
                                              dtype=args.dtype, int8=args.int8, lora=args.lora,
                                              lora_scale=args.lora_scale, quant=args.quant)
-    generator, codec = pipe.generator, pipe.codec
     started = time.perf_counter()
     if args.resume:
-        session = StreamSession.resume(generator, codec, args.resume)
+        session = StreamSession.resume(pipe.generator, pipe.codec, args.resume)
     else:
-        session = _new_session(args, generator, codec)
+        session = _new_session(args, pipe)
     for change in script:
         if change.frame >= session.frames_generated:
             session.schedule(change.frame, **change.changes)
@@ -163,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=round(session.max_seconds, 1), unit="s", desc="streaming", bar_format="{l_bar}{bar}| "
+        total = session.max_seconds + session.played_prompt_frames / FRAME_RATE
+        bar = tqdm(total=round(total, 1), unit="s", desc="streaming", bar_format="{l_bar}{bar}| "
                    "{n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
     first_audio = None
     with LiveWavWriter(args.out, session.sample_rate, session.channels) as writer:

@@ -189,6 +189,10 @@ def register_voice(actions) -> None:
                    help="train the whole code path (encoder, codebooks, decoder) with the branch, from the mix, "
                    "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
                    "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
+    p.add_argument("--freeze-codes", action="store_true",
+                   help="--train-codes: keep the encoder and codebooks, train only the decoding path (the voice "
+                   "branch with the rest of the decoder), so every song keeps its codes and an LM trained on them "
+                   "stays valid")
     p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
     p.add_argument("--voiced-envelope-weight", type=float, default=0.0, help="adds this times the harmonic "
                    "envelope's L1 on voiced frames alone to the voice loss (the envelope is what keeps the words; "
@@ -226,6 +230,7 @@ def run_voice(args: argparse.Namespace) -> int:
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
+                              freeze_codes=args.freeze_codes,
                               voice_weight=args.voice_weight, voiced_envelope_weight=args.voiced_envelope_weight,
                               phonetic=args.phonetic,
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,
@@ -370,6 +375,9 @@ def register_lm(actions) -> None:
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the data order")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the weights, gradients and optimizer "
+                   "state over the processes (FSDP, one unit per transformer layer) instead of holding them whole "
+                   "in each (DDP); checkpoints stay whole files (no effect in one process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=on_every_rank(run_lm))
 
@@ -397,6 +405,7 @@ def run_lm(args: argparse.Namespace) -> int:
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         reference_prob=args.reference_prob, init_from=_init_from(args.init_from),
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
+        fsdp=args.fsdp,
     )
     report = train_lm(args.cache, args.out, config, progress=not args.quiet)
     val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""

@@ -38,7 +38,8 @@ def model_lock(model) -> threading.Lock:
 
 @dataclass
 class AudioChunk:
-    """Audio of whole code frames [first_frame, first_frame + frames) of the song (80 ms each)."""
+    """Audio of whole code frames [first_frame, first_frame + frames) of the song (80 ms each); the frames of a
+    played prompt (`play_prompt`) come first and count."""
 
     audio: np.ndarray  # float32 [channels, samples], samples = frames * samples_per_frame
     sample_rate: int
@@ -57,10 +58,6 @@ class AudioChunk:
         return self.audio.shape[-1] / self.sample_rate
 
 
-
-
-
-
 def _audio_prompt(codec, prompt_codes, prompt_audio: tuple[np.ndarray, int] | None) -> torch.Tensor | None:
     """The audio prompt as long codes [K, T] (encoded by the codec when given as audio), or None."""
     if prompt_audio is not None:
@@ -70,11 +67,36 @@ def _audio_prompt(codec, prompt_codes, prompt_audio: tuple[np.ndarray, int] | No
         prompt_codes = codec.encode(audio, rate)  # raises a clear error if the codec has no encoder
     return None if prompt_codes is None else torch.as_tensor(np.asarray(prompt_codes)).long()
 
+
+def _style_reference(generator, reference_embedding: torch.Tensor | None,
+                     reference_audio: tuple[np.ndarray, int] | None, clap) -> torch.Tensor | None:
+    """The style reference's embedding: as given, or the HeartCLAP embedding of the reference audio."""
+    if reference_audio is None:
+        return reference_embedding
+    if reference_embedding is not None:
+        raise HeartMuLaError("give a style reference as audio or as an embedding, not both")
+    return clap_reference(generator.model.config.muq_dim, reference_audio, clap)
+
+
+def _check_pair(generator, codec) -> None:
+    """The codec must decode the language model's codes."""
+    k = generator.model.num_codebooks
+    if codec.config.num_quantizers != k or codec.config.codebook_size < generator.codebook_size:
+        raise HeartMuLaError(
+            f"the codec ({codec.config.num_quantizers} codebooks of {codec.config.codebook_size}) cannot decode "
+            f"this language model's codes ({k} codebooks of {generator.codebook_size}): use a matching pair"
+        )
+
+
 class StreamSession:
     """Generate a song frame by frame and hand out audio chunks as soon as the codec can decode them.
 
     Controls (`update`, `schedule`) apply from the next frame generated; see the package docstring for the
     latency this implies. Thread-safe: one thread may iterate chunks while another calls `update`.
+
+    A prompt (`prompt_codes` or `prompt_audio`) is continued. By default it is only the codec decoder's context
+    (the listener has just heard it); with `play_prompt` its audio comes first, decoded with the new frames in one
+    stream, so the chunks make the whole continued song.
     """
 
     def __init__(
@@ -97,27 +119,20 @@ class StreamSession:
         reference_audio: tuple[np.ndarray, int] | None = None,
         clap=None,
         min_seconds: float = 0.0,
+        play_prompt: bool = False,
     ):
         if isinstance(controls, dict):
             controls = StreamControls.from_dict(controls)
         self.controls = controls or StreamControls()
         self.generator, self.codec = generator, codec
         self.lyrics, self.seed, self.max_seconds = lyrics, seed, float(max_seconds)
-        k = generator.model.num_codebooks
-        if codec.config.num_quantizers != k or codec.config.codebook_size < generator.codebook_size:
-            raise HeartMuLaError(
-                f"the codec ({codec.config.num_quantizers} codebooks of {codec.config.codebook_size}) cannot decode "
-                f"this language model's codes ({k} codebooks of {generator.codebook_size}): use a matching pair"
-            )
+        _check_pair(generator, codec)
         self.direct = codec.config.decoder_type == "direct"
         self.chunk_frames = chunk_frames or (2 if self.direct else 12)
         if self.chunk_frames < 1:
             raise HeartMuLaError("chunk_frames must be at least 1")
         prompt_codes = _audio_prompt(codec, prompt_codes, prompt_audio)
-        if reference_audio is not None:
-            if reference_embedding is not None:
-                raise HeartMuLaError("give a style reference as audio or as an embedding, not both")
-            reference_embedding = clap_reference(generator.model.config.muq_dim, reference_audio, clap)
+        reference_embedding = _style_reference(generator, reference_embedding, reference_audio, clap)
         self.samples_per_frame = codec.config.samples_per_code
         self.sample_rate, self.channels = codec.sample_rate, codec.config.audio_channels
         song = SongRequest(lyrics=lyrics, tags=list(self.controls.prompts), seed=seed,
@@ -141,12 +156,16 @@ class StreamSession:
         self._pending = np.zeros((self.channels, 0), dtype=np.float32)
         self._skip = 0  # decoder output samples that belong to the audio prompt (context only, not played)
         self.emitted_frames = 0
+        self.played_prompt_frames = 0  # frames of the prompt handed out as audio before the generated ones
         self.lm_done = False
         self.finished = False
         self.closed = False
         self.degradations: list[str] = []
         self._lock = threading.RLock()
-        if prompt_codes is not None:
+        if prompt_codes is not None and play_prompt:
+            self.played_prompt_frames = prompt_codes.shape[1]
+            self._take(self.decoder.push(prompt_codes))
+        elif prompt_codes is not None:
             context = prompt_codes[:, -PROMPT_CONTEXT_FRAMES:]
             self._skip = context.shape[1] * self.samples_per_frame
             self._take(self.decoder.push(context))
@@ -306,7 +325,9 @@ class StreamSession:
         samples = frames * self.samples_per_frame
         audio, self._pending = self._pending[:, :samples], self._pending[:, samples:]
         first = self.emitted_frames
-        versions = tuple(self.frame_versions[first : first + frames])
+        generated = first - self.played_prompt_frames  # negative within a played prompt (controls version 0)
+        versions = (0,) * min(frames, max(0, -generated)) + \
+            tuple(self.frame_versions[max(0, generated) : max(0, generated + frames)])
         self.emitted_frames += frames
         final = final and self._pending.shape[1] < self.samples_per_frame
         if final:

@@ -41,7 +41,8 @@ def stream_state_bytes(session, lm_tensors: dict, lm_meta: dict) -> bytes:
         controls=session.controls.to_dict(), controls_version=session.controls_version,
         frame_versions=session.frame_versions, applied_at=list(session.applied_at.items()),
         schedule=[[f, _jsonable(c)] for f, c in session.schedule_changes], skip=session._skip,
-        emitted_frames=session.emitted_frames, lm_done=session.lm_done, finished=session.finished,
+        emitted_frames=session.emitted_frames, played_prompt_frames=session.played_prompt_frames,
+        lm_done=session.lm_done, finished=session.finished,
         degradations=session.degradations,
     )
     return save(tensors, metadata={"heartmula.stream": json.dumps(meta)})
@@ -78,6 +79,7 @@ def resumed_stream(session_class, generator, codec, state: bytes | str | os.Path
     session.applied_at = {int(v): int(f) for v, f in meta["applied_at"]}
     session.schedule_changes = [(int(f), _from_jsonable(c)) for f, c in meta["schedule"]]
     session._skip, session.emitted_frames = meta["skip"], meta["emitted_frames"]
+    session.played_prompt_frames = meta.get("played_prompt_frames", 0)
     session.lm_done, session.finished = meta["lm_done"], meta["finished"]
     session.degradations = list(meta["degradations"])
     return session

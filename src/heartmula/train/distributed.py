@@ -12,8 +12,10 @@ How the trainers use it:
   submodules, and DDP synchronises only what runs inside its wrapped module's forward);
 - rank 0 alone writes checkpoints, logs and reports; checkpoints hold the whole model and optimizer state keyed by
   parameter name, so a run resumes with any number of processes;
-- `shard_fully` is the FSDP plan (one unit per transformer layer) for models that do not fit one device, e.g. the
-  3B LM; it is checked on the meta device, and the trainers do not use it yet.
+- `shard_fully` is the FSDP plan (FSDP2 `fully_shard`, one unit per transformer layer) for models that do not fit
+  one device, e.g. the 3B LM: `data_parallel(..., fully_sharded=True)` (`heartmula train lm --fsdp`) shards the
+  parameters, gradients and optimizer state over the ranks instead of replicating them. `full_state` gathers the
+  whole model and optimizer state on rank 0's CPU, so its checkpoints are those of one process.
 """
 
 from __future__ import annotations
@@ -182,17 +184,48 @@ class LossModule(nn.Module):
         return self.loss_fn(self.model, *args, **kwargs)
 
 
-def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, find_unused_parameters: bool = False) -> nn.Module:
+def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, find_unused_parameters: bool = False,
+                  fully_sharded: bool = False) -> nn.Module:
     """A module whose forward is `loss_fn(model, ...)`: wrapped in DistributedDataParallel when several processes
     run, as is otherwise. `find_unused_parameters` for models with trainable parameters that a step may not use
-    (DDP then marks them ready itself)."""
+    (DDP then marks them ready itself). `fully_sharded`: FSDP (`shard_fully`) instead of DDP; `model`'s parameters
+    become shards (DTensors), so build the optimizer after this call, and every rank must then run every forward
+    of the returned module (also for validation) and every `full_state`."""
     step = LossModule(model, loss_fn)
     if not ranks.distributed:
         return step
+    device = next(model.parameters()).device
+    if fully_sharded:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        return shard_fully(step, mesh=init_device_mesh(device.type, (ranks.world,)))
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [ranks.local_rank] if next(model.parameters()).is_cuda else None
+    device_ids = [ranks.local_rank] if device.type == "cuda" else None
     return DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The whole (unsharded) state dict of a model sharded by `data_parallel(..., fully_sharded=True)` and its
+    optimizer's state per parameter name ({name: {slot: tensor}}), on the CPU of rank 0; the other ranks get empty
+    dicts. A collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+    return weights, optimizer_state.get("state", {})
+
+
+def full_value(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value (a collective, e.g. the gradient norm of a sharded model); other tensors as they are."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def transformer_layers(model: nn.Module) -> list[nn.Module]:
@@ -211,6 +244,6 @@ def shard_fully(model: nn.Module, mesh=None) -> nn.Module:
     return fully_shard(model, mesh=mesh)
 
 
-__all__ = ["COLLECTIVE_TIMEOUT", "LossModule", "Ranks", "barrier", "current_ranks", "data_parallel",
-           "gather", "gather_with_grad", "in_batch_order", "launched_by_torchrun", "main_rank_first",
+__all__ = ["COLLECTIVE_TIMEOUT", "LossModule", "Ranks", "barrier", "current_ranks", "data_parallel", "full_state",
+           "full_value", "gather", "gather_with_grad", "in_batch_order", "launched_by_torchrun", "main_rank_first",
            "mean_across_ranks", "session", "shard_fully", "sum_across_ranks", "transformer_layers"]

@@ -28,18 +28,21 @@ Running again with the same OUT resumes.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from heartmula.checkpoint import save_state_dict
 from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
@@ -47,7 +50,16 @@ from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
-from heartmula.train.distributed import Ranks, barrier, current_ranks, data_parallel, main_rank_first, mean_across_ranks
+from heartmula.train.distributed import (
+    Ranks,
+    barrier,
+    current_ranks,
+    data_parallel,
+    full_state,
+    full_value,
+    main_rank_first,
+    mean_across_ranks,
+)
 from heartmula.train.lyric_alignment import (
     AlignmentTargets,
     AttentionRecorder,
@@ -55,7 +67,7 @@ from heartmula.train.lyric_alignment import (
     line_attention_loss,
     line_token_spans,
 )
-from heartmula.train.state import load_training_state, save_training_state
+from heartmula.train.state import load_training_state, optimizer_tensors, write_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
 from heartmula.train.token_cache import CachedItem, load_cache
 
@@ -101,6 +113,9 @@ class LMTrainConfig:
     vocab_size: int = 4096
     seed: int = 0
     threads: int | None = None
+    # under torchrun: shard parameters, gradients and optimizer state over the processes (FSDP) instead of
+    # replicating them (DDP); the checkpoints are the same whole files either way
+    fsdp: bool = False
 
 
 @dataclass
@@ -326,9 +341,20 @@ class LMTrainReport:
     validation: list[dict] = field(default_factory=list)
 
 
-def _save_state(out: Path, model_dir: Path, model: HeartMuLa, optimizer, step: int, config: LMTrainConfig) -> None:
-    model.save_pretrained(model_dir)
-    save_training_state(out, model, optimizer, step, config)
+def _save_state(out: Path, model_dir: Path, model: HeartMuLa, optimizer, step: int, config: LMTrainConfig,
+                ranks: Ranks) -> None:
+    """Rank 0 writes the whole model and optimizer state. Under FSDP every rank calls this (the shards are gathered
+    first); otherwise only rank 0 does."""
+    if config.fsdp and ranks.distributed:
+        weights, optimizer_state = full_state(model, optimizer)
+        tensors = {f"{name}::{slot}": value for name, slots in optimizer_state.items()
+                   for slot, value in slots.items() if isinstance(value, torch.Tensor)}
+    else:
+        weights, tensors = model.state_dict(), optimizer_tensors(model, optimizer)
+    if ranks.is_main:
+        save_state_dict(weights, model_dir)
+        model.config.save(model_dir / CONFIG_FILE)
+        write_training_state(out, tensors, step, config)
 
 
 def _learning_rate(step: int, config: LMTrainConfig) -> float:
@@ -376,8 +402,10 @@ def _recorded_init(data_path: Path, init: LMFiles | None) -> str | None:
 
 @torch.no_grad()
 def validation_loss(model: HeartMuLa, builder: SampleBuilder, items: list[CachedItem], config: LMTrainConfig,
-                    batch_size: int) -> dict:
+                    batch_size: int, losses: Callable | None = None) -> dict:
     """Deterministic: each item from its start, its own tags, all frames through the decoder, no dropout.
+    `losses(samples, decoder_fraction)`: the step module of a sharded model (every rank computes the same
+    validation); `lm_losses` of `model` by default.
 
     val_loss has the reference slot empty (comparable with runs without references); when references are trained,
     val_ref_loss is the same loss over the items that have a CLAP embedding, with the song's own one in the slot."""
@@ -394,13 +422,23 @@ def validation_loss(model: HeartMuLa, builder: SampleBuilder, items: list[Cached
             chunk = items[i : i + batch_size]
             samples = [builder.build(item, item.tags, 0, None, config,
                                      reference=item.reference if use_reference else None) for item in chunk]
-            _, parts = lm_losses(model, samples, 1.0)
+            _, parts = (losses or functools.partial(lm_losses, model))(samples, 1.0)
             for key in totals:
                 totals[key] += parts[key] * len(chunk)
         part = {f"{prefix}_{k}": round(v / max(1, len(items)), 4) for k, v in totals.items()}
         result.update(part, **{f"{prefix}_loss": round(part[f"{prefix}_c0"] + part[f"{prefix}_dec"], 4)})
     model.train()
     return result
+
+
+def _log_step(log_path: Path, record: dict, bar) -> None:
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=record["loss"], c0=record["c0"], dec=record["dec"],
+                        **({"val": record["val_loss"]} if "val_loss" in record else {}),
+                        **({"val_ref": record["val_ref_loss"]} if "val_ref_loss" in record else {}))
 
 
 def _check_codec_of_run(out: Path, cache: Path, codec: dict) -> None:
@@ -502,17 +540,9 @@ def _optimizer_step(model: HeartMuLa, optimizer, loss: torch.Tensor, config: LMT
     """Returns the gradient norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
     optimizer.step()
     return float(grad_norm)
-
-
-def _show_progress(bar, record: dict) -> None:
-    if bar is not None:
-        bar.update(1)
-        bar.set_postfix(loss=record["loss"], c0=record["c0"], dec=record["dec"],
-                        **({"val": record["val_loss"]} if "val_loss" in record else {}),
-                        **({"val_ref": record["val_ref_loss"]} if "val_ref_loss" in record else {}))
 
 
 def _usable_items(builder: SampleBuilder, train_items: list, val_items: list, config: LMTrainConfig):
@@ -540,8 +570,8 @@ def _cache_items(cache: Path, out: Path, config: LMTrainConfig) -> tuple[dict, l
 
 
 def _validate_into(record: dict, report: LMTrainReport, model: HeartMuLa, builder: SampleBuilder, val_items: list,
-                   config: LMTrainConfig) -> None:
-    val = validation_loss(model, builder, val_items, config, config.batch_size)
+                   config: LMTrainConfig, losses=None) -> None:
+    val = validation_loss(model, builder, val_items, config, config.batch_size, losses)
     record.update(val)
     report.validation.append({"step": record["step"], **val})
 
@@ -586,6 +616,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     if ranks.is_main:
         _write_training_data(out, cache, index, config, init, train_items, val_items, skipped)
 
+    # FSDP turns the parameters into shards: the optimizer is built on them, after sharding
+    step_losses = data_parallel(model, lm_losses, ranks, fully_sharded=config.fsdp)
     optimizer = _optimizer(model, config)
     start_step = load_training_state(out, model, optimizer)
     report = LMTrainReport(config.steps, start_step, count_parameters(model), len(train_items), skipped)
@@ -594,7 +626,6 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     # Longer songs are drawn more often: every frame of the corpus is about equally likely to be seen.
     weights = [i.codes.shape[1] for i in train_items]
 
-    step_losses = data_parallel(model, lm_losses, ranks)
     bar = None
     if progress and ranks.is_main:
         from tqdm import tqdm
@@ -622,21 +653,19 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             report.first_loss = record["loss"]
         report.last_loss = record["loss"]
         last_step = step + 1 == config.steps
-        if not ranks.is_main:
-            continue
-        if val_items and (last_step or (step + 1) % config.eval_every == 0):
-            _validate_into(record, report, model, builder, val_items, config)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
-        _show_progress(bar, record)
-        if last_step or (step + 1) % config.save_every == 0:
+        every_rank = ranks.is_main or config.fsdp  # sharded: validation and saving are collectives
+        if every_rank and val_items and (last_step or (step + 1) % config.eval_every == 0):
+            _validate_into(record, report, model, builder, val_items, config, step_losses if config.fsdp else None)
+        if ranks.is_main:
+            _log_step(log_path, record, bar)
+        if every_rank and (last_step or (step + 1) % config.save_every == 0):
             model.eval()
-            _save_state(out, model_dir, model, optimizer, step + 1, config)
+            _save_state(out, model_dir, model, optimizer, step + 1, config, ranks)
             model.train()
     if bar is not None:
         bar.close()
-    if ranks.is_main and (start_step >= config.steps or not (model_dir / CONFIG_FILE).is_file()):
-        _save_state(out, model_dir, model, optimizer, max(start_step, config.steps), config)
+    if (ranks.is_main or config.fsdp) and start_step >= config.steps:  # nothing trained: still write the model
+        _save_state(out, model_dir, model, optimizer, start_step, config, ranks)
     model.eval()
     barrier()  # every rank returns once rank 0 has written the last checkpoint
     return report
