@@ -80,7 +80,8 @@ def summary(songs: list[dict]) -> dict:
 
 
 METHOD = ("embedded Whisper base (int8), language given, lyrics prompt {prompt}; Needleman-Wunsch over normalised "
-          "words (characters for zh/ja); unheard lines forced-aligned in gaps that hold them at the song's pace; "
+          "words (characters for zh/ja), lines under 45% heard unsung; unheard lines forced-aligned in gaps that "
+          "hold them at the song's pace; "
           "forced alignment of the known lines; line starts moved 0.2 s earlier, then to the strongest note onset "
           "up to 0.4 s before; mixes of val+test songs (settings chosen on val and train songs, test reported apart)")
 

@@ -43,13 +43,15 @@ from heartmula.transcribe.retime import (
 ALIGN_FORMATS = ("lrc", "srt", "json")
 _SECTION_HEADER = re.compile(r"^\s*\[[^\]\n]*\]\s*$")
 _APOSTROPHES = "'’ʼ‘`´"
+TRUSTED_SHARE = 0.3  # below this share of the lyrics heard, the lyrics are likely not this song's (or language's)
 GAP_SCORE = -0.4  # the alignment's cost of leaving a unit unpaired (a lyric unit not heard, a transcribed unit
 # not in the lyrics); below half of a mismatch (-1), so unlike units are left unpaired rather than paired
 
 
 @dataclass
 class AlignConfig:
-    min_confidence: float = 0.3  # lines with a smaller share of their units heard are flagged unsung (no times)
+    min_confidence: float = 0.45  # lines with a smaller share of their units heard are flagged unsung (no times):
+    # a line heard in part is likelier an echo of the prompt in another line's window than the line's own hearing
     low_confidence: float = 0.6  # lines below this share are flagged low
     word_similarity: float = 0.6  # words at least this similar (rapidfuzz ratio / 100) count as heard
     prompt: bool = True  # condition Whisper on the lyrics expected in each chunk (ctranslate2 backend)
@@ -109,7 +111,7 @@ class Alignment:
     def warnings(self) -> list[str]:
         out = [f"line {i + 1} not heard (flagged unsung, no times): {line.text}"
                for i, line in enumerate(self.lines) if line.status == "unsung"]
-        if self.confidence < 0.3:
+        if self.confidence < TRUSTED_SHARE:
             out.append(f"only {self.confidence:.0%} of the lyrics were heard: are they the lyrics of this song, "
                        f"in language {self.language!r}?")
         return out
@@ -381,7 +383,7 @@ def find_unheard_lines(placed: list[AlignedLine], backend, mono: np.ndarray, lan
     units = [sum(len(us) for _, us in line_words(line.text, characters, language)) for line in placed]
     pace = seconds_per_unit(placed, units)
     heard = np.mean([line.confidence for line in placed])
-    if config.gap_fill <= 0 or pace is None or heard < config.min_confidence:
+    if config.gap_fill <= 0 or pace is None or heard < TRUSTED_SHARE:
         return
     while any(fill_gap(placed, run, gap_start, gap_end, backend, mono, language, characters, units, pace, config)
               for run, gap_start, gap_end in unheard_runs(placed, len(mono) / SAMPLE_RATE)):
