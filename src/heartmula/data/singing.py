@@ -217,12 +217,7 @@ class Singer:
         aperiodicity = np.where((f0_out > 0)[:, None], self._voiced_aperiodicity[None, :], 1.0 - 1e-6)
         audio = pw.synthesize(np.ascontiguousarray(f0_out), np.ascontiguousarray(envelope_out),
                               np.ascontiguousarray(aperiodicity), fs, FRAME_MS).astype(np.float32)
-        fade = min(len(audio) // 4, int(0.01 * fs))
-        if fade > 0:
-            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-            audio[:fade] *= ramp
-            audio[-fade:] *= ramp[::-1]
-        return audio
+        return fade_edges(audio, fs)
 
     def _analyse(self, text: str, voice_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """WORLD parameters (voiced flags, spectral envelope, aperiodicity) of `text` spoken, cached per word:
@@ -269,13 +264,7 @@ class Singer:
         f0_out[~voiced[source]] = 0.0
         audio = self.world.synthesize(np.ascontiguousarray(f0_out), np.ascontiguousarray(envelope[source]),
                                       np.ascontiguousarray(aperiodicity[source]), fs, FRAME_MS)
-        audio = audio.astype(np.float32)
-        fade = min(len(audio) // 4, int(0.01 * fs))
-        if fade > 0:
-            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-            audio[:fade] *= ramp
-            audio[-fade:] *= ramp[::-1]
-        return audio
+        return fade_edges(audio.astype(np.float32), fs)
 
     def _pitch_curve(self, unit: SungUnit, n_frames: int) -> np.ndarray:
         notes = [note for group in unit.notes for note in group]
@@ -284,6 +273,16 @@ class Singer:
 
 PHRASE_LANGUAGES = ("zh",)  # sung line by line by a neural speaking voice instead of word by word by espeak-ng
 MAX_PHRASE_SYLLABLES = 40
+
+
+def fade_edges(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """`audio` with linear 10 ms fades (at most a quarter of it each) at both ends, in place, so it does not click."""
+    fade = min(len(audio) // 4, int(0.01 * sample_rate))
+    if fade > 0:
+        ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+        audio[:fade] *= ramp
+        audio[-fade:] *= ramp[::-1]
+    return audio
 
 
 def phrase_groups(units: list[SungUnit]) -> list[list[SungUnit]]:
