@@ -14,8 +14,9 @@ Extensions (all optional, absent from official files):
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from heartmula.checkpoint import check_field_types, read_config_file, split_config, write_json
 from heartmula.constants import FRAME_RATE
@@ -27,23 +28,31 @@ DECODER_TYPES = ("flow_matching", "direct")
 WAVEFORM_CODECS = ("sq", "istft")
 
 
-def config_section(cls, data: dict | None, what: str):
-    """A config.json section as its dataclass (None stays None); unknown fields are an error, not ignored."""
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise HeartMuLaError(f"the {what} section must be a JSON object, not {data!r}")
-    unknown = set(data) - set(cls.__dataclass_fields__)
-    if unknown:
-        raise HeartMuLaError(f"unknown {what} fields {sorted(unknown)}")
-    check_field_types(cls.__dataclass_fields__, data, what)
-    return cls(**data)
+class ConfigSection:
+    """Base of the dataclasses that are one section of config.json; `section_name` names it in errors."""
+
+    section_name: ClassVar[str] = "config"
+
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        """The section as its dataclass (None stays None); unknown fields are an error, not ignored."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise HeartMuLaError(f"the {cls.section_name} section must be a JSON object, not {data!r}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise HeartMuLaError(f"unknown {cls.section_name} fields {sorted(unknown)}")
+        check_field_types(known, data, cls.section_name)
+        return cls(**data)
 
 
 @dataclass
-class ConvNetConfig:
+class ConvNetConfig(ConfigSection):
     """A stack of residual 1-D conv blocks (used by the direct decoder and the code encoder)."""
 
+    section_name: ClassVar[str] = "conv-net config"
     hidden_dim: int = 512
     num_blocks: int = 6
     kernel_size: int = 3
@@ -52,10 +61,6 @@ class ConvNetConfig:
     # ahead, so streaming needs only ceil(lookahead / 2) code frames of right context.
     lookahead: int | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict | None) -> ConvNetConfig | None:
-        return config_section(cls, data, "conv-net config")
-
     def __post_init__(self):
         if self.lookahead is not None and not 0 <= self.lookahead < self.kernel_size:
             raise HeartMuLaError(f"conv-net lookahead must be 0 .. {self.kernel_size - 1} (kernel_size - 1), "
@@ -63,9 +68,10 @@ class ConvNetConfig:
 
 
 @dataclass
-class VoiceConfig:
+class VoiceConfig(ConfigSection):
     """Sizes of the spectral codec's singing-voice branch (codec/voice.py)."""
 
+    section_name: ClassVar[str] = "voice config"
     hidden_dim: int = 192
     num_blocks: int = 6  # residual conv blocks at the latent rate (25 Hz)
     frame_blocks: int = 2  # and after them at the STFT frame rate (100 Hz)
@@ -77,15 +83,12 @@ class VoiceConfig:
         if not (1 <= self.num_blocks <= 8 and 0 <= self.frame_blocks <= 8 and self.bands >= 2):
             raise HeartMuLaError("voice config: num_blocks 1-8, frame_blocks 0-8 and at least 2 bands")
 
-    @classmethod
-    def from_dict(cls, data: dict | None) -> VoiceConfig | None:
-        return config_section(cls, data, "voice config")
-
 
 @dataclass
-class SpectralConfig:
+class SpectralConfig(ConfigSection):
     """Sizes of the spectral waveform codec (codec/spectral.py)."""
 
+    section_name: ClassVar[str] = "spectral codec config"
     n_fft: int = 960
     hop_length: int = 240
     hidden_dim: int = 256
@@ -108,15 +111,12 @@ class SpectralConfig:
         if isinstance(self.voice, dict):
             self.voice = VoiceConfig.from_dict(self.voice)
 
-    @classmethod
-    def from_dict(cls, data: dict | None) -> SpectralConfig | None:
-        return config_section(cls, data, "spectral codec config")
-
 
 @dataclass
-class PhoneticConfig:
+class PhoneticConfig(ConfigSection):
     """Phonetic features the spectral encoder reads beside its own analysis (codec/phonetic.py)."""
 
+    section_name: ClassVar[str] = "phonetic config"
     # The speech encoder: an embedded Whisper model name of heartmula.transcribe ("base"), or a transformers
     # Whisper folder. Its last encoder layer (50 frames/s) is averaged to the latent rate (25 frames/s).
     model: str = "base"
@@ -125,10 +125,6 @@ class PhoneticConfig:
     def __post_init__(self):
         if self.feature_dim < 1:
             raise HeartMuLaError("phonetic feature_dim must be at least 1")
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> PhoneticConfig | None:
-        return config_section(cls, data, "phonetic config")
 
 
 @dataclass
