@@ -1,4 +1,5 @@
-"""Atomic file output: a crash or Ctrl-C never leaves a half-written result under the final name."""
+"""File helpers: atomic output (a crash or Ctrl-C never leaves a half-written result under the final name) and
+reading a codes file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from heartmula.errors import HeartMuLaError
 
 
 @contextlib.contextmanager
@@ -28,3 +31,15 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def load_codes(path: Path):
+    """The integer array of a .npy codes file (never unpickled), or a HeartMuLaError naming the file."""
+    import numpy as np
+
+    if not path.is_file():
+        raise HeartMuLaError(f"codes file {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise HeartMuLaError(f"{path} is not a numpy array of codes ({exc})") from None

@@ -27,6 +27,7 @@ import torch
 
 from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
+from heartmula.files import load_codes
 from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration, min_frames_for
 from heartmula.song_models import load_lm, resolve_codec, resolve_lm
 
@@ -187,13 +188,7 @@ class HeartMuLaPipeline:
             from heartmula.audio import load_audio
 
             return self._encode(*load_audio(path))
-        if not path.is_file():
-            raise HeartMuLaError(f"codes file {path} does not exist")
-        try:
-            codes = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise HeartMuLaError(f"{path} is not a numpy array of codes ({exc})") from None
-        return check_prompt_codes(codes, self.generator, str(path))
+        return check_prompt_codes(load_codes(path), self.generator, str(path))
 
     def _encode(self, audio, rate: int) -> np.ndarray:
         if self.codec_path is None:

@@ -79,25 +79,12 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_codes(path: Path):
-    import numpy as np
-
-    from heartmula.errors import HeartMuLaError
-
-    if not path.is_file():
-        raise HeartMuLaError(f"codes file {path} does not exist")
-    try:
-        codes = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise HeartMuLaError(f"{path} is not a .npy array of codes ({exc})") from None
-    return codes
-
-
 def run_decode(args: argparse.Namespace) -> int:
     import time
 
     from heartmula.audio import load_audio, save_audio
     from heartmula.codec.decoding import DecodeOptions
+    from heartmula.files import load_codes
 
     codes = load_codes(args.codes)
     codec = _load(args)
