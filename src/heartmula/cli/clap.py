@@ -20,6 +20,14 @@ def _add_index(p, required: bool = True) -> None:
                    "collection: qdrant://HOST:PORT/COLLECTION or qdrant-local:FOLDER (needs the 'scale' extra)")
 
 
+def _add_query_options(p) -> None:
+    """The options `search` and `similar` share: the index, the model and how to list the hits."""
+    _add_index(p)
+    _add_model(p)
+    p.add_argument("-k", "--top", type=int, default=10, help="number of results")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+
+
 def _load(args):
     import torch
 
@@ -191,10 +199,7 @@ def register_search(verbs) -> None:
                          "e.g. \"slow sad piano\" or \"慢速悲伤的钢琴\".",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("query", help="description of the music")
-    _add_index(p)
-    _add_model(p)
-    p.add_argument("-k", "--top", type=int, default=10, help="number of results")
-    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    _add_query_options(p)
     p.set_defaults(handler=run_search)
 
 
@@ -213,10 +218,7 @@ def register_similar(verbs) -> None:
                          "rank the other tracks of the index by similarity.",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("song", type=Path, help="audio file")
-    _add_index(p)
-    _add_model(p)
-    p.add_argument("-k", "--top", type=int, default=10, help="number of results")
-    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    _add_query_options(p)
     p.set_defaults(handler=run_similar)
 
 
