@@ -32,6 +32,7 @@ from heartmula.nn.layers import NATIVE_ROWS
 BLOCK = 64  # columns per packed block; a group is a multiple of it
 GROUP_SIZE = 128  # columns per scale, where the width allows
 ROWS_PER_CHUNK = 2048  # rows quantised at once (a float32 chunk of a 3072-wide matrix: 25 MB)
+DEQUANTIZED_ROWS = 1024  # rows dequantised at once for a product of many rows (a prefill)
 FORMATS = ("int8", "int4")
 _EMPTY = torch.empty(0)
 
@@ -116,9 +117,9 @@ def dequantize(data: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) 
         blocks = data.reshape(rows, -1, BLOCK // 2)
         values = torch.stack([blocks & 15, blocks >> 4], dim=2).reshape(rows, -1).float()
     columns = values.shape[1]
-    grouped = values.reshape(rows, groups, columns // groups) * scales.float()[..., None]
+    grouped = values.reshape(rows, groups, columns // groups).mul_(scales.float()[..., None])  # values: a new tensor
     if offsets.numel():
-        grouped = grouped + offsets.float()[..., None]
+        grouped.add_(offsets.float()[..., None])
     return grouped.reshape(rows, columns)
 
 
@@ -182,8 +183,20 @@ class QuantizedLinear(nn.Module):
             if kernels is not None:
                 out = kernels.few_rows_quantized_linear(flat.float().contiguous(), *self.native_tensors())
         if out is None:
-            out = F.linear(flat.float(), self.dequantized().to(flat.device))
+            out = self._product_by_row_blocks(flat.float())
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _product_by_row_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T with the weight dequantised a block of output rows at a time: the float weights of a
+        prefill's products never exist whole (a 3B layer's gate|up would take 200 MB, and three times that in
+        intermediates)."""
+        if self.out_features <= DEQUANTIZED_ROWS:
+            return F.linear(x, self.dequantized().to(x.device))
+        out = torch.empty(x.shape[0], self.out_features, device=x.device)
+        for start in range(0, self.out_features, DEQUANTIZED_ROWS):
+            block = self.row_block(start, min(start + DEQUANTIZED_ROWS, self.out_features))
+            out[:, start : start + block.out_features] = F.linear(x, block.dequantized().to(x.device))
+        return out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}"
