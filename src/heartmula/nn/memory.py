@@ -87,6 +87,7 @@ def pack_in_huge_pages(holders: list[tuple[object, str]]) -> int:
                 block_storage, (base + start) // tensor.element_size() + tensor.storage_offset(), tensor.shape,
                 tensor.stride())
             setattr(obj, name, moved)
+    release_free_memory()  # the small tensors moved leave holes in the heap
     return total
 
 

@@ -102,9 +102,15 @@ def quantize(source: RowSource | torch.Tensor, bits: int, group: int | None = No
     if group is None or group % BLOCK or source.columns % group:
         raise HeartMuLaError(f"a {source.columns}-column matrix cannot be quantised in groups of {group}: the width "
                              f"must be a multiple of the group, and the group of {BLOCK}")
-    parts = [_quantize_chunk(source.read(start, min(start + ROWS_PER_CHUNK, source.rows)), bits, group)
-             for start in range(0, source.rows, ROWS_PER_CHUNK)]
-    data, scales, offsets = (torch.cat(column) if column[0].numel() else _EMPTY for column in zip(*parts))
+    groups = source.columns // group
+    data = torch.empty(source.rows, source.columns * bits // 8, dtype=torch.int8 if bits == 8 else torch.uint8)
+    scales = torch.empty(source.rows, groups, dtype=torch.float16)
+    offsets = torch.empty(source.rows, groups, dtype=torch.float16) if bits == 4 else _EMPTY
+    for start in range(0, source.rows, ROWS_PER_CHUNK):  # each chunk into its place: no second copy to join
+        stop = min(start + ROWS_PER_CHUNK, source.rows)
+        for whole, part in zip((data, scales, offsets), _quantize_chunk(source.read(start, stop), bits, group)):
+            if part.numel():
+                whole[start:stop] = part
     return data, scales, offsets
 
 
