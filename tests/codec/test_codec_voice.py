@@ -196,6 +196,34 @@ def test_voice_training_of_the_codes_moves_them_and_reduces_the_voice_loss(tmp_p
                     progress=False)
 
 
+def test_frozen_codes_train_the_decoding_path_and_keep_every_code(tmp_path):
+    """--train-codes --freeze-codes: the voice loss falls and the decoder changes, but every song encodes to the
+    source's codes (an LM trained on them stays valid)."""
+    from heartmula.audio import load_audio
+
+    manifest = _sung_corpus(tmp_path)
+    source = write_random_codec(tmp_path / "codec", preset="tiny-harmonic", seed=2)
+    source = codec_with_voice(HeartCodec.from_pretrained(source), TINY_VOICE, seed=0)
+    source.save_pretrained(tmp_path / "with-voice")
+    config = VoiceTrainConfig(steps=60, batch_size=4, segment_frames=16, learning_rate=3e-3, threads=1,
+                              eval_every=30, train_codes=True, freeze_codes=True, voice_weight=3.0)
+    train_voice(manifest, tmp_path / "with-voice", tmp_path / "frozen", config, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "frozen" / "train_log.jsonl").read_text().splitlines()]
+    voice_loss = [r["harmonic"] + r["noise"] + r["f0"] + r["voicing"] for r in log]
+    assert np.mean(voice_loss[-10:]) < np.mean(voice_loss[:10])
+    assert "codes_used" not in log[-1]  # the codebooks' moving averages never ran
+    after = HeartCodec.from_pretrained(tmp_path / "frozen")
+    for name in ("song0", "song2"):
+        song, rate = load_audio(tmp_path / f"{name}.wav")
+        np.testing.assert_array_equal(after.encode(song, rate), source.encode(song, rate))
+    changed = [n for n, p in after.state_dict().items() if not torch.equal(p, source.state_dict()[n])]
+    assert changed and all(not n.startswith(("scalar_model.encoder.", "code_encoder.", "flow_matching.vq_embed."))
+                           for n in changed)
+    with pytest.raises(HeartMuLaError, match="--freeze-codes"):
+        train_voice(manifest, tmp_path / "with-voice", tmp_path / "other",
+                    VoiceTrainConfig(freeze_codes=True), progress=False)
+
+
 def test_voiced_envelope_loss_scores_only_voiced_frames():
     from heartmula.train.codec_voice import VoiceTrainConfig, voice_losses, weighted_voice_loss
 

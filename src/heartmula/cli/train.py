@@ -189,6 +189,10 @@ def register_voice(actions) -> None:
                    help="train the whole code path (encoder, codebooks, decoder) with the branch, from the mix, "
                    "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
                    "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
+    p.add_argument("--freeze-codes", action="store_true",
+                   help="--train-codes: keep the encoder and codebooks, train only the decoding path (the voice "
+                   "branch with the rest of the decoder), so every song keeps its codes and an LM trained on them "
+                   "stays valid")
     p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
     p.add_argument("--voiced-envelope-weight", type=float, default=0.0, help="adds this times the harmonic "
                    "envelope's L1 on voiced frames alone to the voice loss (the envelope is what keeps the words; "
@@ -226,6 +230,7 @@ def run_voice(args: argparse.Namespace) -> int:
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
+                              freeze_codes=args.freeze_codes,
                               voice_weight=args.voice_weight, voiced_envelope_weight=args.voiced_envelope_weight,
                               phonetic=args.phonetic,
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,

@@ -82,6 +82,9 @@ class VoiceTrainConfig:
     seed: int = 0
     voice: VoiceConfig | None = None  # None: the branch sizes of VoiceConfig()
     train_codes: bool = False  # train encoder, codebooks and decoder with the branch (codes change)
+    # train_codes: keep the encoder and the codebooks as they are and train only the decoding path (the codes of
+    # every song stay the same, so an LM trained on them stays valid)
+    freeze_codes: bool = False
     voice_weight: float = 1.0  # train_codes: the voice loss against the codec's music losses
     voiced_envelope_weight: float = 0.0  # the harmonic envelope's L1 on voiced frames only, added to the voice loss
     phonetic: bool = False  # train_codes: the encoder reads phonetic features (Whisper), codebook 0 is distilled
@@ -326,6 +329,16 @@ def _source_codec(codec_dir, config: VoiceTrainConfig) -> HeartCodec:
     return codec_with_phonetic(codec, PhoneticConfig(model=config.phonetic_model, feature_dim=width))
 
 
+def freeze_code_path(codec: HeartCodec) -> None:
+    """Stop training what decides the codes (the encoder with its phonetic input, the code encoder, the codebooks
+    and the phonetic head); the decoding path from the codes to audio stays trainable."""
+    frozen = [codec.scalar_model.encoder, codec.code_encoder, codec.flow_matching.vq_embed]
+    if codec.config.phonetic is not None:
+        frozen.append(codec.phonetic_head)
+    for module in frozen:
+        module.requires_grad_(False)
+
+
 def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, phonetic=None):
     """(voice parameters, music loss or None, codes, residuals) for a batch: from cached latents, or with
     `train_codes` from the mix through the code path (`phonetic`: the mix's phonetic features [B, D, L]). With
@@ -340,7 +353,7 @@ def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, 
         music, parts, codes, residuals, predicted = training_losses(codec, inputs, losses, phonetic)
     finally:
         decoder.render_voice = True
-    if phonetic is not None:
+    if phonetic is not None and not config.freeze_codes:
         distill = codebook0_distillation(codec, codes, residuals, phonetic)
         music = music + config.distill_weight * distill
         parts["distill"] = float(distill.detach())
@@ -377,7 +390,8 @@ def _train_step(codec: HeartCodec, trained: torch.nn.Module, optimizer, params, 
     if music is not None:
         record.update({k: round(music[1][k], 4) for k in ("token_mel", "mel", "latent_mse", "distill")
                        if k in music[1]})
-        record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
+        if not config.freeze_codes:
+            record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
     record["seconds"] = round(time.perf_counter() - began, 3)
     return record
 
@@ -408,10 +422,12 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         raise HeartMuLaError(f"{manifest} has no train items")
     if config.phonetic and not config.train_codes:
         raise HeartMuLaError("phonetic features train the codes: use --phonetic with --train-codes")
+    if config.freeze_codes and not config.train_codes:
+        raise HeartMuLaError("--freeze-codes keeps the codes of --train-codes: use them together")
     state = out / "train_state.json"
     if state.is_file():
         earlier = json.loads(state.read_text())["config"]
-        for option in ("train_codes", "phonetic"):
+        for option in ("train_codes", "phonetic", "freeze_codes"):
             if earlier.get(option, False) != getattr(config, option):
                 raise HeartMuLaError(f"{out} holds a run {'without' if getattr(config, option) else 'with'} "
                                      f"--{option.replace('_', '-')}: resume it the same way, or choose another --out")
@@ -425,6 +441,8 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         raise HeartMuLaError("--train-codes needs a codec with a direct decoder and a code encoder")
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
     trained: torch.nn.Module = codec if config.train_codes else voice
+    if config.freeze_codes:
+        freeze_code_path(codec)
     bands = voice.config.bands
     features = out / (PHONETIC_FEATURES if config.phonetic else AUDIO_FEATURES if config.train_codes else FEATURES)
     phonetic_model = codec.config.phonetic.model if config.phonetic else None
@@ -444,7 +462,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
     start = load_training_state(out, trained, optimizer)
-    if config.train_codes and start == 0:
+    if config.train_codes and not config.freeze_codes and start == 0:
         codec.flow_matching.vq_embed.resync_ema()
     rng = np.random.default_rng(config.seed + start)
     generator = torch.Generator().manual_seed(config.seed + start)
