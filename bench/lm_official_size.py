@@ -51,7 +51,7 @@ from heartmula.lm.config import GenerationConfig, HeartMuLaConfig  # noqa: E402
 from heartmula.lm.generation import FRAME_RATE, HeartMuLaGenerator, SamplingParams, SongRequest  # noqa: E402
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa  # noqa: E402
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, load_generator  # noqa: E402
-from heartmula.lm.quantized import install, quantizing  # noqa: E402
+from heartmula.lm.quantized import install, is_quantized_folder, quantizing  # noqa: E402
 from heartmula.nn import native  # noqa: E402
 from heartmula.text import TextTokenizer, byte_level_tokenizer  # noqa: E402
 
@@ -214,7 +214,7 @@ def memory_rows(args, folder: Path) -> list[dict]:
     source = args.quantize_to or args.from_root
     if source is None:
         label, build = f"build {args.quant} from random rows", lambda: official_size_quantized(args.quant, folder)
-    elif args.quantize_to:
+    elif is_quantized_folder(source):
         label, build = f"load the {args.quant} folder", lambda: load_generator(source)
     else:
         label, build = f"load the bfloat16 checkpoint as {args.quant}", lambda: load_generator(source, quant=args.quant)
