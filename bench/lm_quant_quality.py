@@ -18,7 +18,9 @@ not fit beside the rest), over --official-size-frames frames of one prompt, with
     python bench/lm_quant_quality.py --lms 3b --scratch /tmp          # adds the 3B geometry to that file
     python bench/lm_quant_quality.py --lms 3b --official-size-root /tmp/3b   # on a written 3B checkpoint
 
-An LM measured replaces its entry in --out; the others' entries stay.
+An LM measured replaces its entry in --out; the others' entries stay. --formats limits the formats measured;
+--official-size-quantized DIR loads a folder `heartmula model quantize` wrote from the 3B checkpoint as it is, in
+place of quantising while loading (the same weights).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import gc
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from lm_official_size import write_official_size_root
 from heartmula.eval.report import select_prompts
 from heartmula.lm.generation import SongRequest
 from heartmula.lm.pretrained import load_generator, write_random_root
+from heartmula.lm.quantized import QUANT_FILE
 from heartmula.nn.memory import release_free_memory
 from heartmula.song_models import resolve_lm
 
@@ -56,12 +60,15 @@ def release_memory() -> None:
     release_free_memory()
 
 
-def measure(path, songs: list[SongRequest], frames: int, dtype: str = "float32", noise_floor: bool = True) -> dict:
-    """Every format against `dtype` weights of the checkpoint at `path`, over the songs (one model in memory at a
-    time)."""
+def measure(path, songs: list[SongRequest], frames: int, dtype: str = "float32", noise_floor: bool = True,
+            formats: dict[str, Path | None] | None = None) -> dict:
+    """Each format against `dtype` weights of the checkpoint at `path`, over the songs (one model in memory at a
+    time). `formats` maps a format to a quantised folder of that checkpoint to load, or None to quantise while
+    loading (the default: every format, quantised while loading)."""
+    formats = formats or dict.fromkeys(FORMATS)
     generator = load_generator(path, dtype=dtype)
     control = f"{dtype} (F.linear)"
-    forced, rows = [], {**({control: []} if noise_floor else {}), **{name: [] for name in FORMATS}}
+    forced, rows = [], {**({control: []} if noise_floor else {}), **{name: [] for name in formats}}
     for song in songs:
         codes = generate_codes(generator, song, frames)
         reference = forced_log_probs(generator, song, codes).float()
@@ -70,8 +77,8 @@ def measure(path, songs: list[SongRequest], frames: int, dtype: str = "float32",
         forced.append((song, codes, reference))
     del generator
     release_memory()
-    for name in FORMATS:
-        generator = load_generator(path, quant=name)
+    for name, folder in formats.items():
+        generator = load_generator(folder) if folder else load_generator(path, quant=name)
         for song, codes, reference in forced:
             rows[name].append(compare(reference, forced_log_probs(generator, song, codes), codes))
         del generator
@@ -81,18 +88,19 @@ def measure(path, songs: list[SongRequest], frames: int, dtype: str = "float32",
     return {"reference": dtype, "songs": len(songs), "frames_per_song": frames, "against_reference": against,
             "meets_targets": {name: against[name]["kl"] <= TARGETS["kl_max"]
                               and against[name]["top50_overlap"] >= TARGETS["top50_overlap_min"]
-                              for name in FORMATS}}
+                              for name in formats}}
 
 
-def official_size(songs: list[SongRequest], frames: int, scratch: Path, root: Path | None) -> dict:
+def official_size(songs: list[SongRequest], frames: int, scratch: Path, root: Path | None,
+                  formats: dict[str, Path | None]) -> dict:
     """The 3B geometry with random weights: the bfloat16 checkpoint at `root`, or one written to `scratch` and
     removed afterwards."""
     if root is not None:
-        return measure(root, songs, frames, "bfloat16", noise_floor=False)
+        return measure(root, songs, frames, "bfloat16", noise_floor=False, formats=formats)
     root = Path(tempfile.mkdtemp(prefix="heartmula-3b-", dir=scratch))
     try:
         write_official_size_root(root)
-        return measure(root, songs, frames, "bfloat16", noise_floor=False)
+        return measure(root, songs, frames, "bfloat16", noise_floor=False, formats=formats)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -102,12 +110,15 @@ NAMES = {"default": "default", "bench-36m": "bench-36m (random weights)", "3b": 
 
 def measure_lm(lm: str, songs: list[SongRequest], args) -> dict:
     if lm == "default":
-        return measure(resolve_lm(None, "3B"), songs, args.frames)
+        return measure(resolve_lm(None, "3B"), songs, args.frames, formats=dict.fromkeys(args.formats))
     if lm == "bench-36m":
         with tempfile.TemporaryDirectory() as tmp:
             write_random_root(Path(tmp) / "bench-36m", "bench-36m")
-            return measure(Path(tmp) / "bench-36m", songs[:3], args.frames)
-    return official_size(songs[:1], args.official_size_frames, args.scratch, args.official_size_root)
+            return measure(Path(tmp) / "bench-36m", songs[:3], args.frames, formats=dict.fromkeys(args.formats))
+    formats = {name: None for name in args.formats}
+    for folder in args.official_size_quantized:
+        formats[json.loads((folder / QUANT_FILE).read_text())["format"]] = folder
+    return official_size(songs[:1], args.official_size_frames, args.scratch, args.official_size_root, formats)
 
 
 def main() -> None:
@@ -121,6 +132,9 @@ def main() -> None:
                         help="where the 3B checkpoint is written (8 GB) and removed")
     parser.add_argument("--official-size-root", type=Path,
                         help="a 3B checkpoint written by `bench/lm_official_size.py --write-random-root` to use")
+    parser.add_argument("--official-size-quantized", type=Path, nargs="+", default=[],
+                        help="quantised folders of that checkpoint (`heartmula model quantize`) to load as they are")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lm_quant_quality.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,9 +144,7 @@ def main() -> None:
     result = {"machine": machine(), "threads": args.threads, "torch": torch.__version__, "targets": TARGETS,
               "prompts": [p.id for p in prompts], "lms": kept}
     for lm in args.lms:
-        result["lms"][NAMES[lm]] = {"command": f"python bench/lm_quant_quality.py --lms {lm}"
-                                    + (f" --official-size-frames {args.official_size_frames}" if lm == "3b" else "")
-                                    + (f" --frames {args.frames}" if lm != "3b" else ""),
+        result["lms"][NAMES[lm]] = {"command": " ".join(["python bench/lm_quant_quality.py", *sys.argv[1:]]),
                                     **measure_lm(lm, songs, args)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every LM: a long run keeps its results
