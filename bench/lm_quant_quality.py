@@ -20,7 +20,8 @@ not fit beside the rest), over --official-size-frames frames of one prompt, with
 
 An LM measured replaces its entry in --out; the others' entries stay. --formats limits the formats measured;
 --official-size-quantized DIR loads a folder `heartmula model quantize` wrote from the 3B checkpoint as it is, in
-place of quantising while loading (the same weights).
+place of quantising while loading (the same weights), and adds `products_against_dequantized` to the 3B entry: the
+native products at the 3B shapes against `F.linear` with the dequantised weights (`--lms` with no LM: that alone).
 """
 
 from __future__ import annotations
@@ -34,15 +35,19 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from _machine import machine
 from lm_int8 import compare, forced_log_probs, generate_codes
 from lm_official_size import write_official_size_root
+from safetensors.torch import load_file
 
 from heartmula.eval.report import select_prompts
 from heartmula.lm.generation import SongRequest
 from heartmula.lm.pretrained import load_generator, write_random_root
-from heartmula.lm.quantized import QUANT_FILE
+from heartmula.lm.quantized import QUANT_FILE, WEIGHTS_FILE
+from heartmula.nn import native
 from heartmula.nn.memory import release_free_memory
+from heartmula.nn.quantized import QuantizedLinear
 from heartmula.song_models import resolve_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +110,29 @@ def official_size(songs: list[SongRequest], frames: int, scratch: Path, root: Pa
         shutil.rmtree(root, ignore_errors=True)
 
 
+CHECKED = ("backbone.layers.0.attn.q_proj.weight", "backbone.layers.0.mlp.w1.weight", "backbone.layers.0.mlp.w2.weight",
+           "decoder.layers.0.attn.k_proj.weight", "projection.weight", "codebook0_head.weight", "audio_head")
+
+
+def products_against_dequantized(folder: Path, rows: int = 2) -> dict:
+    """Per matrix of a quantised folder, the relative error (norm of the difference over the reference's) of the
+    native few-row product against `F.linear` with the dequantised weight: the products alone, without the
+    quantisation's own error."""
+    kernels = native.kernels()
+    if kernels is None:
+        return {"skipped": "no native kernels on this machine"}
+    generator, errors = torch.Generator().manual_seed(0), {}
+    stored = load_file(folder / WEIGHTS_FILE)
+    for name in CHECKED:
+        offsets = stored.get(name + ".qoffsets", torch.empty(0))
+        layer = QuantizedLinear(stored[name + ".qdata"], stored[name + ".qscales"], offsets)
+        x = torch.randn(rows, layer.in_features, generator=generator)
+        reference = F.linear(x, layer.dequantized())
+        got = kernels.few_rows_quantized_linear(x, *layer.native_tensors())
+        errors[name] = float(f"{((got - reference).norm() / reference.norm()).item():.3g}")
+    return errors
+
+
 NAMES = {"default": "default", "bench-36m": "bench-36m (random weights)", "3b": "3B geometry (random weights)"}
 
 
@@ -123,7 +151,7 @@ def measure_lm(lm: str, songs: list[SongRequest], args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lms", nargs="+", choices=list(NAMES), default=["default", "bench-36m"],
+    parser.add_argument("--lms", nargs="*", choices=list(NAMES), default=["default", "bench-36m"],
                         help="which LMs to measure (3b: the 3B geometry with random weights)")
     parser.add_argument("--frames", type=int, default=100, help="frames per prompt (12.5 per second)")
     parser.add_argument("--threads", type=int, default=2)
@@ -143,11 +171,19 @@ def main() -> None:
     kept = json.loads(args.out.read_text())["lms"] if args.out.is_file() else {}  # LMs not measured this time
     result = {"machine": machine(), "threads": args.threads, "torch": torch.__version__, "targets": TARGETS,
               "prompts": [p.id for p in prompts], "lms": kept}
-    for lm in args.lms:
-        result["lms"][NAMES[lm]] = {"command": " ".join(["python bench/lm_quant_quality.py", *sys.argv[1:]]),
-                                    **measure_lm(lm, songs, args)}
+
+    def save() -> None:  # after every LM: a long run keeps its results
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")  # after every LM: a long run keeps its results
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    for folder in args.official_size_quantized:  # cheap: the kernels at the 3B shapes, apart from the quantisation
+        result["lms"].setdefault(NAMES["3b"], {})["products_against_dequantized"] = products_against_dequantized(folder)
+        save()
+    for lm in args.lms:
+        result["lms"][NAMES[lm]] = {**result["lms"].get(NAMES[lm], {}),
+                                    "command": " ".join(["python bench/lm_quant_quality.py", *sys.argv[1:]]),
+                                    **measure_lm(lm, songs, args)}
+        save()
     print(json.dumps(result, indent=2))
 
 
