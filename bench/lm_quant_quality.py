@@ -21,7 +21,8 @@ not fit beside the rest), over --official-size-frames frames of one prompt, with
 An LM measured replaces its entry in --out; the others' entries stay. --formats limits the formats measured;
 --official-size-quantized DIR loads a folder `heartmula model quantize` wrote from the 3B checkpoint as it is, in
 place of quantising while loading (the same weights), and adds `products_against_dequantized` to the 3B entry: the
-native products at the 3B shapes against `F.linear` with the dequantised weights (`--lms` with no LM: that alone).
+native products at the 3B shapes against `F.linear` with the dequantised weights, and with --official-size-root
+`stored_against_checkpoint`: the dequantised weights against the checkpoint's (`--lms` with no LM: those alone).
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from lm_int8 import compare, forced_log_probs, generate_codes
 from lm_official_size import write_official_size_root
 from safetensors.torch import load_file
 
+from heartmula.checkpoint import open_safetensors, safetensors_files
 from heartmula.eval.report import select_prompts
 from heartmula.lm.generation import SongRequest
-from heartmula.lm.pretrained import load_generator, write_random_root
+from heartmula.lm.pretrained import load_generator, locate_lm, write_random_root
 from heartmula.lm.quantized import QUANT_FILE, WEIGHTS_FILE
 from heartmula.nn import native
 from heartmula.nn.memory import release_free_memory
-from heartmula.nn.quantized import QuantizedLinear
+from heartmula.nn.quantized import QuantizedLinear, dequantize
 from heartmula.song_models import resolve_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +135,20 @@ def products_against_dequantized(folder: Path, rows: int = 2) -> dict:
     return errors
 
 
+def stored_against_checkpoint(folder: Path, root: Path, rows: int = 2048) -> dict:
+    """Per matrix, the relative error (norm) of the quantised folder's dequantised weights against the float
+    checkpoint's, over its first `rows` rows (codebook 1's head for `audio_head`)."""
+    stored, files, errors = load_file(folder / WEIGHTS_FILE), safetensors_files(locate_lm(root).model_dir), {}
+    for name in (*CHECKED, "text_embeddings.weight", "audio_embeddings.weight"):
+        with open_safetensors(files[name]) as handle:
+            weight = handle.get_slice(name)[0].t() if name == "audio_head" else handle.get_slice(name)[:rows]
+        offsets = stored.get(name + ".qoffsets", torch.empty(0))
+        count = weight.shape[0]
+        restored = dequantize(stored[name + ".qdata"][:count], stored[name + ".qscales"][:count], offsets[:count])
+        errors[name] = float(f"{((restored - weight.float()).norm() / weight.float().norm()).item():.3g}")
+    return errors
+
+
 NAMES = {"default": "default", "bench-36m": "bench-36m (random weights)", "3b": "3B geometry (random weights)"}
 
 
@@ -177,7 +193,10 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     for folder in args.official_size_quantized:  # cheap: the kernels at the 3B shapes, apart from the quantisation
-        result["lms"].setdefault(NAMES["3b"], {})["products_against_dequantized"] = products_against_dequantized(folder)
+        entry = result["lms"].setdefault(NAMES["3b"], {})
+        entry["products_against_dequantized"] = products_against_dequantized(folder)
+        if args.official_size_root:
+            entry["stored_against_checkpoint"] = stored_against_checkpoint(folder, args.official_size_root)
         save()
     for lm in args.lms:
         result["lms"][NAMES[lm]] = {**result["lms"].get(NAMES[lm], {}),
