@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heartmula.transcribe.align import AlignConfig, AlignedLine, AlignedWord, retime_lines
+from heartmula.transcribe.align import (
+    AlignConfig,
+    AlignedLine,
+    AlignedWord,
+    find_unheard_lines,
+    retime_lines,
+    unheard_runs,
+)
 from heartmula.transcribe.backends import SAMPLE_RATE
 from heartmula.transcribe.retime import (
     LINE_BREAK,
@@ -78,19 +85,77 @@ def test_forced_times_are_placed_in_song_time_per_line():
     assert times == [[(11.0, 11.4), (11.5, 11.9)], [(12.5, 12.9)]]
 
 
-def test_retimed_lines_keep_unsung_lines_untimed_and_run_forward():
-    def line(text, start):
-        words = [AlignedWord(w, None if start is None else start + k, None if start is None else start + k + 0.5,
-                             start is not None) for k, w in enumerate(text.split())]
-        status = "unsung" if start is None else "sung"
-        return AlignedLine(text, "", start, None if start is None else start + len(words), 1.0, status, words)
+def line(text, start, confidence=1.0):
+    """A placed line, one word a second from `start`; untimed (unsung) when start is None."""
+    words = [AlignedWord(w, None if start is None else start + k, None if start is None else start + k + 0.5,
+                         start is not None) for k, w in enumerate(text.split())]
+    status = "unsung" if start is None else "sung"
+    return AlignedLine(text, "", start, None if start is None else start + len(words), confidence, status, words)
 
+
+def test_retimed_lines_keep_unsung_lines_untimed_and_run_forward():
     placed = [line("one two", 2.0), line("not heard", None), line("three four", 8.0)]
     backend = RecordingBackend()
     mono = notes([], seconds=20.0)
-    retime_lines(placed, backend, mono, "en", False, AlignConfig(onset_radius=0.0))
+    retime_lines(placed, backend, mono, "en", False, AlignConfig(onset_radius=0.0, onset_shift=0.0))
     assert placed[1].start is None and all(w.start is None for w in placed[1].words)
     assert len(backend.calls) == 1  # both timed lines fit one window
     timed = [w for p in (placed[0], placed[2]) for w in p.words]
     assert all(a.start <= b.start for a, b in zip(timed, timed[1:]))
     assert placed[0].start == 2.0  # no context: the window opens at the first pass's line start
+
+
+def test_runs_of_unheard_lines_know_the_gap_between_their_timed_neighbours():
+    placed = [line("a b", None), line("c d", 2.0), line("e", None), line("f g", None), line("h", 9.0),
+              line("i", None)]
+    assert unheard_runs(placed, duration=20.0) == [([0], 0.0, 2.0), ([2, 3], 4.0, 9.0), ([5], 10.0, 20.0)]
+
+
+def paced_song(gap_words: int) -> list[AlignedLine]:
+    """Four heard lines of two words, one every 4 s (2 s a word), then a run of unheard lines, then a heard line at
+    20 s: the run's gap is 8..20 s."""
+    placed = [line("a b", 0.0), line("c d", 4.0), line("e f", 8.0)]
+    placed[-1].end = 8.0  # its words end where the gap begins
+    placed += [line("x " * gap_words, None, confidence=0.0), line("y z", None, confidence=0.0),
+               line("g h", 20.0)]
+    return placed
+
+
+def test_unheard_lines_are_forced_into_a_gap_that_holds_them_and_flagged_low():
+    placed = paced_song(gap_words=2)  # 4 words at 2 s a word: 8 s expected in a 12 s gap
+    backend = RecordingBackend()
+    find_unheard_lines(placed, backend, notes([], seconds=30.0), "en", False, AlignConfig())
+    assert len(backend.calls) == 1
+    window, _, pieces = backend.calls[0]
+    assert pieces[:3] == [" e", " f", LINE_BREAK]  # opened by the previous line's last words
+    assert window == pytest.approx(20.0 - 7.0)  # from the window margin before the gap to the next heard line
+    for found in placed[3:5]:
+        assert found.status == "low" and found.start is not None and found.end >= found.start
+        assert 7.0 <= found.start <= 20.0
+    assert placed[3].start < placed[4].start
+
+
+def test_unheard_lines_stay_unsung_in_a_short_gap_or_when_little_was_heard():
+    placed = paced_song(gap_words=8)  # 10 words at 2 s a word: 20 s expected in a 12 s gap
+    find_unheard_lines(placed, RecordingBackend(), notes([], seconds=30.0), "en", False, AlignConfig())
+    assert all(found.status == "unsung" and found.start is None for found in placed[3:5])
+    placed = paced_song(gap_words=2)
+    for heard in placed:
+        heard.confidence = min(heard.confidence, 0.2)  # lyrics of another song
+    find_unheard_lines(placed, RecordingBackend(), notes([], seconds=30.0), "en", False, AlignConfig())
+    assert all(found.status == "unsung" for found in placed[3:5])
+    find_unheard_lines(paced_song(2), RecordingBackend(), notes([], seconds=30.0), "en", False,
+                       AlignConfig(gap_fill=0.0))  # off
+
+
+def test_a_forced_line_start_moves_earlier_to_the_note_onset_before_it():
+    # the stub backend starts the line's first piece at the window start: 1.45 s; the note begins at 1.0 s (and its
+    # abrupt end at 1.3 s is an onset too, after the searched span)
+    placed = [line("one two", 1.45)]
+    mono = notes([1.0], seconds=6.0)
+    retime_lines(placed, RecordingBackend(), mono, "en", False,
+                 AlignConfig(onset_shift=0.2, onset_radius=0.4, onset_min_height=1.0))
+    assert placed[0].start == pytest.approx(1.0, abs=0.03)
+    placed = [line("one two", 1.45)]
+    retime_lines(placed, RecordingBackend(), mono, "en", False, AlignConfig(onset_shift=0.2, onset_radius=0.0))
+    assert placed[0].start == pytest.approx(1.25)  # shifted only: snapping off

@@ -34,7 +34,7 @@ def register(verbs) -> None:
     p.add_argument("--vad", action="store_true", help="decode only where the voice-activity detector hears a voice "
                    "(faster on long instrumental parts; it misses singing under loud accompaniment)")
     p.add_argument("--no-prompt", action="store_true", help="do not condition Whisper on the lyrics")
-    p.add_argument("--min-confidence", type=float, default=0.3, help="lines with a smaller share of their words "
+    p.add_argument("--min-confidence", type=float, default=0.45, help="lines with a smaller share of their words "
                    "heard are flagged unsung")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = library default)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")

@@ -190,9 +190,9 @@ def register_voice(actions) -> None:
                    "keeping the codec's music losses, so the codes learn to carry the singing; a codec that has a "
                    "branch keeps it. The codes change: re-tokenize and retrain an LM afterwards")
     p.add_argument("--freeze-codes", action="store_true",
-                   help="--train-codes: keep the encoder and codebooks, train only the decoding path (the voice "
-                   "branch with the rest of the decoder), so every song keeps its codes and an LM trained on them "
-                   "stays valid")
+                   help="--train-codes: keep the whole codec and train only the voice branch, on the latent the "
+                   "decoder predicts from the codes (what decoding gives it), so every song keeps its codes and its "
+                   "music, and an LM trained on the codes stays valid")
     p.add_argument("--voice-weight", type=float, default=1.0, help="--train-codes: voice loss vs music losses")
     p.add_argument("--voiced-envelope-weight", type=float, default=0.0, help="adds this times the harmonic "
                    "envelope's L1 on voiced frames alone to the voice loss (the envelope is what keeps the words; "

@@ -82,8 +82,8 @@ class VoiceTrainConfig:
     seed: int = 0
     voice: VoiceConfig | None = None  # None: the branch sizes of VoiceConfig()
     train_codes: bool = False  # train encoder, codebooks and decoder with the branch (codes change)
-    # train_codes: keep the encoder and the codebooks as they are and train only the decoding path (the codes of
-    # every song stay the same, so an LM trained on them stays valid)
+    # train_codes: keep the whole codec and train only the voice branch, on the latent the decoder predicts from the
+    # codes (the codes and the music stay the same, so an LM trained on the codes stays valid)
     freeze_codes: bool = False
     voice_weight: float = 1.0  # train_codes: the voice loss against the codec's music losses
     voiced_envelope_weight: float = 0.0  # the harmonic envelope's L1 on voiced frames only, added to the voice loss
@@ -329,14 +329,12 @@ def _source_codec(codec_dir, config: VoiceTrainConfig) -> HeartCodec:
     return codec_with_phonetic(codec, PhoneticConfig(model=config.phonetic_model, feature_dim=width))
 
 
-def freeze_code_path(codec: HeartCodec) -> None:
-    """Stop training what decides the codes (the encoder with its phonetic input, the code encoder, the codebooks
-    and the phonetic head); the decoding path from the codes to audio stays trainable."""
-    frozen = [codec.scalar_model.encoder, codec.code_encoder, codec.flow_matching.vq_embed]
-    if codec.config.phonetic is not None:
-        frozen.append(codec.phonetic_head)
-    for module in frozen:
-        module.requires_grad_(False)
+def decoded_latent(codec: HeartCodec, audio: torch.Tensor, phonetic: torch.Tensor | None = None) -> torch.Tensor:
+    """The latent [B, L, D] that `encode -> decode` decodes from the codes of `audio` [B, 1, N]."""
+    vq = codec.flow_matching.vq_embed
+    _, quantized, _ = vq.quantize(codec.code_encoder(codec.audio_to_latent(audio, phonetic)))
+    condition = codec.flow_matching.cond_feature_emb(vq.project_out(quantized))
+    return codec.direct_decoder(condition.repeat_interleave(LATENT_PER_CODE, dim=1))
 
 
 def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, phonetic=None):
@@ -346,6 +344,10 @@ def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, 
     voice = codec.scalar_model.decoder.voice
     if not config.train_codes:
         return voice.parameters_from_latent(inputs), None, None, None
+    if config.freeze_codes:
+        with torch.no_grad():
+            predicted = decoded_latent(codec, inputs, phonetic)
+        return voice.parameters_from_latent(predicted.transpose(1, 2)), None, None, None
     decoder = codec.scalar_model.decoder
     decoder.render_voice = False
     try:
@@ -353,7 +355,7 @@ def _predict(codec: HeartCodec, inputs: torch.Tensor, config: VoiceTrainConfig, 
         music, parts, codes, residuals, predicted = training_losses(codec, inputs, losses, phonetic)
     finally:
         decoder.render_voice = True
-    if phonetic is not None and not config.freeze_codes:
+    if phonetic is not None:
         distill = codebook0_distillation(codec, codes, residuals, phonetic)
         music = music + config.distill_weight * distill
         parts["distill"] = float(distill.detach())
@@ -390,8 +392,7 @@ def _train_step(codec: HeartCodec, trained: torch.nn.Module, optimizer, params, 
     if music is not None:
         record.update({k: round(music[1][k], 4) for k in ("token_mel", "mel", "latent_mse", "distill")
                        if k in music[1]})
-        if not config.freeze_codes:
-            record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
+        record["codes_used"] = update_codebooks(codec, codes, residuals, step, JOINT_CODEC_LOSSES, generator)
     record["seconds"] = round(time.perf_counter() - began, 3)
     return record
 
@@ -440,9 +441,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     if config.train_codes and (codec.config.decoder_type != "direct" or not codec.can_encode):
         raise HeartMuLaError("--train-codes needs a codec with a direct decoder and a code encoder")
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
-    trained: torch.nn.Module = codec if config.train_codes else voice
-    if config.freeze_codes:
-        freeze_code_path(codec)
+    trained: torch.nn.Module = codec if config.train_codes and not config.freeze_codes else voice
     bands = voice.config.bands
     features = out / (PHONETIC_FEATURES if config.phonetic else AUDIO_FEATURES if config.train_codes else FEATURES)
     phonetic_model = codec.config.phonetic.model if config.phonetic else None
@@ -462,7 +461,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
     start = load_training_state(out, trained, optimizer)
-    if config.train_codes and not config.freeze_codes and start == 0:
+    if trained is codec and start == 0:
         codec.flow_matching.vq_embed.resync_ema()
     rng = np.random.default_rng(config.seed + start)
     generator = torch.Generator().manual_seed(config.seed + start)

@@ -43,13 +43,15 @@ from heartmula.transcribe.retime import (
 ALIGN_FORMATS = ("lrc", "srt", "json")
 _SECTION_HEADER = re.compile(r"^\s*\[[^\]\n]*\]\s*$")
 _APOSTROPHES = "'’ʼ‘`´"
+TRUSTED_SHARE = 0.3  # below this share of the lyrics heard, the lyrics are likely not this song's (or language's)
 GAP_SCORE = -0.4  # the alignment's cost of leaving a unit unpaired (a lyric unit not heard, a transcribed unit
 # not in the lyrics); below half of a mismatch (-1), so unlike units are left unpaired rather than paired
 
 
 @dataclass
 class AlignConfig:
-    min_confidence: float = 0.3  # lines with a smaller share of their units heard are flagged unsung (no times)
+    min_confidence: float = 0.45  # lines with a smaller share of their units heard are flagged unsung (no times):
+    # a line heard in part is likelier an echo of the prompt in another line's window than the line's own hearing
     low_confidence: float = 0.6  # lines below this share are flagged low
     word_similarity: float = 0.6  # words at least this similar (rapidfuzz ratio / 100) count as heard
     prompt: bool = True  # condition Whisper on the lyrics expected in each chunk (ctranslate2 backend)
@@ -57,15 +59,20 @@ class AlignConfig:
     max_no_speech: float = 0.2  # transcribed lines whose window Whisper rates likelier silence than this are dropped
     forced: bool = True  # retime heard lines by forced alignment of their own text (ctranslate2 backend)
     window_margin: float = 1.0  # seconds of audio before and after a group of lines in a forced-alignment window
-    onset_radius: float = 0.8  # a line start moves to the strongest note onset at most this far before (0: off)
-    onset_after: float = 0.1  # ... or this far after it (forced alignment starts a line late rather than early)
-    onset_min_height: float = 0.3  # onsets weaker than this share of the song's strong onsets are ignored
+    onset_shift: float = 0.2  # a forced-aligned line start is first moved this much earlier: dynamic time warping
+    # over Whisper's cross-attention starts a sung line late (held notes and rests are given to the line before)
+    onset_radius: float = 0.4  # then to the strongest note onset at most this far before it (0: off)
+    onset_after: float = 0.0  # ... or this far after it
+    onset_min_height: float = 1.0  # onsets weaker than the song's strong onsets (95th percentile) are ignored
+    gap_fill: float = 0.75  # a run of unheard lines is forced-aligned in the gap between its timed neighbours (and
+    # flagged low) when the gap lasts at least this share of the run's expected time at the song's pace (0: off)
 
     def validate(self) -> AlignConfig:
         if not 0.0 <= self.min_confidence <= self.low_confidence <= 1.0 or not 0 < self.word_similarity <= 1 or \
-                not 0.0 <= self.max_no_speech <= 1.0 or self.window_margin < 0 or self.onset_radius < 0:
+                not 0.0 <= self.max_no_speech <= 1.0 or self.window_margin < 0 or self.onset_radius < 0 or \
+                self.onset_shift < 0:
             raise HeartMuLaError("need 0 <= min_confidence <= low_confidence <= 1, 0 < word_similarity <= 1, "
-                                 "0 <= max_no_speech <= 1, window_margin >= 0 and onset_radius >= 0")
+                                 "0 <= max_no_speech <= 1, window_margin >= 0, onset_radius >= 0 and onset_shift >= 0")
         return self
 
 
@@ -104,7 +111,7 @@ class Alignment:
     def warnings(self) -> list[str]:
         out = [f"line {i + 1} not heard (flagged unsung, no times): {line.text}"
                for i, line in enumerate(self.lines) if line.status == "unsung"]
-        if self.confidence < 0.3:
+        if self.confidence < TRUSTED_SHARE:
             out.append(f"only {self.confidence:.0%} of the lyrics were heard: are they the lyrics of this song, "
                        f"in language {self.language!r}?")
         return out
@@ -323,30 +330,104 @@ def retime_lines(placed: list[AlignedLine], backend, mono: np.ndarray, language:
                  config: AlignConfig) -> None:
     """Second pass, in place: the words of every group of timed lines forced-aligned in one window around them
     (opened by the preceding lyric line's last words), then each line start moved to the nearest note onset."""
-    duration = len(mono) / SAMPLE_RATE
-    spans = [(line.start, line.end) if line.start is not None else None for line in placed]
-    if config.forced and hasattr(backend, "force_align"):
-        for group in line_groups(spans, config.window_margin):
-            previous = [w.text for w in placed[group[0] - 1].words] if group[0] else []
-            context = previous[-(3 if characters else CONTEXT_WORDS):]
-            # the first text token is aligned from the window's first frame: the margin is given to the context
-            # words; without context the window opens where the first pass heard the line begin
-            start = max(spans[group[0]][0] - (config.window_margin if context else 0.0), 0.0)
-            end = min(spans[group[-1]][1] + config.window_margin, start + CHUNK_SECONDS, duration)
-            words = [[w.text for w in placed[k].words] for k in group]
-            for k, times in zip(group, forced_word_times(backend, mono, language, words, context, start, end,
-                                                         characters)):
-                for word, (a, b) in zip(placed[k].words, times):
-                    word.start, word.end = a, b
+    forced = config.forced and hasattr(backend, "force_align")
+    if forced:
+        find_unheard_lines(placed, backend, mono, language, characters, config)
+        force_align_lines(placed, backend, mono, language, characters, config)
     peaks = onset_peaks(onset_envelope(mono)) if config.onset_radius > 0 else None
     timed = [line for line in placed if line.start is not None and line.words]
     for line in timed:
+        first = line.words[0]
+        if forced:
+            first.start = max(first.start - config.onset_shift, 0.0)
         if peaks is not None:
-            first = line.words[0]
             first.start = snap_to_onset(first.start, peaks, config.onset_radius, config.onset_min_height,
                                         config.onset_after)
-            first.end = max(first.end, first.start)
+        first.end = max(first.end, first.start)
     _make_lines_monotonic(timed)
+
+
+def unheard_runs(placed: list[AlignedLine], duration: float) -> list[tuple[list[int], float, float]]:
+    """(line indices, gap start, gap end) of each run of consecutive untimed lines: the gap runs from the end of the
+    timed line before the run (or the song's start) to the start of the timed line after it (or the song's end)."""
+    runs: list[tuple[list[int], float, float]] = []
+    for k, line in enumerate(placed):
+        if line.start is not None:
+            continue
+        if runs and runs[-1][0][-1] == k - 1:
+            runs[-1][0].append(k)
+            continue
+        before = next((placed[j].end for j in range(k - 1, -1, -1) if placed[j].start is not None), 0.0)
+        runs.append(([k], before, 0.0))
+    out = []
+    for indices, start, _ in runs:
+        after = next((placed[j].start for j in range(indices[-1] + 1, len(placed)) if placed[j].start is not None),
+                     duration)
+        out.append((indices, start, after))
+    return out
+
+
+def seconds_per_unit(placed: list[AlignedLine], units: list[int]) -> float | None:
+    """The song's pace: the median over consecutive timed lines of (next line's start - line's start) / its units."""
+    paces = [(placed[k + 1].start - line.start) / max(units[k], 1) for k, line in enumerate(placed[:-1])
+             if line.start is not None and placed[k + 1].start is not None and placed[k + 1].start > line.start]
+    return statistics.median(paces) if paces else None
+
+
+def find_unheard_lines(placed: list[AlignedLine], backend, mono: np.ndarray, language: str, characters: bool,
+                       config: AlignConfig) -> None:
+    """Lines the transcript missed (Whisper decodes a window as a few filler syllables, say) are forced-aligned in
+    the gap their timed neighbours leave, if the gap is long enough to hold them at the song's pace; they take
+    those times and the flag "low". Lines in shorter gaps stay unsung, and so does every line when too little of
+    the lyrics was heard to trust the song's pace (lyrics of another song)."""
+    units = [sum(len(us) for _, us in line_words(line.text, characters, language)) for line in placed]
+    pace = seconds_per_unit(placed, units)
+    heard = np.mean([line.confidence for line in placed])
+    if config.gap_fill <= 0 or pace is None or heard < TRUSTED_SHARE:
+        return
+    while any(fill_gap(placed, run, gap_start, gap_end, backend, mono, language, characters, units, pace, config)
+              for run, gap_start, gap_end in unheard_runs(placed, len(mono) / SAMPLE_RATE)):
+        pass  # a run longer than one window is filled a window at a time
+
+
+def fill_gap(placed: list[AlignedLine], run: list[int], gap_start: float, gap_end: float, backend, mono: np.ndarray,
+             language: str, characters: bool, units: list[int], pace: float, config: AlignConfig) -> bool:
+    """Forced-align the first lines of `run` that fit one window in the gap; False when the gap is too short."""
+    if gap_end - gap_start < config.gap_fill * pace * sum(units[k] for k in run):
+        return False
+    previous = [w.text for w in placed[run[0] - 1].words] if run[0] else []
+    context = previous[-(3 if characters else CONTEXT_WORDS):]
+    start = max(gap_start - (config.window_margin if context else 0.0), 0.0)
+    end = min(gap_end, start + CHUNK_SECONDS, len(mono) / SAMPLE_RATE)
+    # the lines that fit the window at the song's pace (at least one); the rest wait for the next window
+    fits = np.cumsum([pace * units[k] for k in run]) <= end - gap_start
+    chosen = run[:max(int(fits.sum()), 1)]
+    words = [[w.text for w in placed[k].words] for k in chosen]
+    for k, times in zip(chosen, forced_word_times(backend, mono, language, words, context, start, end, characters)):
+        line = placed[k]
+        for word, (a, b) in zip(line.words, times):
+            word.start, word.end = round(a, 3), round(b, 3)
+        line.start, line.end, line.status = line.words[0].start, line.words[-1].end, "low"
+    return True
+
+
+def force_align_lines(placed: list[AlignedLine], backend, mono: np.ndarray, language: str, characters: bool,
+                      config: AlignConfig) -> None:
+    """Word times of the timed lines, in place, by forced alignment of each group of lines that fits a window."""
+    duration = len(mono) / SAMPLE_RATE
+    spans = [(line.start, line.end) if line.start is not None else None for line in placed]
+    for group in line_groups(spans, config.window_margin):
+        previous = [w.text for w in placed[group[0] - 1].words] if group[0] else []
+        context = previous[-(3 if characters else CONTEXT_WORDS):]
+        # the first text token is aligned from the window's first frame: the margin is given to the context
+        # words; without context the window opens where the first pass heard the line begin
+        start = max(spans[group[0]][0] - (config.window_margin if context else 0.0), 0.0)
+        end = min(spans[group[-1]][1] + config.window_margin, start + CHUNK_SECONDS, duration)
+        words = [[w.text for w in placed[k].words] for k in group]
+        for k, times in zip(group, forced_word_times(backend, mono, language, words, context, start, end,
+                                                     characters)):
+            for word, (a, b) in zip(placed[k].words, times):
+                word.start, word.end = a, b
 
 
 def _make_lines_monotonic(timed: list[AlignedLine]) -> None:
