@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from _machine import machine
 from heartmula.eval.report import select_prompts
 from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.lm.pretrained import load_generator
+from heartmula.nn.layers import upstream_products
 from heartmula.nn.quant import quantize_int8
 from heartmula.song_models import resolve_lm
 
@@ -43,22 +45,20 @@ def generate_codes(generator, song: SongRequest, frames: int) -> torch.Tensor:
 def forced_log_probs(generator, song: SongRequest, codes: torch.Tensor, exact_products: bool = False) -> torch.Tensor:
     """Guided log-probabilities [T, K, V] of a session fed `codes` [K, T] instead of its own samples."""
     session = generator.start([song], SamplingParams(), codes.shape[1] - 1)
-    generator.model.use_upstream_products(exact_products)
-    generator.model.use_upstream_products = lambda enabled: None  # the session would reset them every frame
+    sampler = session.sampler
+    sampler.fused_local_frame = False  # the native local frame would not ask `sample`
     records = []
 
     def forced(logits: torch.Tensor, codebook: int, noise: torch.Tensor | None = None) -> torch.Tensor:
-        guided = session._guide(logits) + session._invalid_masks[codebook]
+        guided = sampler.guide(logits) + sampler.masks[codebook]
         records.append(torch.log_softmax(guided.clamp(min=MASKED), dim=-1)[0])
         return codes[codebook, session.frame_index].view(1)
 
-    session._sample = forced
-    session._native_frames = False  # the native local frame would not ask `_sample`
-    with torch.inference_mode():
+    sampler.sample = forced
+    with torch.inference_mode(), upstream_products() if exact_products else nullcontext():
         for _ in session.iter_frames():
             pass
     session.close()
-    del generator.model.use_upstream_products  # back to the class method
     k = codes.shape[0]
     return torch.stack(records).view(codes.shape[1], k, -1)
 

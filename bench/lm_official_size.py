@@ -35,6 +35,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from heartmula.checkpoint import INDEX_FILE  # noqa: E402
 from heartmula.cli.model import run_quantize  # noqa: E402
+from heartmula.lm.backends import fuse_projections, pack_weights_in_huge_pages  # noqa: E402
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig  # noqa: E402
 from heartmula.lm.generation import FRAME_RATE, HeartMuLaGenerator, SamplingParams, SongRequest  # noqa: E402
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa  # noqa: E402
@@ -69,8 +71,8 @@ def official_size_generator(dtype: torch.dtype, folder: Path) -> HeartMuLaGenera
             param.data = values.to(dtype)
     model.use_row_major_heads()
     model.eval()
-    model.fuse_projections()
-    model.pack_weights_in_huge_pages()
+    fuse_projections(model)
+    pack_weights_in_huge_pages(model)
     tokenizer = byte_level_tokenizer()
     tokenizer.save(str(folder / "tokenizer.json"))
     return HeartMuLaGenerator(model, TextTokenizer.from_file(folder / "tokenizer.json", 256, 257),
@@ -98,7 +100,7 @@ def official_size_quantized(quant: str, folder: Path) -> HeartMuLaGenerator:
         model = HeartMuLa(HeartMuLaConfig())
     read, shapes = random_reader(model)
     install(model, quantizing(read, shapes, quant), read, torch.float32)
-    model.pack_weights_in_huge_pages()
+    pack_weights_in_huge_pages(model)
     tokenizer = byte_level_tokenizer()
     tokenizer.save(str(folder / "tokenizer.json"))
     return HeartMuLaGenerator(model, TextTokenizer.from_file(folder / "tokenizer.json", 256, 257),
@@ -213,11 +215,12 @@ def memory_rows(args, folder: Path) -> list[dict]:
         rows.append(row)
     source = args.quantize_to or args.from_root
     if source is None:
-        label, build = f"build {args.quant} from random rows", lambda: official_size_quantized(args.quant, folder)
+        label, build = f"build {args.quant} from random rows", partial(official_size_quantized, args.quant, folder)
     elif is_quantized_folder(source):
-        label, build = f"load the {args.quant} folder", lambda: load_generator(source)
+        label, build = f"load the {args.quant} folder", partial(load_generator, source)
     else:
-        label, build = f"load the bfloat16 checkpoint as {args.quant}", lambda: load_generator(source, quant=args.quant)
+        label, build = f"load the bfloat16 checkpoint as {args.quant}", partial(load_generator, source,
+                                                                               weights=args.quant)
     generator, row = memory_stage(label, build)
     rows.append(row)
     capacity = round(args.song_seconds * FRAME_RATE)

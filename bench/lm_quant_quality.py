@@ -85,7 +85,7 @@ def measure(path, songs: list[SongRequest], frames: int, dtype: str = "float32",
     del generator
     release_memory()
     for name, folder in formats.items():
-        generator = load_generator(folder) if folder else load_generator(path, quant=name)
+        generator = load_generator(folder) if folder else load_generator(path, weights=name)
         for song, codes, reference in forced:
             rows[name].append(compare(reference, forced_log_probs(generator, song, codes), codes))
         del generator

@@ -263,6 +263,22 @@ def build_on_meta(build: Callable[[], torch.nn.Module], config_path: Path) -> to
         raise HeartMuLaError(f"{config_path} describes a model that cannot be built ({exc})") from None
 
 
+def check_model_folder(folder, what: str, read_config: Callable[[Path], object],
+                       build: Callable[[object], torch.nn.Module],
+                       tensors_of: Callable[[torch.nn.Module], dict]) -> torch.nn.Module:
+    """Check a model folder without reading any weights: config.json (`read_config`), then every tensor's name,
+    shape and dtype against the model `build(config)` makes, whose checkpoint tensors are `tensors_of(model)`.
+    Returns that model on the meta device; `what` names the kind of folder in the error."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise HeartMuLaError(f"{folder} is not a {what} folder: config.json is missing")
+    config = read_config(config_path)
+    model = build_on_meta(lambda: build(config), config_path)
+    validate_tensors(tensors_of(model), folder)
+    return model
+
+
 def read_config_file(path: Path, from_dict: Callable[[dict], object]):
     """A config.json through `from_dict`, with every problem reported under the file's name."""
     data = read_json(path)

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.generation import FRAME_RATE, SamplingParams, SongRequest, frames_for_duration, min_frames_for
+from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration, min_frames_for
 from heartmula.song_models import load_lm, resolve_codec, resolve_lm
 
 

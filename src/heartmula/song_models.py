@@ -56,21 +56,17 @@ def int8_by_default(model_path: str | os.PathLike, dtype: str = "float32", devic
 def load_lm(model_path: str | os.PathLike, version: str = "3B", dtype: str = "float32", device: str = "cpu",
             int8: bool | None = None, lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
             quant: str | None = None):
-    """`load_generator`, with int8 weight-only linear layers when `int8` says so (None: `int8_by_default`) and a
-    LoRA adapter merged into the weights first when `lora` names one; or the native kernels' int8 / int4 weights
-    when `quant` says so (heartmula.lm.quantized)."""
+    """`load_generator`, with FBGEMM's int8 weight-only linear layers when `int8` says so (None: `int8_by_default`)
+    and a LoRA adapter merged into the weights first when `lora` names one; or the native kernels' int8 / int4
+    weights when `quant` says so or the folder holds them (heartmula.lm.quantized)."""
     from heartmula.lm.pretrained import load_generator
 
     if quant is not None and int8:
         raise HeartMuLaError("--int8 and --quant exclude each other: choose one")
-    generator = load_generator(model_path, version, dtype, device, lora, lora_scale, quant)
-    if generator.model.audio_head_quantized is not None:  # int8 / int4 on the native kernels already
-        return generator
-    if int8_by_default(model_path, dtype, device) if int8 is None else int8:
-        from heartmula.nn.quant import quantize_int8
-
-        quantize_int8(generator.model)
-    return generator
+    weights = quant
+    if quant is None and (int8_by_default(model_path, dtype, device) if int8 is None else int8):
+        weights = "int8-fbgemm"
+    return load_generator(model_path, version, dtype, device, lora, lora_scale, weights=weights)
 
 
 def clap_reference(slot_dim: int, reference_audio: tuple, clap=None):

@@ -112,9 +112,9 @@ def test_guidance_formula_and_mixing(generator):
     assert [r.unconditional for r in session.rows] == [False, False, True]
     logits = torch.randn(3, 37)
     expected = logits[2] + (0.75 * (logits[0] - logits[2]) + 0.25 * (logits[1] - logits[2])) * 2.0
-    assert torch.allclose(session._guide(logits)[0], expected, atol=1e-6)
+    assert torch.allclose(session.guide(logits)[0], expected, atol=1e-6)
     session.set_prompt_weights(0, [0, 5])
-    assert torch.allclose(session._guide(logits)[0], logits[2] + (logits[1] - logits[2]) * 2.0, atol=1e-6)
+    assert torch.allclose(session.guide(logits)[0], logits[2] + (logits[1] - logits[2]) * 2.0, atol=1e-6)
     with pytest.raises(HeartMuLaError, match="2 tag prompts"):
         session.set_prompt_weights(0, [1.0])
     with pytest.raises(HeartMuLaError, match="not all be 0"):
@@ -128,11 +128,11 @@ def test_compat_guidance_keeps_upstream_operations(generator):
     logits = torch.randn(2, 37)
     upstream = logits[1] + (logits[0] - logits[1]) * 1.5
     compat = generator.start([song], SamplingParams(cfg_scale=1.5), max_new_frames=4, compat=True)
-    assert torch.equal(compat._guide(logits)[0], upstream)
+    assert torch.equal(compat.guide(logits)[0], upstream)
     compat.close()
     default = generator.start([song], SamplingParams(cfg_scale=1.5), max_new_frames=4)
-    assert torch.equal(default._guidance_matrix(), torch.tensor([[1.5, -0.5]]))
-    assert torch.allclose(default._guide(logits)[0], upstream, atol=1e-5)
+    assert torch.equal(default.guidance.matrix(1.5, None), torch.tensor([[1.5, -0.5]]))
+    assert torch.allclose(default.guide(logits)[0], upstream, atol=1e-5)
     default.close()
 
 
@@ -219,7 +219,7 @@ def test_undecodable_codes_are_never_sampled_but_compat_reproduces_upstream(gene
         hidden = session._prefill()
         x = generator.model.projection(
             torch.stack([hidden, generator.model.embed_audio(0, torch.zeros(1, dtype=torch.long))], dim=1))
-        direction = generator.model.decoder(x, torch.arange(2), start=0)[0, -1]
+        direction = generator.model.decoder(x, torch.arange(2))[0, -1]
         session.close()
         generator.model.audio_head[0][:, size] = direction * 1e3  # codebook 1 prefers the undecodable code
     fixed = generator.generate([song], sampling, 8)[0]
@@ -315,19 +315,19 @@ def test_gqa_cached_attention_equals_expanded_heads():
     config = TransformerConfig(num_layers=1, num_heads=8, num_kv_heads=2, embed_dim=64, intermediate_dim=64,
                                max_seq_len=64)
     attn = Attention(config).eval()
-    attn.cache = KVCache(1, 2, 16, 8, torch.float32, "cpu")
+    cache = KVCache(1, 2, 16, 8, torch.float32, "cpu")
     x = torch.randn(1, 7, 64)
     table = torch.ones(16, 4, dtype=torch.complex64)  # identity rotation isolates attention
     with torch.no_grad():
-        out_prefill = attn(x[:, :6], table[None, :6], 0, None)
-        out_step = attn(x[:, 6:], table[None, 6:7], 6, None)
+        out_prefill = attn(x[:, :6], table[None, :6], 0, None, cache)
+        out_step = attn(x[:, 6:], table[None, 6:7], 6, None, cache)
         q = attn.q_proj(x).view(1, 7, 8, 8).transpose(1, 2)
         k = attn.k_proj(x).view(1, 7, 2, 8).transpose(1, 2).repeat_interleave(4, dim=1)
         v = attn.v_proj(x).view(1, 7, 2, 8).transpose(1, 2).repeat_interleave(4, dim=1)
         scores = (q @ k.transpose(-1, -2)) / np.sqrt(8)
         scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
         expected = attn.output_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 7, 64))
-    assert attn.cache.k.shape == (1, 2, 16, 8)  # stored per KV head, not expanded
+    assert cache.k.shape == (1, 2, 16, 8)  # stored per KV head, not expanded
     assert torch.allclose(torch.cat([out_prefill, out_step], dim=1), expected, atol=1e-5)
 
 
@@ -343,11 +343,11 @@ def test_lyrics_guidance_rows_and_formula(generator):
     logits = torch.randn(5, 37)
     with_lyrics, without = 0.75 * logits[0] + 0.25 * logits[2], 0.75 * logits[1] + 0.25 * logits[3]
     expected = logits[4] + (without - logits[4]) * 2.0 + (with_lyrics - without) * 5.0
-    assert torch.allclose(session._guide(logits)[0], expected, atol=1e-5)
+    assert torch.allclose(session.guide(logits)[0], expected, atol=1e-5)
     assert session.prompt_tags(0) == [("jazz", 0.75), ("electronic", 0.25)]
     session.set_prompt_weights(0, [0, 1])
     expected = logits[4] + (logits[3] - logits[4]) * 2.0 + (logits[2] - logits[3]) * 5.0
-    assert torch.allclose(session._guide(logits)[0], expected, atol=1e-5)
+    assert torch.allclose(session.guide(logits)[0], expected, atol=1e-5)
     session.close()
 
     unguided = generator.start([song], SamplingParams(cfg_scale=1.0, lyrics_scale=3.0), max_new_frames=4)
@@ -355,7 +355,7 @@ def test_lyrics_guidance_rows_and_formula(generator):
     logits = torch.randn(4, 37)
     without = 0.75 * logits[1] + 0.25 * logits[3]
     expected = without + (0.75 * logits[0] + 0.25 * logits[2] - without) * 3.0
-    assert torch.allclose(unguided._guide(logits)[0], expected, atol=1e-5)
+    assert torch.allclose(unguided.guide(logits)[0], expected, atol=1e-5)
     unguided.close()
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from heartmula.checkpoint import load_state_dict
+from heartmula.lm.backends import pack_weights_in_huge_pages
 from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.lm.pretrained import load_generator
 from heartmula.nn.memory import HUGE_PAGE, huge_page_buffer, huge_pages_available, pack_in_huge_pages
@@ -62,7 +63,7 @@ def test_packing_keeps_parameters_values_and_sharing(tiny_root, pack_any_size):
 
     # Packing again builds a new block with the same values.
     before = [p.detach().clone() for p in model.parameters()]
-    assert model.pack_weights_in_huge_pages() > 0
+    assert pack_weights_in_huge_pages(model) > 0
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
 
 
@@ -85,7 +86,7 @@ def test_packed_model_generates_the_same_song_and_int8_releases_the_block(tiny_r
     song = SongRequest(lyrics="[verse]\nla la", tags="pop", seed=2)
     sampling = SamplingParams(top_k=5)
     packed = load_generator(tiny_root)
-    monkeypatch.setattr("heartmula.lm.model.HeartMuLa.pack_weights_in_huge_pages", lambda self: 0)
+    monkeypatch.setattr("heartmula.lm.backends.pack_weights_in_huge_pages", lambda model: 0)
     plain = load_generator(tiny_root)
     block = packed.model.audio_head.untyped_storage().data_ptr()
     assert packed.model.codebook0_head.weight.untyped_storage().data_ptr() == block

@@ -2,10 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heartmula.lm.backends import local_frame_weights
 from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.lm.pretrained import load_generator
 from heartmula.nn import native
-from heartmula.nn.layers import NATIVE_ROWS, Linear, linear
+from heartmula.nn.layers import NATIVE_ROWS, linear, upstream_products
 from heartmula.nn.quant import quantize_linears
 from heartmula.nn.sampling import sample_among_top_k
 from heartmula.nn.transformer import Transformer, TransformerConfig
@@ -45,7 +46,8 @@ def test_linear_takes_the_kernel_for_few_rows_only(kernels, monkeypatch):
     assert torch.allclose(linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-5)
     assert calls == [6]
     linear(torch.randn(NATIVE_ROWS + 1, 48), weight)  # more rows: torch's product
-    linear(torch.randn(2, 48), weight, few_rows_transposed=False)  # upstream's bits: F.linear
+    with upstream_products():  # upstream's bits: F.linear
+        linear(torch.randn(2, 48), weight)
     linear(torch.randn(2, 48), weight.t().contiguous().t())  # a transposed view: no kernel (it reads rows)
     x = torch.randn(2, 48, requires_grad=True)  # autograd: the kernel has no backward
     linear(x, weight).sum().backward()
@@ -122,23 +124,23 @@ def make_transformer(heads: int, kv_heads: int, dim: int, layers: int = 2) -> Tr
 
 def run_with_cache(model, x, positions, start, key_mask, filled_cache, use_native: bool):
     """Output and caches of `model` continuing `filled_cache` with x, on the native step or on torch's path."""
-    model.setup_cache(len(filled_cache[0][0]), filled_cache[0][0].shape[2], torch.float32, "cpu")
-    for layer, (k, v) in zip(model.layers, filled_cache):
-        layer.attn.cache.k.copy_(k)
-        layer.attn.cache.v.copy_(v)
+    cache = model.new_cache(len(filled_cache[0][0]), filled_cache[0][0].shape[2], torch.float32, "cpu")
+    for layer_cache, (k, v) in zip(cache, filled_cache):
+        layer_cache.k.copy_(k)
+        layer_cache.v.copy_(v)
     calls = []
     step = model._native_step
     model._native_step = lambda *args: calls.append(1) or step(*args)
     with torch.inference_mode():
         if use_native:
-            out = model(x, positions, start=start, key_mask=key_mask)
+            out = model(x, positions, start=start, key_mask=key_mask, cache=cache)
         else:
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(native, "_loaded", None)
                 patch.setattr(native, "_tried", True)
-                out = model(x, positions, start=start, key_mask=key_mask)
+                out = model(x, positions, start=start, key_mask=key_mask, cache=cache)
     assert len(calls) == int(use_native)
-    return out, [(layer.attn.cache.k.clone(), layer.attn.cache.v.clone()) for layer in model.layers]
+    return out, [(layer_cache.k.clone(), layer_cache.v.clone()) for layer_cache in cache]
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(8, 2, 512), (4, 4, 96), (6, 2, 60), (4, 1, 40)])
@@ -168,17 +170,13 @@ def test_transformer_step_matches_torch(kernels, heads, kv_heads, dim, batch, to
 
 def test_transformer_step_only_where_it_computes_the_same(kernels):
     model = make_transformer(4, 2, 64)
-    model.setup_cache(2, 32, torch.float32, "cpu")
     x = torch.randn(2, 1, 64)
     with torch.inference_mode():
         assert model.native_step_applies(x)
         assert not model.native_step_applies(torch.randn(NATIVE_ROWS + 1, 1, 64))  # a prefill: torch's products
         assert not model.native_step_applies(x.double())
-        for layer in model.layers:  # compat mode: upstream's separate F.linear products
-            for module in layer.modules():
-                if isinstance(module, Linear):
-                    module.few_rows_transposed = False
-        assert not model.native_step_applies(x)
+        with upstream_products():  # compat mode: upstream's separate F.linear products
+            assert not model.native_step_applies(x)
     assert not make_transformer(4, 2, 64).native_step_applies(x)  # autograd on: training
     unfused = Transformer(model.config).eval()
     with torch.inference_mode():
@@ -203,10 +201,9 @@ def test_generation_with_and_without_the_native_step(kernels, generator, monkeyp
 
 def test_transformer_step_rejects_what_it_cannot_read(kernels):
     model = make_transformer(4, 2, 64, layers=1)
-    model.setup_cache(2, 16, torch.float32, "cpu")
     x = torch.randn(2, 1, 64)
     rope = torch.view_as_real(model.rope_rows(torch.tensor([3])))
-    tensors = model.layers[0].native_tensors()
+    tensors = model.native_tensors(model.new_cache(2, 16, torch.float32, "cpu"))
     args = (model.norm.scale, 4, 2, 1e-5)
     with torch.inference_mode():
         assert kernels.transformer_step(x, rope, None, 3, tensors, *args).shape == (2, 1, 64)
@@ -262,7 +259,7 @@ def test_native_local_frame_matches_the_torch_loop(kernels, generator, sampling)
 
     def song_codes(native_frames: bool) -> list[torch.Tensor]:
         session = generator.start(songs, sampling, max_new_frames=10)
-        session._native_frames = native_frames
+        session.sampler.fused_local_frame = native_frames
         with pytest.MonkeyPatch.context() as patch:
             calls = spy_on_kernel(patch, "local_frame")
             frames = [step.codes for step in session.iter_frames()]
@@ -282,21 +279,22 @@ def test_local_frame_rejects_what_it_cannot_read(kernels, generator):
     rows, songs = len(session.rows), 1
     decoder = model.decoder
     c = decoder.config
-    projection, heads, embeddings = model.local_frame_weights(model.dtype)
-    rope = torch.view_as_real(decoder.rope_rows(session._decoder_positions))[0]
+    projection, heads, embeddings = local_frame_weights(model, model.dtype)
+    rope = torch.view_as_real(decoder.rope_rows(torch.arange(model.num_codebooks)))[0]
+    row_song, masks = session.guidance.row_song, session.sampler.later_masks
     args = dict(hidden=torch.randn(rows, c.embed_dim), first_codes=torch.zeros(songs, dtype=torch.long),
-                row_song=session.row_song, guidance=session._guidance_matrix(), masks=session._later_masks,
+                row_song=row_song, guidance=session.sampler.matrix, masks=masks,
                 noise=torch.ones(songs, 7, 3), temperature=1.0, projection=projection, heads=heads,
-                embeddings=embeddings, rope=rope, layers=decoder.native_tensors(),
+                embeddings=embeddings, rope=rope, layers=decoder.native_tensors(session.state.decoder),
                 final_scale=decoder.norm.scale, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, eps=c.norm_eps)
     with torch.inference_mode():
         codes = kernels.local_frame(*args.values())
         assert codes.shape == (1, 7) and int(codes.max()) < generator.codebook_size
         for change, message in [(dict(first_codes=torch.tensor([10_000])), "first_codes out of range"),
-                                (dict(row_song=session.row_song + 5), "row_song out of range"),
+                                (dict(row_song=row_song + 5), "row_song out of range"),
                                 (dict(noise=torch.ones(songs, 6, 3)), "noise must be"),
                                 (dict(guidance=torch.ones(songs, rows + 1)), "guidance must be"),
-                                (dict(masks=session._later_masks[:, :5]), "masks"),
+                                (dict(masks=masks[:, :5]), "masks"),
                                 (dict(embeddings=[embeddings[0][:10], *embeddings[1:]]), "embeddings"),
                                 (dict(heads=heads[:2]), "heads must be"),
                                 (dict(temperature=0.0), "temperature")]:
@@ -333,18 +331,18 @@ def test_transformer_step_with_bfloat16_weights_matches_float32(kernels):
     x, positions = torch.randn(2, 1, 512).bfloat16(), torch.tensor([30])
     expected, _ = run_with_cache(model, x.float(), positions, 30, None, [(k.float(), v.float()) for k, v in filled],
                                  use_native=True)
-    model16.setup_cache(2, 40, torch.bfloat16, "cpu")
-    for layer, (k, v) in zip(model16.layers, filled):
-        layer.attn.cache.k.copy_(k)
-        layer.attn.cache.v.copy_(v)
+    cache = model16.new_cache(2, 40, torch.bfloat16, "cpu")
+    for layer_cache, (k, v) in zip(cache, filled):
+        layer_cache.k.copy_(k)
+        layer_cache.v.copy_(v)
     with torch.inference_mode():
         assert model16.native_step_applies(x)
-        got = model16(x, positions, start=30)
+        got = model16(x, positions, start=30, cache=cache)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
-    for layer, (k, _) in zip(model16.layers, filled):  # the new token's K went into the bfloat16 cache
-        assert not torch.equal(layer.attn.cache.k[:, :, 30], k[:, :, 30])
-        assert torch.equal(layer.attn.cache.k[:, :, :30], k[:, :, :30])
+    for layer_cache, (k, _) in zip(cache, filled):  # the new token's K went into the bfloat16 cache
+        assert not torch.equal(layer_cache.k[:, :, 30], k[:, :, 30])
+        assert torch.equal(layer_cache.k[:, :, :30], k[:, :, :30])
 
 
 def test_local_frame_with_bfloat16_weights_agrees_with_float32(kernels, tiny_root):
@@ -362,10 +360,10 @@ def test_local_frame_with_bfloat16_weights_agrees_with_float32(kernels, tiny_roo
         decoder = model.decoder
         c = decoder.config
         codes = kernels.local_frame(
-            hidden.to(model.dtype), torch.tensor([3]), session.row_song, session._guidance_matrix(),
-            session._later_masks, torch.empty(1, 7, 0), 1.0, *model.local_frame_weights(model.dtype),
-            torch.view_as_real(decoder.rope_rows(session._decoder_positions))[0],
-            decoder.native_tensors(), decoder.norm.scale, c.num_heads, c.num_kv_heads, c.norm_eps)
+            hidden.to(model.dtype), torch.tensor([3]), session.guidance.row_song, session.sampler.matrix,
+            session.sampler.later_masks, torch.empty(1, 7, 0), 1.0, *local_frame_weights(model, model.dtype),
+            torch.view_as_real(decoder.rope_rows(torch.arange(model.num_codebooks)))[0],
+            decoder.native_tensors(session.state.decoder), decoder.norm.scale, c.num_heads, c.num_kv_heads, c.norm_eps)
         session.close()
         return codes
 

@@ -165,16 +165,16 @@ def test_transformer_step_with_quantized_weights_matches_torch(kernels, bits, mo
     x, positions = torch.randn(3, 2, 256), torch.tensor([5, 6])
 
     def step(use_native: bool) -> torch.Tensor:
-        model.setup_cache(3, 16, torch.float32, "cpu")
-        for layer in model.layers:
-            layer.attn.cache.k.normal_(generator=torch.Generator().manual_seed(1))
-            layer.attn.cache.v.normal_(generator=torch.Generator().manual_seed(2))
+        cache = model.new_cache(3, 16, torch.float32, "cpu")
+        for layer_cache in cache:
+            layer_cache.k.normal_(generator=torch.Generator().manual_seed(1))
+            layer_cache.v.normal_(generator=torch.Generator().manual_seed(2))
         with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
             if not use_native:
                 patch.setattr(native, "_loaded", None)
                 patch.setattr(native, "_tried", True)
             assert model.native_step_applies(x)
-            return model(x, positions, start=5)
+            return model(x, positions, start=5, cache=cache)
 
     calls = spy_on_kernel(monkeypatch, "transformer_step")
     got = step(True)
@@ -258,14 +258,14 @@ def test_saved_folder_loads_the_same_model(quantized_root, tiny_root):
     assert floats and all(name.endswith(".scale") or name.startswith(("muq_linear", "unconditional"))
                           for name in floats)
     loaded = load_generator(quantized_root)
-    in_memory = load_generator(tiny_root, quant="int4")
+    in_memory = load_generator(tiny_root, weights="int4")
     assert all(torch.equal(a, b) for a, b in zip(song_codes(loaded), song_codes(in_memory)))
     with pytest.raises(HeartMuLaError, match="holds int4 weights, not int8"):
-        load_generator(quantized_root, quant="int8")
+        load_generator(quantized_root, weights="int8")
 
 
 def test_quantized_songs_run_on_the_native_kernels(kernels, tiny_root, monkeypatch):
-    generator = load_generator(tiny_root, quant="int8")
+    generator = load_generator(tiny_root, weights="int8")
     calls = spy_on_kernel(monkeypatch, "transformer_step", "local_frame")
     codes = song_codes(generator)
     assert {"transformer_step", "local_frame"} <= set(calls)
@@ -275,7 +275,7 @@ def test_quantized_songs_run_on_the_native_kernels(kernels, tiny_root, monkeypat
 def test_in_memory_quantisation_matches_the_loader(tiny_root):
     float_model = load_generator(tiny_root).model
     quantize_model(float_model, "int4")
-    loaded = load_generator(tiny_root, quant="int4").model
+    loaded = load_generator(tiny_root, weights="int4").model
     assert torch.equal(float_model.codebook0_head.data, loaded.codebook0_head.data)
     with pytest.raises(HeartMuLaError, match="quantised already"):
         quantize_model(float_model, "int4")

@@ -6,7 +6,7 @@ from torch import nn
 from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.lm.pretrained import load_generator
 from heartmula.nn import native
-from heartmula.nn.layers import Linear, linear
+from heartmula.nn.layers import Linear, computing_upstream_products, linear, upstream_products
 from heartmula.nn.quant import Int8Linear, quantize_int8
 
 
@@ -60,29 +60,42 @@ def test_few_row_linear_matches_f_linear(transposed, monkeypatch):
         got = linear(x, weight)
         assert got.shape == expected.shape and got.is_contiguous()
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-        assert torch.equal(linear(x, weight, few_rows_transposed=False), expected)
         bias = torch.randn(300)
-        assert torch.equal(linear(x, weight, bias, few_rows_transposed=False), F.linear(x, weight, bias))
+        with upstream_products():
+            assert torch.equal(linear(x, weight), expected)
+            assert torch.equal(linear(x, weight, bias), F.linear(x, weight, bias))
     layer = Linear(64, 300)
     x = torch.randn(3, 64)
     assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
 
 
 def test_compat_sessions_compute_with_f_linear_bits(generator):
+    """Compat frames compute with upstream's F.linear products, default frames with the few-row ones: a choice of
+    each session's own calls, so sessions taking turns on one model never change it."""
     model = generator.model
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     assert len(layers) == 7 * 2 + 7 * 1 + 2  # tiny preset: every linear layer but muq_linear
+    hidden = torch.randn(2, model.config.decoder.embed_dim)
+    seen = []
+    codebook_logits = model.codebook_logits
+
+    def spy(codebook, decoder_hidden):
+        exact = torch.equal(codebook_logits(3, hidden), F.linear(hidden, model.audio_head[2].t()))
+        seen.append((computing_upstream_products(), exact))
+        return codebook_logits(codebook, decoder_hidden)
+
+    model.codebook_logits = spy
     song = SongRequest(lyrics="la la", tags="pop", seed=0)
     compat = generator.start([song], SamplingParams(cfg_scale=1.5), 4, compat=True)
-    compat.next_frame()
-    assert model.upstream_products and not any(m.few_rows_transposed for m in layers)
-    hidden = torch.randn(2, model.config.decoder.embed_dim)
-    assert torch.equal(model.codebook_logits(3, hidden), F.linear(hidden, model.audio_head[2].t()))
     default = generator.start([song], SamplingParams(cfg_scale=1.5), 4)
-    default.next_frame()
-    assert not model.upstream_products and all(m.few_rows_transposed for m in layers)
-    compat.next_frame()  # sessions taking turns on one model each get their own products
-    assert model.upstream_products
+    default.sampler.fused_local_frame = False  # the torch loop, which asks codebook_logits
+    for session, upstream in [(compat, True), (default, False), (compat, True)]:
+        seen.clear()
+        session.next_frame()
+        assert seen and all(flag == upstream for flag, _ in seen)
+        assert all(exact for _, exact in seen) or not upstream
+    del model.codebook_logits
+    assert not computing_upstream_products()
 
 
 def _unfuse(model) -> None:
@@ -100,9 +113,8 @@ def test_fused_projections_compute_the_same_layers(tiny_root):
     with torch.inference_mode():
         assert attn.fused_qkv.active() and model.backbone.layers[0].mlp.fused_gate_up.active()
         fused = model.backbone(x, torch.arange(3))
-        model.use_upstream_products(True)  # compat mode: upstream's separate F.linear products
-        assert not attn.fused_qkv.active()
-        model.use_upstream_products(False)
+        with upstream_products():  # compat mode: upstream's separate F.linear products
+            assert not attn.fused_qkv.active()
         _unfuse(model)
         separate = model.backbone(x, torch.arange(3))
     assert torch.allclose(fused, separate, rtol=1e-5, atol=1e-5)

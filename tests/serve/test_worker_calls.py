@@ -42,8 +42,7 @@ def test_calls_take_turns_with_a_batch_frame_by_frame(worker):
     original = worker.generator.start
 
     def start(*args, **kwargs):  # a song that runs its whole length, its frames counted as they are generated
-        session = original(*args, **kwargs)
-        session.min_new_frames = session.max_new_frames + 1
+        session = original(*args, **kwargs, min_new_frames=kwargs["max_new_frames"] + 1)
         step = session.next_frame
 
         def counted():

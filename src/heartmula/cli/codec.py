@@ -59,6 +59,7 @@ def run_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
     from heartmula.audio import load_audio
+    from heartmula.constants import FRAME_RATE
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
 
@@ -74,7 +75,7 @@ def run_encode(args: argparse.Namespace) -> int:
         np.save(tmp, codes)
     if not args.quiet:
         print(f"wrote {args.codes_out}: {codes.shape[0]} codebooks x {codes.shape[1]} frames "
-              f"({codes.shape[1] / 12.5:.2f} s)", file=sys.stderr)
+              f"({codes.shape[1] / FRAME_RATE:.2f} s)", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,16 @@ def register(verbs) -> None:
                          "into the same manifest format.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions")
 
+    _register_build(actions)
+    _register_import(actions)
+    _register_card(actions)
+    _register_ceiling(actions)
+    _register_variants(actions)
+    _register_tokenize(actions)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def _register_build(actions) -> None:
     b = actions.add_parser("build", help="render a corpus (deterministic for a seed, resumable)",
                            description="Render a training corpus from real scores (Bach chorales and Essen folk "
                            "songs of the music21 corpus) arranged in several styles with General MIDI soundfonts "
@@ -36,6 +46,8 @@ def register(verbs) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(handler=run_build)
 
+
+def _register_import(actions) -> None:
     i = actions.add_parser("import", help="import a folder of your songs (+ song.txt lyrics, song.tags tags)",
                            description="Turn a folder of your own songs into a corpus manifest (the format `data "
                            "tokenize` and the trainers read). For song.mp3 the optional sidecars are song.txt "
@@ -49,6 +61,8 @@ def register(verbs) -> None:
     i.add_argument("--quiet", action="store_true", help="no progress bar")
     i.set_defaults(handler=run_import)
 
+
+def _register_card(actions) -> None:
     c = actions.add_parser("card", help="write the data card (Markdown + PNG plot) of a manifest",
                            description="Summarise a manifest: hours per language, split, source collection, style "
                            "and license, as Markdown with a PNG plot.")
@@ -57,6 +71,8 @@ def register(verbs) -> None:
     c.add_argument("--intelligibility", type=Path, help="JSON from `data ceiling` to include in the card")
     c.set_defaults(handler=run_card)
 
+
+def _register_ceiling(actions) -> None:
     e = actions.add_parser("ceiling", help="transcriber error per language on a corpus' sung vocal stems",
                            description="Transcribe a fixed sample of the corpus' sung vocal stems (no accompaniment) "
                            "per language with the transcriber and score them with the lyrics recipe: the lyric "
@@ -68,6 +84,8 @@ def register(verbs) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(handler=run_ceiling)
 
+
+def _register_variants(actions) -> None:
     v = actions.add_parser("variants", help="lyric variants of the sung songs (so lyrics decide the singing)",
                            description="For every sung song of the chosen splits write two variants with the same "
                            "tags: the accompaniment alone (mix minus the vocal stem) with empty lyrics, and the "
@@ -85,6 +103,8 @@ def register(verbs) -> None:
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(handler=run_variants)
 
+
+def _register_tokenize(actions) -> None:
     t = actions.add_parser("tokenize", help="encode a manifest's audio into a codec token cache (LM training)",
                            description="Encode every item of a manifest with a codec and store the codes with the "
                            "item's lyrics, tags, language and split: the input of `heartmula train lm`. Each "
@@ -104,7 +124,6 @@ def register(verbs) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(handler=run_tokenize)
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
 def run_build(args: argparse.Namespace) -> int:

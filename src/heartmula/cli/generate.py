@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from heartmula.audio import load_audio
+    from heartmula.constants import FRAME_RATE
     from heartmula.errors import HeartMuLaError
     from heartmula.files import atomic_output
-    from heartmula.lm.generation import FRAME_RATE, SamplingParams
+    from heartmula.lm.generation import SamplingParams
     from heartmula.pipeline import HeartMuLaPipeline
     from heartmula.text import read_text_argument
 

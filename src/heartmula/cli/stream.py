@@ -95,13 +95,54 @@ def _open_sound_device(rate: int, channels: int, pacer):
         raise HeartMuLaError(f"--play: no usable sound device ({exc}); drop --play and open the --out file") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from heartmula.audio import LiveWavWriter, load_audio
-    from heartmula.errors import HeartMuLaError
-    from heartmula.lm.generation import FRAME_RATE
-    from heartmula.pipeline import HeartMuLaPipeline
-    from heartmula.stream import Pacer, StreamControls, StreamSession, read_control_script
+def _new_session(args: argparse.Namespace, pipe):
+    from heartmula.audio import load_audio
+    from heartmula.stream import StreamControls
     from heartmula.text import read_text_argument
+
+    controls = StreamControls(prompts=read_text_argument(args.tags, "tags"), temperature=args.temperature,
+                              top_k=args.topk, cfg_scale=args.cfg_scale)
+    prompt_audio = load_audio(args.prompt_audio) if args.prompt_audio else None
+    reference_audio, clap = None, None
+    if args.reference_audio:
+        from heartmula.clap import load_clap
+
+        clap = load_clap(args.clap)
+        reference_audio = load_audio(args.reference_audio)
+    return pipe.stream(read_text_argument(args.lyrics, "lyrics"), controls=controls, seed=args.seed,
+                       duration=args.duration, continue_from=args.continue_from,
+                       from_seconds=args.from_seconds, min_seconds=args.min_duration,
+                       chunk_frames=args.chunk_frames, lookahead_frames=args.lookahead_frames,
+                       prompt_audio=prompt_audio, reference_audio=reference_audio, clap=clap)
+
+
+def _play(session, lookahead_seconds: float, write) -> None:
+    """Play the stream on the sound device while writing every chunk with `write`."""
+    from heartmula.errors import HeartMuLaError
+    from heartmula.stream import Pacer
+
+    pacer = Pacer(session, lookahead_seconds=lookahead_seconds, on_chunk=write)
+    # The device plays silence until the look-ahead is buffered; generation runs in this thread, the
+    # one that loaded the models (see heartmula.stream.pacer on why that is faster).
+    with _open_sound_device(session.sample_rate, session.channels, pacer):
+        pacer.produce()
+        while not pacer.done:
+            time.sleep(0.05)
+        time.sleep(0.2)  # let the device play out its last block
+    stats = pacer.stop()
+    if stats.error:
+        raise HeartMuLaError(f"the stream failed: {stats.error}")
+    print(f"playback: {stats.underruns} underruns ({stats.underrun_seconds:.2f} s of silence)"
+          + (f"; degraded: {', '.join(stats.degradations)}" if stats.degradations else ""),
+          file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from heartmula.audio import LiveWavWriter
+    from heartmula.constants import FRAME_RATE
+    from heartmula.errors import HeartMuLaError
+    from heartmula.pipeline import HeartMuLaPipeline
+    from heartmula.stream import StreamSession, read_control_script
 
     if args.out.suffix.lower() != ".wav":
         raise HeartMuLaError(f"--out must be a .wav file (it stays readable while it grows), got {args.out}")
@@ -125,20 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         session = StreamSession.resume(pipe.generator, pipe.codec, args.resume)
     else:
-        controls = StreamControls(prompts=read_text_argument(args.tags, "tags"), temperature=args.temperature,
-                                  top_k=args.topk, cfg_scale=args.cfg_scale)
-        prompt_audio = load_audio(args.prompt_audio) if args.prompt_audio else None
-        reference_audio, clap = None, None
-        if args.reference_audio:
-            from heartmula.clap import load_clap
-
-            clap = load_clap(args.clap)
-            reference_audio = load_audio(args.reference_audio)
-        session = pipe.stream(read_text_argument(args.lyrics, "lyrics"), controls=controls, seed=args.seed,
-                              duration=args.duration, continue_from=args.continue_from,
-                              from_seconds=args.from_seconds, min_seconds=args.min_duration,
-                              chunk_frames=args.chunk_frames, lookahead_frames=args.lookahead_frames,
-                              prompt_audio=prompt_audio, reference_audio=reference_audio, clap=clap)
+        session = _new_session(args, pipe)
     for change in script:
         if change.frame >= session.frames_generated:
             session.schedule(change.frame, **change.changes)
@@ -164,20 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             if args.play:
-                pacer = Pacer(session, lookahead_seconds=args.buffer, on_chunk=write)
-                # The device plays silence until the look-ahead is buffered; generation runs in this thread, the
-                # one that loaded the models (see heartmula.stream.pacer on why that is faster).
-                with _open_sound_device(session.sample_rate, session.channels, pacer):
-                    pacer.produce()
-                    while not pacer.done:
-                        time.sleep(0.05)
-                    time.sleep(0.2)  # let the device play out its last block
-                stats = pacer.stop()
-                if stats.error:
-                    raise HeartMuLaError(f"the stream failed: {stats.error}")
-                print(f"playback: {stats.underruns} underruns ({stats.underrun_seconds:.2f} s of silence)"
-                      + (f"; degraded: {', '.join(stats.degradations)}" if stats.degradations else ""),
-                      file=sys.stderr)
+                _play(session, args.buffer, write)
             else:
                 for chunk in session:
                     write(chunk)

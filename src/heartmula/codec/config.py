@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from heartmula.checkpoint import check_field_types, read_config_file, split_config, write_json
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 
-CODE_RATE_HZ = 12.5  # code frames per second
+CODE_RATE_HZ = FRAME_RATE  # code frames per second
 LATENT_PER_CODE = 2  # the condition is upsampled x2: 25 latent frames per second
 DECODER_TYPES = ("flow_matching", "direct")
 WAVEFORM_CODECS = ("sq", "istft")

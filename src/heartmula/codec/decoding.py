@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from heartmula.codec.config import LATENT_PER_CODE
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 
 MODES = ("default", "compat")
@@ -190,7 +191,7 @@ def decode_compat(codec, codes: torch.Tensor, options: DecodeOptions, noise: Noi
     shared_latent = LATENT_PER_CODE * overlap
     window_latent = LATENT_PER_CODE * window
     rate = codec.sample_rate
-    target_samples = int(codes.shape[1] / 12.5 * rate)
+    target_samples = int(codes.shape[1] / FRAME_RATE * rate)
     noise.discard((1, window_latent, latent_dim))  # upstream's unused `first_latent`
 
     codes = codes[None]
@@ -218,7 +219,7 @@ def decode_compat(codec, codes: torch.Tensor, options: DecodeOptions, noise: Noi
     if bar is not None:
         bar.close()
 
-    window_samples = int(window / 12.5 * rate)
+    window_samples = int(window / FRAME_RATE * rate)
     hop_samples = window_samples // 93 * 80
     overlap_samples = window_samples - hop_samples
     fade_in = torch.from_numpy(np.linspace(0, 1, overlap_samples)[None, :])  # float64, as upstream

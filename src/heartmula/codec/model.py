@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heartmula.checkpoint import build_on_meta, load_state_dict, save_state_dict, validate_tensors
+from heartmula.checkpoint import check_model_folder, load_state_dict, save_state_dict
 from heartmula.codec.config import HeartCodecConfig
 from heartmula.codec.convnets import CodeEncoder, DirectDecoder
 from heartmula.codec.flow import FlowMatching
@@ -188,14 +188,8 @@ class HeartCodec(nn.Module):
     def check_folder(cls, folder: str | os.PathLike) -> HeartCodec:
         """Check a codec folder without reading any weights: config.json, then every tensor's name, shape and
         dtype against the codec it describes (official naming). Returns that codec on the meta device."""
-        folder = Path(folder)
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            raise HeartMuLaError(f"{folder} is not a HeartCodec folder: {CONFIG_FILE} is missing")
-        config = HeartCodecConfig.from_file(config_path)
-        model = build_on_meta(lambda: cls(config), config_path)
-        validate_tensors(model.official_state_dict(), folder)
-        return model
+        return check_model_folder(folder, "HeartCodec", HeartCodecConfig.from_file, cls,
+                                  lambda m: m.official_state_dict())
 
     @classmethod
     def from_pretrained(

@@ -19,7 +19,9 @@ import time
 
 import numpy as np
 
-from heartmula.eval.report import Prompt, estimate_tempo, onset_strength, pairwise_win_rate, spectral_flatness
+from heartmula.eval.report_prompts import Prompt
+from heartmula.eval.report_statistics import pairwise_win_rate
+from heartmula.eval.signal_features import estimate_tempo, onset_strength, spectral_flatness
 
 TEMPO_RANGES = {"slow": (40.0, 80.0), "moderate": (80.0, 115.0), "fast": (115.0, 220.0)}
 REWARDS = ("tag", "tempo", "drums", "voice")

@@ -11,19 +11,30 @@ from heartmula.errors import HeartMuLaError
 from heartmula.nn.transformer import TransformerConfig
 
 
-def _llama(layers, heads, kv_heads, dim, ffn, max_seq_len) -> TransformerConfig:
-    return TransformerConfig(
-        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
-        max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5,
-    )
+def llama_sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
+    """The fields of a Llama-3 style `TransformerConfig` (RoPE base 500k with scaling 32, norm eps 1e-5)."""
+    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
+                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
 
 
 # The official flavor names and the numbers they stand for.
 FLAVORS: dict[str, TransformerConfig] = {
-    "llama-3B": _llama(28, 24, 8, 3072, 8192, 8192),
-    "llama-300M": _llama(3, 8, 4, 3072, 8192, 2048),
-    "llama-400M": _llama(4, 8, 4, 3072, 8192, 2048),
-    "llama-7B": _llama(32, 32, 8, 4096, 14336, 8192),
+    "llama-3B": TransformerConfig(**llama_sizes(28, 24, 8, 3072, 8192, 8192)),
+    "llama-300M": TransformerConfig(**llama_sizes(3, 8, 4, 3072, 8192, 2048)),
+    "llama-400M": TransformerConfig(**llama_sizes(4, 8, 4, 3072, 8192, 2048)),
+    "llama-7B": TransformerConfig(**llama_sizes(32, 32, 8, 4096, 14336, 8192)),
+}
+
+# Smaller geometries (backbone, local decoder) for training from scratch, tests and benchmarks. The local decoder
+# reads one frame's codebooks, so a short context is all it needs.
+GEOMETRIES: dict[str, dict] = {
+    # A model a test builds in milliseconds.
+    "tiny": dict(backbone=llama_sizes(2, 4, 2, 64, 128, 2048), decoder=llama_sizes(1, 4, 2, 64, 128, 16)),
+    # ~20M parameters with a 1024-code codec: sized to decode faster than real time on a small CPU
+    # (`bench/lm_train_presets_decode.py`).
+    "small": dict(backbone=llama_sizes(6, 6, 2, 384, 1024, 4096), decoder=llama_sizes(2, 6, 2, 384, 1024, 16)),
+    # The decoding benchmarks' ~36M geometry: backbone 8 x 512 (8 heads / 2 KV), FFN 1408; decoder 2 layers.
+    "bench-36m": dict(backbone=llama_sizes(8, 8, 2, 512, 1408, 8192), decoder=llama_sizes(2, 8, 2, 512, 1408, 16)),
 }
 
 _TRANSFORMER_FIELDS = (

@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from heartmula.checkpoint import build_on_meta, load_state_dict, save_state_dict, validate_tensors
+from heartmula.checkpoint import check_model_folder, load_state_dict, save_state_dict
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import HeartMuLaConfig
 from heartmula.nn.layers import Linear, linear
-from heartmula.nn.memory import pack_in_huge_pages
-from heartmula.nn.quantized import QuantizedEmbedding, QuantizedLinear, native_matrix
+from heartmula.nn.quantized import QuantizedLinear
 from heartmula.nn.transformer import Transformer
 
 CONFIG_FILE = "config.json"
@@ -42,8 +41,7 @@ class HeartMuLa(nn.Module):
         self.muq_linear = nn.Linear(config.muq_dim, dim)
         self.audio_head_int8: nn.ModuleList | None = None  # set by heartmula.nn.quant.quantize_int8
         # audio_head as one [(K-1) V, decoder_dim] int8 / int4 layer, set by heartmula.lm.quantized
-        self.audio_head_quantized: nn.Module | None = None
-        self.upstream_products = False  # see use_upstream_products
+        self.audio_head_quantized: QuantizedLinear | None = None
 
     @property
     def num_codebooks(self) -> int:
@@ -79,6 +77,22 @@ class HeartMuLa(nn.Module):
         columns = torch.cat([audio, text.unsqueeze(-2)], dim=-2)
         return (columns * mask.unsqueeze(-1)).sum(dim=2, dtype=columns.dtype)
 
+    def embed_prompt_rows(self, tokens: torch.Tensor, mask: torch.Tensor, unconditional: torch.Tensor | None,
+                          references: list[torch.Tensor | None], slots: list[int]) -> torch.Tensor:
+        """`embed_rows` with each row's reference-audio slot filled, as training and generation both need it:
+        muq_linear(reference) (of zeros where the reference is None, as upstream) in conditional rows, the null text
+        in unconditional ones. references: one [muq_dim] or None per row; slots: the slot's index in each row."""
+        hidden = self.embed_rows(tokens, mask, unconditional)
+        vectors = torch.stack([
+            torch.zeros(self.config.muq_dim) if r is None else torch.as_tensor(r, dtype=torch.float32).reshape(-1)
+            for r in references
+        ]).to(hidden.device, self.dtype)
+        slot_values = self.muq_linear(vectors)
+        if unconditional is not None:
+            slot_values = torch.where(unconditional[:, None], self.unconditional_embedding(), slot_values)
+        index = (torch.arange(len(references), device=hidden.device), torch.tensor(slots, device=hidden.device))
+        return hidden.index_put(index, slot_values.to(hidden.dtype))
+
     def codebook_logits(self, codebook: int, decoder_hidden: torch.Tensor) -> torch.Tensor:
         """Logits of codebook >= 1 from the local decoder's last hidden state [b, decoder_dim]."""
         if self.audio_head_int8 is not None:
@@ -86,37 +100,7 @@ class HeartMuLa(nn.Module):
         if self.audio_head_quantized is not None:
             vocab = self.config.audio_vocab_size
             return self.audio_head_quantized.row_block((codebook - 1) * vocab, codebook * vocab)(decoder_hidden)
-        return linear(decoder_hidden, self.audio_head[codebook - 1].t(),
-                      few_rows_transposed=not self.upstream_products)
-
-    def local_frame_weights(self, dtype: torch.dtype) -> list[list[torch.Tensor]] | None:
-        """Projection [d, D], heads [(K-1) V, d] and audio embeddings [K V, D] as the native local frame reads them
-        (`heartmula.nn.quantized.native_matrix`), or None where one of them is in another form (FBGEMM int8, a
-        column-major head layout, upstream's products, float weights of a dtype other than `dtype`)."""
-        if self.audio_head_int8 is not None or self.upstream_products:
-            return None
-        projection = self.projection if isinstance(self.projection, QuantizedLinear) else self.projection.weight
-        if self.audio_head_quantized is not None:
-            heads = self.audio_head_quantized
-        else:  # [K-1, V, d] in the row-major layout of from_pretrained
-            heads = self.audio_head.transpose(1, 2)
-            heads = heads.reshape(-1, heads.shape[-1]) if heads.is_contiguous() else None
-        embeddings = self.audio_embeddings
-        embeddings = embeddings.table if isinstance(embeddings, QuantizedEmbedding) else embeddings.weight
-        matrices = [native_matrix(m) for m in (projection, heads, embeddings) if m is not None]
-        if len(matrices) < 3 or any(m is None or (m[0].is_floating_point() and m[0].dtype != dtype) for m in matrices):
-            return None
-        return matrices
-
-    def use_upstream_products(self, enabled: bool) -> None:
-        """Compute the linear layers exactly as F.linear (upstream's bits, for compat mode) or, by default, with
-        the faster few-row product of `heartmula.nn.layers.linear` (float32 rounding differs)."""
-        if enabled == self.upstream_products:
-            return
-        self.upstream_products = enabled
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.few_rows_transposed = not enabled
+        return linear(decoder_hidden, self.audio_head[codebook - 1].t())
 
     def use_row_major_heads(self) -> None:
         """Store audio_head as [.., vocab, dim] in memory (same values, same shape and name).
@@ -125,33 +109,6 @@ class HeartMuLa(nn.Module):
         CPU as a matmul against a [dim, vocab] matrix.
         """
         self.audio_head.data = self.audio_head.data.transpose(1, 2).contiguous().transpose(1, 2)
-
-    def fuse_projections(self) -> None:
-        """One product per layer for q, k, v and one for the gate and up projections, in backbone and decoder
-        (`heartmula.nn.layers.FusedLinear`: same parameters, names and values; faster decoding)."""
-        self.backbone.fuse_projections()
-        self.decoder.fuse_projections()
-
-    def pack_weights_in_huge_pages(self) -> int:
-        """Move the weights decoding streams (transformers, projection, heads, fused matrices) into one block of huge
-        pages (`heartmula.nn.memory`; CPU, Linux). Same parameters, names and values. Returns the bytes moved."""
-        holders: list[tuple[object, str]] = []
-
-        def add_quantized(layer) -> None:
-            holders.extend((layer, name) for name in ("data", "scales", "offsets"))
-
-        for name, module in self.named_modules():
-            if "embeddings" in name or name == "muq_linear":  # a few rows read per frame, once per song
-                continue
-            holders += [(param, "data") for param in module.parameters(recurse=False)]
-            if isinstance(module, QuantizedLinear):
-                add_quantized(module)
-            for fused in (getattr(module, "fused_qkv", None), getattr(module, "fused_gate_up", None)):
-                if fused is not None and fused.weight is not None:
-                    holders.append((fused, "weight"))
-                if fused is not None and isinstance(fused.quantized, QuantizedLinear):
-                    add_quantized(fused.quantized)
-        return pack_in_huge_pages(holders)
 
     # --- weights ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -177,14 +134,7 @@ class HeartMuLa(nn.Module):
     def check_folder(cls, folder: str | os.PathLike) -> HeartMuLa:
         """Check a model folder without reading any weights: config.json, then every tensor's name, shape and
         dtype against the model it describes. Returns that model on the meta device."""
-        folder = Path(folder)
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            raise HeartMuLaError(f"{folder} is not a HeartMuLa model folder: {CONFIG_FILE} is missing")
-        config = HeartMuLaConfig.from_file(config_path)
-        model = build_on_meta(lambda: cls(config), config_path)
-        validate_tensors(model.state_dict(), folder)
-        return model
+        return check_model_folder(folder, "HeartMuLa model", HeartMuLaConfig.from_file, cls, lambda m: m.state_dict())
 
     @classmethod
     def from_pretrained(

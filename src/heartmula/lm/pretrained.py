@@ -14,11 +14,11 @@ import torch
 
 from heartmula.checkpoint import parse_dtype
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.backends import QUANTIZED_FORMATS, load_weights, prepare_for_decoding, weight_format_of
+from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.generation import HeartMuLaGenerator
 from heartmula.lm.lora import merge_lora, read_adapter
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
-from heartmula.lm.quantized import is_quantized_folder, load_quantized
 from heartmula.text import TextTokenizer, byte_level_tokenizer
 
 DEFAULT_VERSION = "3B"
@@ -91,46 +91,34 @@ def load_generator(
     device: str | torch.device = "cpu",
     lora: str | os.PathLike | None = None,
     lora_scale: float = 1.0,
-    quant: str | None = None,
+    weights: str | None = None,
 ) -> HeartMuLaGenerator:
-    """`lora`: a LoRA adapter folder (PEFT layout) merged into the weights, times `lora_scale`, before anything
-    else reads them (`heartmula.lm.lora`). `quant` ("int8", "int4"): weight-only quantised while it loads, one
-    weight at a time (`heartmula.lm.quantized`; a quantised folder loads as such without it)."""
+    """A generator for the checkpoint at `path`. `lora`: a LoRA adapter folder (PEFT layout) merged into the weights,
+    times `lora_scale`, before anything else reads them (`heartmula.lm.lora`); then the model is transformed for
+    decoding with weight format `weights` (`heartmula.lm.backends.WEIGHT_FORMATS`; None: "float", or the format of
+    a quantised folder). "int8" and "int4" quantise a float folder while it loads, one weight at a time."""
     files = locate_lm(path, version)
     gen_config = _gen_config_for(files)
     tokenizer = _read_tokenizer(files, gen_config)
     adapter = read_adapter(lora) if lora is not None else None  # a bad adapter fails before the weights load
-    if quant is not None or is_quantized_folder(files.model_dir):
-        if adapter is not None:
-            raise HeartMuLaError("a LoRA adapter merges into float weights: load without --quant, or quantise "
-                                 "the merged model")
-        if str(device) != "cpu":
-            raise HeartMuLaError("int8 / int4 weights run on the CPU's native kernels: use --device cpu")
-        model = load_quantized(files.model_dir, quant, parse_dtype(dtype))
-    else:
-        model = HeartMuLa.from_pretrained(files.model_dir, dtype=parse_dtype(dtype), device=device)
-        if adapter is not None:
-            merge_lora(model, adapter, lora_scale)
-        model.fuse_projections()
+    weights = weight_format_of(files.model_dir, weights)
+    if adapter is not None and weights in QUANTIZED_FORMATS:
+        raise HeartMuLaError("a LoRA adapter merges into float weights: load without --quant, or quantise "
+                             "the merged model")
+    model = load_weights(files.model_dir, weights, parse_dtype(dtype), device)
     _check_vocab(files, tokenizer, model.config.text_vocab_size)
-    model.pack_weights_in_huge_pages()
+    if adapter is not None:
+        merge_lora(model, adapter, lora_scale)
+    prepare_for_decoding(model, weights)
     return HeartMuLaGenerator(model, tokenizer, gen_config)
 
 
 # --- fresh checkpoints ------------------------------------------------------------------------------------------
-def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
-    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
-                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
-
-
-# Random-weight presets in the official format: tests, benchmarks, and a starting point for training.
+# Random-weight presets in the official format: tests, benchmarks, and a starting point for training. The audio
+# vocabulary is the codebook plus 5 special ids, EOS the first of them, as in the release (8192 codes, EOS 8193).
 PRESETS: dict[str, dict] = {
-    # A model a test builds in milliseconds: small codebooks (32 codes + specials).
-    "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 64),
-                 audio_vocab_size=37, audio_eos_id=33),
-    # The decoding benchmarks' ~36M geometry: backbone 8 x 512 (8 heads / 2 KV), FFN 1408; decoder 2 layers.
-    "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 2048),
-                      audio_vocab_size=8197, audio_eos_id=8193),
+    "tiny": dict(**GEOMETRIES["tiny"], audio_vocab_size=37, audio_eos_id=33),  # 32 codes
+    "bench-36m": dict(**GEOMETRIES["bench-36m"], audio_vocab_size=8197, audio_eos_id=8193),
 }
 
 

@@ -146,7 +146,7 @@ def load_quantized(folder: str | os.PathLike, quant: str | None = None,
             raise HeartMuLaError(f"{folder} holds float weights: say which quantisation (int8 or int4)")
         shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
         return install(model, quantizing(read, shapes, quant), read, dtype)
-    stored = _read_quant_file(folder)
+    stored = stored_format(folder)
     if quant is not None and quant != stored:
         raise HeartMuLaError(f"{folder} holds {stored} weights, not {quant}: drop --quant or quantise the float "
                              f"checkpoint again")
@@ -161,7 +161,9 @@ def _meta_model(folder: Path) -> HeartMuLa:
     return build_on_meta(lambda: HeartMuLa(config), config_path)
 
 
-def _read_quant_file(folder: Path) -> str:
+def stored_format(folder: str | os.PathLike) -> str:
+    """The format ("int8", "int4") of a quantised folder's weights."""
+    folder = Path(folder)
     try:
         quant = json.loads((folder / QUANT_FILE).read_text(encoding="utf-8"))["format"]
     except (ValueError, KeyError, TypeError) as exc:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,8 +35,26 @@ def _cpu_vendor() -> str:
 TRANSPOSED_FEW_ROWS = _cpu_vendor() == "AuthenticAMD"
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           few_rows_transposed: bool = True) -> torch.Tensor:
+_UPSTREAM_PRODUCTS: ContextVar[bool] = ContextVar("upstream_products", default=False)
+
+
+@contextmanager
+def upstream_products() -> Iterator[None]:
+    """Inside: every `linear` is F.linear and fused projections run as their separate layers (upstream's bits, for
+    compat mode). A context of the calling thread, not a property of the model: sessions in both modes may share
+    one model."""
+    token = _UPSTREAM_PRODUCTS.set(True)
+    try:
+        yield
+    finally:
+        _UPSTREAM_PRODUCTS.reset(token)
+
+
+def computing_upstream_products() -> bool:
+    return _UPSTREAM_PRODUCTS.get()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, faster for the few-row float32 and bfloat16 products of decoding on a CPU.
 
     Decoding with guidance multiplies 2-3 rows per song by every weight matrix. torch's CPU BLAS (MKL) streams the
@@ -40,10 +62,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     (`heartmula.nn.native`, x86 with AVX2) streams them at close to it; without it, on AMD CPUs, a float32 product
     is computed as `(weight @ x.T).T`, whose weights MKL streams faster there (see TRANSPOSED_FEW_ROWS). Both
     differ from F.linear by rounding only (another summation order; the native kernel accumulates bfloat16 in
-    float32 and rounds once); `few_rows_transposed=False` keeps F.linear's bits, which upstream's numbers need
+    float32 and rounds once); inside `upstream_products()` it is F.linear, whose bits upstream's numbers need
     (compat mode).
     """
-    if (not few_rows_transposed or x.device.type != "cpu" or x.dtype != weight.dtype
+    if (_UPSTREAM_PRODUCTS.get() or x.device.type != "cpu" or x.dtype != weight.dtype
             or x.dtype not in (torch.float32, torch.bfloat16) or x.numel() > FEW_ROWS * x.shape[-1]):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
@@ -66,12 +88,10 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) computed by `linear`; `few_rows_transposed` picks its product."""
-
-    few_rows_transposed = True
+    """nn.Linear (same parameters and names) computed by `linear`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.few_rows_transposed)
+        return linear(x, self.weight, self.bias)
 
 
 class FusedLinear:
@@ -105,12 +125,12 @@ class FusedLinear:
 
     def active(self) -> bool:
         """Whether to take the fused product: always once quantised; in float, while the layers still share the
-        fused matrix, use the few-row product (upstream's bits, for compat mode, need the separate F.linear) and
-        need no gradients (the fused matrix is outside autograd)."""
+        fused matrix, outside `upstream_products()` (upstream's bits need the separate F.linear) and with no
+        gradients needed (the fused matrix is outside autograd)."""
         if self.quantized is not None:
             return True
         first = self._first
-        return (first.few_rows_transposed and self.intact()
+        return (not _UPSTREAM_PRODUCTS.get() and self.intact()
                 and not (torch.is_grad_enabled() and first.weight.requires_grad))
 
     def intact(self) -> bool:

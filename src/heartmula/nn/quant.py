@@ -93,7 +93,7 @@ def quantize_int8(model) -> None:
     model.audio_head_int8 = nn.ModuleList(Int8Linear(head.t()) for head in model.audio_head.detach())
     model.audio_head = nn.Parameter(torch.empty(0), requires_grad=False)
     # The float parameters left (norm scales) may be views of the block that held all the float weights
-    # (HeartMuLa.pack_weights_in_huge_pages): their own copies let that block go.
+    # (heartmula.lm.backends.pack_weights_in_huge_pages): their own copies let that block go.
     for param in model.parameters():
         if param.untyped_storage().nbytes() > param.numel() * param.element_size():
             param.data = param.data.clone()

@@ -47,7 +47,8 @@ class TransformerConfig:
 
 
 class KVCache:
-    """Static per-layer K/V buffers; `filled` slots are valid."""
+    """Static K/V buffers of one attention layer [batch, kv_heads, capacity, head_dim]; the caller tracks which
+    slots are filled and passes the cache into every forward call."""
 
     def __init__(self, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype, device):
         shape = (batch, kv_heads, capacity, head_dim)
@@ -57,6 +58,10 @@ class KVCache:
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep the batch rows `index` [b'] (in that order)."""
+        self.k, self.v = self.k[index], self.v[index]
 
 
 class Attention(nn.Module):
@@ -69,7 +74,6 @@ class Attention(nn.Module):
         self.k_proj = Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = Linear(config.embed_dim, self.num_kv_heads * self.head_dim, bias=False)
         self.output_proj = Linear(self.num_heads * self.head_dim, config.embed_dim, bias=False)
-        self.cache: KVCache | None = None
         self.fused_qkv: FusedLinear | None = None
 
     def fuse_projections(self) -> None:
@@ -86,8 +90,10 @@ class Attention(nn.Module):
         rope: torch.Tensor,
         start: int | None,
         key_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """x [b, s, d]; rope rows [b or 1, s, hd/2] (complex); `start` = first cache slot to write (None: no cache).
+        """x [b, s, d]; rope rows [b or 1, s, hd/2] (complex); `start` = first slot of `cache` to write (None: no
+        cache).
 
         key_mask [b, keys] (True = may attend) marks padding slots of left-padded batches; causality inside the
         new block is added here.
@@ -100,9 +106,9 @@ class Attention(nn.Module):
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if start is not None:
             end = start + s
-            self.cache.k[:b, :, start:end] = k
-            self.cache.v[:b, :, start:end] = v
-            k, v = self.cache.k[:b, :, :end], self.cache.v[:b, :, :end]
+            cache.k[:b, :, start:end] = k
+            cache.v[:b, :, start:end] = v
+            k, v = cache.k[:b, :, :end], cache.v[:b, :, :end]
         else:
             start = 0
         groups = self.num_heads // self.num_kv_heads
@@ -141,9 +147,9 @@ class TransformerLayer(nn.Module):
                         for m in (self.attn.output_proj, self.mlp.w2))
                 and self.sa_norm.scale.dtype == dtype and self.mlp_norm.scale.dtype == dtype)
 
-    def native_tensors(self) -> list[torch.Tensor]:
-        """The layer's norms, weights (3 tensors each: `heartmula.nn.quantized.native_matrix`) and caches, 16 in
-        the order of `decoding.cpp`."""
+    def native_tensors(self, cache: KVCache) -> list[torch.Tensor]:
+        """The layer's norms, weights (3 tensors each: `heartmula.nn.quantized.native_matrix`) and its `cache`, 16
+        in the order of `decoding.cpp`."""
         attn, mlp = self.attn, self.mlp
 
         def matrix(fused_or_linear) -> list[torch.Tensor]:
@@ -154,10 +160,10 @@ class TransformerLayer(nn.Module):
                                  else fused_or_linear.weight)
 
         return [self.sa_norm.scale, *matrix(attn.fused_qkv), *matrix(attn.output_proj), self.mlp_norm.scale,
-                *matrix(mlp.fused_gate_up), *matrix(mlp.w2), attn.cache.k, attn.cache.v]
+                *matrix(mlp.fused_gate_up), *matrix(mlp.w2), cache.k, cache.v]
 
-    def forward(self, x, rope, start, key_mask):
-        h = x + self.attn(self.sa_norm(x), rope, start, key_mask)
+    def forward(self, x, rope, start, key_mask, cache=None):
+        h = x + self.attn(self.sa_norm(x), rope, start, key_mask, cache)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -186,19 +192,10 @@ class Transformer(nn.Module):
             layer.attn.fuse_projections()
             layer.mlp.fuse_projections()
 
-    def setup_cache(self, batch: int, capacity: int, dtype: torch.dtype, device) -> None:
+    def new_cache(self, batch: int, capacity: int, dtype: torch.dtype, device) -> list[KVCache]:
+        """Empty K/V buffers for every layer, to pass into `forward`."""
         c = self.config
-        for layer in self.layers:
-            layer.attn.cache = KVCache(batch, c.num_kv_heads, capacity, c.dim_per_head, dtype, device)
-
-    def drop_cache(self) -> None:
-        for layer in self.layers:
-            layer.attn.cache = None
-
-    @property
-    def cache_capacity(self) -> int:
-        cache = self.layers[0].attn.cache
-        return 0 if cache is None else cache.capacity
+        return [KVCache(batch, c.num_kv_heads, capacity, c.dim_per_head, dtype, device) for _ in self.layers]
 
     def forward(
         self,
@@ -206,15 +203,17 @@ class Transformer(nn.Module):
         positions: torch.Tensor,
         start: int | None = None,
         key_mask: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
     ) -> torch.Tensor:
-        """x [b, s, d]; positions [s] or [b, s] (RoPE); `start`: cache slot of x[:, 0] (None = no cache, causal)."""
+        """x [b, s, d]; positions [s] or [b, s] (RoPE); `start`: slot of x[:, 0] in `cache` (one KVCache per layer;
+        None = no cache, causal)."""
         rope = self.rope_rows(positions)
         if start is not None and self.native_step_applies(x):
             kernels = native.kernels()
             if kernels is not None:
-                return self._native_step(kernels, x, rope, start, key_mask)
-        for layer in self.layers:
-            x = layer(x, rope, start, key_mask)
+                return self._native_step(kernels, x, rope, start, key_mask, cache)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, start, key_mask, None if cache is None else cache[i])
         return self.norm(x)
 
     def native_step_applies(self, x: torch.Tensor) -> bool:
@@ -226,12 +225,13 @@ class Transformer(nn.Module):
                 and not torch.compiler.is_compiling() and self.norm.scale.dtype == x.dtype
                 and all(layer.runs_on_few_row_products(x.dtype) for layer in self.layers))
 
-    def native_tensors(self) -> list[torch.Tensor]:
-        """The weights and caches of every layer as the native kernels read them (16 per layer, `decoding.cpp`)."""
-        return [tensor for layer in self.layers for tensor in layer.native_tensors()]
+    def native_tensors(self, cache: list[KVCache]) -> list[torch.Tensor]:
+        """The weights of every layer and its `cache` as the native kernels read them (16 per layer, `decoding.cpp`)."""
+        return [tensor for layer, layer_cache in zip(self.layers, cache)
+                for tensor in layer.native_tensors(layer_cache)]
 
-    def _native_step(self, kernels, x, rope, start, key_mask) -> torch.Tensor:
+    def _native_step(self, kernels, x, rope, start, key_mask, cache) -> torch.Tensor:
         c = self.config
         return kernels.transformer_step(x.contiguous(), torch.view_as_real(rope), key_mask, start,
-                                        self.native_tensors(), self.norm.scale, c.num_heads, c.num_kv_heads,
+                                        self.native_tensors(cache), self.norm.scale, c.num_heads, c.num_kv_heads,
                                         c.norm_eps)

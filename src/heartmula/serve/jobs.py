@@ -434,7 +434,7 @@ class SongWorker:
         self.store = store
         self.load_models = load_models
         self.max_batch = max(1, max_batch)
-        self.model_lock = model_lock or threading.Lock()  # KV caches live in the model: one session at a time
+        self.model_lock = model_lock or threading.Lock()  # sessions on one model take turns frame by frame
         self.log = log
         self.after_finish, self.on_ready = after_finish, on_ready  # e.g. the library search index
         self.stall_seconds = stall_seconds  # health turns 503 when a batch shows no progress for this long
@@ -532,7 +532,7 @@ class SongWorker:
     def _load(self) -> bool:
         try:
             self.generator, self.codec = self.load_models()
-            try:  # the streaming engine's lock for this model, so live streams and jobs share the model
+            try:  # the streaming engine's lock for this model, so live streams and jobs take turns on its cores
                 from heartmula.stream import model_lock
 
                 self.model_lock = model_lock(self.generator.model)

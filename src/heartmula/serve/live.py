@@ -158,82 +158,13 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
                release_slot) -> None:
     import secrets
 
-    from heartmula.stream import StreamControls, StreamSession
-
     seed = start.seed if start.seed is not None else secrets.randbelow(2**31)
-    try:
-        controls = StreamControls(prompts=[tuple(p) for p in start.prompts], temperature=start.temperature,
-                                  top_k=start.top_k, cfg_scale=start.cfg_scale)
-        session = await on_worker(worker, StreamSession, worker.generator, worker.codec, lyrics=start.lyrics,
-                                  controls=controls, seed=seed, max_seconds=start.max_seconds)
-    except HeartMuLaError as exc:
-        await error(str(exc))
-        await ws.close()
+    session = await _start_session(ws, start, worker, seed, error)
+    if session is None:
         return
-    await ws.send_json({"type": "started", "sample_rate": session.sample_rate, "channels": session.channels,
-                        "latency_frames": session.latency_frames, "seed": seed})
-    stop = asyncio.Event()
-    pieces: list[np.ndarray] = []
-
-    async def produce() -> None:
-        began, sent = None, 0.0
-        while not stop.is_set():
-            chunk = await on_worker(worker, session.next_chunk)
-            if chunk is None:
-                return
-            await ws.send_bytes(np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes())
-            pieces.append(chunk.audio)
-            began = began or time.monotonic()
-            sent += chunk.seconds
-            ahead = sent - (time.monotonic() - began)
-            if ahead > LEAD_SECONDS:  # stay close to real time so control changes are heard soon
-                try:
-                    await asyncio.wait_for(stop.wait(), ahead - LEAD_SECONDS)
-                except asyncio.TimeoutError:
-                    pass
-
-    async def control() -> None:
-        while not stop.is_set():
-            data = await receive()
-            if data is None:
-                continue
-            if data["type"] == "stop":
-                stop.set()
-                return
-            if data["type"] != "update":
-                await error(f"unknown message type {data['type']!r}; use update or stop")
-                continue
-            try:
-                update = StreamUpdate.model_validate_json(json.dumps(data))
-            except ValidationError as exc:
-                await error(_problem(exc))
-                continue
-            changes = update.model_dump(exclude_none=True, exclude={"type"})
-            if "prompts" in changes:
-                changes["prompts"] = [tuple(p) for p in changes["prompts"]]
-            try:
-                version = await run_in_threadpool(session.update, **changes)
-            except HeartMuLaError as exc:
-                await error(str(exc))
-                continue
-            await ws.send_json({"type": "updated", "version": version})
-
-    producer, controller = asyncio.create_task(produce()), asyncio.create_task(control())
-    disconnected, problem = False, None
     try:
-        await asyncio.wait({producer, controller}, return_when=asyncio.FIRST_COMPLETED)
+        pieces, disconnected, problem = await _stream_until_done(ws, worker, session, receive, error)
     finally:
-        stop.set()
-        controller.cancel()
-        for task in (controller, producer):  # the producer finishes the chunk in hand, then sees `stop`
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except HeartMuLaError as exc:
-                problem = str(exc)
-            except Exception:  # WebSocketDisconnect, or a send on a socket the client has closed
-                disconnected = True
         codes = await on_worker(worker, session.codes)
         await on_worker(worker, session.close)
         release_slot()
@@ -251,6 +182,97 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
         seconds = sum(p.shape[1] for p in pieces) / session.sample_rate
         await ws.send_json({"type": "end", "song": song_id, "seconds": round(seconds, 3)})
         await ws.close()
+
+
+async def _start_session(ws: WebSocket, start: StreamStart, worker: SongWorker, seed: int, error):
+    """The stream's session, announced to the client; None (reported, socket closed) where it cannot start."""
+    from heartmula.stream import StreamControls, StreamSession
+
+    try:
+        controls = StreamControls(prompts=[tuple(p) for p in start.prompts], temperature=start.temperature,
+                                  top_k=start.top_k, cfg_scale=start.cfg_scale)
+        session = await on_worker(worker, StreamSession, worker.generator, worker.codec, lyrics=start.lyrics,
+                                  controls=controls, seed=seed, max_seconds=start.max_seconds)
+    except HeartMuLaError as exc:
+        await error(str(exc))
+        await ws.close()
+        return None
+    await ws.send_json({"type": "started", "sample_rate": session.sample_rate, "channels": session.channels,
+                        "latency_frames": session.latency_frames, "seed": seed})
+    return session
+
+
+async def _stream_until_done(ws: WebSocket, worker: SongWorker, session, receive,
+                             error) -> tuple[list[np.ndarray], bool, str | None]:
+    """Audio out and controls in until the song ends or the client stops or leaves. Returns the audio sent, whether
+    the client left, and a problem to report."""
+    stop = asyncio.Event()
+    pieces: list[np.ndarray] = []
+    producer = asyncio.create_task(_produce(ws, worker, session, stop, pieces))
+    controller = asyncio.create_task(_control(ws, session, stop, receive, error))
+    disconnected, problem = False, None
+    try:
+        await asyncio.wait({producer, controller}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.set()
+        controller.cancel()
+        for task in (controller, producer):  # the producer finishes the chunk in hand, then sees `stop`
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except HeartMuLaError as exc:
+                problem = str(exc)
+            except Exception:  # WebSocketDisconnect, or a send on a socket the client has closed
+                disconnected = True
+    return pieces, disconnected, problem
+
+
+async def _produce(ws: WebSocket, worker: SongWorker, session, stop: asyncio.Event, pieces: list) -> None:
+    """Send the session's chunks (kept in `pieces`) at close to real time until it ends or `stop` is set."""
+    began, sent = None, 0.0
+    while not stop.is_set():
+        chunk = await on_worker(worker, session.next_chunk)
+        if chunk is None:
+            return
+        await ws.send_bytes(np.ascontiguousarray(chunk.audio, dtype="<f4").tobytes())
+        pieces.append(chunk.audio)
+        began = began or time.monotonic()
+        sent += chunk.seconds
+        ahead = sent - (time.monotonic() - began)
+        if ahead > LEAD_SECONDS:  # stay close to real time so control changes are heard soon
+            try:
+                await asyncio.wait_for(stop.wait(), ahead - LEAD_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+
+
+async def _control(ws: WebSocket, session, stop: asyncio.Event, receive, error) -> None:
+    """Apply the client's updates to the session until it sends stop (then set `stop`)."""
+    while not stop.is_set():
+        data = await receive()
+        if data is None:
+            continue
+        if data["type"] == "stop":
+            stop.set()
+            return
+        if data["type"] != "update":
+            await error(f"unknown message type {data['type']!r}; use update or stop")
+            continue
+        try:
+            update = StreamUpdate.model_validate_json(json.dumps(data))
+        except ValidationError as exc:
+            await error(_problem(exc))
+            continue
+        changes = update.model_dump(exclude_none=True, exclude={"type"})
+        if "prompts" in changes:
+            changes["prompts"] = [tuple(p) for p in changes["prompts"]]
+        try:
+            version = await run_in_threadpool(session.update, **changes)
+        except HeartMuLaError as exc:
+            await error(str(exc))
+            continue
+        await ws.send_json({"type": "updated", "version": version})
 
 
 async def on_worker(worker: SongWorker, fn, *args, **kwargs):

@@ -112,7 +112,8 @@ def check_song_to_continue(svc: Services, body: SongCreate) -> int:
 
 
 def check_fits_context(generator, lyrics: str, tag_prompts: list[str], duration: float, prompt_frames: int = 0):
-    from heartmula.lm.generation import FRAME_RATE, frames_for_duration
+    from heartmula.constants import FRAME_RATE
+    from heartmula.lm.generation import frames_for_duration
 
     max_seq_len = generator.model.config.backbone.max_seq_len
     longest = max(len(generator.build_prompt(tags, lyrics)[0]) for tags in tag_prompts) + prompt_frames

@@ -10,8 +10,9 @@ import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.generation import FRAME_RATE, SamplingParams
+from heartmula.lm.generation import SamplingParams
 from heartmula.text import TagPrompt, parse_tag_prompts, validate_weights
 
 CONTROL_FIELDS = ("prompts", "temperature", "top_k", "cfg_scale")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import threading
 import weakref
 from collections.abc import Iterator
@@ -14,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.generation import FRAME_RATE, GenerationSession, SongRequest, frames_for_duration, min_frames_for
+from heartmula.lm.generation import GenerationSession, SongRequest, frames_for_duration, min_frames_for
 from heartmula.song_models import clap_reference
-from heartmula.stream.controls import StreamControls, parse_prompts
+from heartmula.stream.controls import StreamControls
 from heartmula.stream.decoding import DirectAudioStream, FlowAudioStream
+from heartmula.stream.session_state import resumed_stream, stream_state_bytes
 
-STATE_FORMAT = "heartmula.stream/1"
 PROMPT_CONTEXT_FRAMES = 32  # frames of an audio prompt the codec decoder sees (its context), not played back
 
 _model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -28,7 +27,8 @@ _locks_guard = threading.Lock()
 
 
 def model_lock(model) -> threading.Lock:
-    """One lock per model: sessions sharing a model take turns frame by frame (their KV caches are their own)."""
+    """One lock per model: sessions sharing a model take turns frame by frame. Their KV caches are their own, so
+    the turns only keep concurrent songs from splitting the cores (and torch's thread pool) between them."""
     with _locks_guard:
         lock = _model_locks.get(model)
         if lock is None:
@@ -58,10 +58,34 @@ class AudioChunk:
         return self.audio.shape[-1] / self.sample_rate
 
 
-def _fingerprint(generator, codec) -> dict:
-    c = generator.model.config
-    return dict(lm=[c.backbone.num_layers, c.backbone.embed_dim, c.decoder.num_layers, c.audio_vocab_size],
-                codec=[codec.config.sample_rate, codec.config.codebook_size, codec.config.decoder_type])
+def _audio_prompt(codec, prompt_codes, prompt_audio: tuple[np.ndarray, int] | None) -> torch.Tensor | None:
+    """The audio prompt as long codes [K, T] (encoded by the codec when given as audio), or None."""
+    if prompt_audio is not None:
+        if prompt_codes is not None:
+            raise HeartMuLaError("give an audio prompt as audio or as codes, not both")
+        audio, rate = prompt_audio
+        prompt_codes = codec.encode(audio, rate)  # raises a clear error if the codec has no encoder
+    return None if prompt_codes is None else torch.as_tensor(np.asarray(prompt_codes)).long()
+
+
+def _style_reference(generator, reference_embedding: torch.Tensor | None,
+                     reference_audio: tuple[np.ndarray, int] | None, clap) -> torch.Tensor | None:
+    """The style reference's embedding: as given, or the HeartCLAP embedding of the reference audio."""
+    if reference_audio is None:
+        return reference_embedding
+    if reference_embedding is not None:
+        raise HeartMuLaError("give a style reference as audio or as an embedding, not both")
+    return clap_reference(generator.model.config.muq_dim, reference_audio, clap)
+
+
+def _check_pair(generator, codec) -> None:
+    """The codec must decode the language model's codes."""
+    k = generator.model.num_codebooks
+    if codec.config.num_quantizers != k or codec.config.codebook_size < generator.codebook_size:
+        raise HeartMuLaError(
+            f"the codec ({codec.config.num_quantizers} codebooks of {codec.config.codebook_size}) cannot decode "
+            f"this language model's codes ({k} codebooks of {generator.codebook_size}): use a matching pair"
+        )
 
 
 class StreamSession:
@@ -102,27 +126,13 @@ class StreamSession:
         self.controls = controls or StreamControls()
         self.generator, self.codec = generator, codec
         self.lyrics, self.seed, self.max_seconds = lyrics, seed, float(max_seconds)
-        k = generator.model.num_codebooks
-        if codec.config.num_quantizers != k or codec.config.codebook_size < generator.codebook_size:
-            raise HeartMuLaError(
-                f"the codec ({codec.config.num_quantizers} codebooks of {codec.config.codebook_size}) cannot decode "
-                f"this language model's codes ({k} codebooks of {generator.codebook_size}): use a matching pair"
-            )
+        _check_pair(generator, codec)
         self.direct = codec.config.decoder_type == "direct"
         self.chunk_frames = chunk_frames or (2 if self.direct else 12)
         if self.chunk_frames < 1:
             raise HeartMuLaError("chunk_frames must be at least 1")
-        if prompt_audio is not None:
-            if prompt_codes is not None:
-                raise HeartMuLaError("give an audio prompt as audio or as codes, not both")
-            audio, rate = prompt_audio
-            prompt_codes = codec.encode(audio, rate)  # raises a clear error if the codec has no encoder
-        if prompt_codes is not None:
-            prompt_codes = torch.as_tensor(np.asarray(prompt_codes)).long()
-        if reference_audio is not None:
-            if reference_embedding is not None:
-                raise HeartMuLaError("give a style reference as audio or as an embedding, not both")
-            reference_embedding = clap_reference(generator.model.config.muq_dim, reference_audio, clap)
+        prompt_codes = _audio_prompt(codec, prompt_codes, prompt_audio)
+        reference_embedding = _style_reference(generator, reference_embedding, reference_audio, clap)
         self.samples_per_frame = codec.config.samples_per_code
         self.sample_rate, self.channels = codec.sample_rate, codec.config.audio_channels
         song = SongRequest(lyrics=lyrics, tags=list(self.controls.prompts), seed=seed,
@@ -177,7 +187,7 @@ class StreamSession:
 
     def codes(self) -> np.ndarray:
         """All code frames generated so far, int64 [K, frames]."""
-        frames = self.lm._history[: self.frames_generated]
+        frames = self.lm.history[: self.frames_generated]
         if not frames:
             return np.zeros((self.generator.model.num_codebooks, 0), dtype=np.int64)
         return torch.stack([f[0] for f in frames], dim=1).cpu().numpy().astype(np.int64)
@@ -360,31 +370,13 @@ class StreamSession:
     # --- state ----------------------------------------------------------------------------------------------
     def save_state(self, path: str | os.PathLike | None = None) -> bytes:
         """The whole session as safetensors bytes (tensors + JSON metadata, no pickle); also written to `path`."""
-        from safetensors.torch import save
-
         with self._lock:
             if self.closed:
                 raise HeartMuLaError("this stream session is closed")
             with model_lock(self.generator.model):
                 self._sync_controls()
-                lm_tensors, lm_meta = self.lm.state_dict()
-            audio_tensors, audio_meta = self.decoder.state()
-            tensors = {f"lm.{k}": v for k, v in lm_tensors.items()}
-            tensors.update({f"audio.{k}": v.detach().cpu().contiguous() for k, v in audio_tensors.items()})
-            tensors["pending"] = torch.from_numpy(np.ascontiguousarray(self._pending))
-            if self._unpushed:
-                tensors["unpushed"] = torch.stack(self._unpushed, dim=1)
-            meta = dict(
-                format=STATE_FORMAT, model=_fingerprint(self.generator, self.codec), lm=lm_meta, audio=audio_meta,
-                lyrics=self.lyrics, seed=self.seed, max_seconds=self.max_seconds, chunk_frames=self.chunk_frames,
-                controls=self.controls.to_dict(), controls_version=self.controls_version,
-                frame_versions=self.frame_versions, applied_at=list(self.applied_at.items()),
-                schedule=[[f, _jsonable(c)] for f, c in self.schedule_changes], skip=self._skip,
-                emitted_frames=self.emitted_frames, played_prompt_frames=self.played_prompt_frames,
-                lm_done=self.lm_done, finished=self.finished,
-                degradations=self.degradations,
-            )
-        data = save(tensors, metadata={"heartmula.stream": json.dumps(meta)})
+                lm_state = self.lm.state_dict()
+            data = stream_state_bytes(self, *lm_state)
         if path is not None:
             from heartmula.files import atomic_output
 
@@ -395,52 +387,4 @@ class StreamSession:
     @classmethod
     def resume(cls, generator, codec, state: bytes | str | os.PathLike) -> StreamSession:
         """A session restored from `save_state` output (bytes or a file); it continues exactly where it was."""
-        from safetensors.torch import load
-
-        if not isinstance(state, (bytes, bytearray)):
-            try:
-                state = Path(state).read_bytes()
-            except OSError as exc:
-                raise HeartMuLaError(f"cannot read the stream state {state}: {exc.strerror}") from None
-        meta = _read_metadata(bytes(state))
-        if meta.get("format") != STATE_FORMAT:
-            raise HeartMuLaError("this is not a saved heartmula stream state (or a newer format)")
-        if meta["model"] != _fingerprint(generator, codec):
-            raise HeartMuLaError("this stream state was saved with a different language model or codec: resume it "
-                                 "with the same --model and --codec")
-        tensors = load(bytes(state))
-        audio = meta["audio"]
-        session = cls(generator, codec, meta["lyrics"], StreamControls.from_dict(meta["controls"]), meta["seed"],
-                      meta["max_seconds"], chunk_frames=meta["chunk_frames"],
-                      lookahead_frames=audio.get("lookahead_frames"), overlap_frames=audio.get("overlap_frames", 12))
-        lm_tensors = {k[3:]: v for k, v in tensors.items() if k.startswith("lm.")}
-        session.lm = GenerationSession.from_state(generator, lm_tensors, meta["lm"])
-        session.decoder.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("audio.")}, audio)
-        session._pending = tensors["pending"].numpy().copy()
-        session._unpushed = list(tensors["unpushed"].unbind(1)) if "unpushed" in tensors else []
-        session.controls_version = session._lm_version = meta["controls_version"]
-        session.frame_versions = list(meta["frame_versions"])
-        session.applied_at = {int(v): int(f) for v, f in meta["applied_at"]}
-        session.schedule_changes = [(int(f), _from_jsonable(c)) for f, c in meta["schedule"]]
-        session._skip, session.emitted_frames = meta["skip"], meta["emitted_frames"]
-        session.played_prompt_frames = meta.get("played_prompt_frames", 0)
-        session.lm_done, session.finished = meta["lm_done"], meta["finished"]
-        session.degradations = list(meta["degradations"])
-        return session
-
-
-def _jsonable(changes: dict) -> dict:
-    return {k: [list(p) for p in v] if k == "prompts" else v for k, v in changes.items()}
-
-
-def _from_jsonable(changes: dict) -> dict:
-    return {k: parse_prompts(v) if k == "prompts" else v for k, v in changes.items()}
-
-
-def _read_metadata(data: bytes) -> dict:
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length])
-        return json.loads(header["__metadata__"]["heartmula.stream"])
-    except (struct.error, ValueError, KeyError, TypeError):
-        raise HeartMuLaError("this is not a saved heartmula stream state") from None
+        return resumed_stream(cls, generator, codec, state)

@@ -362,6 +362,49 @@ def _step_loss(model: HeartCLAP, chosen: list[Item], vocabulary: list[str], rng:
                   "scale": scale.item()}
 
 
+def _training_pools(rows: list[dict], model: HeartCLAP, config: ClapTrainConfig, out: Path,
+                    progress: bool) -> tuple[dict, list]:
+    """The items of every pool (`corpus`, `held` and the real-audio ones of `real_pools`) and the rows passed over;
+    rank 0 writes the feature cache, the others read it."""
+    cache_dir = Path(os.environ.get("HEARTMULA_CLAP_FEATURES", out / FEATURE_DIR))
+    train_rows = [r for r in rows if r["split"] == "train"]
+    held_rows = [r for r in rows if r["split"] in HELD_OUT_SPLITS]
+    with main_rank_first():
+        train_items, skipped = load_items(train_rows, model, cache_dir, progress)
+        held_items, held_skipped = load_items(held_rows, model, cache_dir, progress)
+        pools, real_skipped = real_pools(rows, model, config, cache_dir, progress)
+    pools.update(corpus=train_items, held=held_items)
+    if len(train_items) < 2:
+        raise HeartMuLaError(f"only {len(train_items)} usable training songs (tagged and readable); need >= 2")
+    return pools, skipped + held_skipped + real_skipped
+
+
+def _optimizer_step(model: HeartCLAP, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+
+
+def _log_and_save(model: HeartCLAP, optimizer, out: Path, config: ClapTrainConfig, record: dict, pools: dict,
+                  started: float) -> bool:
+    """Rank 0 evaluates (every `eval_every` steps and at the end), logs `record` and saves (every `save_every`
+    steps, at the end, and when out of time). Returns whether time is up, the same on every rank."""
+    ranks, step = current_ranks(), record["step"]
+    if ranks.is_main and (step % config.eval_every == 0 or step == config.steps):
+        record.update(held_out_metrics(model, pools["held"]) if pools["held"] else {})
+        record.update(real_metrics(model, pools["eval_real"]) if pools.get("eval_real") else {})
+        model.train()
+    if ranks.is_main:
+        _log(out, record)
+    # every rank stops at the same step: rank 0's clock decides
+    out_of_time = bool(sum_across_ranks(torch.tensor(ranks.is_main and config.max_minutes is not None
+                                                     and time.time() - started > 60 * config.max_minutes)))
+    if ranks.is_main and (step % config.save_every == 0 or step == config.steps or out_of_time):
+        _save(model, optimizer, step, out)
+    return out_of_time
+
+
 def train_clap(
     manifests: list[str | os.PathLike], out: str | os.PathLike, config: ClapTrainConfig | None = None,
     progress: bool = True, model_config: HeartCLAPConfig | None = None,
@@ -372,24 +415,15 @@ def train_clap(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for m in manifests for row in read_manifest(m)]
-    train_rows = [r for r in rows if r["split"] == "train"]
-    held_rows = [r for r in rows if r["split"] in HELD_OUT_SPLITS]
-    if not train_rows:
+    if not any(r["split"] == "train" for r in rows):
         raise HeartMuLaError("the manifests have no rows with split 'train'; build a corpus with `heartmula data "
                              "build` or import songs with `heartmula data import`")
     model, optimizer, resumed_from = _model_and_optimizer(out, config, model_config)
     ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
     progress = progress and ranks.is_main
 
-    cache_dir = Path(os.environ.get("HEARTMULA_CLAP_FEATURES", out / FEATURE_DIR))
-    with main_rank_first():  # rank 0 writes the feature cache, the others read it
-        train_items, skipped = load_items(train_rows, model, cache_dir, progress)
-        held_items, held_skipped = load_items(held_rows, model, cache_dir, progress)
-        pools, real_skipped = real_pools(rows, model, config, cache_dir, progress)
-    pools.update(corpus=train_items, held=held_items)
-    skipped += held_skipped + real_skipped
-    if len(train_items) < 2:
-        raise HeartMuLaError(f"only {len(train_items)} usable training songs (tagged and readable); need >= 2")
+    pools, skipped = _training_pools(rows, model, config, out, progress)
+    train_items, held_items = pools["corpus"], pools["held"]
     vocabulary = sorted({t for it in train_items + pools.get("real", []) for t in it.tags})
     if ranks.is_main:
         _write_training_data(out, manifests, rows, pools, skipped, vocabulary, config,
@@ -412,10 +446,7 @@ def train_clap(
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
         loss, parts = step_loss(chosen, vocabulary, rng, step, config, fixed_audio, row_of)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        _optimizer_step(model, optimizer, loss)
         step += 1
         parts = mean_across_ranks({"loss": loss.item(), **parts})  # the same on every rank: the loss is global
         last_loss = parts.pop("loss")
@@ -424,18 +455,7 @@ def train_clap(
         bar.set_postfix(loss=f"{last_loss:.3f}")
         record = {"step": step, "loss": last_loss, **parts, "lr": _lr(step - 1, config),
                   "elapsed_s": round(time.time() - started, 1)}
-        if ranks.is_main and (step % config.eval_every == 0 or step == config.steps):
-            record.update(held_out_metrics(model, held_items) if held_items else {})
-            record.update(real_metrics(model, pools["eval_real"]) if pools.get("eval_real") else {})
-            model.train()
-        if ranks.is_main:
-            _log(out, record)
-        # every rank stops at the same step: rank 0's clock decides
-        out_of_time = bool(sum_across_ranks(torch.tensor(ranks.is_main and config.max_minutes is not None
-                                                         and time.time() - started > 60 * config.max_minutes)))
-        if ranks.is_main and (step % config.save_every == 0 or step == config.steps or out_of_time):
-            _save(model, optimizer, step, out)
-        if out_of_time:
+        if _log_and_save(model, optimizer, out, config, record, pools, started):
             break
     bar.close()
     if step == resumed_from and ranks.is_main:  # nothing to do: still write a loadable model

@@ -313,14 +313,8 @@ def _save_state(out: Path, optimizer, step: int, codec: HeartCodec, config: Code
     save_training_state(out, codec, optimizer, step, config)
 
 
-def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | None = None,
-                progress: bool = True, exclude: tuple[str, ...] = ()) -> dict:
-    """Train (or resume) a codec in `out`; returns a summary. Audio: files or folders of recordings."""
-    config = config or CodecTrainConfig()
-    out = Path(out)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+def _codec_to_train(out: Path, config: CodecTrainConfig) -> HeartCodec:
+    """The codec of an earlier run in `out`, the one `init_from` names, or a fresh one of `preset`."""
     if (out / CONFIG_FILE).is_file():
         codec = HeartCodec.from_pretrained(out)
     elif config.init_from:
@@ -338,6 +332,53 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         raise HeartMuLaError("codec training needs a preset with a direct decoder and a code encoder")
     if config.pitch_weight and not getattr(codec.scalar_model.encoder, "harmonic", False):
         raise HeartMuLaError("--pitch-weight needs a codec with harmonic synthesis (e.g. preset harmonic-24k)")
+    return codec
+
+
+def _write_training_data(out: Path, files, config: CodecTrainConfig, exclude: tuple[str, ...]) -> None:
+    """What the checkpoint was trained on (licenses travel with data)."""
+    with atomic_output(out / DATA_FILE) as tmp:
+        tmp.write_text(json.dumps({"files": [str(f) for f, _ in files], "source_weights": config.source_weights,
+                                   "max_minutes": config.max_minutes,
+                                   "clip_seconds": config.clip_seconds, "excluded": list(exclude)}, indent=2))
+
+
+def _learning_rate(step: int, config: CodecTrainConfig) -> float:
+    """A 20-step warm-up, then a cosine down to `final_lr_fraction` of the rate."""
+    cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, config.steps))))
+    return config.learning_rate * min(1.0, (step + 1) / 20) * (config.final_lr_fraction
+                                                                + (1 - config.final_lr_fraction) * cosine)
+
+
+def _train_step(codec: HeartCodec, step_losses, optimizer, params, audio: torch.Tensor, step: int,
+                config: CodecTrainConfig, generator: torch.Generator) -> dict:
+    """One optimiser step (and the codebooks' EMA step) on `audio`; returns the log record, the same on every
+    rank."""
+    for group in optimizer.param_groups:
+        group["lr"] = _learning_rate(step, config)
+    loss, parts, codes, residuals, _ = step_losses(audio, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
+    if not config.decoder_only:  # every rank makes the same EMA step from the whole batch's codes
+        parts["codes_used"] = update_codebooks(codec, gather(codes), [gather(r) for r in residuals], step, config,
+                                               generator)
+    parts = {"step": step + 1, **{k: round(v, 5) for k, v in parts.items()}}
+    parts["loss"] = round(parts["loss"], 4)
+    return parts
+
+
+def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | None = None,
+                progress: bool = True, exclude: tuple[str, ...] = ()) -> dict:
+    """Train (or resume) a codec in `out`; returns a summary. Audio: files or folders of recordings."""
+    config = config or CodecTrainConfig()
+    out = Path(out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    codec = _codec_to_train(out, config)
     if config.decoder_only:
         for module in code_path_modules(codec):
             module.requires_grad_(False)
@@ -362,11 +403,8 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         spread_latent(codec, sample_batch(clips, 8, samples, np.random.default_rng(config.seed + 1)))
 
     out.mkdir(parents=True, exist_ok=True)
-    if ranks.is_main:  # what the checkpoint was trained on (licenses travel with data)
-        with atomic_output(out / DATA_FILE) as tmp:
-            tmp.write_text(json.dumps({"files": [str(f) for f, _ in files], "source_weights": config.source_weights,
-                                       "max_minutes": config.max_minutes,
-                                       "clip_seconds": config.clip_seconds, "excluded": list(exclude)}, indent=2))
+    if ranks.is_main:
+        _write_training_data(out, files, config, exclude)
 
     # The codec has modules that direct training does not use (the flow-matching estimator).
     step_losses = data_parallel(codec, training_losses, ranks, find_unused_parameters=True)
@@ -375,29 +413,13 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc="train codec", unit="step")
-    out.mkdir(parents=True, exist_ok=True)
     parts: dict = {}
     first = None
     for step in range(start_step, config.steps):
         began = time.perf_counter()
         audio = ranks.slice(sample_batch(clips, config.batch_size, samples, rng, weights))
-        cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, config.steps))))
-        lr = config.learning_rate * min(1.0, (step + 1) / 20) * (config.final_lr_fraction
-                                                                  + (1 - config.final_lr_fraction) * cosine)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, parts, codes, residuals, _ = step_losses(audio, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
-        if not config.decoder_only:  # every rank makes the same EMA step from the whole batch's codes
-            parts["codes_used"] = update_codebooks(codec, gather(codes), [gather(r) for r in residuals], step, config,
-                                                   generator)
-        parts = {"step": step + 1, **{k: round(v, 5) for k, v in parts.items()},
-                 "seconds": round(time.perf_counter() - began, 2)}
-        parts["loss"] = round(parts["loss"], 4)
+        parts = _train_step(codec, step_losses, optimizer, params, audio, step, config, generator)
+        parts["seconds"] = round(time.perf_counter() - began, 2)
         first = first or parts
         if not ranks.is_main:
             continue

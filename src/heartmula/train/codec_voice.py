@@ -408,6 +408,70 @@ def _validate(codec: HeartCodec, batch, config: VoiceTrainConfig) -> dict:
     return record
 
 
+def _check_resumable(out: Path, config: VoiceTrainConfig) -> None:
+    """A run in `out` resumes only with the options it started with."""
+    state = out / "train_state.json"
+    if not state.is_file():
+        return
+    earlier = json.loads(state.read_text())["config"]
+    for option in ("train_codes", "phonetic", "freeze_codes"):
+        if earlier.get(option, False) != getattr(config, option):
+            raise HeartMuLaError(f"{out} holds a run {'without' if getattr(config, option) else 'with'} "
+                                 f"--{option.replace('_', '-')}: resume it the same way, or choose another --out")
+
+
+def _codec_to_train(out: Path, codec_dir, config: VoiceTrainConfig) -> HeartCodec:
+    """The codec of an earlier run in `out`, or the one `_source_codec` makes of `codec_dir`."""
+    if (out / "config.json").is_file():
+        codec = HeartCodec.from_pretrained(out)
+        if codec.config.spectral.voice is None:
+            raise HeartMuLaError(f"{out} holds a codec without a voice branch: choose another --out")
+    else:
+        codec = _source_codec(codec_dir, config)
+    if config.train_codes and (codec.config.decoder_type != "direct" or not codec.can_encode):
+        raise HeartMuLaError("--train-codes needs a codec with a direct decoder and a code encoder")
+    return codec
+
+
+def _training_items(train_rows: list[dict], val_rows: list[dict], codec_dir, codec: HeartCodec, out: Path,
+                    config: VoiceTrainConfig, progress: bool):
+    """(training items, validation items, the training items' sampling weights or None): their features computed
+    once into `out`, the extra recordings' included."""
+    bands = codec.scalar_model.decoder.voice.config.bands
+    features = out / (PHONETIC_FEATURES if config.phonetic else AUDIO_FEATURES if config.train_codes else FEATURES)
+    phonetic_model = codec.config.phonetic.model if config.phonetic else None
+    build_features(train_rows + val_rows, Path(codec_dir), features, config.seconds_per_item, bands,
+                   config.threads, progress, store_audio=config.train_codes, phonetic_model=phonetic_model)
+    extra_rows = _extra_rows(config)
+    if extra_rows:
+        build_features(extra_rows, Path(codec_dir), features, config.seconds_per_item, bands, config.threads,
+                       progress, store_audio=True, phonetic_model=phonetic_model)
+    train_items = load_features(features, [r["id"] for r in train_rows + extra_rows])
+    weights = None
+    if extra_rows:
+        weights = np.array([(1 - config.extra_share) / len(train_rows)] * len(train_rows)
+                           + [config.extra_share / len(extra_rows)] * len(extra_rows))
+    return train_items, load_features(features, [r["id"] for r in val_rows]), weights
+
+
+def _set_learning_rate(optimizer, step: int, config: VoiceTrainConfig) -> None:
+    """A 20-step warm-up, then a cosine down to `final_lr_fraction` of the rate."""
+    cosine = 0.5 * (1 + np.cos(np.pi * step / max(1, config.steps)))
+    for group in optimizer.param_groups:
+        group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
+            config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
+
+
+def _save_checkpoint(codec: HeartCodec, trained, optimizer, out: Path, step: int, config: VoiceTrainConfig,
+                     record: dict, val_batch) -> None:
+    """Validate (into `record`) and save the codec and the training state after `step` steps."""
+    codec.eval()
+    if val_batch is not None:
+        record["val"] = _validate(codec, val_batch, config)
+    codec.save_pretrained(out)
+    save_training_state(out, trained, optimizer, step, config)
+
+
 def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: str | os.PathLike,
                 config: VoiceTrainConfig | None = None, progress: bool = True) -> dict:
     """Train (or resume) the voice branch of the codec in `codec_dir` (with `train_codes`: the whole code path with
@@ -425,38 +489,11 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         raise HeartMuLaError("phonetic features train the codes: use --phonetic with --train-codes")
     if config.freeze_codes and not config.train_codes:
         raise HeartMuLaError("--freeze-codes keeps the codes of --train-codes: use them together")
-    state = out / "train_state.json"
-    if state.is_file():
-        earlier = json.loads(state.read_text())["config"]
-        for option in ("train_codes", "phonetic", "freeze_codes"):
-            if earlier.get(option, False) != getattr(config, option):
-                raise HeartMuLaError(f"{out} holds a run {'without' if getattr(config, option) else 'with'} "
-                                     f"--{option.replace('_', '-')}: resume it the same way, or choose another --out")
-    if (out / "config.json").is_file():
-        codec = HeartCodec.from_pretrained(out)
-        if codec.config.spectral.voice is None:
-            raise HeartMuLaError(f"{out} holds a codec without a voice branch: choose another --out")
-    else:
-        codec = _source_codec(codec_dir, config)
-    if config.train_codes and (codec.config.decoder_type != "direct" or not codec.can_encode):
-        raise HeartMuLaError("--train-codes needs a codec with a direct decoder and a code encoder")
+    _check_resumable(out, config)
+    codec = _codec_to_train(out, codec_dir, config)
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
     trained: torch.nn.Module = codec if config.train_codes and not config.freeze_codes else voice
-    bands = voice.config.bands
-    features = out / (PHONETIC_FEATURES if config.phonetic else AUDIO_FEATURES if config.train_codes else FEATURES)
-    phonetic_model = codec.config.phonetic.model if config.phonetic else None
-    build_features(train_rows + val_rows, Path(codec_dir), features, config.seconds_per_item, bands,
-                   config.threads, progress, store_audio=config.train_codes, phonetic_model=phonetic_model)
-    extra_rows = _extra_rows(config)
-    if extra_rows:
-        build_features(extra_rows, Path(codec_dir), features, config.seconds_per_item, bands, config.threads,
-                       progress, store_audio=True, phonetic_model=phonetic_model)
-    train_items = load_features(features, [r["id"] for r in train_rows + extra_rows])
-    weights = None
-    if extra_rows:
-        weights = np.array([(1 - config.extra_share) / len(train_rows)] * len(train_rows)
-                           + [config.extra_share / len(extra_rows)] * len(extra_rows))
-    val_items = load_features(features, [r["id"] for r in val_rows])
+    train_items, val_items, weights = _training_items(train_rows, val_rows, codec_dir, codec, out, config, progress)
 
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
@@ -479,20 +516,13 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     record: dict = {}
     began_run = time.monotonic()
     for step in range(start, config.steps):
-        cosine = 0.5 * (1 + np.cos(np.pi * step / max(1, config.steps)))
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * min(1.0, (step + 1) / 20) * (
-                config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
+        _set_learning_rate(optimizer, step, config)
         batch = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng, **segments,
                                 stem_fraction=config.stem_fraction, weights=weights)
         record = _train_step(codec, trained, optimizer, params, batch, step, config, generator)
         out_of_time = config.max_minutes is not None and time.monotonic() - began_run > 60 * config.max_minutes
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps or out_of_time:
-            codec.eval()
-            if val_batch is not None:
-                record["val"] = _validate(codec, val_batch, config)
-            codec.save_pretrained(out)
-            save_training_state(out, trained, optimizer, step + 1, config)
+            _save_checkpoint(codec, trained, optimizer, out, step + 1, config, record, val_batch)
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         if bar is not None:

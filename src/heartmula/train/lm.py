@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from heartmula.checkpoint import save_state_dict
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
-from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
@@ -68,7 +69,7 @@ from heartmula.train.lyric_alignment import (
 )
 from heartmula.train.state import load_training_state, optimizer_tensors, write_training_state
 from heartmula.train.text_tokenizer import BOS, EOS, prompt_texts, train_bpe_tokenizer
-from heartmula.train.token_cache import FRAME_RATE, CachedItem, load_cache
+from heartmula.train.token_cache import CachedItem, load_cache
 
 LOG_FILE = "train_log.jsonl"
 DATA_FILE = "training_data.json"
@@ -76,19 +77,8 @@ DATA_FILE = "training_data.json"
 AUDIO_SPECIALS = 5
 
 
-def _sizes(layers, heads, kv_heads, dim, ffn, max_seq_len) -> dict:
-    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, embed_dim=dim, intermediate_dim=ffn,
-                max_seq_len=max_seq_len, rope_base=500_000.0, scale_factor=32.0, norm_eps=1e-5)
-
-
 # Model sizes for training from scratch; the audio and text vocabularies come from the codec and the tokenizer.
-LM_PRESETS: dict[str, dict] = {
-    "tiny": dict(backbone=_sizes(2, 4, 2, 64, 128, 2048), decoder=_sizes(1, 4, 2, 64, 128, 16)),
-    # ~20M parameters with a 1024-code codec: sized to decode faster than real time on a small CPU
-    # (`bench/lm_train_presets_decode.py`).
-    "small": dict(backbone=_sizes(6, 6, 2, 384, 1024, 4096), decoder=_sizes(2, 6, 2, 384, 1024, 16)),
-    "bench-36m": dict(backbone=_sizes(8, 8, 2, 512, 1408, 8192), decoder=_sizes(2, 8, 2, 512, 1408, 16)),
-}
+LM_PRESETS: dict[str, dict] = GEOMETRIES
 
 
 @dataclass
@@ -215,7 +205,7 @@ class SampleBuilder:
 def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone input [b, L, D] (right-padded) and codebook-0 targets [b, L] of a batch.
 
-    Rows embed as in generation (`GenerationSession._embed_prompts`): masked column sums; the reference slot holds
+    Rows embed as in generation (`HeartMuLa.embed_prompt_rows`): masked column sums; the reference slot holds
     muq_linear(reference), muq_linear(zeros) without one; unconditional samples have the null embedding in every
     text column and in the slot."""
     b, k = len(samples), model.num_codebooks
@@ -228,13 +218,9 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
         mask[i, : len(s.tokens)] = s.mask
         targets[i, : len(s.tokens)] = s.c0_targets
     unconditional = torch.tensor([s.unconditional for s in samples])
-    hidden = model.embed_rows(tokens, mask, unconditional)
-    references = torch.stack([torch.zeros(model.config.muq_dim) if s.reference is None
-                              else s.reference.float().reshape(-1) for s in samples]).to(hidden.dtype)
-    slot_values = model.muq_linear(references)
-    slot_values = torch.where(unconditional[:, None], model.unconditional_embedding(), slot_values)
-    slots = torch.tensor([s.slot for s in samples])
-    return hidden.index_put((torch.arange(b), slots), slot_values), targets
+    hidden = model.embed_prompt_rows(tokens, mask, unconditional, [s.reference for s in samples],
+                                     [s.slot for s in samples])
+    return hidden, targets
 
 
 def alignment_targets(samples: list[Sample]) -> AlignmentTargets | None:
@@ -455,32 +441,19 @@ def _log_step(log_path: Path, record: dict, bar) -> None:
                         **({"val_ref": record["val_ref_loss"]} if "val_ref_loss" in record else {}))
 
 
-def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainConfig | None = None,
-             progress: bool = True) -> LMTrainReport:
-    """Train (or resume) a HeartMuLa model in `out` on the token cache `cache`."""
-    config = config or LMTrainConfig()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if not 0.0 <= config.reference_prob <= 1.0:
-        raise HeartMuLaError(f"--reference-prob must lie in [0, 1], got {config.reference_prob}")
-    ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
-    ranks.check_batch(config.batch_size)
-    cache, out = Path(cache), Path(out)
-    index, items = load_cache(cache)
-    codec = index["codec"]
-    out.mkdir(parents=True, exist_ok=True)
+def _check_codec_of_run(out: Path, cache: Path, codec: dict) -> None:
+    """A run in `out` continues only on codes of the codec it started with."""
     data_path = out / DATA_FILE
     if data_path.is_file():
         recorded = json.loads(data_path.read_text(encoding="utf-8"))
         if recorded["codec_fingerprint"] != codec["fingerprint"]:
             raise HeartMuLaError(f"{out} was trained on codes of codec {recorded['codec_fingerprint']}, but {cache} "
                                  f"holds codes of codec {codec['fingerprint']}; use a new --out folder")
-    train_items = [i for i in items if i.split == "train"]
-    val_items = [i for i in items if i.split == "val"][: config.val_items]
-    if not train_items:
-        raise HeartMuLaError(f"{cache} holds no items of the train split")
 
-    model_dir = out / f"HeartMuLa-oss-{config.version}"
+
+def _starting_model(config: LMTrainConfig, model_dir: Path, codec: dict):
+    """(the model to continue: the run's own or the one `init_from` names, or None for a new one; the located
+    `init_from` files or None). Checked before anything is written: a refused start adds nothing to --out."""
     resuming = (model_dir / CONFIG_FILE).is_file()
     init = None
     if config.init_from is not None and not resuming:
@@ -488,18 +461,124 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
             raise HeartMuLaError("a fine-tuned model keeps the tokenizer of the model it starts from: give --from "
                                  "or --tokenizer, not both")
         init = locate_lm(config.init_from, config.version)
-    model = None
-    if resuming or init is not None:  # checked before anything is written: a refused start adds nothing to --out
-        source = model_dir if resuming else init.model_dir
-        model = HeartMuLa.from_pretrained(source)  # float32 whatever the stored dtype
-        model.audio_head.data = model.audio_head.data.contiguous()  # undo the inference layout for training
-        advice = "use a new --out folder" if resuming else "fine-tune on a cache made with that model's codec"
-        if model.config.audio_vocab_size != codec["codebook_size"] + AUDIO_SPECIALS:
-            raise HeartMuLaError(f"{source} has an audio vocabulary of {model.config.audio_vocab_size}, the "
-                                 f"cache's codec {codec['codebook_size']} codes; {advice}")
-        if model.num_codebooks != codec["num_codebooks"]:
-            raise HeartMuLaError(f"{source} predicts {model.num_codebooks} codebooks, the cache's codec has "
-                                 f"{codec['num_codebooks']}; {advice}")
+    if not (resuming or init is not None):
+        return None, None
+    source = model_dir if resuming else init.model_dir
+    model = HeartMuLa.from_pretrained(source)  # float32 whatever the stored dtype
+    model.audio_head.data = model.audio_head.data.contiguous()  # undo the inference layout for training
+    advice = "use a new --out folder" if resuming else "fine-tune on a cache made with that model's codec"
+    if model.config.audio_vocab_size != codec["codebook_size"] + AUDIO_SPECIALS:
+        raise HeartMuLaError(f"{source} has an audio vocabulary of {model.config.audio_vocab_size}, the "
+                             f"cache's codec {codec['codebook_size']} codes; {advice}")
+    if model.num_codebooks != codec["num_codebooks"]:
+        raise HeartMuLaError(f"{source} predicts {model.num_codebooks} codebooks, the cache's codec has "
+                             f"{codec['num_codebooks']}; {advice}")
+    return model, init
+
+
+def _check_references(cache: Path, items: list, model: HeartMuLa) -> None:
+    references = [i for i in items if i.reference is not None]
+    if any(i.reference.numel() != model.config.muq_dim for i in references):
+        raise HeartMuLaError(f"{cache} holds CLAP embeddings of {references[0].reference.numel()} dimensions but the "
+                             f"model's reference slot takes {model.config.muq_dim}: re-tokenize with a CLAP model "
+                             "made for it (--clap DIR), or with --no-clap into a new cache")
+
+
+def _write_training_data(out: Path, cache: Path, index: dict, config: LMTrainConfig, init, train_items: list,
+                         val_items: list, skipped: list[str]) -> None:
+    """What the checkpoint was trained on (licenses travel with the data)."""
+    data_path = out / DATA_FILE
+    codec = index["codec"]
+    with atomic_output(data_path) as tmp:
+        tmp.write_text(json.dumps({
+            "cache": str(cache.resolve()), "codec": codec, "codec_fingerprint": codec["fingerprint"],
+            "train_items": len(train_items), "val_items": len(val_items), "skipped_long_prompts": skipped,
+            # the CLAP model whose embeddings the reference slot learned: use it to embed reference audio at
+            # generation time (stream --reference-audio --clap DIR)
+            "clap": index.get("clap"), "reference_prob": config.reference_prob,
+            "init_from": _recorded_init(data_path, init),
+            "train_items_with_reference": sum(i.reference is not None for i in train_items)},
+            indent=1, ensure_ascii=False))
+
+
+def _optimizer(model: HeartMuLa, config: LMTrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices other than the embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=config.learning_rate, betas=(0.9, 0.95))
+
+
+def _drop_log_after(log_path: Path, step: int) -> None:
+    """Steps logged after the last checkpoint are trained again: drop their lines."""
+    if not log_path.is_file():
+        return
+    kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    with atomic_output(log_path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _batch_samples(builder: SampleBuilder, train_items: list, weights: list[int], rng: random.Random,
+                   config: LMTrainConfig) -> list:
+    """One step's training samples: songs drawn by length, tags augmented, some unconditional (CFG), some with
+    their reference embedding."""
+    samples = []
+    for item in rng.choices(train_items, weights=weights, k=config.batch_size):
+        unconditional = rng.random() < config.uncond_prob
+        tags = augment_tags(item.tags, rng, config)
+        reference = None
+        # Drawn only where a reference is possible: on caches without embeddings the batches ignore reference_prob.
+        if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
+            reference = item.reference
+        samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
+    return samples
+
+
+def _optimizer_step(model: HeartMuLa, optimizer, loss: torch.Tensor, config: LMTrainConfig) -> float:
+    """Returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+    optimizer.step()
+    return float(grad_norm)
+
+
+def _usable_items(builder: SampleBuilder, train_items: list, val_items: list, config: LMTrainConfig):
+    """(training items, validation items, ids of training items left out): those whose prompt leaves at least
+    `min_frames` frames of the context."""
+    skipped = [i.id for i in train_items if config.context - builder.prompt_length(i) < config.min_frames]
+    train_items = [i for i in train_items if i.id not in set(skipped)]
+    val_items = [i for i in val_items if config.context - builder.prompt_length(i) >= config.min_frames]
+    if not train_items:
+        raise HeartMuLaError(f"every item's prompt leaves fewer than {config.min_frames} frames in a context of "
+                             f"{config.context}; raise --context")
+    return train_items, val_items, skipped
+
+
+def _cache_items(cache: Path, out: Path, config: LMTrainConfig) -> tuple[dict, list, list]:
+    """(the cache's index, its training items, its first `val_items` validation items); `out` made."""
+    index, items = load_cache(cache)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_codec_of_run(out, cache, index["codec"])
+    train_items = [i for i in items if i.split == "train"]
+    val_items = [i for i in items if i.split == "val"][: config.val_items]
+    if not train_items:
+        raise HeartMuLaError(f"{cache} holds no items of the train split")
+    return index, train_items, val_items
+
+
+def _validate_into(record: dict, report: LMTrainReport, model: HeartMuLa, builder: SampleBuilder, val_items: list,
+                   config: LMTrainConfig, losses=None) -> None:
+    val = validation_loss(model, builder, val_items, config, config.batch_size, losses)
+    record.update(val)
+    report.validation.append({"step": record["step"], **val})
+
+
+def _model_and_tokenizer(out: Path, model_dir: Path, train_items: list, codec: dict, config: LMTrainConfig, ranks):
+    """(model, tokenizer, generation config, `init_from` files or None) of the run, the generation config saved."""
+    model, init = _starting_model(config, model_dir, codec)
     with main_rank_first():  # the other ranks read the tokenizer that rank 0 trained or copied
         tokenizer = _prepare_tokenizer(out, train_items, config, init)
     gen_config = GenerationConfig(text_bos_id=tokenizer.bos_id, text_eos_id=tokenizer.eos_id,
@@ -513,39 +592,33 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         gen_config.save(out / GEN_CONFIG_FILE)
     if config.context > model.config.backbone.max_seq_len:
         raise HeartMuLaError(f"--context {config.context} exceeds the backbone's {model.config.backbone.max_seq_len}")
+    return model, tokenizer, gen_config, init
 
-    references = [i for i in train_items + val_items if i.reference is not None]
-    wrong = [i.id for i in references if i.reference.numel() != model.config.muq_dim]
-    if wrong:
-        raise HeartMuLaError(f"{cache} holds CLAP embeddings of {references[0].reference.numel()} dimensions but the "
-                             f"model's reference slot takes {model.config.muq_dim}: re-tokenize with a CLAP model "
-                             "made for it (--clap DIR), or with --no-clap into a new cache")
+
+def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainConfig | None = None,
+             progress: bool = True) -> LMTrainReport:
+    """Train (or resume) a HeartMuLa model in `out` on the token cache `cache`."""
+    config = config or LMTrainConfig()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if not 0.0 <= config.reference_prob <= 1.0:
+        raise HeartMuLaError(f"--reference-prob must lie in [0, 1], got {config.reference_prob}")
+    ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
+    ranks.check_batch(config.batch_size)
+    cache, out = Path(cache), Path(out)
+    index, train_items, val_items = _cache_items(cache, out, config)
+    codec = index["codec"]
+    model_dir = out / f"HeartMuLa-oss-{config.version}"
+    model, tokenizer, gen_config, init = _model_and_tokenizer(out, model_dir, train_items, codec, config, ranks)
+    _check_references(cache, train_items + val_items, model)
     builder = SampleBuilder(tokenizer, gen_config, model.num_codebooks, config.context)
-    skipped = [i.id for i in train_items if config.context - builder.prompt_length(i) < config.min_frames]
-    train_items = [i for i in train_items if i.id not in set(skipped)]
-    val_items = [i for i in val_items if config.context - builder.prompt_length(i) >= config.min_frames]
-    if not train_items:
-        raise HeartMuLaError(f"every item's prompt leaves fewer than {config.min_frames} frames in a context of "
-                             f"{config.context}; raise --context")
-    if ranks.is_main:  # what the checkpoint was trained on (licenses travel with the data)
-        with atomic_output(data_path) as tmp:
-            tmp.write_text(json.dumps({
-                "cache": str(cache.resolve()), "codec": codec, "codec_fingerprint": codec["fingerprint"],
-                "train_items": len(train_items), "val_items": len(val_items), "skipped_long_prompts": skipped,
-                # the CLAP model whose embeddings the reference slot learned: use it to embed reference audio at
-                # generation time (stream --reference-audio --clap DIR)
-                "clap": index.get("clap"), "reference_prob": config.reference_prob,
-                "init_from": _recorded_init(data_path, init),
-                "train_items_with_reference": sum(i.reference is not None for i in train_items)},
-                indent=1, ensure_ascii=False))
+    train_items, val_items, skipped = _usable_items(builder, train_items, val_items, config)
+    if ranks.is_main:
+        _write_training_data(out, cache, index, config, init, train_items, val_items, skipped)
 
     # FSDP turns the parameters into shards: the optimizer is built on them, after sharding
     step_losses = data_parallel(model, lm_losses, ranks, fully_sharded=config.fsdp)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=config.learning_rate, betas=(0.9, 0.95))
+    optimizer = _optimizer(model, config)
     start_step = load_training_state(out, model, optimizer)
     report = LMTrainReport(config.steps, start_step, count_parameters(model), len(train_items), skipped)
     rng = random.Random(config.seed * 1_000_003 + start_step)
@@ -560,35 +633,20 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         bar = tqdm(total=config.steps, initial=start_step, desc="train lm", unit="step")
     model.train()
     log_path = out / LOG_FILE
-    if log_path.is_file() and ranks.is_main:  # steps logged after the last checkpoint are trained again: drop
-        kept = [line for line in log_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= start_step]
-        with atomic_output(log_path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    if ranks.is_main:
+        _drop_log_after(log_path, start_step)
     for step in range(start_step, config.steps):
         began = time.perf_counter()
         lr = _learning_rate(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = rng.choices(train_items, weights=weights, k=config.batch_size)
-        samples = []
-        for item in batch:
-            unconditional = rng.random() < config.uncond_prob
-            tags = augment_tags(item.tags, rng, config)
-            reference = None
-            # Drawn only where a reference is possible: on caches without embeddings the batches ignore reference_prob.
-            if not unconditional and item.reference is not None and rng.random() < config.reference_prob:
-                reference = item.reference
-            samples.append(builder.build(item, tags, None, rng, config, unconditional, reference))
+        samples = _batch_samples(builder, train_items, weights, rng, config)
         loss, parts = step_losses(samples, config.decoder_fraction, generator, config.align_weight,
                                   config.align_layer, config.align_heads, ranks=ranks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-        optimizer.step()
+        grad_norm = _optimizer_step(model, optimizer, loss, config)
         parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
         record = {"step": step + 1, **{k: round(v, 4) for k, v in parts.items()}, "lr": round(lr, 7),
-                  "grad_norm": round(float(grad_norm), 3),
+                  "grad_norm": round(grad_norm, 3),
                   "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2),
                   "references": sum(s.reference is not None for s in samples)}
         if report.first_loss is None:
@@ -597,10 +655,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         last_step = step + 1 == config.steps
         every_rank = ranks.is_main or config.fsdp  # sharded: validation and saving are collectives
         if every_rank and val_items and (last_step or (step + 1) % config.eval_every == 0):
-            val = validation_loss(model, builder, val_items, config, config.batch_size,
-                                  step_losses if config.fsdp else None)
-            record.update(val)
-            report.validation.append({"step": step + 1, **val})
+            _validate_into(record, report, model, builder, val_items, config, step_losses if config.fsdp else None)
         if ranks.is_main:
             _log_step(log_path, record, bar)
         if every_rank and (last_step or (step + 1) % config.save_every == 0):

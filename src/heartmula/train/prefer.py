@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from heartmula.errors import HeartMuLaError
 from heartmula.eval.preference import REWARDS, song_rewards
-from heartmula.eval.report import PROMPTS, Prompt
+from heartmula.eval.report_prompts import PROMPTS, Prompt
 from heartmula.files import atomic_output
 from heartmula.lm.lora import ADAPTER_WEIGHTS, DEFAULT_PARTS, DEFAULT_TARGETS
 from heartmula.lm.model import HeartMuLa

@@ -30,12 +30,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from heartmula.checkpoint import safetensors_files
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 
 INDEX_FILE = "index.json"
 FORMAT = "heartmula-token-cache-1"
-FRAME_RATE = 12.5
 
 
 def codec_fingerprint(folder: str | os.PathLike) -> str:
@@ -75,6 +75,97 @@ def _write_index(cache: Path, index: dict) -> None:
         tmp.write_text(json.dumps(index, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
+def _cache_index(out: Path, codec, codec_dir: Path, fingerprint: str) -> dict:
+    """The index of the cache in `out`, or a new one for `codec`; refuses a cache of another codec."""
+    if (out / INDEX_FILE).is_file():
+        index = read_index(out)
+        if index["codec"]["fingerprint"] != fingerprint:
+            raise HeartMuLaError(
+                f"{out} holds codes of another codec (fingerprint {index['codec']['fingerprint']}, this codec "
+                f"{fingerprint}); choose a new --out folder"
+            )
+        return index
+    config = codec.config
+    return {
+        "format": FORMAT,
+        "codec": {"path": str(codec_dir.resolve()), "fingerprint": fingerprint,
+                  "codebook_size": config.codebook_size, "num_codebooks": config.num_quantizers,
+                  "sample_rate": codec.sample_rate, "frame_rate": FRAME_RATE},
+        "items": {},
+        "skipped": {},
+    }
+
+
+class _ShardWriter:
+    """Codes and CLAP embeddings gathered into shards (`shard-NNNNN`, `clap-NNNNN`) and named in the index."""
+
+    def __init__(self, out: Path, index: dict):
+        self.out, self.index = out, index
+        self.next_shard = {prefix: 1 + max((int(p.stem.split("-")[1]) for p in out.glob(f"{prefix}-*.safetensors")),
+                                           default=-1) for prefix in ("shard", "clap")}
+        self.codes: dict[str, torch.Tensor] = {}
+        self.meta: dict[str, dict] = {}
+        self.clap: dict[str, torch.Tensor] = {}
+
+    def pending(self) -> int:
+        return max(len(self.codes), len(self.clap))
+
+    def _write_shard(self, prefix: str, tensors: dict[str, torch.Tensor]) -> str:
+        name = f"{prefix}-{self.next_shard[prefix]:05d}.safetensors"
+        with atomic_output(self.out / name) as tmp:
+            save_file(dict(tensors), str(tmp))
+        self.next_shard[prefix] += 1
+        return name
+
+    def flush(self) -> None:
+        # Shards first, then the index that names them: a crash in between leaves only an unreferenced file.
+        name = self._write_shard("shard", self.codes) if self.codes else None
+        clap_name = self._write_shard("clap", self.clap) if self.clap else None
+        for item_id, meta in self.meta.items():
+            self.index["items"][item_id] = {**meta, "shard": name}
+        for item_id in self.clap:
+            self.index["items"][item_id]["clap_shard"] = clap_name
+        self.codes.clear()
+        self.meta.clear()
+        self.clap.clear()
+        _write_index(self.out, self.index)
+
+
+def _code_meta(row: dict, codes: np.ndarray) -> dict:
+    return {
+        "lyrics": row.get("lyrics") or "", "tags": row.get("tags") or "",
+        "language": row.get("language"), "split": row.get("split", "train"),
+        "n_frames": int(codes.shape[1]), "duration": row.get("duration"),
+        "timing": line_timing(row),
+    }
+
+
+def _tokenize_row(row: dict, cached: bool, codec, clap_model, shards: _ShardWriter, report: TokenizeReport) -> None:
+    """Encode one row (unless `cached`) and embed it (with a CLAP model) into `shards`; an unreadable one is
+    recorded as skipped."""
+    from heartmula.audio import load_audio
+
+    try:
+        audio, rate = load_audio(row["audio"])
+        codes = None if cached else codec.encode(audio, rate)
+        vector = None if clap_model is None else clap_model.embed_audio(audio, rate)
+    except (HeartMuLaError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shards.index["skipped"][row["id"]] = reason
+        report.skipped[row["id"]] = reason
+        return
+    if not cached:
+        if codes.max() >= np.iinfo(np.int16).max:
+            raise HeartMuLaError(f"codec codebook of {codes.max() + 1}+ codes does not fit the int16 cache")
+        shards.codes[row["id"]] = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int16))
+        shards.meta[row["id"]] = _code_meta(row, codes)
+        report.encoded.append(row["id"])
+        report.frames += int(codes.shape[1])
+    if vector is not None:
+        shards.clap[row["id"]] = torch.from_numpy(np.asarray(vector, dtype=np.float32)).contiguous()
+        report.embedded.append(row["id"])
+
+
 def tokenize_manifest(
     manifest: str | os.PathLike,
     codec_path: str | os.PathLike,
@@ -88,7 +179,6 @@ def tokenize_manifest(
 
     With `clap` (a HeartCLAP model folder) every item also gets the CLAP audio embedding of its song, computed
     from the audio already loaded for the codec; cached items that lack one get it from their audio alone."""
-    from heartmula.audio import load_audio
     from heartmula.codec.pretrained import load_codec, locate_codec
     from heartmula.manifest import read_manifest
 
@@ -103,23 +193,7 @@ def tokenize_manifest(
                              "(train one with `heartmula train codec`)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / INDEX_FILE).is_file():
-        index = read_index(out)
-        if index["codec"]["fingerprint"] != fingerprint:
-            raise HeartMuLaError(
-                f"{out} holds codes of another codec (fingerprint {index['codec']['fingerprint']}, this codec "
-                f"{fingerprint}); choose a new --out folder"
-            )
-    else:
-        config = codec.config
-        index = {
-            "format": FORMAT,
-            "codec": {"path": str(codec_dir.resolve()), "fingerprint": fingerprint,
-                      "codebook_size": config.codebook_size, "num_codebooks": config.num_quantizers,
-                      "sample_rate": codec.sample_rate, "frame_rate": FRAME_RATE},
-            "items": {},
-            "skipped": {},
-        }
+    index = _cache_index(out, codec, codec_dir, fingerprint)
     clap_model = _open_clap(clap, index, out) if clap is not None else None
     index["skipped"] = {}  # unreadable items are retried on every run
     report = TokenizeReport()
@@ -130,32 +204,7 @@ def tokenize_manifest(
         meta = index["items"].get(row["id"])
         if meta is not None and "timing" not in meta:
             meta["timing"] = line_timing(row)
-    next_shard = {prefix: 1 + max((int(p.stem.split("-")[1]) for p in out.glob(f"{prefix}-*.safetensors")),
-                                  default=-1) for prefix in ("shard", "clap")}
-    pending: dict[str, torch.Tensor] = {}
-    pending_meta: dict[str, dict] = {}
-    pending_clap: dict[str, torch.Tensor] = {}
-
-    def write_shard(prefix: str, tensors: dict[str, torch.Tensor]) -> str:
-        name = f"{prefix}-{next_shard[prefix]:05d}.safetensors"
-        with atomic_output(out / name) as tmp:
-            save_file(dict(tensors), str(tmp))
-        next_shard[prefix] += 1
-        return name
-
-    def flush() -> None:
-        # Shards first, then the index that names them: a crash in between leaves only an unreferenced file.
-        name = write_shard("shard", pending) if pending else None
-        clap_name = write_shard("clap", pending_clap) if pending_clap else None
-        for item_id, meta in pending_meta.items():
-            index["items"][item_id] = {**meta, "shard": name}
-        for item_id in pending_clap:
-            index["items"][item_id]["clap_shard"] = clap_name
-        pending.clear()
-        pending_meta.clear()
-        pending_clap.clear()
-        _write_index(out, index)
-
+    shards = _ShardWriter(out, index)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -163,36 +212,13 @@ def tokenize_manifest(
         bar = tqdm(total=len(todo), desc="tokenize", unit="item")
     for row in todo:
         cached = row["id"] in index["items"]  # only its CLAP embedding is missing
-        try:
-            audio, rate = load_audio(row["audio"])
-            codes = None if cached else codec.encode(audio, rate)
-            vector = None if clap_model is None else clap_model.embed_audio(audio, rate)
-        except (HeartMuLaError, OSError, ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            index["skipped"][row["id"]] = reason
-            report.skipped[row["id"]] = reason
-        else:
-            if not cached:
-                if codes.max() >= np.iinfo(np.int16).max:
-                    raise HeartMuLaError(f"codec codebook of {codes.max() + 1}+ codes does not fit the int16 cache")
-                pending[row["id"]] = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int16))
-                pending_meta[row["id"]] = {
-                    "lyrics": row.get("lyrics") or "", "tags": row.get("tags") or "",
-                    "language": row.get("language"), "split": row.get("split", "train"),
-                    "n_frames": int(codes.shape[1]), "duration": row.get("duration"),
-                    "timing": line_timing(row),
-                }
-                report.encoded.append(row["id"])
-                report.frames += int(codes.shape[1])
-            if vector is not None:
-                pending_clap[row["id"]] = torch.from_numpy(np.asarray(vector, dtype=np.float32)).contiguous()
-                report.embedded.append(row["id"])
-        if max(len(pending), len(pending_clap)) >= shard_items:
-            flush()
+        _tokenize_row(row, cached, codec, clap_model, shards, report)
+        if shards.pending() >= shard_items:
+            shards.flush()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(skipped=len(report.skipped))
-    flush()
+    shards.flush()
     if bar is not None:
         bar.close()
     return report
