@@ -12,6 +12,17 @@ this measures how close decoding comes to the memory bandwidth at the size users
 
 With --quant the quantised model is built first, one tensor at a time from random rows (it never exists in float32),
 and measured with its peak resident memory; then the bfloat16 model, on the native kernels, for the ratio.
+
+With --build-only it measures memory, not speed: the peak resident memory (VmHWM) of each stage (building the
+quantised model, then a guided prefill and --frames frames with the KV caches sized for a --song-seconds song), and
+no bfloat16 model. --from ROOT loads a checkpoint as `heartmula generate --quant` does (a float checkpoint quantised
+while it loads, or a quantised folder as stored); --quantize-to DIR first runs `heartmula model quantize ROOT --to
+DIR` and then loads DIR. --write-random-root ROOT writes the 3B geometry's random weights in bfloat16 as an
+official-layout checkpoint (8 GB, one shard at a time) for --from.
+
+    python bench/lm_official_size.py --quant int4 --build-only
+    python bench/lm_official_size.py --write-random-root /tmp/3b
+    python bench/lm_official_size.py --quant int4 --build-only --from /tmp/3b --quantize-to /tmp/3b-int4
 """
 
 from __future__ import annotations
@@ -19,10 +30,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,12 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import machine  # noqa: E402
 from lm_decode import LYRICS, TAGS, copy_bandwidth, weight_bytes_per_frame  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
+from heartmula.checkpoint import INDEX_FILE  # noqa: E402
+from heartmula.cli.model import run_quantize  # noqa: E402
 from heartmula.lm.backends import fuse_projections, pack_weights_in_huge_pages  # noqa: E402
 from heartmula.lm.config import GenerationConfig, HeartMuLaConfig  # noqa: E402
-from heartmula.lm.generation import HeartMuLaGenerator, SamplingParams, SongRequest  # noqa: E402
-from heartmula.lm.model import HeartMuLa  # noqa: E402
-from heartmula.lm.quantized import install, quantizing  # noqa: E402
+from heartmula.lm.generation import FRAME_RATE, HeartMuLaGenerator, SamplingParams, SongRequest  # noqa: E402
+from heartmula.lm.model import CONFIG_FILE, HeartMuLa  # noqa: E402
+from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, load_generator  # noqa: E402
+from heartmula.lm.quantized import install, is_quantized_folder, quantizing  # noqa: E402
 from heartmula.nn import native  # noqa: E402
 from heartmula.text import TextTokenizer, byte_level_tokenizer  # noqa: E402
 
@@ -105,11 +122,112 @@ def quantized_bytes_per_frame(model: HeartMuLa) -> int:
             + steps * (transformer(model.decoder) + size(model.projection)) + size(model.audio_head_quantized))
 
 
-def peak_rss_gb() -> float:
+def peak_rss_gb(field: str = "VmHWM") -> float:
+    """The process's peak resident memory (VmHWM), or its current one (VmRSS), in GB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 1e9
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) * 1024 / 1e9, 3)
     return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Restart VmHWM from the current resident memory (Linux's /proc/self/clear_refs); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def random_tensor(read, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The weight `name` of `random_reader` in `dtype`, drawn a block of rows at a time (never whole in float32)."""
+    out = torch.empty(shape, dtype=dtype)
+    if len(shape) == 1:
+        return out.copy_(read(name, ()))
+    step = max(1, 2**24 // out[0].numel())
+    for start in range(0, shape[0], step):
+        out[start : start + step] = read(name, (slice(start, start + step),))
+    return out
+
+
+def write_official_size_root(root: Path, dtype: torch.dtype = torch.bfloat16, shard_bytes: int = 2**30) -> Path:
+    """An official-layout root of the 3B geometry with `random_reader`'s weights (HeartMuLa-oss-3B/ as safetensors
+    shards and an index, tokenizer.json, gen_config.json), written one shard at a time. Returns the model folder."""
+    with torch.device("meta"):
+        model = HeartMuLa(HeartMuLaConfig())
+    read, shapes = random_reader(model)
+    model_dir = root / "HeartMuLa-oss-3B"
+    model_dir.mkdir(parents=True)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    shards, size = [[]], 0
+    for name, shape in shapes.items():
+        nbytes = math.prod(shape) * itemsize
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    weight_map = {}
+    for i, names in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({name: random_tensor(read, name, shapes[name], dtype) for name in names}, str(model_dir / file),
+                  metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file))
+    total = sum(math.prod(shape) * itemsize for shape in shapes.values())
+    (model_dir / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    model.config.save(model_dir / CONFIG_FILE)
+    tokenizer = byte_level_tokenizer()
+    tokenizer.save(str(root / TOKENIZER_FILE))
+    GenerationConfig(text_bos_id=tokenizer.token_to_id("<|begin_of_text|>"),
+                     text_eos_id=tokenizer.token_to_id("<|end_of_text|>")).save(root / GEN_CONFIG_FILE)
+    return model_dir
+
+
+def memory_stage(label: str, run) -> tuple[object, dict]:
+    """run()'s result and the stage's peak resident memory (and the resident memory after it), in GB."""
+    reset_peak_rss()
+    value = run()
+    return value, {"stage": label, "peak_rss_gb": peak_rss_gb(), "rss_gb_after": peak_rss_gb("VmRSS")}
+
+
+def run_frames(generator: HeartMuLaGenerator, frames: int, capacity_frames: int) -> None:
+    """A guided prefill and `frames` frames, the KV caches sized for `capacity_frames` frames."""
+    song = SongRequest(lyrics=LYRICS, tags=TAGS, seed=0)
+    capacity_frames = max(capacity_frames, frames + 1)
+    with torch.inference_mode():
+        session = generator.start([song], SamplingParams(), capacity_frames, min_new_frames=capacity_frames)
+        for _ in range(frames + 1):
+            session.next_frame()
+        session.close()
+
+
+def quantize_folder(root: Path, dest: Path, quant: str) -> None:
+    """What `heartmula model quantize ROOT --to DEST --quant QUANT` does."""
+    run_quantize(argparse.Namespace(root=root, dest=dest, quant=quant, version="3B"))
+
+
+def memory_rows(args, folder: Path) -> list[dict]:
+    """Peak resident memory of each stage: building (or quantising and loading) the model, then decoding."""
+    rows = []
+    if args.quantize_to:
+        _, row = memory_stage(f"heartmula model quantize --quant {args.quant}",
+                              lambda: quantize_folder(args.from_root, args.quantize_to, args.quant))
+        rows.append(row)
+    source = args.quantize_to or args.from_root
+    if source is None:
+        label, build = f"build {args.quant} from random rows", partial(official_size_quantized, args.quant, folder)
+    elif is_quantized_folder(source):
+        label, build = f"load the {args.quant} folder", partial(load_generator, source)
+    else:
+        label, build = f"load the bfloat16 checkpoint as {args.quant}", partial(load_generator, source,
+                                                                               weights=args.quant)
+    generator, row = memory_stage(label, build)
+    rows.append(row)
+    capacity = round(args.song_seconds * FRAME_RATE)
+    _, row = memory_stage(f"prefill + {args.frames} frames, KV caches for {capacity} frames ({args.song_seconds} s)",
+                          lambda: run_frames(generator, args.frames, capacity))
+    rows.append(row)
+    return rows
 
 
 def seconds_per_frame(generator: HeartMuLaGenerator, frames: int) -> tuple[float, float]:
@@ -183,9 +301,22 @@ def main() -> None:
     parser.add_argument("--quant", choices=["int8", "int4"], help="measure int8 / int4 weights against bfloat16")
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", help="default bench/results/lm_official_size[_QUANT].json")
+    parser.add_argument("--out", help="default bench/results/lm_official_size[_QUANT][_memory].json")
+    parser.add_argument("--build-only", action="store_true",
+                        help="with --quant: peak resident memory of building and decoding, no bfloat16, no speed")
+    parser.add_argument("--song-seconds", type=float, default=0.0,
+                        help="with --build-only: size the KV caches for a song this long")
+    parser.add_argument("--from", dest="from_root", type=Path, help="with --build-only: load this checkpoint")
+    parser.add_argument("--quantize-to", type=Path, help="with --from: `heartmula model quantize` to this folder first")
+    parser.add_argument("--write-random-root", type=Path, help="write the random 3B checkpoint (bfloat16) and exit")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.write_random_root:
+        print(write_official_size_root(args.write_random_root))
+        return
+    if args.build_only:
+        memory_main(args)
+        return
     bandwidth = copy_bandwidth()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,6 +331,26 @@ def main() -> None:
               "parameters_billions": round(parameters / 1e9, 2), "results": rows}
     print(json.dumps(result, indent=2))
     out = Path(args.out or f"bench/results/lm_official_size{'_' + args.quant if args.quant else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def memory_main(args) -> None:
+    if not args.quant:
+        raise SystemExit("--build-only measures a quantised model: give --quant int8 or int4")
+    if args.quantize_to and not args.from_root:
+        raise SystemExit("--quantize-to needs --from ROOT (the float checkpoint)")
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = memory_rows(args, Path(tmp))
+    source = "random rows" if args.from_root is None else "a bfloat16 checkpoint of random weights"
+    result = {"machine": {**machine(), "threads": args.threads, "torch": torch.__version__,
+                          "load_average_1_5_15_at_start": [round(x, 2) for x in load]},
+              "model": f"HeartMuLa-oss-3B geometry, {args.quant} from {source}, CFG 1.5",
+              "command": "python bench/lm_official_size.py " + " ".join(sys.argv[1:]),
+              "peak_rss_gb": max(row["peak_rss_gb"] for row in rows), "stages": rows}
+    print(json.dumps(result, indent=2))
+    out = Path(args.out or f"bench/results/lm_official_size_{args.quant}_memory.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

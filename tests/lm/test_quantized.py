@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ from safetensors.torch import load_file, save_file
 
 from heartmula.cli import main as cli_main
 from heartmula.errors import HeartMuLaError
+from heartmula.lm import quantized as quantized_lm
 from heartmula.lm.generation import SamplingParams, SongRequest
 from heartmula.lm.pretrained import load_generator
 from heartmula.lm.quantized import QUANT_FILE, WEIGHTS_FILE, quantize_model
 from heartmula.nn import native
+from heartmula.nn import quantized as quantized_nn
 from heartmula.nn.quantized import BLOCK, QuantizedLinear, RowSource, dequantize, quantize
 from heartmula.nn.transformer import Transformer, TransformerConfig
 
@@ -69,6 +72,17 @@ def test_quantize_reads_a_block_of_rows_at_a_time(monkeypatch):
     chunked = quantize(source, 4)
     assert asked == [(0, 16), (16, 32), (32, 48), (48, 50)]
     assert all(torch.equal(a, b) for a, b in zip(chunked, quantize(weight, 4)))
+
+
+def test_many_rows_dequantise_a_block_of_weight_rows_at_a_time(monkeypatch):
+    layer = QuantizedLinear(*quantize(torch.randn(100, 256), 4))
+    x = torch.randn(20, 256)  # more rows than the native kernel takes: the dequantising path
+    expected = x @ layer.dequantized().T
+    monkeypatch.setattr(quantized_nn, "DEQUANTIZED_ROWS", 32)
+    rows, real = [], quantized_nn.dequantize
+    monkeypatch.setattr(quantized_nn, "dequantize", lambda data, *rest: rows.append(len(data)) or real(data, *rest))
+    torch.testing.assert_close(layer(x), expected)
+    assert rows == [32, 32, 32, 4]
 
 
 def test_quantize_rejects_widths_it_cannot_group():
@@ -178,6 +192,61 @@ def quantized_root(tiny_root, tmp_path_factory) -> Path:
 def song_codes(generator) -> list[torch.Tensor]:
     songs = [SongRequest(lyrics="[verse]\nla la la", tags="pop,piano", seed=3)]
     return generator.generate(songs, SamplingParams(top_k=5, cfg_scale=1.5), 8)
+
+
+@contextmanager
+def recorded_reads(monkeypatch):
+    """(name, tensor) of every tensor `heartmula.lm.quantized` reads from a safetensors file."""
+    reads, real = [], quantized_lm.open_safetensors
+
+    class Slice:
+        def __init__(self, name, inner):
+            self.name, self.inner = name, inner
+
+        def __getitem__(self, index):
+            tensor = self.inner[index]
+            reads.append((self.name, tensor))
+            return tensor
+
+    class Handle:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def get_tensor(self, name):
+            reads.append((name, self.inner.get_tensor(name)))
+            return reads[-1][1]
+
+        def get_slice(self, name):
+            return Slice(name, self.inner.get_slice(name))
+
+    @contextmanager
+    def spy(path, device="cpu"):
+        with real(path, device) as handle:
+            yield Handle(handle)
+
+    monkeypatch.setattr(quantized_lm, "open_safetensors", spy)
+    yield reads
+
+
+KEPT_IN_FLOAT = (".scale", "muq_linear.weight", "muq_linear.bias", "unconditional_text_embedding.weight")
+
+
+def test_quantize_command_reads_float_weights_a_block_of_rows_at_a_time(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(quantized_nn, "ROWS_PER_CHUNK", 16)
+    with recorded_reads(monkeypatch) as reads:
+        assert cli_main(["model", "quantize", str(tiny_root), "--to", str(tmp_path / "q"), "--quant", "int4"]) == 0
+    quantised = [(name, t) for name, t in reads if not name.endswith(KEPT_IN_FLOAT)]
+    assert {name for name, _ in quantised} >= {"audio_head", "text_embeddings.weight", "decoder.layers.0.mlp.w2.weight"}
+    widest = 128  # the tiny model's FFN
+    assert all(t.numel() <= 16 * widest for _, t in quantised)
+
+
+def test_quantized_folder_loads_without_float_weights(quantized_root, monkeypatch):
+    with recorded_reads(monkeypatch) as reads:
+        generator = load_generator(quantized_root)
+    floats = {name for name, t in reads if t.dtype in (torch.float32, torch.bfloat16)}
+    assert floats and all(name.endswith(KEPT_IN_FLOAT) for name in floats)
+    assert generator.model.audio_head.numel() == 0  # the heads exist only quantised
 
 
 def test_saved_folder_loads_the_same_model(quantized_root, tiny_root):

@@ -31,7 +31,7 @@ from heartmula.errors import HeartMuLaError
 from heartmula.lm.config import HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.nn.layers import FusedLinear
-from heartmula.nn.memory import release_free_memory
+from heartmula.nn.memory import map_large_blocks_apart, release_free_memory
 from heartmula.nn.quantized import QuantizedEmbedding, QuantizedLinear, RowSource, bits_of
 
 QUANT_FILE = "quantization.json"
@@ -79,6 +79,7 @@ def install(model: HeartMuLa, layer_of: Callable[[str], QuantizedLinear], read: 
             dtype: torch.dtype = torch.float32) -> HeartMuLa:
     """Replace the model's weights (on any device, or on meta) by `layer_of(name)` for each quantised weight and
     `read(name, ())` in `dtype` for the others; one weight at a time. Returns the model, in eval mode."""
+    map_large_blocks_apart()  # the float blocks read and freed here must not stay resident in the heap
     for prefix, transformer in (("backbone", model.backbone), ("decoder", model.decoder)):
         for i, layer in enumerate(transformer.layers):
             base = f"{prefix}.layers.{i}"

@@ -87,7 +87,37 @@ def pack_in_huge_pages(holders: list[tuple[object, str]]) -> int:
                 block_storage, (base + start) // tensor.element_size() + tensor.storage_offset(), tensor.shape,
                 tensor.stride())
             setattr(obj, name, moved)
+    release_free_memory()  # the small tensors moved leave holes in the heap
     return total
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BLOCK = 2**20  # bytes from which a block gets its own mapping, handed back to the system when freed
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return None
+
+
+def map_large_blocks_apart(threshold: int = LARGE_BLOCK) -> bool:
+    """From now on give every heap block of `threshold` bytes or more its own mapping, unmapped when freed (glibc's
+    M_MMAP_THRESHOLD; False where there is none). Process-wide.
+
+    glibc raises its mapping threshold to the size of each mapped block freed, up to 32 MB, and then serves such
+    blocks from the heap. Building a quantised model frees thousands of blocks of 1-32 MB (float rows, dequantised
+    matrices of a prefill), and the heap keeps the freed ones resident as long as a block above them lives: a few
+    GB on a 3B model. A fixed threshold keeps the heap to small blocks.
+    """
+    libc = _libc()
+    try:
+        return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except AttributeError:
+        return False
 
 
 def release_free_memory() -> bool:
@@ -97,10 +127,8 @@ def release_free_memory() -> bool:
     small tensors it keeps. glibc serves blocks up to 32 MB from its heap once one such block was freed, and a heap
     cannot shrink past the tensors kept at its top, so without this the freed blocks stay resident.
     """
-    if not sys.platform.startswith("linux"):
-        return False
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
+        return libc is not None and bool(libc.malloc_trim(0))
+    except AttributeError:
         return False

@@ -32,6 +32,7 @@ from heartmula.nn.layers import NATIVE_ROWS
 BLOCK = 64  # columns per packed block; a group is a multiple of it
 GROUP_SIZE = 128  # columns per scale, where the width allows
 ROWS_PER_CHUNK = 2048  # rows quantised at once (a float32 chunk of a 3072-wide matrix: 25 MB)
+DEQUANTIZED_ROWS = 1024  # rows dequantised at once for a product of many rows (a prefill)
 FORMATS = ("int8", "int4")
 _EMPTY = torch.empty(0)
 
@@ -101,9 +102,15 @@ def quantize(source: RowSource | torch.Tensor, bits: int, group: int | None = No
     if group is None or group % BLOCK or source.columns % group:
         raise HeartMuLaError(f"a {source.columns}-column matrix cannot be quantised in groups of {group}: the width "
                              f"must be a multiple of the group, and the group of {BLOCK}")
-    parts = [_quantize_chunk(source.read(start, min(start + ROWS_PER_CHUNK, source.rows)), bits, group)
-             for start in range(0, source.rows, ROWS_PER_CHUNK)]
-    data, scales, offsets = (torch.cat(column) if column[0].numel() else _EMPTY for column in zip(*parts))
+    groups = source.columns // group
+    data = torch.empty(source.rows, source.columns * bits // 8, dtype=torch.int8 if bits == 8 else torch.uint8)
+    scales = torch.empty(source.rows, groups, dtype=torch.float16)
+    offsets = torch.empty(source.rows, groups, dtype=torch.float16) if bits == 4 else _EMPTY
+    for start in range(0, source.rows, ROWS_PER_CHUNK):  # each chunk into its place: no second copy to join
+        stop = min(start + ROWS_PER_CHUNK, source.rows)
+        for whole, part in zip((data, scales, offsets), _quantize_chunk(source.read(start, stop), bits, group)):
+            if part.numel():
+                whole[start:stop] = part
     return data, scales, offsets
 
 
@@ -116,9 +123,9 @@ def dequantize(data: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) 
         blocks = data.reshape(rows, -1, BLOCK // 2)
         values = torch.stack([blocks & 15, blocks >> 4], dim=2).reshape(rows, -1).float()
     columns = values.shape[1]
-    grouped = values.reshape(rows, groups, columns // groups) * scales.float()[..., None]
+    grouped = values.reshape(rows, groups, columns // groups).mul_(scales.float()[..., None])  # values: a new tensor
     if offsets.numel():
-        grouped = grouped + offsets.float()[..., None]
+        grouped.add_(offsets.float()[..., None])
     return grouped.reshape(rows, columns)
 
 
@@ -182,8 +189,20 @@ class QuantizedLinear(nn.Module):
             if kernels is not None:
                 out = kernels.few_rows_quantized_linear(flat.float().contiguous(), *self.native_tensors())
         if out is None:
-            out = F.linear(flat.float(), self.dequantized().to(flat.device))
+            out = self._product_by_row_blocks(flat.float())
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _product_by_row_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T with the weight dequantised a block of output rows at a time: the float weights of a
+        prefill's products never exist whole (a 3B layer's gate|up would take 200 MB, and three times that in
+        intermediates)."""
+        if self.out_features <= DEQUANTIZED_ROWS:
+            return F.linear(x, self.dequantized().to(x.device))
+        out = torch.empty(x.shape[0], self.out_features, device=x.device)
+        for start in range(0, self.out_features, DEQUANTIZED_ROWS):
+            block = self.row_block(start, min(start + DEQUANTIZED_ROWS, self.out_features))
+            out[:, start : start + block.out_features] = F.linear(x, block.dequantized().to(x.device))
+        return out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}"
