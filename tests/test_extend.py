@@ -93,7 +93,7 @@ def test_bad_prompts_fail_clearly(pipe, song, tmp_path):
     with pytest.raises(HeartMuLaError, match="does not exist"):
         pipe.extend(tmp_path / "missing.npy")
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    with pytest.raises(HeartMuLaError, match="not a numpy array"):
+    with pytest.raises(HeartMuLaError, match=r"not a \.npy array"):
         pipe.extend(tmp_path / "junk.npy")
 
 

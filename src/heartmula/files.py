@@ -42,4 +42,4 @@ def load_codes(path: Path):
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise HeartMuLaError(f"{path} is not a numpy array of codes ({exc})") from None
+        raise HeartMuLaError(f"{path} is not a .npy array of codes ({exc})") from None
