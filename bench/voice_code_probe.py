@@ -35,7 +35,7 @@ from torch import nn
 from heartmula.codec.model import HeartCodec
 from heartmula.codec.phonetic import code_rate
 from heartmula.manifest import read_manifest
-from heartmula.train.codec_voice import PHONETIC_OF
+from heartmula.train.codec_voice import PHONETIC_OF, decoded_latent
 
 FRAMES_PER_CODE = 8  # 10 ms envelope frames per 80 ms code frame
 CONTEXT = 4  # code frames on each side the probe sees (--causal: before, and 1 after as the decoder's look-ahead)
@@ -51,8 +51,7 @@ def stage_features(codec: HeartCodec, item: dict, source: str) -> dict[str, torc
     vq = codec.flow_matching.vq_embed
     codes, quantized, _ = vq.quantize(codec.code_encoder(latent))
     first = vq.layers[0].codebook[codes[0, :, 0]]
-    predicted = codec.direct_decoder(codec.flow_matching.cond_feature_emb(vq.project_out(quantized))
-                                     .repeat_interleave(2, dim=1))
+    predicted = decoded_latent(codec, audio, phonetic)
     decoded = codec.scalar_model.decoder.voice.parameters_from_latent(predicted.transpose(1, 2))["harmonic"]
     return {"whisper": code_rate(phonetic)[0], "latent": code_rate(latent.transpose(1, 2))[0],
             "codes": quantized[0], "codebook 0": first, "decoded latent": code_rate(predicted.transpose(1, 2))[0],
