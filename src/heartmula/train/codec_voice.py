@@ -18,6 +18,11 @@ embedded Whisper encoder's, cached per item with the mix), and codebook 0 is dis
 on its straight-through vector is scored by cosine distance to the features at the code rate, so the first
 codebook, the one the LM's backbone predicts, carries the words.
 
+With `freeze_codes` (and `train_codes`) the codec stays as it is and only the branch learns, from the mix (or stem)
+through the frozen encoder and codes to the decoded latent: every song keeps its codes, so an LM trained on them
+stays valid, and the branch learns from the latent that decoding gives it (with phonetic features, which the
+cached-latent mode above cannot compute).
+
 Layout of --out: `features/<id>.npz` (the cached inputs and targets, `features-audio/` with `train_codes`: the
 mix instead of the latent, `features-phonetic/` with `phonetic`: the mix and its phonetic features; resumable),
 the codec folder itself
