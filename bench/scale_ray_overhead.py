@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from _machine import machine
 
+from heartmula import batch_ray
 from heartmula.batch import BatchOptions, read_manifest, run_batch
 from heartmula.codec.pretrained import write_random_codec
 from heartmula.lm.pretrained import write_random_root
@@ -29,17 +30,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "scale_ray_overhead.json
 
 
 def start_local_ray(ray) -> None:
-    """ray.init(num_cpus=2), once more if the raylet missed Ray's fixed 30 s start-up deadline (a busy machine)."""
+    """A local Ray with 2 CPUs."""
     # A shared machine: Ray's memory monitor would kill workers for other processes' memory.
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    for attempt in range(2):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for it
-            ray.shutdown()
-            if attempt or "timed out during startup" not in str(exc):
-                raise
+    batch_ray.start_local_ray(ray, num_cpus=2)
 
 
 def timed_run(requests: Path, out: Path, options: BatchOptions, ray_address: str | None) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from heartmula import batch_ray
 from heartmula.batch import BatchOptions, plan_batches, read_manifest, read_requests, run_batch
 from heartmula.batch_ray import RayTimeouts, check_reachable
 from heartmula.cli import main
@@ -63,17 +64,10 @@ def test_a_bad_ray_address_fails_at_once():
 
 
 def start_local_ray(ray) -> None:
-    """ray.init(num_cpus=2), once more if the raylet missed Ray's fixed 30 s start-up deadline (a busy machine)."""
+    """A local Ray with 2 CPUs."""
     # Shared machines: Ray's memory monitor would kill the tiny workers for other processes' memory.
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    for attempt in range(2):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for it
-            ray.shutdown()
-            if attempt or "timed out during startup" not in str(exc):
-                raise
+    batch_ray.start_local_ray(ray, num_cpus=2)
 
 
 KILLER = """

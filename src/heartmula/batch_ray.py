@@ -35,6 +35,19 @@ def check_reachable(address: str, timeout: float) -> None:
                              "`ray start --head` or check the address") from None
 
 
+def start_local_ray(ray, num_cpus: int | None = None) -> None:
+    """ray.init on this machine, once more if the raylet missed Ray's fixed 30 s start-up deadline (a busy
+    machine)."""
+    for attempt in range(2):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for it
+            ray.shutdown()
+            if attempt or "timed out during startup" not in str(exc):
+                raise
+
+
 def connect(address: str, timeouts: RayTimeouts):
     """The ray module, connected: to an already initialised Ray as is; "local" starts one on this machine; "auto"
     joins the cluster this machine belongs to; otherwise HOST:PORT / ray://HOST:PORT after a reachability check."""
@@ -45,7 +58,7 @@ def connect(address: str, timeouts: RayTimeouts):
         check_reachable(address, timeouts.connect)
     try:
         if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False)
+            start_local_ray(ray)
         else:
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
