@@ -7,8 +7,8 @@
   pass runs under `torch.autocast(dtype=bfloat16)` (matrix products in bfloat16, losses and reductions in float32).
   With FSDP the sharded weights are also gathered in bfloat16 and the gradients reduced in float32
   (`MixedPrecisionPolicy`); autocast stays on there, as it keeps the losses in float32 (FSDP's policy alone runs
-  the cross-entropy in bfloat16, whose steps near a loss of 8 are 1/16). The default is bfloat16 on CUDA and float32 on the CPU; bfloat16 autocast runs on
-  the CPU too (the tests train that way).
+  the cross-entropy in bfloat16, whose steps near a loss of 8 are 1/16). The default is bfloat16 on CUDA and
+  float32 on the CPU; bfloat16 autocast runs on the CPU too (the tests train that way).
 - checkpoints are float32 CPU tensors whatever the device and precision, so a run resumes on any device.
 """
 
