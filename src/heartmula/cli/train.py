@@ -238,6 +238,7 @@ def register_voice(actions) -> None:
                    help="stop with a checkpoint after this many minutes of training; run again to resume")
     p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and feature-extraction processes")
+    add_placement_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_voice)
@@ -247,6 +248,7 @@ def run_voice(args: argparse.Namespace) -> int:
     from heartmula.codec.pretrained import locate_codec
     from heartmula.train.codec_voice import VoiceTrainConfig, train_voice
 
+    print_placement(args)
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
@@ -256,7 +258,8 @@ def run_voice(args: argparse.Namespace) -> int:
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,
                               stem_fraction=args.stem_fraction, autoencoder_weight=args.autoencoder_weight,
                               exclude_ids=tuple(args.exclude_id), extra_audio=tuple(args.extra_audio),
-                              extra_exclude=tuple(args.extra_exclude), extra_share=args.extra_share)
+                              extra_exclude=tuple(args.extra_exclude), extra_share=args.extra_share,
+                              device=args.device, precision=args.precision)
     report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
           f"items; last {report['last']}; wrote {args.out}")
