@@ -85,6 +85,27 @@ def test_device_and_precision_choices():
         placement("cpu", "float16")
 
 
+def test_gpu_choices_on_a_host_with_two_gpus(monkeypatch):
+    """The choice of GPU (torch's view of two GPUs stood in): plain, under torchrun, and the refused ones."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert [training_device(name) for name in ("auto", "cuda", "cuda:1")] == [torch.device("cuda", i)
+                                                                             for i in (0, 0, 1)]
+    assert placement("cuda").precision == "bfloat16" and placement("cuda", "float32").precision == "float32"
+    with pytest.raises(HeartMuLaError, match="cuda:0 to cuda:1"):
+        training_device("cuda:2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert training_device("auto") == training_device("cuda") == torch.device("cuda", 1)
+    assert training_device("cpu") == torch.device("cpu")
+    with pytest.raises(HeartMuLaError, match="LOCAL_RANK"):
+        training_device("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(HeartMuLaError, match="--nproc_per_node"):
+        training_device("cuda")
+
+
 @without_cuda
 def test_auto_is_the_cpu_and_cuda_is_refused_without_a_gpu():
     assert training_device("auto") == torch.device("cpu")

@@ -511,7 +511,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
     trained: torch.nn.Module = codec if config.train_codes and not config.freeze_codes else voice
     train_items, val_items, weights = _training_items(train_rows, val_rows, codec_dir, codec, out, config, progress)
-    codec.to(where.device)  # after the features: their worker processes load the codec on the CPU
+    codec.to(where.device)
 
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)

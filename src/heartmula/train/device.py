@@ -69,7 +69,11 @@ def training_device(name: str = "auto") -> torch.device:
         if name != "cuda":
             raise HeartMuLaError(f"--device {name}: under torchrun each process uses the GPU of its LOCAL_RANK; "
                                  "pass --device cuda (or auto)")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise HeartMuLaError(f"process {local_rank} of this host has no GPU of its own: torch sees "
+                                 f"{torch.cuda.device_count()}; start at most that many (--nproc_per_node)")
+        return torch.device("cuda", local_rank)
     device = torch.device(name)
     index = 0 if device.index is None else device.index
     if index >= torch.cuda.device_count():

@@ -1,4 +1,5 @@
-"""Train a HeartMuLa song language model on a token cache (`heartmula data tokenize`), on one CPU process.
+"""Train a HeartMuLa song language model on a token cache (`heartmula data tokenize`), on the CPU or a GPU
+(`heartmula.train.device`), in one process or several (`heartmula.train.distributed`).
 
 One training sample is the generation prompt followed by a crop of a song's codec frames, laid out exactly as
 `HeartMuLaGenerator` feeds the model:

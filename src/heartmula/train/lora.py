@@ -182,7 +182,7 @@ def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.
                              f"a context of {config.context}")
     out.mkdir(parents=True, exist_ok=True)
     peft_model = attach_lora(model, out, config.rank, config.alpha, config.dropout, config.targets, config.parts)
-    peft_model.to(where.device)  # a resumed adapter is read onto the CPU
+    peft_model.to(where.device)  # also the matrices of a resumed adapter, wherever peft read them to
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     start = load_training_state(out, peft_model, optimizer)
