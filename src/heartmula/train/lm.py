@@ -558,6 +558,24 @@ def _optimizer_step(model: HeartMuLa, optimizer, loss: torch.Tensor, config: LMT
     return float(grad_norm)
 
 
+def _train_step(step_losses, model: HeartMuLa, optimizer, samples: list[Sample], step: int,
+                generator: torch.Generator, config: LMTrainConfig, ranks: Ranks, where: Placement) -> dict:
+    """One optimizer step on a batch; returns its log record (losses averaged over the ranks)."""
+    began = time.perf_counter()
+    lr = _learning_rate(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with where.autocast():
+        loss, parts = step_losses(samples, config.decoder_fraction, generator, config.align_weight,
+                                  config.align_layer, config.align_heads, ranks=ranks)
+    grad_norm = _optimizer_step(model, optimizer, loss, config)
+    parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
+    return {"step": step + 1, **{k: round(v, 4) for k, v in parts.items()}, "lr": round(lr, 7),
+            "grad_norm": round(grad_norm, 3), "frames": sum(len(s.frame_rows) for s in samples),
+            "seconds": round(time.perf_counter() - began, 2),
+            "references": sum(s.reference is not None for s in samples)}
+
+
 def _usable_items(builder: SampleBuilder, train_items: list, val_items: list, config: LMTrainConfig):
     """(training items, validation items, ids of training items left out): those whose prompt leaves at least
     `min_frames` frames of the context."""
@@ -652,20 +670,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     if ranks.is_main:
         _drop_log_after(log_path, start_step)
     for step in range(start_step, config.steps):
-        began = time.perf_counter()
-        lr = _learning_rate(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         samples = _batch_samples(builder, train_items, weights, rng, config)
-        with where.autocast():
-            loss, parts = step_losses(samples, config.decoder_fraction, generator, config.align_weight,
-                                      config.align_layer, config.align_heads, ranks=ranks)
-        grad_norm = _optimizer_step(model, optimizer, loss, config)
-        parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
-        record = {"step": step + 1, **{k: round(v, 4) for k, v in parts.items()}, "lr": round(lr, 7),
-                  "grad_norm": round(grad_norm, 3),
-                  "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2),
-                  "references": sum(s.reference is not None for s in samples)}
+        record = _train_step(step_losses, model, optimizer, samples, step, generator, config, ranks, where)
         if report.first_loss is None:
             report.first_loss = record["loss"]
         report.last_loss = record["loss"]

@@ -160,6 +160,21 @@ def _validation(model: HeartMuLa, builder: SampleBuilder, items, sample: LMTrain
     return round(sum(losses) / len(losses), 4)
 
 
+def _train_step(model: HeartMuLa, optimizer, params: list, samples: list, step: int, generator: torch.Generator,
+                config: LoraTrainConfig, where: Placement) -> dict:
+    """One optimizer step of the adapter on a batch; returns its log record."""
+    for group in optimizer.param_groups:
+        group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
+    with where.autocast():
+        loss, parts = lm_losses(model, samples, config.decoder_fraction, generator,
+                                checkpoint=config.gradient_checkpointing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in parts.items()}}
+
+
 def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.PathLike,
                config: LoraTrainConfig | None = None, progress: bool = True) -> LoraTrainReport:
     """Train (or resume) a LoRA adapter of the model `base` in `out` on the token cache `cache`."""
@@ -196,17 +211,8 @@ def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.
     model.train()
     step = start
     for step in range(start, config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
-        with where.autocast():
-            loss, parts = lm_losses(model, _batch(builder, train_items, weights, rng, config, sample),
-                                    config.decoder_fraction, generator, checkpoint=config.gradient_checkpointing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        record = {"step": step + 1, "loss": round(float(loss.detach()), 4),
-                  **{k: round(v, 4) for k, v in parts.items()}}
+        samples = _batch(builder, train_items, weights, rng, config, sample)
+        record = _train_step(model, optimizer, params, samples, step, generator, config, where)
         report.first_loss = report.first_loss if report.first_loss is not None else record["loss"]
         report.last_loss = record["loss"]
         last = step + 1 == config.steps
