@@ -284,13 +284,17 @@ class ClapIndex:
 
 def open_index(location: str | os.PathLike, dim: int | None = None, model: str | None = None,
                create: bool = True):
-    """The library index at `location`: a folder (ClapIndex, the default), or a Qdrant collection
-    (`qdrant://HOST:PORT/COLLECTION`, `qdrant-local:FOLDER`; see heartmula.clap.qdrant_index). Both offer add,
-    remove, search, get, vector, tracks, pages, check_model, set_model and close."""
+    """The library index at `location`: a folder (ClapIndex, the default), a Qdrant collection
+    (`qdrant://HOST:PORT/COLLECTION`, `qdrant-local:FOLDER`; see heartmula.clap.qdrant_index) or a PostgreSQL table
+    with pgvector (`postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME`; see heartmula.clap.pgvector_index).
+    Each offers add, remove, search, get, vector, tracks, pages, check_model, set_model and close."""
+    from heartmula.clap.pgvector_index import PgVectorIndex, is_postgres_location
     from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
 
     if is_qdrant_location(location):
         return QdrantIndex(str(location), dim=dim, model=model, create=create)
+    if is_postgres_location(location):
+        return PgVectorIndex(str(location), dim=dim, model=model, create=create)
     return ClapIndex(location, dim=dim, model=model, create=create)
 
 

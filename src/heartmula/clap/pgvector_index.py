@@ -1,0 +1,251 @@
+"""The music library index in PostgreSQL with the pgvector extension: the same operations as the folder index
+(heartmula.clap.index.ClapIndex), for libraries kept in a database that a team already runs.
+
+Location (what `--index` takes):
+    postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?table=NAME&PARAM=VALUE...]
+    (`postgres://` too). `table` names the tracks table (default "heartmula"); every other parameter goes to libpq
+    as it is (sslmode, connect_timeout, ...). A password may also come from PGPASSWORD or ~/.pgpass, as for psql.
+
+A track is one row of the table: its path (the key), title, tags, duration, size, mtime and its HeartCLAP embedding
+in a `vector(DIM)` column. The format, dimension and model fingerprint live in a companion table `<NAME>_meta`; a
+library built with one HeartCLAP model refuses vectors and queries of another, and every write checks in its own
+transaction that the recorded model is still the one the index was opened with, so vectors of two models never mix.
+Search ranks by cosine distance (`<=>`; score = 1 - distance, which equals the folder index's dot product because
+the embeddings are unit vectors). Below HNSW_MIN_TRACKS tracks the search is an exact scan; from there on the table
+gets an HNSW index (approximate, built once when a write crosses the threshold, then kept up to date by PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+import numpy as np
+
+from heartmula.clap.index import FORMAT_VERSION, Hit, Track
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import optional_import
+
+DEFAULT_TABLE = "heartmula"
+CONNECT_TIMEOUT_SECONDS = 10  # libpq's connect_timeout unless the location sets one: a bad address fails by then
+HNSW_MIN_TRACKS = 20_000  # smaller tables are scanned exactly (a few ms); from here on search uses HNSW
+HNSW_EF_SEARCH = 100  # HNSW candidate list per query (pgvector's default is 40); more = better recall, slower
+PAGE = 1024  # rows per export page
+FEATURE = "a PostgreSQL library index"
+COLUMNS = "path, title, tags, duration, size, mtime"
+
+
+def is_postgres_location(location: str | os.PathLike) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def parse_location(location: str) -> tuple[str, str]:
+    """(libpq connection URL, table name) of a location; the URL gets connect_timeout when it has none."""
+    parsed = urlparse(location)
+    params = parse_qsl(parsed.query, keep_blank_values=True)
+    table = dict(params).get("table", DEFAULT_TABLE)
+    if not parsed.hostname or not parsed.path.strip("/"):
+        raise HeartMuLaError(f"{location}: a PostgreSQL index is postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+                             "?table=NAME")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,49}", table):
+        raise HeartMuLaError(f"{location}: the table name {table!r} must be letters, digits and _ (at most 50)")
+    params = [(k, v) for k, v in params if k != "table"]
+    if "connect_timeout" not in dict(params):
+        params.append(("connect_timeout", str(CONNECT_TIMEOUT_SECONDS)))
+    return urlunparse(parsed._replace(query=urlencode(params))), table.lower()
+
+
+def _address(location: str) -> str:
+    parsed = urlparse(location)
+    return f"{parsed.hostname}:{parsed.port or 5432}/{parsed.path.strip('/')}"
+
+
+def connect(location: str):
+    """(psycopg connection with pgvector's types, table name); an unreachable server or a refused login raises a
+    HeartMuLaError naming the address within the connect timeout."""
+    psycopg = optional_import("psycopg", "scale", FEATURE)
+    pgvector_psycopg = optional_import("pgvector.psycopg", "scale", FEATURE)
+    url, table = parse_location(location)
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        raise HeartMuLaError(f"cannot connect to PostgreSQL at {_address(location)}: {reason}") from None
+    try:
+        _ensure_extension(conn, location)
+        pgvector_psycopg.register_vector(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, table
+
+
+def _ensure_extension(conn, location: str) -> None:
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+        return
+    import psycopg
+
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.errors.InsufficientPrivilege:
+        raise HeartMuLaError(f"the database {_address(location)} lacks the pgvector extension and this user may not "
+                             "add it; a superuser runs `CREATE EXTENSION vector;` in it once") from None
+    except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile, psycopg.errors.UndefinedObject):
+        raise HeartMuLaError(f"the PostgreSQL server at {_address(location)} has no pgvector extension installed "
+                             "(Debian/Ubuntu: apt-get install postgresql-NN-pgvector)") from None
+
+
+class PgVectorIndex:
+    """A library index in a PostgreSQL table (created with `dim` when missing and `create`)."""
+
+    def __init__(self, location: str, dim: int | None = None, model: str | None = None, create: bool = True):
+        self.location = location
+        self.conn, self.table = connect(location)  # names the 'scale' extra when psycopg or pgvector is missing
+        self.meta_table = f"{self.table}_meta"
+        meta = self._read_meta()
+        if meta is None:
+            if not create or dim is None:
+                self.conn.close()
+                raise HeartMuLaError(f"no index at {location}; create one with `heartmula index add MUSIC --index "
+                                     f"{location}`")
+            meta = self._create(dim, model or "")
+        if meta.get("format") != FORMAT_VERSION:
+            self.conn.close()
+            raise HeartMuLaError(f"{location} is not a {FORMAT_VERSION} index")
+        self.dim, self.model = int(meta["dim"]), meta.get("model", "")
+        self.hnsw = self.has_hnsw()
+        if dim is not None and dim != self.dim:
+            self.conn.close()
+            raise HeartMuLaError(f"the index at {location} holds {self.dim}-d vectors, the model makes {dim}-d; "
+                                 "use another table or the model it was built with")
+
+    def _read_meta(self) -> dict | None:
+        if self.conn.execute("SELECT to_regclass(%s)", (self.meta_table,)).fetchone()[0] is None:
+            return None
+        return dict(self.conn.execute(f"SELECT key, value FROM {self.meta_table}").fetchall()) or None
+
+    def _create(self, dim: int, model: str) -> dict:
+        meta = {"format": FORMAT_VERSION, "dim": str(dim), "model": model}
+        with self.conn.transaction():
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (path text COLLATE \"C\" PRIMARY KEY, "
+                              f"title text, tags text, duration double precision, size bigint, "
+                              f"mtime double precision, embedding vector({int(dim)}) NOT NULL)")
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.meta_table} (key text PRIMARY KEY, "
+                              "value text NOT NULL)")
+            self.conn.cursor().executemany(f"INSERT INTO {self.meta_table} VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                           list(meta.items()))
+        return dict(self.conn.execute(f"SELECT key, value FROM {self.meta_table}").fetchall())
+
+    # -- the model --
+    def set_model(self, model: str) -> None:
+        """Record `model` as the one whose vectors the table holds (after indexing everything with it)."""
+        self.conn.execute(f"UPDATE {self.meta_table} SET value = %s WHERE key = 'model'", (model,))
+        self.model = model
+
+    def check_model(self, model: str) -> None:
+        if self.model and model and self.model != model:
+            raise HeartMuLaError(f"the index at {self.location} was built with another HeartCLAP model "
+                                 f"({self.model}, this one is {model}); use the --model it was built with, or a new "
+                                 "table (?table=NAME)")
+
+    def _check_recorded_model(self) -> None:
+        """Inside a write's transaction: the model recorded now is still the one this index was opened with (the
+        row lock keeps a concurrent set_model from changing it until the write commits)."""
+        row = self.conn.execute(f"SELECT value FROM {self.meta_table} WHERE key = 'model' FOR SHARE").fetchone()
+        recorded = row[0] if row else ""
+        if recorded != self.model:
+            raise HeartMuLaError(f"the index at {self.location} now holds vectors of another HeartCLAP model "
+                                 f"({recorded}, opened with {self.model or 'none recorded'}); open it again")
+
+    # -- writes --
+    def add(self, tracks: list[Track], vectors: np.ndarray) -> None:
+        """Insert tracks, or replace the vector and metadata of paths already indexed."""
+        if not tracks:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(tracks), -1)
+        if vectors.shape[1] != self.dim:
+            raise HeartMuLaError(f"vectors are {vectors.shape[1]}-d, the index holds {self.dim}-d")
+        rows = [(t.path, t.title, t.tags, t.duration, t.size, t.mtime, v) for t, v in zip(tracks, vectors)]
+        with self.conn.transaction():
+            self._check_recorded_model()
+            self.conn.cursor().executemany(
+                f"INSERT INTO {self.table} ({COLUMNS}, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (path) DO UPDATE SET title = excluded.title, tags = excluded.tags, "
+                "duration = excluded.duration, size = excluded.size, mtime = excluded.mtime, "
+                "embedding = excluded.embedding", rows)
+        if not self.hnsw and len(self) >= HNSW_MIN_TRACKS:
+            self.ensure_hnsw()
+
+    def ensure_hnsw(self) -> None:
+        """Build the HNSW index (cosine) if the table has none; PostgreSQL keeps it up to date on later writes."""
+        self.conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_embedding_hnsw ON {self.table} "
+                          "USING hnsw (embedding vector_cosine_ops)")
+        self.hnsw = True
+
+    def has_hnsw(self) -> bool:
+        return self.conn.execute("SELECT to_regclass(%s)", (f"{self.table}_embedding_hnsw",)).fetchone()[0] is not None
+
+    def remove(self, paths: Iterable[str]) -> int:
+        """Remove tracks by exact path or by folder; returns how many went."""
+        gone = 0
+        with self.conn.transaction():
+            for path in paths:
+                path = str(path)
+                prefix = path.rstrip(os.sep) + os.sep
+                # A range on the path key (byte order: COLLATE "C") finds a folder's tracks without a scan.
+                upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                gone += self.conn.execute(f"DELETE FROM {self.table} WHERE path = %s OR (path >= %s AND path < %s)",
+                                          (path, prefix, upper)).rowcount
+        return gone
+
+    # -- reads --
+    def __len__(self) -> int:
+        return int(self.conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
+
+    def tracks(self) -> Iterator[Track]:
+        for row in self.conn.execute(f"SELECT {COLUMNS} FROM {self.table} ORDER BY path"):
+            yield Track(*row)
+
+    def get(self, path: str) -> Track | None:
+        row = self.conn.execute(f"SELECT {COLUMNS} FROM {self.table} WHERE path = %s", (str(path),)).fetchone()
+        return Track(*row) if row else None
+
+    def vector(self, path: str) -> np.ndarray | None:
+        row = self.conn.execute(f"SELECT embedding FROM {self.table} WHERE path = %s", (str(path),)).fetchone()
+        return np.asarray(row[0].to_numpy(), dtype=np.float32) if row else None
+
+    def pages(self, size: int = PAGE) -> Iterator[tuple[list[Track], np.ndarray]]:
+        """(tracks, their vectors [n, dim]) a page at a time: every track once (for export), read through a
+        server-side cursor so that the table never sits in memory whole."""
+        with self.conn.transaction(), self.conn.cursor(name="heartmula_pages") as cursor:
+            cursor.execute(f"SELECT {COLUMNS}, embedding FROM {self.table} ORDER BY path")
+            while rows := cursor.fetchmany(size):
+                vectors = np.stack([row[6].to_numpy() for row in rows]).astype(np.float32)
+                yield [Track(*row[:6]) for row in rows], vectors
+
+    def load(self) -> None:
+        """Nothing to bring into memory: PostgreSQL serves the vectors."""
+
+    def search(self, query: np.ndarray, k: int = 10, exclude: Iterable[str] = ()) -> list[Hit]:
+        """The k tracks most similar to `query` (cosine), best first."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise HeartMuLaError(f"query is {query.shape[0]}-d, the index holds {self.dim}-d vectors")
+        if k <= 0:
+            return []
+        excluded = {str(p) for p in exclude}
+        # The excluded tracks are dropped after the query (a WHERE clause would make an HNSW scan return fewer).
+        with self.conn.transaction():
+            self.conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(HNSW_EF_SEARCH, k + len(excluded)))}")
+            rows = self.conn.execute(f"SELECT {COLUMNS}, 1 - (embedding <=> %s) FROM {self.table} "
+                                     "ORDER BY embedding <=> %s LIMIT %s",
+                                     (query, query, k + len(excluded))).fetchall()
+        return [Hit(float(row[6]), Track(*row[:6])) for row in rows if row[0] not in excluded][:k]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+__all__ = ["DEFAULT_TABLE", "PgVectorIndex", "connect", "is_postgres_location", "parse_location"]

@@ -1,0 +1,177 @@
+"""The library index in PostgreSQL + pgvector (a throwaway cluster on 127.0.0.1, see tests/postgres_server.py): the
+same top-10 as the folder index's scan, an HNSW index once the table is big enough, add/update/remove, the model
+fingerprint that keeps two models apart, export folder -> PostgreSQL -> folder without embedding again, the CLI verbs
+on a PostgreSQL location, and bad addresses that fail within seconds."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from heartmula.clap import pgvector_index
+from heartmula.clap.index import ClapIndex, Track, export_index, open_index
+from heartmula.cli import main
+from heartmula.errors import HeartMuLaError
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def library(n: int, dim: int) -> tuple[list[Track], np.ndarray]:
+    tracks = [Track(f"/music/{i // 100}/{i}.flac", title=f"song {i}", tags="pop", duration=float(i)) for i in range(n)]
+    return tracks, unit_vectors(n, dim)
+
+
+def test_same_top_10_as_the_folder_scan(tmp_path, postgres_location):
+    tracks, vectors = library(3000, 32)
+    folder = ClapIndex(tmp_path / "folder", dim=32, model="m1")
+    folder.add(tracks, vectors)
+    table = open_index(postgres_location, dim=32, model="m1")
+    table.add(tracks, vectors)
+    assert len(table) == 3000 and not table.has_hnsw()  # small: an exact scan
+    for query in unit_vectors(20, 32, seed=1):
+        expected, found = folder.search(query, k=10), table.search(query, k=10)
+        assert [h.track.path for h in found] == [h.track.path for h in expected]
+        np.testing.assert_allclose([h.score for h in found], [h.score for h in expected], atol=1e-5)
+    excluded = folder.search(vectors[5], k=3, exclude=["/music/0/5.flac"])
+    assert [h.track.path for h in table.search(vectors[5], k=3, exclude=["/music/0/5.flac"])] == \
+        [h.track.path for h in excluded]
+    assert table.get("/music/0/7.flac") == Track("/music/0/7.flac", "song 7", "pop", 7.0)
+    table.close()
+
+
+def test_a_big_table_gets_an_hnsw_index_that_search_uses(tmp_path, postgres_location, monkeypatch):
+    monkeypatch.setattr(pgvector_index, "HNSW_MIN_TRACKS", 1000)
+    tracks, vectors = library(3000, 32)
+    folder = ClapIndex(tmp_path / "folder", dim=32, model="m1")
+    folder.add(tracks, vectors)
+    table = open_index(postgres_location, dim=32, model="m1")
+    table.add(tracks[:500], vectors[:500])
+    assert not table.has_hnsw()
+    table.add(tracks[500:], vectors[500:])
+    assert table.has_hnsw()
+    query = unit_vectors(1, 32, seed=1)[0]
+    plan = "\n".join(r[0] for r in table.conn.execute(
+        f"EXPLAIN SELECT path FROM {table.table} ORDER BY embedding <=> %s LIMIT 10", (query,)))
+    assert "_embedding_hnsw" in plan
+    recall = [len({h.track.path for h in table.search(q, k=10)} & {h.track.path for h in folder.search(q, k=10)}) / 10
+              for q in unit_vectors(20, 32, seed=2)]
+    assert np.mean(recall) >= 0.9  # approximate, but close to the exact scan
+    table.close()
+
+
+def test_update_remove_and_persistence(postgres_location):
+    index = open_index(postgres_location, dim=8, model="m1")
+    v = unit_vectors(4, 8)
+    index.add([Track("/m/a/1.wav", tags="old"), Track("/m/a/2.wav"), Track("/m/ab.wav"), Track("/m/b/3.wav")], v)
+    index.add([Track("/m/a/1.wav", tags="new")], v[3:])
+    assert len(index) == 4 and index.get("/m/a/1.wav").tags == "new"
+    np.testing.assert_allclose(index.vector("/m/a/1.wav"), v[3])
+    assert index.remove(["/m/a"]) == 2  # a folder's tracks, not a path that merely shares the prefix
+    assert index.remove(["/m/b/3.wav", "/m/missing.wav"]) == 1
+    index.close()
+    again = open_index(postgres_location, create=False)
+    assert [t.path for t in again.tracks()] == ["/m/ab.wav"] and again.model == "m1" and again.dim == 8
+    with pytest.raises(HeartMuLaError, match="another HeartCLAP model"):
+        again.check_model("m2")
+    with pytest.raises(HeartMuLaError, match="holds 8-d vectors"):
+        open_index(postgres_location, dim=16)
+    again.close()
+    with pytest.raises(HeartMuLaError, match="no index at"):
+        open_index(postgres_location.replace("?table=", "?table=missing_"), create=False)
+
+
+def test_a_writer_never_mixes_in_vectors_of_a_model_recorded_after_it_opened(postgres_location):
+    first = open_index(postgres_location, dim=8, model="m1")
+    first.add([Track("/m/1.wav")], unit_vectors(1, 8))
+    second = open_index(postgres_location, dim=8)
+    second.set_model("m2")  # e.g. `index reindex` with another model elsewhere
+    with pytest.raises(HeartMuLaError, match="another HeartCLAP model"):
+        first.add([Track("/m/2.wav")], unit_vectors(1, 8, seed=1))
+    assert [t.path for t in second.tracks()] == ["/m/1.wav"]
+    first.close()
+    second.close()
+
+
+def test_export_folder_to_postgres_and_back(tmp_path, postgres_location):
+    vectors = unit_vectors(2500, 16)  # more than one export page
+    folder = ClapIndex(tmp_path / "folder", dim=16, model="m1")
+    folder.add([Track(f"/t/{i:04d}.wav", title=str(i), tags="rock", duration=1.5, size=i, mtime=2.0)
+                for i in range(2500)], vectors)
+    table = open_index(postgres_location, dim=16, model="m1")
+    assert export_index(folder, table, progress=False) == 2500
+    assert table.model == "m1" and len(table) == 2500
+    assert [h.track.path for h in table.search(vectors[9], k=5)] == [h.track.path for h in folder.search(vectors[9],
+                                                                                                         k=5)]
+    back = ClapIndex(tmp_path / "back", dim=16, model="")
+    assert export_index(table, back, progress=False) == 2500
+    assert back.model == "m1"
+    assert [(t.path, t.title, t.tags, t.duration, t.size, t.mtime) for t in back.tracks()] == \
+        [(t.path, t.title, t.tags, t.duration, t.size, t.mtime) for t in folder.tracks()]
+    for path in ("/t/0000.wav", "/t/1234.wav", "/t/2499.wav"):
+        np.testing.assert_array_equal(back.vector(path), folder.vector(path))  # float32 all the way
+    other = ClapIndex(tmp_path / "other", dim=16, model="m2")
+    other.add([Track("/u/x.wav")], vectors[:1])
+    with pytest.raises(HeartMuLaError, match="another HeartCLAP model"):
+        export_index(other, table, progress=False)
+    assert len(table) == 2500
+    table.close()
+
+
+def test_bad_addresses_fail_within_the_connect_timeout():
+    with pytest.raises(HeartMuLaError, match="cannot connect to PostgreSQL at 127.0.0.1:1/music"):
+        open_index("postgresql://me@127.0.0.1:1/music")
+    with socket.socket() as silent:  # accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with pytest.raises(HeartMuLaError, match=f"cannot connect to PostgreSQL at 127.0.0.1:{port}/music.*timeout"):
+            open_index(f"postgresql://me@127.0.0.1:{port}/music?connect_timeout=2")
+    with pytest.raises(HeartMuLaError, match="postgresql://USER"):
+        open_index("postgresql:///music")
+    with pytest.raises(HeartMuLaError, match="table name"):
+        open_index("postgresql://me@127.0.0.1:1/music?table=x;drop")
+
+
+def test_the_default_connect_timeout_is_set():
+    url, table = pgvector_index.parse_location("postgres://u:p@db.example:5433/lib?table=Songs&sslmode=require")
+    assert table == "songs"
+    assert url == "postgres://u:p@db.example:5433/lib?sslmode=require&connect_timeout=10"
+    assert pgvector_index.parse_location("postgresql://h/lib?connect_timeout=3")[0].endswith("?connect_timeout=3")
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().out
+
+
+def test_cli_verbs_and_export_on_postgres(tiny_clap_dir, synthetic_corpus, tmp_path, capsys, postgres_location):
+    music = synthetic_corpus / "audio"
+    folder, table = tmp_path / "ix", postgres_location
+    code, out = _run(capsys, "index", "add", music, "--index", table, "--model", tiny_clap_dir, "--quiet")
+    assert code == 0 and "added 10" in out and "10 tracks" in out
+    code, out = _run(capsys, "index", "add", music, "--index", folder, "--model", tiny_clap_dir, "--quiet")
+    for verb in (["search", "slow calm piano"], ["similar", (music / "s3.flac").resolve()]):
+        results = []
+        for location in (folder, table):
+            code, out = _run(capsys, *verb, "--index", location, "--model", tiny_clap_dir, "--json")
+            assert code == 0
+            results.append({h["path"]: h["score"] for h in json.loads(out)})
+        assert results[0].keys() == results[1].keys() and len(results[0]) >= 9  # the synthetic songs tie often
+        for path, score in results[0].items():
+            assert results[1][path] == pytest.approx(score, abs=2e-4)  # the JSON rounds to 4 places
+    code, out = _run(capsys, "index", "remove", music / "s0.flac", "--index", table)
+    assert "removed 1" in out and "9 left" in out
+    code, out = _run(capsys, "index", "list", "--index", table, "--json")
+    assert code == 0 and len(json.loads(out)) == 9
+
+    exported = postgres_location.replace("?table=", "?table=exported_")
+    code, out = _run(capsys, "index", "export", "--index", folder, "--to", exported, "--quiet")
+    assert code == 0 and "copied 10 tracks" in out
+    code, out = _run(capsys, "search", "noise", "--index", exported, "--model", tiny_clap_dir, "--json")
+    assert code == 0 and len(json.loads(out)) == 10
