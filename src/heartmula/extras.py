@@ -24,7 +24,7 @@ EXTRAS = {
     "eval": "the evaluation recipes",
     "train": "training (LoRA and preference tuning included)",
     "play": "playback through a sound device",
-    "scale": "running beyond one machine (Ray batch generation, the Qdrant library index)",
+    "scale": "running beyond one machine (Ray batch generation, the Qdrant and PostgreSQL library indexes)",
 }
 
 

@@ -18,12 +18,14 @@ def clap_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("backend", ["folder", "qdrant"])
-def test_search_by_text_example_and_similar(make_client, clap_dir, tmp_path, backend):
+@pytest.mark.parametrize("backend", ["folder", "qdrant", "postgres"])
+def test_search_by_text_example_and_similar(make_client, clap_dir, tmp_path, backend, request):
     location = None
     if backend == "qdrant":
         pytest.importorskip("qdrant_client", reason="the 'scale' extra (qdrant-client) is not installed")
         location = f"qdrant-local:{tmp_path / 'qdrant'}"
+    if backend == "postgres":
+        location = request.getfixturevalue("postgres_location")  # skips without a PostgreSQL with pgvector
     client = make_client(clap_model=clap_dir, search_index=location)
     assert client.get("/api/health").json()["features"]["search"] is True
     jobs = [wait_for(client, client.post("/api/songs", json=dict(SONG, seed=s, title=f"t{s}", duration=1.0)).json()

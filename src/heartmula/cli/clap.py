@@ -16,8 +16,10 @@ def _add_model(p) -> None:
 
 
 def _add_index(p, required: bool = True) -> None:
-    p.add_argument("--index", required=required, help="index folder (index.sqlite + vectors.npy), or a Qdrant "
-                   "collection: qdrant://HOST:PORT/COLLECTION or qdrant-local:FOLDER (needs the 'scale' extra)")
+    p.add_argument("--index", required=required, help="index folder (index.sqlite + vectors.npy), a Qdrant "
+                   "collection (qdrant://HOST:PORT/COLLECTION or qdrant-local:FOLDER) or a PostgreSQL table with "
+                   "pgvector (postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME); the last two need the "
+                   "'scale' extra")
 
 
 def _add_query_options(p) -> None:
@@ -103,10 +105,12 @@ def register_index(verbs) -> None:
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
     ri.set_defaults(handler=run_index_reindex)
 
-    ex = actions.add_parser("export", help="copy an index into another backend (e.g. Qdrant) without embedding again",
+    ex = actions.add_parser("export", help="copy an index into another backend (e.g. Qdrant, PostgreSQL) without "
+                            "embedding again",
                             description="Copy every track and its stored vector from --index into --to, keeping "
                             "the model fingerprint (a target built with another HeartCLAP model is refused). --to: "
-                            "qdrant://HOST:PORT/COLLECTION, qdrant-local:FOLDER, or an index folder.",
+                            "qdrant://HOST:PORT/COLLECTION, qdrant-local:FOLDER, "
+                            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME, or an index folder.",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_index(ex)
     ex.add_argument("--to", required=True, help="the target index")

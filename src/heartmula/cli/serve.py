@@ -46,7 +46,8 @@ def register(verbs) -> None:
     p.add_argument("--clap-model", help="HeartCLAP folder for searching the library by text or example; "
                    "default: the shipped HeartCLAP when installed, else search by text in titles/tags/lyrics only")
     p.add_argument("--search-index", metavar="LOCATION", help="where the library search index lives: default "
-                   "DATA/clap-index/; or a Qdrant collection, qdrant://HOST:PORT/COLLECTION (the 'scale' extra)")
+                   "DATA/clap-index/; or a Qdrant collection, qdrant://HOST:PORT/COLLECTION, or a PostgreSQL table, "
+                   "postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME (the 'scale' extra)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's choice)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=run)

@@ -39,7 +39,7 @@ class ServeConfig:
     max_stream_seconds: float = 300.0
     transcribe_model: str | None = None  # None = the embedded default (Whisper base)
     clap_model: str | Path | None = None  # library search by text/example; None = the shipped HeartCLAP, if any
-    search_index: str | None = None  # the search index: None = DATA/clap-index/; or qdrant://HOST:PORT/COLLECTION
+    search_index: str | None = None  # None = DATA/clap-index/; or qdrant://... or postgresql://... (open_index)
     max_transcribe_seconds: float = 20 * 60.0
     session_seconds: float = 3600.0  # lifetime of the page's session cookie (media and WebSocket without a token)
     store_retry_seconds: float = 2.0  # how long a job-database write is retried before answering 503

@@ -37,7 +37,7 @@ class LibrarySearch:
         # compute(fn, *args) -> fn(*args): where embeddings run (the server's model thread, see SongWorker)
         self.compute = compute or (lambda fn, *args: fn(*args))
         self.folder = store.data_dir / "clap-index"
-        # where the index lives: DATA/clap-index/, or a Qdrant collection (heartmula.clap.index.open_index)
+        # where the index lives: DATA/clap-index/, a Qdrant collection or a PostgreSQL table (clap.index.open_index)
         self.location = location or str(self.folder)
         self._lock = threading.RLock()
         self._model = None
