@@ -30,6 +30,9 @@ else
     "${APT_PACKAGES[*]}. Song generation needs none of them; g++ makes it faster (the native decoding kernel)."
 fi
 
+# PostgreSQL with pgvector for the PostgreSQL library index's tests (built from Debian's source package on Debian 12).
+bash scripts/setup_pgvector.sh || echo "setup: continuing without pgvector: the PostgreSQL index's tests skip"
+
 PY=${PYTHON:-python3}
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 # A bare `torch` requirement would pull a multi-GB CUDA build; keep an existing torch (GPU users), else the CPU wheel.
