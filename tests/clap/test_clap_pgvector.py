@@ -138,11 +138,16 @@ def test_bad_addresses_fail_within_the_connect_timeout():
         open_index("postgresql://me@127.0.0.1:1/music?table=x;drop")
 
 
-def test_the_default_connect_timeout_is_set():
-    url, table = pgvector_index.parse_location("postgres://u:p@db.example:5433/lib?table=Songs&sslmode=require")
-    assert table == "songs"
-    assert url == "postgres://u:p@db.example:5433/lib?sslmode=require&connect_timeout=10"
-    assert pgvector_index.parse_location("postgresql://h/lib?connect_timeout=3")[0].endswith("?connect_timeout=3")
+def test_the_location_sets_the_table_the_search_list_and_a_connect_timeout():
+    where = pgvector_index.parse_location("postgres://u:secret@db.example:5433/lib?table=Songs&sslmode=require"
+                                          "&ef_search=400")
+    assert (where.table, where.ef_search) == ("songs", 400)
+    assert where.url == "postgres://u:secret@db.example:5433/lib?sslmode=require&connect_timeout=10"
+    assert "secret" not in where.shown
+    assert pgvector_index.parse_location("postgresql://h/lib?connect_timeout=3").url.endswith("?connect_timeout=3")
+    with pytest.raises(HeartMuLaError, match="ef_search") as error:
+        pgvector_index.parse_location("postgresql://u:secret@h/lib?ef_search=0")
+    assert "secret" not in str(error.value)
 
 
 def _run(capsys, *argv):

@@ -3,8 +3,10 @@
 
 Location (what `--index` takes):
     postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?table=NAME&PARAM=VALUE...]
-    (`postgres://` too). `table` names the tracks table (default "heartmula"); every other parameter goes to libpq
-    as it is (sslmode, connect_timeout, ...). A password may also come from PGPASSWORD or ~/.pgpass, as for psql.
+    (`postgres://` too). `table` names the tracks table (default "heartmula"), `ef_search` the HNSW candidate list
+    per query (default HNSW_EF_SEARCH; more finds more of the exact top k, slower); every other parameter goes to
+    libpq as it is (sslmode, connect_timeout, ...). A password may also come from PGPASSWORD or ~/.pgpass, as for
+    psql; messages show the location without it.
 
 A track is one row of the table: its path (the key), title, tags, duration, size, mtime and its HeartCLAP embedding
 in a `vector(DIM)` column. The format, dimension and model fingerprint live in a companion table `<NAME>_meta`; a
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import numpy as np
@@ -33,6 +36,7 @@ CONNECT_TIMEOUT_SECONDS = 10  # libpq's connect_timeout unless the location sets
 HNSW_MIN_TRACKS = 20_000  # smaller tables are scanned exactly (a few ms); from here on search uses HNSW
 HNSW_EF_SEARCH = 100  # HNSW candidate list per query (pgvector's default is 40); more = better recall, slower
 PAGE = 1024  # rows per export page
+PLAIN_STORAGE_MAX_DIM = 1024  # vectors up to 4 KB stay inside the table's 8 KB pages (a larger one would not fit)
 FEATURE = "a PostgreSQL library index"
 COLUMNS = "path, title, tags, duration, size, mtime"
 
@@ -41,48 +45,61 @@ def is_postgres_location(location: str | os.PathLike) -> bool:
     return str(location).startswith(("postgresql://", "postgres://"))
 
 
-def parse_location(location: str) -> tuple[str, str]:
-    """(libpq connection URL, table name) of a location; the URL gets connect_timeout when it has none."""
+@dataclass
+class PostgresLocation:
+    url: str  # for libpq: the location less the parameters below, with connect_timeout when it had none
+    table: str  # the tracks table; `<table>_meta` beside it
+    ef_search: int  # HNSW candidate list per query
+    shown: str  # the location without its password, for messages
+
+
+def parse_location(location: str) -> PostgresLocation:
     parsed = urlparse(location)
     params = parse_qsl(parsed.query, keep_blank_values=True)
-    table = dict(params).get("table", DEFAULT_TABLE)
+    ours = dict(params)
+    table = ours.get("table", DEFAULT_TABLE)
+    shown = location.replace(f":{parsed.password}@", ":***@") if parsed.password else location
     if not parsed.hostname or not parsed.path.strip("/"):
-        raise HeartMuLaError(f"{location}: a PostgreSQL index is postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        raise HeartMuLaError(f"{shown}: a PostgreSQL index is postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
                              "?table=NAME")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,49}", table):
-        raise HeartMuLaError(f"{location}: the table name {table!r} must be letters, digits and _ (at most 50)")
-    params = [(k, v) for k, v in params if k != "table"]
-    if "connect_timeout" not in dict(params):
+        raise HeartMuLaError(f"{shown}: the table name {table!r} must be letters, digits and _ (at most 50)")
+    ef_search = ours.get("ef_search", str(HNSW_EF_SEARCH))
+    if not ef_search.isdigit() or not 1 <= int(ef_search) <= 1000:
+        raise HeartMuLaError(f"{shown}: ef_search must be a whole number from 1 to 1000")
+    params = [(k, v) for k, v in params if k not in ("table", "ef_search")]
+    if "connect_timeout" not in ours:
         params.append(("connect_timeout", str(CONNECT_TIMEOUT_SECONDS)))
-    return urlunparse(parsed._replace(query=urlencode(params))), table.lower()
+    url = urlunparse(parsed._replace(query=urlencode(params)))
+    return PostgresLocation(url, table.lower(), int(ef_search), shown)
 
 
-def _address(location: str) -> str:
-    parsed = urlparse(location)
+def _address(location: PostgresLocation) -> str:
+    parsed = urlparse(location.url)
     return f"{parsed.hostname}:{parsed.port or 5432}/{parsed.path.strip('/')}"
 
 
 def connect(location: str):
-    """(psycopg connection with pgvector's types, table name); an unreachable server or a refused login raises a
-    HeartMuLaError naming the address within the connect timeout."""
+    """(psycopg connection with pgvector's types, PostgresLocation); an unreachable server or a refused login
+    raises a HeartMuLaError naming the address within the connect timeout."""
     psycopg = optional_import("psycopg", "scale", FEATURE)
     pgvector_psycopg = optional_import("pgvector.psycopg", "scale", FEATURE)
-    url, table = parse_location(location)
+    where = parse_location(location)
     try:
-        conn = psycopg.connect(url, autocommit=True)
+        conn = psycopg.connect(where.url, autocommit=True)
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())
-        raise HeartMuLaError(f"cannot connect to PostgreSQL at {_address(location)}: {reason}") from None
+        raise HeartMuLaError(f"cannot connect to PostgreSQL at {_address(where)}: {reason}") from None
     try:
-        _ensure_extension(conn, location)
+        _ensure_extension(conn, _address(where))
         pgvector_psycopg.register_vector(conn)
     except BaseException:
         conn.close()
         raise
-    return conn, table
+    return conn, where
 
 
-def _ensure_extension(conn, location: str) -> None:
+def _ensure_extension(conn, address: str) -> None:
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
         return
     import psycopg
@@ -90,10 +107,10 @@ def _ensure_extension(conn, location: str) -> None:
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except psycopg.errors.InsufficientPrivilege:
-        raise HeartMuLaError(f"the database {_address(location)} lacks the pgvector extension and this user may not "
+        raise HeartMuLaError(f"the database {address} lacks the pgvector extension and this user may not "
                              "add it; a superuser runs `CREATE EXTENSION vector;` in it once") from None
     except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile, psycopg.errors.UndefinedObject):
-        raise HeartMuLaError(f"the PostgreSQL server at {_address(location)} has no pgvector extension installed "
+        raise HeartMuLaError(f"the PostgreSQL server at {address} has no pgvector extension installed "
                              "(Debian/Ubuntu: apt-get install postgresql-NN-pgvector)") from None
 
 
@@ -101,8 +118,8 @@ class PgVectorIndex:
     """A library index in a PostgreSQL table (created with `dim` when missing and `create`)."""
 
     def __init__(self, location: str, dim: int | None = None, model: str | None = None, create: bool = True):
-        self.location = location
-        self.conn, self.table = connect(location)  # names the 'scale' extra when psycopg or pgvector is missing
+        self.conn, where = connect(location)  # names the 'scale' extra when psycopg or pgvector is missing
+        self.location, self.table, self.ef_search = where.shown, where.table, where.ef_search
         self.meta_table = f"{self.table}_meta"
         meta = self._read_meta()
         if meta is None:
@@ -132,6 +149,8 @@ class PgVectorIndex:
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (path text COLLATE \"C\" PRIMARY KEY, "
                               f"title text, tags text, duration double precision, size bigint, "
                               f"mtime double precision, embedding vector({int(dim)}) NOT NULL)")
+            if dim <= PLAIN_STORAGE_MAX_DIM:  # rows in the table's pages: a scan reads no TOAST table
+                self.conn.execute(f"ALTER TABLE {self.table} ALTER COLUMN embedding SET STORAGE PLAIN")
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.meta_table} (key text PRIMARY KEY, "
                               "value text NOT NULL)")
             self.conn.cursor().executemany(f"INSERT INTO {self.meta_table} VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -238,7 +257,7 @@ class PgVectorIndex:
         excluded = {str(p) for p in exclude}
         # The excluded tracks are dropped after the query (a WHERE clause would make an HNSW scan return fewer).
         with self.conn.transaction():
-            self.conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(HNSW_EF_SEARCH, k + len(excluded)))}")
+            self.conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self.ef_search, k + len(excluded)))}")
             rows = self.conn.execute(f"SELECT {COLUMNS}, 1 - (embedding <=> %s) FROM {self.table} "
                                      "ORDER BY embedding <=> %s LIMIT %s",
                                      (query, query, k + len(excluded))).fetchall()
@@ -248,4 +267,4 @@ class PgVectorIndex:
         self.conn.close()
 
 
-__all__ = ["DEFAULT_TABLE", "PgVectorIndex", "connect", "is_postgres_location", "parse_location"]
+__all__ = ["DEFAULT_TABLE", "PgVectorIndex", "PostgresLocation", "connect", "is_postgres_location", "parse_location"]
