@@ -125,17 +125,17 @@ class PgVectorIndex:
         if meta is None:
             if not create or dim is None:
                 self.conn.close()
-                raise HeartMuLaError(f"no index at {location}; create one with `heartmula index add MUSIC --index "
-                                     f"{location}`")
+                raise HeartMuLaError(f"no index at {self.location}; create one with `heartmula index add MUSIC "
+                                     f"--index '{self.location}'`")
             meta = self._create(dim, model or "")
         if meta.get("format") != FORMAT_VERSION:
             self.conn.close()
-            raise HeartMuLaError(f"{location} is not a {FORMAT_VERSION} index")
+            raise HeartMuLaError(f"{self.location} is not a {FORMAT_VERSION} index")
         self.dim, self.model = int(meta["dim"]), meta.get("model", "")
         self.hnsw = self.has_hnsw()
         if dim is not None and dim != self.dim:
             self.conn.close()
-            raise HeartMuLaError(f"the index at {location} holds {self.dim}-d vectors, the model makes {dim}-d; "
+            raise HeartMuLaError(f"the index at {self.location} holds {self.dim}-d vectors, the model makes {dim}-d; "
                                  "use another table or the model it was built with")
 
     def _read_meta(self) -> dict | None:
