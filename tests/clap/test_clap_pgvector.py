@@ -59,6 +59,12 @@ def test_a_big_table_gets_an_hnsw_index_that_search_uses(tmp_path, postgres_loca
     plan = "\n".join(r[0] for r in table.conn.execute(
         f"EXPLAIN SELECT path FROM {table.table} ORDER BY embedding <=> %s LIMIT 10", (query,)))
     assert "_embedding_hnsw" in plan
+    bulk = open_index(postgres_location.replace("?table=", "?table=bulk_"), dim=32, model="m1")
+    with bulk.bulk_load():  # as `index export` fills a table: one build at the end
+        bulk.add(tracks, vectors)
+        assert not bulk.has_hnsw()
+    assert bulk.has_hnsw()
+    bulk.close()
     recall = [len({h.track.path for h in table.search(q, k=10)} & {h.track.path for h in folder.search(q, k=10)}) / 10
               for q in unit_vectors(20, 32, seed=2)]
     assert np.mean(recall) >= 0.9  # approximate, but close to the exact scan

@@ -300,7 +300,10 @@ def open_index(location: str | os.PathLike, dim: int | None = None, model: str |
 
 def export_index(source, target, progress: bool = True) -> int:
     """Copy every track and vector of `source` into `target` (any two backends), without embedding again; the
-    target takes the source's model fingerprint and refuses a source of another model. Returns the tracks copied."""
+    target takes the source's model fingerprint and refuses a source of another model. Returns the tracks copied.
+    A target with `bulk_load()` (PostgreSQL) does its indexing work once, after the copy."""
+    from contextlib import nullcontext
+
     from tqdm import tqdm
 
     if source.dim != target.dim:
@@ -308,7 +311,8 @@ def export_index(source, target, progress: bool = True) -> int:
     if len(target):
         target.check_model(source.model)
     copied = 0
-    with tqdm(total=len(source), desc="export", unit="track", disable=not progress) as bar:
+    bulk_load = getattr(target, "bulk_load", nullcontext)
+    with bulk_load(), tqdm(total=len(source), desc="export", unit="track", disable=not progress) as bar:
         for tracks, vectors in source.pages():
             target.add(tracks, vectors)
             copied += len(tracks)

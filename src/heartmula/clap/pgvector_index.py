@@ -14,7 +14,8 @@ library built with one HeartCLAP model refuses vectors and queries of another, a
 transaction that the recorded model is still the one the index was opened with, so vectors of two models never mix.
 Search ranks by cosine distance (`<=>`; score = 1 - distance, which equals the folder index's dot product because
 the embeddings are unit vectors). Below HNSW_MIN_TRACKS tracks the search is an exact scan; from there on the table
-gets an HNSW index (approximate, built once when a write crosses the threshold, then kept up to date by PostgreSQL).
+gets an HNSW index (approximate; built once when a write crosses the threshold, or at the end of a bulk_load() such as
+`index export`, then kept up to date by PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
@@ -35,6 +37,8 @@ DEFAULT_TABLE = "heartmula"
 CONNECT_TIMEOUT_SECONDS = 10  # libpq's connect_timeout unless the location sets one: a bad address fails by then
 HNSW_MIN_TRACKS = 20_000  # smaller tables are scanned exactly (a few ms); from here on search uses HNSW
 HNSW_EF_SEARCH = 100  # HNSW candidate list per query (pgvector's default is 40); more = better recall, slower
+HNSW_BUILD_MEMORY_MB = 1024  # at most this much maintenance_work_mem for building the index (the server's if higher)
+HNSW_BYTES_PER_TRACK = 600  # graph bytes of a track besides its vector (neighbour lists, tuple headers), roughly
 PAGE = 1024  # rows per export page
 PLAIN_STORAGE_MAX_DIM = 1024  # vectors up to 4 KB stay inside the table's 8 KB pages (a larger one would not fit)
 FEATURE = "a PostgreSQL library index"
@@ -133,6 +137,7 @@ class PgVectorIndex:
             raise HeartMuLaError(f"{self.location} is not a {FORMAT_VERSION} index")
         self.dim, self.model = int(meta["dim"]), meta.get("model", "")
         self.hnsw = self.has_hnsw()
+        self.deferring_hnsw = False  # inside bulk_load()
         if dim is not None and dim != self.dim:
             self.conn.close()
             raise HeartMuLaError(f"the index at {self.location} holds {self.dim}-d vectors, the model makes {dim}-d; "
@@ -194,13 +199,34 @@ class PgVectorIndex:
                 "ON CONFLICT (path) DO UPDATE SET title = excluded.title, tags = excluded.tags, "
                 "duration = excluded.duration, size = excluded.size, mtime = excluded.mtime, "
                 "embedding = excluded.embedding", rows)
+        if not self.hnsw and not self.deferring_hnsw and len(self) >= HNSW_MIN_TRACKS:
+            self.ensure_hnsw()
+
+    @contextmanager
+    def bulk_load(self):
+        """Writes inside build the HNSW index once at the end, if the table then needs one and has none: one build
+        over the whole table is much faster than growing the graph row by row (a table that already has the index
+        keeps it up to date on every write as usual)."""
+        self.deferring_hnsw = True
+        try:
+            yield self
+        finally:
+            self.deferring_hnsw = False
         if not self.hnsw and len(self) >= HNSW_MIN_TRACKS:
             self.ensure_hnsw()
 
     def ensure_hnsw(self) -> None:
-        """Build the HNSW index (cosine) if the table has none; PostgreSQL keeps it up to date on later writes."""
-        self.conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_embedding_hnsw ON {self.table} "
-                          "USING hnsw (embedding vector_cosine_ops)")
+        """Build the HNSW index (cosine) if the table has none; PostgreSQL keeps it up to date on later writes. The
+        build gets enough maintenance_work_mem (up to HNSW_BUILD_MEMORY_MB) to hold the graph in memory."""
+        with self.conn.transaction():
+            current_kb = int(self.conn.execute("SELECT setting FROM pg_settings WHERE name = "
+                                               "'maintenance_work_mem'").fetchone()[0])
+            graph_kb = len(self) * (self.dim * 4 + HNSW_BYTES_PER_TRACK) * 13 // 10 // 1024
+            wanted_kb = min(HNSW_BUILD_MEMORY_MB * 1024, graph_kb)
+            if wanted_kb > current_kb:
+                self.conn.execute(f"SET LOCAL maintenance_work_mem = '{wanted_kb}kB'")
+            self.conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_embedding_hnsw ON {self.table} "
+                              "USING hnsw (embedding vector_cosine_ops)")
         self.hnsw = True
 
     def has_hnsw(self) -> bool:
