@@ -69,6 +69,10 @@ def test_a_big_table_gets_an_hnsw_index_that_search_uses(tmp_path, postgres_loca
               for q in unit_vectors(20, 32, seed=2)]
     assert np.mean(recall) >= 0.9  # approximate, but close to the exact scan
     table.close()
+    exact = open_index(f"{postgres_location}&exact=1")
+    for query in unit_vectors(20, 32, seed=2):
+        assert [h.track.path for h in exact.search(query, k=10)] == [h.track.path for h in folder.search(query, k=10)]
+    exact.close()
 
 
 def test_update_remove_and_persistence(postgres_location):
@@ -153,6 +157,7 @@ def test_the_location_sets_the_table_the_search_list_and_a_connect_timeout():
     assert where.url == "postgres://u:secret@db.example:5433/lib?sslmode=require&connect_timeout=10"
     assert "secret" not in where.shown
     assert pgvector_index.parse_location("postgresql://h/lib?connect_timeout=3").url.endswith("?connect_timeout=3")
+    assert not where.exact and pgvector_index.parse_location("postgresql://h/lib?exact=1").exact
     with pytest.raises(HeartMuLaError, match="ef_search") as error:
         pgvector_index.parse_location("postgresql://u:secret@h/lib?ef_search=0")
     assert "secret" not in str(error.value)

@@ -4,9 +4,9 @@
 Location (what `--index` takes):
     postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?table=NAME&PARAM=VALUE...]
     (`postgres://` too). `table` names the tracks table (default "heartmula"), `ef_search` the HNSW candidate list
-    per query (default HNSW_EF_SEARCH; more finds more of the exact top k, slower); every other parameter goes to
-    libpq as it is (sslmode, connect_timeout, ...). A password may also come from PGPASSWORD or ~/.pgpass, as for
-    psql; messages show the location without it.
+    per query (default HNSW_EF_SEARCH; more finds more of the exact top k, slower), `exact=1` an exact scan even
+    where the table has an HNSW index; every other parameter goes to libpq as it is (sslmode, connect_timeout, ...).
+    A password may also come from PGPASSWORD or ~/.pgpass, as for psql; messages show the location without it.
 
 A track is one row of the table: its path (the key), title, tags, duration, size, mtime and its HeartCLAP embedding
 in a `vector(DIM)` column. The format, dimension and model fingerprint live in a companion table `<NAME>_meta`; a
@@ -35,7 +35,9 @@ from heartmula.extras import optional_import
 
 DEFAULT_TABLE = "heartmula"
 CONNECT_TIMEOUT_SECONDS = 10  # libpq's connect_timeout unless the location sets one: a bad address fails by then
-HNSW_MIN_TRACKS = 20_000  # smaller tables are scanned exactly (a few ms); from here on search uses HNSW
+# Smaller tables are scanned exactly (bench/results/scale_pgvector.json: about 130 ms at 100k tracks on 2 cores); from
+# here on search uses HNSW, which is approximate (the same file: its recall on random vectors, HNSW's worst case).
+HNSW_MIN_TRACKS = 100_000
 HNSW_EF_SEARCH = 100  # HNSW candidate list per query (pgvector's default is 40); more = better recall, slower
 HNSW_BUILD_MEMORY_MB = 1024  # at most this much maintenance_work_mem for building the index (the server's if higher)
 HNSW_BYTES_PER_TRACK = 600  # graph bytes of a track besides its vector (neighbour lists, tuple headers), roughly
@@ -54,6 +56,7 @@ class PostgresLocation:
     url: str  # for libpq: the location less the parameters below, with connect_timeout when it had none
     table: str  # the tracks table; `<table>_meta` beside it
     ef_search: int  # HNSW candidate list per query
+    exact: bool  # always scan every vector, even where the table has an HNSW index
     shown: str  # the location without its password, for messages
 
 
@@ -71,11 +74,14 @@ def parse_location(location: str) -> PostgresLocation:
     ef_search = ours.get("ef_search", str(HNSW_EF_SEARCH))
     if not ef_search.isdigit() or not 1 <= int(ef_search) <= 1000:
         raise HeartMuLaError(f"{shown}: ef_search must be a whole number from 1 to 1000")
-    params = [(k, v) for k, v in params if k not in ("table", "ef_search")]
+    exact = ours.get("exact", "0")
+    if exact not in ("0", "1"):
+        raise HeartMuLaError(f"{shown}: exact is 0 (HNSW where the table has it) or 1 (always an exact scan)")
+    params = [(k, v) for k, v in params if k not in ("table", "ef_search", "exact")]
     if "connect_timeout" not in ours:
         params.append(("connect_timeout", str(CONNECT_TIMEOUT_SECONDS)))
     url = urlunparse(parsed._replace(query=urlencode(params)))
-    return PostgresLocation(url, table.lower(), int(ef_search), shown)
+    return PostgresLocation(url, table.lower(), int(ef_search), exact == "1", shown)
 
 
 def _address(location: PostgresLocation) -> str:
@@ -123,7 +129,7 @@ class PgVectorIndex:
 
     def __init__(self, location: str, dim: int | None = None, model: str | None = None, create: bool = True):
         self.conn, where = connect(location)  # names the 'scale' extra when psycopg or pgvector is missing
-        self.location, self.table, self.ef_search = where.shown, where.table, where.ef_search
+        self.location, self.table, self.ef_search, self.exact = where.shown, where.table, where.ef_search, where.exact
         self.meta_table = f"{self.table}_meta"
         meta = self._read_meta()
         if meta is None:
@@ -284,6 +290,8 @@ class PgVectorIndex:
         # The excluded tracks are dropped after the query (a WHERE clause would make an HNSW scan return fewer).
         with self.conn.transaction():
             self.conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self.ef_search, k + len(excluded)))}")
+            if self.exact:
+                self.conn.execute("SET LOCAL enable_indexscan = off")
             rows = self.conn.execute(f"SELECT {COLUMNS}, 1 - (embedding <=> %s) FROM {self.table} "
                                      "ORDER BY embedding <=> %s LIMIT %s",
                                      (query, query, k + len(excluded))).fetchall()
