@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.manifest import MANIFEST_NAME, read_manifest
 
 DB_NAME = "index.sqlite"
 VECTORS_NAME = "vectors.npy"
-FORMAT_VERSION = "heartclap-index-1"
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif")
 MIN_CAPACITY = 1024
 
@@ -43,23 +45,6 @@ CREATE TABLE IF NOT EXISTS tracks (
 );
 CREATE TABLE IF NOT EXISTS free_rows (row INTEGER PRIMARY KEY);
 """
-
-
-@dataclass
-class Track:
-    path: str
-    title: str = ""
-    tags: str = ""
-    duration: float | None = None
-    size: int | None = None
-    mtime: float | None = None
-    row: int | None = None
-
-
-@dataclass
-class Hit:
-    score: float
-    track: Track
 
 
 def model_fingerprint(folder: str | os.PathLike) -> str:
@@ -287,8 +272,6 @@ def open_index(location: str | os.PathLike, dim: int | None = None, model: str |
     """The library index at `location`: a folder (ClapIndex, the default), or a Qdrant collection
     (`qdrant://HOST:PORT/COLLECTION`, `qdrant-local:FOLDER`; see heartmula.clap.qdrant_index). Both offer add,
     remove, search, get, vector, tracks, pages, check_model, set_model and close."""
-    from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
-
     if is_qdrant_location(location):
         return QdrantIndex(str(location), dim=dim, model=model, create=create)
     return ClapIndex(location, dim=dim, model=model, create=create)
@@ -323,8 +306,6 @@ class Source:
 
 def collect_sources(target: str | os.PathLike) -> list[Source]:
     """Audio files of a folder (recursively), one audio file, or the rows of a corpus manifest."""
-    from heartmula.manifest import MANIFEST_NAME, read_manifest
-
     target = Path(target)
     if target.is_file() and target.suffix == ".jsonl" or (target.is_dir() and (target / MANIFEST_NAME).is_file()):
         return [Source(Path(r["audio"]), r.get("source", {}).get("title") or r["id"], r.get("tags") or "")
