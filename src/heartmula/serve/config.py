@@ -5,18 +5,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
 from heartmula.errors import HeartMuLaError
 from heartmula.lm.lora import read_adapter
+from heartmula.serve.auth import Auth
+from heartmula.serve.jobs import Job, JobStore, SongWorker
+from heartmula.serve.search import LibrarySearch
 from heartmula.song_models import resolve_codec, resolve_lm
-
-if TYPE_CHECKING:
-    from heartmula.serve.auth import Auth
-    from heartmula.serve.jobs import Job, JobStore, SongWorker
-    from heartmula.serve.search import LibrarySearch
 
 
 @dataclass
