@@ -153,7 +153,6 @@ class ImportGraph:
                 if len(group) > 1:
                     groups.append(sorted(group))
 
-        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
         for node in sorted(edges):
             if node not in index:
                 connect(node)
