@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from heartmula.clap import HeartCLAP
@@ -93,3 +94,37 @@ def test_cross_lingual_loss_pulls_translations_together(tiny_clap_dir):
         spread().backward()
         optimizer.step()
     assert spread().item() < 0.25 * before
+
+
+def _train_tiny(corpus, out, steps, **placement) -> np.ndarray:
+    config = ClapTrainConfig(preset="tiny", steps=steps, batch_size=6, learning_rate=3e-3, warmup_steps=1,
+                             eval_every=4, save_every=2, seed=0, **placement)
+    train_clap([corpus], out, config, progress=False)
+    return np.array([row["loss"] for row in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())])
+
+
+def test_training_on_the_cpu_in_bfloat16_and_float32(synthetic_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    default = _train_tiny(synthetic_corpus, tmp_path / "default", 3)
+    cpu = _train_tiny(synthetic_corpus, tmp_path / "cpu", 3, device="cpu", precision="float32")
+    np.testing.assert_array_equal(cpu, default)
+    mixed = _train_tiny(synthetic_corpus, tmp_path / "bf16", 3, device="cpu", precision="bfloat16")
+    assert np.isfinite(mixed).all() and not np.array_equal(mixed, cpu)
+    np.testing.assert_allclose(mixed, cpu, rtol=0.05)
+    weights = load_file(str(tmp_path / "bf16" / "model.safetensors")).values()
+    assert {t.dtype for t in weights if t.is_floating_point()} == {torch.float32}
+    resumed = _train_tiny(synthetic_corpus, tmp_path / "bf16", 4, device="cpu", precision="bfloat16")
+    assert len(resumed) == 4 and np.isfinite(resumed).all()
+    HeartCLAP.from_pretrained(tmp_path / "bf16").embed_text("piano")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_saves_cpu_tensors_and_resumes_on_the_cpu(synthetic_corpus, tmp_path):
+    losses = _train_tiny(synthetic_corpus, tmp_path / "run", 4, device="cuda")
+    assert np.isfinite(losses).all()
+    state = torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)
+    assert all(v.device.type == "cpu" for slots in state["optimizer"]["state"].values() for v in slots.values())
+    resumed = _train_tiny(synthetic_corpus, tmp_path / "run", 6, device="cpu")
+    assert len(resumed) == 6 and np.isfinite(resumed).all()

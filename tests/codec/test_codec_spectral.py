@@ -262,3 +262,46 @@ def test_training_from_a_codec_with_a_new_decoder_lookahead_keeps_its_codes(tmp_
     np.testing.assert_array_equal(trained.encode(song, 4800), codes)
     log = [json.loads(line) for line in (tmp_path / "stream" / "train_log.jsonl").read_text().splitlines()]
     assert np.mean([r["latent_mse"] for r in log[-5:]]) < 0.5 * np.mean([r["latent_mse"] for r in log[:5]])
+
+
+def _train_tiny_codec(folder, out, steps, **placement):
+    from heartmula.train.codec import CodecTrainConfig, train_codec
+
+    config = CodecTrainConfig(preset="tiny-harmonic", steps=steps, batch_size=4, segment_frames=4,
+                              learning_rate=3e-3, save_every=2, mel_weight=1.0, wave_weight=0.0, spread_weight=0.0,
+                              end_to_end=True, threads=1, pitch_weight=1.0, **placement)
+    report = train_codec([folder / "manifest.jsonl"], out, config, progress=False)
+    return report, np.array([row["loss"] for row in map(json.loads, (out / "train_log.jsonl").read_text()
+                                                          .splitlines())])
+
+
+def _float32_weights(folder) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "model.safetensors")).values()
+    assert {t.dtype for t in weights if t.is_floating_point()} == {torch.float32}
+
+
+def test_training_on_the_cpu_in_bfloat16_and_float32(tmp_path):
+    _tiny_corpus(tmp_path)
+    _, default = _train_tiny_codec(tmp_path, tmp_path / "default", 4)
+    _, cpu = _train_tiny_codec(tmp_path, tmp_path / "cpu", 4, device="cpu", precision="float32")
+    np.testing.assert_array_equal(cpu, default)
+    report, mixed = _train_tiny_codec(tmp_path, tmp_path / "bf16", 4, device="cpu", precision="bfloat16")
+    assert report["last"]["step"] == 4 and np.isfinite(mixed).all() and not np.array_equal(mixed, cpu)
+    np.testing.assert_allclose(mixed, cpu, rtol=0.05)
+    _float32_weights(tmp_path / "bf16")
+    report, _ = _train_tiny_codec(tmp_path, tmp_path / "bf16", 6, device="cpu", precision="bfloat16")
+    assert report["resumed_from"] == 4
+    codec = HeartCodec.from_pretrained(tmp_path / "bf16")
+    assert codec.encode(np.zeros((1, 4800), np.float32), 4800).shape[0] == codec.config.num_quantizers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_saves_float32_and_resumes_on_the_cpu(tmp_path):
+    _tiny_corpus(tmp_path)
+    report, losses = _train_tiny_codec(tmp_path, tmp_path / "out", 4, device="cuda")
+    assert report["last"]["step"] == 4 and np.isfinite(losses).all()
+    _float32_weights(tmp_path / "out")
+    report, losses = _train_tiny_codec(tmp_path, tmp_path / "out", 6, device="cpu")
+    assert report["resumed_from"] == 4 and np.isfinite(losses).all()

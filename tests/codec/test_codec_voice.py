@@ -241,3 +241,43 @@ def test_voiced_envelope_loss_scores_only_voiced_frames():
     plain = weighted_voice_loss(losses, VoiceTrainConfig())
     weighted = weighted_voice_loss(losses, VoiceTrainConfig(voiced_envelope_weight=3.0))
     assert float(weighted - plain) == pytest.approx(3.0 * 1.0)
+
+
+def _voice_losses(out) -> np.ndarray:
+    return np.array([r["loss"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())])
+
+
+@pytest.mark.parametrize("train_codes", [False, True])
+def test_voice_training_in_bfloat16_on_the_cpu(tmp_path, train_codes):
+    from safetensors.torch import load_file
+
+    manifest = _sung_corpus(tmp_path)
+    source = write_random_codec(tmp_path / "codec", preset="tiny-harmonic", seed=2)
+    if train_codes:  # the code path trains a codec that has a branch
+        train_voice(manifest, source, tmp_path / "with-voice", VoiceTrainConfig(steps=1, batch_size=2,
+                    segment_frames=16, threads=1, voice=TINY_VOICE), progress=False)
+        source = tmp_path / "with-voice"
+    config = VoiceTrainConfig(steps=4, batch_size=4, segment_frames=16, learning_rate=3e-3, threads=1, eval_every=2,
+                              voice=TINY_VOICE, train_codes=train_codes, device="cpu")
+    train_voice(manifest, source, tmp_path / "fp32", config, progress=False)
+    config.precision = "bfloat16"
+    report = train_voice(manifest, source, tmp_path / "bf16", config, progress=False)
+    full, mixed = _voice_losses(tmp_path / "fp32"), _voice_losses(tmp_path / "bf16")
+    assert report["last"]["step"] == 4 and np.isfinite(mixed).all() and not np.array_equal(mixed, full)
+    np.testing.assert_allclose(mixed, full, rtol=0.05)
+    weights = load_file(str(tmp_path / "bf16" / "model.safetensors")).values()
+    assert {t.dtype for t in weights if t.is_floating_point()} == {torch.float32}
+    config.steps = 5
+    assert train_voice(manifest, source, tmp_path / "bf16", config, progress=False)["resumed_from"] == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_voice_training_on_cuda_resumes_on_the_cpu(tmp_path):
+    manifest = _sung_corpus(tmp_path)
+    source = write_random_codec(tmp_path / "codec", preset="tiny-harmonic", seed=2)
+    config = VoiceTrainConfig(steps=4, batch_size=4, segment_frames=16, threads=1, eval_every=2, voice=TINY_VOICE,
+                              device="cuda")
+    train_voice(manifest, source, tmp_path / "out", config, progress=False)
+    assert np.isfinite(_voice_losses(tmp_path / "out")).all()
+    config.steps, config.device = 6, "cpu"
+    assert train_voice(manifest, source, tmp_path / "out", config, progress=False)["resumed_from"] == 4

@@ -1,6 +1,6 @@
 """Training on several processes (torchrun, gloo on CPU): two processes give the losses of one process with the same
-global batch, with DDP and with FSDP (`--fsdp`); a run resumes with another number of processes; the FSDP plan of
-the 3B LM on the meta device."""
+global batch, with DDP and with FSDP (`--fsdp`, also in bfloat16); a run resumes with another number of processes;
+the FSDP plan of the 3B LM on the meta device."""
 
 from __future__ import annotations
 
@@ -138,6 +138,19 @@ def test_fsdp_on_two_gloo_processes_trains_as_one_process_and_saves_whole_checkp
     assert main(_args(cache, whole, 10, tokenizer)) == 0
     _torchrun(2, _args(cache, split, 10, tokenizer) + ["--fsdp"])
     np.testing.assert_allclose(_losses(split), _losses(whole), atol=2e-3)
+
+
+def test_fsdp_in_bfloat16_on_two_gloo_processes_trains_as_one_process_and_saves_float32(cache, tmp_path):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    bfloat16 = ["--precision", "bfloat16", "--device", "cpu"]
+    assert main(_args(cache, single, 6, None, eval_every=6) + bfloat16) == 0
+    _torchrun(2, _args(cache, sharded, 6, single / "tokenizer.json", eval_every=6) + bfloat16 + ["--fsdp"])
+    # the sharded run gathers bfloat16 weights (FSDP's policy), the single one casts them per product (autocast)
+    np.testing.assert_allclose(_losses(sharded)[:, :3], _losses(single)[:, :3], rtol=0.02)
+    expected, saved = _weights(single), _weights(sharded)
+    assert saved.keys() == expected.keys() and {t.dtype for t in saved.values()} == {torch.float32}
+    for name, value in expected.items():
+        torch.testing.assert_close(saved[name], value, atol=2e-3, rtol=2e-2)
 
 
 def test_global_batch_must_divide_among_the_ranks():

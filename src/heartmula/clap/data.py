@@ -62,7 +62,7 @@ def load_items(rows: list[dict], model: HeartCLAP, cache_dir: Path, progress: bo
                 continue
             mel, chroma = model.features(audio, rate)
             with atomic_output(path) as tmp:
-                np.savez(tmp, mel=mel.numpy().astype(np.float16), chroma=chroma.numpy().astype(np.float16))
+                np.savez(tmp, mel=mel.cpu().numpy().astype(np.float16), chroma=chroma.cpu().numpy().astype(np.float16))
         with np.load(path, allow_pickle=False) as data:
             known = frozenset(row["known"]) if row.get("known") is not None else None
             items.append(Item(row["id"], frozenset(tags), tags, row.get("lyrics") or "", data["mel"],

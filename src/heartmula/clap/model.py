@@ -224,7 +224,8 @@ class HeartCLAP(nn.Module):
         chromas = torch.stack([chroma[..., s : s + length] for s in starts])
         was_training = self.training
         self.eval()
-        vector = self.audio_embedding(mels.float(), chromas.float()).mean(dim=0)
+        device = self.logit_scale.device
+        vector = self.audio_embedding(mels.float().to(device), chromas.float().to(device)).mean(dim=0)
         self.train(was_training)
         return F.normalize(vector, dim=-1).cpu().numpy()
 

@@ -23,8 +23,8 @@ def raw_tag_probabilities(model, audio_vectors: np.ndarray, tags: list[str], lan
     """[songs, tags] probabilities from normalised audio embeddings [songs, dim], each tag scored on its own."""
     text = model.embed_text([tags_prompt([t], language) for t in tags])
     cosine = torch.from_numpy(np.atleast_2d(audio_vectors) @ text.T)
-    scale = model.logit_scale.detach().clamp(max=float(np.log(100.0))).exp()
-    return torch.sigmoid(scale * cosine + model.tag_bias.detach()).numpy()
+    scale = model.logit_scale.detach().cpu().clamp(max=float(np.log(100.0))).exp()
+    return torch.sigmoid(scale * cosine + model.tag_bias.detach().cpu()).numpy()
 
 
 def is_language_tag(tag: str) -> bool:

@@ -23,16 +23,33 @@ def on_every_rank(handler):
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
+        from heartmula.train.device import training_device
         from heartmula.train.distributed import launched_by_torchrun, session
 
         if not launched_by_torchrun():
             return handler(args)
-        with session(getattr(args, "device", "cpu")) as ranks:
+        with session(training_device(args.device)) as ranks:
             quiet = contextlib.nullcontext() if ranks.is_main else contextlib.redirect_stdout(io.StringIO())
             with quiet:
                 return handler(args)
 
     return run
+
+
+def add_placement_options(p) -> None:
+    """`--device` and `--precision` of the trainers (heartmula.train.device)."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or "
+                   "cuda:N; under torchrun each process uses cuda:LOCAL_RANK")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"), help="bfloat16: mixed "
+                   "precision (autocast; float32 weights, optimizer state and checkpoints); auto: bfloat16 on CUDA, "
+                   "float32 on the CPU")
+
+
+def print_placement(args: argparse.Namespace) -> None:
+    """Say which device and precision the run uses (a HeartMuLaError before anything loads when impossible)."""
+    from heartmula.train.device import placement
+
+    print(f"train {args.train_action}: {placement(args.device, args.precision).describe()}", flush=True)
 
 
 def register_transcriber(actions) -> None:
@@ -140,6 +157,7 @@ def register_codec(actions) -> None:
     p.add_argument("--final-lr-fraction", type=float, default=1.0, help="cosine-decay the learning rate to this "
                    "fraction at --steps (1 = constant)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_placement_options(p)
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -149,6 +167,7 @@ def register_codec(actions) -> None:
 def run_codec(args: argparse.Namespace) -> int:
     from heartmula.train.codec import CodecTrainConfig, train_codec
 
+    print_placement(args)
     config = CodecTrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                               segment_frames=args.segment_frames, learning_rate=args.lr,
                               max_minutes=args.max_minutes, save_every=args.save_every, seed=args.seed,
@@ -161,7 +180,8 @@ def run_codec(args: argparse.Namespace) -> int:
                               decoder_lookahead=args.decoder_lookahead, token_audio_weight=args.token_audio_weight,
                               final_lr_fraction=args.final_lr_fraction, threads=args.threads,
                               autoencoder_weight=args.autoencoder_weight, latent_weight=args.latent_weight,
-                              commitment_weight=args.commitment_weight)
+                              commitment_weight=args.commitment_weight, device=args.device,
+                              precision=args.precision)
     report = train_codec(args.audio, args.out, config, progress=not args.quiet, exclude=tuple(args.exclude))
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}); wrote {args.out}")
     return 0
@@ -220,6 +240,7 @@ def register_voice(actions) -> None:
                    help="stop with a checkpoint after this many minutes of training; run again to resume")
     p.add_argument("--eval-every", type=int, default=250, help="validation loss and checkpoint every N steps")
     p.add_argument("--threads", type=int, default=2, help="torch threads, and feature-extraction processes")
+    add_placement_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_voice)
@@ -229,6 +250,7 @@ def run_voice(args: argparse.Namespace) -> int:
     from heartmula.codec.pretrained import locate_codec
     from heartmula.train.codec_voice import VoiceTrainConfig, train_voice
 
+    print_placement(args)
     config = VoiceTrainConfig(steps=args.steps, batch_size=args.batch_size, segment_frames=args.segment_frames,
                               learning_rate=args.lr, seconds_per_item=args.seconds_per_item, threads=args.threads,
                               eval_every=args.eval_every, seed=args.seed, train_codes=args.train_codes,
@@ -238,7 +260,8 @@ def run_voice(args: argparse.Namespace) -> int:
                               distill_weight=args.distill_weight, max_minutes=args.max_minutes,
                               stem_fraction=args.stem_fraction, autoencoder_weight=args.autoencoder_weight,
                               exclude_ids=tuple(args.exclude_id), extra_audio=tuple(args.extra_audio),
-                              extra_exclude=tuple(args.extra_exclude), extra_share=args.extra_share)
+                              extra_exclude=tuple(args.extra_exclude), extra_share=args.extra_share,
+                              device=args.device, precision=args.precision)
     report = train_voice(args.manifest, locate_codec(args.codec), args.out, config, progress=not args.quiet)
     print(f"trained to step {report['steps']} (resumed from {report['resumed_from']}) on {report['train_items']} "
           f"items; last {report['last']}; wrote {args.out}")
@@ -282,6 +305,7 @@ def register_clap(actions) -> None:
     p.add_argument("--save-every", type=int, default=50, help="steps between saves (resume points)")
     p.add_argument("--max-minutes", type=float, help="stop and save after this much wall time")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_placement_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=on_every_rank(run_clap))
@@ -295,13 +319,15 @@ def run_clap(args: argparse.Namespace) -> int:
     from heartmula.train.clap_augment import AugmentConfig
 
     torch.set_num_threads(args.threads)
+    print_placement(args)
     config = ClapTrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.lr, tag_weight=args.tag_weight, keep_tags=args.keep_tags,
                              align_weight=args.align_weight, text_only=args.text_only, warmup_steps=args.warmup_steps,
                              eval_every=args.eval_every, save_every=args.save_every, max_minutes=args.max_minutes,
                              seed=args.seed, real_sources=tuple(args.real), eval_real=tuple(args.eval_real),
                              real_share=args.real_share, mix_share=args.mix_share,
-                             augment=AugmentConfig(rate=args.augment_rate))
+                             augment=AugmentConfig(rate=args.augment_rate), device=args.device,
+                             precision=args.precision)
     report = train_clap(args.manifest, args.out, config, progress=not args.quiet)
     for item_id, reason in report["skipped"]:
         print(f"skipped {item_id}: {reason}")
@@ -375,6 +401,7 @@ def register_lm(actions) -> None:
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the data order")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_placement_options(p)
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the weights, gradients and optimizer "
                    "state over the processes (FSDP, one unit per transformer layer) instead of holding them whole "
                    "in each (DDP); checkpoints stay whole files (no effect in one process)")
@@ -395,6 +422,7 @@ def _init_from(name: str | None) -> str | None:
 def run_lm(args: argparse.Namespace) -> int:
     from heartmula.train.lm import LMTrainConfig, train_lm
 
+    print_placement(args)
     config = LMTrainConfig(
         preset=args.preset, version=args.version, steps=args.steps, batch_size=args.batch_size,
         context=args.context, min_frames=args.min_frames, learning_rate=args.lr, warmup_steps=args.warmup_steps,
@@ -404,7 +432,7 @@ def run_lm(args: argparse.Namespace) -> int:
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         reference_prob=args.reference_prob, init_from=_init_from(args.init_from),
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, threads=args.threads,
-        fsdp=args.fsdp,
+        fsdp=args.fsdp, device=args.device, precision=args.precision,
     )
     report = train_lm(args.cache, args.out, config, progress=not args.quiet)
     val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
@@ -447,6 +475,7 @@ def register_lora(actions) -> None:
     p.add_argument("--max-minutes", type=float, help="stop and save after this much wall time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_placement_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_lora)
 
@@ -470,13 +499,15 @@ def run_lora(args: argparse.Namespace) -> int:
     require("train", "peft", feature="heartmula train lora")
     from heartmula.train.lora import LoraTrainConfig, train_lora
 
+    print_placement(args)
     config = LoraTrainConfig(
         rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=_names(args.targets),
         parts=_names(args.parts), version=args.version, steps=args.steps, batch_size=args.batch_size,
         context=args.context, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
         gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every, eval_every=args.eval_every,
-        max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
+        max_minutes=args.max_minutes, seed=args.seed, threads=args.threads, device=args.device,
+        precision=args.precision,
     )
     report = train_lora(args.cache, _init_from(args.base), args.out, config, progress=not args.quiet)
     val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""

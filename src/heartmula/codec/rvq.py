@@ -108,8 +108,8 @@ class ResidualVQ(nn.Module):
             if dead.any():
                 picks = torch.randint(0, residual.shape[0], (int(dead.sum()),), generator=generator)
                 # jitter relative to the residuals' scale, so seeds drawn from the same frame stay distinct codes
-                noise = torch.randn(residual[picks].shape, generator=generator) * 1e-2 * residual.std()
-                seeds = residual[picks] + noise
+                noise = torch.randn(residual[picks].shape, generator=generator).to(residual.device)
+                seeds = residual[picks] + noise * 1e-2 * residual.std()
                 book.embed[0][dead] = seeds
                 book.embed_avg[0][dead] = seeds * max(threshold, 1e-3)
                 book.cluster_size[0][dead] = max(threshold, 1e-3)

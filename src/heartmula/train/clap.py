@@ -46,6 +46,7 @@ from heartmula.eval.clap_real import false_positive_rates
 from heartmula.files import atomic_output
 from heartmula.manifest import parse_tags, read_manifest
 from heartmula.train.clap_augment import AugmentConfig, augment_batch, mean_power, mix_voice
+from heartmula.train.device import placement, to_cpu
 from heartmula.train.distributed import (
     barrier,
     current_ranks,
@@ -97,6 +98,8 @@ class ClapTrainConfig:
     real_share: float = 0.15
     mix_share: float = 0.15
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (heartmula.train.device; under torchrun cuda:LOCAL_RANK)
+    precision: str = "auto"  # float32, or bfloat16 mixed precision; auto: bfloat16 on CUDA, float32 on the CPU
 
 
 def crop(item: Item, frames: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
@@ -270,9 +273,10 @@ def _fixed_audio_embeddings(model: HeartCLAP, items: list[Item], out: Path) -> t
 
 
 def _save(model: HeartCLAP, optimizer, step: int, out: Path) -> None:
+    """The model and the optimizer state, as CPU tensors whatever the training device."""
     model.save_pretrained(out)
     with atomic_output(out / STATE_FILE) as tmp:
-        torch.save({"step": torch.tensor(step), "optimizer": optimizer.state_dict()}, tmp)
+        torch.save({"step": torch.tensor(step), "optimizer": to_cpu(optimizer.state_dict())}, tmp)
 
 
 def _log(out: Path, record: dict) -> None:
@@ -280,8 +284,10 @@ def _log(out: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _model_and_optimizer(out: Path, config: ClapTrainConfig, model_config: HeartCLAPConfig | None):
-    """The model (resumed from `out` when it holds one), its optimiser and the step to continue from."""
+def _model_and_optimizer(out: Path, config: ClapTrainConfig, model_config: HeartCLAPConfig | None,
+                         device: torch.device):
+    """The model on `device` (resumed from `out` when it holds one), its optimiser and the step to continue
+    from."""
     resumed_from = 0
     if (out / "config.json").is_file():
         model = HeartCLAP.from_pretrained(out)
@@ -290,13 +296,13 @@ def _model_and_optimizer(out: Path, config: ClapTrainConfig, model_config: Heart
             model_config = HeartCLAPConfig.tiny() if config.preset == "tiny" else HeartCLAPConfig()
         torch.manual_seed(config.seed)
         model = HeartCLAP(model_config)
-    model.train()
+    model.to(device).train()
     if config.text_only:
         model.audio.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     if (out / STATE_FILE).is_file():
-        state = torch.load(out / STATE_FILE, weights_only=True)
+        state = torch.load(out / STATE_FILE, weights_only=True, map_location="cpu")  # moved to the parameters
         saved_sizes = [len(group["params"]) for group in state["optimizer"]["param_groups"]]
         if saved_sizes == [len(group["params"]) for group in optimizer.param_groups]:
             optimizer.load_state_dict(state["optimizer"])
@@ -322,12 +328,13 @@ def _step_loss(model: HeartCLAP, chosen: list[Item], vocabulary: list[str], rng:
                config: ClapTrainConfig, fixed_audio: torch.Tensor | None, row_of: dict) -> tuple[torch.Tensor, dict]:
     """The training loss of one step's clips and its parts."""
     frames = model.config.clip_frames
+    device = model.logit_scale.device
     crops = [crop(it, frames, rng) for it in chosen]
     mel = torch.from_numpy(np.stack([c[0] for c in crops]).astype(np.float32))
     mel += torch.tensor([rng.uniform(-config.gain_jitter, config.gain_jitter) for _ in chosen])[:, None, None]
     if config.augment.rate > 0:
         mel = augment_batch(mel, rng, model.config, config.augment)
-    chroma = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.float32))
+    mel, chroma = mel.to(device), torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.float32)).to(device)
     prompts = [training_prompt(it.tag_list, it.lyrics, rng, config.keep_tags, config.lyrics_rate)
                for it in chosen]
     tag_language = rng.choice(LANGUAGES)
@@ -346,14 +353,14 @@ def _step_loss(model: HeartCLAP, chosen: list[Item], vocabulary: list[str], rng:
     text = model.text_embedding(sentences[: len(prompts)])
     scale = model.logit_scale.clamp(max=math.log(100.0)).exp()
     stated = [s for _, s in prompts]
-    logits = (scale * text @ audio.T).masked_fill(unknown_pairs(stated, chosen), IGNORED_LOGIT)
-    contrastive = multi_positive_nce(logits, positives(stated, chosen))
+    logits = (scale * text @ audio.T).masked_fill(unknown_pairs(stated, chosen).to(device), IGNORED_LOGIT)
+    contrastive = multi_positive_nce(logits, positives(stated, chosen).to(device))
     tag_text = model.text_embedding(sentences[len(prompts) : len(prompts) + len(tag_prompts)])
-    labels, weights = tag_targets(chosen, vocabulary)
+    labels, weights = (t.to(device) for t in tag_targets(chosen, vocabulary))
     tag_loss = F.binary_cross_entropy_with_logits(scale * audio @ tag_text.T + model.tag_bias, labels,
                                                   weight=weights, reduction="sum") / weights.sum().clamp(min=1.0)
     loss = contrastive + config.tag_weight * tag_loss
-    spread = torch.zeros(())
+    spread = torch.zeros((), device=device)
     if align:
         aligned = model.text_embedding(sentences[len(prompts) + len(tag_prompts) :])
         spread = cross_lingual_spread(aligned.view(-1, len(LANGUAGES), aligned.shape[-1]))
@@ -418,7 +425,8 @@ def train_clap(
     if not any(r["split"] == "train" for r in rows):
         raise HeartMuLaError("the manifests have no rows with split 'train'; build a corpus with `heartmula data "
                              "build` or import songs with `heartmula data import`")
-    model, optimizer, resumed_from = _model_and_optimizer(out, config, model_config)
+    where = placement(config.device, config.precision)
+    model, optimizer, resumed_from = _model_and_optimizer(out, config, model_config, where.device)
     ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
     progress = progress and ranks.is_main
 
@@ -430,7 +438,7 @@ def train_clap(
                              model.config.sample_rate / model.config.hop_length)
 
     with main_rank_first():
-        fixed_audio = _fixed_audio_embeddings(model, train_items, out) if config.text_only else None
+        fixed_audio = _fixed_audio_embeddings(model, train_items, out).to(where.device) if config.text_only else None
     row_of = {it.id: i for i, it in enumerate(train_items)}
     batch = min(config.batch_size, len(train_items))
     ranks.check_batch(batch)
@@ -445,7 +453,8 @@ def train_clap(
         chosen = step_items(pools, batch, model.config.clip_frames, rng, config)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
-        loss, parts = step_loss(chosen, vocabulary, rng, step, config, fixed_audio, row_of)
+        with where.autocast():
+            loss, parts = step_loss(chosen, vocabulary, rng, step, config, fixed_audio, row_of)
         _optimizer_step(model, optimizer, loss)
         step += 1
         parts = mean_across_ranks({"loss": loss.item(), **parts})  # the same on every rank: the loss is global

@@ -38,6 +38,7 @@ from heartmula.codec.sq_codec import round_with_straight_through
 from heartmula.errors import HeartMuLaError
 from heartmula.eval.codec_metrics import mel_distance, multi_resolution_stft_distance
 from heartmula.files import atomic_output
+from heartmula.train.device import Placement, placement
 from heartmula.train.distributed import (
     barrier,
     current_ranks,
@@ -83,6 +84,8 @@ class CodecTrainConfig:
     save_every: int = 100
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (heartmula.train.device; under torchrun cuda:LOCAL_RANK)
+    precision: str = "auto"  # float32, or bfloat16 mixed precision; auto: bfloat16 on CUDA, float32 on the CPU
 
 
 def manifest_audio(manifest: Path, split: str = "train") -> list[Path]:
@@ -351,12 +354,13 @@ def _learning_rate(step: int, config: CodecTrainConfig) -> float:
 
 
 def _train_step(codec: HeartCodec, step_losses, optimizer, params, audio: torch.Tensor, step: int,
-                config: CodecTrainConfig, generator: torch.Generator) -> dict:
+                config: CodecTrainConfig, generator: torch.Generator, where: Placement) -> dict:
     """One optimiser step (and the codebooks' EMA step) on `audio`; returns the log record, the same on every
     rank."""
     for group in optimizer.param_groups:
         group["lr"] = _learning_rate(step, config)
-    loss, parts, codes, residuals, _ = step_losses(audio, config)
+    with where.autocast():
+        loss, parts, codes, residuals, _ = step_losses(audio.to(where.device), config)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -374,11 +378,12 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
                 progress: bool = True, exclude: tuple[str, ...] = ()) -> dict:
     """Train (or resume) a codec in `out`; returns a summary. Audio: files or folders of recordings."""
     config = config or CodecTrainConfig()
+    where = placement(config.device, config.precision)
     out = Path(out)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    codec = _codec_to_train(out, config)
+    codec = _codec_to_train(out, config).to(where.device)
     if config.decoder_only:
         for module in code_path_modules(codec):
             module.requires_grad_(False)
@@ -400,7 +405,7 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     samples = config.segment_frames * codec.config.samples_per_code
 
     if start_step == 0 and codec.config.waveform_codec == "sq":
-        spread_latent(codec, sample_batch(clips, 8, samples, np.random.default_rng(config.seed + 1)))
+        spread_latent(codec, sample_batch(clips, 8, samples, np.random.default_rng(config.seed + 1)).to(where.device))
 
     out.mkdir(parents=True, exist_ok=True)
     if ranks.is_main:
@@ -418,7 +423,7 @@ def train_codec(audio_paths, out: str | os.PathLike, config: CodecTrainConfig | 
     for step in range(start_step, config.steps):
         began = time.perf_counter()
         audio = ranks.slice(sample_batch(clips, config.batch_size, samples, rng, weights))
-        parts = _train_step(codec, step_losses, optimizer, params, audio, step, config, generator)
+        parts = _train_step(codec, step_losses, optimizer, params, audio, step, config, generator, where)
         parts["seconds"] = round(time.perf_counter() - began, 2)
         first = first or parts
         if not ranks.is_main:

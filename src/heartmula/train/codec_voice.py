@@ -61,6 +61,7 @@ from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 from heartmula.manifest import read_manifest
 from heartmula.train.codec import CodecTrainConfig, audio_files, training_losses, update_codebooks
+from heartmula.train.device import Placement, placement
 from heartmula.train.state import load_training_state, save_training_state
 
 LOG_FILE = "train_log.jsonl"
@@ -111,6 +112,8 @@ class VoiceTrainConfig:
     extra_audio: tuple[str, ...] = ()
     extra_exclude: tuple[str, ...] = ()
     extra_share: float = 0.2
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (heartmula.train.device)
+    precision: str = "auto"  # float32, or bfloat16 mixed precision; auto: bfloat16 on CUDA, float32 on the CPU
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
@@ -380,17 +383,24 @@ def codebook0_distillation(codec: HeartCodec, codes: torch.Tensor, residuals: li
     return distillation_loss(codec.phonetic_head(straight_through), code_rate(phonetic))
 
 
+def _on_device(batch, device: torch.device):
+    """A batch of `sample_segments` (inputs, {name: targets}) on `device`."""
+    inputs, target = batch
+    return inputs.to(device), {name: value.to(device) for name, value in target.items()}
+
+
 def _train_step(codec: HeartCodec, trained: torch.nn.Module, optimizer, params, batch, step: int,
-                config: VoiceTrainConfig, generator: torch.Generator) -> dict:
+                config: VoiceTrainConfig, generator: torch.Generator, where: Placement) -> dict:
     """One optimiser step on a batch from `sample_segments`; returns the log record."""
     began = time.perf_counter()
     trained.train()
-    inputs, target = batch
-    predicted, music, codes, residuals = _predict(codec, inputs, config, target.get("phonetic"))
-    losses = voice_losses(predicted, target)
-    loss = weighted_voice_loss(losses, config)
-    if music is not None:
-        loss = music[0] + config.voice_weight * loss
+    inputs, target = _on_device(batch, where.device)
+    with where.autocast():
+        predicted, music, codes, residuals = _predict(codec, inputs, config, target.get("phonetic"))
+        losses = voice_losses(predicted, target)
+        loss = weighted_voice_loss(losses, config)
+        if music is not None:
+            loss = music[0] + config.voice_weight * loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -405,11 +415,12 @@ def _train_step(codec: HeartCodec, trained: torch.nn.Module, optimizer, params, 
 
 
 @torch.no_grad()
-def _validate(codec: HeartCodec, batch, config: VoiceTrainConfig) -> dict:
+def _validate(codec: HeartCodec, batch, config: VoiceTrainConfig, where: Placement) -> dict:
     """Validation losses of the codec (in eval mode) on a fixed batch."""
-    inputs, target = batch
-    predicted, music, _, _ = _predict(codec, inputs, config, target.get("phonetic"))
-    record = {k: round(float(v), 4) for k, v in voice_losses(predicted, target).items()}
+    inputs, target = _on_device(batch, where.device)
+    with where.autocast():
+        predicted, music, _, _ = _predict(codec, inputs, config, target.get("phonetic"))
+        record = {k: round(float(v), 4) for k, v in voice_losses(predicted, target).items()}
     if music is not None:
         record.update({k: round(music[1][k], 4) for k in ("token_mel", "distill") if k in music[1]})
     return record
@@ -470,11 +481,11 @@ def _set_learning_rate(optimizer, step: int, config: VoiceTrainConfig) -> None:
 
 
 def _save_checkpoint(codec: HeartCodec, trained, optimizer, out: Path, step: int, config: VoiceTrainConfig,
-                     record: dict, val_batch) -> None:
+                     record: dict, val_batch, where: Placement) -> None:
     """Validate (into `record`) and save the codec and the training state after `step` steps."""
     codec.eval()
     if val_batch is not None:
-        record["val"] = _validate(codec, val_batch, config)
+        record["val"] = _validate(codec, val_batch, config, where)
     codec.save_pretrained(out)
     save_training_state(out, trained, optimizer, step, config)
 
@@ -484,6 +495,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     """Train (or resume) the voice branch of the codec in `codec_dir` (with `train_codes`: the whole code path with
     it); `out` becomes a codec folder with it."""
     config = config or VoiceTrainConfig()
+    where = placement(config.device, config.precision)
     out = Path(out)
     torch.set_num_threads(max(1, config.threads))
     torch.manual_seed(config.seed)
@@ -501,6 +513,7 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
     voice: VoiceDecoder = codec.scalar_model.decoder.voice
     trained: torch.nn.Module = codec if config.train_codes and not config.freeze_codes else voice
     train_items, val_items, weights = _training_items(train_rows, val_rows, codec_dir, codec, out, config, progress)
+    codec.to(where.device)
 
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
@@ -526,10 +539,10 @@ def train_voice(manifest: str | os.PathLike, codec_dir: str | os.PathLike, out: 
         _set_learning_rate(optimizer, step, config)
         batch = sample_segments(train_items, config.batch_size, config.segment_frames, repeat, rng, **segments,
                                 stem_fraction=config.stem_fraction, weights=weights)
-        record = _train_step(codec, trained, optimizer, params, batch, step, config, generator)
+        record = _train_step(codec, trained, optimizer, params, batch, step, config, generator, where)
         out_of_time = config.max_minutes is not None and time.monotonic() - began_run > 60 * config.max_minutes
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps or out_of_time:
-            _save_checkpoint(codec, trained, optimizer, out, step + 1, config, record, val_batch)
+            _save_checkpoint(codec, trained, optimizer, out, step + 1, config, record, val_batch, where)
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         if bar is not None:

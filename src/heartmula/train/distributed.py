@@ -1,7 +1,8 @@
 """Training on several processes: `torchrun --nproc_per_node N -m heartmula train lm|clap|codec ...`.
 
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `session()` joins the process group
-through env:// (gloo on CPU, NCCL on CUDA) and leaves it at the end. Without WORLD_SIZE > 1 nothing is started and
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `session(device)` joins the process
+group through env:// (gloo for the CPU, NCCL for CUDA, where each process uses the GPU of its LOCAL_RANK:
+`heartmula.train.device`) and leaves it at the end. Without WORLD_SIZE > 1 nothing is started and
 `current_ranks()` is the single process (rank 0 of 1), so the trainers have one code path.
 
 How the trainers use it:
@@ -92,6 +93,14 @@ def session(device: str = "cpu") -> Iterator[Ranks]:
         dist.destroy_process_group()
 
 
+def _collective_device() -> torch.device:
+    """Where the tensors of a collective must be: NCCL reduces CUDA tensors only (this process's GPU), gloo CPU
+    tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def barrier() -> None:
     if current_ranks().distributed:
         dist.barrier()
@@ -110,10 +119,11 @@ def main_rank_first() -> Iterator[None]:
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of `values` over the ranks (the values themselves for one process)."""
-    values = values.detach().clone()
-    if current_ranks().distributed:
-        dist.all_reduce(values)
-    return values
+    if not current_ranks().distributed:
+        return values.detach().clone()
+    reduced = values.detach().to(_collective_device(), copy=True)
+    dist.all_reduce(reduced)
+    return reduced.to(values.device)
 
 
 def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -185,12 +195,13 @@ class LossModule(nn.Module):
 
 
 def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, find_unused_parameters: bool = False,
-                  fully_sharded: bool = False) -> nn.Module:
+                  fully_sharded: bool = False, bfloat16: bool = False) -> nn.Module:
     """A module whose forward is `loss_fn(model, ...)`: wrapped in DistributedDataParallel when several processes
     run, as is otherwise. `find_unused_parameters` for models with trainable parameters that a step may not use
     (DDP then marks them ready itself). `fully_sharded`: FSDP (`shard_fully`) instead of DDP; `model`'s parameters
     become shards (DTensors), so build the optimizer after this call, and every rank must then run every forward
-    of the returned module (also for validation) and every `full_state`."""
+    of the returned module (also for validation) and every `full_state`. `bfloat16` (with `fully_sharded`):
+    FSDP's mixed precision, the weights gathered in bfloat16 and the gradients reduced in float32."""
     step = LossModule(model, loss_fn)
     if not ranks.distributed:
         return step
@@ -198,7 +209,7 @@ def data_parallel(model: nn.Module, loss_fn: Callable, ranks: Ranks, find_unused
     if fully_sharded:
         from torch.distributed.device_mesh import init_device_mesh
 
-        return shard_fully(step, mesh=init_device_mesh(device.type, (ranks.world,)))
+        return shard_fully(step, mesh=init_device_mesh(device.type, (ranks.world,)), bfloat16=bfloat16)
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [ranks.local_rank] if device.type == "cuda" else None
@@ -234,14 +245,18 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
             and isinstance(module, nn.ModuleList) for layer in module]
 
 
-def shard_fully(model: nn.Module, mesh=None) -> nn.Module:
+def shard_fully(model: nn.Module, mesh=None, bfloat16: bool = False) -> nn.Module:
     """FSDP (fully_shard): each transformer layer is one unit, the rest (embeddings, heads) the root unit. Works on
-    the meta device, so the plan of a model too big for one host can be checked before any weight exists."""
-    from torch.distributed.fsdp import fully_shard
+    the meta device, so the plan of a model too big for one host can be checked before any weight exists.
+    `bfloat16`: the sharded weights stay float32 (what the optimizer updates); each unit gathers them in bfloat16
+    for its forward and backward, and reduces the gradients in float32 (FSDP's MixedPrecisionPolicy)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bfloat16 else \
+        MixedPrecisionPolicy()
     for layer in transformer_layers(model):
-        fully_shard(layer, mesh=mesh)
-    return fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    return fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 __all__ = ["COLLECTIVE_TIMEOUT", "LossModule", "Ranks", "barrier", "current_ranks", "data_parallel", "full_state",

@@ -1,4 +1,5 @@
-"""Train a HeartMuLa song language model on a token cache (`heartmula data tokenize`), on one CPU process.
+"""Train a HeartMuLa song language model on a token cache (`heartmula data tokenize`), on the CPU or a GPU
+(`heartmula.train.device`), in one process or several (`heartmula.train.distributed`).
 
 One training sample is the generation prompt followed by a crop of a song's codec frames, laid out exactly as
 `HeartMuLaGenerator` feeds the model:
@@ -50,6 +51,7 @@ from heartmula.lm.config import GEOMETRIES, GenerationConfig, HeartMuLaConfig
 from heartmula.lm.model import CONFIG_FILE, HeartMuLa
 from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, LMFiles, locate_lm
 from heartmula.text import TextTokenizer
+from heartmula.train.device import Placement, placement
 from heartmula.train.distributed import (
     Ranks,
     barrier,
@@ -116,6 +118,8 @@ class LMTrainConfig:
     # under torchrun: shard parameters, gradients and optimizer state over the processes (FSDP) instead of
     # replicating them (DDP); the checkpoints are the same whole files either way
     fsdp: bool = False
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (heartmula.train.device; under torchrun cuda:LOCAL_RANK)
+    precision: str = "auto"  # float32, or bfloat16 mixed precision; auto: bfloat16 on CUDA, float32 on the CPU
 
 
 @dataclass
@@ -209,6 +213,7 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
     muq_linear(reference), muq_linear(zeros) without one; unconditional samples have the null embedding in every
     text column and in the slot."""
     b, k = len(samples), model.num_codebooks
+    device = model.device
     longest = max(len(s.tokens) for s in samples)
     tokens = torch.zeros(b, longest, k + 1, dtype=torch.long)
     mask = torch.zeros(b, longest, k + 1, dtype=torch.bool)
@@ -218,9 +223,9 @@ def embed_samples(model: HeartMuLa, samples: list[Sample]) -> tuple[torch.Tensor
         mask[i, : len(s.tokens)] = s.mask
         targets[i, : len(s.tokens)] = s.c0_targets
     unconditional = torch.tensor([s.unconditional for s in samples])
-    hidden = model.embed_prompt_rows(tokens, mask, unconditional, [s.reference for s in samples],
-                                     [s.slot for s in samples])
-    return hidden, targets
+    hidden = model.embed_prompt_rows(tokens.to(device), mask.to(device), unconditional.to(device),
+                                     [s.reference for s in samples], [s.slot for s in samples])
+    return hidden, targets.to(device)
 
 
 def alignment_targets(samples: list[Sample]) -> AlignmentTargets | None:
@@ -230,6 +235,13 @@ def alignment_targets(samples: list[Sample]) -> AlignmentTargets | None:
         return None
     return AlignmentTargets(batch, torch.cat([s.frame_rows[s.sung_frames] for s in samples]),
                             torch.cat([s.line_first for s in samples]), torch.cat([s.line_end for s in samples]))
+
+
+def _on_device(align: AlignmentTargets | None, device: torch.device) -> AlignmentTargets | None:
+    if align is None:
+        return None
+    return AlignmentTargets(align.batch.to(device), align.rows.to(device), align.first.to(device),
+                            align.end.to(device))
 
 
 def _alignment_recorder(model: HeartMuLa, layer: int | None, heads: int) -> AttentionRecorder:
@@ -279,24 +291,25 @@ def lm_losses(model: HeartMuLa, samples: list[Sample], decoder_fraction: float,
     decoder_count = len(rows) * (k - 1)
     sung_count = sum(len(s.sung_frames) for s in samples)
     mine = owner % ranks.world == ranks.rank
-    owner, rows, codes = owner[mine] // ranks.world, rows[mine], codes[mine]
+    device = model.device
+    owner, rows, codes = (owner[mine] // ranks.world).to(device), rows[mine].to(device), codes[mine].to(device)
     samples = ranks.slice(samples)
 
     hidden, targets = embed_samples(model, samples)
-    align = alignment_targets(samples) if align_weight > 0 else None
+    align = _on_device(alignment_targets(samples), device) if align_weight > 0 else None
     recorder = _alignment_recorder(model, align_layer, align_heads) if align is not None else None
     try:
-        out = run_transformer(model.backbone, hidden, torch.arange(hidden.shape[1]), checkpoint)
+        out = run_transformer(model.backbone, hidden, torch.arange(hidden.shape[1], device=device), checkpoint)
     finally:
         if recorder is not None:
             recorder.remove()
     c0_sum = F.cross_entropy(model.codebook0_head(out).flatten(0, 1), targets.flatten(), ignore_index=-100,
                              reduction="sum")
     states = out[owner, rows]  # [N, D]: the state that predicted each frame's codebook 0
-    offsets = model.config.audio_vocab_size * torch.arange(k - 1)
+    offsets = model.config.audio_vocab_size * torch.arange(k - 1, device=device)
     previous = model.audio_embeddings(codes[:, : k - 1] + offsets)  # [N, K-1, D]: emb of c0..c(K-2)
     decoder_in = model.projection(torch.cat([states[:, None], previous], dim=1))  # [N, K, Ddec]
-    decoded = run_transformer(model.decoder, decoder_in, torch.arange(k), checkpoint)
+    decoded = run_transformer(model.decoder, decoder_in, torch.arange(k, device=device), checkpoint)
     logits = torch.einsum("nkd,kdv->nkv", decoded[:, 1:], model.audio_head)  # codebook i from position i
     decoder_sum = F.cross_entropy(logits.flatten(0, 1), codes[:, 1:].flatten(), reduction="sum")
     c0_loss = c0_sum * (ranks.world / max(1, c0_count))
@@ -545,6 +558,24 @@ def _optimizer_step(model: HeartMuLa, optimizer, loss: torch.Tensor, config: LMT
     return float(grad_norm)
 
 
+def _train_step(step_losses, model: HeartMuLa, optimizer, samples: list[Sample], step: int,
+                generator: torch.Generator, config: LMTrainConfig, ranks: Ranks, where: Placement) -> dict:
+    """One optimizer step on a batch; returns its log record (losses averaged over the ranks)."""
+    began = time.perf_counter()
+    lr = _learning_rate(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with where.autocast():
+        loss, parts = step_losses(samples, config.decoder_fraction, generator, config.align_weight,
+                                  config.align_layer, config.align_heads, ranks=ranks)
+    grad_norm = _optimizer_step(model, optimizer, loss, config)
+    parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
+    return {"step": step + 1, **{k: round(v, 4) for k, v in parts.items()}, "lr": round(lr, 7),
+            "grad_norm": round(grad_norm, 3), "frames": sum(len(s.frame_rows) for s in samples),
+            "seconds": round(time.perf_counter() - began, 2),
+            "references": sum(s.reference is not None for s in samples)}
+
+
 def _usable_items(builder: SampleBuilder, train_items: list, val_items: list, config: LMTrainConfig):
     """(training items, validation items, ids of training items left out): those whose prompt leaves at least
     `min_frames` frames of the context."""
@@ -570,8 +601,9 @@ def _cache_items(cache: Path, out: Path, config: LMTrainConfig) -> tuple[dict, l
 
 
 def _validate_into(record: dict, report: LMTrainReport, model: HeartMuLa, builder: SampleBuilder, val_items: list,
-                   config: LMTrainConfig, losses=None) -> None:
-    val = validation_loss(model, builder, val_items, config, config.batch_size, losses)
+                   config: LMTrainConfig, where: Placement, losses=None) -> None:
+    with where.autocast():
+        val = validation_loss(model, builder, val_items, config, config.batch_size, losses)
     record.update(val)
     report.validation.append({"step": record["step"], **val})
 
@@ -603,6 +635,7 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         torch.set_num_threads(config.threads)
     if not 0.0 <= config.reference_prob <= 1.0:
         raise HeartMuLaError(f"--reference-prob must lie in [0, 1], got {config.reference_prob}")
+    where = placement(config.device, config.precision)
     ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
     ranks.check_batch(config.batch_size)
     cache, out = Path(cache), Path(out)
@@ -617,7 +650,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         _write_training_data(out, cache, index, config, init, train_items, val_items, skipped)
 
     # FSDP turns the parameters into shards: the optimizer is built on them, after sharding
-    step_losses = data_parallel(model, lm_losses, ranks, fully_sharded=config.fsdp)
+    model.to(where.device)
+    step_losses = data_parallel(model, lm_losses, ranks, fully_sharded=config.fsdp, bfloat16=where.mixed)
     optimizer = _optimizer(model, config)
     start_step = load_training_state(out, model, optimizer)
     report = LMTrainReport(config.steps, start_step, count_parameters(model), len(train_items), skipped)
@@ -636,26 +670,16 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
     if ranks.is_main:
         _drop_log_after(log_path, start_step)
     for step in range(start_step, config.steps):
-        began = time.perf_counter()
-        lr = _learning_rate(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         samples = _batch_samples(builder, train_items, weights, rng, config)
-        loss, parts = step_losses(samples, config.decoder_fraction, generator, config.align_weight,
-                                  config.align_layer, config.align_heads, ranks=ranks)
-        grad_norm = _optimizer_step(model, optimizer, loss, config)
-        parts = mean_across_ranks({"loss": float(loss.detach()), **parts})
-        record = {"step": step + 1, **{k: round(v, 4) for k, v in parts.items()}, "lr": round(lr, 7),
-                  "grad_norm": round(grad_norm, 3),
-                  "frames": sum(len(s.frame_rows) for s in samples), "seconds": round(time.perf_counter() - began, 2),
-                  "references": sum(s.reference is not None for s in samples)}
+        record = _train_step(step_losses, model, optimizer, samples, step, generator, config, ranks, where)
         if report.first_loss is None:
             report.first_loss = record["loss"]
         report.last_loss = record["loss"]
         last_step = step + 1 == config.steps
         every_rank = ranks.is_main or config.fsdp  # sharded: validation and saving are collectives
         if every_rank and val_items and (last_step or (step + 1) % config.eval_every == 0):
-            _validate_into(record, report, model, builder, val_items, config, step_losses if config.fsdp else None)
+            _validate_into(record, report, model, builder, val_items, config, where,
+                           step_losses if config.fsdp else None)
         if ranks.is_main:
             _log_step(log_path, record, bar)
         if every_rank and (last_step or (step + 1) % config.save_every == 0):

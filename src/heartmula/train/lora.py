@@ -29,6 +29,7 @@ from heartmula.lm.lora import ADAPTER_WEIGHTS, BASE_FILE, DEFAULT_PARTS, DEFAULT
 from heartmula.lm.model import HeartMuLa
 from heartmula.lm.pretrained import LMFiles, locate_lm
 from heartmula.text import TextTokenizer
+from heartmula.train.device import Placement, placement
 from heartmula.train.lm import AUDIO_SPECIALS, LMTrainConfig, SampleBuilder, augment_tags, lm_losses
 from heartmula.train.state import load_training_state, save_training_state, trim_log
 from heartmula.train.token_cache import load_cache
@@ -61,6 +62,8 @@ class LoraTrainConfig:
     seed: int = 0
     threads: int | None = None
     max_minutes: float | None = None  # stop with a saved state after this much wall time; run again to resume
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (heartmula.train.device)
+    precision: str = "auto"  # float32, or bfloat16 mixed precision; auto: bfloat16 on CUDA, float32 on the CPU
 
     def sample_config(self) -> LMTrainConfig:
         """The sample-building settings of full training that these fields stand for."""
@@ -149,11 +152,27 @@ def _batch(builder: SampleBuilder, items, weights, rng: random.Random, config: L
 
 
 @torch.no_grad()
-def _validation(model: HeartMuLa, builder: SampleBuilder, items, sample: LMTrainConfig) -> float:
+def _validation(model: HeartMuLa, builder: SampleBuilder, items, sample: LMTrainConfig, where: Placement) -> float:
     model.eval()
-    losses = [float(lm_losses(model, [builder.build(i, i.tags, 0, None, sample)], 1.0)[0]) for i in items]
+    with where.autocast():
+        losses = [float(lm_losses(model, [builder.build(i, i.tags, 0, None, sample)], 1.0)[0]) for i in items]
     model.train()
     return round(sum(losses) / len(losses), 4)
+
+
+def _train_step(model: HeartMuLa, optimizer, params: list, samples: list, step: int, generator: torch.Generator,
+                config: LoraTrainConfig, where: Placement) -> dict:
+    """One optimizer step of the adapter on a batch; returns its log record."""
+    for group in optimizer.param_groups:
+        group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
+    with where.autocast():
+        loss, parts = lm_losses(model, samples, config.decoder_fraction, generator,
+                                checkpoint=config.gradient_checkpointing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return {"step": step + 1, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in parts.items()}}
 
 
 def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.PathLike,
@@ -162,9 +181,11 @@ def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.
     config = config or LoraTrainConfig()
     if config.threads:
         torch.set_num_threads(config.threads)
+    where = placement(config.device, config.precision)
     cache, out = Path(cache), Path(out)
     index, items = load_cache(cache)
     files, model, tokenizer, gen_config = load_frozen_base(base, config.version)
+    model.to(where.device)
     _check_codec(model, index["codec"], files.model_dir)
     sample = config.sample_config()
     builder = SampleBuilder(tokenizer, gen_config, model.num_codebooks, config.context)
@@ -176,6 +197,7 @@ def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.
                              f"a context of {config.context}")
     out.mkdir(parents=True, exist_ok=True)
     peft_model = attach_lora(model, out, config.rank, config.alpha, config.dropout, config.targets, config.parts)
+    peft_model.to(where.device)  # also the matrices of a resumed adapter, wherever peft read them to
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     start = load_training_state(out, peft_model, optimizer)
@@ -189,22 +211,14 @@ def train_lora(cache: str | os.PathLike, base: str | os.PathLike, out: str | os.
     model.train()
     step = start
     for step in range(start, config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
-        loss, parts = lm_losses(model, _batch(builder, train_items, weights, rng, config, sample),
-                                config.decoder_fraction, generator, checkpoint=config.gradient_checkpointing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        record = {"step": step + 1, "loss": round(float(loss.detach()), 4),
-                  **{k: round(v, 4) for k, v in parts.items()}}
+        samples = _batch(builder, train_items, weights, rng, config, sample)
+        record = _train_step(model, optimizer, params, samples, step, generator, config, where)
         report.first_loss = report.first_loss if report.first_loss is not None else record["loss"]
         report.last_loss = record["loss"]
         last = step + 1 == config.steps
         out_of_time = config.max_minutes is not None and time.perf_counter() - began > 60 * config.max_minutes
         if val_items and (last or out_of_time or (step + 1) % config.eval_every == 0):
-            record["val_loss"] = _validation(model, builder, val_items, sample)
+            record["val_loss"] = _validation(model, builder, val_items, sample, where)
             report.validation.append({"step": step + 1, "val_loss": record["val_loss"]})
         with open(out / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")

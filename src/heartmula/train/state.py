@@ -44,14 +44,17 @@ def save_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Opti
 def load_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Restore the optimizer tensors saved in `out`; returns the step to continue from (0 when there is none).
 
-    The saved tensors are whole; for a parameter sharded by FSDP (a DTensor) each rank keeps its own shard, so the
-    state of any number of processes loads into any other."""
+    The saved tensors are whole CPU tensors; for a parameter sharded by FSDP (a DTensor) each rank keeps its own
+    shard, so the state of any number of processes loads into any other. The moments go to their parameter's device
+    (a run resumes on another device); the step count stays on the CPU, where torch's AdamW keeps it."""
     if not (out / STATE_FILE).is_file():
         return 0
     params = dict(model.named_parameters())
     for key, value in load_file(str(out / STATE_FILE)).items():
         name, slot = key.split("::")
-        optimizer.state[params[name]][slot] = _shard_like(value, params[name])
+        if slot != "step":
+            value = _shard_like(value.to(params[name].device), params[name])
+        optimizer.state[params[name]][slot] = value
     return int(json.loads((out / STATE_JSON).read_text())["step"])
 
 
