@@ -29,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.audio import save_audio
 from heartmula.batch_ray import RayTimeouts, run_on_ray
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 from heartmula.lm.generation import FRAME_RATE, SamplingParams, SongRequest
+from heartmula.pipeline import HeartMuLaPipeline
 
 MANIFEST = "manifest.jsonl"
 REQUEST_KEYS = {"id", "lyrics", "tags", "duration", "min_duration", "seed", "sampling", "lora"}
@@ -156,8 +158,6 @@ class SongWorker:
         self.adapted: tuple[str, object] | None = None  # (adapter path, its pipeline)
 
     def _load(self, lora: str | None):
-        from heartmula.pipeline import HeartMuLaPipeline
-
         o = self.options
         return HeartMuLaPipeline.from_pretrained(o.model, version=o.version, codec=o.codec, device=o.device,
                                                  dtype=o.dtype, int8=o.int8, lora=lora)
@@ -206,8 +206,6 @@ def write_result(out: Path, result: dict, audio_format: str = "wav") -> dict:
               "seed": result.get("seed"), "error": result.get("error"),
               "compute_seconds": result.get("compute_seconds")}
     if result["status"] == "done":
-        from heartmula.audio import save_audio
-
         codes_name, audio_name = f"{result['id']}.npy", f"{result['id']}.{audio_format}"
         with atomic_output(out / codes_name) as tmp:
             np.save(tmp, result["codes"])

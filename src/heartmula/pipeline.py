@@ -25,11 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heartmula.audio import fit_peak, load_audio, save_audio
+from heartmula.codec.pretrained import load_codec
 from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import load_codes
 from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration, min_frames_for
-from heartmula.song_models import load_lm, resolve_codec, resolve_lm
+from heartmula.song_models import clap_reference, load_lm, resolve_codec, resolve_lm
+from heartmula.stream import StreamControls, StreamSession
 
 
 @dataclass
@@ -50,8 +53,6 @@ class Song:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the audio; the format follows the suffix (.wav, .flac, .mp3, .ogg). Returns the path."""
-        from heartmula.audio import save_audio
-
         return save_audio(path, self.audio, self.sample_rate)
 
 
@@ -118,7 +119,6 @@ class HeartMuLaPipeline:
         if self._codec is None:
             if self.codec_path is None:
                 raise HeartMuLaError("this pipeline was loaded with decode=False: it makes codes, not audio")
-            from heartmula.codec.pretrained import load_codec
 
             self._codec = load_codec(self.codec_path, "float32", self.device)
         return self._codec
@@ -185,8 +185,6 @@ class HeartMuLaPipeline:
 
     def _codes_of_file(self, path: Path) -> np.ndarray:
         if path.suffix.lower() != ".npy":
-            from heartmula.audio import load_audio
-
             return self._encode(*load_audio(path))
         return check_prompt_codes(load_codes(path), self.generator, str(path))
 
@@ -204,8 +202,6 @@ class HeartMuLaPipeline:
                                ((lyrics, "lyrics"), (tags, "tags"), (seed, "seed")))
         reference = None
         if reference_audio is not None:
-            from heartmula.song_models import clap_reference
-
             reference = clap_reference(self.generator.model.config.muq_dim, reference_audio, clap)
         prompt = None if prompt is None else torch.from_numpy(check_prompt_codes(prompt, self.generator))
         return [SongRequest(lyrics=text, tags=style, seed=song_seed, reference_embedding=reference,
@@ -231,8 +227,6 @@ class HeartMuLaPipeline:
 
     def decode(self, codes: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, int]:
         """Codes [8, frames] -> (audio float32 [channels, samples] with its peak at most -0.2 dBFS, sample rate)."""
-        from heartmula.audio import fit_peak
-
         audio, rate = self.codec.decode(codes, seed=seed)
         return fit_peak(audio), rate
 
@@ -250,8 +244,6 @@ class HeartMuLaPipeline:
 
         continue_from, from_seconds: as for a call; the stream plays the kept frames first, then `duration` seconds
         of new music, the codes that a call with the same seed makes."""
-        from heartmula.stream import StreamControls, StreamSession
-
         controls = session_options.pop("controls", None) or StreamControls(prompts=tags)
         prompt = self.continuation_prompt(continue_from, from_seconds)
         if prompt is not None:

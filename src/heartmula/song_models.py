@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from heartmula.clap import load_clap
 from heartmula.codec.pretrained import DEFAULT_CODEC_DIR, OFFICIAL_FOLDER, locate_codec
 from heartmula.errors import HeartMuLaError
-from heartmula.lm.pretrained import locate_lm
+from heartmula.lm.pretrained import load_generator, locate_lm
 from heartmula.nn import native
 
 DEFAULT_LM_DIR = Path(__file__).resolve().parent / "defaults" / "lm"
@@ -59,8 +60,6 @@ def load_lm(model_path: str | os.PathLike, version: str = "3B", dtype: str = "fl
     """`load_generator`, with FBGEMM's int8 weight-only linear layers when `int8` says so (None: `int8_by_default`)
     and a LoRA adapter merged into the weights first when `lora` names one; or the native kernels' int8 / int4
     weights when `quant` says so or the folder holds them (heartmula.lm.quantized)."""
-    from heartmula.lm.pretrained import load_generator
-
     if quant is not None and int8:
         raise HeartMuLaError("--int8 and --quant exclude each other: choose one")
     weights = quant
@@ -77,8 +76,6 @@ def clap_reference(slot_dim: int, reference_audio: tuple, clap=None):
     import torch
 
     if clap is None:
-        from heartmula.clap import load_clap
-
         clap = load_clap()
     audio, rate = reference_audio
     vector = torch.from_numpy(np.asarray(clap.embed_audio(np.asarray(audio, dtype=np.float32), rate)))

@@ -214,11 +214,11 @@ def test_shuffled_baseline_uses_other_prompts_tags(report_run):
 
 
 def test_text_search_compares_each_prompt_with_itself(monkeypatch):
-    import heartmula.clap as clap_module
+    import heartmula.eval.report as report_module
     from heartmula.eval.report import text_search_summary
 
     axes = {"a": 0, "b": 1, "c": 2}
-    monkeypatch.setattr(clap_module, "tags_embedding",
+    monkeypatch.setattr(report_module, "tags_embedding",
                         lambda tags, model=None, language="en": np.eye(3)[axes[tags.split(",")[0].strip()]])
     # prompt a's text also sits close to every song (a bias that would tip an own-vs-shuffled comparison)
     songs = [np.array([1.0, 0.1, 0.0]), np.array([0.9, 0.0, 0.1]),  # two songs (seeds) of prompt a

@@ -57,7 +57,7 @@ def test_search_by_text_example_and_similar(make_client, clap_dir, tmp_path, bac
 
 
 def test_songs_done_before_search_existed_are_indexed_at_start(make_client, clap_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("heartmula.serve.search.default_clap_dir", lambda: None)  # as if no HeartCLAP shipped
+    monkeypatch.setattr("heartmula.serve.app.default_clap_dir", lambda: None)  # as if no HeartCLAP shipped
     plain = make_client(data_dir=tmp_path / "lib")
     job = wait_for(plain, plain.post("/api/songs", json=SONG).json()["id"])
     assert plain.get("/api/search", params={"q": "x"}).status_code == 404  # no CLAP: no search, says how

@@ -107,7 +107,7 @@ def test_uploads_live_in_one_folder_that_a_start_empties(make_client, tmp_path, 
     c = make_client(data_dir=data)
     assert list(uploads.iterdir()) == [] and not (data / "tmpk2j3h4g5").exists()
 
-    import heartmula.audio
+    import heartmula.serve.uploads
 
     seen = []
 
@@ -115,7 +115,7 @@ def test_uploads_live_in_one_folder_that_a_start_empties(make_client, tmp_path, 
         seen.append(path)
         raise ValueError("not audio")
 
-    monkeypatch.setattr(heartmula.audio, "load_audio", load_audio)
+    monkeypatch.setattr(heartmula.serve.uploads, "load_audio", load_audio)
     wav = io.BytesIO()
     sf.write(wav, np.zeros(1600, dtype=np.float32), 16000, format="WAV")
     response = c.post("/api/transcribe", files={"file": ("a.wav", wav.getvalue(), "audio/wav")})

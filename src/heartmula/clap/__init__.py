@@ -17,6 +17,8 @@ import numpy as np
 from heartmula.clap.config import HeartCLAPConfig
 from heartmula.clap.model import HeartCLAP
 from heartmula.clap.prompts import known_tags, tags_prompt
+from heartmula.clap.tagging import tag_probabilities
+from heartmula.errors import HeartMuLaError
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "defaults" / "clap"
 
@@ -39,8 +41,6 @@ def _audio_embedding(model: HeartCLAP, audio, sample_rate: int | None) -> np.nda
     if isinstance(audio, (str, os.PathLike)):
         return model.embed_file(audio)
     if sample_rate is None:
-        from heartmula.errors import HeartMuLaError
-
         raise HeartMuLaError("tag_similarity() got raw audio without sample_rate; pass sample_rate=... or a path")
     return model.embed_audio(np.asarray(audio, dtype=np.float32), sample_rate)
 
@@ -81,8 +81,6 @@ def tag_scores(audio, tags: list[str] | None = None, sample_rate: int | None = N
     0.5 is the model's own yes/no line (calibrated on the training corpus' tags; other tags are ranked usefully
     but their probabilities are rougher). Language tags are gated on the voice: p(language | voice) * p(voice)
     (`heartmula.clap.tagging`); `gate_languages=False` gives the ungated score."""
-    from heartmula.clap.tagging import tag_probabilities
-
     model = model or load_clap()
     tags = list(tags) if tags else known_tags()
     vector = _audio_embedding(model, audio, sample_rate)

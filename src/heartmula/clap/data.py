@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heartmula.audio import load_audio
 from heartmula.clap.config import HeartCLAPConfig
 from heartmula.clap.model import HeartCLAP
 from heartmula.clap.prompts import normalise_tag
@@ -43,8 +44,6 @@ def _cache_key(config: HeartCLAPConfig) -> str:
 def load_items(rows: list[dict], model: HeartCLAP, cache_dir: Path, progress: bool = True) -> tuple[list, list]:
     """Feature-cached items for rows with tags; unreadable audio is skipped and reported."""
     from tqdm import tqdm
-
-    from heartmula.audio import load_audio
 
     cache = cache_dir / _cache_key(model.config)
     cache.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.clap.pgvector_index import PgVectorIndex, is_postgres_location
+from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.manifest import MANIFEST_NAME, read_manifest
 
 DB_NAME = "index.sqlite"
 VECTORS_NAME = "vectors.npy"
-FORMAT_VERSION = "heartclap-index-1"
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif")
 MIN_CAPACITY = 1024
 
@@ -43,23 +46,6 @@ CREATE TABLE IF NOT EXISTS tracks (
 );
 CREATE TABLE IF NOT EXISTS free_rows (row INTEGER PRIMARY KEY);
 """
-
-
-@dataclass
-class Track:
-    path: str
-    title: str = ""
-    tags: str = ""
-    duration: float | None = None
-    size: int | None = None
-    mtime: float | None = None
-    row: int | None = None
-
-
-@dataclass
-class Hit:
-    score: float
-    track: Track
 
 
 def model_fingerprint(folder: str | os.PathLike) -> str:
@@ -288,9 +274,6 @@ def open_index(location: str | os.PathLike, dim: int | None = None, model: str |
     (`qdrant://HOST:PORT/COLLECTION`, `qdrant-local:FOLDER`; see heartmula.clap.qdrant_index) or a PostgreSQL table
     with pgvector (`postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME`; see heartmula.clap.pgvector_index).
     Each offers add, remove, search, get, vector, tracks, pages, check_model, set_model and close."""
-    from heartmula.clap.pgvector_index import PgVectorIndex, is_postgres_location
-    from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
-
     if is_qdrant_location(location):
         return QdrantIndex(str(location), dim=dim, model=model, create=create)
     if is_postgres_location(location):
@@ -331,8 +314,6 @@ class Source:
 
 def collect_sources(target: str | os.PathLike) -> list[Source]:
     """Audio files of a folder (recursively), one audio file, or the rows of a corpus manifest."""
-    from heartmula.manifest import MANIFEST_NAME, read_manifest
-
     target = Path(target)
     if target.is_file() and target.suffix == ".jsonl" or (target.is_dir() and (target / MANIFEST_NAME).is_file()):
         return [Source(Path(r["audio"]), r.get("source", {}).get("title") or r["id"], r.get("tags") or "")

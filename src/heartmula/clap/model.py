@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heartmula.audio import load_audio, mix_channels, resample
 from heartmula.checkpoint import load_state_dict, save_state_dict
 from heartmula.clap.config import HeartCLAPConfig
 from heartmula.errors import HeartMuLaError
@@ -196,8 +197,6 @@ class HeartCLAP(nn.Module):
     # -- front end --
     def features(self, audio: np.ndarray, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio [channels, samples] or [samples] at `sample_rate` -> (log-mel [M, T], chroma [12, T])."""
-        from heartmula.audio import mix_channels, resample
-
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim == 1:
             audio = audio[None]
@@ -237,8 +236,6 @@ class HeartCLAP(nn.Module):
         return self.embed_features(*self.features(audio, sample_rate))
 
     def embed_file(self, path: str | os.PathLike) -> np.ndarray:
-        from heartmula.audio import load_audio
-
         audio, rate = load_audio(path, sample_rate=self.config.sample_rate, channels=1)
         return self.embed_audio(audio, rate)
 

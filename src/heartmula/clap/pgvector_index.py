@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import numpy as np
 
-from heartmula.clap.index import FORMAT_VERSION, Hit, Track
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import optional_import
 

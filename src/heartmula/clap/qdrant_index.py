@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from heartmula.clap.index import FORMAT_VERSION, Hit, Track
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import optional_import
 

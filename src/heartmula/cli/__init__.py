@@ -1,7 +1,9 @@
 """`heartmula <verb>`: a thin layer; every verb is a call into the package.
 
-Each verb lives in its own module with `register(subparsers)`; handlers import heavy libraries lazily so that
-`--help` stays instant.
+Each verb lives in its own module with `register(subparsers)`. Building the parser imports every verb's module, so
+these modules import at load only what needs nothing beyond the standard library (errors, extras, files, ...), and
+each handler imports the implementation it calls (torch and the models): `--help` stays instant
+(tests/test_imports.py checks both).
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
+from heartmula.files import atomic_output
+
 # A copy of heartmula.transcribe.align.ALIGN_FORMATS: importing that module loads torch, and `--help` must stay
 # instant. tests/transcribe/test_align.py checks that they agree.
 FORMATS = ("lrc", "srt", "json")
@@ -42,11 +46,7 @@ def register(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("transcribe", "faster_whisper", "rapidfuzz", feature="heartmula align")
-    from heartmula.errors import HeartMuLaError
-    from heartmula.files import atomic_output
     from heartmula.transcribe import TranscribeConfig
     from heartmula.transcribe.align import AlignConfig, Aligner, render_alignment
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from heartmula.cli import add_device_options, add_int8_option
+from heartmula.extras import require
 
 
 def register(verbs) -> None:
@@ -43,7 +44,6 @@ def register(verbs) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from heartmula.batch import BatchOptions, RayTimeouts, run_batch
-    from heartmula.extras import require
 
     if args.ray:
         require("scale", "ray", feature="heartmula batch --ray")

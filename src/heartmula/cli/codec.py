@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.constants import FRAME_RATE
+from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output, load_codes
+
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -59,9 +63,6 @@ def run_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
     from heartmula.audio import load_audio
-    from heartmula.constants import FRAME_RATE
-    from heartmula.errors import HeartMuLaError
-    from heartmula.files import atomic_output
 
     codec = _load(args)
     if not codec.can_encode:
@@ -84,7 +85,6 @@ def run_decode(args: argparse.Namespace) -> int:
 
     from heartmula.audio import load_audio, save_audio
     from heartmula.codec.decoding import DecodeOptions
-    from heartmula.files import load_codes
 
     codes = load_codes(args.codes)
     codec = _load(args)

@@ -8,6 +8,12 @@ import json
 import sys
 from pathlib import Path
 
+from heartmula.data.card import build_speed_markdown, write_data_card
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
+from heartmula.files import atomic_output
+from heartmula.manifest import manifest_path, read_manifest
+
 
 def register(verbs) -> None:
     p = verbs.add_parser("data", help="build or import a training corpus (audio + lyrics + tags manifest)",
@@ -127,8 +133,6 @@ def _register_tokenize(actions) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("data", "music21", "mido", "wordfreq", "pyopenjtalk", "matplotlib", feature="heartmula data build")
     from heartmula.data.corpus import BuildConfig, build_corpus
 
@@ -143,8 +147,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("data", "matplotlib", feature="heartmula data import")
     from heartmula.data.importer import DEFAULT_LICENSE, ImportConfig, default_import_dir, import_folder
 
@@ -160,12 +162,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("data", "matplotlib", feature="heartmula data card")
-    from heartmula.data.card import build_speed_markdown, write_data_card
     from heartmula.eval.intelligibility import intelligibility_markdown
-    from heartmula.manifest import manifest_path, read_manifest
 
     path = manifest_path(args.manifest)
     rows = read_manifest(path, absolute_paths=False)
@@ -182,13 +180,9 @@ def run_card(args: argparse.Namespace) -> int:
 
 
 def run_ceiling(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("transcribe", "faster_whisper", feature="heartmula data ceiling")
     require("eval", "rapidfuzz", "num2words", "opencc", feature="heartmula data ceiling")
     from heartmula.eval.intelligibility import intelligibility_markdown, measure_intelligibility
-    from heartmula.files import atomic_output
-    from heartmula.manifest import read_manifest
 
     rows = read_manifest(args.manifest)
     result = measure_intelligibility(rows, args.per_language, args.model, progress=not args.quiet)
@@ -215,7 +209,6 @@ def run_variants(args: argparse.Namespace) -> int:
 def run_tokenize(args: argparse.Namespace) -> int:
     import torch
 
-    from heartmula.errors import HeartMuLaError
     from heartmula.train.token_cache import tokenize_manifest
 
     if args.threads:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from heartmula import __version__
+
 
 def register(verbs) -> None:
     p = verbs.add_parser("doctor", help="check this installation: devices, native kernel, models, extras",
@@ -20,7 +22,6 @@ def collect() -> dict:
 
     import torch
 
-    from heartmula import __version__
     from heartmula.nn import native
 
     if native.status()["state"] == "built":

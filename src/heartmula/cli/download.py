@@ -6,10 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.download import (
+    CODEC_RELEASES,
+    DEFAULT_CODEC,
+    DEFAULT_LM,
+    LM_RELEASES,
+    DownloadRequest,
+    download,
+    parse_revisions,
+)
+
 
 def register(verbs) -> None:
-    from heartmula.download import CODEC_RELEASES, DEFAULT_CODEC, DEFAULT_LM, LM_RELEASES
-
     p = verbs.add_parser(
         "download", help="fetch the official HeartMuLa weights (about 22 GB) into a checkpoint root",
         description="Fetch the official HeartMuLa releases from the Hugging Face Hub into ROOT: tokenizer.json and "
@@ -35,8 +43,6 @@ def register(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from heartmula.download import DownloadRequest, download, parse_revisions
-
     request = DownloadRequest(root=args.root, lm=args.lm, codec=args.codec, with_transcriber=args.with_transcriber,
                               with_clap=args.with_clap)
     request.revisions = parse_revisions(args.revision, [part.repo_id for part in request.parts()])

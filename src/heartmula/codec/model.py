@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from heartmula.audio import mix_channels, resample
 from heartmula.checkpoint import check_model_folder, load_state_dict, save_state_dict
 from heartmula.codec.config import HeartCodecConfig
 from heartmula.codec.convnets import CodeEncoder, DirectDecoder
+from heartmula.codec.decoding import DecodeOptions, StreamingDecoder, decode
 from heartmula.codec.flow import FlowMatching
+from heartmula.codec.phonetic import load_whisper_features, phonetic_features
 from heartmula.codec.spectral import SpectralModel
 from heartmula.codec.sq_codec import ScalarModel, fold_weight_norm, unfold_weight_norm, weight_normed_names
 from heartmula.errors import HeartMuLaError
@@ -95,8 +98,6 @@ class HeartCodec(nn.Module):
 
     def phonetic_features(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, 1, samples] -> the speech encoder's features [B, feature_dim, samples / samples_per_latent]."""
-        from heartmula.codec.phonetic import load_whisper_features, phonetic_features
-
         extract = load_whisper_features(self.config.phonetic.model)
         return phonetic_features(extract, audio, self.sample_rate, self.config.samples_per_latent)
 
@@ -121,8 +122,6 @@ class HeartCodec(nn.Module):
 
     def encode(self, audio, sample_rate: int) -> np.ndarray:
         """audio [channels, samples] (numpy or tensor, any rate; mono is duplicated) -> codes int64 [8, T]."""
-        from heartmula.audio import mix_channels, resample
-
         audio = np.asarray(audio, dtype=np.float32)
         audio = audio[None] if audio.ndim == 1 else audio
         if audio.shape[-1] == 0:
@@ -135,8 +134,6 @@ class HeartCodec(nn.Module):
 
         `options`: a DecodeOptions, or keyword overrides such as mode="compat", steps=10, seed=1.
         """
-        from heartmula.codec.decoding import DecodeOptions, decode
-
         if options is None:
             options = DecodeOptions(**option_overrides)
         audio = decode(self, codes, options, noise)
@@ -144,8 +141,6 @@ class HeartCodec(nn.Module):
 
     def stream(self, **kwargs):
         """A StreamingDecoder over this codec (push codes, get audio chunks)."""
-        from heartmula.codec.decoding import StreamingDecoder
-
         return StreamingDecoder(self, **kwargs)
 
     def direct_latent(self, codes: torch.Tensor) -> torch.Tensor:

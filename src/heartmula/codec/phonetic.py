@@ -21,7 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from heartmula.audio import resample
 from heartmula.errors import HeartMuLaError
+from heartmula.transcribe.convert import convert_ct2_to_transformers, is_current_conversion
+from heartmula.transcribe.models import cache_dir, locate_model
 
 WHISPER_RATE = 16000
 WHISPER_WINDOW = 30 * WHISPER_RATE  # samples per encoder pass (Whisper's fixed 30 s input)
@@ -31,9 +34,6 @@ WHISPER_HOP = 320  # input samples per encoder output frame (50 frames/s)
 def whisper_folder(model: str | os.PathLike) -> Path:
     """A transformers Whisper folder for `model`: an embedded model's name (converted once from its CTranslate2
     weights into the transcriber's cache) or a folder."""
-    from heartmula.transcribe.convert import convert_ct2_to_transformers, is_current_conversion
-    from heartmula.transcribe.models import cache_dir, locate_model
-
     location = locate_model(str(model))
     if location.backend == "transformers":
         return location.path
@@ -95,8 +95,6 @@ def to_latent_rate(features: torch.Tensor, latent_frames: int) -> torch.Tensor:
 def phonetic_features(extract, audio: torch.Tensor, sample_rate: int, samples_per_latent: int) -> torch.Tensor:
     """audio [B, 1, S] at `sample_rate` (S a multiple of `samples_per_latent`) -> features [B, D, S /
     samples_per_latent] from `extract` (a WhisperFeatures or any callable of 16 kHz mono audio)."""
-    from heartmula.audio import resample
-
     latent_frames = audio.shape[-1] // samples_per_latent
     rows = []
     for item in audio[:, 0].detach().float().cpu().numpy():

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from heartmula.clap import tag_scores
+from heartmula.pipeline import HeartMuLaPipeline
+from heartmula.transcribe import TranscribeConfig, Transcriber
+
 CATEGORY = "audio/heartmula"
 LANGUAGES = ["auto", "en", "zh", "ja", "ko", "es"]
 
@@ -39,8 +43,6 @@ class LoadPipeline:
                              "dtype": (["auto", "float32", "bfloat16"],)}}
 
     def load(self, model_path: str, device: str, dtype: str):
-        from heartmula.pipeline import HeartMuLaPipeline
-
         pipe = HeartMuLaPipeline.from_pretrained(model_path.strip() or None, device=device,
                                                  dtype=None if dtype == "auto" else dtype)
         return (pipe,)
@@ -82,8 +84,6 @@ class TranscribeLyrics:
         return {"required": {"audio": ("AUDIO",), "language": (LANGUAGES,), "model": ("STRING", {"default": ""})}}
 
     def transcribe(self, audio, language, model):
-        from heartmula.transcribe import TranscribeConfig, Transcriber
-
         config = TranscribeConfig(model=model.strip() or None, language=None if language == "auto" else language)
         samples, rate = from_comfy_audio(audio)
         return (Transcriber(config).transcribe_array(samples, rate).text,)
@@ -101,8 +101,6 @@ class TagSong:
                              "min_probability": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05})}}
 
     def tag(self, audio, top, min_probability):
-        from heartmula.clap import tag_scores
-
         samples, rate = from_comfy_audio(audio)
         scores = [(tag, p) for tag, p in tag_scores(samples, sample_rate=rate)[:top] if p >= min_probability]
         return (",".join(tag for tag, _ in scores),)

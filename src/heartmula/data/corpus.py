@@ -20,7 +20,9 @@ import numpy as np
 
 from heartmula.audio import resample, save_audio
 from heartmula.data.arrangement import CHORALE_STYLES, STYLE_BY_NAME, STYLES, Arrangement, arrange
+from heartmula.data.card import write_data_card
 from heartmula.data.lyrics import LANGUAGE_NAMES, LANGUAGES, LyricWriter, text_source
+from heartmula.data.mandarin import LICENSE
 from heartmula.data.render import available_soundfonts, render_arrangement
 from heartmula.data.scores import COLLECTION_LICENSES, Piece, WorkRef, catalogue, load_piece
 from heartmula.data.singing import Note, Singer, SungUnit, VoiceConfig
@@ -35,8 +37,6 @@ VOICE_LICENSE = "espeak-ng voice data (GPL-3.0; synthesized audio is not covered
 def voice_license(language: str) -> str:
     """The singing voice's license: Mandarin is sung by a neural voice (heartmula.data.mandarin), the rest by espeak."""
     if language == "zh":
-        from heartmula.data.mandarin import LICENSE
-
         return LICENSE
     return VOICE_LICENSE
 
@@ -379,8 +379,6 @@ def _build_fixed_count(config: BuildConfig, log_path: Path) -> list[dict]:
 
 
 def _finish(config: BuildConfig, manifest_rows: list[dict]) -> list[dict]:
-    from heartmula.data.card import write_data_card
-
     write_manifest(config.out_dir / MANIFEST_NAME, manifest_rows)
     write_data_card(manifest_rows, config.out_dir / "data-card.md", title=f"heartmula corpus (seed {config.seed})",
                     build=asdict(config) | {"out_dir": str(config.out_dir)})

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heartmula.audio import load_audio, save_audio
+from heartmula.data.card import write_data_card
 from heartmula.data.corpus import split_of_work
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
@@ -152,8 +153,6 @@ def import_folder(config: ImportConfig) -> ImportReport:
         lines += [f"skipped {p}: {reason}" for p, reason in report.skipped]
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if report.rows:
-        from heartmula.data.card import write_data_card
-
         write_data_card(report.rows, out / "data-card.md", title=f"imported from {folder.name}")
     return report
 

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.data.espeak import cache_dir
 from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output
 
 SAMPLE_RATE = 24000
 HOP = 300  # samples per mel frame (12.5 ms)
@@ -92,9 +94,6 @@ def without_dropout(model: bytes) -> bytes:
 
 @functools.cache
 def patched_model_path() -> Path:
-    from heartmula.data.espeak import cache_dir
-    from heartmula.files import atomic_output
-
     source = asset_dir() / "fastspeech2_quan.tflite"
     content = source.read_bytes()
     target = cache_dir() / f"fastspeech2-nodropout-{hashlib.sha1(content).hexdigest()[:10]}.tflite"

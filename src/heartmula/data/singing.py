@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.audio import resample
 from heartmula.data.espeak import VOICE_OF_LANGUAGE, Espeak
+from heartmula.data.mandarin import MandarinVoice
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import missing_extra_message
 
@@ -150,8 +152,6 @@ class Singer:
 
     def _phrase_voice(self):
         if self._mandarin is None:
-            from heartmula.data.mandarin import MandarinVoice
-
             self._mandarin = MandarinVoice()
         return self._mandarin
 
@@ -165,7 +165,6 @@ class Singer:
         n_out = max(int(round((last.onset + last.duration - origin - self.voice.release_s) * 1000.0 / FRAME_MS)), 2)
         if len(characters) != len(slots):  # not one character per syllable: cannot align, sing nothing
             return np.zeros(n_out * int(fs * FRAME_MS / 1000.0), dtype=np.float32)
-        from heartmula.audio import resample
 
         voice = self._phrase_voice()
         spoken = voice.speak(characters)

@@ -16,6 +16,11 @@ import math
 
 import numpy as np
 
+from heartmula.clap.data import embed_items, load_items
+from heartmula.clap.prompts import LANGUAGES, tags_prompt
+from heartmula.clap.tagging import tag_probabilities
+from heartmula.errors import HeartMuLaError
+
 KS = (1, 5, 10)
 
 
@@ -176,17 +181,11 @@ def evaluate_clap(model, rows: list[dict], held_out_splits=("val", "test"), cach
     import tempfile
     from pathlib import Path
 
-    from heartmula.clap.data import embed_items, load_items
-    from heartmula.clap.prompts import LANGUAGES, tags_prompt
-    from heartmula.clap.tagging import tag_probabilities
-
     held_rows = [r for r in rows if r["split"] in held_out_splits]
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(cache_dir) if cache_dir else Path(tmp)
         held, skipped = load_items(held_rows, model, cache, progress)
         if len(held) < 2:
-            from heartmula.errors import HeartMuLaError
-
             raise HeartMuLaError(f"only {len(held)} tagged held-out songs (splits {', '.join(held_out_splits)}); "
                                  "evaluate on a manifest with val/test rows")
         other = []

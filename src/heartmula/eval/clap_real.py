@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from heartmula.clap.data import embed_items, load_items
 from heartmula.clap.prompts import known_tags, tag_categories, tags_prompt
 from heartmula.clap.real_music import INSTRUMENTAL, RealSource, source_rows
 from heartmula.clap.tagging import VOICE_TAGS, tag_probabilities
@@ -50,8 +51,6 @@ def real_retrieval(model, audio: np.ndarray, track_tags: list[frozenset[str]]) -
 
 def evaluate_real_music(model, sources: list[RealSource], cache_dir, progress: bool = True) -> dict:
     """False-positive rates per instrumental source and overall, and real-track retrieval (see module doc)."""
-    from heartmula.clap.data import embed_items, load_items
-
     rows = [row for source in sources for row in source_rows(source, split="real")]
     items, skipped = load_items(rows, model, cache_dir, progress)
     source_of = {row["id"]: row["source"] for row in rows}

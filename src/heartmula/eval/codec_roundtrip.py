@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.audio import load_audio
+from heartmula.eval.codec_metrics import codec_report, mel_filterbank
 from heartmula.extras import require
 
 
@@ -29,8 +31,6 @@ def codebook_usage(codes: np.ndarray) -> list[dict]:
 def log_mel(audio: np.ndarray, rate: int, n_mels: int = 128) -> np.ndarray:
     """log10 mel power [n_mels, frames] of the channel mean (2048-point FFT, hop 512)."""
     import torch
-
-    from heartmula.eval.codec_metrics import mel_filterbank
 
     x = torch.from_numpy(np.ascontiguousarray(audio.mean(0), dtype=np.float32))
     spec = torch.stft(x, 2048, 512, window=torch.hann_window(2048), return_complex=True).abs().pow(2)
@@ -62,9 +62,6 @@ def plot_roundtrip(original: np.ndarray, decoded: np.ndarray, rate: int, title: 
 def roundtrip(codec, path: str | Path, repeats: int = 1, plot: Path | None = None) -> dict:
     """Encode and decode one file with a loaded codec (it needs an encoder); returns a JSON-ready entry with the
     metrics, the real-time factors (decode: best of `repeats` runs) and codebook usage; `plot`: PNG to write."""
-    from heartmula.audio import load_audio
-    from heartmula.eval.codec_metrics import codec_report
-
     path = Path(path)
     rate = codec.sample_rate
     audio, _ = load_audio(path, sample_rate=rate, channels=codec.config.audio_channels)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from heartmula.data.lyrics import LANGUAGES
+from heartmula.eval.lyrics import score_pair
+from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
 
 
 def sample_vocal_rows(rows: list[dict], per_language: int) -> list[dict]:
@@ -29,9 +31,6 @@ def measure_intelligibility(rows: list[dict], per_language: int = 6, model: str 
 
     `rows` must have absolute audio paths (`read_manifest(..., absolute_paths=True)`)."""
     from tqdm import tqdm
-
-    from heartmula.eval.lyrics import score_pair
-    from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
 
     sample = sample_vocal_rows(rows, per_language)
     transcribers: dict[str, Transcriber] = {}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import missing_extra_message, require
+from heartmula.transcribe.result import lyrics_text_of
 
 RECIPE = "heartmula-lyrics-v1"
 LANGUAGES = ("en", "es", "zh", "ja", "ko")
@@ -222,8 +223,6 @@ def score(reference: str, hypothesis: str, language: str, phonemes: bool = True)
 
 def read_lyrics_file(path: Path) -> str:
     """Plain lyrics, or a transcript of ours (lrc/srt/json) reduced to its words."""
-    from heartmula.transcribe.result import lyrics_text_of
-
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

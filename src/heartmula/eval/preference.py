@@ -19,9 +19,12 @@ import time
 
 import numpy as np
 
+from heartmula.clap import audio_embedding, tag_similarity, tags_embedding
 from heartmula.eval.report_prompts import Prompt
 from heartmula.eval.report_statistics import pairwise_win_rate
 from heartmula.eval.signal_features import estimate_tempo, onset_strength, spectral_flatness
+from heartmula.lm.generation import SamplingParams
+from heartmula.transcribe.pipeline import voiced_seconds
 
 TEMPO_RANGES = {"slow": (40.0, 80.0), "moderate": (80.0, 115.0), "fast": (115.0, 220.0)}
 REWARDS = ("tag", "tempo", "drums", "voice")
@@ -38,15 +41,11 @@ def tempo_reward(bpm: float, tempo_tag: str | None) -> float | None:
 
 
 def voiced_share(audio: np.ndarray, rate: int) -> float:
-    from heartmula.transcribe.pipeline import voiced_seconds
-
     return voiced_seconds(audio, rate) / max(audio.shape[-1] / rate, 1e-9)
 
 
 def song_rewards(audio: np.ndarray, rate: int, prompt: Prompt, clap) -> dict[str, float | None]:
     """The four rewards of one song ([channels, samples]); None where a reward does not apply to the prompt."""
-    from heartmula.clap import tag_similarity
-
     flatness = spectral_flatness(audio, rate)
     return {
         "tag": tag_similarity(audio, prompt.tags, rate, clap),
@@ -88,8 +87,6 @@ def onset_rate(audio: np.ndarray, rate: int, min_gap: float = 0.07) -> float:
 def song_measures(audio: np.ndarray, rate: int, prompt: Prompt, partner: Prompt, clap) -> dict:
     """What the held-out evaluation reads from one song: CLAP own vs a partner prompt's tags, both tempi, the onset
     rate, flatness and the voiced share."""
-    from heartmula.clap import audio_embedding, tags_embedding
-
     vector = audio_embedding(audio, rate, clap)
     return {
         "prompt": prompt.id, "tempo_tag": prompt.tempo, "drums": prompt.drums, "lyrics": bool(prompt.lyrics.strip()),
@@ -130,9 +127,6 @@ def evaluate_pipeline(pipe, prompts: list[Prompt], seeds: list[int], seconds: fl
                       cfg_scale: float = 1.5) -> dict:
     """Generate every prompt with every seed (one batch per prompt), decode, measure; returns the summary, the
     songs' measures and the LM's real-time factor."""
-    from heartmula.lm.generation import SamplingParams
-    from heartmula.transcribe.pipeline import voiced_seconds  # noqa: F401 - fail early without the extra
-
     partners = [prompts[(i + len(prompts) // 2) % len(prompts)] for i in range(len(prompts))]
     songs, lm_seconds, audio_seconds = [], 0.0, 0.0
     for prompt, partner in zip(prompts, partners):

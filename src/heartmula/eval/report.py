@@ -35,8 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.audio import fit_peak, load_audio, save_audio
+from heartmula.clap import audio_embedding, load_clap, tags_embedding
+from heartmula.codec.pretrained import load_codec
 from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
+from heartmula.eval.codec_roundtrip import roundtrip
+from heartmula.eval.intelligibility import measure_intelligibility
+from heartmula.eval.lyrics import RECIPE, EditCounts, score_pair
 from heartmula.eval.report_folder import check_out, process_alive, publish
 from heartmula.eval.report_markdown import render_markdown, write_plots
 from heartmula.eval.report_prompts import (
@@ -61,6 +67,11 @@ from heartmula.eval.report_statistics import (
     tag_summaries,
 )
 from heartmula.eval.signal_features import estimate_tempo, level_stats, spectral_flatness
+from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
+from heartmula.manifest import read_manifest
+from heartmula.song_models import load_lm, resolve_codec, resolve_lm
+from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber, voiced_seconds
+from heartmula.transcribe.result import to_txt
 
 
 @dataclass
@@ -112,8 +123,6 @@ def _read_ceiling(path: Path) -> dict:
 
 
 def _lyrics_section(songs: list[dict], ceiling: dict | None) -> dict:
-    from heartmula.eval.lyrics import RECIPE, EditCounts
-
     per_language = {}
     for language in LANGUAGES:
         scored = [s for s in songs if s["language"] == language and "lyrics_counts" in s]
@@ -134,11 +143,6 @@ def _lyrics_section(songs: list[dict], ceiling: dict | None) -> dict:
 def _generate(config: ReportConfig, prompts: list[Prompt], tmp: Path, model_path: Path, codec_path: Path):
     import torch
     from tqdm import tqdm
-
-    from heartmula.audio import fit_peak, save_audio
-    from heartmula.codec.pretrained import load_codec
-    from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
-    from heartmula.song_models import load_lm
 
     generator = load_lm(model_path, config.version)  # in the precision `heartmula generate` would use
     codec = load_codec(codec_path)
@@ -191,12 +195,6 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
     songs' CLAP audio embeddings (for the text -> song search measure)."""
     from tqdm import tqdm
 
-    from heartmula.audio import load_audio
-    from heartmula.clap import audio_embedding, load_clap, tags_embedding
-    from heartmula.eval.lyrics import score_pair
-    from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
-    from heartmula.transcribe.result import to_txt
-
     clap = load_clap(config.clap_model)
     partners = shuffled_partners([p.tags for p in prompts])
     prompt_index = {p.id: i for i, p in enumerate(prompts)}
@@ -240,9 +238,6 @@ def _measure(config: ReportConfig, prompts: list[Prompt], songs: list[dict], tmp
 def singing_contrast(songs: list[dict], without_lyrics: list[dict], tmp: Path) -> dict:
     """Voiced seconds (the transcriber's VAD) of every song, written into the records; summary: vocal prompts with
     their lyrics vs the same prompt and seed with empty lyrics (paired), and the instrumental prompts."""
-    from heartmula.audio import load_audio
-    from heartmula.transcribe.pipeline import voiced_seconds
-
     for song in songs + without_lyrics:
         audio, rate = load_audio(tmp / song["audio"])
         song["voiced_seconds"] = voiced_seconds(audio, rate)
@@ -274,9 +269,6 @@ def corpus_reference(rows: list[dict], count: int, clap, seconds: float = 30.0, 
     ("codec_round_trip"): what an LM that predicted the codec's tokens of a real song perfectly would score. With a
     `transcriber`, the language heard in each vocal song's singing ("sung_language")."""
     from tqdm import tqdm
-
-    from heartmula.audio import load_audio
-    from heartmula.clap import audio_embedding, tags_embedding
 
     held_out = sorted((r for r in rows if r.get("split") in ("val", "test")), key=lambda r: r["id"])[:count]
     partners = shuffled_partners([r["tags"] for r in held_out])
@@ -330,8 +322,6 @@ def text_search_summary(vectors: list[np.ndarray], tags: list[str], clap) -> dic
     songs of other tag sets in similarity to its tags (per prompt; 0.5 = chance), and whether its own song comes
     first. Unlike own-vs-shuffled tags on one song, a tag text that sits close to every song (or far from all)
     cannot tip this measure: each prompt is compared with itself only."""
-    from heartmula.clap import tags_embedding
-
     groups: dict[frozenset, tuple[str, list[int]]] = {}
     for i, text in enumerate(tags):
         groups.setdefault(tag_set(text), (text, []))[1].append(i)
@@ -357,8 +347,6 @@ def text_search_summary(vectors: list[np.ndarray], tags: list[str], clap) -> dic
 
 def _codec_section(config: ReportConfig, codec, tmp: Path) -> dict:
     from tqdm import tqdm
-
-    from heartmula.eval.codec_roundtrip import roundtrip
 
     files = []
     for i, path in enumerate(tqdm(config.codec_audio, desc="codec round trips", unit="file",
@@ -408,8 +396,6 @@ def _staging_folder(out: Path) -> Path:
 
 def _measured_ceiling(config: ReportConfig, prompts: list[Prompt], corpus_rows: list[dict], tmp: Path):
     """The intelligibility ceiling measured on the corpus's sung stems (saved as ceiling.json) and its source."""
-    from heartmula.eval.intelligibility import measure_intelligibility
-
     wanted = {p.language for p in prompts if p.language}
     rows = [r for r in corpus_rows if r.get("language") in wanted]
     ceiling = measure_intelligibility(rows, config.ceiling_items, config.transcriber, progress=config.progress)
@@ -424,7 +410,6 @@ def _corpus_reference(config: ReportConfig, corpus_rows: list[dict] | None, clap
 
     if corpus_rows is None or config.reference_items <= 0:
         return None
-    from heartmula.transcribe.pipeline import TranscribeConfig, Transcriber
 
     transcriber = Transcriber(TranscribeConfig(model=config.transcriber, threads=config.threads))
     torch.set_num_threads(config.threads)
@@ -452,8 +437,6 @@ def build_report(config: ReportConfig) -> dict:
     """Run everything and publish the report folder at config.out; returns the report (as in report.json)."""
     import torch
 
-    from heartmula.song_models import resolve_codec, resolve_lm
-
     # Every check that can fail on user input runs before the minutes of generation.
     prompts, out = _checked_inputs(config)
     ceiling, ceiling_source = None, None
@@ -461,8 +444,6 @@ def build_report(config: ReportConfig) -> dict:
         ceiling, ceiling_source = _read_ceiling(config.ceiling), str(config.ceiling)
     corpus_rows = None
     if config.corpus is not None:
-        from heartmula.manifest import read_manifest
-
         corpus_rows = read_manifest(config.corpus)
     model_path = resolve_lm(config.model, config.version)
     codec_path = resolve_codec(config.codec, model_path)
@@ -480,7 +461,6 @@ def build_report(config: ReportConfig) -> dict:
         # CTranslate2 may reset the OpenMP thread count torch shares; the codec timings below must use --threads.
         torch.set_num_threads(config.threads)
         threads, lm_int8 = parameters.pop("threads"), parameters.pop("lm_int8")
-        from heartmula.clap import load_clap
 
         clap = load_clap(config.clap_model)
         text_search = text_search_summary(vectors, [s["tags"] for s in songs], clap)

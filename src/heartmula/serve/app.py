@@ -36,11 +36,15 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from heartmula import __version__
+from heartmula.clap.prompts import known_tags
 from heartmula.errors import HeartMuLaError
+from heartmula.pipeline import HeartMuLaPipeline
 from heartmula.serve import songs, uploads
 from heartmula.serve.auth import SESSION_COOKIE, Auth, AuthMiddleware, PageHeadersMiddleware, redact_tokens_in_logs
 from heartmula.serve.config import ServeConfig, Services, services
 from heartmula.serve.jobs import STATUSES, JobStore, SongWorker
+from heartmula.serve.live import router as live_router
+from heartmula.serve.search import BACKFILL, LibrarySearch, default_clap_dir
 from heartmula.serve.songs import SongCreate
 from heartmula.serve.storage import StorageError, storage_cause
 
@@ -52,8 +56,6 @@ Svc = Annotated[Services, Depends(services)]
 
 def default_model_loader(config: ServeConfig) -> Callable[[], tuple]:
     def load():
-        from heartmula.pipeline import HeartMuLaPipeline
-
         pipe = HeartMuLaPipeline.from_pretrained(config.model, version=config.version, codec=config.codec,
                                                  device=config.device, dtype=config.dtype, int8=config.int8,
                                                  lora=config.lora, lora_scale=config.lora_scale,
@@ -140,17 +142,7 @@ class BodyLimitMiddleware:
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
-def stream_available() -> bool:
-    try:
-        from heartmula.stream import StreamControls, StreamSession  # noqa: F401
-    except ImportError:  # the streaming engine is optional: the page then plays finished songs only
-        return False
-    return True
-
-
 def build_services(config: ServeConfig, load_models: Callable[[], tuple] | None = None) -> Services:
-    from heartmula.serve.search import BACKFILL, LibrarySearch, default_clap_dir
-
     store = JobStore(config.data_dir, retry_seconds=config.store_retry_seconds)
     recovery = store.recover()
     clap_dir = config.clap_model or default_clap_dir()
@@ -198,10 +190,7 @@ def create_app(config: ServeConfig, load_models: Callable[[], tuple] | None = No
     app.include_router(router)
     app.include_router(songs.router)
     app.include_router(uploads.router)
-    if stream_available():
-        from heartmula.serve.live import router as live_router
-
-        app.include_router(live_router)
+    app.include_router(live_router)
     redact_tokens_in_logs()
     return app
 
@@ -278,7 +267,7 @@ def health(svc: Svc):
         worker=WorkerOut(alive=worker.alive, busy=worker.busy, heartbeat_age=worker.heartbeat_age,
                          queued=worker.queued, running=worker.running, problem=worker.problem),
         auth_required=svc.auth.required,
-        features={"stream": stream_available(), "search": svc.search is not None, "transcribe": True},
+        features={"stream": True, "search": svc.search is not None, "transcribe": True},
         min_duration=config.min_duration, max_duration=config.max_duration, max_upload_bytes=config.max_upload_bytes,
     )
     return JSONResponse(body.model_dump(), 503 if worker.problem else 200)
@@ -298,10 +287,8 @@ def session(request: Request, svc: Svc):
 @router.get("/tags", response_model=Tags)
 def tags():
     try:
-        from heartmula.clap.prompts import known_tags
-
         return Tags(tags=sorted(known_tags()))
-    except (ImportError, OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError):
         return Tags(tags=["pop", "rock", "jazz", "electronic", "folk", "piano", "guitar", "happy", "sad"])
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
 from heartmula.errors import HeartMuLaError
-
-if TYPE_CHECKING:
-    from heartmula.serve.auth import Auth
-    from heartmula.serve.jobs import Job, JobStore, SongWorker
-    from heartmula.serve.search import LibrarySearch
+from heartmula.lm.lora import read_adapter
+from heartmula.serve.auth import Auth
+from heartmula.serve.jobs import Job, JobStore, SongWorker
+from heartmula.serve.search import LibrarySearch
+from heartmula.song_models import resolve_codec, resolve_lm
 
 
 @dataclass
@@ -46,13 +45,9 @@ class ServeConfig:
     stall_seconds: float = 600.0  # health answers 503 when the worker shows no progress on a batch this long
 
     def model_path(self) -> Path:
-        from heartmula.song_models import resolve_lm
-
         return resolve_lm(self.model, self.version)
 
     def codec_path(self) -> Path:
-        from heartmula.song_models import resolve_codec
-
         return resolve_codec(self.codec, self.model_path())
 
     def check(self) -> None:
@@ -61,8 +56,6 @@ class ServeConfig:
         if self.clap_model is not None and not (Path(self.clap_model) / "config.json").is_file():
             raise HeartMuLaError(f"--clap-model {self.clap_model} is not a HeartCLAP folder (no config.json)")
         if self.lora is not None:
-            from heartmula.lm.lora import read_adapter
-
             read_adapter(self.lora)
 
 

@@ -34,9 +34,13 @@ from typing import TypeVar
 
 import numpy as np
 
+from heartmula.audio import fit_peak, save_audio
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
+from heartmula.pipeline import keep_seconds
 from heartmula.serve.storage import StorageError, as_storage_error, storage_cause
+from heartmula.stream import model_lock
 
 STATUSES = ("queued", "running", "done", "failed")
 MAX_ATTEMPTS = 2
@@ -348,8 +352,6 @@ def write_song_files(folder: Path, codes: np.ndarray | None, audio: np.ndarray, 
     """codes.npy and song.wav land together or not at all: both are written under temp names in the job folder,
     then renamed. On failure nothing of this call is left behind; the error names the cause when it is storage
     (StorageError: disk full, read-only)."""
-    from heartmula.audio import save_audio
-
     staged = {folder / STAGED_AUDIO: folder / AUDIO_FILE}
     if codes is not None:
         staged[folder / STAGED_CODES] = folder / CODES_FILE
@@ -370,8 +372,6 @@ def write_song_files(folder: Path, codes: np.ndarray | None, audio: np.ndarray, 
 
 def prompt_codes(store: JobStore, request: dict) -> np.ndarray | None:
     """The frames [8, T] a job continues (the kept start of the library song `continue_from`), or None."""
-    from heartmula.pipeline import keep_seconds
-
     source = request.get("continue_from")
     if source is None:
         return None
@@ -533,7 +533,6 @@ class SongWorker:
         try:
             self.generator, self.codec = self.load_models()
             try:  # the streaming engine's lock for this model, so live streams and jobs take turns on its cores
-                from heartmula.stream import model_lock
 
                 self.model_lock = model_lock(self.generator.model)
             except ImportError:
@@ -624,8 +623,6 @@ class SongWorker:
     def _generate(self, jobs: list[Job]) -> None:
         import torch
 
-        from heartmula.lm.generation import SamplingParams, SongRequest, frames_for_duration
-
         started = time.time()
         temperature, top_k, cfg_scale = sampling_key(jobs[0].request)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, cfg_scale=cfg_scale)
@@ -685,8 +682,6 @@ class SongWorker:
         return torch.stack(steps, dim=-1).cpu(), alive  # [songs, K, T]
 
     def _decode_and_store(self, job: Job, song_codes: np.ndarray, started: float, extra: dict) -> None:
-        from heartmula.audio import fit_peak
-
         audio, rate = self.codec.decode(song_codes, seed=job.request["seed"])
         self.heartbeat = time.monotonic()
         folder = self.store.job_dir(job.id)

@@ -30,6 +30,7 @@ from heartmula.serve.auth import origin_allowed
 from heartmula.serve.config import Services
 from heartmula.serve.jobs import JobStore, SongWorker, write_song_files
 from heartmula.serve.storage import StorageError
+from heartmula.stream import StreamControls, StreamSession
 
 LEAD_SECONDS = 2.0
 MAX_STREAMS = 2  # concurrent live streams; each takes a full share of the model
@@ -186,8 +187,6 @@ async def _run(ws: WebSocket, start: StreamStart, store: JobStore, worker: SongW
 
 async def _start_session(ws: WebSocket, start: StreamStart, worker: SongWorker, seed: int, error):
     """The stream's session, announced to the client; None (reported, socket closed) where it cannot start."""
-    from heartmula.stream import StreamControls, StreamSession
-
     try:
         controls = StreamControls(prompts=[tuple(p) for p in start.prompts], temperature=start.temperature,
                                   top_k=start.top_k, cfg_scale=start.cfg_scale)

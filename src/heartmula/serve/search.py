@@ -16,16 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.clap import DEFAULT_MODEL_DIR, load_clap
+from heartmula.clap.index import Track, model_fingerprint, open_index
 from heartmula.serve.jobs import AUDIO_FILE, JobStore
 
 BACKFILL = "backfill"  # a queue item: embed every finished song the index does not hold
 
 
 def default_clap_dir() -> Path | None:
-    try:
-        from heartmula.clap import DEFAULT_MODEL_DIR
-    except ImportError:
-        return None
     return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model.safetensors").is_file() else None
 
 
@@ -70,24 +68,17 @@ class LibrarySearch:
     def model(self):
         with self._lock:
             if self._model is None:
-                from heartmula.clap import load_clap
-                from heartmula.clap.index import model_fingerprint
-
                 self._model = load_clap(self.model_dir)
                 self._fingerprint = model_fingerprint(self.model_dir)
             return self._model
 
     def _index(self):
-        from heartmula.clap.index import open_index
-
         index = open_index(self.location, dim=self.model().config.embed_dim, model=self._fingerprint)
         index.check_model(self._fingerprint)
         return index
 
     # --- writes ----------------------------------------------------------------------------------------------
     def add(self, job_id: str) -> None:
-        from heartmula.clap.index import Track
-
         job = self.store.get(job_id)
         path = self.store.job_dir(job_id) / AUDIO_FILE
         if job is None or job.status != "done" or not path.is_file():

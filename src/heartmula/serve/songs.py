@@ -13,10 +13,14 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from heartmula.audio import load_audio, resample, save_audio
+from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
+from heartmula.lm.generation import frames_for_duration
 from heartmula.serve.config import Services, services
-from heartmula.serve.jobs import AUDIO_FILE, CODES_FILE, ID_PATTERN
+from heartmula.serve.jobs import AUDIO_FILE, CODES_FILE, ID_PATTERN, prompt_codes
 from heartmula.serve.storage import as_storage_error
+from heartmula.text import parse_tag_prompts
 
 MAX_LYRICS_CHARS = 20_000
 MAX_TAGS_CHARS = 1_000
@@ -76,8 +80,6 @@ def check_request(svc: Services, body: SongCreate) -> None:
     """Refuse now what the worker could not do later: lengths out of range, bad tag weights, a song to continue
     that is not there or too short, a prompt plus duration over the model's context (checked once the model is
     loaded)."""
-    from heartmula.text import parse_tag_prompts
-
     config = svc.config
     if body.duration < config.min_duration:
         raise HTTPException(422, f"duration {body.duration} s is under this server's minimum of "
@@ -95,8 +97,6 @@ def check_request(svc: Services, body: SongCreate) -> None:
 
 def check_song_to_continue(svc: Services, body: SongCreate) -> int:
     """Frames the job keeps of the song it continues (0: a new song)."""
-    from heartmula.serve.jobs import prompt_codes
-
     if body.continue_from is None:
         if body.from_seconds is not None:
             raise HTTPException(422, "from_seconds needs continue_from: the song whose start is kept")
@@ -112,9 +112,6 @@ def check_song_to_continue(svc: Services, body: SongCreate) -> int:
 
 
 def check_fits_context(generator, lyrics: str, tag_prompts: list[str], duration: float, prompt_frames: int = 0):
-    from heartmula.constants import FRAME_RATE
-    from heartmula.lm.generation import frames_for_duration
-
     max_seq_len = generator.model.config.backbone.max_seq_len
     longest = max(len(generator.build_prompt(tags, lyrics)[0]) for tags in tag_prompts) + prompt_frames
     frames = frames_for_duration(duration)
@@ -202,8 +199,6 @@ def song_codes(job_id: JobId, svc: Svc):
 
 
 def _convert(wav: Path, out: Path) -> None:
-    from heartmula.audio import load_audio, resample, save_audio
-
     audio, rate = load_audio(wav)
     if out.suffix == ".mp3" and rate not in MP3_RATES:
         target = next((r for r in MP3_RATES if r >= rate), MP3_RATES[-1])

@@ -17,11 +17,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from pydantic import BaseModel
 
+from heartmula.audio import load_audio
 from heartmula.errors import HeartMuLaError
+from heartmula.pipeline import encode_prompt
 from heartmula.serve.config import Services, services
+from heartmula.serve.jobs import write_song_files
 from heartmula.serve.search import LibrarySearch
 from heartmula.serve.songs import JobId, JobOut
 from heartmula.serve.storage import StorageError, as_storage_error
+from heartmula.transcribe import TranscribeConfig, Transcriber
+from heartmula.transcribe.result import to_lrc
 
 Svc = Annotated[Services, Depends(services)]
 UPLOAD_PATHS = ("/api/transcribe", "/api/search/audio", "/api/songs/import")
@@ -93,9 +98,6 @@ def transcribe(
 
 
 def _transcript(svc: Services, audio, rate: int, language: str | None, name: str) -> TranscriptOut:
-    from heartmula.transcribe import TranscribeConfig, Transcriber
-    from heartmula.transcribe.result import to_lrc
-
     with svc.transcriber_lock:  # one model in memory, one transcription at a time
         key = (svc.config.transcribe_model, language)
         if key not in svc.transcribers:
@@ -114,8 +116,6 @@ def _transcript(svc: Services, audio, rate: int, language: str | None, name: str
 def uploaded_audio(svc: Services, file: UploadFile):
     """(audio [channels, samples], rate) of an uploaded file, saved under its own suffix for the decoder; 422 when
     it is not audio."""
-    from heartmula.audio import load_audio
-
     with saved_upload(svc, file, f"upload{_upload_suffix(file)}") as path:
         try:
             return load_audio(path)
@@ -137,8 +137,6 @@ def import_song(
 ):
     """A recording as a done library song: its audio as uploaded, its codes from the codec's encoder (a codec
     without one answers 422). Continue it with POST /api/songs {"continue_from": id}."""
-    from heartmula.pipeline import encode_prompt
-
     audio, rate = uploaded_audio(svc, file)
     seconds = audio.shape[-1] / rate
     if seconds > svc.config.max_duration:
@@ -158,8 +156,6 @@ def import_song(
 def store_import(store, title: str, audio, rate: int, codes) -> str:
     """Written like a job's results: files first, then `done`; on a storage failure nothing is left."""
     import shutil
-
-    from heartmula.serve.jobs import write_song_files
 
     request = {"lyrics": "", "tags": "", "duration": round(audio.shape[-1] / rate, 3), "seed": None}
     job = store.create("import", request, title[:200], status="running")

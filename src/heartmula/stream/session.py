@@ -14,6 +14,7 @@ import torch
 
 from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
+from heartmula.files import atomic_output
 from heartmula.lm.generation import GenerationSession, SongRequest, frames_for_duration, min_frames_for
 from heartmula.song_models import clap_reference
 from heartmula.stream.controls import StreamControls
@@ -378,8 +379,6 @@ class StreamSession:
                 lm_state = self.lm.state_dict()
             data = stream_state_bytes(self, *lm_state)
         if path is not None:
-            from heartmula.files import atomic_output
-
             with atomic_output(path) as tmp:
                 Path(tmp).write_bytes(data)
         return data

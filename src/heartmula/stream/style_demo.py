@@ -21,8 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from heartmula.clap import load_clap, tag_similarity
+from heartmula.codec.pretrained import OFFICIAL_FOLDER, write_random_codec
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
+from heartmula.files import atomic_output
+from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
+from heartmula.lm.model import HeartMuLa
+from heartmula.lm.pretrained import write_random_root
 
 FROM_TAGS = "ballad,piano,strings,calm,slow"
 TO_TAGS = "electronic,synthesizer,synth bass,drums,energetic,fast"
@@ -74,8 +80,6 @@ def window_spans(duration: float, window: float, hop: float) -> list[tuple[float
 
 def clap_score(model=None) -> Score:
     """HeartCLAP tag similarity (`heartmula.clap.tag_similarity`) with one loaded model."""
-    from heartmula.clap import load_clap, tag_similarity
-
     model = model or load_clap()
     return lambda audio, rate, tags: tag_similarity(audio, tags, sample_rate=rate, model=model)
 
@@ -150,8 +154,6 @@ def plot_curves(result: dict, summary: dict, path: str | Path, labels: dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from heartmula.files import atomic_output
-
     labels = labels or {}
     time = np.asarray(result["time"])
     curves = result["curves"]
@@ -187,8 +189,6 @@ def plot_curves(result: dict, summary: dict, path: str | Path, labels: dict[str,
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    from heartmula.files import atomic_output
-
     path = Path(path)
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -201,11 +201,6 @@ def write_random_models(root: str | Path, seed: int = 0) -> Path:
     codebook-0 head is sharpened and its EOS logit pinned at 0, so the song lasts the requested length instead of
     ending after a few seconds on a randomly sampled EOS. Returns the root."""
     import torch
-
-    from heartmula.codec.pretrained import OFFICIAL_FOLDER, write_random_codec
-    from heartmula.lm.config import GenerationConfig, HeartMuLaConfig
-    from heartmula.lm.model import HeartMuLa
-    from heartmula.lm.pretrained import write_random_root
 
     root = Path(root)
     model_dir = write_random_root(root, "tiny", seed=seed)

@@ -47,13 +47,20 @@ import torch.nn.functional as F
 from heartmula.audio import load_audio, resample
 from heartmula.codec.config import LATENT_PER_CODE, PhoneticConfig, VoiceConfig
 from heartmula.codec.model import HeartCodec
-from heartmula.codec.phonetic import code_rate, distillation_loss
+from heartmula.codec.phonetic import (
+    code_rate,
+    distillation_loss,
+    load_whisper_features,
+    phonetic_features,
+    whisper_folder,
+)
 from heartmula.codec.pretrained import codec_with_phonetic
 from heartmula.codec.voice import LOG_F0_SCALE, LOG_POWER_SCALE, VoiceDecoder, band_centres_mel, hz_to_mel
+from heartmula.data.singing import load_pyworld
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 from heartmula.manifest import read_manifest
-from heartmula.train.codec import CodecTrainConfig, training_losses, update_codebooks
+from heartmula.train.codec import CodecTrainConfig, audio_files, training_losses, update_codebooks
 from heartmula.train.device import Placement, placement
 from heartmula.train.state import load_training_state, save_training_state
 
@@ -136,7 +143,6 @@ def voice_targets(vocals: np.ndarray | None, frames: int, sample_rate: int, hop:
               "noise": np.full((frames, bands), LOG_POWER_FLOOR, np.float32)}
     if vocals is None or not np.any(np.abs(vocals) > 1e-4):
         return silent
-    from heartmula.data.singing import load_pyworld
 
     world = load_pyworld()
     rate = max(sample_rate, MIN_ANALYSIS_RATE)
@@ -197,8 +203,6 @@ def _item_features(job: tuple) -> str:
 def cached_phonetic_features(model: str, audio: np.ndarray, rate: int, samples_per_latent: int) -> np.ndarray:
     """[latent frames, feature_dim] float16: the phonetic features of mono audio [1, S] (a mix or a stem; S a
     multiple of `samples_per_latent`), as the codec's encoder reads them."""
-    from heartmula.codec.phonetic import load_whisper_features, phonetic_features
-
     features = phonetic_features(load_whisper_features(model), torch.from_numpy(audio[None].astype(np.float32)),
                                  rate, samples_per_latent)
     return features[0].t().numpy().astype(np.float16)
@@ -316,7 +320,6 @@ def _extra_rows(config: VoiceTrainConfig) -> list[dict]:
         return []
     if not config.train_codes:
         raise HeartMuLaError("extra recordings train the codes: use --extra-audio with --train-codes")
-    from heartmula.train.codec import audio_files
 
     files = audio_files(list(config.extra_audio), tuple(config.extra_exclude))
     return [{"id": "extra-" + "_".join(f.stem.split()), "audio": str(f), "vocals": None, "split": "train"}
@@ -331,7 +334,6 @@ def _source_codec(codec_dir, config: VoiceTrainConfig) -> HeartCodec:
         codec = codec_with_voice(codec, config.voice or VoiceConfig(), config.seed)
     if not config.phonetic:
         return codec
-    from heartmula.codec.phonetic import whisper_folder
 
     width = json.loads((whisper_folder(config.phonetic_model) / "config.json").read_text())["d_model"]
     return codec_with_phonetic(codec, PhoneticConfig(model=config.phonetic_model, feature_dim=width))

@@ -29,10 +29,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from heartmula.audio import load_audio
 from heartmula.checkpoint import safetensors_files
+from heartmula.clap import load_clap
+from heartmula.codec.pretrained import load_codec, locate_codec
 from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
+from heartmula.manifest import read_manifest
 
 INDEX_FILE = "index.json"
 FORMAT = "heartmula-token-cache-1"
@@ -143,8 +147,6 @@ def _code_meta(row: dict, codes: np.ndarray) -> dict:
 def _tokenize_row(row: dict, cached: bool, codec, clap_model, shards: _ShardWriter, report: TokenizeReport) -> None:
     """Encode one row (unless `cached`) and embed it (with a CLAP model) into `shards`; an unreadable one is
     recorded as skipped."""
-    from heartmula.audio import load_audio
-
     try:
         audio, rate = load_audio(row["audio"])
         codes = None if cached else codec.encode(audio, rate)
@@ -179,9 +181,6 @@ def tokenize_manifest(
 
     With `clap` (a HeartCLAP model folder) every item also gets the CLAP audio embedding of its song, computed
     from the audio already loaded for the codec; cached items that lack one get it from their audio alone."""
-    from heartmula.codec.pretrained import load_codec, locate_codec
-    from heartmula.manifest import read_manifest
-
     rows = read_manifest(manifest)
     if limit is not None:
         rows = rows[:limit]
@@ -232,8 +231,6 @@ def line_timing(row: dict) -> list[dict]:
 
 def _open_clap(clap: str | os.PathLike, index: dict, out: Path):
     """Load the HeartCLAP model for the embeddings; refuse one that differs from the cache's embeddings' model."""
-    from heartmula.clap import load_clap
-
     folder = Path(clap)
     if not (folder / "config.json").is_file():
         raise HeartMuLaError(f"{folder} is not a HeartCLAP model folder (no config.json); pass --clap DIR of a "

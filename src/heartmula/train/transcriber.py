@@ -28,6 +28,8 @@ import torch
 from heartmula.audio import load_audio
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
+from heartmula.transcribe.convert import convert_ct2_to_transformers, is_current_conversion
+from heartmula.transcribe.models import cache_dir, locate_model
 
 SAMPLE_RATE = 16000
 MAX_LABEL_TOKENS = 448  # Whisper's decoder positions
@@ -144,9 +146,6 @@ def target_text(lyrics: str, language: str) -> str:
 
 def transformers_start_folder(model: str | None) -> Path:
     """A transformers Whisper folder to start from; CTranslate2 models are converted once into the cache."""
-    from heartmula.transcribe.convert import convert_ct2_to_transformers, is_current_conversion
-    from heartmula.transcribe.models import cache_dir, locate_model
-
     location = locate_model(model)
     if location.backend == "transformers":
         return location.path
