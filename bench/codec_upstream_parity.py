@@ -41,6 +41,7 @@ def build_upstream_checkpoint(src: Path, folder: Path, seed: int, shard: bool):
     config = HeartCodecConfig(dim=64, codebook_size=1024, codebook_dim=32, attention_head_dim=16,
                               num_attention_heads=2, num_layers=2, num_layers_2=1, in_channels=2 * 256 + 64,
                               out_channels=256, init_channel=4)
+    torch.manual_seed(seed)  # the layers' own initialisation draws from the global generator
     model = HeartCodec(config).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
