@@ -1,5 +1,6 @@
-"""How much does an LM read its lyrics? Teacher-forced codebook-0 loss of held-out sung songs with their own lyrics,
-with another song's lyrics of the same language, and with none.
+"""How much does an LM read its lyrics? Teacher-forced codebook-0 loss (and, under `codebooks_1_7`, the local
+decoder's loss of codebooks 1-7) of held-out sung songs with their own lyrics, with another song's lyrics of the
+same language, and with none.
 
 For every sung val/test item of a token cache (the first `--context` rows: prompt + song frames from its start), per
 model: the mean codebook-0 cross-entropy (nats per code) with each lyrics version, and the paired gap "another
@@ -45,25 +46,30 @@ def other_lyrics(items: list, seed: int) -> dict[str, str]:
     return out
 
 
+def gap_summary(own: np.ndarray, other: np.ndarray, none: np.ndarray) -> dict:
+    gap = other - own
+    return {"own_lyrics": round(float(own.mean()), 4), "other_lyrics": round(float(other.mean()), 4),
+            "no_lyrics": round(float(none.mean()), 4), "gap_other_minus_own": round(float(gap.mean()), 4),
+            "cohens_dz": round(float(gap.mean() / gap.std(ddof=1)), 2) if len(gap) > 1 else None,
+            "share_own_better": round(float((gap > 0).mean()), 2)}
+
+
 def model_losses(path: str, items: list, others: dict[str, str], context: int) -> dict:
     generator = load_generator(path)
     model = generator.model.eval()
     builder = SampleBuilder(generator.tokenizer, generator.gen_config, model.num_codebooks, context)
     config = LMTrainConfig(context=context)
 
-    def loss(item, lyrics: str) -> float:
+    def losses(item, lyrics: str) -> tuple[float, float]:
         sample = builder.build(replace(item, lyrics=lyrics), item.tags, 0, None, config)
         with torch.inference_mode():
-            return float(lm_losses(model, [sample], 1.0)[1]["c0"])
+            parts = lm_losses(model, [sample], 1.0)[1]
+        return float(parts["c0"]), float(parts["dec"])
 
-    rows = [(loss(i, i.lyrics), loss(i, others[i.id]), loss(i, "")) for i in items if i.id in others]
-    own, other, none = (np.array(c) for c in zip(*rows))
-    gap = other - own
-    return {"model": path, "songs": len(rows), "own_lyrics": round(float(own.mean()), 4),
-            "other_lyrics": round(float(other.mean()), 4), "no_lyrics": round(float(none.mean()), 4),
-            "gap_other_minus_own": round(float(gap.mean()), 4),
-            "cohens_dz": round(float(gap.mean() / gap.std(ddof=1)), 2) if len(gap) > 1 else None,
-            "share_own_better": round(float((gap > 0).mean()), 2)}
+    rows = [(losses(i, i.lyrics), losses(i, others[i.id]), losses(i, "")) for i in items if i.id in others]
+    by_lyrics = np.array(rows)  # [songs, own/other/none, c0/dec]
+    return {"model": path, "songs": len(rows), **gap_summary(*by_lyrics[:, :, 0].T),
+            "codebooks_1_7": gap_summary(*by_lyrics[:, :, 1].T)}
 
 
 def main() -> None:
