@@ -56,6 +56,28 @@ def test_line_spans_in_chinese_and_empty_lyrics():
     assert line_token_spans(tokenizer, "", TIMING) == []
 
 
+def test_word_spans_follow_the_syllables():
+    tokenizer = _tokenizer()
+    lyrics = "[verse]\nif anything goes\nwe sing"
+    syllables = [("if", 0.0, 0.5), ("a", 0.5, 0.8), ("ny", 0.8, 1.0), ("thing", 1.0, 1.5), ("goes", 1.5, 2.0)]
+    timing = [{"text": "if anything goes", "start": 0.0, "end": 2.0,
+               "syllables": [{"text": t, "start": a, "end": b} for t, a, b in syllables]},
+              {"text": "we sing", "start": 2.0, "end": 3.0, "syllables": [{"text": "la", "start": 2.0, "end": 3.0}]}]
+    ids = tokenizer.encode_lyrics(lyrics)
+    spans = line_token_spans(tokenizer, lyrics, timing, unit="word")
+    words = [(tokenizer.decode(ids[s.token_start: s.token_end]).strip(), s.start, s.end) for s in spans]
+    # the syllables of one word share its tokens and become one span; a line whose syllables are not in its text
+    # ("la") stays one span
+    assert words == [("if", 0.0, 0.5), ("anything", 0.5, 1.5), ("goes", 1.5, 2.0), ("we sing", 2.0, 3.0)]
+    assert [(s.start, s.end) for s in line_token_spans(tokenizer, lyrics, timing)] == [(0.0, 2.0), (2.0, 3.0)]
+    chinese = "[verse]\n明天会更好"
+    timing = [{"text": "明天会更好", "start": 0.0, "end": 5.0,
+               "syllables": [{"text": c, "start": float(i), "end": i + 1.0} for i, c in enumerate("明天会更好")]}]
+    ids = tokenizer.encode_lyrics(chinese)
+    spans = line_token_spans(tokenizer, chinese, timing, unit="word")
+    assert [tokenizer.decode(ids[s.token_start: s.token_end]) for s in spans] == list("明天会更好")
+
+
 def test_frame_targets_follow_the_timing():
     tokenizer = _tokenizer()
     spans = line_token_spans(tokenizer, LYRICS, TIMING)
@@ -154,7 +176,7 @@ def test_cache_keeps_line_timings_and_training_logs_the_alignment_loss(tmp_path)
     codec = _corpus(tmp_path)
     cache = tmp_path / "cache"
     tokenize_manifest(tmp_path / "manifest.jsonl", codec, cache, progress=False)
-    # A cache written before timings were kept gets them on the next run, without encoding anything again.
+    # A cache written before (syllable) timings were kept gets them on the next run, without encoding again.
     index = read_index(cache)
     for meta in index["items"].values():
         del meta["timing"]
@@ -163,7 +185,7 @@ def test_cache_keeps_line_timings_and_training_logs_the_alignment_loss(tmp_path)
     assert not again.encoded
     _, items = load_cache(cache)
     assert [line["text"] for line in items[0].timing] == [line["text"] for line in TIMING[:4]]
-    assert "syllables" not in items[0].timing[0]
+    assert items[0].timing[0]["syllables"] == [{"text": "The night is young", "start": 0.0, "end": 2.0}]
 
     config = LMTrainConfig(preset="tiny", steps=3, batch_size=2, context=256, align_weight=1.0, uncond_prob=0.0)
     train_lm(cache, tmp_path / "lm", config, progress=False)

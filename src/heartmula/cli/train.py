@@ -341,7 +341,7 @@ def run_clap(args: argparse.Namespace) -> int:
 LM_DEFAULTS = dict(preset="small", version="3B", steps=1000, batch_size=4, context=1024, min_frames=32,
                    learning_rate=6e-4, warmup_steps=50, weight_decay=0.05, decoder_fraction=0.25, uncond_prob=0.1,
                    tag_drop_prob=0.15, all_tags_drop_prob=0.1, vocab_size=4096, eval_every=50, save_every=50, seed=0,
-                   reference_prob=0.5, align_weight=0.0, align_heads=2)
+                   reference_prob=0.5, align_weight=0.0, align_heads=2, align_unit="line")
 
 
 def register_lm(actions) -> None:
@@ -385,6 +385,8 @@ def register_lm(actions) -> None:
     p.add_argument("--align-layer", type=int, default=None, help="backbone layer of the alignment loss; the middle "
                    "one when not given")
     p.add_argument("--align-heads", type=int, default=d.align_heads, help="query heads of that layer it aligns")
+    p.add_argument("--align-unit", choices=("line", "word"), default=d.align_unit, help="what a sung frame "
+                   "attends to: the tokens of the line or of the word sung there (from the syllable timings)")
     p.add_argument("--uncond-prob", type=float, default=d.uncond_prob, help="probability that a sample is "
                    "unconditional (all text replaced by the null embedding), for classifier-free guidance")
     p.add_argument("--tag-drop-prob", type=float, default=d.tag_drop_prob, help="probability of dropping each tag")
@@ -428,6 +430,7 @@ def run_lm(args: argparse.Namespace) -> int:
         context=args.context, min_frames=args.min_frames, learning_rate=args.lr, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, decoder_fraction=args.decoder_fraction, uncond_prob=args.uncond_prob,
         align_weight=args.align_weight, align_layer=args.align_layer, align_heads=args.align_heads,
+        align_unit=args.align_unit,
         tag_drop_prob=args.tag_drop_prob, all_tags_drop_prob=args.all_tags_drop_prob,
         shuffle_tags=not args.no_tag_shuffle, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         reference_prob=args.reference_prob, init_from=_init_from(args.init_from),

@@ -100,6 +100,7 @@ class LMTrainConfig:
     align_weight: float = 0.0  # weight of the lyric alignment loss (train/lyric_alignment.py); 0 = off
     align_layer: int | None = None  # backbone layer whose attention is aligned; None = the middle layer
     align_heads: int = 2  # its first query heads that are aligned
+    align_unit: str = "line"  # what a sung frame attends to: the tokens of its "line" or of its "word"
     uncond_prob: float = 0.1  # classifier-free guidance: whole-sample text dropout
     tag_drop_prob: float = 0.15  # each tag dropped independently
     all_tags_drop_prob: float = 0.1  # all tags dropped (an empty <tag></tag>)
@@ -200,7 +201,7 @@ class SampleBuilder:
         sample = Sample(tokens, mask, len(tag_ids), targets, rows, codes.clone(), unconditional,
                         None if unconditional else reference)
         if item.timing and not unconditional:
-            spans = line_token_spans(self.tokenizer, item.lyrics, item.timing)
+            spans = line_token_spans(self.tokenizer, item.lyrics, item.timing, config.align_unit)
             sample.sung_frames, sample.line_first, sample.line_end = frame_line_targets(
                 spans, start, n, FRAME_RATE, lyric_row=len(tag_ids) + 1)
         return sample

@@ -41,29 +41,87 @@ def _line_characters(text: str, line: str, cursor: int) -> tuple[int, int] | Non
     return None if at < 0 else (at, at + len(line))
 
 
-def line_token_spans(tokenizer: TextTokenizer, lyrics: str, timing: list[dict]) -> list[LineSpan]:
+def _token_offsets(tokenizer: TextTokenizer, text: str) -> tuple[list[tuple[int, int]], int]:
+    """The character range of every token of `text` ((-1, -1) for special tokens) and the index shift to
+    `tokenizer.encode_lyrics` (which puts a BOS in front)."""
+    encoding = tokenizer.tokenizer.encode(text)
+    shift = 0 if encoding.ids[:1] == [tokenizer.bos_id] else 1
+    offsets = [(a, b) if not special else (-1, -1)
+               for (a, b), special in zip(encoding.offsets, encoding.special_tokens_mask)]
+    return offsets, shift
+
+
+def _tokens_over(offsets: list[tuple[int, int]], first: int, last: int) -> list[int]:
+    return [i for i, (a, b) in enumerate(offsets) if a < last and b > first]
+
+
+def _in_word(character: str) -> bool:
+    """Whether a character joins its neighbours into one word: letters, digits and apostrophes of scripts written
+    with spaces (Hangul included); each kana and Han character stands alone."""
+    if character == "'":
+        return True
+    if not character.isalnum():
+        return False
+    return not ("\u3040" <= character <= "\u30ff" or "\u3400" <= character <= "\u9fff"
+                or "\uf900" <= character <= "\ufaff")
+
+
+def _word_around(text: str, first: int, last: int, line: tuple[int, int]) -> tuple[int, int]:
+    """The characters [first, last) widened to the whole word they are part of, within the line."""
+    while first > line[0] and _in_word(text[first - 1]) and _in_word(text[first]):
+        first -= 1
+    while last < line[1] and _in_word(text[last]) and _in_word(text[last - 1]):
+        last += 1
+    return first, last
+
+
+def _syllable_spans(text: str, offsets: list[tuple[int, int]], shift: int, entry: dict,
+                    line: tuple[int, int]) -> list[LineSpan]:
+    """The spans of a line's timed syllables, each widened to the tokens of its word (the syllables of one word
+    share a span, merged over their times; a Han or kana character is a word of its own). Empty when a syllable is
+    not found in the line's text (the caller then keeps the line as one span)."""
+    spans, cursor = [], line[0]
+    for syllable in entry.get("syllables") or []:
+        piece = normalize_lyrics(syllable.get("text", "")).strip()
+        at = text.find(piece, cursor, line[1]) if piece else -1
+        if at < 0:
+            return []
+        cursor = at + len(piece)
+        tokens = _tokens_over(offsets, *_word_around(text, at, cursor, line))
+        if not tokens:
+            return []
+        span = LineSpan(tokens[0] + shift, tokens[-1] + 1 + shift, float(syllable["start"]), float(syllable["end"]))
+        if spans and (spans[-1].token_start, spans[-1].token_end) == (span.token_start, span.token_end):
+            span = LineSpan(span.token_start, span.token_end, spans[-1].start, span.end)
+            spans.pop()
+        spans.append(span)
+    return spans
+
+
+def line_token_spans(tokenizer: TextTokenizer, lyrics: str, timing: list[dict],
+                     unit: str = "line") -> list[LineSpan]:
     """The token span of every timed line of `lyrics`, indexed like `tokenizer.encode_lyrics(lyrics)` (BOS
-    included). `timing`: the corpus manifest's line entries ({text, start, end, ...}). Lines whose text is not in
-    the lyrics are left out."""
+    included). `timing`: the corpus manifest's line entries ({text, start, end, syllables}). Lines whose text is
+    not in the lyrics are left out. `unit="word"`: a span per sung word instead (its syllables' times), where the
+    line's syllables can be found in its text."""
     text = normalize_lyrics(lyrics)
     if not text.strip():
         return []
-    encoding = tokenizer.tokenizer.encode(text)
-    shift = 0 if encoding.ids[:1] == [tokenizer.bos_id] else 1  # encode_lyrics puts a BOS in front
-    offsets = [(a, b) if not special else (-1, -1)
-               for (a, b), special in zip(encoding.offsets, encoding.special_tokens_mask)]
+    offsets, shift = _token_offsets(tokenizer, text)
     spans, cursor = [], 0
     for entry in timing:
         line = normalize_lyrics(entry.get("text", "")).strip()
         where = _line_characters(text, line, cursor) if line else None
         if where is None:
             continue
-        first, last = where
-        tokens = [i for i, (a, b) in enumerate(offsets) if a < last and b > first]
-        if tokens:
+        words = _syllable_spans(text, offsets, shift, entry, where) if unit == "word" else []
+        tokens = _tokens_over(offsets, *where)
+        if words:
+            spans.extend(words)
+        elif tokens:
             spans.append(LineSpan(tokens[0] + shift, tokens[-1] + 1 + shift, float(entry["start"]),
                                   float(entry["end"])))
-        cursor = last
+        cursor = where[1]
     return spans
 
 

@@ -199,9 +199,9 @@ def tokenize_manifest(
     todo = [r for r in rows if r["id"] not in index["items"]
             or (clap_model is not None and "clap_shard" not in index["items"][r["id"]])]
     report.reused = sum(1 for r in rows if r["id"] in index["items"])
-    for row in rows:  # caches written before line timings were kept get them without re-encoding
+    for row in rows:  # caches written before (syllable) timings were kept get them without re-encoding
         meta = index["items"].get(row["id"])
-        if meta is not None and "timing" not in meta:
+        if meta is not None and meta.get("timing") != line_timing(row):
             meta["timing"] = line_timing(row)
     shards = _ShardWriter(out, index)
     bar = None
@@ -224,8 +224,11 @@ def tokenize_manifest(
 
 
 def line_timing(row: dict) -> list[dict]:
-    """The sung lines of a manifest row as {text, start, end} (its syllables left out)."""
-    return [{"text": line["text"], "start": line["start"], "end": line["end"]}
+    """The sung lines of a manifest row as {text, start, end, syllables: [{text, start, end}]}."""
+    def timed(entry: dict) -> dict:
+        return {"text": entry["text"], "start": entry["start"], "end": entry["end"]}
+
+    return [{**timed(line), "syllables": [timed(s) for s in line.get("syllables") or [] if s.get("text")]}
             for line in row.get("timing") or [] if line.get("text")]
 
 
@@ -255,7 +258,7 @@ class CachedItem:
     language: str | None
     split: str
     reference: torch.Tensor | None = None  # float [embed_dim] CLAP audio embedding of the song, if the cache has it
-    timing: list[dict] = field(default_factory=list)  # sung lines {text, start, end} (s), when the corpus knows them
+    timing: list[dict] = field(default_factory=list)  # sung lines {text, start, end, syllables} (s), if known
 
 
 def load_cache(cache: str | os.PathLike, split: str | None = None) -> tuple[dict, list[CachedItem]]:
