@@ -26,7 +26,7 @@ import numpy as np
 
 from heartmula.clap.pgvector_index import PgVectorIndex, is_postgres_location
 from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
-from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, query_vector, refuse_other_model
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 from heartmula.manifest import MANIFEST_NAME, read_manifest
@@ -123,10 +123,8 @@ class ClapIndex:
         self.model = model
 
     def check_model(self, model: str) -> None:
-        if self.model and model and self.model != model:
-            raise HeartMuLaError(f"the index at {self.folder} was built with another HeartCLAP model ({self.model}, "
-                                 f"this one is {model}); run `heartmula index reindex --index {self.folder}` with "
-                                 "this model, or pass the --model the index was built with")
+        refuse_other_model(self.folder, self.model, model, f"run `heartmula index reindex --index {self.folder}` "
+                           "with this model, or pass the --model the index was built with")
 
     # -- writes --
     def add(self, tracks: list[Track], vectors: np.ndarray) -> None:
@@ -233,9 +231,7 @@ class ClapIndex:
         """The k tracks most similar (cosine: vectors are normalised) to `query`, best first."""
         if self._matrix is None:
             self.load()
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
-            raise HeartMuLaError(f"query is {query.shape[0]}-d, the index holds {self.dim}-d vectors")
+        query = query_vector(query, self.dim)
         if self._matrix.shape[0] == 0 or k <= 0:
             return []
         import torch

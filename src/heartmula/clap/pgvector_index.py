@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import numpy as np
 
-from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, open_meta, query_vector, refuse_other_model
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import optional_import
 
@@ -131,23 +131,10 @@ class PgVectorIndex:
         self.conn, where = connect(location)  # names the 'scale' extra when psycopg or pgvector is missing
         self.location, self.table, self.ef_search, self.exact = where.shown, where.table, where.ef_search, where.exact
         self.meta_table = f"{self.table}_meta"
-        meta = self._read_meta()
-        if meta is None:
-            if not create or dim is None:
-                self.conn.close()
-                raise HeartMuLaError(f"no index at {self.location}; create one with `heartmula index add MUSIC "
-                                     f"--index '{self.location}'`")
-            meta = self._create(dim, model or "")
-        if meta.get("format") != FORMAT_VERSION:
-            self.conn.close()
-            raise HeartMuLaError(f"{self.location} is not a {FORMAT_VERSION} index")
-        self.dim, self.model = int(meta["dim"]), meta.get("model", "")
+        self.dim, self.model = open_meta(self._read_meta, self._create, self.conn.close, self.location, dim, model,
+                                         create, "table")
         self.hnsw = self.has_hnsw()
         self.deferring_hnsw = False  # inside bulk_load()
-        if dim is not None and dim != self.dim:
-            self.conn.close()
-            raise HeartMuLaError(f"the index at {self.location} holds {self.dim}-d vectors, the model makes {dim}-d; "
-                                 "use another table or the model it was built with")
 
     def _read_meta(self) -> dict | None:
         if self.conn.execute("SELECT to_regclass(%s)", (self.meta_table,)).fetchone()[0] is None:
@@ -175,10 +162,8 @@ class PgVectorIndex:
         self.model = model
 
     def check_model(self, model: str) -> None:
-        if self.model and model and self.model != model:
-            raise HeartMuLaError(f"the index at {self.location} was built with another HeartCLAP model "
-                                 f"({self.model}, this one is {model}); use the --model it was built with, or a new "
-                                 "table (?table=NAME)")
+        refuse_other_model(self.location, self.model, model, "use the --model it was built with, or a new table "
+                           "(?table=NAME)")
 
     def _check_recorded_model(self) -> None:
         """Inside a write's transaction: the model recorded now is still the one this index was opened with (the
@@ -281,9 +266,7 @@ class PgVectorIndex:
 
     def search(self, query: np.ndarray, k: int = 10, exclude: Iterable[str] = ()) -> list[Hit]:
         """The k tracks most similar to `query` (cosine), best first."""
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
-            raise HeartMuLaError(f"query is {query.shape[0]}-d, the index holds {self.dim}-d vectors")
+        query = query_vector(query, self.dim)
         if k <= 0:
             return []
         excluded = {str(p) for p in exclude}

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, open_meta, query_vector, refuse_other_model
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import optional_import
 
@@ -92,19 +92,8 @@ class QdrantIndex:
 
         self.models = models
         self.meta_collection = f"{self.collection}-meta"
-        meta = self._read_meta()
-        if meta is None:
-            if not create or dim is None:
-                self.client.close()
-                raise HeartMuLaError(f"no index at {location}; create one with `heartmula index add MUSIC --index "
-                                     f"{location}`")
-            meta = self._create(dim, model or "")
-        if meta.get("format") != FORMAT_VERSION:
-            raise HeartMuLaError(f"{location} is not a {FORMAT_VERSION} index")
-        self.dim, self.model = int(meta["dim"]), meta.get("model", "")
-        if dim is not None and dim != self.dim:
-            raise HeartMuLaError(f"the index at {location} holds {self.dim}-d vectors, the model makes {dim}-d; "
-                                 "use another collection or the model it was built with")
+        self.dim, self.model = open_meta(self._read_meta, self._create, self.client.close, location, dim, model,
+                                         create, "collection")
 
     def _read_meta(self) -> dict | None:
         if not self.client.collection_exists(self.meta_collection):
@@ -137,10 +126,8 @@ class QdrantIndex:
         self.model = model
 
     def check_model(self, model: str) -> None:
-        if self.model and model and self.model != model:
-            raise HeartMuLaError(f"the index at {self.location} was built with another HeartCLAP model "
-                                 f"({self.model}, this one is {model}); use the --model it was built with, or a new "
-                                 "collection")
+        refuse_other_model(self.location, self.model, model, "use the --model it was built with, or a new "
+                           "collection")
 
     def _model_filter(self):
         models = self.models
@@ -218,9 +205,7 @@ class QdrantIndex:
 
     def search(self, query: np.ndarray, k: int = 10, exclude: Iterable[str] = ()) -> list[Hit]:
         """The k tracks most similar to `query` (dot product of normalised embeddings), best first."""
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
-            raise HeartMuLaError(f"query is {query.shape[0]}-d, the index holds {self.dim}-d vectors")
+        query = query_vector(query, self.dim)
         if k <= 0:
             return []
         models = self.models
