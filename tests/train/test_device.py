@@ -1,4 +1,4 @@
-"""`--device` and `--precision` of the trainers (heartmula.train.device): the CPU path is today's float32 path,
+"""`--device` and `--precision` of the trainers (heartmula.train.device): the CPU path is the plain float32 path,
 bfloat16 mixed precision trains with float32 weights and checkpoints, resumes, and a missing GPU is a clear error.
 The CUDA tests run a few real steps on a GPU and skip without one."""
 
