@@ -1,11 +1,10 @@
-"""The library index in PostgreSQL + pgvector (a throwaway cluster on 127.0.0.1, see tests/postgres_server.py): the
-same top-10 as the folder index's scan, an HNSW index once the table is big enough, add/update/remove, the model
-fingerprint that keeps two models apart, export folder -> PostgreSQL -> folder without embedding again, the CLI verbs
-on a PostgreSQL location, and bad addresses that fail within seconds."""
+"""The library index in PostgreSQL + pgvector (a throwaway cluster on 127.0.0.1, see tests/postgres_server.py): an
+HNSW index once the table is big enough, add/update/remove, the model fingerprint that keeps two models apart,
+export folder -> PostgreSQL -> folder without embedding again, and bad addresses that fail within seconds (the
+top-10 and the CLI verbs against the folder index: tests/clap/test_index_backends.py)."""
 
 from __future__ import annotations
 
-import json
 import socket
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 
 from heartmula.clap import pgvector_index
 from heartmula.clap.index import ClapIndex, Track, export_index, open_index
-from heartmula.cli import main
 from heartmula.errors import HeartMuLaError
 
 
@@ -25,24 +23,6 @@ def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def library(n: int, dim: int) -> tuple[list[Track], np.ndarray]:
     tracks = [Track(f"/music/{i // 100}/{i}.flac", title=f"song {i}", tags="pop", duration=float(i)) for i in range(n)]
     return tracks, unit_vectors(n, dim)
-
-
-def test_same_top_10_as_the_folder_scan(tmp_path, postgres_location):
-    tracks, vectors = library(3000, 32)
-    folder = ClapIndex(tmp_path / "folder", dim=32, model="m1")
-    folder.add(tracks, vectors)
-    table = open_index(postgres_location, dim=32, model="m1")
-    table.add(tracks, vectors)
-    assert len(table) == 3000 and not table.has_hnsw()  # small: an exact scan
-    for query in unit_vectors(20, 32, seed=1):
-        expected, found = folder.search(query, k=10), table.search(query, k=10)
-        assert [h.track.path for h in found] == [h.track.path for h in expected]
-        np.testing.assert_allclose([h.score for h in found], [h.score for h in expected], atol=1e-5)
-    excluded = folder.search(vectors[5], k=3, exclude=["/music/0/5.flac"])
-    assert [h.track.path for h in table.search(vectors[5], k=3, exclude=["/music/0/5.flac"])] == \
-        [h.track.path for h in excluded]
-    assert table.get("/music/0/7.flac") == Track("/music/0/7.flac", "song 7", "pop", 7.0)
-    table.close()
 
 
 def test_a_big_table_gets_an_hnsw_index_that_search_uses(tmp_path, postgres_location, monkeypatch):
@@ -161,35 +141,3 @@ def test_the_location_sets_the_table_the_search_list_and_a_connect_timeout():
     with pytest.raises(HeartMuLaError, match="ef_search") as error:
         pgvector_index.parse_location("postgresql://u:secret@h/lib?ef_search=0")
     assert "secret" not in str(error.value)
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().out
-
-
-def test_cli_verbs_and_export_on_postgres(tiny_clap_dir, synthetic_corpus, tmp_path, capsys, postgres_location):
-    music = synthetic_corpus / "audio"
-    folder, table = tmp_path / "ix", postgres_location
-    code, out = _run(capsys, "index", "add", music, "--index", table, "--model", tiny_clap_dir, "--quiet")
-    assert code == 0 and "added 10" in out and "10 tracks" in out
-    code, out = _run(capsys, "index", "add", music, "--index", folder, "--model", tiny_clap_dir, "--quiet")
-    for verb in (["search", "slow calm piano"], ["similar", (music / "s3.flac").resolve()]):
-        results = []
-        for location in (folder, table):
-            code, out = _run(capsys, *verb, "--index", location, "--model", tiny_clap_dir, "--json")
-            assert code == 0
-            results.append({h["path"]: h["score"] for h in json.loads(out)})
-        assert results[0].keys() == results[1].keys() and len(results[0]) >= 9  # the synthetic songs tie often
-        for path, score in results[0].items():
-            assert results[1][path] == pytest.approx(score, abs=2e-4)  # the JSON rounds to 4 places
-    code, out = _run(capsys, "index", "remove", music / "s0.flac", "--index", table)
-    assert "removed 1" in out and "9 left" in out
-    code, out = _run(capsys, "index", "list", "--index", table, "--json")
-    assert code == 0 and len(json.loads(out)) == 9
-
-    exported = postgres_location.replace("?table=", "?table=exported_")
-    code, out = _run(capsys, "index", "export", "--index", folder, "--to", exported, "--quiet")
-    assert code == 0 and "copied 10 tracks" in out
-    code, out = _run(capsys, "search", "noise", "--index", exported, "--model", tiny_clap_dir, "--json")
-    assert code == 0 and len(json.loads(out)) == 10

@@ -15,38 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from heartmula.audio import save_audio
 from heartmula.cli import main
-from heartmula.codec.pretrained import write_random_codec
 from heartmula.errors import HeartMuLaError
-from heartmula.manifest import write_manifest
 from heartmula.train.device import placement, training_device
-from heartmula.train.token_cache import tokenize_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 without_cuda = pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour of a machine without a GPU")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Six songs of 2-3 s (five train, one val) tokenized with a tiny random codec."""
-    root = tmp_path_factory.mktemp("device_corpus")
-    rows = []
-    for i in range(6):
-        seconds = 2.0 + i % 2
-        t = np.arange(int(seconds * 16000)) / 16000
-        tone = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)).astype(np.float32)
-        save_audio(root / f"s{i}.flac", np.stack([tone, tone]), 16000)
-        rows.append({"id": f"s{i}", "audio": f"s{i}.flac", "vocals": None, "lyrics": "[verse]\nla la la",
-                     "timing": [], "language": "en", "tags": f"pop,{'happy' if i % 2 else 'sad'}",
-                     "duration": seconds, "sample_rate": 16000, "source": {"corpus": "test"}, "license": "test",
-                     "split": "val" if i == 5 else "train"})
-    write_manifest(root / "manifest.jsonl", rows)
-    codec = write_random_codec(root / "codec", "tiny-direct", seed=0)
-    tokenize_manifest(root / "manifest.jsonl", codec, root / "cache", progress=False)
-    return root / "cache"
 
 
 def _lm_config(steps: int, **options):

@@ -16,35 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from heartmula.audio import save_audio
 from heartmula.cli import main
-from heartmula.codec.pretrained import write_random_codec
-from heartmula.manifest import write_manifest
 from heartmula.train.distributed import Ranks
-from heartmula.train.token_cache import tokenize_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-LYRICS = ["[verse]\nthe night is young", "[verse]\nsing it loud and clear", "[chorus]\nla la la", ""]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Six songs of 2-3 s tokenized with a tiny random codec."""
-    root = tmp_path_factory.mktemp("dist_corpus")
-    rows = []
-    for i in range(6):
-        seconds = 2.0 + i % 2
-        t = np.arange(int(seconds * 16000)) / 16000
-        tone = (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)).astype(np.float32)
-        save_audio(root / f"s{i}.flac", np.stack([tone, tone]), 16000)
-        rows.append({"id": f"s{i}", "audio": f"s{i}.flac", "vocals": None, "lyrics": LYRICS[i % 4], "timing": [],
-                     "language": "en", "tags": f"pop,{'happy' if i % 2 else 'sad'}", "duration": seconds,
-                     "sample_rate": 16000, "source": {"corpus": "test"}, "license": "test",
-                     "split": "val" if i == 5 else "train"})
-    write_manifest(root / "manifest.jsonl", rows)
-    codec = write_random_codec(root / "codec", "tiny-direct", seed=0)
-    tokenize_manifest(root / "manifest.jsonl", codec, root / "cache", progress=False)
-    return root / "cache"
 
 
 def _args(cache: Path, out: Path, steps: int, tokenizer: Path | None, eval_every: int = 10) -> list[str]:
@@ -128,7 +103,8 @@ def test_fsdp_on_two_gloo_processes_trains_as_one_process_and_saves_whole_checkp
 
     # The whole checkpoint loads in one process without torch.distributed.
     generator = load_generator(sharded)
-    codes = generator.generate([SongRequest(LYRICS[0], "pop,sad", seed=1)], SamplingParams(cfg_scale=1.5), 6)
+    request = SongRequest("[verse]\nthe night is young", "pop,sad", seed=1)
+    codes = generator.generate([request], SamplingParams(cfg_scale=1.5), 6)
     assert codes[0].shape[0] == 8 and 1 <= codes[0].shape[1] <= 7
 
     # Resume from 1 process into 2 sharded ones: each rank takes its shard of the saved optimizer state.

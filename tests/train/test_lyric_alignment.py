@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from heartmula.audio import save_audio
 from heartmula.codec.pretrained import write_random_codec
+from heartmula.errors import HeartMuLaError
 from heartmula.manifest import write_manifest
 from heartmula.text import TextTokenizer, byte_level_tokenizer
+from heartmula.train.lm import LMTrainConfig, train_lm
 from heartmula.train.lyric_alignment import (
     AlignmentTargets,
     AttentionRecorder,
@@ -171,8 +174,6 @@ def _corpus(root):
 
 
 def test_cache_keeps_line_timings_and_training_logs_the_alignment_loss(tmp_path):
-    from heartmula.train.lm import LMTrainConfig, train_lm
-
     codec = _corpus(tmp_path)
     cache = tmp_path / "cache"
     tokenize_manifest(tmp_path / "manifest.jsonl", codec, cache, progress=False)
@@ -191,3 +192,9 @@ def test_cache_keeps_line_timings_and_training_logs_the_alignment_loss(tmp_path)
     train_lm(cache, tmp_path / "lm", config, progress=False)
     log = [json.loads(line) for line in (tmp_path / "lm" / "train_log.jsonl").read_text().splitlines()]
     assert all(record["align"] > 0 for record in log)
+
+
+def test_an_unknown_align_unit_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(HeartMuLaError, match="--align-unit 'words'"):
+        train_lm(tmp_path / "cache", tmp_path / "lm", LMTrainConfig(align_unit="words"), progress=False)
+    assert not (tmp_path / "lm").exists()

@@ -26,7 +26,7 @@ import numpy as np
 
 from heartmula.clap.pgvector_index import PgVectorIndex, is_postgres_location
 from heartmula.clap.qdrant_index import QdrantIndex, is_qdrant_location
-from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, query_vector, refuse_other_model
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, query_vector, refuse_other_model, track_vectors
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output
 from heartmula.manifest import MANIFEST_NAME, read_manifest
@@ -131,9 +131,7 @@ class ClapIndex:
         """Insert tracks, or update the vector and metadata of paths already indexed."""
         if len(tracks) == 0:
             return
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(tracks), -1)
-        if vectors.shape[1] != self.dim:
-            raise HeartMuLaError(f"vectors are {vectors.shape[1]}-d, the index holds {self.dim}-d")
+        vectors = track_vectors(vectors, len(tracks), self.dim)
         existing = {p: r for p, r in self.db.execute("SELECT path, row FROM tracks")} if tracks else {}
         free = [r for (r,) in self.db.execute("SELECT row FROM free_rows ORDER BY row")]
         last = self.db.execute("SELECT MAX(row) FROM tracks").fetchone()[0]

@@ -29,7 +29,15 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import numpy as np
 
-from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, open_meta, query_vector, refuse_other_model
+from heartmula.clap.tracks import (
+    FORMAT_VERSION,
+    Hit,
+    Track,
+    open_meta,
+    query_vector,
+    refuse_other_model,
+    track_vectors,
+)
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import optional_import
 
@@ -179,9 +187,7 @@ class PgVectorIndex:
         """Insert tracks, or replace the vector and metadata of paths already indexed."""
         if not tracks:
             return
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(tracks), -1)
-        if vectors.shape[1] != self.dim:
-            raise HeartMuLaError(f"vectors are {vectors.shape[1]}-d, the index holds {self.dim}-d")
+        vectors = track_vectors(vectors, len(tracks), self.dim)
         rows = [(t.path, t.title, t.tags, t.duration, t.size, t.mtime, v) for t, v in zip(tracks, vectors)]
         with self.conn.transaction():
             self._check_recorded_model()

@@ -27,7 +27,15 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, open_meta, query_vector, refuse_other_model
+from heartmula.clap.tracks import (
+    FORMAT_VERSION,
+    Hit,
+    Track,
+    open_meta,
+    query_vector,
+    refuse_other_model,
+    track_vectors,
+)
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import optional_import
 
@@ -138,9 +146,7 @@ class QdrantIndex:
         """Insert tracks, or replace the vector and metadata of paths already indexed."""
         if not tracks:
             return
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(tracks), -1)
-        if vectors.shape[1] != self.dim:
-            raise HeartMuLaError(f"vectors are {vectors.shape[1]}-d, the index holds {self.dim}-d")
+        vectors = track_vectors(vectors, len(tracks), self.dim)
         points = [self.models.PointStruct(id=point_id(t.path), vector=v.tolist(), payload={
             "path": t.path, "folders": folders_of(t.path), "model": self.model,
             **{name: getattr(t, name) for name in PAYLOAD_FIELDS}}) for t, v in zip(tracks, vectors)]

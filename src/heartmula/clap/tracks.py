@@ -28,6 +28,14 @@ class Hit:
     track: Track
 
 
+def track_vectors(vectors, tracks: int, dim: int) -> np.ndarray:
+    """The vectors of `tracks` tracks as a float32 [tracks, dim] matrix (HeartMuLaError for another dimension)."""
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(tracks, -1)
+    if vectors.shape[1] != dim:
+        raise HeartMuLaError(f"vectors are {vectors.shape[1]}-d, the index holds {dim}-d")
+    return vectors
+
+
 def query_vector(query, dim: int) -> np.ndarray:
     """A search query as a flat float32 vector of the index's dimension (HeartMuLaError for another one)."""
     query = np.asarray(query, dtype=np.float32).reshape(-1)

@@ -71,7 +71,7 @@ def training_device(name: str = "auto") -> torch.device:
                                  "pass --device cuda (or auto)")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
-            raise HeartMuLaError(f"process {local_rank} of this host has no GPU of its own: torch sees "
+            raise HeartMuLaError(f"the torchrun process of LOCAL_RANK {local_rank} has no GPU of its own: torch sees "
                                  f"{torch.cuda.device_count()}; start at most that many (--nproc_per_node)")
         return torch.device("cuda", local_rank)
     device = torch.device(name)

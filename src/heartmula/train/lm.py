@@ -63,6 +63,7 @@ from heartmula.train.distributed import (
     mean_across_ranks,
 )
 from heartmula.train.lyric_alignment import (
+    ALIGN_UNITS,
     AlignmentTargets,
     AttentionRecorder,
     frame_line_targets,
@@ -636,6 +637,8 @@ def train_lm(cache: str | os.PathLike, out: str | os.PathLike, config: LMTrainCo
         torch.set_num_threads(config.threads)
     if not 0.0 <= config.reference_prob <= 1.0:
         raise HeartMuLaError(f"--reference-prob must lie in [0, 1], got {config.reference_prob}")
+    if config.align_unit not in ALIGN_UNITS:
+        raise HeartMuLaError(f"--align-unit {config.align_unit!r}: choose one of {', '.join(ALIGN_UNITS)}")
     where = placement(config.device, config.precision)
     ranks = current_ranks()  # several processes under torchrun: see heartmula.train.distributed
     ranks.check_batch(config.batch_size)

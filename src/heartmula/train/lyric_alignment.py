@@ -21,6 +21,8 @@ import torch
 from heartmula.nn.rope import apply_rope
 from heartmula.text import TextTokenizer, normalize_lyrics
 
+ALIGN_UNITS = ("line", "word")  # what a sung frame attends to: its line's tokens or its word's
+
 
 @dataclass(frozen=True)
 class LineSpan:

@@ -200,9 +200,9 @@ def tokenize_manifest(
             or (clap_model is not None and "clap_shard" not in index["items"][r["id"]])]
     report.reused = sum(1 for r in rows if r["id"] in index["items"])
     for row in rows:  # caches written before (syllable) timings were kept get them without re-encoding
-        meta = index["items"].get(row["id"])
-        if meta is not None and meta.get("timing") != line_timing(row):
-            meta["timing"] = line_timing(row)
+        meta, timing = index["items"].get(row["id"]), line_timing(row)
+        if meta is not None and meta.get("timing") != timing:
+            meta["timing"] = timing
     shards = _ShardWriter(out, index)
     bar = None
     if progress:
