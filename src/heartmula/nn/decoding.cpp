@@ -616,7 +616,10 @@ torch::Tensor dequantized_rows(const torch::Tensor& data, const torch::Tensor& s
   return out;
 }
 
+void set_int4_variant(int variant);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_int4_variant", &set_int4_variant, "EXPERIMENT");
   m.def("few_rows_linear", &few_rows_linear, "x @ weight.T (+ bias) for a few rows (float32 or bfloat16)");
   m.def("transformer_step", &transformer_step,
         "a Llama-style transformer over a few new tokens with its KV cache (see decoding.cpp)");

@@ -55,6 +55,46 @@ RoundedRows round_rows(const float* x, int64_t rows, int64_t k, int64_t group) {
   return out;
 }
 
+// Input rows rounded to signed bytes for int4 weights on AVX-512 VNNI, one scale per 64-column block, laid out as
+// the weights' nibbles fall out of 64 bytes (two blocks, 128 columns): each 128-column chunk of a row holds columns
+// 0..31 of its first block, 0..31 of its second, then 32..63 of the first and 32..63 of the second (a missing second
+// block: zeros). `scales`: per chunk, 16 lanes (8 with the first block's scale, 8 with the second's), as the
+// products' int32 lanes fall; `sums`: each weight group's sum of the rounded values (for the offsets: the product
+// is then exactly the one of the dequantised weights with the rounded row, whose error scales with the weights, not
+// with the weights minus their offsets).
+struct ByteRows {
+  std::vector<int8_t> values;  // [rows, chunks * 128]
+  std::vector<float> scales;   // [rows, chunks * 16]
+  std::vector<float> sums;     // [rows, groups]
+  int64_t chunks, groups;
+};
+
+ByteRows round_rows_to_bytes(const float* x, int64_t rows, int64_t k, int64_t group) {
+  const int64_t blocks = k / kBlock, chunks = (blocks + 1) / 2, groups = k / group;
+  ByteRows out{std::vector<int8_t>(rows * chunks * 128), std::vector<float>(rows * chunks * 16),
+               std::vector<float>(rows * groups), chunks, groups};
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float* xb = x + r * k + b * kBlock;
+      float largest = 0.0f;
+      for (int64_t i = 0; i < kBlock; ++i) largest = std::max(largest, std::fabs(xb[i]));
+      const float scale = largest / 127.0f;
+      const float inverse = largest > 0.0f ? 1.0f / scale : 0.0f;
+      const int64_t half = b % 2;
+      int8_t* chunk = out.values.data() + (r * chunks + b / 2) * 128;
+      int32_t sum = 0;
+      for (int64_t i = 0; i < kBlock; ++i) {
+        const auto q = static_cast<int8_t>(std::lrintf(xb[i] * inverse));
+        chunk[(i < 32 ? 0 : 64) + 32 * half + i % 32] = q;
+        sum += q;
+      }
+      std::fill_n(out.scales.data() + (r * chunks + b / 2) * 16 + 8 * half, 8, scale);
+      out.sums[r * groups + b * kBlock / group] += scale * static_cast<float>(sum);
+    }
+  }
+  return out;
+}
+
 inline float half_to_float(at::Half h) { return _cvtsh_ss(h.x); }
 
 // The int8 or int4 weights of one 64-column block as 16-bit integers, in column order: `low` columns 0..31, `high`
@@ -128,6 +168,82 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,f16c,fma"))) void do
     const float weight_scale = half_to_float(m.scales[o * groups + g]);
     for (int r = 0; r < R; ++r)
       total[r] = _mm512_fmadd_ps(_mm512_set1_ps(weight_scale * xs[r][g]), _mm512_cvtepi32_ps(acc[r]), total[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(total[r]);
+}
+
+// One 128-column chunk of int4 weights (64 bytes, two blocks) times R byte-rounded rows: each row's int32 lanes
+// (`vpdpbusd`: unsigned nibbles times signed bytes, four products per lane, at most 2 x 4 x 15 x 127 in a lane)
+// scaled by the input's per-block scales and the weights' per-lane scales, added to total[r].
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,fma"))) inline void chunk_times_bytes(
+    __m512i bytes, __m512 weight_scales, const int8_t* const xv[R], const float* const xs[R], int64_t c,
+    __m512 total[R]) {
+  const __m512i nibble = _mm512_set1_epi8(15);
+  const __m512i low = _mm512_and_si512(bytes, nibble);
+  const __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
+  for (int r = 0; r < R; ++r) {
+    __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512(xv[r] + c * 128));
+    acc = _mm512_dpbusd_epi32(acc, high, _mm512_loadu_si512(xv[r] + c * 128 + 64));
+    const __m512 scales = _mm512_mul_ps(_mm512_loadu_ps(xs[r] + c * 16), weight_scales);
+    total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scales, total[r]);
+  }
+}
+
+// Float16 values [first, first + 16) of `values` (those below `count`; zeros past it) as float32 lanes.
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline __m512 sixteen_halves(const at::Half* values,
+                                                                                     int64_t first, int64_t count) {
+  const __mmask16 mask = count - first >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (count - first)) - 1);
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values + first));
+}
+
+// Row `o` of int4 weights times R byte-rounded rows (from `first`): the groups' integer products scaled, plus the
+// offsets times the rows' group sums, all in the same 16 float lanes, summed once at the end.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma"))) void dot_rows_int4_bytes(
+    const WeightMatrix& m, int64_t o, const ByteRows& x, int64_t first, float* out) {
+  const int64_t groups = m.groups(), blocks = m.k / kBlock;
+  const uint8_t* w = m.data + o * m.row_bytes();
+  const at::Half* weight_scales = m.scales + o * groups;
+  const int8_t* xv[R];
+  const float* xs[R];
+  __m512 total[R];
+  for (int r = 0; r < R; ++r) {
+    xv[r] = x.values.data() + (first + r) * x.chunks * 128;
+    xs[r] = x.scales.data() + (first + r) * x.chunks * 16;
+    total[r] = _mm512_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; g += 16) {
+    const __m512 offsets = sixteen_halves(m.offsets + o * groups, g, groups);
+    for (int r = 0; r < R; ++r) {
+      const float* sums = x.sums.data() + (first + r) * groups;
+      const __mmask16 mask = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
+      total[r] = _mm512_fmadd_ps(offsets, _mm512_maskz_loadu_ps(mask, sums + g), total[r]);
+    }
+  }
+  if (m.group % 128 == 0) {  // whole chunks per group: one weight scale for all lanes
+    const int64_t per_group = m.group / 128;
+    for (int64_t first_group = 0; first_group < groups; first_group += 16) {
+      alignas(64) float scales[16];
+      _mm512_store_ps(scales, sixteen_halves(weight_scales, first_group, groups));
+      for (int64_t g = first_group; g < std::min(first_group + 16, groups); ++g) {
+        const __m512 scale = _mm512_set1_ps(scales[g - first_group]);
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+          _mm_prefetch(reinterpret_cast<const char*>(w + c * 64) + kPrefetchBytes, _MM_HINT_T0);
+          chunk_times_bytes<R>(_mm512_loadu_si512(w + c * 64), scale, xv, xs, c, total);
+        }
+      }
+    }
+  } else {  // a chunk's two blocks may lie in two groups: lanes 0-7 hold the first block, 8-15 the second (if any)
+    for (int64_t c = 0; c < x.chunks; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + c * 64) + kPrefetchBytes, _MM_HINT_T0);
+      const bool pair = 2 * c + 1 < blocks;
+      const __m512i bytes = pair ? _mm512_loadu_si512(w + c * 64) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, w + c * 64);
+      const float first_scale = half_to_float(weight_scales[2 * c * kBlock / m.group]);
+      const float second_scale = pair ? half_to_float(weight_scales[(2 * c + 1) * kBlock / m.group]) : 0.0f;
+      const __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(first_scale), _mm256_set1_ps(second_scale), 1);
+      chunk_times_bytes<R>(bytes, scale, xv, xs, c, total);
+    }
   }
   for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(total[r]);
 }
@@ -217,8 +333,31 @@ void dot_some_rows(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64
   }
 }
 
+int g_int4_variant = 1;  // EXPERIMENT: 1 byte products, 0 the 16-bit ones
+
+
+void int4_product_by_bytes(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
+  const ByteRows rounded = round_rows_to_bytes(x, rows, m.k, m.group);
+  at::parallel_for(0, m.n, 16, [&](int64_t begin, int64_t end) {
+    float sums[kMaxRows];
+    for (int64_t o = begin; o < end; ++o) {
+      for (int64_t first = 0; first < rows; first += kMaxRows) {
+        const int64_t count = std::min<int64_t>(kMaxRows, rows - first);
+        switch (count) {
+          case 1: dot_rows_int4_bytes<1>(m, o, rounded, first, sums); break;
+          case 2: dot_rows_int4_bytes<2>(m, o, rounded, first, sums); break;
+          case 3: dot_rows_int4_bytes<3>(m, o, rounded, first, sums); break;
+          default: dot_rows_int4_bytes<4>(m, o, rounded, first, sums);
+        }
+        for (int64_t r = 0; r < count; ++r) out[(first + r) * m.n + o] = sums[r];
+      }
+    }
+  });
+}
+
 template <WeightFormat F>
 void product_of(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
+  if (F == WeightFormat::kInt4 && g_int4_variant == 1 && has_avx512_vnni()) return int4_product_by_bytes(x, rows, m, out);
   const RoundedRows rounded = round_rows(x, rows, m.k, m.group);
   at::parallel_for(0, m.n, 16, [&](int64_t begin, int64_t end) {
     float sums[kMaxRows];
@@ -233,6 +372,8 @@ void product_of(const float* x, int64_t rows, const WeightMatrix& m, float* out)
 }
 
 }  // namespace
+
+void set_int4_variant(int variant) { g_int4_variant = variant; }
 
 void quantized_product(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
   if (m.format == WeightFormat::kInt4)
