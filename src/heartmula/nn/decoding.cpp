@@ -616,10 +616,7 @@ torch::Tensor dequantized_rows(const torch::Tensor& data, const torch::Tensor& s
   return out;
 }
 
-void set_int4_variant(int variant);
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("set_int4_variant", &set_int4_variant, "EXPERIMENT");
   m.def("few_rows_linear", &few_rows_linear, "x @ weight.T (+ bias) for a few rows (float32 or bfloat16)");
   m.def("transformer_step", &transformer_step,
         "a Llama-style transformer over a few new tokens with its KV cache (see decoding.cpp)");
@@ -627,4 +624,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("local_frame", &local_frame, "codebooks 1..K-1 of a frame: the local decoder's loop (see decoding.cpp)");
   m.def("few_rows_quantized_linear", &few_rows_quantized_linear, "x @ weight.T for int8 / int4 weights");
   m.def("dequantized_rows", &dequantized_rows, "rows of an int8 / int4 weight as float32");
+  m.def("use_int4_byte_products", &use_int4_byte_products,
+        "int4 products on AVX-512 VNNI by byte-rounded inputs (True, the default) or 16-bit ones (to compare)");
 }

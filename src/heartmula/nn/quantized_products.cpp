@@ -1,17 +1,25 @@
 // Few-row products with int8 and int4 weights (weight_matrix.h) for decoding on x86 CPUs.
 //
 // At 4 bits two cores must turn some 40 billion weights per second into products to keep up with the memory, more
-// than float arithmetic on the dequantised weights does on two cores. So each group of an input row (the columns
-// that share a weight scale) is rounded once per product to 16-bit integers with its own scale (at most 2^-16 of
-// the group's largest value away, 256 times finer than bfloat16), and the weights meet it in integer multiply-adds:
-// `vpdpwssd` (AVX-512 VNNI, 32 weights per instruction) where the CPU has it, else AVX2's `vpmaddwd`. Each group's
-// integer sum is exact; the scales apply once per group in float32.
+// than float arithmetic on the dequantised weights does on two cores. So the input rows are rounded once per product
+// to integers, and the weights meet them in integer multiply-adds; the scales apply once per group in float32.
+//
+// - int4 on AVX-512 VNNI: each 64-column block of an input row is rounded to signed bytes with its own scale (at most
+//   1/254 of the block's largest value away), and `vpdpbusd` multiplies the unsigned nibbles by them, 64 weights per
+//   instruction, unwidened: one mask and one shift turn 64 bytes of weights into two registers of nibbles. The offsets
+//   meet the rounded rows' group sums, so the product is exactly that of the dequantised weights with the rounded rows.
+// - int8 weights, and int4 on AVX2: each group of an input row is rounded to 16-bit integers with its own scale (at
+//   most 2^-16 of the group's largest value away, 256 times finer than bfloat16); `vpdpwssd` (AVX-512 VNNI, 32 weights
+//   per instruction) where the CPU has it, else AVX2's `vpmaddwd`.
+//
+// Each block's integer sum is exact.
 #include "weight_matrix.h"
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -69,27 +77,40 @@ struct ByteRows {
   int64_t chunks, groups;
 };
 
+// One 64-column block `xb` rounded to bytes (to nearest, ties to even) into its places in `chunk`; returns its scale
+// and adds the rounded values' sum times the scale to `sum`.
+__attribute__((target("avx512f,avx512bw,avx512dq"))) inline float round_block_to_bytes(const float* xb, int8_t* chunk,
+                                                                                     int64_t half, float& sum) {
+  __m512 values[4];
+  __m512 largest = _mm512_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    values[i] = _mm512_loadu_ps(xb + 16 * i);
+    largest = _mm512_max_ps(largest, _mm512_abs_ps(values[i]));
+  }
+  const float top = _mm512_reduce_max_ps(largest);
+  const float scale = top / 127.0f;
+  const __m512 inverse = _mm512_set1_ps(top > 0.0f ? 1.0f / scale : 0.0f);
+  __m512i total = _mm512_setzero_si512();
+  for (int i = 0; i < 4; ++i) {  // columns 16i..16i+15: 0..31 into the chunk's first half, 32..63 into its second
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(values[i], inverse));
+    total = _mm512_add_epi32(total, q);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(chunk + (i < 2 ? 0 : 64) + 32 * half + 16 * (i % 2)),
+                     _mm512_cvtepi32_epi8(q));
+  }
+  sum += scale * static_cast<float>(_mm512_reduce_add_epi32(total));
+  return scale;
+}
+
 ByteRows round_rows_to_bytes(const float* x, int64_t rows, int64_t k, int64_t group) {
   const int64_t blocks = k / kBlock, chunks = (blocks + 1) / 2, groups = k / group;
   ByteRows out{std::vector<int8_t>(rows * chunks * 128), std::vector<float>(rows * chunks * 16),
                std::vector<float>(rows * groups), chunks, groups};
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t b = 0; b < blocks; ++b) {
-      const float* xb = x + r * k + b * kBlock;
-      float largest = 0.0f;
-      for (int64_t i = 0; i < kBlock; ++i) largest = std::max(largest, std::fabs(xb[i]));
-      const float scale = largest / 127.0f;
-      const float inverse = largest > 0.0f ? 1.0f / scale : 0.0f;
       const int64_t half = b % 2;
-      int8_t* chunk = out.values.data() + (r * chunks + b / 2) * 128;
-      int32_t sum = 0;
-      for (int64_t i = 0; i < kBlock; ++i) {
-        const auto q = static_cast<int8_t>(std::lrintf(xb[i] * inverse));
-        chunk[(i < 32 ? 0 : 64) + 32 * half + i % 32] = q;
-        sum += q;
-      }
+      const float scale = round_block_to_bytes(x + r * k + b * kBlock, out.values.data() + (r * chunks + b / 2) * 128,
+                                               half, out.sums[r * groups + b * kBlock / group]);
       std::fill_n(out.scales.data() + (r * chunks + b / 2) * 16 + 8 * half, 8, scale);
-      out.sums[r * groups + b * kBlock / group] += scale * static_cast<float>(sum);
     }
   }
   return out;
@@ -172,21 +193,33 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,f16c,fma"))) void do
   for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(total[r]);
 }
 
-// One 128-column chunk of int4 weights (64 bytes, two blocks) times R byte-rounded rows: each row's int32 lanes
-// (`vpdpbusd`: unsigned nibbles times signed bytes, four products per lane, at most 2 x 4 x 15 x 127 in a lane)
-// scaled by the input's per-block scales and the weights' per-lane scales, added to total[r].
-template <int R>
-__attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,fma"))) inline void chunk_times_bytes(
-    __m512i bytes, __m512 weight_scales, const int8_t* const xv[R], const float* const xs[R], int64_t c,
-    __m512 total[R]) {
+// The nibbles of one 128-column chunk of int4 weights (64 bytes, two blocks) as bytes: `low` the low nibbles
+// (columns 0..31 of each block), `high` the high ones (32..63).
+struct ChunkNibbles {
+  __m512i low, high;
+};
+
+__attribute__((target("avx512f,avx512bw"))) inline ChunkNibbles nibbles_of(__m512i bytes) {
   const __m512i nibble = _mm512_set1_epi8(15);
-  const __m512i low = _mm512_and_si512(bytes, nibble);
-  const __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
+  return {_mm512_and_si512(bytes, nibble), _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble)};
+}
+
+// Chunk c of O weight rows times R byte-rounded rows: each (weight row, input row)'s int32 lanes (`vpdpbusd`:
+// unsigned nibbles times signed bytes, four products per lane, at most 2 x 4 x 15 x 127 in a lane) scaled by the
+// input's per-block scales and the weights' per-lane scales, added to total[j][r].
+template <int R, int O>
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq,fma"))) inline void chunk_times_bytes(
+    const ChunkNibbles w[O], const __m512 weight_scales[O], const int8_t* const xv[R], const float* const xs[R],
+    int64_t c, __m512 total[O][R]) {
   for (int r = 0; r < R; ++r) {
-    __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512(xv[r] + c * 128));
-    acc = _mm512_dpbusd_epi32(acc, high, _mm512_loadu_si512(xv[r] + c * 128 + 64));
-    const __m512 scales = _mm512_mul_ps(_mm512_loadu_ps(xs[r] + c * 16), weight_scales);
-    total[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), scales, total[r]);
+    const __m512i low = _mm512_loadu_si512(xv[r] + c * 128), high = _mm512_loadu_si512(xv[r] + c * 128 + 64);
+    const __m512 input_scales = _mm512_loadu_ps(xs[r] + c * 16);
+    for (int j = 0; j < O; ++j) {
+      const __m512i acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[j].low, low), w[j].high,
+                                              high);
+      total[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(input_scales, weight_scales[j]),
+                                    total[j][r]);
+    }
   }
 }
 
@@ -197,55 +230,76 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline __m512 sixteen_
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values + first));
 }
 
-// Row `o` of int4 weights times R byte-rounded rows (from `first`): the groups' integer products scaled, plus the
-// offsets times the rows' group sums, all in the same 16 float lanes, summed once at the end.
-template <int R>
+// The offsets of weight rows o..o+O-1 times the R rows' group sums, into total[j][r]'s lanes.
+template <int R, int O>
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline void add_offsets(
+    const WeightMatrix& m, int64_t o, const ByteRows& x, int64_t first, __m512 total[O][R]) {
+  const int64_t groups = m.groups();
+  for (int64_t g = 0; g < groups; g += 16) {
+    const __mmask16 mask = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
+    for (int r = 0; r < R; ++r) {
+      const __m512 sums = _mm512_maskz_loadu_ps(mask, x.sums.data() + (first + r) * groups + g);
+      for (int j = 0; j < O; ++j)
+        total[j][r] = _mm512_fmadd_ps(sixteen_halves(m.offsets + (o + j) * groups, g, groups), sums, total[j][r]);
+    }
+  }
+}
+
+// Weight rows o..o+O-1 of int4 weights times R byte-rounded rows (from `first`) into out[j * R + r]: the groups'
+// integer products scaled, plus the offsets times the rows' group sums, in the same 16 float lanes, summed at the end.
+template <int R, int O>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma"))) void dot_rows_int4_bytes(
     const WeightMatrix& m, int64_t o, const ByteRows& x, int64_t first, float* out) {
   const int64_t groups = m.groups(), blocks = m.k / kBlock;
-  const uint8_t* w = m.data + o * m.row_bytes();
-  const at::Half* weight_scales = m.scales + o * groups;
+  const uint8_t* w[O];
+  const at::Half* weight_scales[O];
+  for (int j = 0; j < O; ++j) {
+    w[j] = m.data + (o + j) * m.row_bytes();
+    weight_scales[j] = m.scales + (o + j) * groups;
+  }
   const int8_t* xv[R];
   const float* xs[R];
-  __m512 total[R];
+  __m512 total[O][R];
   for (int r = 0; r < R; ++r) {
     xv[r] = x.values.data() + (first + r) * x.chunks * 128;
     xs[r] = x.scales.data() + (first + r) * x.chunks * 16;
-    total[r] = _mm512_setzero_ps();
+    for (int j = 0; j < O; ++j) total[j][r] = _mm512_setzero_ps();
   }
-  for (int64_t g = 0; g < groups; g += 16) {
-    const __m512 offsets = sixteen_halves(m.offsets + o * groups, g, groups);
-    for (int r = 0; r < R; ++r) {
-      const float* sums = x.sums.data() + (first + r) * groups;
-      const __mmask16 mask = groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (groups - g)) - 1);
-      total[r] = _mm512_fmadd_ps(offsets, _mm512_maskz_loadu_ps(mask, sums + g), total[r]);
-    }
-  }
+  add_offsets<R, O>(m, o, x, first, total);
+  ChunkNibbles nibbles[O];
+  __m512 scale[O];
   if (m.group % 128 == 0) {  // whole chunks per group: one weight scale for all lanes
     const int64_t per_group = m.group / 128;
     for (int64_t first_group = 0; first_group < groups; first_group += 16) {
-      alignas(64) float scales[16];
-      _mm512_store_ps(scales, sixteen_halves(weight_scales, first_group, groups));
+      alignas(64) float scales[O][16];
+      for (int j = 0; j < O; ++j) _mm512_store_ps(scales[j], sixteen_halves(weight_scales[j], first_group, groups));
       for (int64_t g = first_group; g < std::min(first_group + 16, groups); ++g) {
-        const __m512 scale = _mm512_set1_ps(scales[g - first_group]);
+        for (int j = 0; j < O; ++j) scale[j] = _mm512_set1_ps(scales[j][g - first_group]);
         for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-          _mm_prefetch(reinterpret_cast<const char*>(w + c * 64) + kPrefetchBytes, _MM_HINT_T0);
-          chunk_times_bytes<R>(_mm512_loadu_si512(w + c * 64), scale, xv, xs, c, total);
+          for (int j = 0; j < O; ++j) {
+            _mm_prefetch(reinterpret_cast<const char*>(w[j] + c * 64) + kPrefetchBytes, _MM_HINT_T0);
+            nibbles[j] = nibbles_of(_mm512_loadu_si512(w[j] + c * 64));
+          }
+          chunk_times_bytes<R, O>(nibbles, scale, xv, xs, c, total);
         }
       }
     }
   } else {  // a chunk's two blocks may lie in two groups: lanes 0-7 hold the first block, 8-15 the second (if any)
     for (int64_t c = 0; c < x.chunks; ++c) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + c * 64) + kPrefetchBytes, _MM_HINT_T0);
       const bool pair = 2 * c + 1 < blocks;
-      const __m512i bytes = pair ? _mm512_loadu_si512(w + c * 64) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, w + c * 64);
-      const float first_scale = half_to_float(weight_scales[2 * c * kBlock / m.group]);
-      const float second_scale = pair ? half_to_float(weight_scales[(2 * c + 1) * kBlock / m.group]) : 0.0f;
-      const __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(first_scale), _mm256_set1_ps(second_scale), 1);
-      chunk_times_bytes<R>(bytes, scale, xv, xs, c, total);
+      for (int j = 0; j < O; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(w[j] + c * 64) + kPrefetchBytes, _MM_HINT_T0);
+        const uint8_t* bytes = w[j] + c * 64;
+        nibbles[j] = nibbles_of(pair ? _mm512_loadu_si512(bytes) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, bytes));
+        const float first_scale = half_to_float(weight_scales[j][2 * c * kBlock / m.group]);
+        const float second_scale = pair ? half_to_float(weight_scales[j][(2 * c + 1) * kBlock / m.group]) : 0.0f;
+        scale[j] = _mm512_insertf32x8(_mm512_set1_ps(first_scale), _mm256_set1_ps(second_scale), 1);
+      }
+      chunk_times_bytes<R, O>(nibbles, scale, xv, xs, c, total);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(total[r]);
+  for (int j = 0; j < O; ++j)
+    for (int r = 0; r < R; ++r) out[j * R + r] = _mm512_reduce_add_ps(total[j][r]);
 }
 
 template <int R, WeightFormat F>
@@ -333,31 +387,46 @@ void dot_some_rows(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64
   }
 }
 
-int g_int4_variant = 1;  // EXPERIMENT: 1 byte products, 0 the 16-bit ones
+std::atomic<bool> int4_by_bytes{true};  // see use_int4_byte_products
 
 
+// Weight rows o..o+O-1 times input rows first..first+count-1 (count <= kMaxRows) into out[j * count + r].
+template <int O>
+void int4_rows_by_bytes(const WeightMatrix& m, int64_t o, const ByteRows& x, int64_t first, int64_t count,
+                        float* out) {
+  switch (count) {
+    case 1: return dot_rows_int4_bytes<1, O>(m, o, x, first, out);
+    case 2: return dot_rows_int4_bytes<2, O>(m, o, x, first, out);
+    case 3: return dot_rows_int4_bytes<3, O>(m, o, x, first, out);
+    default: return dot_rows_int4_bytes<4, O>(m, o, x, first, out);
+  }
+}
+
+// out[rows, n] = x @ m.T for int4 weights on AVX-512 VNNI: two weight rows per pass over the rounded input rows.
 void int4_product_by_bytes(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
   const ByteRows rounded = round_rows_to_bytes(x, rows, m.k, m.group);
   at::parallel_for(0, m.n, 16, [&](int64_t begin, int64_t end) {
-    float sums[kMaxRows];
-    for (int64_t o = begin; o < end; ++o) {
+    float sums[2 * kMaxRows];
+    for (int64_t o = begin; o < end;) {
+      const int pair = o + 2 <= end ? 2 : 1;
       for (int64_t first = 0; first < rows; first += kMaxRows) {
         const int64_t count = std::min<int64_t>(kMaxRows, rows - first);
-        switch (count) {
-          case 1: dot_rows_int4_bytes<1>(m, o, rounded, first, sums); break;
-          case 2: dot_rows_int4_bytes<2>(m, o, rounded, first, sums); break;
-          case 3: dot_rows_int4_bytes<3>(m, o, rounded, first, sums); break;
-          default: dot_rows_int4_bytes<4>(m, o, rounded, first, sums);
-        }
-        for (int64_t r = 0; r < count; ++r) out[(first + r) * m.n + o] = sums[r];
+        if (pair == 2)
+          int4_rows_by_bytes<2>(m, o, rounded, first, count, sums);
+        else
+          int4_rows_by_bytes<1>(m, o, rounded, first, count, sums);
+        for (int j = 0; j < pair; ++j)
+          for (int64_t r = 0; r < count; ++r) out[(first + r) * m.n + o + j] = sums[j * count + r];
       }
+      o += pair;
     }
   });
 }
 
 template <WeightFormat F>
 void product_of(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
-  if (F == WeightFormat::kInt4 && g_int4_variant == 1 && has_avx512_vnni()) return int4_product_by_bytes(x, rows, m, out);
+  if (F == WeightFormat::kInt4 && int4_by_bytes && has_avx512_vnni())
+    return int4_product_by_bytes(x, rows, m, out);
   const RoundedRows rounded = round_rows(x, rows, m.k, m.group);
   at::parallel_for(0, m.n, 16, [&](int64_t begin, int64_t end) {
     float sums[kMaxRows];
@@ -373,7 +442,7 @@ void product_of(const float* x, int64_t rows, const WeightMatrix& m, float* out)
 
 }  // namespace
 
-void set_int4_variant(int variant) { g_int4_variant = variant; }
+void use_int4_byte_products(bool on) { int4_by_bytes = on; }
 
 void quantized_product(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
   if (m.format == WeightFormat::kInt4)

@@ -51,5 +51,9 @@ WeightMatrix weight_matrix(const torch::Tensor& data, const torch::Tensor& scale
 // out[rows, n] = x[rows, k] @ dequantised(m).T for an int8 or int4 matrix; x float32.
 void quantized_product(const float* x, int64_t rows, const WeightMatrix& m, float* out);
 
+// Whether int4 products on AVX-512 VNNI round the input rows to bytes (the default) or to 16-bit integers (the AVX2
+// products' way, slower; kept to compare the two in one process: bench/quant_products.py --int4-kernels).
+void use_int4_byte_products(bool on);
+
 // Row `row` of the matrix as float32 values [k].
 void dequantize_row(const WeightMatrix& m, int64_t row, float* out);
