@@ -8,6 +8,7 @@
 //   1/254 of the block's largest value away), and `vpdpbusd` multiplies the unsigned nibbles by them, 64 weights per
 //   instruction, unwidened: one mask and one shift turn 64 bytes of weights into two registers of nibbles. The offsets
 //   meet the rounded rows' group sums, so the product is exactly that of the dequantised weights with the rounded rows.
+//   Each pass over the rounded rows reads four weight rows.
 // - int8 weights, and int4 on AVX2: each group of an input row is rounded to 16-bit integers with its own scale (at
 //   most 2^-16 of the group's largest value away, 256 times finer than bfloat16); `vpdpwssd` (AVX-512 VNNI, 32 weights
 //   per instruction) where the CPU has it, else AVX2's `vpmaddwd`.
@@ -402,23 +403,26 @@ void int4_rows_by_bytes(const WeightMatrix& m, int64_t o, const ByteRows& x, int
   }
 }
 
-// out[rows, n] = x @ m.T for int4 weights on AVX-512 VNNI: two weight rows per pass over the rounded input rows.
+// out[rows, n] = x @ m.T for int4 weights on AVX-512 VNNI: four weight rows per pass over the rounded input rows
+// (then two, then one at the end of a thread's range).
 void int4_product_by_bytes(const float* x, int64_t rows, const WeightMatrix& m, float* out) {
   const ByteRows rounded = round_rows_to_bytes(x, rows, m.k, m.group);
   at::parallel_for(0, m.n, 16, [&](int64_t begin, int64_t end) {
-    float sums[2 * kMaxRows];
+    float sums[4 * kMaxRows];
     for (int64_t o = begin; o < end;) {
-      const int pair = o + 2 <= end ? 2 : 1;
+      const int together = o + 4 <= end ? 4 : o + 2 <= end ? 2 : 1;
       for (int64_t first = 0; first < rows; first += kMaxRows) {
         const int64_t count = std::min<int64_t>(kMaxRows, rows - first);
-        if (pair == 2)
+        if (together == 4)
+          int4_rows_by_bytes<4>(m, o, rounded, first, count, sums);
+        else if (together == 2)
           int4_rows_by_bytes<2>(m, o, rounded, first, count, sums);
         else
           int4_rows_by_bytes<1>(m, o, rounded, first, count, sums);
-        for (int j = 0; j < pair; ++j)
+        for (int j = 0; j < together; ++j)
           for (int64_t r = 0; r < count; ++r) out[(first + r) * m.n + o + j] = sums[j * count + r];
       }
-      o += pair;
+      o += together;
     }
   });
 }
