@@ -38,7 +38,7 @@ VERSION_HELP = "which HeartMuLa-oss-<version> of the root to load"
 
 def add_command(actions, name: str, *, help: str, description: str, **options) -> argparse.ArgumentParser:
     """A (sub)command of `actions` whose --help shows each option's default; `help` is its line in the list of
-    `actions`."""
+    `actions`. --help folds the white space of `description`, so it is written as a text block."""
     return actions.add_parser(name, help=help, description=description,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter, **options)
 

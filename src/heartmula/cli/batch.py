@@ -12,12 +12,11 @@ from heartmula.extras import require
 
 def register(verbs) -> None:
     p = add_command(verbs, "batch", help="make many songs from a JSONL file of requests, here or on a Ray cluster",
-                    description="Generate one song per line of REQUESTS.jsonl ({\"id\", \"lyrics\", \"tags\", "
-                    "\"duration\", \"seed\", \"sampling\": {\"temperature\", \"top_k\", \"cfg_scale\", "
-                    "\"lyrics_scale\"}, \"min_duration\", \"lora\": adapter folder}) into DIR: <id>.wav, <id>.npy and "
-                    "manifest.jsonl (path, codes, seconds, or the failure's reason). Running again skips finished ids "
-                    "and retries failed ones. Requests with the same duration and sampling share a batch; a song is "
-                    "the same alone or in a batch.")
+                    description="""Generate one song per line of REQUESTS.jsonl ({"id", "lyrics", "tags", "duration",
+                    "seed", "sampling": {"temperature", "top_k", "cfg_scale", "lyrics_scale"}, "min_duration", "lora":
+                    adapter folder}) into DIR: <id>.wav, <id>.npy and manifest.jsonl (path, codes, seconds, or the
+                    failure's reason). Running again skips finished ids and retries failed ones. Requests with the same
+                    duration and sampling share a batch; a song is the same alone or in a batch.""")
     p.add_argument("requests", type=Path, help="JSONL file, one request a line")
     p.add_argument("--out", type=Path, required=True, help="folder for the songs and manifest.jsonl")
     p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (the cluster this machine joined), local "

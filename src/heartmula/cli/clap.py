@@ -77,10 +77,10 @@ def register_index(verbs) -> None:
     actions = p.add_subparsers(dest="index_action", metavar="ACTION", title="actions")
 
     a = add_command(actions, "add", help="embed and add audio files (a folder, a file or a manifest.jsonl)",
-                    description="Embed every audio file under FOLDER (recursively; `song.tags` sidecars become the "
-                    "track's tags), a single file, or the rows of a corpus manifest, and store them in the index "
-                    "(created if missing). Files already indexed and unchanged (same size and modification time) are "
-                    "skipped; files that do not decode are reported and skipped.")
+                    description="""Embed every audio file under FOLDER (recursively; `song.tags` sidecars become the
+                    track's tags), a single file, or the rows of a corpus manifest, and store them in the index (created
+                    if missing). Files already indexed and unchanged (same size and modification time) are skipped;
+                    files that do not decode are reported and skipped.""")
     a.add_argument("source", type=Path, nargs="+", help="folders, audio files or manifest.jsonl files")
     _add_index(a)
     _add_model(a)
@@ -100,8 +100,8 @@ def register_index(verbs) -> None:
     ls.set_defaults(handler=run_index_list)
 
     ri = add_command(actions, "reindex", help="embed every indexed track again (after changing the model)",
-                     description="Embed every indexed track again with --model (tracks whose file is gone are removed) "
-                     "and record the model in the index.")
+                     description="""Embed every indexed track again with --model (tracks whose file is gone are removed)
+                     and record the model in the index.""")
     _add_index(ri)
     _add_model(ri)
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -109,10 +109,10 @@ def register_index(verbs) -> None:
 
     ex = add_command(actions, "export",
                      help="copy an index into another backend (e.g. Qdrant, PostgreSQL) without embedding again",
-                     description="Copy every track and its stored vector from --index into --to, keeping the model "
-                     "fingerprint (a target built with another HeartCLAP model is refused). --to: "
-                     "qdrant://HOST:PORT/COLLECTION, qdrant-local:FOLDER, "
-                     "postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME, or an index folder.")
+                     description="""Copy every track and its stored vector from --index into --to, keeping the model
+                     fingerprint (a target built with another HeartCLAP model is refused). --to:
+                     qdrant://HOST:PORT/COLLECTION, qdrant-local:FOLDER,
+                     postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME, or an index folder.""")
     _add_index(ex)
     ex.add_argument("--to", required=True, help="the target index")
     ex.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -200,8 +200,8 @@ def run_index_export(args: argparse.Namespace) -> int:
 # -- search / similar --
 def register_search(verbs) -> None:
     p = add_command(verbs, "search", help="find music in an index by a description (any of en/zh/ja/ko/es)",
-                    description="Rank the tracks of an index by how well they match a text description, e.g. \"slow "
-                    "sad piano\" or \"慢速悲伤的钢琴\".")
+                    description="""Rank the tracks of an index by how well they match a text description, e.g. "slow sad
+                    piano" or "慢速悲伤的钢琴".""")
     p.add_argument("query", help="description of the music")
     _add_query_options(p)
     p.set_defaults(handler=run_search)
@@ -216,8 +216,8 @@ def run_search(args: argparse.Namespace) -> int:
 
 def register_similar(verbs) -> None:
     p = add_command(verbs, "similar", help="find the tracks of an index that sound like a song",
-                    description="Embed SONG (any audio file; if it is indexed its stored vector is used) and rank the "
-                    "other tracks of the index by similarity.")
+                    description="""Embed SONG (any audio file; if it is indexed its stored vector is used) and rank the
+                    other tracks of the index by similarity.""")
     p.add_argument("song", type=Path, help="audio file")
     _add_query_options(p)
     p.set_defaults(handler=run_similar)
@@ -236,9 +236,9 @@ def run_similar(args: argparse.Namespace) -> int:
 # -- tag --
 def register_tag(verbs) -> None:
     p = add_command(verbs, "tag", help="zero-shot tags of a song (genre, instruments, mood, tempo, vocal, key)",
-                    description="Score a song against a tag vocabulary (default: the HeartCLAP tag vocabulary of "
-                    "genres, instruments, moods, tempi, vocals, languages and keys) and print the most likely tags "
-                    "with the model's probability.")
+                    description="""Score a song against a tag vocabulary (default: the HeartCLAP tag vocabulary of
+                    genres, instruments, moods, tempi, vocals, languages and keys) and print the most likely tags with
+                    the model's probability.""")
     p.add_argument("song", type=Path, nargs="+", help="audio files")
     _add_model(p)
     p.add_argument("--tags", help="comma-separated tags to score instead of the vocabulary (any words or language)")

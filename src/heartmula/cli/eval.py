@@ -19,10 +19,10 @@ from heartmula.manifest import read_manifest
 
 def register_lyrics(actions) -> None:
     p = add_command(actions, "lyrics", help="WER / CER / PER of transcribed lyrics against reference lyrics",
-                    description="Score hypothesis lyrics (txt, or a transcript in lrc/srt/json) against reference "
-                    "lyrics with the project's fixed normalisation (see README, 'Lyrics scoring recipe'). --ref and "
-                    "--hyp take files, or folders matched by file stem. Errors are summed over all pairs before "
-                    "dividing (corpus-level rates).")
+                    description="""Score hypothesis lyrics (txt, or a transcript in lrc/srt/json) against reference
+                    lyrics with the project's fixed normalisation (see README, 'Lyrics scoring recipe'). --ref and --hyp
+                    take files, or folders matched by file stem. Errors are summed over all pairs before dividing
+                    (corpus-level rates).""")
     p.add_argument("--ref", type=Path, required=True, help="reference lyrics file or folder (.txt)")
     p.add_argument("--hyp", type=Path, required=True, nargs="+", help="hypothesis files or one folder")
     p.add_argument("--language", required=True, help="en, zh, ja, ko, es (decides the normalisation and units)")
@@ -53,13 +53,12 @@ def run_lyrics(args: argparse.Namespace) -> int:
 def register_clap(actions) -> None:
     p = add_command(actions, "clap",
                     help="HeartCLAP retrieval, tagging and cross-lingual metrics on a corpus' held-out songs",
-                    description="Embed the held-out songs (split val/test) of corpus manifests with a HeartCLAP model "
-                    "and report text->audio and audio->text R@1/5/10 and mAP@10 (full tag lists and 3-tag prompts, "
-                    "each language, beside random baselines), zero-shot tag ROC-AUC / PR-AUC, cross-lingual top-10 "
-                    "agreement (en/zh/ja/ko/es) and tag-similarity of own vs. other songs' tags, and the calibration "
-                    "(ECE) of tag probabilities. With --real: on folders of real recordings, the share of instrumental "
-                    "tracks given a vocal or a language tag, and retrieval among the real tracks for the tags the "
-                    "folders vouch for.")
+                    description="""Embed the held-out songs (split val/test) of corpus manifests with a HeartCLAP model
+                    and report text->audio and audio->text R@1/5/10 and mAP@10 (full tag lists and 3-tag prompts, each
+                    language, beside random baselines), zero-shot tag ROC-AUC / PR-AUC, cross-lingual top-10 agreement
+                    (en/zh/ja/ko/es) and tag-similarity of own vs. other songs' tags, and the calibration (ECE) of tag
+                    probabilities. With --real: on folders of real recordings, the share of instrumental tracks given a
+                    vocal or a language tag, and retrieval among the real tracks for the tags the folders vouch for.""")
     p.add_argument("manifest", type=Path, nargs="*", help="manifest.jsonl files or corpus folders")
     p.add_argument("--real", action="append", default=[], metavar="FOLDER[=TAGS]", help="a folder of real recordings "
                    "that all have TAGS (comma-separated; default: instrumental); repeat for more folders. Keep "
@@ -161,15 +160,15 @@ def register_report(actions) -> None:
     p = add_command(actions, "report",
                     help="quality report of a song model: lyric error, tag adherence, codec figures, speed (Markdown + "
                     "plots)",
-                    description="Generate the fixed prompt set (heartmula.eval.report.PROMPTS: en/zh/ja/ko/es songs "
-                    "with short [verse]/[chorus] lyrics, plus instrumentals) with one seed (or --seeds N) at one "
-                    "duration, then measure: (1) lyric error rate per language (embedded Whisper base with the "
-                    "language given, the lyrics recipe; CER for zh/ja/ko, WER for en/es) beside the corpus' ceiling; "
-                    "(2) tag adherence: HeartCLAP similarity with the song's own tags vs another prompt's tags, "
-                    "estimated tempo of slow- vs fast-tagged songs, spectral flatness of songs with vs without drums; "
-                    "(3) codec round trip of --codec-audio files; (4) real-time factors of LM and codec. Writes "
-                    "OUT/report.md, OUT/report.json, OUT/plots/*.png and OUT/songs/ (audio and transcripts); the "
-                    "folder appears only when the report is complete.")
+                    description="""Generate the fixed prompt set (heartmula.eval.report.PROMPTS: en/zh/ja/ko/es songs
+                    with short [verse]/[chorus] lyrics, plus instrumentals) with one seed (or --seeds N) at one
+                    duration, then measure: (1) lyric error rate per language (embedded Whisper base with the language
+                    given, the lyrics recipe; CER for zh/ja/ko, WER for en/es) beside the corpus' ceiling; (2) tag
+                    adherence: HeartCLAP similarity with the song's own tags vs another prompt's tags, estimated tempo
+                    of slow- vs fast-tagged songs, spectral flatness of songs with vs without drums; (3) codec round
+                    trip of --codec-audio files; (4) real-time factors of LM and codec. Writes OUT/report.md,
+                    OUT/report.json, OUT/plots/*.png and OUT/songs/ (audio and transcripts); the folder appears only
+                    when the report is complete.""")
     p.add_argument("--out", type=Path, required=True, help="report folder to write (new, empty, or a previous "
                    "report, which is replaced when the new one is complete)")
     p.add_argument("--model", help="LM checkpoint root or model folder; default: the embedded default model")

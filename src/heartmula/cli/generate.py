@@ -21,9 +21,9 @@ from heartmula.files import atomic_output
 
 def register(verbs) -> None:
     p = add_command(verbs, "generate", help="make a song from lyrics and style tags",
-                    description="Generate a song with a HeartMuLa model. Lyrics may contain [verse]/[chorus]/... "
-                    "section headers; empty lyrics make an instrumental. --tags and --lyrics take the text itself or a "
-                    "file path.")
+                    description="""Generate a song with a HeartMuLa model. Lyrics may contain [verse]/[chorus]/...
+                    section headers; empty lyrics make an instrumental. --tags and --lyrics take the text itself or a
+                    file path.""")
     p.add_argument("--model", help="checkpoint root (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) "
                    "or a model folder; default: the embedded default model")
     p.add_argument("--version", default="3B", help=VERSION_HELP)

@@ -13,9 +13,9 @@ from heartmula.extras import require
 
 def register(verbs) -> None:
     p = add_command(verbs, "serve", help="run the API server and the web page",
-                    description="Serve the web page (compose, live player, library, transcription) and the "
-                    "REST/WebSocket API on one port. Song jobs are kept in a SQLite queue under --data and survive "
-                    "restarts. The API spec is at /openapi.json.")
+                    description="""Serve the web page (compose, live player, library, transcription) and the
+                    REST/WebSocket API on one port. Song jobs are kept in a SQLite queue under --data and survive
+                    restarts. The API spec is at /openapi.json.""")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the server to the "
                    "network (use --token then)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")

@@ -20,9 +20,9 @@ from heartmula.errors import HeartMuLaError
 
 def register(verbs) -> None:
     p = add_command(verbs, "stream", help="generate a song in real time, steerable by a scripted control file",
-                    description="Stream a song: frames are generated and decoded chunk by chunk, written to --out as "
-                    "they come (the WAV is valid at every moment, so it can be opened while it grows) and played with "
-                    "--play. A control file changes prompts and sampling at given times of the song, reproducibly.")
+                    description="""Stream a song: frames are generated and decoded chunk by chunk, written to --out as
+                    they come (the WAV is valid at every moment, so it can be opened while it grows) and played with
+                    --play. A control file changes prompts and sampling at given times of the song, reproducibly.""")
     add_song_model_options(p, "LM checkpoint root or model folder (default: the embedded default model)")
     p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
     p.add_argument("--tags", default="", help="style tags, or a weighted mix such as 'jazz:0.7,electronic:0.3' "

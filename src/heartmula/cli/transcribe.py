@@ -19,10 +19,10 @@ VOCAL_METHODS = ("off", "center", "hpss", "center+hpss")
 
 def register(verbs) -> None:
     p = add_command(verbs, "transcribe", help="transcribe the lyrics of songs, with timestamps",
-                    description="Transcribe lyrics with Whisper. Without --model the embedded multilingual Whisper "
-                    "base runs (CTranslate2 int8, no download); --model tiny.en is a faster English-only option; a "
-                    "HeartTranscriptor-oss or any Hugging Face Whisper folder runs on transformers. Folders are "
-                    "searched for audio files. Without --out the result is printed.")
+                    description="""Transcribe lyrics with Whisper. Without --model the embedded multilingual Whisper
+                    base runs (CTranslate2 int8, no download); --model tiny.en is a faster English-only option; a
+                    HeartTranscriptor-oss or any Hugging Face Whisper folder runs on transformers. Folders are searched
+                    for audio files. Without --out the result is printed.""")
     p.add_argument("audio", nargs="*", help="audio files or folders")
     p.add_argument("--model", help="embedded model (base, tiny.en) or a CTranslate2 / Hugging Face Whisper folder "
                    "(default: base)")
