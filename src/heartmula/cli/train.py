@@ -423,11 +423,15 @@ def run_lm(args: argparse.Namespace) -> int:
         fsdp=args.fsdp, device=args.device, precision=args.precision,
     )
     report = train_lm(args.cache, args.out, config, progress=not args.quiet)
-    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
-    print(f"trained {report.parameters / 1e6:.1f}M parameters to step {report.steps} (resumed from "
-          f"{report.resumed_from}) on {report.items} songs: loss {report.first_loss} -> {report.last_loss}{val}; "
-          f"wrote {args.out}")
+    print_lm_training(report, f"{report.parameters / 1e6:.1f}M parameters", args.out)
     return 0
+
+
+def print_lm_training(report, trained: str, out: Path) -> None:
+    """The closing line of `train lm` and `train lora`: what was trained, for how long, the losses."""
+    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
+    print(f"trained {trained} to step {report.steps} (resumed from {report.resumed_from}) on {report.items} songs: "
+          f"loss {report.first_loss} -> {report.last_loss}{val}; wrote {out}")
 
 
 def register_lora(actions) -> None:
@@ -494,10 +498,7 @@ def run_lora(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     report = train_lora(args.cache, _init_from(args.base), args.out, config, progress=not args.quiet)
-    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
-    print(f"trained {report.trainable / 1e6:.2f}M adapter parameters to step {report.steps} (resumed from "
-          f"{report.resumed_from}) on {report.items} songs: loss {report.first_loss} -> {report.last_loss}{val}; "
-          f"wrote {args.out}")
+    print_lm_training(report, f"{report.trainable / 1e6:.2f}M adapter parameters", args.out)
     return 0
 
 
