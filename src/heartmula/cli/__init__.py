@@ -45,7 +45,7 @@ def add_command(actions, name: str, *, help: str, description: str, **options) -
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """`--threads N`; without it (None) torch keeps its own number of CPU threads."""
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (None: torch's choice)")
 
 
 def add_int8_option(parser: argparse.ArgumentParser) -> None:
