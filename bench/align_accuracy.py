@@ -1,11 +1,12 @@
 """Forced-alignment accuracy of `heartmula align` against the corpus' known line timings, on held-out songs.
 
-For each language, up to --per-language songs of the val and test splits (instrumentals skipped) are aligned on
-their mix with their own lyrics and language. A line's onset error is |aligned start - known start|; lines
-flagged unsung count as misses (every corpus line is sung) and are not in the error statistics.
+For each language, up to --per-language songs of the val and test splits (`--splits`; instrumentals skipped) are
+aligned on their mix with their own lyrics and language, by the embedded base or `--model`. A line's onset error
+is |aligned start - known start|; lines flagged unsung count as misses (every corpus line is sung) and are not
+in the error statistics.
 
-    python bench/align_accuracy.py --corpus work/corpus10h [--per-language 4] [--no-prompt]
-        [--out bench/results/align_accuracy.json] [--resume] [--cache DIR]
+    python bench/align_accuracy.py --corpus work/corpus10h [--per-language 4] [--no-prompt] [--model DIR]
+        [--splits val,test] [--out bench/results/align_accuracy.json] [--resume] [--cache DIR]
 
 The result is rewritten after every song ("complete": false until the last); --resume keeps the songs that an
 interrupted run of the same method measured. --cache DIR keeps Whisper's outputs per window (see _whisper_cache.py)
@@ -31,13 +32,13 @@ from heartmula.transcribe import TranscribeConfig
 from heartmula.transcribe.align import AlignConfig, Aligner, read_lyrics
 
 
-def held_out_rows(corpus: Path) -> list[dict]:
+def held_out_rows(corpus: Path, splits: tuple[str, ...] = ("val", "test")) -> list[dict]:
     manifest = corpus / "manifest.jsonl"
     if manifest.is_file():
         rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((corpus / "items").glob("*.json"))]
-    return [r for r in rows if r["split"] in ("val", "test") and r["timing"] and r["language"]]
+    return [r for r in rows if r["split"] in splits and r["timing"] and r["language"]]
 
 
 def pick(rows: list[dict], per_language: int) -> list[dict]:
@@ -121,21 +122,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--per-language", type=int, default=4)
+    parser.add_argument("--splits", default="val,test", help="manifest splits to align (a corpus no transcriber was "
+                        "trained on can use all: train,val,test)")
+    parser.add_argument("--model", default="base", help="transcriber: 'base' (embedded) or a Whisper folder")
     parser.add_argument("--no-prompt", action="store_true", help="do not condition Whisper on the lyrics")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="keep the songs an interrupted run already measured")
     parser.add_argument("--cache", type=Path, help="keep Whisper's outputs per window in this folder")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "align_accuracy.json")
     args = parser.parse_args()
-    rows = pick(held_out_rows(args.corpus), args.per_language)
+    rows = pick(held_out_rows(args.corpus, tuple(args.splits.split(","))), args.per_language)
     done = earlier_songs(args)
     songs = []
     for row in rows:
         if row["id"] in done:
             songs.append(done[row["id"]])
             continue
-        aligner = Aligner(TranscribeConfig(model="base", threads=args.threads, language=row["language"], vad=False),
-                          AlignConfig(prompt=not args.no_prompt))
+        config = TranscribeConfig(model=args.model, threads=args.threads, language=row["language"], vad=False)
+        aligner = Aligner(config, AlignConfig(prompt=not args.no_prompt))
         if args.cache is not None:
             aligner.transcriber.backend = CachedBackend(aligner.transcriber.backend, args.cache)
         songs.append(song_errors(aligner, args.corpus, row))

@@ -28,11 +28,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--eval-seeds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, help="DPO learning rate (default: train dpo's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "prefer_default.json")
     args = parser.parse_args()
     command = ["train", "dpo", "--from", "default", "--out", str(args.work), "--rounds", str(args.rounds),
                "--prompts", str(args.prompts), "--songs-per-prompt", str(args.songs_per_prompt), "--seconds",
                str(args.seconds), "--threads", str(args.threads), "--quiet"]
+    if args.lr is not None:
+        command += ["--lr", str(args.lr)]
     if not (args.work / "eval.json").is_file():
         command += ["--eval-seeds", str(args.eval_seeds)]
     subprocess.run([sys.executable, "-m", "heartmula", *command], check=True)

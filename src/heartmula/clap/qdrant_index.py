@@ -27,15 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from heartmula.clap.tracks import (
-    FORMAT_VERSION,
-    Hit,
-    Track,
-    open_meta,
-    query_vector,
-    refuse_other_model,
-    track_vectors,
-)
+from heartmula.clap.tracks import FORMAT_VERSION, Hit, Track, open_meta, query_vector, refuse_other_model, track_vectors
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import optional_import
 

@@ -33,6 +33,20 @@ VERB_MODULES = (
     "heartmula.cli.doctor",
 )
 
+VERSION_HELP = "which HeartMuLa-oss-<version> of the root to load"
+
+
+def add_command(actions, name: str, *, help: str, description: str, **options) -> argparse.ArgumentParser:
+    """A (sub)command of `actions` whose --help shows each option's default; `help` is its line in the list of
+    `actions`. --help folds the white space of `description`, so it is written as a text block."""
+    return actions.add_parser(name, help=help, description=description,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter, **options)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """`--threads N`; without it (None) torch keeps its own number of CPU threads."""
+    parser.add_argument("--threads", type=int, help="torch CPU threads (None: torch's choice)")
+
 
 def add_int8_option(parser: argparse.ArgumentParser) -> None:
     """`--int8/--no-int8` for the verbs that load an LM (see heartmula.song_models.int8_by_default)."""
@@ -67,6 +81,21 @@ def check_continue_options(args: argparse.Namespace) -> None:
     """Refuse `--from-seconds` without `--continue` before anything loads."""
     if args.from_seconds is not None and args.continue_from is None:
         raise HeartMuLaError("--from-seconds needs --continue SONG: the song whose first seconds are kept")
+
+
+def add_song_model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """`--model`, `--version` and `--codec`: the checkpoints of the verbs that make songs."""
+    parser.add_argument("--model", help=model_help)
+    parser.add_argument("--version", default="3B", help=VERSION_HELP)
+    parser.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
+
+
+def add_lm_loading_options(parser: argparse.ArgumentParser) -> None:
+    """`--device`, `--dtype`, `--int8`, `--quant`, `--lora` and `--lora-scale`: how the verbs that make songs load
+    the LM."""
+    add_device_options(parser)
+    add_int8_option(parser)
+    add_lora_options(parser)
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.cli import add_command
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
 from heartmula.files import atomic_output
@@ -16,17 +17,13 @@ FORMATS = ("lrc", "srt", "json")
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser(
-        "align",
-        help="time known lyrics to a song (karaoke LRC, SRT, JSON)",
-        description="Forced alignment of known lyrics: Whisper transcribes the song prompted with the lyrics, the "
-        "lyric words are aligned to the heard words in order (a repeated chorus lands on its own occurrence), then "
-        "the heard lines are retimed by forced alignment of their own words and each line start moves to the "
-        "nearest note onset. Every line gets a confidence (share of its words "
-        "heard); lines not heard are flagged unsung and get no times (left out of LRC and SRT, kept in JSON). "
-        "Without --out the result is printed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(verbs, "align", help="time known lyrics to a song (karaoke LRC, SRT, JSON)",
+                    description="""Forced alignment of known lyrics: Whisper transcribes the song prompted with the
+                    lyrics, the lyric words are aligned to the heard words in order (a repeated chorus lands on its own
+                    occurrence), then the heard lines are retimed by forced alignment of their own words and each line
+                    start moves to the nearest note onset. Every line gets a confidence (share of its words heard);
+                    lines not heard are flagged unsung and get no times (left out of LRC and SRT, kept in JSON). Without
+                    --out the result is printed.""")
     p.add_argument("audio", help="the song (any audio file)")
     p.add_argument("--lyrics", type=Path, required=True, help="UTF-8 text: one lyric line per line; [section] "
                    "headers and blank lines are allowed")

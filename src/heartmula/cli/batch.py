@@ -6,32 +6,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from heartmula.cli import add_device_options, add_int8_option
+from heartmula.cli import add_command, add_device_options, add_int8_option, add_song_model_options
 from heartmula.extras import require
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser(
-        "batch",
-        help="make many songs from a JSONL file of requests, here or on a Ray cluster",
-        description="Generate one song per line of REQUESTS.jsonl ({\"id\", \"lyrics\", \"tags\", \"duration\", "
-        "\"seed\", \"sampling\": {\"temperature\", \"top_k\", \"cfg_scale\", \"lyrics_scale\"}, \"min_duration\", "
-        "\"lora\": adapter folder}) "
-        "into DIR: <id>.wav, <id>.npy and manifest.jsonl (path, codes, seconds, or the failure's reason). Running "
-        "again skips finished ids and retries failed ones. Requests with the same duration and sampling share a "
-        "batch; a song is the same alone or in a batch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(verbs, "batch", help="make many songs from a JSONL file of requests, here or on a Ray cluster",
+                    description="""Generate one song per line of REQUESTS.jsonl ({"id", "lyrics", "tags", "duration",
+                    "seed", "sampling": {"temperature", "top_k", "cfg_scale", "lyrics_scale"}, "min_duration", "lora":
+                    adapter folder}) into DIR: <id>.wav, <id>.npy and manifest.jsonl (path, codes, seconds, or the
+                    failure's reason). Running again skips finished ids and retries failed ones. Requests with the same
+                    duration and sampling share a batch; a song is the same alone or in a batch.""")
     p.add_argument("requests", type=Path, help="JSONL file, one request a line")
     p.add_argument("--out", type=Path, required=True, help="folder for the songs and manifest.jsonl")
     p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto (the cluster this machine joined), local "
                    "(start Ray here), HOST:PORT or ray://HOST:PORT; default: in this process")
     p.add_argument("--workers", type=int, help="Ray actors, one pipeline each (default: one per GPU, else one)")
     p.add_argument("--batch-size", type=int, default=4, help="songs one worker generates together")
-    p.add_argument("--model", help="checkpoint root or model folder (the same path on every Ray node); default: the "
-                   "embedded default model")
-    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
-    p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
+    add_song_model_options(p, "checkpoint root or model folder (the same path on every Ray node); default: the "
+                           "embedded default model")
     p.add_argument("--format", default="wav", choices=["wav", "flac", "mp3", "ogg"], help="audio file format")
     p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds for the Ray cluster to answer")
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the Ray workers to load")

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from heartmula.cli import add_command
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
 
@@ -75,12 +76,11 @@ def register_index(verbs) -> None:
                          "embeddings. Add folders, files or corpus manifests; remove, list, re-embed.")
     actions = p.add_subparsers(dest="index_action", metavar="ACTION", title="actions")
 
-    a = actions.add_parser("add", help="embed and add audio files (a folder, a file or a manifest.jsonl)",
-                           description="Embed every audio file under FOLDER (recursively; `song.tags` sidecars "
-                           "become the track's tags), a single file, or the rows of a corpus manifest, and store them "
-                           "in the index (created if missing). Files already indexed and unchanged (same size and "
-                           "modification time) are skipped; files that do not decode are reported and skipped.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = add_command(actions, "add", help="embed and add audio files (a folder, a file or a manifest.jsonl)",
+                    description="""Embed every audio file under FOLDER (recursively; `song.tags` sidecars become the
+                    track's tags), a single file, or the rows of a corpus manifest, and store them in the index (created
+                    if missing). Files already indexed and unchanged (same size and modification time) are skipped;
+                    files that do not decode are reported and skipped.""")
     a.add_argument("source", type=Path, nargs="+", help="folders, audio files or manifest.jsonl files")
     _add_index(a)
     _add_model(a)
@@ -99,22 +99,20 @@ def register_index(verbs) -> None:
     ls.add_argument("--json", action="store_true", help="print JSON instead of lines")
     ls.set_defaults(handler=run_index_list)
 
-    ri = actions.add_parser("reindex", help="embed every indexed track again (after changing the model)",
-                            description="Embed every indexed track again with --model (tracks whose file is gone "
-                            "are removed) and record the model in the index.",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ri = add_command(actions, "reindex", help="embed every indexed track again (after changing the model)",
+                     description="""Embed every indexed track again with --model (tracks whose file is gone are removed)
+                     and record the model in the index.""")
     _add_index(ri)
     _add_model(ri)
     ri.add_argument("--quiet", action="store_true", help="no progress bar")
     ri.set_defaults(handler=run_index_reindex)
 
-    ex = actions.add_parser("export", help="copy an index into another backend (e.g. Qdrant, PostgreSQL) without "
-                            "embedding again",
-                            description="Copy every track and its stored vector from --index into --to, keeping "
-                            "the model fingerprint (a target built with another HeartCLAP model is refused). --to: "
-                            "qdrant://HOST:PORT/COLLECTION, qdrant-local:FOLDER, "
-                            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME, or an index folder.",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ex = add_command(actions, "export",
+                     help="copy an index into another backend (e.g. Qdrant, PostgreSQL) without embedding again",
+                     description="""Copy every track and its stored vector from --index into --to, keeping the model
+                     fingerprint (a target built with another HeartCLAP model is refused). --to:
+                     qdrant://HOST:PORT/COLLECTION, qdrant-local:FOLDER,
+                     postgresql://USER:PASSWORD@HOST:PORT/DATABASE?table=NAME, or an index folder.""")
     _add_index(ex)
     ex.add_argument("--to", required=True, help="the target index")
     ex.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -201,10 +199,9 @@ def run_index_export(args: argparse.Namespace) -> int:
 
 # -- search / similar --
 def register_search(verbs) -> None:
-    p = verbs.add_parser("search", help="find music in an index by a description (any of en/zh/ja/ko/es)",
-                         description="Rank the tracks of an index by how well they match a text description, "
-                         "e.g. \"slow sad piano\" or \"慢速悲伤的钢琴\".",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(verbs, "search", help="find music in an index by a description (any of en/zh/ja/ko/es)",
+                    description="""Rank the tracks of an index by how well they match a text description, e.g. "slow sad
+                    piano" or "慢速悲伤的钢琴".""")
     p.add_argument("query", help="description of the music")
     _add_query_options(p)
     p.set_defaults(handler=run_search)
@@ -218,10 +215,9 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def register_similar(verbs) -> None:
-    p = verbs.add_parser("similar", help="find the tracks of an index that sound like a song",
-                         description="Embed SONG (any audio file; if it is indexed its stored vector is used) and "
-                         "rank the other tracks of the index by similarity.",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(verbs, "similar", help="find the tracks of an index that sound like a song",
+                    description="""Embed SONG (any audio file; if it is indexed its stored vector is used) and rank the
+                    other tracks of the index by similarity.""")
     p.add_argument("song", type=Path, help="audio file")
     _add_query_options(p)
     p.set_defaults(handler=run_similar)
@@ -239,11 +235,10 @@ def run_similar(args: argparse.Namespace) -> int:
 
 # -- tag --
 def register_tag(verbs) -> None:
-    p = verbs.add_parser("tag", help="zero-shot tags of a song (genre, instruments, mood, tempo, vocal, key)",
-                         description="Score a song against a tag vocabulary (default: the HeartCLAP tag vocabulary "
-                         "of genres, instruments, moods, tempi, vocals, languages and keys) and print the most likely "
-                         "tags with the model's probability.",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(verbs, "tag", help="zero-shot tags of a song (genre, instruments, mood, tempo, vocal, key)",
+                    description="""Score a song against a tag vocabulary (default: the HeartCLAP tag vocabulary of
+                    genres, instruments, moods, tempi, vocals, languages and keys) and print the most likely tags with
+                    the model's probability.""")
     p.add_argument("song", type=Path, nargs="+", help="audio files")
     _add_model(p)
     p.add_argument("--tags", help="comma-separated tags to score instead of the vocabulary (any words or language)")

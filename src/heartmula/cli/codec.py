@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.cli import add_command
 from heartmula.constants import FRAME_RATE
 from heartmula.errors import HeartMuLaError
 from heartmula.files import atomic_output, load_codes
@@ -22,23 +23,19 @@ def _add_model(p) -> None:
 
 
 def register(verbs) -> None:
-    enc = verbs.add_parser(
-        "encode", help="turn audio into codec codes ([8, T] at 12.5 Hz)",
-        description="Encode an audio file (any format ffmpeg or soundfile reads, any sample rate: it is resampled "
-        "to the codec's) into an int .npy of shape [8, frames]. Needs a codec with a trained encoder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    enc = add_command(verbs, "encode", help="turn audio into codec codes ([8, T] at 12.5 Hz)",
+                      description="""Encode an audio file (any format ffmpeg or soundfile reads, any sample rate: it is
+                      resampled to the codec's) into an int .npy of shape [8, frames]. Needs a codec with a trained
+                      encoder.""")
     enc.add_argument("audio", type=Path)
     enc.add_argument("--codes-out", type=Path, required=True, help="where to write the codes (.npy)")
     _add_model(enc)
     enc.set_defaults(handler=run_encode)
 
-    dec = verbs.add_parser(
-        "decode", help="turn codec codes into audio",
-        description="Decode an int .npy of codes [8, frames] into audio (.wav, .flac, .mp3, .ogg). The default "
-        "mode sizes windows to the content; --mode compat reproduces upstream heartlib sample for sample.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    dec = add_command(verbs, "decode", help="turn codec codes into audio",
+                      description="""Decode an int .npy of codes [8, frames] into audio (.wav, .flac, .mp3, .ogg). The
+                      default mode sizes windows to the content; --mode compat reproduces upstream heartlib sample for
+                      sample.""")
     dec.add_argument("codes", type=Path, help=".npy file of codes [8, frames]")
     dec.add_argument("--out", type=Path, default=Path("song.wav"), help="audio file to write")
     _add_model(dec)

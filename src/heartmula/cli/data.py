@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from heartmula.cli import add_command, add_threads_option
 from heartmula.data.card import build_speed_markdown, write_data_card
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
@@ -32,14 +33,13 @@ def register(verbs) -> None:
 
 
 def _register_build(actions) -> None:
-    b = actions.add_parser("build", help="render a corpus (deterministic for a seed, resumable)",
-                           description="Render a training corpus from real scores (Bach chorales and Essen folk "
-                           "songs of the music21 corpus) arranged in several styles with General MIDI soundfonts "
-                           "(FluidSynth), most songs sung in en/zh/ja/ko/es by offline singing voices, with lyrics, "
-                           "tags and train/val/test splits (a work is in one split only). Writes OUT/manifest.jsonl, "
-                           "the mix in OUT/audio/, sung stems in OUT/vocals/ and a data card. The same seed rebuilds "
-                           "the same corpus; running again with the same --out resumes where it stopped.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b = add_command(actions, "build", help="render a corpus (deterministic for a seed, resumable)",
+                    description="""Render a training corpus from real scores (Bach chorales and Essen folk songs of the
+                    music21 corpus) arranged in several styles with General MIDI soundfonts (FluidSynth), most songs
+                    sung in en/zh/ja/ko/es by offline singing voices, with lyrics, tags and train/val/test splits (a
+                    work is in one split only). Writes OUT/manifest.jsonl, the mix in OUT/audio/, sung stems in
+                    OUT/vocals/ and a data card. The same seed rebuilds the same corpus; running again with the same
+                    --out resumes where it stopped.""")
     b.add_argument("--out", type=Path, required=True, help="corpus folder (manifest.jsonl, audio/, vocals/)")
     b.add_argument("--hours", type=float, default=1.0, help="hours of audio to build (at least)")
     b.add_argument("--seed", type=int, default=0, help="the seed: the same seed rebuilds the same corpus")
@@ -54,12 +54,11 @@ def _register_build(actions) -> None:
 
 
 def _register_import(actions) -> None:
-    i = actions.add_parser("import", help="import a folder of your songs (+ song.txt lyrics, song.tags tags)",
-                           description="Turn a folder of your own songs into a corpus manifest (the format `data "
-                           "tokenize` and the trainers read). For song.mp3 the optional sidecars are song.txt "
-                           "(lyrics, may carry [verse]/[chorus] headers) and song.tags (comma-separated tags). "
-                           "Unreadable files are reported and skipped.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    i = add_command(actions, "import", help="import a folder of your songs (+ song.txt lyrics, song.tags tags)",
+                    description="""Turn a folder of your own songs into a corpus manifest (the format `data tokenize`
+                    and the trainers read). For song.mp3 the optional sidecars are song.txt (lyrics, may carry
+                    [verse]/[chorus] headers) and song.tags (comma-separated tags). Unreadable files are reported and
+                    skipped.""")
     i.add_argument("folder", type=Path, help="folder searched recursively for audio files")
     i.add_argument("--out", type=Path, help="corpus folder to write (default: ./<folder name>-corpus)")
     i.add_argument("--sample-rate", type=int, default=48000, help="audio is resampled to this rate")
@@ -92,14 +91,13 @@ def _register_ceiling(actions) -> None:
 
 
 def _register_variants(actions) -> None:
-    v = actions.add_parser("variants", help="lyric variants of the sung songs (so lyrics decide the singing)",
-                           description="For every sung song of the chosen splits write two variants with the same "
-                           "tags: the accompaniment alone (mix minus the vocal stem) with empty lyrics, and the "
-                           "first k lines of the lyrics with the voice muted after them. In a song model's training "
-                           "data they leave only the lyrics, not the tags, to tell whether and how long there is "
-                           "singing. Writes OUT/manifest.jsonl (the original rows + the variants; tokenize it like "
-                           "any corpus). Needs the vocal stems and line timing `data build` writes; resumable.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v = add_command(actions, "variants", help="lyric variants of the sung songs (so lyrics decide the singing)",
+                    description="""For every sung song of the chosen splits write two variants with the same tags: the
+                    accompaniment alone (mix minus the vocal stem) with empty lyrics, and the first k lines of the
+                    lyrics with the voice muted after them. In a song model's training data they leave only the lyrics,
+                    not the tags, to tell whether and how long there is singing. Writes OUT/manifest.jsonl (the original
+                    rows + the variants; tokenize it like any corpus). Needs the vocal stems and line timing `data
+                    build` writes; resumable.""")
     v.add_argument("corpus", type=Path, help="manifest.jsonl or its corpus folder")
     v.add_argument("--out", type=Path, required=True, help="new corpus folder for the variants and the manifest")
     v.add_argument("--seed", type=int, default=0, help="seed of the number of lines each `-lines` variant keeps")
@@ -111,13 +109,12 @@ def _register_variants(actions) -> None:
 
 
 def _register_tokenize(actions) -> None:
-    t = actions.add_parser("tokenize", help="encode a manifest's audio into a codec token cache (LM training)",
-                           description="Encode every item of a manifest with a codec and store the codes with the "
-                           "item's lyrics, tags, language and split: the input of `heartmula train lm`. Each "
-                           "song's HeartCLAP audio embedding is stored too (the LM's reference-audio slot trains on "
-                           "it). Running again with the same --out resumes and adds missing embeddings to older "
-                           "caches; unreadable items are skipped, reported, and retried on the next run.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = add_command(actions, "tokenize", help="encode a manifest's audio into a codec token cache (LM training)",
+                    description="""Encode every item of a manifest with a codec and store the codes with the item's
+                    lyrics, tags, language and split: the input of `heartmula train lm`. Each song's HeartCLAP audio
+                    embedding is stored too (the LM's reference-audio slot trains on it). Running again with the same
+                    --out resumes and adds missing embeddings to older caches; unreadable items are skipped, reported,
+                    and retried on the next run.""")
     t.add_argument("manifest", type=Path, help="manifest.jsonl or its corpus folder")
     t.add_argument("--codec", required=True, help="codec root or folder with a trained encoder")
     t.add_argument("--out", type=Path, required=True, help="cache folder (index.json + shard-*.safetensors)")
@@ -127,7 +124,7 @@ def _register_tokenize(actions) -> None:
                    "stays empty in training)")
     t.add_argument("--shard-items", type=int, default=16, help="items per shard file (the resume granularity)")
     t.add_argument("--limit", type=int, default=None, help="encode only the first N items (a quick try)")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(handler=run_tokenize)
 

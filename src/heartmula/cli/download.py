@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.cli import add_command
 from heartmula.download import (
     CODEC_RELEASES,
     DEFAULT_CODEC,
@@ -18,15 +19,13 @@ from heartmula.download import (
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser(
-        "download", help="fetch the official HeartMuLa weights (about 22 GB) into a checkpoint root",
-        description="Fetch the official HeartMuLa releases from the Hugging Face Hub into ROOT: tokenizer.json and "
-        "gen_config.json (HeartMuLa/HeartMuLaGen), HeartMuLa-oss-3B/ (the LM release chosen), HeartCodec-oss/ "
-        "(the codec release chosen), and optionally HeartTranscriptor-oss/ and HeartCLAP-oss/. Interrupted "
-        "downloads resume when run again. HF_ENDPOINT (a mirror), HF_TOKEN and HF_HOME are respected. The "
-        "result is checked with the loaders' own validation (names, shapes, dtypes; no weights read).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(verbs, "download", help="fetch the official HeartMuLa weights (about 22 GB) into a checkpoint root",
+                    description="""Fetch the official HeartMuLa releases from the Hugging Face Hub into ROOT:
+                    tokenizer.json and gen_config.json (HeartMuLa/HeartMuLaGen), HeartMuLa-oss-3B/ (the LM release
+                    chosen), HeartCodec-oss/ (the codec release chosen), and optionally HeartTranscriptor-oss/ and
+                    HeartCLAP-oss/. Interrupted downloads resume when run again. HF_ENDPOINT (a mirror), HF_TOKEN and
+                    HF_HOME are respected. The result is checked with the loaders' own validation (names, shapes,
+                    dtypes; no weights read).""")
     p.add_argument("root", nargs="?", type=Path, default=Path("ckpt"), help="checkpoint root to fill")
     p.add_argument("--lm", default=DEFAULT_LM, choices=list(LM_RELEASES),
                    help="LM release: " + ", ".join(f"{k} = {v}" for k, v in LM_RELEASES.items()))

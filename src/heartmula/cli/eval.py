@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from heartmula.cli import VERSION_HELP, add_command
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
 from heartmula.files import atomic_output
@@ -17,14 +18,11 @@ from heartmula.manifest import read_manifest
 
 
 def register_lyrics(actions) -> None:
-    p = actions.add_parser(
-        "lyrics",
-        help="WER / CER / PER of transcribed lyrics against reference lyrics",
-        description="Score hypothesis lyrics (txt, or a transcript in lrc/srt/json) against reference lyrics with "
-        "the project's fixed normalisation (see README, 'Lyrics scoring recipe'). --ref and --hyp take files, or "
-        "folders matched by file stem. Errors are summed over all pairs before dividing (corpus-level rates).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "lyrics", help="WER / CER / PER of transcribed lyrics against reference lyrics",
+                    description="""Score hypothesis lyrics (txt, or a transcript in lrc/srt/json) against reference
+                    lyrics with the project's fixed normalisation (see README, 'Lyrics scoring recipe'). --ref and --hyp
+                    take files, or folders matched by file stem. Errors are summed over all pairs before dividing
+                    (corpus-level rates).""")
     p.add_argument("--ref", type=Path, required=True, help="reference lyrics file or folder (.txt)")
     p.add_argument("--hyp", type=Path, required=True, nargs="+", help="hypothesis files or one folder")
     p.add_argument("--language", required=True, help="en, zh, ja, ko, es (decides the normalisation and units)")
@@ -53,17 +51,14 @@ def run_lyrics(args: argparse.Namespace) -> int:
 
 
 def register_clap(actions) -> None:
-    p = actions.add_parser(
-        "clap",
-        help="HeartCLAP retrieval, tagging and cross-lingual metrics on a corpus' held-out songs",
-        description="Embed the held-out songs (split val/test) of corpus manifests with a HeartCLAP model and report "
-        "text->audio and audio->text R@1/5/10 and mAP@10 (full tag lists and 3-tag prompts, each language, beside "
-        "random baselines), zero-shot tag ROC-AUC / PR-AUC, cross-lingual top-10 agreement (en/zh/ja/ko/es) and "
-        "tag-similarity of own vs. other songs' tags, and the calibration (ECE) of tag probabilities. With --real: "
-        "on folders of real recordings, the share of instrumental tracks given a vocal or a language tag, and "
-        "retrieval among the real tracks for the tags the folders vouch for.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "clap",
+                    help="HeartCLAP retrieval, tagging and cross-lingual metrics on a corpus' held-out songs",
+                    description="""Embed the held-out songs (split val/test) of corpus manifests with a HeartCLAP model
+                    and report text->audio and audio->text R@1/5/10 and mAP@10 (full tag lists and 3-tag prompts, each
+                    language, beside random baselines), zero-shot tag ROC-AUC / PR-AUC, cross-lingual top-10 agreement
+                    (en/zh/ja/ko/es) and tag-similarity of own vs. other songs' tags, and the calibration (ECE) of tag
+                    probabilities. With --real: on folders of real recordings, the share of instrumental tracks given a
+                    vocal or a language tag, and retrieval among the real tracks for the tags the folders vouch for.""")
     p.add_argument("manifest", type=Path, nargs="*", help="manifest.jsonl files or corpus folders")
     p.add_argument("--real", action="append", default=[], metavar="FOLDER[=TAGS]", help="a folder of real recordings "
                    "that all have TAGS (comma-separated; default: instrumental); repeat for more folders. Keep "
@@ -162,25 +157,24 @@ def _print_corpus_report(report: dict) -> None:
 
 
 def register_report(actions) -> None:
-    p = actions.add_parser(
-        "report",
-        help="quality report of a song model: lyric error, tag adherence, codec figures, speed (Markdown + plots)",
-        description="Generate the fixed prompt set (heartmula.eval.report.PROMPTS: en/zh/ja/ko/es songs with short "
-        "[verse]/[chorus] lyrics, plus instrumentals) with one seed (or --seeds N) at one duration, then measure: (1) "
-        "lyric error rate per language (embedded Whisper base with the language given, the lyrics recipe; CER for "
-        "zh/ja/ko, WER for en/es) beside the corpus' ceiling; (2) tag adherence: HeartCLAP similarity with the song's "
-        "own tags vs another prompt's tags, estimated tempo of slow- vs fast-tagged songs, spectral flatness of songs "
-        "with vs without drums; (3) codec round trip of --codec-audio files; (4) real-time factors of LM and codec. "
-        "Writes OUT/report.md, OUT/report.json, OUT/plots/*.png and OUT/songs/ (audio and transcripts); the folder "
-        "appears only when the report is complete.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "report",
+                    help="quality report of a song model: lyric error, tag adherence, codec figures, speed (Markdown + "
+                    "plots)",
+                    description="""Generate the fixed prompt set (heartmula.eval.report.PROMPTS: en/zh/ja/ko/es songs
+                    with short [verse]/[chorus] lyrics, plus instrumentals) with one seed (or --seeds N) at one
+                    duration, then measure: (1) lyric error rate per language (embedded Whisper base with the language
+                    given, the lyrics recipe; CER for zh/ja/ko, WER for en/es) beside the corpus' ceiling; (2) tag
+                    adherence: HeartCLAP similarity with the song's own tags vs another prompt's tags, estimated tempo
+                    of slow- vs fast-tagged songs, spectral flatness of songs with vs without drums; (3) codec round
+                    trip of --codec-audio files; (4) real-time factors of LM and codec. Writes OUT/report.md,
+                    OUT/report.json, OUT/plots/*.png and OUT/songs/ (audio and transcripts); the folder appears only
+                    when the report is complete.""")
     p.add_argument("--out", type=Path, required=True, help="report folder to write (new, empty, or a previous "
                    "report, which is replaced when the new one is complete)")
     p.add_argument("--model", help="LM checkpoint root or model folder; default: the embedded default model")
     p.add_argument("--codec", help="codec root or folder; default: HeartCodec-oss/ beside the LM, or the embedded "
                    "default codec for the embedded LM")
-    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
+    p.add_argument("--version", default="3B", help=VERSION_HELP)
     p.add_argument("--duration", type=float, default=None, help="seconds per song (default: 30, or 10 with --quick)")
     p.add_argument("--languages", help="comma-separated subset of en,zh,ja,ko,es,instrumental (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the seed of every song (the same seed for all, so a subset "

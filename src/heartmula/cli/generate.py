@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from heartmula.cli import (
+    VERSION_HELP,
+    add_command,
     add_continue_options,
-    add_device_options,
-    add_int8_option,
-    add_lora_options,
+    add_lm_loading_options,
     check_continue_options,
 )
 from heartmula.constants import FRAME_RATE
@@ -20,16 +20,13 @@ from heartmula.files import atomic_output
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser(
-        "generate",
-        help="make a song from lyrics and style tags",
-        description="Generate a song with a HeartMuLa model. Lyrics may contain [verse]/[chorus]/... section "
-        "headers; empty lyrics make an instrumental. --tags and --lyrics take the text itself or a file path.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(verbs, "generate", help="make a song from lyrics and style tags",
+                    description="""Generate a song with a HeartMuLa model. Lyrics may contain [verse]/[chorus]/...
+                    section headers; empty lyrics make an instrumental. --tags and --lyrics take the text itself or a
+                    file path.""")
     p.add_argument("--model", help="checkpoint root (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) "
                    "or a model folder; default: the embedded default model")
-    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
+    p.add_argument("--version", default="3B", help=VERSION_HELP)
     p.add_argument("--tags", default="", help="comma-separated style tags, e.g. 'pop,piano,happy'; weighted "
                    "prompt mix: 'jazz:0.7,electronic:0.3' or 'jazz,piano:0.7|electronic:0.3'")
     p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
@@ -50,9 +47,7 @@ def register(verbs) -> None:
                    "trained with it; upstream leaves the slot empty)")
     add_continue_options(p)
     p.add_argument("--clap", help="HeartCLAP model folder for --reference-audio (default: the shipped one)")
-    add_device_options(p)
-    add_int8_option(p)
-    add_lora_options(p)
+    add_lm_loading_options(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model steps (GPU; slow to start)")
     p.add_argument("--compat", action="store_true", help="reproduce upstream heartlib exactly, bugs included "
                    "(undecodable codes may be sampled, frame 0 is never checked for EOS)")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from heartmula.cards import CODE_LICENSE, default_license_lines, license_line
+from heartmula.cli import add_command
 from heartmula.errors import HeartMuLaError
 
 # heartmula.lm.pretrained.PRESETS, named here so that building the parser does not import torch
@@ -18,11 +18,10 @@ def register(verbs) -> None:
                          description="Inspect a HeartMuLa checkpoint or write a fresh one with random weights.")
     sub = p.add_subparsers(dest="model_verb", metavar="ACTION")
 
-    init = sub.add_parser("init", help="write a random-weight HeartMuLa root in the official layout",
-                          description="Write ROOT/HeartMuLa-oss-<version>/, ROOT/tokenizer.json and "
-                          "ROOT/gen_config.json with random weights: for trying the pipeline, tests, benchmarks "
-                          "and as a start for training. It makes noise, not music.",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    init = add_command(sub, "init", help="write a random-weight HeartMuLa root in the official layout",
+                       description="""Write ROOT/HeartMuLa-oss-<version>/, ROOT/tokenizer.json and ROOT/gen_config.json
+                       with random weights: for trying the pipeline, tests, benchmarks and as a start for training. It
+                       makes noise, not music.""")
     init.add_argument("root", type=Path)
     init.add_argument("--preset", default="tiny", choices=LM_PRESETS)
     init.add_argument("--seed", type=int, default=0)
@@ -39,36 +38,32 @@ def register(verbs) -> None:
                       "default model)")
     info.add_argument("--version", default="3B")
     info.set_defaults(handler=run_info)
-    convert = sub.add_parser("convert", help="copy an LM or codec checkpoint into one folder in another dtype",
-                             description="LM: write DST/config.json + model.safetensors (in --dtype) + "
-                             "tokenizer.json + gen_config.json, a self-contained model folder that `--model DST` "
-                             "loads. Codec (a folder whose config.json is a HeartCodec's): DST/config.json + "
-                             "model.safetensors. 16-bit dtypes halve the disk size of a float32 checkpoint (loading "
-                             "upcasts to the dtype asked for). Optimizer state, cached audio and logs of a training "
-                             "folder stay behind.",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    convert = add_command(sub, "convert", help="copy an LM or codec checkpoint into one folder in another dtype",
+                          description="""LM: write DST/config.json + model.safetensors (in --dtype) + tokenizer.json +
+                          gen_config.json, a self-contained model folder that `--model DST` loads. Codec (a folder whose
+                          config.json is a HeartCodec's): DST/config.json + model.safetensors. 16-bit dtypes halve the
+                          disk size of a float32 checkpoint (loading upcasts to the dtype asked for). Optimizer state,
+                          cached audio and logs of a training folder stay behind.""")
     convert.add_argument("source", type=Path, help="LM checkpoint root or model folder, or a codec folder")
     convert.add_argument("dest", type=Path, help="new folder (must not exist)")
     convert.add_argument("--version", default="3B")
     convert.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     convert.set_defaults(handler=run_convert)
-    quantize = sub.add_parser("quantize", help="write an LM checkpoint with int8 or int4 weights",
-                              description="Write DIR/config.json + quantization.json + model.safetensors (int8 or "
-                              "int4 weights with float16 scales per group of 128 columns; docs/quantization.md) + "
-                              "tokenizer.json + gen_config.json, a folder that `--model DIR` loads as such. The "
-                              "checkpoint is read one tensor at a time: a 3B model never exists in float32.",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    quantize = add_command(sub, "quantize", help="write an LM checkpoint with int8 or int4 weights",
+                           description="""Write DIR/config.json + quantization.json + model.safetensors (int8 or int4
+                           weights with float16 scales per group of 128 columns; docs/quantization.md) + tokenizer.json
+                           + gen_config.json, a folder that `--model DIR` loads as such. The checkpoint is read one
+                           tensor at a time: a 3B model never exists in float32.""")
     quantize.add_argument("root", type=Path, help="LM checkpoint root or model folder (float weights)")
     quantize.add_argument("--to", type=Path, required=True, dest="dest", help="new folder (must not exist)")
     quantize.add_argument("--quant", choices=["int8", "int4"], default="int4")
     quantize.add_argument("--version", default="3B")
     quantize.set_defaults(handler=run_quantize)
-    merge = sub.add_parser("merge-lora", help="merge a LoRA adapter into an LM and write the merged checkpoint",
-                           description="Add a LoRA adapter's update (`heartmula train lora`, PEFT layout) into the "
-                           "LM's weights and write OUT/HeartMuLa-oss-<version>/, OUT/tokenizer.json and "
-                           "OUT/gen_config.json: a checkpoint root that generates as `--model ROOT --lora DIR` does, "
-                           "without the adapter. Pass --codec when generating from it (the codec is not copied).",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    merge = add_command(sub, "merge-lora", help="merge a LoRA adapter into an LM and write the merged checkpoint",
+                        description="""Add a LoRA adapter's update (`heartmula train lora`, PEFT layout) into the LM's
+                        weights and write OUT/HeartMuLa-oss-<version>/, OUT/tokenizer.json and OUT/gen_config.json: a
+                        checkpoint root that generates as `--model ROOT --lora DIR` does, without the adapter. Pass
+                        --codec when generating from it (the codec is not copied).""")
     merge.add_argument("root", help="LM checkpoint root or model folder, or `default` for the embedded default LM")
     merge.add_argument("--lora", type=Path, required=True, help="adapter folder")
     merge.add_argument("--lora-scale", type=float, default=1.0, help="multiply the adapter's update by this")

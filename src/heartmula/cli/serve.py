@@ -6,31 +6,23 @@ import argparse
 import os
 import sys
 
-from heartmula.cli import add_device_options, add_int8_option, add_lora_options
+from heartmula.cli import add_command, add_lm_loading_options, add_song_model_options
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser(
-        "serve",
-        help="run the API server and the web page",
-        description="Serve the web page (compose, live player, library, transcription) and the REST/WebSocket "
-        "API on one port. Song jobs are kept in a SQLite queue under --data and survive restarts. The API spec "
-        "is at /openapi.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(verbs, "serve", help="run the API server and the web page",
+                    description="""Serve the web page (compose, live player, library, transcription) and the
+                    REST/WebSocket API on one port. Song jobs are kept in a SQLite queue under --data and survive
+                    restarts. The API spec is at /openapi.json.""")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes the server to the "
                    "network (use --token then)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--data", default="heartmula-data", help="folder for the job database and the finished songs")
-    p.add_argument("--model", help="HeartMuLa checkpoint root (HeartMuLa-oss-<version>/, tokenizer.json, "
-                   "gen_config.json) or a model folder")
-    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
-    p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
-    add_device_options(p)
-    add_int8_option(p)
-    add_lora_options(p)
+    add_song_model_options(p, "HeartMuLa checkpoint root (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) "
+                           "or a model folder")
+    add_lm_loading_options(p)
     p.add_argument("--token", help="require `Authorization: Bearer TOKEN` on the API (default: the "
                    "HEARTMULA_TOKEN environment variable; unset = no auth)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",

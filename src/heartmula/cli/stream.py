@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from heartmula.cli import (
+    add_command,
     add_continue_options,
-    add_device_options,
-    add_int8_option,
-    add_lora_options,
+    add_lm_loading_options,
+    add_song_model_options,
     check_continue_options,
 )
 from heartmula.constants import FRAME_RATE
@@ -19,17 +19,11 @@ from heartmula.errors import HeartMuLaError
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser(
-        "stream",
-        help="generate a song in real time, steerable by a scripted control file",
-        description="Stream a song: frames are generated and decoded chunk by chunk, written to --out as they come "
-        "(the WAV is valid at every moment, so it can be opened while it grows) and played with --play. A control "
-        "file changes prompts and sampling at given times of the song, reproducibly.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model", help="LM checkpoint root or model folder (default: the embedded default model)")
-    p.add_argument("--version", default="3B", help="which HeartMuLa-oss-<version> of the root to load")
-    p.add_argument("--codec", help="HeartCodec root or folder; default: HeartCodec-oss/ beside the LM")
+    p = add_command(verbs, "stream", help="generate a song in real time, steerable by a scripted control file",
+                    description="""Stream a song: frames are generated and decoded chunk by chunk, written to --out as
+                    they come (the WAV is valid at every moment, so it can be opened while it grows) and played with
+                    --play. A control file changes prompts and sampling at given times of the song, reproducibly.""")
+    add_song_model_options(p, "LM checkpoint root or model folder (default: the embedded default model)")
     p.add_argument("--lyrics", default="", help="lyrics text or a UTF-8 file; empty = instrumental")
     p.add_argument("--tags", default="", help="style tags, or a weighted mix such as 'jazz:0.7,electronic:0.3' "
                    "(the controls file can change it later)")
@@ -64,9 +58,7 @@ def register(verbs) -> None:
     p.add_argument("--save-state", type=Path, help="write the session state here at the end or on Ctrl-C")
     p.add_argument("--resume", type=Path, help="continue a session saved with --save-state (same model and "
                    "codec; the lyrics/tags/sampling options are then taken from the state)")
-    add_device_options(p)
-    add_int8_option(p)
-    add_lora_options(p)
+    add_lm_loading_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 

@@ -12,6 +12,7 @@ import functools
 import io
 from pathlib import Path
 
+from heartmula.cli import add_command, add_threads_option
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
 from heartmula.files import atomic_output
@@ -53,15 +54,12 @@ def print_placement(args: argparse.Namespace) -> None:
 
 
 def register_transcriber(actions) -> None:
-    p = actions.add_parser(
-        "transcriber",
-        help="fine-tune the Whisper lyrics transcriber on (audio, lyrics) manifests",
-        description="Fine-tune a Whisper model on a JSONL manifest (one item per line with `audio`, `lyrics`, "
-        "`language`; relative audio paths are relative to the manifest). Starts from the embedded base (converted "
-        "to transformers on the fly) or a transformers Whisper folder; writes a transformers folder that "
-        "`heartmula transcribe --model OUT` runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "transcriber",
+                    help="fine-tune the Whisper lyrics transcriber on (audio, lyrics) manifests",
+                    description="""Fine-tune a Whisper model on a JSONL manifest (one item per line with `audio`,
+                    `lyrics`, `language`; relative audio paths are relative to the manifest). Starts from the embedded
+                    base (converted to transformers on the fly) or a transformers Whisper folder; writes a transformers
+                    folder that `heartmula transcribe --model OUT` runs.""")
     p.add_argument("manifest", type=Path, nargs="+", help="JSONL manifest(s)")
     p.add_argument("--model", help="start from: embedded name (base, tiny.en), a CTranslate2 folder or a "
                    "transformers Whisper folder (default: base)")
@@ -108,13 +106,9 @@ def run_transcriber(args: argparse.Namespace) -> int:
 
 
 def register_codec(actions) -> None:
-    p = actions.add_parser(
-        "codec",
-        help="train a codec (SQ autoencoder + encoder + direct decoder) on recordings",
-        description="Train a HeartCodec end to end on audio files or folders so that `heartmula encode` -> "
-        "`heartmula decode` round-trips. Running again with the same --out resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "codec", help="train a codec (SQ autoencoder + encoder + direct decoder) on recordings",
+                    description="""Train a HeartCodec end to end on audio files or folders so that `heartmula encode` ->
+                    `heartmula decode` round-trips. Running again with the same --out resumes.""")
     p.add_argument("audio", type=Path, nargs="+", help="audio files, folders, or corpus manifest.jsonl files "
                    "(their split 'train' rows)")
     p.add_argument("--out", type=Path, required=True, help="codec folder (created, or resumed)")
@@ -156,7 +150,7 @@ def register_codec(actions) -> None:
     p.add_argument("--commitment-weight", type=float, default=0.25, help="weight of the RVQ commitment loss")
     p.add_argument("--final-lr-fraction", type=float, default=1.0, help="cosine-decay the learning rate to this "
                    "fraction at --steps (1 = constant)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(p)
     add_placement_options(p)
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -188,16 +182,12 @@ def run_codec(args: argparse.Namespace) -> int:
 
 
 def register_voice(actions) -> None:
-    p = actions.add_parser(
-        "voice",
-        help="train a spectral codec's singing-voice branch on a corpus with vocal stems",
-        description="Add a singing-voice branch to a spectral codec (preset harmonic-24k, e.g. the default codec) "
-        "and train it to predict WORLD vocoder parameters of each item's vocal stem from the codec's decoding of "
-        "the mix. Only the branch learns, so codes made with the codec before (an LM's training data) stay valid "
-        "(unless --train-codes). "
-        "--out becomes a codec folder; running again with the same --out resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "voice", help="train a spectral codec's singing-voice branch on a corpus with vocal stems",
+                    description="""Add a singing-voice branch to a spectral codec (preset harmonic-24k, e.g. the default
+                    codec) and train it to predict WORLD vocoder parameters of each item's vocal stem from the codec's
+                    decoding of the mix. Only the branch learns, so codes made with the codec before (an LM's training
+                    data) stay valid (unless --train-codes). --out becomes a codec folder; running again with the same
+                    --out resumes.""")
     p.add_argument("manifest", type=Path, help="corpus manifest.jsonl (or its folder); items with a `vocals` stem "
                    "teach the voice, the others silence")
     p.add_argument("--codec", type=Path, help="the codec to extend (default: the embedded default codec)")
@@ -269,15 +259,13 @@ def run_voice(args: argparse.Namespace) -> int:
 
 
 def register_clap(actions) -> None:
-    p = actions.add_parser(
-        "clap",
-        help="train HeartCLAP (music <-> text embeddings) contrastively on corpus manifests",
-        description="Train the HeartCLAP audio tower and text projection on manifests from `heartmula data build` "
-        "or `heartmula data import` (rows with split 'train'; 'val'/'test' rows give the held-out retrieval metrics "
-        "in train_log.jsonl). Prompts are built from each song's tags with some tags dropped, in en/zh/ja/ko/es, "
-        "sometimes with a lyrics line. Running again with the same --out resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "clap",
+                    help="train HeartCLAP (music <-> text embeddings) contrastively on corpus manifests",
+                    description="""Train the HeartCLAP audio tower and text projection on manifests from `heartmula data
+                    build` or `heartmula data import` (rows with split 'train'; 'val'/'test' rows give the held-out
+                    retrieval metrics in train_log.jsonl). Prompts are built from each song's tags with some tags
+                    dropped, in en/zh/ja/ko/es, sometimes with a lyrics line. Running again with the same --out
+                    resumes.""")
     p.add_argument("manifest", type=Path, nargs="+", help="manifest.jsonl files or corpus folders")
     p.add_argument("--out", type=Path, required=True, help="model folder (created, or resumed)")
     p.add_argument("--preset", default="default", choices=("default", "tiny"), help="model size when starting fresh")
@@ -346,20 +334,17 @@ LM_DEFAULTS = dict(preset="small", version="3B", steps=1000, batch_size=4, conte
 
 def register_lm(actions) -> None:
     d = argparse.Namespace(**LM_DEFAULTS)
-    p = actions.add_parser(
-        "lm",
-        help="train a HeartMuLa song language model on a token cache",
-        description="Train a HeartMuLa model (backbone predicts codebook 0 from the prompt and previous frames, "
-        "local decoder predicts codebooks 1-7) on a token cache made by `heartmula data tokenize`. Writes the "
-        "official root layout (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) that `heartmula generate "
-        "--model OUT` loads, plus train_log.jsonl (losses, validation loss on the cache's val split) and the "
-        "optimizer state. Running again with the same --out resumes (raise --steps to train longer). Training "
-        "drops the text conditioning for classifier-free guidance and shuffles/drops tags. When the cache holds "
-        "HeartCLAP audio embeddings (`data tokenize` stores them unless --no-clap), a fraction of the samples "
-        "(--reference-prob) get their song's embedding in the reference-audio slot, as `heartmula stream "
-        "--reference-audio` fills it; the others leave it empty, as upstream generates.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "lm", help="train a HeartMuLa song language model on a token cache",
+                    description="""Train a HeartMuLa model (backbone predicts codebook 0 from the prompt and previous
+                    frames, local decoder predicts codebooks 1-7) on a token cache made by `heartmula data tokenize`.
+                    Writes the official root layout (HeartMuLa-oss-<version>/, tokenizer.json, gen_config.json) that
+                    `heartmula generate --model OUT` loads, plus train_log.jsonl (losses, validation loss on the cache's
+                    val split) and the optimizer state. Running again with the same --out resumes (raise --steps to
+                    train longer). Training drops the text conditioning for classifier-free guidance and shuffles/drops
+                    tags. When the cache holds HeartCLAP audio embeddings (`data tokenize` stores them unless
+                    --no-clap), a fraction of the samples (--reference-prob) get their song's embedding in the
+                    reference-audio slot, as `heartmula stream --reference-audio` fills it; the others leave it empty,
+                    as upstream generates.""")
     p.add_argument("cache", type=Path, help="token cache folder from `heartmula data tokenize`")
     p.add_argument("--out", type=Path, required=True, help="checkpoint root (created, or resumed)")
     p.add_argument("--preset", default=d.preset, help="model size when starting fresh: tiny, small (~20M), bench-36m")
@@ -402,7 +387,7 @@ def register_lm(actions) -> None:
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation losses")
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the data order")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(p)
     add_placement_options(p)
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the weights, gradients and optimizer "
                    "state over the processes (FSDP, one unit per transformer layer) instead of holding them whole "
@@ -438,24 +423,24 @@ def run_lm(args: argparse.Namespace) -> int:
         fsdp=args.fsdp, device=args.device, precision=args.precision,
     )
     report = train_lm(args.cache, args.out, config, progress=not args.quiet)
-    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
-    print(f"trained {report.parameters / 1e6:.1f}M parameters to step {report.steps} (resumed from "
-          f"{report.resumed_from}) on {report.items} songs: loss {report.first_loss} -> {report.last_loss}{val}; "
-          f"wrote {args.out}")
+    print_lm_training(report, f"{report.parameters / 1e6:.1f}M parameters", args.out)
     return 0
 
 
+def print_lm_training(report, trained: str, out: Path) -> None:
+    """The closing line of `train lm` and `train lora`: what was trained, for how long, the losses."""
+    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
+    print(f"trained {trained} to step {report.steps} (resumed from {report.resumed_from}) on {report.items} songs: "
+          f"loss {report.first_loss} -> {report.last_loss}{val}; wrote {out}")
+
+
 def register_lora(actions) -> None:
-    p = actions.add_parser(
-        "lora",
-        help="fine-tune a HeartMuLa LM with LoRA adapters on a token cache",
-        description="Train low-rank adapters (peft LoRA) of a HeartMuLa model's backbone and local-decoder "
-        "projections on a token cache (`heartmula data tokenize`, made with the base model's codec); the base "
-        "weights stay frozen. --out becomes an adapter folder in PEFT's layout (adapter_config.json + "
-        "adapter_model.safetensors) that `heartmula generate/stream/serve --lora OUT` merges at load and "
-        "`heartmula model merge-lora` bakes into a checkpoint. Running again with the same --out resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "lora", help="fine-tune a HeartMuLa LM with LoRA adapters on a token cache",
+                    description="""Train low-rank adapters (peft LoRA) of a HeartMuLa model's backbone and local-decoder
+                    projections on a token cache (`heartmula data tokenize`, made with the base model's codec); the base
+                    weights stay frozen. --out becomes an adapter folder in PEFT's layout (adapter_config.json +
+                    adapter_model.safetensors) that `heartmula generate/stream/serve --lora OUT` merges at load and
+                    `heartmula model merge-lora` bakes into a checkpoint. Running again with the same --out resumes.""")
     p.add_argument("cache", type=Path, help="token cache folder from `heartmula data tokenize`")
     p.add_argument("--from", dest="base", required=True, metavar="ROOT_OR_DIR", help="the base model: a checkpoint "
                    "root or model folder, or `default` for the embedded default LM")
@@ -477,7 +462,7 @@ def register_lora(actions) -> None:
     p.add_argument("--save-every", type=int, default=25, help="steps between saved adapters (resume points)")
     p.add_argument("--max-minutes", type=float, help="stop and save after this much wall time")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(p)
     add_placement_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_lora)
@@ -513,27 +498,21 @@ def run_lora(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     report = train_lora(args.cache, _init_from(args.base), args.out, config, progress=not args.quiet)
-    val = f"; validation loss {report.validation[-1]['val_loss']:.3f}" if report.validation else ""
-    print(f"trained {report.trainable / 1e6:.2f}M adapter parameters to step {report.steps} (resumed from "
-          f"{report.resumed_from}) on {report.items} songs: loss {report.first_loss} -> {report.last_loss}{val}; "
-          f"wrote {args.out}")
+    print_lm_training(report, f"{report.trainable / 1e6:.2f}M adapter parameters", args.out)
     return 0
 
 
 def register_prefer(actions) -> None:
-    p = actions.add_parser(
-        "prefer", aliases=["dpo"],
-        help="preference-tune an LM (DPO) towards songs that follow their tags",
-        description="Rounds of: sample --songs-per-prompt songs per training prompt from the current model, score "
-        "each with rewards (HeartCLAP tag similarity, onset tempo against the tempo tag, spectral flatness against "
-        "the drums tag, voiced share when lyrics are given), pair the best with the worst song of each prompt, and "
-        "train with DPO against the frozen starting model, as a LoRA adapter (default) or the whole model (--full). "
-        "--out holds the adapter (PEFT layout: `--lora OUT` generates with it), each round's songs and rewards, and "
-        "prefer_log.jsonl (every reward separately). Running again with the same --out resumes; --eval-seeds "
-        "compares base and tuned model on the quality report's held-out prompts (eval.json), with two tempo "
-        "judges that are not rewards.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(actions, "prefer", aliases=["dpo"],
+                    help="preference-tune an LM (DPO) towards songs that follow their tags",
+                    description="""Rounds of: sample --songs-per-prompt songs per training prompt from the current
+                    model, score each with rewards (HeartCLAP tag similarity, onset tempo against the tempo tag,
+                    spectral flatness against the drums tag, voiced share when lyrics are given), pair the best with the
+                    worst song of each prompt, and train with DPO against the frozen starting model, as a LoRA adapter
+                    (default) or the whole model (--full). --out holds the adapter (PEFT layout: `--lora OUT` generates
+                    with it), each round's songs and rewards, and prefer_log.jsonl (every reward separately). Running
+                    again with the same --out resumes; --eval-seeds compares base and tuned model on the quality
+                    report's held-out prompts (eval.json), with two tempo judges that are not rewards.""")
     p.add_argument("--from", dest="base", default="default", metavar="ROOT_OR_DIR", help="the model to tune: a "
                    "checkpoint root or model folder, or `default` for the embedded default LM")
     p.add_argument("--out", type=Path, required=True, help="folder of the run (created, or resumed)")
@@ -559,7 +538,7 @@ def register_prefer(actions) -> None:
     p.add_argument("--eval-seeds", type=int, default=0, help="after training, generate each held-out prompt with "
                    "this many seeds from base and tuned model and write OUT/eval.json (0: skip)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=run_prefer)
 

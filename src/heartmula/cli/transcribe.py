@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from heartmula.cli import add_command
 from heartmula.errors import HeartMuLaError
 from heartmula.extras import require
 from heartmula.files import atomic_output
@@ -17,15 +18,11 @@ VOCAL_METHODS = ("off", "center", "hpss", "center+hpss")
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser(
-        "transcribe",
-        help="transcribe the lyrics of songs, with timestamps",
-        description="Transcribe lyrics with Whisper. Without --model the embedded multilingual Whisper base runs "
-        "(CTranslate2 int8, no download); --model tiny.en is a faster English-only option; a HeartTranscriptor-oss "
-        "or any Hugging Face Whisper folder runs on transformers. Folders are searched for audio files. Without "
-        "--out the result is printed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = add_command(verbs, "transcribe", help="transcribe the lyrics of songs, with timestamps",
+                    description="""Transcribe lyrics with Whisper. Without --model the embedded multilingual Whisper
+                    base runs (CTranslate2 int8, no download); --model tiny.en is a faster English-only option; a
+                    HeartTranscriptor-oss or any Hugging Face Whisper folder runs on transformers. Folders are searched
+                    for audio files. Without --out the result is printed.""")
     p.add_argument("audio", nargs="*", help="audio files or folders")
     p.add_argument("--model", help="embedded model (base, tiny.en) or a CTranslate2 / Hugging Face Whisper folder "
                    "(default: base)")

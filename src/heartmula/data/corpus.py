@@ -26,7 +26,7 @@ from heartmula.data.mandarin import LICENSE
 from heartmula.data.render import available_soundfonts, render_arrangement
 from heartmula.data.scores import COLLECTION_LICENSES, Piece, WorkRef, catalogue, load_piece
 from heartmula.data.singing import Note, Singer, SungUnit, VoiceConfig
-from heartmula.errors import HeartMuLaError
+from heartmula.errors import HeartMuLaError, check_at_least
 from heartmula.files import atomic_output
 from heartmula.manifest import MANIFEST_NAME, write_manifest
 
@@ -59,12 +59,11 @@ class BuildConfig:
     progress: bool = True
 
     def validate(self) -> BuildConfig:
-        if self.items is not None and self.items < 1:
-            raise HeartMuLaError(f"--items must be >= 1, got {self.items}")
+        if self.items is not None:
+            check_at_least("--items", self.items)
         if not self.hours > 0:
             raise HeartMuLaError(f"--hours must be > 0, got {self.hours}")
-        if self.workers < 1:
-            raise HeartMuLaError(f"--workers must be >= 1, got {self.workers}")
+        check_at_least("--workers", self.workers)
         if self.sample_rate < 16000:
             raise HeartMuLaError(f"sample rate {self.sample_rate} is too low for music; use 44100 or 48000")
         return self

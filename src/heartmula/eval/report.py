@@ -39,7 +39,7 @@ from heartmula.audio import fit_peak, load_audio, save_audio
 from heartmula.clap import audio_embedding, load_clap, tags_embedding
 from heartmula.codec.pretrained import load_codec
 from heartmula.constants import FRAME_RATE
-from heartmula.errors import HeartMuLaError
+from heartmula.errors import HeartMuLaError, check_at_least
 from heartmula.eval.codec_roundtrip import roundtrip
 from heartmula.eval.intelligibility import measure_intelligibility
 from heartmula.eval.lyrics import RECIPE, EditCounts, score_pair
@@ -370,10 +370,8 @@ def _checked_inputs(config: ReportConfig) -> tuple[list[Prompt], Path]:
     prompts = select_prompts(config.languages, config.quick)
     if not config.seconds > 0:
         raise HeartMuLaError(f"--duration must be > 0 seconds, got {config.seconds}")
-    if config.threads < 1:
-        raise HeartMuLaError(f"--threads must be >= 1, got {config.threads}")
-    if config.seeds < 1:
-        raise HeartMuLaError(f"--seeds must be >= 1, got {config.seeds}")
+    check_at_least("--threads", config.threads)
+    check_at_least("--seeds", config.seeds)
     out = Path(config.out)
     check_out(out)
     for path in config.codec_audio:

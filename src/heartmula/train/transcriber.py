@@ -160,14 +160,17 @@ class _Examples:
     """Features (or, with the encoder frozen, its outputs in float16) and label ids for every item, computed once."""
 
     def __init__(self, items: list[ManifestItem], features, tokenizer, generation_config, max_seconds: float,
-                 encoder=None):
+                 encoder=None, progress: bool = False):
+        from tqdm import tqdm
+
         self.inputs: list[torch.Tensor] = []
         self.labels: list[list[int]] = []
         self.prefix_lengths: list[int] = []
         self.skipped = 0
         self.encoded = encoder is not None
         loaded: tuple[Path, np.ndarray] | None = None
-        for item in sorted(items, key=lambda i: (str(i.audio), i.offset)):
+        for item in tqdm(sorted(items, key=lambda i: (str(i.audio), i.offset)), disable=not progress,
+                         desc="encode audio" if encoder is not None else "audio features", unit="window"):
             if loaded is None or loaded[0] != item.audio:
                 loaded = (item.audio, load_audio(item.audio, SAMPLE_RATE, 1)[0][0])
             start = int(item.offset * SAMPLE_RATE)
@@ -251,7 +254,7 @@ def train_transcriber(manifests: list[str | os.PathLike], out_dir: str | os.Path
     if config.freeze_encoder:
         model.model.encoder.requires_grad_(False).eval()
     examples = _Examples(items, features, tokenizer, generation, config.max_seconds,
-                         model.model.encoder if config.freeze_encoder else None)
+                         model.model.encoder if config.freeze_encoder else None, progress)
     if not examples.labels:
         raise HeartMuLaError(f"no usable items: all {len(items)} are longer than {config.max_seconds} s or have "
                              f"more than {MAX_LABEL_TOKENS} tokens of lyrics; cut the songs into lines first")

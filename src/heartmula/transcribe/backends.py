@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from heartmula.errors import HeartMuLaError
+from heartmula.errors import HeartMuLaError, check_at_least
 from heartmula.extras import require
 from heartmula.transcribe.models import ModelLocation
 from heartmula.transcribe.result import Segment, Word
@@ -41,8 +41,7 @@ class DecodingOptions:
     prompt: str | None = None
 
     def validate(self) -> DecodingOptions:
-        if self.beam_size < 1:
-            raise HeartMuLaError(f"beam size must be >= 1, got {self.beam_size}")
+        check_at_least("beam size", self.beam_size)
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise HeartMuLaError(f"temperatures must be a non-empty list of values >= 0, got {self.temperatures}")
         return self

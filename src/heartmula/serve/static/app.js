@@ -77,6 +77,16 @@ function addTag(tag) {
   input.value = have.join(",");
 }
 
+// A button (type "button", so it never submits a form) that calls onClick.
+function makeButton(label, onClick, className = "") {
+  const b = document.createElement("button");
+  b.type = "button";
+  if (className) b.className = className;
+  b.textContent = label;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
 async function loadTags() {
   try {
     const { tags } = await api("/api/tags");
@@ -86,13 +96,7 @@ async function loadTags() {
       "calm", "female vocal", "male vocal"].filter((t) => tags.includes(t));
     const chips = $("#tag-suggestions");
     chips.innerHTML = "";
-    (featured.length ? featured : tags.slice(0, 12)).forEach((tag) => {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = tag;
-      b.addEventListener("click", () => addTag(tag));
-      chips.append(b);
-    });
+    (featured.length ? featured : tags.slice(0, 12)).forEach((tag) => chips.append(makeButton(tag, () => addTag(tag))));
   } catch (e) { /* suggestions are optional */ }
 }
 
@@ -168,12 +172,19 @@ function stopExtending() {
 }
 $("#extend-cancel").addEventListener("click", stopExtending);
 
-$("#import-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const file = $("#import-file").files[0];
-  if (!file) { $("#import-state").textContent = "choose an audio file first"; return; }
+// The upload body of the audio file chosen in an input, or null (said in the state element) when none is chosen.
+function audioFileForm(input, stateElement) {
+  const file = $(input).files[0];
+  if (!file) { $(stateElement).textContent = "choose an audio file first"; return null; }
   const form = new FormData();
   form.append("file", file);
+  return form;
+}
+
+$("#import-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = audioFileForm("#import-file", "#import-state");
+  if (!form) return;
   $("#import-state").textContent = "importing...";
   try {
     const job = await api("/api/songs/import", { method: "POST", body: form });
@@ -208,27 +219,12 @@ function songItem(job) {
   const actions = document.createElement("div");
   actions.className = "actions";
   if (job.status === "done") {
-    const p = document.createElement("button");
-    p.type = "button";
-    p.className = "play";
-    p.textContent = "Play";
-    p.addEventListener("click", () => play(job));
-    actions.append(p);
+    actions.append(makeButton("Play", () => play(job), "play"));
     if (job.result && job.result.frames) {  // a song with codes can be continued
-      const more = document.createElement("button");
-      more.type = "button";
-      more.className = "extend";
-      more.textContent = "Extend";
-      more.addEventListener("click", () => extendSong(job));
-      actions.append(more);
+      actions.append(makeButton("Extend", () => extendSong(job), "extend"));
     }
     if (state.health && state.health.features.search) {
-      const like = document.createElement("button");
-      like.type = "button";
-      like.className = "similar";
-      like.textContent = "Similar";
-      like.addEventListener("click", () => similarTo(job));
-      actions.append(like);
+      actions.append(makeButton("Similar", () => similarTo(job), "similar"));
     }
     const formats = [["wav", audioUrl(job.id, "wav")], ["flac", audioUrl(job.id, "flac")],
       ["mp3", audioUrl(job.id, "mp3")]];
@@ -241,16 +237,11 @@ function songItem(job) {
       actions.append(a);
     });
   }
-  const del = document.createElement("button");
-  del.type = "button";
-  del.className = "delete";
-  del.textContent = "Delete";
-  del.addEventListener("click", async () => {
+  actions.append(makeButton("Delete", async () => {
     if (!confirm(`Delete "${job.title}"?`)) return;
     try { await api(`/api/songs/${job.id}`, { method: "DELETE" }); } catch (e) { alert(e.message); }
     refreshLibrary();
-  });
-  actions.append(del);
+  }, "delete"));
   li.append(left, actions);
   return li;
 }
@@ -413,10 +404,8 @@ function clock(seconds) {
 
 $("#transcribe-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const file = $("#transcribe-file").files[0];
-  if (!file) { $("#transcribe-state").textContent = "choose an audio file first"; return; }
-  const form = new FormData();
-  form.append("file", file);
+  const form = audioFileForm("#transcribe-file", "#transcribe-state");
+  if (!form) return;
   if ($("#transcribe-language").value) form.append("language", $("#transcribe-language").value);
   $("#transcribe-state").textContent = "transcribing...";
   $("#transcribe-run").disabled = true;
