@@ -21,6 +21,12 @@ DIR` and then loads DIR. --write-random-root ROOT writes the 3B geometry's rando
 official-layout checkpoint (8 GB, one shard at a time) for --from.
 
     python bench/lm_official_size.py --quant int4 --build-only
+    python bench/lm_official_size.py --int4-kernels --threads 1 --frames 20
+
+--int4-kernels compares the two int4 products of an AVX-512 VNNI CPU in whole frames: the int4 model decodes one
+guided song whose frames alternate, two at a time in ABBA order, between input rows rounded to bytes (the default)
+and to 16-bit integers; on one thread each frame is timed in the thread's CPU time, so that a shared machine's other
+processes do not count (on more threads, wall time). No bfloat16 model.
     python bench/lm_official_size.py --write-random-root /tmp/3b
     python bench/lm_official_size.py --quant int4 --build-only --from /tmp/3b --quantize-to /tmp/3b-int4
 """
@@ -32,6 +38,7 @@ import gc
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -309,8 +316,13 @@ def main() -> None:
     parser.add_argument("--from", dest="from_root", type=Path, help="with --build-only: load this checkpoint")
     parser.add_argument("--quantize-to", type=Path, help="with --from: `heartmula model quantize` to this folder first")
     parser.add_argument("--write-random-root", type=Path, help="write the random 3B checkpoint (bfloat16) and exit")
+    parser.add_argument("--int4-kernels", action="store_true",
+                        help="int4 frames alternating between the byte and the 16-bit int4 products")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.int4_kernels:
+        int4_kernels_main(args)
+        return
     if args.write_random_root:
         print(write_official_size_root(args.write_random_root))
         return
@@ -331,6 +343,52 @@ def main() -> None:
               "parameters_billions": round(parameters / 1e9, 2), "results": rows}
     print(json.dumps(result, indent=2))
     out = Path(args.out or f"bench/results/lm_official_size{'_' + args.quant if args.quant else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def alternated_frames(generator: HeartMuLaGenerator, frames: int, threads: int) -> dict[str, list[float]]:
+    """Seconds of each pair of frames of one guided song, `frames` per kernel, alternating between the int4
+    products (`use_int4_byte_products`) in ABBA order."""
+    kernels, clock = native.kernels(), time.thread_time if threads == 1 else time.perf_counter
+    song = SongRequest(lyrics=LYRICS, tags=TAGS, seed=0)
+    times = {"bytes": [], "16-bit": []}
+    with torch.inference_mode():
+        session = generator.start([song], SamplingParams(), 2 * frames + 4, min_new_frames=2 * frames + 4)
+        session.next_frame()  # the prefill
+        session.next_frame()
+        for pair in range(frames // 2):
+            for name in list(times) if pair % 2 == 0 else list(times)[::-1]:
+                kernels.use_int4_byte_products(name == "bytes")
+                start = clock()
+                session.next_frame()
+                session.next_frame()
+                times[name].append((clock() - start) / 2)
+        session.close()
+    kernels.use_int4_byte_products(True)
+    return times
+
+
+def int4_kernels_main(args) -> None:
+    if native.kernels() is None:
+        raise SystemExit(f"the native kernel is not used here: {native.status()}")
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        generator = official_size_quantized("int4", Path(tmp))
+    times = alternated_frames(generator, args.frames, args.threads)
+    ratios = [words / byte for byte, words in zip(times["bytes"], times["16-bit"])]
+    result = {"machine": {**machine(), "threads": args.threads, "torch": torch.__version__,
+                          "load_average_1_5_15_at_start": [round(x, 2) for x in load]},
+              "model": "HeartMuLa-oss-3B geometry, int4 from random rows, CFG 1.5, top-k 50",
+              "command": "python bench/lm_official_size.py " + " ".join(sys.argv[1:]),
+              "clock": "thread CPU time" if args.threads == 1 else "wall time",
+              "weight_gb_per_frame": round(quantized_bytes_per_frame(generator.model) / 1e9, 2),
+              "seconds_per_frame": {name: [round(t, 3) for t in values] for name, values in times.items()},
+              "median_frames_per_s": {name: round(1 / statistics.median(values), 2) for name, values in times.items()},
+              "median_speed_of_bytes_vs_16_bit": round(statistics.median(ratios), 3),
+              "pairs_where_bytes_is_faster": sum(ratio > 1 for ratio in ratios)}
+    print(json.dumps(result, indent=2))
+    out = Path(args.out or "bench/results/lm_official_size_int4_kernels.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
