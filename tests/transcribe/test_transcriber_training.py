@@ -67,11 +67,20 @@ def test_an_interrupted_run_resumes_and_the_result_runs_on_ctranslate2(corpus, a
         train_transcriber([manifest], out, config)
     logged = [json.loads(line) for line in (tmp_path / "tuned.log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in logged] == [1, 2, 3] and not out.exists()
+    encoded = list((tmp_path / ".tuned.encoded").rglob("*.npy"))
+    assert len(encoded) == 2  # the two windows of pause.wav (both train rows share the file)
+
+    def encode_again(*args, **kwargs):
+        raise AssertionError("a resumed run encoded audio that the interrupted one had kept")
+
     monkeypatch.setattr(training, "_save_folder", save)
+    monkeypatch.setattr(training._Examples, "_inputs", staticmethod(encode_again))
     report = train_transcriber([manifest], out, config)
+    monkeypatch.undo()
     assert report.losses[:2] == pytest.approx([entry["loss"] for entry in logged[:2]], abs=1e-4)
     assert len(report.losses) == 3 and (out / "model.safetensors").is_file()
-    assert not (tmp_path / ".tuned.state").exists()  # finished: the checkpoint is gone
+    assert not (tmp_path / ".tuned.state").exists()  # finished: the checkpoint and encoder outputs are gone
+    assert not (tmp_path / ".tuned.encoded").exists()
     with pytest.raises(HeartMuLaError, match="other settings"):
         (tmp_path / ".tuned.state").mkdir()
         (tmp_path / ".tuned.state" / "progress.json").write_text(json.dumps({"step": 1, "settings": {}}))

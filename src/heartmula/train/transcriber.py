@@ -13,6 +13,7 @@ the result is a transformers folder that `heartmula transcribe --model OUT` runs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -157,10 +158,13 @@ def transformers_start_folder(model: str | None) -> Path:
 
 
 class _Examples:
-    """Features (or, with the encoder frozen, its outputs in float16) and label ids for every item, computed once."""
+    """Features (or, with the encoder frozen, its outputs in float16) and label ids for every item, computed once.
+
+    Encoder outputs also go to `encoded_dir` (one .npy a window, keyed by the audio file, its window and the start
+    model), so a resumed run reads them instead of encoding the audio again."""
 
     def __init__(self, items: list[ManifestItem], features, tokenizer, generation_config, max_seconds: float,
-                 encoder=None, progress: bool = False):
+                 encoder=None, progress: bool = False, encoded_dir: Path | None = None):
         from tqdm import tqdm
 
         self.inputs: list[torch.Tensor] = []
@@ -183,13 +187,27 @@ class _Examples:
             if len(ids) > MAX_LABEL_TOKENS:
                 self.skipped += 1
                 continue
-            inputs = features(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-            if encoder is not None:
-                with torch.no_grad():
-                    inputs = encoder(inputs.to(next(encoder.parameters()).device)).last_hidden_state.half().cpu()
-            self.inputs.append(inputs[0])
+            cached = encoded_dir / f"{_window_key(item)}.npy" if encoder is not None and encoded_dir else None
+            if cached is not None and cached.is_file():
+                self.inputs.append(torch.from_numpy(np.load(cached)))
+            else:
+                self.inputs.append(self._inputs(audio, features, encoder, cached))
             self.labels.append(ids)
             self.prefix_lengths.append(prefix_length)
+
+    @staticmethod
+    def _inputs(audio: np.ndarray, features, encoder, cached: Path | None) -> torch.Tensor:
+        inputs = features(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        if encoder is None:
+            return inputs[0]
+        with torch.no_grad():
+            encoded = encoder(inputs.to(next(encoder.parameters()).device)).last_hidden_state[0].half().cpu()
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(".partial.npy")
+            np.save(partial, encoded.numpy())
+            os.replace(partial, cached)
+        return encoded
 
     @staticmethod
     def _label_ids(item: ManifestItem, seconds: float, tokenizer, generation_config) -> tuple[list[int], int]:
@@ -225,6 +243,12 @@ class _Examples:
         return torch.stack([self.inputs[i] for i in indices]), decoder_inputs, targets
 
 
+def _window_key(item: ManifestItem) -> str:
+    stat = item.audio.stat()
+    text = f"{item.audio.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{item.offset}|{item.duration}"
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
 def _learning_rate_factor(step: int, config: TranscriberTrainConfig) -> float:
     """Linear warm-up, then cosine decay to 10%."""
     if step < config.warmup_steps:
@@ -253,8 +277,9 @@ def train_transcriber(manifests: list[str | os.PathLike], out_dir: str | os.Path
     model.to(config.device)
     if config.freeze_encoder:
         model.model.encoder.requires_grad_(False).eval()
+    state = _TrainingState(out_dir, config)
     examples = _Examples(items, features, tokenizer, generation, config.max_seconds,
-                         model.model.encoder if config.freeze_encoder else None, progress)
+                         model.model.encoder if config.freeze_encoder else None, progress, state.encoded)
     if not examples.labels:
         raise HeartMuLaError(f"no usable items: all {len(items)} are longer than {config.max_seconds} s or have "
                              f"more than {MAX_LABEL_TOKENS} tokens of lyrics; cut the songs into lines first")
@@ -264,7 +289,6 @@ def train_transcriber(manifests: list[str | os.PathLike], out_dir: str | os.Path
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     report = TrainReport(steps=config.steps, items=len(examples.labels), skipped=examples.skipped)
-    state = _TrainingState(out_dir, config)
     first_step = state.load(model, optimizer, report)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, config),
                                                   last_epoch=first_step - 1)
@@ -311,6 +335,9 @@ class _TrainingState:
     def __init__(self, out_dir: Path, config: TranscriberTrainConfig):
         self.folder = out_dir.with_name(f".{out_dir.name}.state")
         self.log_path = out_dir.with_name(f"{out_dir.name}.log.jsonl")
+        # encoder outputs of the start model (frozen encoder), kept until the run finishes
+        model_key = hashlib.sha1(str(config.model).encode()).hexdigest()[:12]
+        self.encoded = out_dir.with_name(f".{out_dir.name}.encoded") / model_key
         self.settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()
                          if k not in ("steps", "save_every", "device")}
 
@@ -350,6 +377,7 @@ class _TrainingState:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.encoded.parent, ignore_errors=True)
 
 
 def _save_folder(model, tokenizer, features, out_dir: Path, config: TranscriberTrainConfig,
