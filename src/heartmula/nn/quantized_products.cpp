@@ -390,7 +390,6 @@ void dot_some_rows(const WeightMatrix& m, int64_t o, const RoundedRows& x, int64
 
 std::atomic<bool> int4_by_bytes{true};  // see use_int4_byte_products
 
-
 // Weight rows o..o+O-1 times input rows first..first+count-1 (count <= kMaxRows) into out[j * count + r].
 template <int O>
 void int4_rows_by_bytes(const WeightMatrix& m, int64_t o, const ByteRows& x, int64_t first, int64_t count,
