@@ -80,11 +80,17 @@ def summary(songs: list[dict]) -> dict:
             "share_within_0.5s": round(float(np.mean(errors <= 0.5)), 3) if len(errors) else None}
 
 
-METHOD = ("embedded Whisper base (int8), language given, lyrics prompt {prompt}; Needleman-Wunsch over normalised "
+METHOD = ("{model}, language given, lyrics prompt {prompt}; Needleman-Wunsch over normalised "
           "words (characters for zh/ja), lines under 45% heard unsung; unheard lines forced-aligned in gaps that "
           "hold them at the song's pace; "
           "forced alignment of the known lines; line starts moved 0.2 s earlier, then to the strongest note onset "
-          "up to 0.4 s before; mixes of val+test songs (settings chosen on val and train songs, test reported apart)")
+          "up to 0.4 s before; mixes of {splits} songs (settings chosen on val and train songs, test reported apart)")
+
+
+def method(args: argparse.Namespace) -> str:
+    """What a run measures: two runs with the same method can share songs (--resume)."""
+    model = "embedded Whisper base (int8)" if args.model == "base" else f"Whisper {args.model}"
+    return METHOD.format(model=model, prompt="off" if args.no_prompt else "on", splits=args.splits.replace(",", "+"))
 
 
 def write_result(args: argparse.Namespace, songs: list[dict], planned: int) -> None:
@@ -96,10 +102,10 @@ def write_result(args: argparse.Namespace, songs: list[dict], planned: int) -> N
         del command[at:at + 2]
     result = {
         "command": "python bench/align_accuracy.py " + " ".join(command),
-        "method": METHOD.format(prompt="off" if args.no_prompt else "on"),
+        "method": method(args),
         "complete": len(songs) == planned, "songs_planned": planned,
         "per_language": {language: summary([s for s in songs if s["language"] == language]) for language in languages},
-        "per_split": {split: summary([s for s in songs if s["split"] == split]) for split in ("val", "test")},
+        "per_split": {split: summary([s for s in songs if s["split"] == split]) for split in args.splits.split(",")},
         "all": summary(songs), "songs": songs, "machine": machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +119,7 @@ def earlier_songs(args: argparse.Namespace) -> dict[str, dict]:
     if not args.resume or not args.out.is_file():
         return {}
     earlier = json.loads(args.out.read_text(encoding="utf-8"))
-    if earlier.get("method") != METHOD.format(prompt="off" if args.no_prompt else "on"):
+    if earlier.get("method") != method(args):
         return {}
     return {song["id"]: song for song in earlier["songs"]}
 

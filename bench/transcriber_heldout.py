@@ -186,9 +186,8 @@ def run_model(model: str, clips: list[Clip], threads: int) -> tuple[list[dict], 
     entries, busy, heard = [], 0.0, 0.0
     for clip in clips:
         if clip.language not in transcribers:
-            config = TranscribeConfig(model=None if model == "base" else model, language=clip.language,
-                                      threads=threads)
-            transcribers[clip.language] = Transcriber(config)
+            transcribers[clip.language] = Transcriber(TranscribeConfig(model=model, language=clip.language,
+                                                                       threads=threads))
         start = time.perf_counter()
         text = transcribers[clip.language].transcribe_array(clip.audio[None], clip.rate).text
         busy += time.perf_counter() - start
