@@ -33,6 +33,7 @@ from _machine import machine
 from _sung import lyric_unit
 
 from heartmula.audio import load_audio, resample
+from heartmula.errors import HeartMuLaError
 from heartmula.eval.lyrics import EditCounts, score_pair
 from heartmula.manifest import read_manifest
 from heartmula.train.transcriber import line_windows
@@ -236,4 +237,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HeartMuLaError as exc:
+        raise SystemExit(f"transcriber_heldout: {exc}") from None
